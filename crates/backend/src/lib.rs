@@ -1,1 +1,220 @@
-//! placeholder
+//! The backend: everything the access server needs that is not messages — stored tokens and JWTs,
+//! user flags (`forbidden`, `notification_on`), device ids, sync-key hints and unread counts.
+//!
+//! [`Backend`] is one type with two variants chosen at start-up:
+//! * [`Backend::open_embedded`]: a SQLite file (zero setup, the default of `banter serve`);
+//! * [`Backend::open_redis`]: the GoBelieve Redis keys (spec §16.1), so an existing GoBelieve API
+//!   server keeps issuing tokens.
+//!
+//! Sync-key reports and unread counts are on the message hot path: they are recorded in memory
+//! (see [`write_behind`]) and persisted in the background in batches. Call [`Backend::flush`] at
+//! shutdown.
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+
+mod cache;
+pub mod embedded;
+mod error;
+mod options;
+pub mod redis_backend;
+mod token;
+pub mod write_behind;
+
+pub use error::BackendError;
+pub use options::{EmbeddedOptions, JwtOptions, RedisOptions, DEFAULT_FLUSH_INTERVAL_MS};
+
+/// Who a token belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthInfo {
+    /// The application id.
+    pub appid: i64,
+    /// The user id (always > 0).
+    pub uid: i64,
+    /// The user's display name, empty when the token carries none.
+    pub user_name: String,
+}
+
+/// Per-user flags read at login (spec §7.2 step 4).
+#[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+pub struct UserFlags {
+    /// Speak-banned in rooms.
+    pub forbidden: bool,
+    /// "Notify my phone while I am on the desktop" (spec §7.2 step 6).
+    pub notification_on: bool,
+}
+
+/// Longest device string accepted by [`Backend::device_id`].
+pub const MAX_DEVICE_LEN: usize = 1024;
+
+/// The backend seam: an embedded SQLite file or a GoBelieve Redis. Cheap to clone.
+#[derive(Clone)]
+pub enum Backend {
+    /// SQLite file.
+    Embedded(Arc<embedded::Embedded>),
+    /// GoBelieve-compatible Redis.
+    Redis(Arc<redis_backend::RedisBackend>),
+}
+
+fn check_ids(appid: i64, uid: i64) -> Result<(), BackendError> {
+    if appid <= 0 || uid <= 0 {
+        return Err(BackendError::InvalidArgument(format!(
+            "appid and uid must be > 0 (got appid {appid}, uid {uid})"
+        )));
+    }
+    Ok(())
+}
+
+impl Backend {
+    /// Open (creating when missing) the SQLite file `opts.path`; its parent directory is created.
+    pub async fn open_embedded(opts: EmbeddedOptions) -> Result<Backend, BackendError> {
+        Ok(Backend::Embedded(Arc::new(embedded::Embedded::open(opts).await?)))
+    }
+
+    /// Connect to Redis at `opts.url`; fails when it does not answer within about 2 s.
+    pub async fn open_redis(opts: RedisOptions) -> Result<Backend, BackendError> {
+        Ok(Backend::Redis(Arc::new(redis_backend::RedisBackend::open(opts).await?)))
+    }
+
+    /// `Ok(None)` = unknown, revoked, expired or invalid token (the client gets AUTH_STATUS 1);
+    /// `Err` = the backend failed.
+    ///
+    /// Accepts stored tokens and JWTs (HS256, HS384, HS512; any other algorithm is rejected) with
+    /// numeric `appid` and `uid` claims; `exp`, `nbf` and `iat` are validated when present, without
+    /// leeway. The key is the per-app secret of the token's `appid` claim, else the global secret.
+    /// A `uid` that is not > 0 (or a negative appid) makes the token invalid.
+    pub async fn authenticate(&self, token: &str) -> Result<Option<AuthInfo>, BackendError> {
+        match self {
+            Backend::Embedded(b) => b.authenticate(token).await,
+            Backend::Redis(b) => b.authenticate(token).await,
+        }
+    }
+
+    /// Issue a random token (256 bits, 64 hex characters) for `(appid, uid, user_name)` and store it.
+    pub async fn grant(&self, appid: i64, uid: i64, user_name: &str) -> Result<String, BackendError> {
+        check_ids(appid, uid)?;
+        match self {
+            Backend::Embedded(b) => b.grant(appid, uid, user_name).await,
+            Backend::Redis(b) => b.grant(appid, uid, user_name).await,
+        }
+    }
+
+    /// Revoke a stored token; `Ok(true)` if it existed. It stops authenticating at once.
+    pub async fn revoke(&self, token: &str) -> Result<bool, BackendError> {
+        match self {
+            Backend::Embedded(b) => b.revoke(token).await,
+            Backend::Redis(b) => b.revoke(token).await,
+        }
+    }
+
+    /// The user's flags; both false when never set.
+    pub async fn user_flags(&self, appid: i64, uid: i64) -> Result<UserFlags, BackendError> {
+        match self {
+            Backend::Embedded(b) => b.user_flags(appid, uid).await,
+            Backend::Redis(b) => b.user_flags(appid, uid).await,
+        }
+    }
+
+    /// Set or clear the room speak-ban flag. In Redis mode this also publishes `speak_forbidden`.
+    pub async fn set_forbidden(&self, appid: i64, uid: i64, forbidden: bool) -> Result<(), BackendError> {
+        check_ids(appid, uid)?;
+        match self {
+            Backend::Embedded(b) => b.set_forbidden(appid, uid, forbidden).await,
+            Backend::Redis(b) => b.set_forbidden(appid, uid, forbidden).await,
+        }
+    }
+
+    /// Set or clear `notification_on`.
+    pub async fn set_notification_on(&self, appid: i64, uid: i64, on: bool) -> Result<(), BackendError> {
+        check_ids(appid, uid)?;
+        match self {
+            Backend::Embedded(b) => b.set_notification_on(appid, uid, on).await,
+            Backend::Redis(b) => b.set_notification_on(appid, uid, on).await,
+        }
+    }
+
+    /// The server-side integer device id (≥ 1) for (device string, platform): the same pair gives the
+    /// same id for every user, and concurrent first calls agree (spec §7.2 step 5). The caller keeps
+    /// GoBelieve's rule of device id 0 for web (platform 3) or an empty device string.
+    /// A device string longer than [`MAX_DEVICE_LEN`] bytes is an `InvalidArgument`.
+    pub async fn device_id(&self, device: &str, platform: u8) -> Result<i64, BackendError> {
+        if device.len() > MAX_DEVICE_LEN {
+            return Err(BackendError::InvalidArgument(format!(
+                "device id string of {} bytes (limit {MAX_DEVICE_LEN})",
+                device.len()
+            )));
+        }
+        match self {
+            Backend::Embedded(b) => b.device_id(device, platform).await,
+            Backend::Redis(b) => b.device_id(device, platform).await,
+        }
+    }
+
+    fn write_behind(&self) -> &write_behind::WriteBehind {
+        match self {
+            Backend::Embedded(b) => b.write_behind(),
+            Backend::Redis(b) => b.write_behind(),
+        }
+    }
+
+    /// Record a peer sync-key report (spec §9.5): kept only if greater; `key <= 0` is ignored.
+    /// No I/O: persisted by the background flusher.
+    pub fn report_sync_key(&self, appid: i64, uid: i64, key: i64) {
+        self.write_behind().report_sync_key(appid, uid, key);
+    }
+
+    /// Record a super-group sync-key report; as [`Backend::report_sync_key`].
+    pub fn report_group_sync_key(&self, appid: i64, uid: i64, gid: i64, key: i64) {
+        self.write_behind().report_group_sync_key(appid, uid, gid, key);
+    }
+
+    /// The peer sync-key hint (0 when none), including reports not yet persisted.
+    pub async fn sync_key(&self, appid: i64, uid: i64) -> Result<i64, BackendError> {
+        match self {
+            Backend::Embedded(b) => b.sync_key(appid, uid).await,
+            Backend::Redis(b) => b.sync_key(appid, uid).await,
+        }
+    }
+
+    /// The super-group sync-key hint (0 when none), including reports not yet persisted.
+    pub async fn group_sync_key(&self, appid: i64, uid: i64, gid: i64) -> Result<i64, BackendError> {
+        match self {
+            Backend::Embedded(b) => b.group_sync_key(appid, uid, gid).await,
+            Backend::Redis(b) => b.group_sync_key(appid, uid, gid).await,
+        }
+    }
+
+    /// Record the unread count (spec §8.7), last value wins. No I/O: persisted in the background.
+    pub fn set_unread(&self, appid: i64, uid: i64, count: i32) {
+        self.write_behind().set_unread(appid, uid, count);
+    }
+
+    /// The unread count (0 when none), including a value not yet persisted.
+    pub async fn unread(&self, appid: i64, uid: i64) -> Result<i32, BackendError> {
+        match self {
+            Backend::Embedded(b) => b.unread(appid, uid).await,
+            Backend::Redis(b) => b.unread(appid, uid).await,
+        }
+    }
+
+    /// Reports dropped since start because the write-behind buffer was full (for metrics).
+    pub fn dropped_reports(&self) -> u64 {
+        self.write_behind().dropped()
+    }
+
+    /// Persist everything write-behind now (call at shutdown).
+    pub async fn flush(&self) -> Result<(), BackendError> {
+        match self {
+            Backend::Embedded(b) => b.flush().await,
+            Backend::Redis(b) => b.flush().await,
+        }
+    }
+
+    /// `"embedded"` or `"redis"`, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Backend::Embedded(_) => "embedded",
+            Backend::Redis(_) => "redis",
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The embedded backend: one SQLite file (WAL mode) through `sqlx`, for `banter serve` with nothing
+//! else installed.
+//!
+//! Tables: `tokens` (SHA-256 of the token → appid, uid, user name; the token itself is never stored),
+//! `users` (flags, peer sync-key hint, unread count), `group_sync_keys`, `devices` (device string and
+//! platform → integer id from an AUTOINCREMENT key, so ids start at 1 and are never reused).
+//!
+//! Valid stored tokens are cached in a bounded in-memory map in front of SQLite; `revoke` removes the
+//! entry, and a lookup racing with a revoke never re-inserts it (see [`crate::cache`]). Device ids
+//! never change once allocated, so they are cached too. Sync-key hints and unread counts go through
+//! the write-behind buffer and are written in one transaction per flush.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::Row;
+use tokio::sync::oneshot;
+
+use crate::cache::BoundedCache;
+use crate::token::{self, JwtVerifier};
+use crate::write_behind::{spawn_flusher, Batch, Sink, WriteBehind};
+use crate::{AuthInfo, BackendError, EmbeddedOptions, UserFlags};
+
+/// Cached valid tokens.
+const TOKEN_CACHE_ENTRIES: usize = 1 << 16;
+/// Cached device ids.
+const DEVICE_CACHE_ENTRIES: usize = 1 << 16;
+/// Schema version stored in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS tokens (
+        token_hash BLOB PRIMARY KEY,
+        appid INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        user_name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS users (
+        appid INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        forbidden INTEGER NOT NULL DEFAULT 0,
+        notification_on INTEGER NOT NULL DEFAULT 0,
+        sync_key INTEGER NOT NULL DEFAULT 0,
+        unread INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (appid, uid)
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS group_sync_keys (
+        appid INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        sync_key INTEGER NOT NULL,
+        PRIMARY KEY (appid, uid, gid)
+    ) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS devices (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        device TEXT NOT NULL,
+        platform INTEGER NOT NULL,
+        UNIQUE (device, platform)
+    )",
+];
+
+/// The SQLite-backed variant.
+pub struct Embedded {
+    pool: SqlitePool,
+    jwt: Option<JwtVerifier>,
+    tokens: BoundedCache<[u8; 32], AuthInfo>,
+    devices: BoundedCache<(String, u8), i64>,
+    wb: Arc<WriteBehind>,
+    sink: SqliteSink,
+    /// Dropping it tells the flusher to flush a last time and stop.
+    _shutdown: oneshot::Sender<()>,
+}
+
+struct SqliteSink {
+    pool: SqlitePool,
+}
+
+impl Sink for SqliteSink {
+    async fn persist(&self, batch: &Batch) -> Result<(), BackendError> {
+        let mut tx = self.pool.begin().await?;
+        for &(appid, uid, key) in &batch.sync {
+            sqlx::query(
+                "INSERT INTO users (appid, uid, sync_key) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (appid, uid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)",
+            )
+            .bind(appid)
+            .bind(uid)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for &(appid, uid, gid, key) in &batch.group {
+            sqlx::query(
+                "INSERT INTO group_sync_keys (appid, uid, gid, sync_key) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (appid, uid, gid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)",
+            )
+            .bind(appid)
+            .bind(uid)
+            .bind(gid)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for &(appid, uid, count) in &batch.unread {
+            sqlx::query(
+                "INSERT INTO users (appid, uid, unread) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (appid, uid) DO UPDATE SET unread = excluded.unread",
+            )
+            .bind(appid)
+            .bind(uid)
+            .bind(count)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl Embedded {
+    /// Open (or create) the SQLite file and start the write-behind flusher.
+    pub async fn open(opts: EmbeddedOptions) -> Result<Embedded, BackendError> {
+        if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| BackendError::Io { path: dir.to_path_buf(), source })?;
+        }
+        let connect = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(&opts.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .min_connections(1)
+            .connect_with(connect)
+            .await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&pool).await?;
+        if version > SCHEMA_VERSION {
+            return Err(BackendError::Corrupt(format!(
+                "{} has schema version {version}, newer than this server's {SCHEMA_VERSION}",
+                opts.path.display()
+            )));
+        }
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&pool).await?;
+        }
+        sqlx::query("PRAGMA user_version = 1").execute(&pool).await?;
+
+        let wb = WriteBehind::new();
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        spawn_flusher(
+            wb.clone(),
+            SqliteSink { pool: pool.clone() },
+            Duration::from_millis(opts.flush_interval_ms),
+            shutdown_rx,
+        );
+        Ok(Embedded {
+            jwt: JwtVerifier::new(&opts.jwt),
+            tokens: BoundedCache::new(TOKEN_CACHE_ENTRIES),
+            devices: BoundedCache::new(DEVICE_CACHE_ENTRIES),
+            sink: SqliteSink { pool: pool.clone() },
+            pool,
+            wb,
+            _shutdown: shutdown,
+        })
+    }
+
+    pub(crate) fn write_behind(&self) -> &WriteBehind {
+        &self.wb
+    }
+
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Option<AuthInfo>, BackendError> {
+        if let Some(jwt) = &self.jwt {
+            if token::looks_like_jwt(token) {
+                return Ok(jwt.verify(token));
+            }
+        }
+        if token.is_empty() || token.len() > token::MAX_TOKEN_LEN {
+            return Ok(None);
+        }
+        let hash = token::hash(token);
+        if let Some(info) = self.tokens.get(&hash) {
+            return Ok(Some(info));
+        }
+        let ticket = self.tokens.ticket(&hash);
+        let row = sqlx::query("SELECT appid, uid, user_name FROM tokens WHERE token_hash = ?1")
+            .bind(&hash[..])
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let info = AuthInfo {
+            appid: row.try_get("appid")?,
+            uid: row.try_get("uid")?,
+            user_name: row.try_get("user_name")?,
+        };
+        if info.uid <= 0 {
+            return Ok(None);
+        }
+        self.tokens.insert(hash, info.clone(), ticket);
+        Ok(Some(info))
+    }
+
+    pub(crate) async fn grant(&self, appid: i64, uid: i64, user_name: &str) -> Result<String, BackendError> {
+        let token = token::generate();
+        sqlx::query("INSERT INTO tokens (token_hash, appid, uid, user_name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+            .bind(&token::hash(&token)[..])
+            .bind(appid)
+            .bind(uid)
+            .bind(user_name)
+            .bind(now_secs())
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    pub(crate) async fn revoke(&self, token: &str) -> Result<bool, BackendError> {
+        let hash = token::hash(token);
+        // Invalidate before and after: no lookup can cache the row across the delete.
+        self.tokens.invalidate(&hash);
+        let done = sqlx::query("DELETE FROM tokens WHERE token_hash = ?1")
+            .bind(&hash[..])
+            .execute(&self.pool)
+            .await?;
+        self.tokens.invalidate(&hash);
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub(crate) async fn user_flags(&self, appid: i64, uid: i64) -> Result<UserFlags, BackendError> {
+        let row = sqlx::query("SELECT forbidden, notification_on FROM users WHERE appid = ?1 AND uid = ?2")
+            .bind(appid)
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(row) => UserFlags {
+                forbidden: row.try_get::<i64, _>("forbidden")? != 0,
+                notification_on: row.try_get::<i64, _>("notification_on")? != 0,
+            },
+            None => UserFlags::default(),
+        })
+    }
+
+    pub(crate) async fn set_forbidden(&self, appid: i64, uid: i64, forbidden: bool) -> Result<(), BackendError> {
+        sqlx::query(
+            "INSERT INTO users (appid, uid, forbidden) VALUES (?1, ?2, ?3)
+             ON CONFLICT (appid, uid) DO UPDATE SET forbidden = excluded.forbidden",
+        )
+        .bind(appid)
+        .bind(uid)
+        .bind(i64::from(forbidden))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn set_notification_on(&self, appid: i64, uid: i64, on: bool) -> Result<(), BackendError> {
+        sqlx::query(
+            "INSERT INTO users (appid, uid, notification_on) VALUES (?1, ?2, ?3)
+             ON CONFLICT (appid, uid) DO UPDATE SET notification_on = excluded.notification_on",
+        )
+        .bind(appid)
+        .bind(uid)
+        .bind(i64::from(on))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn device_id(&self, device: &str, platform: u8) -> Result<i64, BackendError> {
+        let key = (device.to_owned(), platform);
+        if let Some(id) = self.devices.get(&key) {
+            return Ok(id);
+        }
+        let ticket = self.devices.ticket(&key);
+        // One statement, atomic under SQLite's write lock: concurrent first logins get one id.
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO devices (device, platform) VALUES (?1, ?2)
+             ON CONFLICT (device, platform) DO UPDATE SET device = excluded.device
+             RETURNING id",
+        )
+        .bind(device)
+        .bind(i64::from(platform))
+        .fetch_one(&self.pool)
+        .await?;
+        self.devices.insert(key, id, ticket);
+        Ok(id)
+    }
+
+    pub(crate) async fn sync_key(&self, appid: i64, uid: i64) -> Result<i64, BackendError> {
+        // Memory first: a flush between the two reads moves the value from memory to the file.
+        let pending = self.wb.sync_key(appid, uid).unwrap_or(0);
+        let stored: Option<i64> = sqlx::query_scalar("SELECT sync_key FROM users WHERE appid = ?1 AND uid = ?2")
+            .bind(appid)
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(stored.unwrap_or(0).max(pending))
+    }
+
+    pub(crate) async fn group_sync_key(&self, appid: i64, uid: i64, gid: i64) -> Result<i64, BackendError> {
+        let pending = self.wb.group_sync_key(appid, uid, gid).unwrap_or(0);
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT sync_key FROM group_sync_keys WHERE appid = ?1 AND uid = ?2 AND gid = ?3")
+                .bind(appid)
+                .bind(uid)
+                .bind(gid)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(stored.unwrap_or(0).max(pending))
+    }
+
+    pub(crate) async fn unread(&self, appid: i64, uid: i64) -> Result<i32, BackendError> {
+        if let Some(v) = self.wb.unread(appid, uid) {
+            return Ok(v);
+        }
+        let stored: Option<i32> = sqlx::query_scalar("SELECT unread FROM users WHERE appid = ?1 AND uid = ?2")
+            .bind(appid)
+            .bind(uid)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(stored.unwrap_or(0))
+    }
+
+    pub(crate) async fn flush(&self) -> Result<(), BackendError> {
+        self.wb.flush(&self.sink).await
+    }
+}

@@ -1,0 +1,283 @@
+//! The GoBelieve-compatible Redis backend. It reads and writes exactly the keys of spec §16.1, so an
+//! existing GoBelieve API server keeps issuing tokens and setting flags:
+//!
+//! * `access_token_<token>` hash: `user_id`, `app_id`, optional `user_name`. Looked up with a
+//!   pipelined `EXISTS` + `HMGET`; a missing key or `user_id` 0 is an invalid token. Not cached, so
+//!   a token deleted by the API server stops working at once.
+//! * `users_<appid>_<uid>` hash: `forbidden`, `notification_on`, `sync_key`,
+//!   `group_sync_key_<gid>`, `unread`. `set_forbidden` also publishes `speak_forbidden`
+//!   (`"<appid>,<uid>,<0|1>"`) so every access node updates its live sessions (§16.2).
+//! * `devices_<device>_<platform>` and the counter `devices_id`: allocated by one Lua script
+//!   (GET, else INCR + SET), so concurrent first logins of a device get one id (fixes defect #37).
+//! * Sync keys are written by a Lua "set only if greater" script that compares decimal strings, so
+//!   the check is atomic and exact for every i64 (fixes defect #36); batches are pipelined by the
+//!   write-behind flusher, never inline with a client's report.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use tokio::sync::oneshot;
+
+use crate::token::{self, JwtVerifier};
+use crate::write_behind::{spawn_flusher, Batch, Sink, WriteBehind};
+use crate::{AuthInfo, BackendError, RedisOptions, UserFlags};
+
+/// Entries per pipeline when flushing.
+const PIPELINE_CHUNK: usize = 512;
+
+/// KEYS[1] = hash, ARGV[1] = field, ARGV[2] = new key as a canonical positive decimal.
+/// Sets the field only when the new key is greater than the stored one (a non-numeric stored value
+/// is overwritten). Compares decimal strings, not Lua doubles, so it is exact for every i64.
+const SET_IF_GREATER_LUA: &str = r"
+local new = ARGV[2]
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if cur then
+  cur = string.match(cur, '^0*(%d+)$')
+  if cur and (#cur > #new or (#cur == #new and cur >= new)) then
+    return 0
+  end
+end
+redis.call('HSET', KEYS[1], ARGV[1], new)
+return 1
+";
+
+/// KEYS[1] = `devices_<device>_<platform>`, KEYS[2] = `devices_id`. Atomic get-or-allocate.
+const DEVICE_ID_LUA: &str = r"
+local id = redis.call('GET', KEYS[1])
+if id then
+  return id
+end
+id = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], id)
+return id
+";
+
+fn user_key(appid: i64, uid: i64) -> String {
+    format!("users_{appid}_{uid}")
+}
+
+fn group_field(gid: i64) -> String {
+    format!("group_sync_key_{gid}")
+}
+
+/// The Redis-backed variant.
+pub struct RedisBackend {
+    conn: ConnectionManager,
+    jwt: Option<JwtVerifier>,
+    device_script: Script,
+    wb: Arc<WriteBehind>,
+    sink: RedisSink,
+    /// Dropping it tells the flusher to flush a last time and stop.
+    _shutdown: oneshot::Sender<()>,
+}
+
+struct RedisSink {
+    conn: ConnectionManager,
+    script: Script,
+}
+
+impl Sink for RedisSink {
+    async fn persist(&self, batch: &Batch) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        for chunk in batch.sync.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.script).ignore();
+            for &(appid, uid, key) in chunk {
+                pipe.invoke_script(self.script.key(user_key(appid, uid)).arg("sync_key").arg(key))
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        for chunk in batch.group.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            pipe.load_script(&self.script).ignore();
+            for &(appid, uid, gid, key) in chunk {
+                pipe.invoke_script(self.script.key(user_key(appid, uid)).arg(group_field(gid)).arg(key))
+                    .ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        for chunk in batch.unread.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for &(appid, uid, count) in chunk {
+                pipe.hset(user_key(appid, uid), "unread", count).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Parse an integer field; missing reads as 0 (GoBelieve's rule), garbage is an error.
+fn int_field(what: &str, v: Option<String>) -> Result<i64, BackendError> {
+    match v {
+        None => Ok(0),
+        Some(s) => s
+            .trim()
+            .parse::<i64>()
+            .map_err(|_| BackendError::Corrupt(format!("{what} is not an integer: {s:?}"))),
+    }
+}
+
+impl RedisBackend {
+    /// Connect (failing fast when Redis is unreachable) and start the write-behind flusher.
+    pub async fn open(opts: RedisOptions) -> Result<RedisBackend, BackendError> {
+        let client = redis::Client::open(opts.url.as_str())?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(5))
+            .set_number_of_retries(2);
+        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        let script = Script::new(SET_IF_GREATER_LUA);
+        // Fail now, not at the first flush, if scripting is unavailable.
+        script.prepare_invoke().load_async(&mut conn).await?;
+
+        let wb = WriteBehind::new();
+        let (shutdown, shutdown_rx) = oneshot::channel();
+        spawn_flusher(
+            wb.clone(),
+            RedisSink { conn: conn.clone(), script: script.clone() },
+            Duration::from_millis(opts.flush_interval_ms),
+            shutdown_rx,
+        );
+        Ok(RedisBackend {
+            jwt: JwtVerifier::new(&opts.jwt),
+            device_script: Script::new(DEVICE_ID_LUA),
+            sink: RedisSink { conn: conn.clone(), script },
+            conn,
+            wb,
+            _shutdown: shutdown,
+        })
+    }
+
+    pub(crate) fn write_behind(&self) -> &WriteBehind {
+        &self.wb
+    }
+
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Option<AuthInfo>, BackendError> {
+        if let Some(jwt) = &self.jwt {
+            if token::looks_like_jwt(token) {
+                return Ok(jwt.verify(token));
+            }
+        }
+        if token.is_empty() || token.len() > token::MAX_TOKEN_LEN {
+            return Ok(None);
+        }
+        let key = format!("access_token_{token}");
+        let (exists, (uid, appid, user_name)): (bool, (Option<String>, Option<String>, Option<String>)) =
+            redis::pipe()
+                .exists(&key)
+                .cmd("HMGET")
+                .arg(&key)
+                .arg("user_id")
+                .arg("app_id")
+                .arg("user_name")
+                .query_async(&mut self.conn.clone())
+                .await?;
+        if !exists {
+            return Ok(None);
+        }
+        let (Ok(uid), Ok(appid)) = (int_field("user_id", uid), int_field("app_id", appid)) else {
+            tracing::warn!("access token hash has non-integer user_id/app_id; treating the token as invalid");
+            return Ok(None);
+        };
+        if uid <= 0 || appid < 0 {
+            return Ok(None);
+        }
+        Ok(Some(AuthInfo { appid, uid, user_name: user_name.unwrap_or_default() }))
+    }
+
+    pub(crate) async fn grant(&self, appid: i64, uid: i64, user_name: &str) -> Result<String, BackendError> {
+        let token = token::generate();
+        let key = format!("access_token_{token}");
+        let items: [(&str, String); 3] =
+            [("user_id", uid.to_string()), ("app_id", appid.to_string()), ("user_name", user_name.to_owned())];
+        self.conn.clone().hset_multiple::<_, _, _, ()>(&key, &items).await?;
+        Ok(token)
+    }
+
+    pub(crate) async fn revoke(&self, token: &str) -> Result<bool, BackendError> {
+        let removed: i64 = self.conn.clone().del(format!("access_token_{token}")).await?;
+        Ok(removed > 0)
+    }
+
+    pub(crate) async fn user_flags(&self, appid: i64, uid: i64) -> Result<UserFlags, BackendError> {
+        let (forbidden, notification_on): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(user_key(appid, uid))
+            .arg("forbidden")
+            .arg("notification_on")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(UserFlags {
+            forbidden: int_field("forbidden", forbidden)? != 0,
+            notification_on: int_field("notification_on", notification_on)? != 0,
+        })
+    }
+
+    pub(crate) async fn set_forbidden(&self, appid: i64, uid: i64, forbidden: bool) -> Result<(), BackendError> {
+        let flag = i64::from(forbidden);
+        redis::pipe()
+            .hset(user_key(appid, uid), "forbidden", flag)
+            .ignore()
+            .publish("speak_forbidden", format!("{appid},{uid},{flag}"))
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn set_notification_on(&self, appid: i64, uid: i64, on: bool) -> Result<(), BackendError> {
+        self.conn
+            .clone()
+            .hset::<_, _, _, ()>(user_key(appid, uid), "notification_on", i64::from(on))
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn device_id(&self, device: &str, platform: u8) -> Result<i64, BackendError> {
+        let value: redis::Value = self
+            .device_script
+            .key(format!("devices_{device}_{platform}"))
+            .key("devices_id")
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        let id = match &value {
+            redis::Value::Int(i) => Some(*i),
+            redis::Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.trim().parse().ok()),
+            redis::Value::SimpleString(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        id.ok_or_else(|| BackendError::Corrupt(format!("devices_{device}_{platform} is not an integer: {value:?}")))
+    }
+
+    async fn hget_int(&self, key: String, field: String) -> Result<i64, BackendError> {
+        let v: Option<String> = self.conn.clone().hget(&key, &field).await?;
+        int_field(&field, v)
+    }
+
+    pub(crate) async fn sync_key(&self, appid: i64, uid: i64) -> Result<i64, BackendError> {
+        let pending = self.wb.sync_key(appid, uid).unwrap_or(0);
+        let stored = self.hget_int(user_key(appid, uid), "sync_key".to_owned()).await?;
+        Ok(stored.max(pending))
+    }
+
+    pub(crate) async fn group_sync_key(&self, appid: i64, uid: i64, gid: i64) -> Result<i64, BackendError> {
+        let pending = self.wb.group_sync_key(appid, uid, gid).unwrap_or(0);
+        let stored = self.hget_int(user_key(appid, uid), group_field(gid)).await?;
+        Ok(stored.max(pending))
+    }
+
+    pub(crate) async fn unread(&self, appid: i64, uid: i64) -> Result<i32, BackendError> {
+        if let Some(v) = self.wb.unread(appid, uid) {
+            return Ok(v);
+        }
+        let v = self.hget_int(user_key(appid, uid), "unread".to_owned()).await?;
+        i32::try_from(v).map_err(|_| BackendError::Corrupt(format!("unread out of range: {v}")))
+    }
+
+    pub(crate) async fn flush(&self) -> Result<(), BackendError> {
+        self.wb.flush(&self.sink).await
+    }
+}

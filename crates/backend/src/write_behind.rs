@@ -1,0 +1,271 @@
+//! Write-behind buffer for client-reported hints: peer and group sync keys (kept only if greater)
+//! and unread counts (last value wins). Reports land in a sharded in-memory map without I/O; a
+//! background task persists the dirty entries in batches through a [`Sink`], then forgets the
+//! entries it wrote (an entry updated meanwhile stays dirty). Reads consult the map first, so they
+//! see reports that are not yet persisted.
+//!
+//! Memory is bounded: at most [`MAX_PENDING`] dirty entries. Past half of that the flusher is woken
+//! early; at the limit, reports for *new* entries are dropped (they are hints, and the client
+//! reports again with its next message) and counted.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::sync::{oneshot, Notify};
+
+use crate::BackendError;
+
+/// Most dirty entries held in memory (≈ 100 bytes each).
+pub const MAX_PENDING: usize = 1 << 18;
+
+const SHARDS: usize = 64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Slot {
+    Sync { appid: i64, uid: i64 },
+    Group { appid: i64, uid: i64, gid: i64 },
+    Unread { appid: i64, uid: i64 },
+}
+
+/// One batch of dirty entries to persist.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    /// (appid, uid, key): set the peer sync key if greater.
+    pub sync: Vec<(i64, i64, i64)>,
+    /// (appid, uid, gid, key): set the group sync key if greater.
+    pub group: Vec<(i64, i64, i64, i64)>,
+    /// (appid, uid, count): overwrite the unread count.
+    pub unread: Vec<(i64, i64, i32)>,
+}
+
+impl Batch {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.sync.is_empty() && self.group.is_empty() && self.unread.is_empty()
+    }
+
+    fn len(&self) -> usize {
+        self.sync.len() + self.group.len() + self.unread.len()
+    }
+}
+
+/// Where a variant persists batches.
+pub(crate) trait Sink: Send + Sync + 'static {
+    /// Persist every entry of the batch (set-if-greater for sync keys). All or nothing is not
+    /// required: a failed batch is retried whole, and every operation is idempotent.
+    fn persist(&self, batch: &Batch) -> impl Future<Output = Result<(), BackendError>> + Send;
+}
+
+/// The shared dirty map.
+pub(crate) struct WriteBehind {
+    shards: Box<[Mutex<HashMap<Slot, i64>>]>,
+    len: AtomicUsize,
+    dropped: AtomicU64,
+    drop_logged: AtomicBool,
+    wake: Notify,
+    /// Serialises flushes so an older snapshot never overwrites a newer unread count.
+    flush_lock: tokio::sync::Mutex<()>,
+}
+
+fn shard_of(appid: i64, uid: i64) -> usize {
+    let h = (appid as u64)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .rotate_left(29)
+        ^ (uid as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+    (h.wrapping_mul(0x1656_67B1_9E37_79F9) >> 58) as usize % SHARDS
+}
+
+impl Slot {
+    fn shard(&self) -> usize {
+        match *self {
+            Slot::Sync { appid, uid } | Slot::Group { appid, uid, .. } | Slot::Unread { appid, uid } => {
+                shard_of(appid, uid)
+            }
+        }
+    }
+}
+
+impl WriteBehind {
+    pub(crate) fn new() -> Arc<WriteBehind> {
+        Arc::new(WriteBehind {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            len: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            drop_logged: AtomicBool::new(false),
+            wake: Notify::new(),
+            flush_lock: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Record `value`; `greater` = keep the maximum, else last write wins.
+    fn put(&self, slot: Slot, value: i64, greater: bool) {
+        let mut shard = self.shards[slot.shard()].lock();
+        if let Some(cur) = shard.get_mut(&slot) {
+            if !greater || value > *cur {
+                *cur = value;
+            }
+            return;
+        }
+        let len = self.len.load(Ordering::Relaxed);
+        if len >= MAX_PENDING {
+            drop(shard);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            if !self.drop_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(limit = MAX_PENDING, "write-behind buffer full: dropping sync-key/unread reports");
+            }
+            self.wake.notify_one();
+            return;
+        }
+        shard.insert(slot, value);
+        drop(shard);
+        if self.len.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_PENDING / 2 {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(crate) fn report_sync_key(&self, appid: i64, uid: i64, key: i64) {
+        if key > 0 {
+            self.put(Slot::Sync { appid, uid }, key, true);
+        }
+    }
+
+    pub(crate) fn report_group_sync_key(&self, appid: i64, uid: i64, gid: i64, key: i64) {
+        if key > 0 {
+            self.put(Slot::Group { appid, uid, gid }, key, true);
+        }
+    }
+
+    pub(crate) fn set_unread(&self, appid: i64, uid: i64, count: i32) {
+        self.put(Slot::Unread { appid, uid }, i64::from(count), false);
+    }
+
+    fn get(&self, slot: Slot) -> Option<i64> {
+        self.shards[slot.shard()].lock().get(&slot).copied()
+    }
+
+    pub(crate) fn sync_key(&self, appid: i64, uid: i64) -> Option<i64> {
+        self.get(Slot::Sync { appid, uid })
+    }
+
+    pub(crate) fn group_sync_key(&self, appid: i64, uid: i64, gid: i64) -> Option<i64> {
+        self.get(Slot::Group { appid, uid, gid })
+    }
+
+    pub(crate) fn unread(&self, appid: i64, uid: i64) -> Option<i32> {
+        self.get(Slot::Unread { appid, uid }).and_then(|v| i32::try_from(v).ok())
+    }
+
+    /// Reports dropped because the buffer was full, since start.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+
+    fn snapshot(&self) -> Batch {
+        let mut batch = Batch::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (slot, &v) in shard.iter() {
+                match *slot {
+                    Slot::Sync { appid, uid } => batch.sync.push((appid, uid, v)),
+                    Slot::Group { appid, uid, gid } => batch.group.push((appid, uid, gid, v)),
+                    Slot::Unread { appid, uid } => {
+                        batch.unread.push((appid, uid, i32::try_from(v).unwrap_or_default()))
+                    }
+                }
+            }
+        }
+        batch
+    }
+
+    /// Forget entries that still hold the value that was persisted.
+    fn forget(&self, batch: &Batch) {
+        let slots = batch
+            .sync
+            .iter()
+            .map(|&(appid, uid, v)| (Slot::Sync { appid, uid }, v))
+            .chain(batch.group.iter().map(|&(appid, uid, gid, v)| (Slot::Group { appid, uid, gid }, v)))
+            .chain(batch.unread.iter().map(|&(appid, uid, v)| (Slot::Unread { appid, uid }, i64::from(v))));
+        let mut removed = 0;
+        for (slot, v) in slots {
+            let mut shard = self.shards[slot.shard()].lock();
+            if shard.get(&slot) == Some(&v) {
+                shard.remove(&slot);
+                removed += 1;
+            }
+        }
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+        self.drop_logged.store(false, Ordering::Relaxed);
+    }
+
+    /// Persist everything dirty now.
+    pub(crate) async fn flush<S: Sink>(&self, sink: &S) -> Result<(), BackendError> {
+        let _serial = self.flush_lock.lock().await;
+        let batch = self.snapshot();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        sink.persist(&batch).await?;
+        tracing::trace!(entries = batch.len(), "write-behind batch persisted");
+        self.forget(&batch);
+        Ok(())
+    }
+}
+
+/// Spawn the background flusher. It flushes every `interval`, when woken by a filling buffer, and a
+/// last time when `shutdown` fires or its sender is dropped (the backend was dropped).
+pub(crate) fn spawn_flusher<S: Sink>(
+    wb: Arc<WriteBehind>,
+    sink: S,
+    interval: Duration,
+    mut shutdown: oneshot::Receiver<()>,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval.max(Duration::from_millis(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = wb.wake.notified() => {}
+                _ = &mut shutdown => {
+                    if let Err(e) = wb.flush(&sink).await {
+                        tracing::warn!(error = %e, "final write-behind flush failed");
+                    }
+                    return;
+                }
+            }
+            if let Err(e) = wb.flush(&sink).await {
+                tracing::warn!(error = %e, "write-behind flush failed; will retry");
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Null;
+    impl Sink for Null {
+        async fn persist(&self, _batch: &Batch) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn set_if_greater_and_forget_after_flush() {
+        let wb = WriteBehind::new();
+        wb.report_sync_key(1, 2, 10);
+        wb.report_sync_key(1, 2, 5);
+        wb.report_sync_key(1, 2, 0);
+        assert_eq!(wb.sync_key(1, 2), Some(10));
+        wb.set_unread(1, 2, 3);
+        wb.set_unread(1, 2, 1);
+        assert_eq!(wb.unread(1, 2), Some(1));
+        wb.flush(&Null).await.expect("flush");
+        assert_eq!(wb.sync_key(1, 2), None);
+        assert_eq!(wb.len.load(Ordering::Relaxed), 0);
+    }
+}

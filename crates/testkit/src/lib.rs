@@ -1,0 +1,246 @@
+//! Test kit: private service processes for integration tests. Each helper starts its own server
+//! on a free loopback port in a temporary directory, waits until it answers, and stops it (kill and
+//! reap) on drop. Used only as a dev-dependency.
+//!
+//! * [`RedisServer`]: `redis-server` without persistence.
+//! * [`MariaDb`]: `mariadbd` on a fresh data directory, with an empty database `test`.
+//!
+//! A missing binary fails with a message naming the Debian package to install.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// How many times a start is retried when the chosen port was taken meanwhile.
+const START_ATTEMPTS: usize = 3;
+
+/// A free loopback port (bound, then released; the caller races for it, hence the retries).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("testkit: cannot bind 127.0.0.1:0 to find a free port");
+    listener.local_addr().expect("testkit: local_addr of a bound listener").port()
+}
+
+/// Full path of `name` on PATH (also searching the sbin directories), or a clear panic.
+fn find_binary(name: &str, package: &str) -> PathBuf {
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    for extra in ["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin", "/usr/local/bin"] {
+        dirs.push(PathBuf::from(extra));
+    }
+    dirs.into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "testkit: `{name}` not found on PATH; install it (Debian/Ubuntu: `apt-get install -y {package}`) to run these tests"
+            )
+        })
+}
+
+fn log_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let start = text.len().saturating_sub(4000);
+    let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+    text[start..].to_owned()
+}
+
+fn stop(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A private `redis-server` on a free loopback port, killed on drop.
+pub struct RedisServer {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    /// Start `redis-server` and wait until it answers `PING` (panics with its log on failure).
+    pub fn start() -> RedisServer {
+        let bin = find_binary("redis-server", "redis-server");
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("testkit: cannot create a temporary directory");
+            let port = free_port();
+            let log = dir.path().join("redis.log");
+            let mut child = Command::new(&bin)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--dir", &dir.path().to_string_lossy(), "--logfile", &log.to_string_lossy()])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("testkit: cannot spawn {}: {e}", bin.display()));
+            match wait_until(&mut child, Duration::from_secs(10), || redis_ping(port)) {
+                Ok(()) => return RedisServer { child, port, _dir: dir },
+                Err(why) => {
+                    stop(&mut child);
+                    last_error = format!("{why}; log:\n{}", log_tail(&log));
+                }
+            }
+        }
+        panic!("testkit: redis-server did not start: {last_error}");
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+fn redis_ping(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(500)));
+    if stream.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(stream.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
+}
+
+/// Poll `ready` until it holds, the child exits, or the timeout passes.
+fn wait_until(child: &mut Child, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("the process exited early ({status})"));
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("not ready after {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A private MariaDB server on a free loopback port with an empty database `test`, killed on drop.
+/// The user is `root` without a password.
+pub struct MariaDb {
+    child: Child,
+    port: u16,
+    dir: TempDir,
+}
+
+impl MariaDb {
+    /// Initialise a data directory, start `mariadbd`, wait until it accepts connections.
+    /// Panics with the server's log on failure.
+    pub fn start() -> MariaDb {
+        let server = find_binary("mariadbd", "mariadb-server");
+        let install = find_binary("mariadb-install-db", "mariadb-server");
+        let dir = tempfile::tempdir().expect("testkit: cannot create a temporary directory");
+        let data = dir.path().join("data");
+        let install_log = dir.path().join("install.log");
+        let status = Command::new(&install)
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg("--skip-name-resolve")
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(File::create(&install_log).expect("testkit: cannot create install log"))
+            .stderr(Stdio::from(
+                File::options()
+                    .append(true)
+                    .open(&install_log)
+                    .expect("testkit: cannot open install log"),
+            ))
+            .status()
+            .unwrap_or_else(|e| panic!("testkit: cannot run {}: {e}", install.display()));
+        if !status.success() {
+            panic!("testkit: mariadb-install-db failed ({status}):\n{}", log_tail(&install_log));
+        }
+        let init = dir.path().join("init.sql");
+        std::fs::write(&init, "CREATE DATABASE IF NOT EXISTS test;\n").expect("testkit: cannot write init.sql");
+
+        let log = dir.path().join("mariadb.err");
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port();
+            let mut child = Command::new(&server)
+                .arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .args(["--user=root", "--skip-networking=0", "--bind-address=127.0.0.1", "--skip-name-resolve"])
+                .arg(format!("--port={port}"))
+                .arg(format!("--socket={}", dir.path().join("sock").display()))
+                .arg(format!("--pid-file={}", dir.path().join("mariadb.pid").display()))
+                .arg(format!("--log-error={}", log.display()))
+                .arg(format!("--init-file={}", init.display()))
+                .args(["--innodb-buffer-pool-size=16M", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=2"])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("testkit: cannot spawn {}: {e}", server.display()));
+            match wait_until(&mut child, Duration::from_secs(60), || mysql_greeting(port)) {
+                Ok(()) => return MariaDb { child, port, dir },
+                Err(why) => {
+                    stop(&mut child);
+                    last_error = format!("{why}; log:\n{}", log_tail(&log));
+                }
+            }
+        }
+        panic!("testkit: mariadbd did not start: {last_error}");
+    }
+
+    /// `mysql://root@127.0.0.1:<port>/test`.
+    pub fn url(&self) -> String {
+        format!("mysql://root@127.0.0.1:{}/test", self.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The Unix socket path (for the `mariadb` command-line client).
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("sock")
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// True when the server sends a MySQL protocol-10 handshake (not an error packet).
+fn mysql_greeting(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(1000)));
+    let mut buf = [0u8; 5];
+    // 3-byte length, sequence id, then the protocol version 10 (0xff would be an error packet).
+    stream.read_exact(&mut buf).is_ok() && buf[4] == 10
+}

@@ -1,0 +1,117 @@
+//! The 12-byte frame header and incremental frame decoding (spec §2.2–§2.3).
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Size of the frame header.
+pub const HEADER_LEN: usize = 12;
+/// Largest body a client may send (spec §2.3: `length >= 32768` closes the connection).
+pub const MAX_BODY_LEN: usize = 32767;
+
+/// Why a byte stream is not a valid sequence of frames. Every variant is the peer's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("negative body length {0}")]
+    NegativeLength(i32),
+    #[error("body length {len} exceeds the limit of {max} bytes")]
+    TooLong { len: usize, max: usize },
+}
+
+/// A parsed frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub len: usize,
+    pub seq: i32,
+    pub cmd: u8,
+    pub version: u8,
+    pub flag: u8,
+}
+
+impl Header {
+    /// Parses and validates a header from the first 12 bytes of `buf`. `Ok(None)` if fewer are there.
+    pub fn parse(buf: &[u8], max_body: usize) -> Result<Option<Header>, DecodeError> {
+        if buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        let len = i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+        if len < 0 {
+            return Err(DecodeError::NegativeLength(len));
+        }
+        let len = len as usize;
+        if len > max_body {
+            return Err(DecodeError::TooLong { len, max: max_body });
+        }
+        Ok(Some(Header {
+            len,
+            seq: i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
+            cmd: buf[8],
+            version: buf[9],
+            flag: buf[10],
+        }))
+    }
+
+    /// Writes this header; `len` is taken as is.
+    pub fn write(&self, dst: &mut BytesMut) {
+        dst.put_i32(self.len as i32);
+        dst.put_i32(self.seq);
+        dst.put_u8(self.cmd);
+        dst.put_u8(self.version);
+        dst.put_u8(self.flag);
+        dst.put_u8(0);
+    }
+}
+
+/// One protocol message: header fields plus the raw body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub seq: i32,
+    pub cmd: u8,
+    pub version: u8,
+    pub flag: u8,
+    pub body: Bytes,
+}
+
+impl Frame {
+    /// Takes one whole frame off the front of `buf`, or returns `Ok(None)` (reserving room for the rest of
+    /// the frame) when more bytes are needed. The length is checked against `max_body` before any
+    /// reservation, so a hostile length never allocates.
+    pub fn decode(buf: &mut BytesMut, max_body: usize) -> Result<Option<Frame>, DecodeError> {
+        let Some(header) = Header::parse(buf, max_body)? else {
+            return Ok(None);
+        };
+        let total = HEADER_LEN + header.len;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        buf.advance(HEADER_LEN);
+        let body = buf.split_to(header.len).freeze();
+        Ok(Some(Frame {
+            seq: header.seq,
+            cmd: header.cmd,
+            version: header.version,
+            flag: header.flag,
+            body,
+        }))
+    }
+
+    /// Appends header and body to `dst`.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        dst.reserve(HEADER_LEN + self.body.len());
+        Header {
+            len: self.body.len(),
+            seq: self.seq,
+            cmd: self.cmd,
+            version: self.version,
+            flag: self.flag,
+        }
+        .write(dst);
+        dst.put_slice(&self.body);
+    }
+
+    /// The encoded frame as one buffer.
+    pub fn to_bytes(&self) -> Bytes {
+        let mut b = BytesMut::with_capacity(HEADER_LEN + self.body.len());
+        self.encode(&mut b);
+        b.freeze()
+    }
+}

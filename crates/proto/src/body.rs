@@ -141,7 +141,10 @@ pub enum Body {
     System(Bytes),
     UnreadCount(i32),
     /// Commands 24 and 25: any body, never handled.
-    Deprecated { cmd: u8, body: Bytes },
+    Deprecated {
+        cmd: u8,
+        body: Bytes,
+    },
     Sync(i64),
     SyncBegin(i64),
     SyncEnd(i64),
@@ -264,14 +267,15 @@ impl Body {
             }
             cmd::IM => Body::Im(decode_im("IM", version, b)?),
             cmd::ACK => {
-                // The original does not check an ACK's length: missing fields read as 0.
-                let mut a = [0u8; 5];
-                let n = b.len().min(5);
-                a[..n].copy_from_slice(&b[..n]);
-                Body::Ack(Ack {
-                    seq: i32::from_be_bytes([a[0], a[1], a[2], a[3]]),
-                    status: if version >= 2 { a[4] as i8 } else { 0 },
-                })
+                // The original does not check an ACK's length: a field that is not wholly present reads
+                // as 0 (spec §5.4), so 0–3 bytes give seq 0; the status exists only from version 2.
+                let seq = if b.len() >= 4 { i32_at(b, 0) } else { 0 };
+                let status = if version >= 2 && b.len() >= 5 {
+                    b[4] as i8
+                } else {
+                    0
+                };
+                Body::Ack(Ack { seq, status })
             }
             cmd::GROUP_NOTIFICATION => Body::GroupNotification(b.clone()),
             cmd::GROUP_IM => Body::GroupIm(decode_im("GROUP_IM", version, b)?),
@@ -296,9 +300,7 @@ impl Body {
             cmd::SYNC_END => Body::SyncEnd(decode_key("SYNC_END", b)?),
             cmd::SYNC_NOTIFY => Body::SyncNotify(decode_key("SYNC_NOTIFY", b)?),
             cmd::SYNC_GROUP => Body::SyncGroup(decode_group_key("SYNC_GROUP", b)?),
-            cmd::SYNC_GROUP_BEGIN => {
-                Body::SyncGroupBegin(decode_group_key("SYNC_GROUP_BEGIN", b)?)
-            }
+            cmd::SYNC_GROUP_BEGIN => Body::SyncGroupBegin(decode_group_key("SYNC_GROUP_BEGIN", b)?),
             cmd::SYNC_GROUP_END => Body::SyncGroupEnd(decode_group_key("SYNC_GROUP_END", b)?),
             cmd::SYNC_GROUP_NOTIFY => {
                 Body::SyncGroupNotify(decode_group_key("SYNC_GROUP_NOTIFY", b)?)
@@ -383,7 +385,9 @@ impl Body {
             Body::GroupNotification(c) | Body::System(c) | Body::Notification(c) => c.len(),
             Body::Deprecated { body, .. } => body.len(),
             Body::Ping | Body::Pong => 0,
-            Body::AuthToken(a) => 3 + a.token.len() + a.device_id.len(),
+            // Both fields are truncated to 255 bytes by `encode`, and a body with both empty is padded
+            // to the 4 bytes a decoder requires (spec §5.1); the length must agree with `encode`.
+            Body::AuthToken(a) => (3 + a.token.len().min(255) + a.device_id.len().min(255)).max(4),
             Body::Rt(r) | Body::RoomIm(r) => 16 + r.content.len(),
             Body::EnterRoom(_)
             | Body::LeaveRoom(_)
@@ -404,7 +408,9 @@ impl Body {
 
     /// Appends the body, in the layout of `version`, to `dst`.
     ///
-    /// AUTH_TOKEN's token and device id are truncated to 255 bytes (their length fields are one byte).
+    /// AUTH_TOKEN's token and device id are truncated to 255 bytes (their length fields are one byte); an
+    /// AUTH_TOKEN with both empty gets one trailing zero byte, because a body shorter than 4 bytes is
+    /// rejected on decode (spec §5.1).
     pub fn encode(&self, version: u8, dst: &mut BytesMut) {
         dst.reserve(self.encoded_len(version));
         match self {
@@ -438,6 +444,10 @@ impl Body {
                 dst.put_slice(t);
                 dst.put_u8(d.len() as u8);
                 dst.put_slice(d);
+                if t.is_empty() && d.is_empty() {
+                    // The minimum AUTH_TOKEN body is 4 bytes; trailing bytes are ignored on read.
+                    dst.put_u8(0);
+                }
             }
             Body::Rt(r) | Body::RoomIm(r) => {
                 dst.put_i64(r.sender);
@@ -501,6 +511,6 @@ impl Body {
 /// Reads the i64 at `at` of a stored v2 IM/GROUP_IM body, if present (used to peek sender/receiver
 /// without a full decode).
 pub fn peek_i64(body: &[u8], at: usize) -> Option<i64> {
-    let mut s = body.get(at..at + 8)?;
+    let mut s = body.get(at..at.checked_add(8)?)?;
     Some(s.get_i64())
 }

@@ -58,7 +58,10 @@ pub const fn client_allowed(cmd: u8) -> bool {
 
 /// Whether messages of this command are persisted in queues and returned by sync (spec §9.7).
 pub const fn is_persistent(cmd: u8) -> bool {
-    matches!(cmd, IM | GROUP_NOTIFICATION | GROUP_IM | SYSTEM | CUSTOMER_V2)
+    matches!(
+        cmd,
+        IM | GROUP_NOTIFICATION | GROUP_IM | SYSTEM | CUSTOMER_V2
+    )
 }
 
 /// A human-readable name for logs.

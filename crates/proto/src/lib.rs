@@ -13,7 +13,7 @@ pub mod flag;
 pub mod frame;
 
 pub use body::{
-    AckStatus, AuthToken, Body, BodyError, Customer, GroupSyncKey, Im, Metadata, Platform, Rt,
+    Ack, AckStatus, AuthToken, Body, BodyError, Customer, GroupSyncKey, Im, Metadata, Platform, Rt,
 };
 pub use frame::{DecodeError, Frame, Header, HEADER_LEN, MAX_BODY_LEN};
 

@@ -31,7 +31,12 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
         let per_shard = capacity.div_ceil(SHARDS).max(1);
         BoundedCache {
             shards: (0..SHARDS)
-                .map(|_| Mutex::new(Shard { map: HashMap::new(), generation: 0 }))
+                .map(|_| {
+                    Mutex::new(Shard {
+                        map: HashMap::new(),
+                        generation: 0,
+                    })
+                })
                 .collect(),
             per_shard,
             hasher: RandomState::new(),

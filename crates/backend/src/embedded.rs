@@ -14,7 +14,9 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::Row;
 use tokio::sync::oneshot;
 
@@ -131,7 +133,10 @@ impl Embedded {
     /// Open (or create) the SQLite file and start the write-behind flusher.
     pub async fn open(opts: EmbeddedOptions) -> Result<Embedded, BackendError> {
         if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| BackendError::Io { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
         }
         let connect = SqliteConnectOptions::from_str("sqlite:")?
             .filename(&opts.path)
@@ -144,7 +149,9 @@ impl Embedded {
             .min_connections(1)
             .connect_with(connect)
             .await?;
-        let version: i64 = sqlx::query_scalar("PRAGMA user_version").fetch_one(&pool).await?;
+        let version: i64 = sqlx::query_scalar("PRAGMA user_version")
+            .fetch_one(&pool)
+            .await?;
         if version > SCHEMA_VERSION {
             return Err(BackendError::Corrupt(format!(
                 "{} has schema version {version}, newer than this server's {SCHEMA_VERSION}",
@@ -154,7 +161,9 @@ impl Embedded {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await?;
         }
-        sqlx::query("PRAGMA user_version = 1").execute(&pool).await?;
+        sqlx::query("PRAGMA user_version = 1")
+            .execute(&pool)
+            .await?;
 
         let wb = WriteBehind::new();
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -210,7 +219,12 @@ impl Embedded {
         Ok(Some(info))
     }
 
-    pub(crate) async fn grant(&self, appid: i64, uid: i64, user_name: &str) -> Result<String, BackendError> {
+    pub(crate) async fn grant(
+        &self,
+        appid: i64,
+        uid: i64,
+        user_name: &str,
+    ) -> Result<String, BackendError> {
         let token = token::generate();
         sqlx::query("INSERT INTO tokens (token_hash, appid, uid, user_name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
             .bind(&token::hash(&token)[..])
@@ -236,11 +250,13 @@ impl Embedded {
     }
 
     pub(crate) async fn user_flags(&self, appid: i64, uid: i64) -> Result<UserFlags, BackendError> {
-        let row = sqlx::query("SELECT forbidden, notification_on FROM users WHERE appid = ?1 AND uid = ?2")
-            .bind(appid)
-            .bind(uid)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT forbidden, notification_on FROM users WHERE appid = ?1 AND uid = ?2",
+        )
+        .bind(appid)
+        .bind(uid)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(match row {
             Some(row) => UserFlags {
                 forbidden: row.try_get::<i64, _>("forbidden")? != 0,
@@ -250,7 +266,12 @@ impl Embedded {
         })
     }
 
-    pub(crate) async fn set_forbidden(&self, appid: i64, uid: i64, forbidden: bool) -> Result<(), BackendError> {
+    pub(crate) async fn set_forbidden(
+        &self,
+        appid: i64,
+        uid: i64,
+        forbidden: bool,
+    ) -> Result<(), BackendError> {
         sqlx::query(
             "INSERT INTO users (appid, uid, forbidden) VALUES (?1, ?2, ?3)
              ON CONFLICT (appid, uid) DO UPDATE SET forbidden = excluded.forbidden",
@@ -263,7 +284,12 @@ impl Embedded {
         Ok(())
     }
 
-    pub(crate) async fn set_notification_on(&self, appid: i64, uid: i64, on: bool) -> Result<(), BackendError> {
+    pub(crate) async fn set_notification_on(
+        &self,
+        appid: i64,
+        uid: i64,
+        on: bool,
+    ) -> Result<(), BackendError> {
         sqlx::query(
             "INSERT INTO users (appid, uid, notification_on) VALUES (?1, ?2, ?3)
              ON CONFLICT (appid, uid) DO UPDATE SET notification_on = excluded.notification_on",
@@ -299,23 +325,30 @@ impl Embedded {
     pub(crate) async fn sync_key(&self, appid: i64, uid: i64) -> Result<i64, BackendError> {
         // Memory first: a flush between the two reads moves the value from memory to the file.
         let pending = self.wb.sync_key(appid, uid).unwrap_or(0);
-        let stored: Option<i64> = sqlx::query_scalar("SELECT sync_key FROM users WHERE appid = ?1 AND uid = ?2")
-            .bind(appid)
-            .bind(uid)
-            .fetch_optional(&self.pool)
-            .await?;
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT sync_key FROM users WHERE appid = ?1 AND uid = ?2")
+                .bind(appid)
+                .bind(uid)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(stored.unwrap_or(0).max(pending))
     }
 
-    pub(crate) async fn group_sync_key(&self, appid: i64, uid: i64, gid: i64) -> Result<i64, BackendError> {
+    pub(crate) async fn group_sync_key(
+        &self,
+        appid: i64,
+        uid: i64,
+        gid: i64,
+    ) -> Result<i64, BackendError> {
         let pending = self.wb.group_sync_key(appid, uid, gid).unwrap_or(0);
-        let stored: Option<i64> =
-            sqlx::query_scalar("SELECT sync_key FROM group_sync_keys WHERE appid = ?1 AND uid = ?2 AND gid = ?3")
-                .bind(appid)
-                .bind(uid)
-                .bind(gid)
-                .fetch_optional(&self.pool)
-                .await?;
+        let stored: Option<i64> = sqlx::query_scalar(
+            "SELECT sync_key FROM group_sync_keys WHERE appid = ?1 AND uid = ?2 AND gid = ?3",
+        )
+        .bind(appid)
+        .bind(uid)
+        .bind(gid)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(stored.unwrap_or(0).max(pending))
     }
 
@@ -323,11 +356,12 @@ impl Embedded {
         if let Some(v) = self.wb.unread(appid, uid) {
             return Ok(v);
         }
-        let stored: Option<i32> = sqlx::query_scalar("SELECT unread FROM users WHERE appid = ?1 AND uid = ?2")
-            .bind(appid)
-            .bind(uid)
-            .fetch_optional(&self.pool)
-            .await?;
+        let stored: Option<i32> =
+            sqlx::query_scalar("SELECT unread FROM users WHERE appid = ?1 AND uid = ?2")
+                .bind(appid)
+                .bind(uid)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(stored.unwrap_or(0))
     }
 

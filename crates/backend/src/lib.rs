@@ -68,12 +68,16 @@ fn check_ids(appid: i64, uid: i64) -> Result<(), BackendError> {
 impl Backend {
     /// Open (creating when missing) the SQLite file `opts.path`; its parent directory is created.
     pub async fn open_embedded(opts: EmbeddedOptions) -> Result<Backend, BackendError> {
-        Ok(Backend::Embedded(Arc::new(embedded::Embedded::open(opts).await?)))
+        Ok(Backend::Embedded(Arc::new(
+            embedded::Embedded::open(opts).await?,
+        )))
     }
 
     /// Connect to Redis at `opts.url`; fails when it does not answer within about 2 s.
     pub async fn open_redis(opts: RedisOptions) -> Result<Backend, BackendError> {
-        Ok(Backend::Redis(Arc::new(redis_backend::RedisBackend::open(opts).await?)))
+        Ok(Backend::Redis(Arc::new(
+            redis_backend::RedisBackend::open(opts).await?,
+        )))
     }
 
     /// `Ok(None)` = unknown, revoked, expired or invalid token (the client gets AUTH_STATUS 1);
@@ -91,7 +95,12 @@ impl Backend {
     }
 
     /// Issue a random token (256 bits, 64 hex characters) for `(appid, uid, user_name)` and store it.
-    pub async fn grant(&self, appid: i64, uid: i64, user_name: &str) -> Result<String, BackendError> {
+    pub async fn grant(
+        &self,
+        appid: i64,
+        uid: i64,
+        user_name: &str,
+    ) -> Result<String, BackendError> {
         check_ids(appid, uid)?;
         match self {
             Backend::Embedded(b) => b.grant(appid, uid, user_name).await,
@@ -116,7 +125,12 @@ impl Backend {
     }
 
     /// Set or clear the room speak-ban flag. In Redis mode this also publishes `speak_forbidden`.
-    pub async fn set_forbidden(&self, appid: i64, uid: i64, forbidden: bool) -> Result<(), BackendError> {
+    pub async fn set_forbidden(
+        &self,
+        appid: i64,
+        uid: i64,
+        forbidden: bool,
+    ) -> Result<(), BackendError> {
         check_ids(appid, uid)?;
         match self {
             Backend::Embedded(b) => b.set_forbidden(appid, uid, forbidden).await,
@@ -125,7 +139,12 @@ impl Backend {
     }
 
     /// Set or clear `notification_on`.
-    pub async fn set_notification_on(&self, appid: i64, uid: i64, on: bool) -> Result<(), BackendError> {
+    pub async fn set_notification_on(
+        &self,
+        appid: i64,
+        uid: i64,
+        on: bool,
+    ) -> Result<(), BackendError> {
         check_ids(appid, uid)?;
         match self {
             Backend::Embedded(b) => b.set_notification_on(appid, uid, on).await,
@@ -165,7 +184,8 @@ impl Backend {
 
     /// Record a super-group sync-key report; as [`Backend::report_sync_key`].
     pub fn report_group_sync_key(&self, appid: i64, uid: i64, gid: i64, key: i64) {
-        self.write_behind().report_group_sync_key(appid, uid, gid, key);
+        self.write_behind()
+            .report_group_sync_key(appid, uid, gid, key);
     }
 
     /// The peer sync-key hint (0 when none), including reports not yet persisted.
@@ -177,7 +197,12 @@ impl Backend {
     }
 
     /// The super-group sync-key hint (0 when none), including reports not yet persisted.
-    pub async fn group_sync_key(&self, appid: i64, uid: i64, gid: i64) -> Result<i64, BackendError> {
+    pub async fn group_sync_key(
+        &self,
+        appid: i64,
+        uid: i64,
+        gid: i64,
+    ) -> Result<i64, BackendError> {
         match self {
             Backend::Embedded(b) => b.group_sync_key(appid, uid, gid).await,
             Backend::Redis(b) => b.group_sync_key(appid, uid, gid).await,

@@ -35,7 +35,8 @@ impl JwtOptions {
 }
 
 fn ser_app_secrets<S: Serializer>(map: &BTreeMap<i64, String>, s: S) -> Result<S::Ok, S::Error> {
-    let as_strings: BTreeMap<String, &String> = map.iter().map(|(k, v)| (k.to_string(), v)).collect();
+    let as_strings: BTreeMap<String, &String> =
+        map.iter().map(|(k, v)| (k.to_string(), v)).collect();
     as_strings.serialize(s)
 }
 
@@ -46,7 +47,11 @@ fn de_app_secrets<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<i64, Strin
             k.trim()
                 .parse::<i64>()
                 .map(|appid| (appid, v))
-                .map_err(|_| serde::de::Error::custom(format!("app_secrets key {k:?} is not an integer appid")))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "app_secrets key {k:?} is not an integer appid"
+                    ))
+                })
         })
         .collect()
 }

@@ -85,8 +85,13 @@ impl Sink for RedisSink {
             let mut pipe = redis::pipe();
             pipe.load_script(&self.script).ignore();
             for &(appid, uid, key) in chunk {
-                pipe.invoke_script(self.script.key(user_key(appid, uid)).arg("sync_key").arg(key))
-                    .ignore();
+                pipe.invoke_script(
+                    self.script
+                        .key(user_key(appid, uid))
+                        .arg("sync_key")
+                        .arg(key),
+                )
+                .ignore();
             }
             pipe.query_async::<()>(&mut conn).await?;
         }
@@ -94,8 +99,13 @@ impl Sink for RedisSink {
             let mut pipe = redis::pipe();
             pipe.load_script(&self.script).ignore();
             for &(appid, uid, gid, key) in chunk {
-                pipe.invoke_script(self.script.key(user_key(appid, uid)).arg(group_field(gid)).arg(key))
-                    .ignore();
+                pipe.invoke_script(
+                    self.script
+                        .key(user_key(appid, uid))
+                        .arg(group_field(gid))
+                        .arg(key),
+                )
+                .ignore();
             }
             pipe.query_async::<()>(&mut conn).await?;
         }
@@ -128,6 +138,9 @@ impl RedisBackend {
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_secs(2))
             .set_response_timeout(Duration::from_secs(5))
+            // The retry delay is 1 s × factor^attempt (capped): keep reconnects within seconds.
+            .set_factor(2)
+            .set_max_delay(1000)
             .set_number_of_retries(2);
         let mut conn = ConnectionManager::new_with_config(client, config).await?;
         let script = Script::new(SET_IF_GREATER_LUA);
@@ -138,14 +151,20 @@ impl RedisBackend {
         let (shutdown, shutdown_rx) = oneshot::channel();
         spawn_flusher(
             wb.clone(),
-            RedisSink { conn: conn.clone(), script: script.clone() },
+            RedisSink {
+                conn: conn.clone(),
+                script: script.clone(),
+            },
             Duration::from_millis(opts.flush_interval_ms),
             shutdown_rx,
         );
         Ok(RedisBackend {
             jwt: JwtVerifier::new(&opts.jwt),
             device_script: Script::new(DEVICE_ID_LUA),
-            sink: RedisSink { conn: conn.clone(), script },
+            sink: RedisSink {
+                conn: conn.clone(),
+                script,
+            },
             conn,
             wb,
             _shutdown: shutdown,
@@ -166,40 +185,63 @@ impl RedisBackend {
             return Ok(None);
         }
         let key = format!("access_token_{token}");
-        let (exists, (uid, appid, user_name)): (bool, (Option<String>, Option<String>, Option<String>)) =
-            redis::pipe()
-                .exists(&key)
-                .cmd("HMGET")
-                .arg(&key)
-                .arg("user_id")
-                .arg("app_id")
-                .arg("user_name")
-                .query_async(&mut self.conn.clone())
-                .await?;
+        let (exists, (uid, appid, user_name)): (
+            bool,
+            (Option<String>, Option<String>, Option<String>),
+        ) = redis::pipe()
+            .exists(&key)
+            .cmd("HMGET")
+            .arg(&key)
+            .arg("user_id")
+            .arg("app_id")
+            .arg("user_name")
+            .query_async(&mut self.conn.clone())
+            .await?;
         if !exists {
             return Ok(None);
         }
         let (Ok(uid), Ok(appid)) = (int_field("user_id", uid), int_field("app_id", appid)) else {
-            tracing::warn!("access token hash has non-integer user_id/app_id; treating the token as invalid");
+            tracing::warn!(
+                "access token hash has non-integer user_id/app_id; treating the token as invalid"
+            );
             return Ok(None);
         };
         if uid <= 0 || appid < 0 {
             return Ok(None);
         }
-        Ok(Some(AuthInfo { appid, uid, user_name: user_name.unwrap_or_default() }))
+        Ok(Some(AuthInfo {
+            appid,
+            uid,
+            user_name: user_name.unwrap_or_default(),
+        }))
     }
 
-    pub(crate) async fn grant(&self, appid: i64, uid: i64, user_name: &str) -> Result<String, BackendError> {
+    pub(crate) async fn grant(
+        &self,
+        appid: i64,
+        uid: i64,
+        user_name: &str,
+    ) -> Result<String, BackendError> {
         let token = token::generate();
         let key = format!("access_token_{token}");
-        let items: [(&str, String); 3] =
-            [("user_id", uid.to_string()), ("app_id", appid.to_string()), ("user_name", user_name.to_owned())];
-        self.conn.clone().hset_multiple::<_, _, _, ()>(&key, &items).await?;
+        let items: [(&str, String); 3] = [
+            ("user_id", uid.to_string()),
+            ("app_id", appid.to_string()),
+            ("user_name", user_name.to_owned()),
+        ];
+        self.conn
+            .clone()
+            .hset_multiple::<_, _, _, ()>(&key, &items)
+            .await?;
         Ok(token)
     }
 
     pub(crate) async fn revoke(&self, token: &str) -> Result<bool, BackendError> {
-        let removed: i64 = self.conn.clone().del(format!("access_token_{token}")).await?;
+        let removed: i64 = self
+            .conn
+            .clone()
+            .del(format!("access_token_{token}"))
+            .await?;
         Ok(removed > 0)
     }
 
@@ -216,7 +258,12 @@ impl RedisBackend {
         })
     }
 
-    pub(crate) async fn set_forbidden(&self, appid: i64, uid: i64, forbidden: bool) -> Result<(), BackendError> {
+    pub(crate) async fn set_forbidden(
+        &self,
+        appid: i64,
+        uid: i64,
+        forbidden: bool,
+    ) -> Result<(), BackendError> {
         let flag = i64::from(forbidden);
         redis::pipe()
             .hset(user_key(appid, uid), "forbidden", flag)
@@ -228,7 +275,12 @@ impl RedisBackend {
         Ok(())
     }
 
-    pub(crate) async fn set_notification_on(&self, appid: i64, uid: i64, on: bool) -> Result<(), BackendError> {
+    pub(crate) async fn set_notification_on(
+        &self,
+        appid: i64,
+        uid: i64,
+        on: bool,
+    ) -> Result<(), BackendError> {
         self.conn
             .clone()
             .hset::<_, _, _, ()>(user_key(appid, uid), "notification_on", i64::from(on))
@@ -245,11 +297,17 @@ impl RedisBackend {
             .await?;
         let id = match &value {
             redis::Value::Int(i) => Some(*i),
-            redis::Value::BulkString(b) => std::str::from_utf8(b).ok().and_then(|s| s.trim().parse().ok()),
+            redis::Value::BulkString(b) => std::str::from_utf8(b)
+                .ok()
+                .and_then(|s| s.trim().parse().ok()),
             redis::Value::SimpleString(s) => s.trim().parse().ok(),
             _ => None,
         };
-        id.ok_or_else(|| BackendError::Corrupt(format!("devices_{device}_{platform} is not an integer: {value:?}")))
+        id.ok_or_else(|| {
+            BackendError::Corrupt(format!(
+                "devices_{device}_{platform} is not an integer: {value:?}"
+            ))
+        })
     }
 
     async fn hget_int(&self, key: String, field: String) -> Result<i64, BackendError> {
@@ -259,13 +317,22 @@ impl RedisBackend {
 
     pub(crate) async fn sync_key(&self, appid: i64, uid: i64) -> Result<i64, BackendError> {
         let pending = self.wb.sync_key(appid, uid).unwrap_or(0);
-        let stored = self.hget_int(user_key(appid, uid), "sync_key".to_owned()).await?;
+        let stored = self
+            .hget_int(user_key(appid, uid), "sync_key".to_owned())
+            .await?;
         Ok(stored.max(pending))
     }
 
-    pub(crate) async fn group_sync_key(&self, appid: i64, uid: i64, gid: i64) -> Result<i64, BackendError> {
+    pub(crate) async fn group_sync_key(
+        &self,
+        appid: i64,
+        uid: i64,
+        gid: i64,
+    ) -> Result<i64, BackendError> {
         let pending = self.wb.group_sync_key(appid, uid, gid).unwrap_or(0);
-        let stored = self.hget_int(user_key(appid, uid), group_field(gid)).await?;
+        let stored = self
+            .hget_int(user_key(appid, uid), group_field(gid))
+            .await?;
         Ok(stored.max(pending))
     }
 
@@ -273,7 +340,9 @@ impl RedisBackend {
         if let Some(v) = self.wb.unread(appid, uid) {
             return Ok(v);
         }
-        let v = self.hget_int(user_key(appid, uid), "unread".to_owned()).await?;
+        let v = self
+            .hget_int(user_key(appid, uid), "unread".to_owned())
+            .await?;
         i32::try_from(v).map_err(|_| BackendError::Corrupt(format!("unread out of range: {v}")))
     }
 

@@ -75,7 +75,10 @@ impl JwtVerifier {
             return None;
         }
         Some(JwtVerifier {
-            global: opts.secret.as_ref().map(|s| DecodingKey::from_secret(s.as_bytes())),
+            global: opts
+                .secret
+                .as_ref()
+                .map(|s| DecodingKey::from_secret(s.as_bytes())),
             per_app: opts
                 .app_secrets
                 .iter()
@@ -87,7 +90,10 @@ impl JwtVerifier {
     /// `Some` for a valid JWT; `None` for anything else (bad signature, algorithm, claims, time).
     pub(crate) fn verify(&self, token: &str) -> Option<AuthInfo> {
         let header = jsonwebtoken::decode_header(token).ok()?;
-        if !matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) {
+        if !matches!(
+            header.alg,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        ) {
             tracing::debug!(alg = ?header.alg, "JWT rejected: algorithm not allowed");
             return None;
         }
@@ -132,7 +138,11 @@ impl JwtVerifier {
             .find_map(|k| claims.get(*k).and_then(Value::as_str))
             .unwrap_or_default()
             .to_owned();
-        Some(AuthInfo { appid, uid, user_name })
+        Some(AuthInfo {
+            appid,
+            uid,
+            user_name,
+        })
     }
 }
 

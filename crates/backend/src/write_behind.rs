@@ -81,9 +81,9 @@ fn shard_of(appid: i64, uid: i64) -> usize {
 impl Slot {
     fn shard(&self) -> usize {
         match *self {
-            Slot::Sync { appid, uid } | Slot::Group { appid, uid, .. } | Slot::Unread { appid, uid } => {
-                shard_of(appid, uid)
-            }
+            Slot::Sync { appid, uid }
+            | Slot::Group { appid, uid, .. }
+            | Slot::Unread { appid, uid } => shard_of(appid, uid),
         }
     }
 }
@@ -114,7 +114,10 @@ impl WriteBehind {
             drop(shard);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             if !self.drop_logged.swap(true, Ordering::Relaxed) {
-                tracing::warn!(limit = MAX_PENDING, "write-behind buffer full: dropping sync-key/unread reports");
+                tracing::warn!(
+                    limit = MAX_PENDING,
+                    "write-behind buffer full: dropping sync-key/unread reports"
+                );
             }
             self.wake.notify_one();
             return;
@@ -155,7 +158,8 @@ impl WriteBehind {
     }
 
     pub(crate) fn unread(&self, appid: i64, uid: i64) -> Option<i32> {
-        self.get(Slot::Unread { appid, uid }).and_then(|v| i32::try_from(v).ok())
+        self.get(Slot::Unread { appid, uid })
+            .and_then(|v| i32::try_from(v).ok())
     }
 
     /// Reports dropped because the buffer was full, since start.
@@ -172,7 +176,9 @@ impl WriteBehind {
                     Slot::Sync { appid, uid } => batch.sync.push((appid, uid, v)),
                     Slot::Group { appid, uid, gid } => batch.group.push((appid, uid, gid, v)),
                     Slot::Unread { appid, uid } => {
-                        batch.unread.push((appid, uid, i32::try_from(v).unwrap_or_default()))
+                        batch
+                            .unread
+                            .push((appid, uid, i32::try_from(v).unwrap_or_default()))
                     }
                 }
             }
@@ -186,8 +192,18 @@ impl WriteBehind {
             .sync
             .iter()
             .map(|&(appid, uid, v)| (Slot::Sync { appid, uid }, v))
-            .chain(batch.group.iter().map(|&(appid, uid, gid, v)| (Slot::Group { appid, uid, gid }, v)))
-            .chain(batch.unread.iter().map(|&(appid, uid, v)| (Slot::Unread { appid, uid }, i64::from(v))));
+            .chain(
+                batch
+                    .group
+                    .iter()
+                    .map(|&(appid, uid, gid, v)| (Slot::Group { appid, uid, gid }, v)),
+            )
+            .chain(
+                batch
+                    .unread
+                    .iter()
+                    .map(|&(appid, uid, v)| (Slot::Unread { appid, uid }, i64::from(v))),
+            );
         let mut removed = 0;
         for (slot, v) in slots {
             let mut shard = self.shards[slot.shard()].lock();

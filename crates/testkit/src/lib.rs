@@ -21,8 +21,12 @@ const START_ATTEMPTS: usize = 3;
 
 /// A free loopback port (bound, then released; the caller races for it, hence the retries).
 fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("testkit: cannot bind 127.0.0.1:0 to find a free port");
-    listener.local_addr().expect("testkit: local_addr of a bound listener").port()
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .expect("testkit: cannot bind 127.0.0.1:0 to find a free port");
+    listener
+        .local_addr()
+        .expect("testkit: local_addr of a bound listener")
+        .port()
 }
 
 /// Full path of `name` on PATH (also searching the sbin directories), or a clear panic.
@@ -30,7 +34,13 @@ fn find_binary(name: &str, package: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
-    for extra in ["/usr/sbin", "/usr/local/sbin", "/sbin", "/usr/bin", "/usr/local/bin"] {
+    for extra in [
+        "/usr/sbin",
+        "/usr/local/sbin",
+        "/sbin",
+        "/usr/bin",
+        "/usr/local/bin",
+    ] {
         dirs.push(PathBuf::from(extra));
     }
     dirs.into_iter()
@@ -49,7 +59,9 @@ fn log_tail(path: &Path) -> String {
         let _ = f.read_to_string(&mut text);
     }
     let start = text.len().saturating_sub(4000);
-    let start = (start..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+    let start = (start..text.len())
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(text.len());
     text[start..].to_owned()
 }
 
@@ -75,8 +87,22 @@ impl RedisServer {
             let port = free_port();
             let log = dir.path().join("redis.log");
             let mut child = Command::new(&bin)
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .args(["--dir", &dir.path().to_string_lossy(), "--logfile", &log.to_string_lossy()])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args([
+                    "--dir",
+                    &dir.path().to_string_lossy(),
+                    "--logfile",
+                    &log.to_string_lossy(),
+                ])
                 .current_dir(dir.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
@@ -84,7 +110,13 @@ impl RedisServer {
                 .spawn()
                 .unwrap_or_else(|e| panic!("testkit: cannot spawn {}: {e}", bin.display()));
             match wait_until(&mut child, Duration::from_secs(10), || redis_ping(port)) {
-                Ok(()) => return RedisServer { child, port, _dir: dir },
+                Ok(()) => {
+                    return RedisServer {
+                        child,
+                        port,
+                        _dir: dir,
+                    }
+                }
                 Err(why) => {
                     stop(&mut child);
                     last_error = format!("{why}; log:\n{}", log_tail(&log));
@@ -125,7 +157,11 @@ fn redis_ping(port: u16) -> bool {
 }
 
 /// Poll `ready` until it holds, the child exits, or the timeout passes.
-fn wait_until(child: &mut Child, timeout: Duration, mut ready: impl FnMut() -> bool) -> Result<(), String> {
+fn wait_until(
+    child: &mut Child,
+    timeout: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
         if ready() {
@@ -161,7 +197,11 @@ impl MariaDb {
         let status = Command::new(&install)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
-            .args(["--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .args([
+                "--user=root",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+            ])
             .arg("--skip-name-resolve")
             .current_dir(dir.path())
             .stdin(Stdio::null())
@@ -175,10 +215,14 @@ impl MariaDb {
             .status()
             .unwrap_or_else(|e| panic!("testkit: cannot run {}: {e}", install.display()));
         if !status.success() {
-            panic!("testkit: mariadb-install-db failed ({status}):\n{}", log_tail(&install_log));
+            panic!(
+                "testkit: mariadb-install-db failed ({status}):\n{}",
+                log_tail(&install_log)
+            );
         }
         let init = dir.path().join("init.sql");
-        std::fs::write(&init, "CREATE DATABASE IF NOT EXISTS test;\n").expect("testkit: cannot write init.sql");
+        std::fs::write(&init, "CREATE DATABASE IF NOT EXISTS test;\n")
+            .expect("testkit: cannot write init.sql");
 
         let log = dir.path().join("mariadb.err");
         let mut last_error = String::new();
@@ -187,13 +231,25 @@ impl MariaDb {
             let mut child = Command::new(&server)
                 .arg("--no-defaults")
                 .arg(format!("--datadir={}", data.display()))
-                .args(["--user=root", "--skip-networking=0", "--bind-address=127.0.0.1", "--skip-name-resolve"])
+                .args([
+                    "--user=root",
+                    "--skip-networking=0",
+                    "--bind-address=127.0.0.1",
+                    "--skip-name-resolve",
+                ])
                 .arg(format!("--port={port}"))
                 .arg(format!("--socket={}", dir.path().join("sock").display()))
-                .arg(format!("--pid-file={}", dir.path().join("mariadb.pid").display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    dir.path().join("mariadb.pid").display()
+                ))
                 .arg(format!("--log-error={}", log.display()))
                 .arg(format!("--init-file={}", init.display()))
-                .args(["--innodb-buffer-pool-size=16M", "--skip-log-bin", "--innodb-flush-log-at-trx-commit=2"])
+                .args([
+                    "--innodb-buffer-pool-size=16M",
+                    "--skip-log-bin",
+                    "--innodb-flush-log-at-trx-commit=2",
+                ])
                 .current_dir(dir.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())

@@ -10,7 +10,8 @@ fn redis_starts_answers_and_stops() {
     let port = redis.port();
     assert_eq!(redis.url(), format!("redis://127.0.0.1:{port}/0"));
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to redis");
-    s.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
     s.write_all(b"SET k v\r\nGET k\r\n").expect("write");
     let mut got = Vec::new();
     let mut buf = [0u8; 64];
@@ -22,7 +23,10 @@ fn redis_starts_answers_and_stops() {
     assert_eq!(got, b"+OK\r\n$1\r\nv\r\n");
     drop(s);
     drop(redis);
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "redis still listening after drop");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "redis still listening after drop"
+    );
 }
 
 #[test]
@@ -33,12 +37,26 @@ fn mariadb_starts_creates_test_db_and_stops() {
     // The database `test` exists: ask the command-line client over TCP when it is installed,
     // else check the server greets on the port.
     match std::process::Command::new("mariadb")
-        .args(["--no-defaults", "-h", "127.0.0.1", "-P", &port.to_string(), "-u", "root", "-N", "-e"])
+        .args([
+            "--no-defaults",
+            "-h",
+            "127.0.0.1",
+            "-P",
+            &port.to_string(),
+            "-u",
+            "root",
+            "-N",
+            "-e",
+        ])
         .arg("SHOW DATABASES LIKE 'test'")
         .output()
     {
         Ok(out) => {
-            assert!(out.status.success(), "mariadb client failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "mariadb client failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "test");
         }
         Err(_) => {
@@ -49,5 +67,8 @@ fn mariadb_starts_creates_test_db_and_stops() {
         }
     }
     drop(db);
-    assert!(TcpStream::connect(("127.0.0.1", port)).is_err(), "mariadb still listening after drop");
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "mariadb still listening after drop"
+    );
 }

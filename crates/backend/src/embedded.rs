@@ -17,7 +17,7 @@ use std::time::Duration;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite};
 use tokio::sync::oneshot;
 
 use crate::cache::BoundedCache;
@@ -29,6 +29,8 @@ use crate::{AuthInfo, BackendError, EmbeddedOptions, UserFlags};
 const TOKEN_CACHE_ENTRIES: usize = 1 << 16;
 /// Cached device ids.
 const DEVICE_CACHE_ENTRIES: usize = 1 << 16;
+/// Rows per multi-row upsert in a flush (4 parameters each, well under SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 200;
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -82,40 +84,36 @@ struct SqliteSink {
 
 impl Sink for SqliteSink {
     async fn persist(&self, batch: &Batch) -> Result<(), BackendError> {
+        // One transaction per flush, multi-row upserts of up to ROWS_PER_STATEMENT rows each.
         let mut tx = self.pool.begin().await?;
-        for &(appid, uid, key) in &batch.sync {
-            sqlx::query(
-                "INSERT INTO users (appid, uid, sync_key) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (appid, uid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)",
-            )
-            .bind(appid)
-            .bind(uid)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in batch.sync.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO users (appid, uid, sync_key) ");
+            q.push_values(chunk, |mut row, &(appid, uid, key)| {
+                row.push_bind(appid).push_bind(uid).push_bind(key);
+            });
+            q.push(" ON CONFLICT (appid, uid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)");
+            q.build().execute(&mut *tx).await?;
         }
-        for &(appid, uid, gid, key) in &batch.group {
-            sqlx::query(
-                "INSERT INTO group_sync_keys (appid, uid, gid, sync_key) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (appid, uid, gid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)",
-            )
-            .bind(appid)
-            .bind(uid)
-            .bind(gid)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in batch.group.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO group_sync_keys (appid, uid, gid, sync_key) ",
+            );
+            q.push_values(chunk, |mut row, &(appid, uid, gid, key)| {
+                row.push_bind(appid)
+                    .push_bind(uid)
+                    .push_bind(gid)
+                    .push_bind(key);
+            });
+            q.push(" ON CONFLICT (appid, uid, gid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)");
+            q.build().execute(&mut *tx).await?;
         }
-        for &(appid, uid, count) in &batch.unread {
-            sqlx::query(
-                "INSERT INTO users (appid, uid, unread) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (appid, uid) DO UPDATE SET unread = excluded.unread",
-            )
-            .bind(appid)
-            .bind(uid)
-            .bind(count)
-            .execute(&mut *tx)
-            .await?;
+        for chunk in batch.unread.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO users (appid, uid, unread) ");
+            q.push_values(chunk, |mut row, &(appid, uid, count)| {
+                row.push_bind(appid).push_bind(uid).push_bind(count);
+            });
+            q.push(" ON CONFLICT (appid, uid) DO UPDATE SET unread = excluded.unread");
+            q.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -54,6 +54,9 @@ redis.call('SET', KEYS[1], id)
 return id
 ";
 
+/// `user_id`, `app_id`, `user_name` of an `access_token_<token>` hash.
+type TokenFields = (Option<String>, Option<String>, Option<String>);
+
 fn user_key(appid: i64, uid: i64) -> String {
     format!("users_{appid}_{uid}")
 }
@@ -185,10 +188,7 @@ impl RedisBackend {
             return Ok(None);
         }
         let key = format!("access_token_{token}");
-        let (exists, (uid, appid, user_name)): (
-            bool,
-            (Option<String>, Option<String>, Option<String>),
-        ) = redis::pipe()
+        let (exists, (uid, appid, user_name)): (bool, TokenFields) = redis::pipe()
             .exists(&key)
             .cmd("HMGET")
             .arg(&key)
@@ -315,10 +315,21 @@ impl RedisBackend {
         int_field(&field, v)
     }
 
+    /// A sync-key hint; a malformed stored value is only a lost hint (read as 0), not an error.
+    async fn hget_hint(&self, key: String, field: String) -> Result<i64, BackendError> {
+        match self.hget_int(key, field).await {
+            Err(BackendError::Corrupt(why)) => {
+                tracing::warn!(%why, "ignoring malformed sync-key hint");
+                Ok(0)
+            }
+            other => other,
+        }
+    }
+
     pub(crate) async fn sync_key(&self, appid: i64, uid: i64) -> Result<i64, BackendError> {
         let pending = self.wb.sync_key(appid, uid).unwrap_or(0);
         let stored = self
-            .hget_int(user_key(appid, uid), "sync_key".to_owned())
+            .hget_hint(user_key(appid, uid), "sync_key".to_owned())
             .await?;
         Ok(stored.max(pending))
     }
@@ -331,7 +342,7 @@ impl RedisBackend {
     ) -> Result<i64, BackendError> {
         let pending = self.wb.group_sync_key(appid, uid, gid).unwrap_or(0);
         let stored = self
-            .hget_int(user_key(appid, uid), group_field(gid))
+            .hget_hint(user_key(appid, uid), group_field(gid))
             .await?;
         Ok(stored.max(pending))
     }

@@ -675,7 +675,8 @@ async fn redis_gobelieve_written_data() {
     // Existing device ids are kept; new ones continue GoBelieve's counter.
     assert_eq!(b.device_id("old", 1).await.expect("device"), 3);
     assert_eq!(b.device_id("new", 1).await.expect("device"), 41);
-    // A garbage sync key is overwritten by the first report.
+    // A garbage sync key reads as no hint and is overwritten by the first report.
+    assert_eq!(b.sync_key(7, 5).await.expect("key"), 0);
     b.report_sync_key(7, 5, 9);
     b.flush().await.expect("flush");
     let v: String = redis::AsyncCommands::hget(&mut conn, "users_7_5", "sync_key")

@@ -1,1 +1,177 @@
-//! placeholder
+//! banter's message store engine (the `ims` role): one durable append-only log per store, with
+//! per-user and per-super-group queues threaded through it.
+//!
+//! * **Log** ([`format`], `log`): segmented append-only files of CRC32C-framed records. One
+//!   record per message; its body is stored once, followed by one 56-byte entry per queue it was
+//!   appended to. `docs/storage-format.md` documents every byte.
+//! * **Keys**: an entry's sync key is the log position of the entry itself, so keys are unique,
+//!   strictly increasing within a queue (also when one message lists a queue twice) and identical
+//!   on every replica.
+//! * **Navigation** (`read`): each entry links to the previous entry of its queue, to the previous
+//!   non-group entry (the peer-only chain) and to a skew-binary jump target, so `sync(after)`
+//!   reaches any point of a queue in O(log n) reads and then reads only what it returns.
+//! * **Writer** (`writer`): one thread does group commit: it drains every pending submission,
+//!   encodes them into one buffer, issues one write and one `fdatasync`, then publishes the new
+//!   entries to readers and completes every ticket.
+//! * **Recovery** (`recovery`, `checkpoint`): queue heads live in memory and are checkpointed
+//!   atomically in the background; start-up loads the newest valid checkpoint and replays only
+//!   the log written after it. A torn tail is truncated; corruption elsewhere stops start-up.
+//! * **Replication** (`replication`): followers pull the log by position; a stream switches from
+//!   catch-up to live without a gap or a duplicate because it only ever reads by position.
+//! * **Tools** ([`tools`]) and the **benchmark** ([`bench`]).
+//!
+//! The API is synchronous and thread-safe; [`AppendTicket`] can also be awaited from tokio.
+
+#![deny(unsafe_code)]
+
+pub mod bench;
+mod checkpoint;
+mod engine;
+mod error;
+pub mod format;
+mod lock;
+mod log;
+mod options;
+mod queue;
+mod read;
+mod recovery;
+mod replication;
+pub mod tools;
+mod writer;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+
+pub use engine::{Store, StoreStats};
+pub use error::StoreError;
+pub use options::{Durability, Retention, Role, StoreOptions};
+pub use replication::{ReplicationBatch, ReplicationStream};
+
+/// GROUP_IM command number; its content is a group message (not on the peer-only chain).
+pub const CMD_GROUP_IM: u8 = 8;
+/// MESSAGE_FLAG_GROUP: set by callers on group content of other commands.
+pub const FLAG_GROUP: u8 = 0x04;
+
+/// A queue: a user's personal queue or a super group's queue, within an app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum QueueId {
+    User { appid: i64, uid: i64 },
+    Group { appid: i64, gid: i64 },
+}
+
+impl QueueId {
+    /// The personal queue of `(appid, uid)`.
+    pub fn user(appid: i64, uid: i64) -> QueueId {
+        QueueId::User { appid, uid }
+    }
+
+    /// The queue of super group `(appid, gid)`.
+    pub fn group(appid: i64, gid: i64) -> QueueId {
+        QueueId::Group { appid, gid }
+    }
+}
+
+/// One message to append. Its content is stored once even when it goes to several queues.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Queues to append to, in order. The same queue may appear more than once.
+    pub queues: Vec<QueueId>,
+    /// Sender's device id (0 for HTTP or system origin).
+    pub device_id: i64,
+    pub cmd: u8,
+    pub flag: u8,
+    /// Unix seconds.
+    pub timestamp: i64,
+    pub body: Bytes,
+}
+
+impl NewMessage {
+    /// Whether this is group content (GROUP_IM, or flagged [`FLAG_GROUP`]): such entries are not
+    /// on the peer-only chain of a user queue.
+    pub fn is_group_content(&self) -> bool {
+        self.cmd == CMD_GROUP_IM || self.flag & FLAG_GROUP != 0
+    }
+}
+
+/// Where one queue entry landed. `prev_key` is the key of the previous entry of the same queue,
+/// 0 if none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub key: i64,
+    pub prev_key: i64,
+}
+
+/// One entry read back from a queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub key: i64,
+    pub prev_key: i64,
+    pub device_id: i64,
+    pub cmd: u8,
+    pub flag: u8,
+    pub timestamp: i64,
+    pub body: Bytes,
+}
+
+/// The answer to a sync.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncPage {
+    /// Oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Key of the newest entry returned (or, for `sync_since`, examined), else `after_key`.
+    pub last_key: i64,
+    /// More entries follow `last_key`.
+    pub has_more: bool,
+    /// Newest key in the queue, 0 if the queue is empty.
+    pub queue_last_key: i64,
+}
+
+/// The pending result of a submission: await it from async code or [`Ticket::wait`] from a
+/// plain thread.
+#[must_use = "a ticket does nothing unless waited for or awaited"]
+pub struct Ticket<T> {
+    rx: tokio::sync::oneshot::Receiver<Result<T, StoreError>>,
+}
+
+/// Ticket of [`Store::append`]: for each message, one [`Appended`] per queue, in order.
+pub type AppendTicket = Ticket<Vec<Vec<Appended>>>;
+
+impl<T> Ticket<T> {
+    pub(crate) fn new(rx: tokio::sync::oneshot::Receiver<Result<T, StoreError>>) -> Self {
+        Ticket { rx }
+    }
+
+    pub(crate) fn ready(r: Result<T, StoreError>) -> Self {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(r);
+        Ticket { rx }
+    }
+
+    /// Blocks the current thread until the result is ready.
+    ///
+    /// Must not be called from inside an async runtime thread (await the ticket there).
+    pub fn wait(self) -> Result<T, StoreError> {
+        self.rx.blocking_recv().unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// The result, if it is ready.
+    pub fn try_take(&mut self) -> Option<Result<T, StoreError>> {
+        match self.rx.try_recv() {
+            Ok(r) => Some(r),
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => None,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Some(Err(StoreError::Closed)),
+        }
+    }
+}
+
+impl<T> Future for Ticket<T> {
+    type Output = Result<T, StoreError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
+    }
+}

@@ -1,0 +1,445 @@
+//! The [`Store`] handle and the state its threads share: submission queue, writer state, reader
+//! views, poison flag and statistics. `Store::open` lives in `recovery`, the writer loop in
+//! `writer`, reads in `read`, replication in `replication`.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::StoreError;
+use crate::format::message_record_len;
+use crate::lock::DirLock;
+use crate::log::{LogView, Segment};
+use crate::options::{Role, StoreOptions};
+use crate::queue::{Head, PublishedHeads, QueueMap};
+use crate::replication::ReplicationBatch;
+use crate::{AppendTicket, Appended, NewMessage, QueueId, SyncPage, Ticket};
+
+/// The segment being appended to.
+pub(crate) struct Active {
+    pub file: File,
+    pub seg: Arc<Segment>,
+}
+
+/// State owned by the writer thread (the checkpointer reads it between batches).
+pub(crate) struct WriterState {
+    pub heads: QueueMap<Head>,
+    /// Position after the last record written.
+    pub end: u64,
+    pub active: Option<Active>,
+    /// Written but not yet fsynced (Interval / None durability).
+    pub unsynced: bool,
+    pub last_sync: Instant,
+}
+
+pub(crate) type AppendResult = Result<Vec<Vec<Appended>>, StoreError>;
+
+pub(crate) enum Submission {
+    Append {
+        msgs: Vec<NewMessage>,
+        bytes: usize,
+        tx: tokio::sync::oneshot::Sender<AppendResult>,
+    },
+    Replicate {
+        batch: ReplicationBatch,
+        tx: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    },
+}
+
+impl Submission {
+    pub fn bytes(&self) -> usize {
+        match self {
+            Submission::Append { bytes, .. } => *bytes,
+            Submission::Replicate { batch, .. } => batch.data.len(),
+        }
+    }
+
+    pub fn fail(self, e: StoreError) {
+        match self {
+            Submission::Append { tx, .. } => {
+                let _ = tx.send(Err(e));
+            }
+            Submission::Replicate { tx, .. } => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub queue: VecDeque<Submission>,
+    pub bytes: usize,
+    pub closing: bool,
+}
+
+/// Checkpoint bookkeeping (guarded by its own mutex, which also serialises checkpoints).
+pub(crate) struct CkptState {
+    pub generation: u64,
+    /// Position covered by the newest checkpoint on disk (0 and `has` false if none).
+    pub position: u64,
+    pub has: bool,
+    /// Slot the next checkpoint goes to (0 = a, 1 = b).
+    pub next_slot: u8,
+    pub last_at: Instant,
+}
+
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub messages: AtomicU64,
+    pub entries: AtomicU64,
+    pub batches: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub segments_dropped: AtomicU64,
+}
+
+/// Counters and sizes, for monitoring and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Messages appended since open.
+    pub messages: u64,
+    /// Queue entries appended since open.
+    pub entries: u64,
+    /// Group commits (writes) since open.
+    pub batches: u64,
+    /// fsyncs of the log since open.
+    pub fsyncs: u64,
+    pub bytes_written: u64,
+    pub checkpoints: u64,
+    pub segments_dropped: u64,
+    /// Oldest retained position.
+    pub log_start: u64,
+    /// Position after the newest acknowledged record.
+    pub log_end: u64,
+    pub segments: usize,
+    pub queues: usize,
+    /// Position covered by the newest checkpoint.
+    pub checkpoint_position: u64,
+}
+
+/// Shared by the store handle and its threads.
+pub(crate) struct Inner {
+    pub opts: StoreOptions,
+    pub dir: PathBuf,
+    pub log: LogView,
+    pub heads: PublishedHeads,
+    pub state: Mutex<WriterState>,
+    pub pending: Mutex<Pending>,
+    pub pending_cv: Condvar,
+    pub end_lock: Mutex<()>,
+    pub end_cv: Condvar,
+    pub end_watch: tokio::sync::watch::Sender<u64>,
+    pub poison: Mutex<Option<String>>,
+    pub poisoned: AtomicBool,
+    pub closed: AtomicBool,
+    /// The writer thread has exited (after `close`).
+    pub stopped: AtomicBool,
+    pub ckpt: Mutex<CkptState>,
+    pub ckpt_signal: Mutex<bool>,
+    pub ckpt_cv: Condvar,
+    pub role: AtomicU8,
+    pub stats: Stats,
+    pub _lock: DirLock,
+}
+
+const ROLE_LEADER: u8 = 0;
+const ROLE_FOLLOWER: u8 = 1;
+
+pub(crate) fn role_byte(r: Role) -> u8 {
+    match r {
+        Role::Leader => ROLE_LEADER,
+        Role::Follower => ROLE_FOLLOWER,
+    }
+}
+
+impl Inner {
+    pub fn is_follower(&self) -> bool {
+        self.role.load(Ordering::Acquire) == ROLE_FOLLOWER
+    }
+
+    pub fn poison_error(&self) -> Option<StoreError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            let why = self.poison.lock().clone().unwrap_or_default();
+            Some(StoreError::Poisoned(why))
+        } else {
+            None
+        }
+    }
+
+    pub fn set_poison(&self, why: String) {
+        let mut p = self.poison.lock();
+        if p.is_none() {
+            tracing::error!(reason = %why, "store poisoned; refusing further writes");
+            *p = Some(why);
+        }
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Wakes replication readers after `durable_end` moved (or the store closed).
+    pub fn notify_end(&self) {
+        drop(self.end_lock.lock());
+        self.end_cv.notify_all();
+        self.end_watch
+            .send_replace(self.log.durable_end.load(Ordering::Acquire));
+    }
+
+    pub fn submit(&self, sub: Submission) {
+        let bytes = sub.bytes();
+        let mut p = self.pending.lock();
+        if p.closing {
+            drop(p);
+            sub.fail(StoreError::Closed);
+            return;
+        }
+        if !p.queue.is_empty() && p.bytes + bytes > self.opts.max_pending_bytes {
+            drop(p);
+            sub.fail(StoreError::Overloaded(format!(
+                "more than {} bytes are waiting to be written",
+                self.opts.max_pending_bytes
+            )));
+            return;
+        }
+        p.bytes += bytes;
+        p.queue.push_back(sub);
+        drop(p);
+        self.pending_cv.notify_one();
+    }
+
+    fn validate(&self, m: &NewMessage) -> Result<usize, StoreError> {
+        if m.queues.is_empty() {
+            return Err(StoreError::InvalidArgument(
+                "a message needs at least one queue".into(),
+            ));
+        }
+        if m.queues.len() > self.opts.max_queues_per_message {
+            return Err(StoreError::InvalidArgument(format!(
+                "a message may go to at most {} queues, this one lists {}",
+                self.opts.max_queues_per_message,
+                m.queues.len()
+            )));
+        }
+        if m.body.len() > self.opts.max_body_bytes {
+            return Err(StoreError::InvalidArgument(format!(
+                "message body of {} bytes exceeds the maximum of {}",
+                m.body.len(),
+                self.opts.max_body_bytes
+            )));
+        }
+        Ok(message_record_len(m.body.len(), m.queues.len()))
+    }
+
+    pub fn wake_checkpointer(&self) {
+        drop(self.ckpt_signal.lock());
+        self.ckpt_cv.notify_one();
+    }
+}
+
+/// The message store. `Send + Sync`; share it as `Arc<Store>`.
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
+    pub(crate) close_result: Mutex<Option<Result<(), String>>>,
+}
+
+impl Store {
+    /// Opens (creating if missing) the store in `dir`. See `recovery` for what happens.
+    pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store, StoreError> {
+        crate::recovery::open(dir.as_ref(), opts)
+    }
+
+    /// Submits messages; they become durable together with every other concurrent submission
+    /// (group commit). The ticket yields, for each message, one [`Appended`] per queue, in order.
+    pub fn append(&self, batch: Vec<NewMessage>) -> AppendTicket {
+        let inner = &self.inner;
+        if batch.is_empty() {
+            return Ticket::ready(Ok(Vec::new()));
+        }
+        if inner.is_follower() {
+            return Ticket::ready(Err(StoreError::NotLeader));
+        }
+        if let Some(e) = inner.poison_error() {
+            return Ticket::ready(Err(e));
+        }
+        let mut bytes = 0usize;
+        for m in &batch {
+            match inner.validate(m) {
+                Ok(n) => bytes += n,
+                Err(e) => return Ticket::ready(Err(e)),
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        inner.submit(Submission::Append {
+            msgs: batch,
+            bytes,
+            tx,
+        });
+        Ticket::new(rx)
+    }
+
+    /// [`Store::append`] and wait. Do not call from an async runtime thread.
+    pub fn append_blocking(&self, batch: Vec<NewMessage>) -> Result<Vec<Vec<Appended>>, StoreError> {
+        self.append(batch).wait()
+    }
+
+    /// The next entries of `queue` after `after_key`, oldest first, at most `limit`
+    /// (clamped to `1..=max_sync_limit`). Nothing is ever skipped: `has_more` says whether to
+    /// call again from `last_key`.
+    pub fn sync(&self, queue: QueueId, after_key: i64, limit: usize) -> Result<SyncPage, StoreError> {
+        self.inner.sync_page(queue, after_key, limit, None)
+    }
+
+    /// Super-group sync honouring a member's join time: entries with `timestamp < join_ts` are
+    /// never returned (but `last_key` moves past them). At most `max_sync_scan` entries are
+    /// examined per call.
+    pub fn sync_since(
+        &self,
+        queue: QueueId,
+        after_key: i64,
+        limit: usize,
+        join_ts: i64,
+    ) -> Result<SyncPage, StoreError> {
+        self.inner.sync_page(queue, after_key, limit, Some(join_ts))
+    }
+
+    /// The newest `n` entries (clamped to `max_latest`), oldest first.
+    pub fn latest(&self, queue: QueueId, n: usize) -> Result<Vec<crate::StoredMessage>, StoreError> {
+        self.inner.latest(queue, n)
+    }
+
+    /// Newest entries walking the peer-only chain (entries whose content is not a group
+    /// message), at most `n` (clamped to `max_latest`), oldest first.
+    pub fn latest_peer(&self, queue: QueueId, n: usize) -> Result<Vec<crate::StoredMessage>, StoreError> {
+        self.inner.latest_peer(queue, n)
+    }
+
+    /// How many entries of `queue` are newer than `after_key`: O(log n) reads, no scan.
+    pub fn new_count(&self, queue: QueueId, after_key: i64) -> Result<u64, StoreError> {
+        self.inner.new_count(queue, after_key)
+    }
+
+    /// Newest acknowledged key of `queue`, 0 if empty.
+    pub fn last_key(&self, queue: QueueId) -> i64 {
+        self.inner.heads.get(&queue).map_or(0, |p| p.last_key)
+    }
+
+    /// Writes a checkpoint of the queue heads now (no-op if nothing changed).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.inner.checkpoint()
+    }
+
+    /// Drops old segments according to the retention options now (also done in the background).
+    pub fn apply_retention(&self) -> Result<usize, StoreError> {
+        self.inner.apply_retention()
+    }
+
+    /// Oldest retained log position.
+    pub fn log_start(&self) -> u64 {
+        self.inner.log.log_start.load(Ordering::Acquire)
+    }
+
+    /// Position after the newest acknowledged record.
+    pub fn log_end(&self) -> u64 {
+        self.inner.log.durable_end.load(Ordering::Acquire)
+    }
+
+    /// The store's directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> StoreStats {
+        let i = &self.inner;
+        let ck = i.ckpt.lock().position;
+        StoreStats {
+            messages: i.stats.messages.load(Ordering::Relaxed),
+            entries: i.stats.entries.load(Ordering::Relaxed),
+            batches: i.stats.batches.load(Ordering::Relaxed),
+            fsyncs: i.stats.fsyncs.load(Ordering::Relaxed),
+            bytes_written: i.stats.bytes_written.load(Ordering::Relaxed),
+            checkpoints: i.stats.checkpoints.load(Ordering::Relaxed),
+            segments_dropped: i.stats.segments_dropped.load(Ordering::Relaxed),
+            log_start: self.log_start(),
+            log_end: self.log_end(),
+            segments: i.log.segment_count(),
+            queues: i.heads.len(),
+            checkpoint_position: ck,
+        }
+    }
+
+    /// Whether an earlier write failure made the store refuse appends.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Flushes pending appends, fsyncs, writes a final checkpoint and stops the store's threads.
+    /// Later appends fail with [`StoreError::Closed`]; reads keep working. Idempotent.
+    pub fn close(&self) -> Result<(), StoreError> {
+        let mut res = self.close_result.lock();
+        if let Some(r) = res.as_ref() {
+            return r.clone().map_err(StoreError::Poisoned);
+        }
+        let r = self.close_inner();
+        *res = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        r
+    }
+
+    fn close_inner(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        inner.closed.store(true, Ordering::Release);
+        {
+            let mut p = inner.pending.lock();
+            p.closing = true;
+        }
+        inner.pending_cv.notify_all();
+        {
+            let mut stop = inner.ckpt_signal.lock();
+            *stop = true;
+        }
+        inner.ckpt_cv.notify_all();
+        let threads: Vec<_> = self.threads.lock().drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        inner.stopped.store(true, Ordering::Release);
+        inner.notify_end();
+        if let Some(e) = inner.poison_error() {
+            return Err(e);
+        }
+        inner.final_sync()?;
+        inner.checkpoint()
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            tracing::warn!(error = %e, "store close on drop failed");
+        }
+    }
+}
+
+impl Inner {
+    /// fsyncs whatever the writer left unsynced (used at close).
+    pub fn final_sync(&self) -> Result<(), StoreError> {
+        let mut st = self.state.lock();
+        if st.unsynced {
+            if let Some(a) = st.active.as_ref() {
+                a.file
+                    .sync_data()
+                    .map_err(|e| StoreError::io("fsync", &a.seg.path, e))?;
+            }
+            st.unsynced = false;
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,489 @@
+//! Opening a store: lock the directory, check the segment headers and that segments follow each
+//! other without a gap, load the newest usable checkpoint, replay only the records after it,
+//! truncate a torn tail, refuse to start on corruption anywhere else (naming the file and
+//! offset), then start the writer and checkpointer threads.
+//!
+//! Also hosts the record scanner shared with `tools`.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::checkpoint::{checkpointer_loop, read_checkpoints};
+use crate::engine::{role_byte, Active, CkptState, Inner, Pending, Stats, Store, WriterState};
+use crate::error::StoreError;
+use crate::format::{
+    check_record, decode_segment_header, encode_segment_header, segment_file_name, MessageView,
+    RecordCheck, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::lock::DirLock;
+use crate::log::{list_segments, sync_dir, LogView, Segment};
+use crate::options::StoreOptions;
+use crate::queue::{Head, Published, PublishedHeads, QueueHasherBuilder, QueueMap};
+use crate::writer::writer_loop;
+
+/// Why a scan stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ScanStop {
+    /// Clean end of file at this file offset.
+    End(u64),
+    /// The record at this file offset is bad or incomplete.
+    Bad {
+        offset: u64,
+        reason: String,
+        incomplete: bool,
+    },
+}
+
+const SCAN_CHUNK: usize = 8 << 20;
+
+/// Reads records of `file` from `from` (a file offset) to its end, calling `on_record(offset,
+/// record bytes)` for each valid one.
+pub(crate) fn scan_file(
+    file: &File,
+    path: &Path,
+    from: u64,
+    mut on_record: impl FnMut(u64, &[u8]) -> Result<(), StoreError>,
+) -> Result<ScanStop, StoreError> {
+    let file_len = file
+        .metadata()
+        .map_err(|e| StoreError::io("stat", path, e))?
+        .len();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_off = from; // file offset of buf[0]
+    let mut at = 0usize; // index in buf of the next record
+    loop {
+        let rec_off = buf_off + at as u64;
+        if rec_off >= file_len {
+            return Ok(ScanStop::End(rec_off));
+        }
+        match check_record(&buf[at..]) {
+            RecordCheck::Valid { len, .. } => {
+                on_record(rec_off, &buf[at..at + len])?;
+                at += len;
+            }
+            RecordCheck::Bad(reason) => {
+                return Ok(ScanStop::Bad {
+                    offset: rec_off,
+                    reason,
+                    incomplete: false,
+                })
+            }
+            RecordCheck::Incomplete { needed } => {
+                let have = buf.len() - at;
+                let avail = file_len - rec_off;
+                if (needed as u64) > avail {
+                    return Ok(ScanStop::Bad {
+                        offset: rec_off,
+                        reason: format!(
+                            "incomplete record: needs {needed} bytes, the file has {avail} left"
+                        ),
+                        incomplete: true,
+                    });
+                }
+                // refill: keep the unconsumed tail, read at least `needed`
+                buf.drain(..at);
+                buf_off = rec_off;
+                at = 0;
+                let want = (needed.max(SCAN_CHUNK) as u64).min(avail) as usize;
+                let old = have;
+                buf.resize(want.max(old), 0);
+                if want > old {
+                    file.read_exact_at(&mut buf[old..want], rec_off + old as u64)
+                        .map_err(|e| StoreError::io_at("read", path, rec_off + old as u64, e))?;
+                }
+            }
+        }
+    }
+}
+
+/// Whether any valid record starts after file offset `from` (bounded work): tells a torn tail
+/// (nothing valid follows) from corruption in the middle (something valid follows).
+pub(crate) fn valid_record_follows(file: &File, path: &Path, from: u64) -> Result<bool, StoreError> {
+    let file_len = file
+        .metadata()
+        .map_err(|e| StoreError::io("stat", path, e))?
+        .len();
+    if from + 1 >= file_len {
+        return Ok(false);
+    }
+    let n = (file_len - from - 1).min(1 << 30) as usize;
+    let mut buf = vec![0u8; n];
+    file.read_exact_at(&mut buf, from + 1)
+        .map_err(|e| StoreError::io_at("read", path, from + 1, e))?;
+    let mut crc_budget: usize = 1 << 30;
+    for i in 0..n {
+        let rest = &buf[i..];
+        if rest.len() < RECORD_HEADER_LEN {
+            break;
+        }
+        // cheap pre-checks before the checksum
+        if rest[8] != crate::format::RECORD_MESSAGE || rest[9] != 0 || rest[10] != 0 || rest[11] != 0 {
+            continue;
+        }
+        let len = crate::format::u32_at(rest, 4) as usize;
+        if RECORD_HEADER_LEN + len > rest.len() {
+            continue;
+        }
+        if crc_budget < len {
+            return Ok(true); // too much work: assume the worst (refuse rather than truncate)
+        }
+        crc_budget -= len;
+        if let RecordCheck::Valid { .. } = check_record(rest) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+struct SegInfo {
+    base: u64,
+    path: PathBuf,
+    file: File,
+    len: u64,
+}
+
+pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+    opts.validate().map_err(StoreError::InvalidArgument)?;
+    let t0 = Instant::now();
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| StoreError::io("resolve directory", dir, e))?;
+    let lock = DirLock::acquire(&dir)?;
+
+    // 1. segments: headers and continuity
+    let mut segs: Vec<SegInfo> = Vec::new();
+    let listed = list_segments(&dir)?;
+    let count = listed.len();
+    for (i, (base, path)) in listed.into_iter().enumerate() {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("open segment", &path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io("stat", &path, e))?
+            .len();
+        if len < SEGMENT_HEADER_LEN {
+            if i + 1 == count {
+                // created but its header never made it: no record can be in it
+                tracing::warn!(segment = %path.display(), "removing segment with a torn header");
+                drop(file);
+                std::fs::remove_file(&path)
+                    .map_err(|e| StoreError::io("remove segment", &path, e))?;
+                sync_dir(&dir)?;
+                continue;
+            }
+            return Err(StoreError::corrupt(&path, 0, "segment file is shorter than its header"));
+        }
+        let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
+        file.read_exact_at(&mut h, 0)
+            .map_err(|e| StoreError::io_at("read", &path, 0, e))?;
+        let hbase = decode_segment_header(&h).map_err(|r| StoreError::corrupt(&path, 0, r))?;
+        if hbase != base {
+            return Err(StoreError::corrupt(
+                &path,
+                16,
+                format!("header says base {hbase} but the file name says {base}"),
+            ));
+        }
+        if let Some(prev) = segs.last() {
+            let prev_end = prev.base + (prev.len - SEGMENT_HEADER_LEN);
+            if prev_end != base {
+                return Err(StoreError::corrupt(
+                    &path,
+                    0,
+                    format!(
+                        "segment starts at position {base} but the previous one ({}) ends at {prev_end}",
+                        prev.path.display()
+                    ),
+                ));
+            }
+        }
+        segs.push(SegInfo {
+            base,
+            path,
+            file,
+            len,
+        });
+    }
+    let log_start = segs.first().map_or(0, |s| s.base);
+    let files_end = segs
+        .last()
+        .map_or(0, |s| s.base + (s.len - SEGMENT_HEADER_LEN));
+
+    // 2. checkpoint
+    let mut best: Option<(u8, crate::format::Checkpoint)> = None;
+    for found in read_checkpoints(&dir)? {
+        match found.result {
+            Ok(c) => {
+                if best.as_ref().is_none_or(|(_, b)| c.generation > b.generation) {
+                    best = Some((found.slot, c));
+                }
+            }
+            Err(why) => {
+                tracing::warn!(checkpoint = %found.path.display(), reason = %why, "ignoring invalid checkpoint")
+            }
+        }
+    }
+    if let Some((_, c)) = &best {
+        if c.position > files_end {
+            let (file, offset) = match segs.last() {
+                Some(s) => (s.path.clone(), s.len),
+                None => (dir.clone(), 0),
+            };
+            return Err(StoreError::corrupt(
+                file,
+                offset,
+                format!(
+                    "the log ends at position {files_end} but the checkpoint covers up to {}: \
+                     fsynced data is missing (run `banter store check`)",
+                    c.position
+                ),
+            ));
+        }
+        if c.position < log_start {
+            tracing::warn!(
+                position = c.position,
+                log_start,
+                "checkpoint predates the oldest segment; replaying all retained segments"
+            );
+            best = None;
+        }
+    }
+    let hasher = QueueHasherBuilder::new();
+    let mut heads: QueueMap<Head> = QueueMap::with_hasher(hasher);
+    let (replay_from, ck_state) = match &best {
+        Some((slot, c)) => {
+            heads.reserve(c.queues.len());
+            for q in &c.queues {
+                let seqs = crate::format::jump_chain_seqs(q.last_seq);
+                heads.insert(
+                    q.queue,
+                    Head {
+                        last_seq: q.last_seq,
+                        last_peer_key: q.last_peer_key,
+                        chain: seqs.into_iter().zip(q.chain_keys.iter().copied()).collect(),
+                    },
+                );
+            }
+            (
+                c.position,
+                CkptState {
+                    generation: c.generation,
+                    position: c.position,
+                    has: true,
+                    next_slot: 1 - slot,
+                    last_at: Instant::now(),
+                },
+            )
+        }
+        None => (
+            log_start,
+            CkptState {
+                generation: 0,
+                position: 0,
+                has: false,
+                next_slot: 0,
+                last_at: Instant::now(),
+            },
+        ),
+    };
+    let allow_rebase = best.is_none() && log_start > 0;
+
+    // 3. replay the tail
+    let mut end = replay_from;
+    let nsegs = segs.len();
+    let mut replayed = 0u64;
+    for (i, s) in segs.iter_mut().enumerate() {
+        let seg_end = s.base + (s.len - SEGMENT_HEADER_LEN);
+        if seg_end <= replay_from && i + 1 < nsegs {
+            continue;
+        }
+        let from_pos = replay_from.max(s.base);
+        let from_off = SEGMENT_HEADER_LEN + (from_pos - s.base);
+        let path = s.path.clone();
+        let base = s.base;
+        let stop = scan_file(&s.file, &path, from_off, |off, rec| {
+            let pos = base + (off - SEGMENT_HEADER_LEN);
+            replay_record(&mut heads, pos, rec, allow_rebase)
+                .map_err(|why| StoreError::corrupt(&path, off, why))?;
+            replayed += 1;
+            Ok(())
+        })?;
+        match stop {
+            ScanStop::End(off) => {
+                end = base + (off - SEGMENT_HEADER_LEN);
+            }
+            ScanStop::Bad {
+                offset,
+                reason,
+                incomplete,
+            } => {
+                let last = i + 1 == nsegs;
+                let torn = last && (incomplete || !valid_record_follows(&s.file, &path, offset)?);
+                if !torn {
+                    return Err(StoreError::corrupt(
+                        &path,
+                        offset,
+                        format!(
+                            "{reason}; valid data follows, so this is not a torn tail \
+                             (inspect with `banter store check`, truncate with `banter store repair`)"
+                        ),
+                    ));
+                }
+                tracing::warn!(
+                    segment = %path.display(),
+                    offset,
+                    removed_bytes = s.len - offset,
+                    reason = %reason,
+                    "truncating torn tail"
+                );
+                s.file
+                    .set_len(offset)
+                    .map_err(|e| StoreError::io_at("truncate", &path, offset, e))?;
+                s.file
+                    .sync_all()
+                    .map_err(|e| StoreError::io("fsync", &path, e))?;
+                s.len = offset;
+                end = base + (offset - SEGMENT_HEADER_LEN);
+            }
+        }
+    }
+    if segs.is_empty() {
+        end = replay_from;
+    }
+
+    // 4. reader views
+    let log = LogView::new(dir.clone(), opts.cache_bytes, opts.max_open_files);
+    log.log_start.store(log_start, Ordering::Release);
+    log.durable_end.store(end, Ordering::Release);
+    let mut active = None;
+    let nsegs = segs.len();
+    for (i, s) in segs.into_iter().enumerate() {
+        let seg_end = s.base + (s.len - SEGMENT_HEADER_LEN);
+        let seg = Arc::new(Segment::new(s.base, s.path, seg_end));
+        log.add_segment(seg.clone());
+        if i + 1 == nsegs {
+            active = Some(Active { file: s.file, seg });
+        }
+    }
+    if active.is_none() {
+        let base = end;
+        let path = dir.join(segment_file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create segment", &path, e))?;
+        file.write_all_at(&encode_segment_header(base), 0)
+            .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
+        file.sync_all()
+            .map_err(|e| StoreError::io("fsync", &path, e))?;
+        sync_dir(&dir)?;
+        let seg = Arc::new(Segment::new(base, path, base));
+        log.add_segment(seg.clone());
+        log.log_start.store(base, Ordering::Release);
+        active = Some(Active { file, seg });
+    }
+    let published = PublishedHeads::new();
+    let snapshot: Vec<_> = heads
+        .iter()
+        .map(|(q, h)| {
+            (
+                *q,
+                Published {
+                    last_key: h.last_key(),
+                    last_seq: h.last_seq,
+                },
+            )
+        })
+        .collect();
+    published.set_many(&snapshot);
+    drop(snapshot);
+
+    let (end_watch, _) = tokio::sync::watch::channel(end);
+    let inner = Arc::new(Inner {
+        dir: dir.clone(),
+        log,
+        heads: published,
+        state: Mutex::new(WriterState {
+            heads,
+            end,
+            active,
+            unsynced: false,
+            last_sync: Instant::now(),
+        }),
+        pending: Mutex::new(Pending::default()),
+        pending_cv: Condvar::new(),
+        end_lock: Mutex::new(()),
+        end_cv: Condvar::new(),
+        end_watch,
+        poison: Mutex::new(None),
+        poisoned: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
+        ckpt: Mutex::new(ck_state),
+        ckpt_signal: Mutex::new(false),
+        ckpt_cv: Condvar::new(),
+        role: AtomicU8::new(role_byte(opts.role)),
+        stats: Stats::default(),
+        _lock: lock,
+        opts,
+    });
+    let w = inner.clone();
+    let writer = std::thread::Builder::new()
+        .name("store-writer".into())
+        .spawn(move || writer_loop(w))
+        .map_err(|e| StoreError::io("spawn writer thread", &dir, e))?;
+    let c = inner.clone();
+    let ckpt = std::thread::Builder::new()
+        .name("store-checkpoint".into())
+        .spawn(move || checkpointer_loop(c))
+        .map_err(|e| StoreError::io("spawn checkpoint thread", &dir, e))?;
+    tracing::info!(
+        dir = %dir.display(),
+        log_start,
+        log_end = end,
+        replayed_records = replayed,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "store opened"
+    );
+    Ok(Store {
+        inner,
+        threads: Mutex::new(vec![writer, ckpt]),
+        close_result: Mutex::new(None),
+    })
+}
+
+/// Applies one record found during replay to the queue heads.
+pub(crate) fn replay_record(
+    heads: &mut QueueMap<Head>,
+    pos: u64,
+    rec: &[u8],
+    allow_rebase: bool,
+) -> Result<(), String> {
+    let view = MessageView::decode(&rec[RECORD_HEADER_LEN..]).map_err(|e| e.to_string())?;
+    for i in 0..view.entry_count() {
+        let e = view.entry(i);
+        let q = e.queue().ok_or("unknown queue kind")?;
+        let key = (pos + e.back as u64) as i64;
+        let head = heads.entry(q).or_insert_with(|| {
+            if e.seq != 1 && allow_rebase {
+                Head::rebased(&e)
+            } else {
+                Head::default()
+            }
+        });
+        head.apply(&e, key)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,436 @@
+//! The writer thread: group commit. It drains pending submissions (up to `max_batch_bytes`),
+//! encodes them into one buffer with their keys and queue links, writes the buffer with one
+//! `pwrite` per segment touched, fsyncs once (durability `Always`), and only then publishes the
+//! new entries to readers and completes every ticket. A failed write or fsync poisons the store.
+//! Segment rolls also happen here.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::engine::{Active, AppendResult, Inner, Submission, WriterState};
+use crate::error::StoreError;
+use crate::format::{
+    check_record, encode_segment_header, queue_parts, segment_file_name, Entry, MessageEncoder,
+    MessageView, RecordCheck, ENTRY_FLAG_GROUP_CONTENT, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+};
+use crate::log::{sync_dir, Segment};
+use crate::options::Durability;
+use crate::queue::{Head, Published, QueueMap};
+use crate::{Appended, NewMessage, QueueId};
+
+enum Outcome {
+    Append(tokio::sync::oneshot::Sender<AppendResult>, AppendResult),
+    Replicate(
+        tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+        Result<u64, StoreError>,
+    ),
+}
+
+impl Outcome {
+    fn complete(self) {
+        match self {
+            Outcome::Append(tx, r) => {
+                let _ = tx.send(r);
+            }
+            Outcome::Replicate(tx, r) => {
+                let _ = tx.send(r);
+            }
+        }
+    }
+
+    fn fail(self, e: StoreError) {
+        match self {
+            Outcome::Append(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+            Outcome::Replicate(tx, _) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+    }
+}
+
+/// Body of the writer thread.
+pub(crate) fn writer_loop(inner: Arc<Inner>) {
+    loop {
+        let mut batch = Vec::new();
+        let mut periodic_sync = false;
+        {
+            let mut p = inner.pending.lock();
+            loop {
+                if !p.queue.is_empty() {
+                    break;
+                }
+                if p.closing {
+                    return;
+                }
+                match inner.opts.durability {
+                    Durability::Interval(every) if inner_unsynced(&inner) => {
+                        if inner.pending_cv.wait_for(&mut p, every).timed_out() && p.queue.is_empty()
+                        {
+                            periodic_sync = true;
+                            break;
+                        }
+                    }
+                    _ => inner.pending_cv.wait(&mut p),
+                }
+            }
+            let mut bytes = 0usize;
+            while let Some(s) = p.queue.pop_front() {
+                let b = s.bytes();
+                bytes += b;
+                p.bytes -= b;
+                batch.push(s);
+                if bytes >= inner.opts.max_batch_bytes {
+                    break;
+                }
+            }
+        }
+        if periodic_sync {
+            inner.interval_sync();
+            continue;
+        }
+        // A bug must not leave waiters hanging or the log half-written without anyone noticing:
+        // poison the store and stop.
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.process(batch)));
+        if r.is_err() {
+            inner.set_poison("the writer thread panicked".into());
+            let mut p = inner.pending.lock();
+            p.bytes = 0;
+            for s in p.queue.drain(..) {
+                s.fail(StoreError::Poisoned("the writer thread panicked".into()));
+            }
+            return;
+        }
+    }
+}
+
+fn inner_unsynced(inner: &Inner) -> bool {
+    // A try_lock keeps the waiting writer from blocking on a checkpoint in progress.
+    inner.state.try_lock().is_none_or(|st| st.unsynced)
+}
+
+impl Inner {
+    fn interval_sync(&self) {
+        let mut st = self.state.lock();
+        if let Err(e) = self.sync_active(&mut st) {
+            self.set_poison(e.to_string());
+        }
+    }
+
+    /// fsyncs the active segment if anything is unsynced.
+    pub(crate) fn sync_active(&self, st: &mut WriterState) -> Result<(), StoreError> {
+        if !st.unsynced {
+            return Ok(());
+        }
+        if let Some(a) = st.active.as_ref() {
+            a.file
+                .sync_data()
+                .map_err(|e| StoreError::io("fsync", &a.seg.path, e))?;
+            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        }
+        st.unsynced = false;
+        st.last_sync = Instant::now();
+        Ok(())
+    }
+
+    fn process(&self, batch: Vec<Submission>) {
+        if let Some(e) = self.poison_error() {
+            for s in batch {
+                s.fail(e.duplicate());
+            }
+            return;
+        }
+        let mut st = self.state.lock();
+        let start = st.end;
+        let mut buf: Vec<u8> = Vec::with_capacity(batch.iter().map(|s| s.bytes()).sum());
+        let mut bounds: Vec<usize> = Vec::new();
+        let mut updates: Vec<(QueueId, Published)> = Vec::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut messages = 0u64;
+        let mut entries = 0u64;
+        for sub in batch {
+            match sub {
+                Submission::Append { msgs, tx, .. } => {
+                    if self.is_follower() {
+                        outcomes.push(Outcome::Append(tx, Err(StoreError::NotLeader)));
+                        continue;
+                    }
+                    let mut res = Vec::with_capacity(msgs.len());
+                    for m in &msgs {
+                        let pos = start + buf.len() as u64;
+                        res.push(encode_message(&mut buf, pos, m, &mut st.heads, &mut updates));
+                        bounds.push(buf.len());
+                        messages += 1;
+                        entries += m.queues.len() as u64;
+                    }
+                    outcomes.push(Outcome::Append(tx, Ok(res)));
+                }
+                Submission::Replicate { batch, tx } => {
+                    let r = if self.is_follower() {
+                        let pos = start + buf.len() as u64;
+                        apply_replicated(
+                            &mut buf,
+                            &mut bounds,
+                            pos,
+                            &batch.data,
+                            batch.start,
+                            &mut st.heads,
+                            &mut updates,
+                        )
+                    } else {
+                        Err(StoreError::NotFollower)
+                    };
+                    outcomes.push(Outcome::Replicate(tx, r));
+                }
+            }
+        }
+        if buf.is_empty() {
+            drop(st);
+            for o in outcomes {
+                o.complete();
+            }
+            return;
+        }
+        if let Err(e) = self.write_batch(&mut st, start, &buf, &bounds) {
+            self.set_poison(e.to_string());
+            drop(st);
+            let mut first = Some(e);
+            for o in outcomes {
+                let err = match first.take() {
+                    Some(e) => e,
+                    None => self
+                        .poison_error()
+                        .unwrap_or(StoreError::Poisoned("write failed".into())),
+                };
+                o.fail(err);
+            }
+            return;
+        }
+        let end = start + buf.len() as u64;
+        st.end = end;
+        let written = buf.len() as u64;
+        self.log.cache_push(start, Bytes::from(buf));
+        self.heads.set_many(&updates);
+        self.log.durable_end.store(end, Ordering::Release);
+        drop(st);
+        self.stats.messages.fetch_add(messages, Ordering::Relaxed);
+        self.stats.entries.fetch_add(entries, Ordering::Relaxed);
+        self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .bytes_written
+            .fetch_add(written, Ordering::Relaxed);
+        self.notify_end();
+        for o in outcomes {
+            o.complete();
+        }
+        let ck = self.ckpt.lock().position;
+        if end.saturating_sub(ck) >= self.opts.checkpoint_bytes {
+            self.wake_checkpointer();
+        }
+    }
+
+    /// Writes `buf` (records ending at `bounds`) at position `start`, rolling segments at record
+    /// boundaries, then fsyncs according to the durability mode.
+    fn write_batch(
+        &self,
+        st: &mut WriterState,
+        start: u64,
+        buf: &[u8],
+        bounds: &[usize],
+    ) -> Result<(), StoreError> {
+        let seg_limit = self.opts.segment_bytes.saturating_sub(SEGMENT_HEADER_LEN);
+        let mut off = 0usize;
+        let mut bi = 0usize; // first bound > off
+        while off < buf.len() {
+            let pos = start + off as u64;
+            let active = st
+                .active
+                .as_ref()
+                .ok_or_else(|| StoreError::Poisoned("no active segment".into()))?;
+            let used = pos - active.seg.base;
+            let room = seg_limit.saturating_sub(used) as usize;
+            // largest record boundary that fits in the room left
+            let fit = bounds[bi..].partition_point(|&b| b - off <= room);
+            let cut = if fit > 0 {
+                bounds[bi + fit - 1]
+            } else if used == 0 {
+                bounds[bi] // a single record larger than a segment gets a segment of its own
+            } else {
+                self.roll(st, pos)?;
+                continue;
+            };
+            let file_off = SEGMENT_HEADER_LEN + used;
+            active
+                .file
+                .write_all_at(&buf[off..cut], file_off)
+                .map_err(|e| StoreError::io_at("write", &active.seg.path, file_off, e))?;
+            active
+                .seg
+                .end
+                .store(start + cut as u64, Ordering::Release);
+            bi = bounds.partition_point(|&b| b <= cut);
+            off = cut;
+        }
+        st.unsynced = true;
+        if self.opts.durability == Durability::Always {
+            self.sync_active(st)?;
+        }
+        Ok(())
+    }
+
+    /// Seals the active segment and starts a new one whose first record is at `base`.
+    fn roll(&self, st: &mut WriterState, base: u64) -> Result<(), StoreError> {
+        if self.opts.durability != Durability::None {
+            self.sync_active(st)?;
+        }
+        let path = self.dir.join(segment_file_name(base));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StoreError::io("create segment", &path, e))?;
+        file.write_all_at(&encode_segment_header(base), 0)
+            .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
+        if self.opts.durability != Durability::None {
+            file.sync_data()
+                .map_err(|e| StoreError::io("fsync", &path, e))?;
+            sync_dir(&self.dir)?;
+        }
+        let seg = Arc::new(Segment::new(base, path, base));
+        self.log.add_segment(seg.clone());
+        st.active = Some(Active { file, seg });
+        Ok(())
+    }
+}
+
+/// Encodes one message record at log position `pos`, updating the writer's queue heads.
+fn encode_message(
+    buf: &mut Vec<u8>,
+    pos: u64,
+    m: &NewMessage,
+    heads: &mut QueueMap<Head>,
+    updates: &mut Vec<(QueueId, Published)>,
+) -> Vec<Appended> {
+    let group = m.is_group_content();
+    let enc = MessageEncoder::begin(
+        buf,
+        m.device_id,
+        m.timestamp,
+        m.cmd,
+        m.flag,
+        &m.body,
+        m.queues.len(),
+    );
+    let mut out = Vec::with_capacity(m.queues.len());
+    for (i, q) in m.queues.iter().enumerate() {
+        let back = enc.entry_back(i);
+        let key = (pos + back as u64) as i64;
+        let head = heads.entry(*q).or_default();
+        let links = head.push(key, group);
+        let (kind, appid, id) = queue_parts(*q);
+        Entry {
+            kind,
+            flags: if group { ENTRY_FLAG_GROUP_CONTENT } else { 0 },
+            back: back as u32,
+            appid,
+            id,
+            seq: links.seq,
+            prev_key: links.prev_key,
+            jump_key: links.jump_key,
+            prev_peer_key: links.prev_peer_key,
+        }
+        .encode_into(buf);
+        updates.push((
+            *q,
+            Published {
+                last_key: key,
+                last_seq: links.seq,
+            },
+        ));
+        out.push(Appended {
+            key,
+            prev_key: links.prev_key,
+        });
+    }
+    let _ = enc.finish(buf);
+    out
+}
+
+/// Validates replicated records that continue the log at `pos` and stages them in `buf`.
+/// Records already present (before `pos`) are skipped; a gap is refused. Queue heads change only
+/// if every record is valid and continues its queues.
+fn apply_replicated(
+    buf: &mut Vec<u8>,
+    bounds: &mut Vec<usize>,
+    pos: u64,
+    data: &[u8],
+    start: u64,
+    heads: &mut QueueMap<Head>,
+    updates: &mut Vec<(QueueId, Published)>,
+) -> Result<u64, StoreError> {
+    if start > pos {
+        return Err(StoreError::ReplicationGap { start, end: pos });
+    }
+    let bad = |p: u64, why: String| {
+        StoreError::InvalidArgument(format!("replicated record at position {p}: {why}"))
+    };
+    let mut off = 0usize;
+    let mut p = start;
+    let mut overlay: std::collections::HashMap<QueueId, Head> = std::collections::HashMap::new();
+    let mut staged: Vec<(QueueId, Published)> = Vec::new();
+    let mut records: Vec<(usize, usize)> = Vec::new();
+    while off < data.len() {
+        let len = match check_record(&data[off..]) {
+            RecordCheck::Valid { len, .. } => len,
+            RecordCheck::Incomplete { .. } => return Err(bad(p, "incomplete record".into())),
+            RecordCheck::Bad(why) => return Err(bad(p, why)),
+        };
+        if p < pos {
+            if p + len as u64 > pos {
+                return Err(bad(p, "does not end where this log ends".into()));
+            }
+        } else {
+            let view = MessageView::decode(&data[off + RECORD_HEADER_LEN..off + len])
+                .map_err(|e| bad(p, e.to_string()))?;
+            for i in 0..view.entry_count() {
+                let e = view.entry(i);
+                let key = (p + e.back as u64) as i64;
+                let Some(q) = e.queue() else {
+                    return Err(bad(p, "unknown queue kind".into()));
+                };
+                overlay
+                    .entry(q)
+                    .or_insert_with(|| heads.get(&q).cloned().unwrap_or_default())
+                    .apply(&e, key)
+                    .map_err(|why| bad(p, why))?;
+                staged.push((
+                    q,
+                    Published {
+                        last_key: key,
+                        last_seq: e.seq,
+                    },
+                ));
+            }
+            records.push((off, off + len));
+        }
+        off += len;
+        p += len as u64;
+    }
+    for (q, h) in overlay {
+        heads.insert(q, h);
+    }
+    for (a, b) in records {
+        buf.extend_from_slice(&data[a..b]);
+        bounds.push(buf.len());
+    }
+    updates.extend(staged);
+    Ok(pos.max(p))
+}
+

@@ -12,7 +12,7 @@ pub const DEFAULT_FLUSH_INTERVAL_MS: u64 = 200;
 /// JWT verification keys. A JWT is accepted when it is HMAC-signed (HS256, HS384 or HS512) with the
 /// secret of the app named by its `appid` claim, or, when that app has no secret of its own, with the
 /// global secret. With no secret configured at all, JWT authentication is off.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JwtOptions {
     /// Global HMAC secret (raw bytes of the string) for apps without a secret of their own.
@@ -25,6 +25,16 @@ pub struct JwtOptions {
         deserialize_with = "de_app_secrets"
     )]
     pub app_secrets: BTreeMap<i64, String>,
+}
+
+/// Secrets are redacted, so logging the configuration does not leak them.
+impl std::fmt::Debug for JwtOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtOptions")
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("app_secrets", &self.app_secrets.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl JwtOptions {

@@ -62,6 +62,8 @@ pub(crate) trait Sink: Send + Sync + 'static {
 /// The shared dirty map.
 pub(crate) struct WriteBehind {
     shards: Box<[Mutex<HashMap<Slot, i64>>]>,
+    /// Most dirty entries (normally [`MAX_PENDING`]).
+    limit: usize,
     len: AtomicUsize,
     dropped: AtomicU64,
     drop_logged: AtomicBool,
@@ -90,8 +92,13 @@ impl Slot {
 
 impl WriteBehind {
     pub(crate) fn new() -> Arc<WriteBehind> {
+        Self::with_limit(MAX_PENDING)
+    }
+
+    pub(crate) fn with_limit(limit: usize) -> Arc<WriteBehind> {
         Arc::new(WriteBehind {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            limit,
             len: AtomicUsize::new(0),
             dropped: AtomicU64::new(0),
             drop_logged: AtomicBool::new(false),
@@ -110,12 +117,12 @@ impl WriteBehind {
             return;
         }
         let len = self.len.load(Ordering::Relaxed);
-        if len >= MAX_PENDING {
+        if len >= self.limit {
             drop(shard);
             self.dropped.fetch_add(1, Ordering::Relaxed);
             if !self.drop_logged.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
-                    limit = MAX_PENDING,
+                    limit = self.limit,
                     "write-behind buffer full: dropping sync-key/unread reports"
                 );
             }
@@ -124,7 +131,7 @@ impl WriteBehind {
         }
         shard.insert(slot, value);
         drop(shard);
-        if self.len.fetch_add(1, Ordering::Relaxed) + 1 >= MAX_PENDING / 2 {
+        if self.len.fetch_add(1, Ordering::Relaxed) + 1 >= self.limit / 2 {
             self.wake.notify_one();
         }
     }
@@ -283,5 +290,26 @@ mod tests {
         wb.flush(&Null).await.expect("flush");
         assert_eq!(wb.sync_key(1, 2), None);
         assert_eq!(wb.len.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn bounded_dirty_set() {
+        let wb = WriteBehind::with_limit(100);
+        for uid in 1..=1000 {
+            wb.report_sync_key(1, uid, 5);
+        }
+        assert_eq!(wb.len.load(Ordering::Relaxed), 100);
+        assert_eq!(wb.dropped(), 900);
+        // Updates of entries already held are never dropped.
+        let held = (1..=1000)
+            .find(|&uid| wb.sync_key(1, uid).is_some())
+            .expect("one held");
+        wb.report_sync_key(1, held, 50);
+        assert_eq!(wb.sync_key(1, held), Some(50));
+        assert_eq!(wb.dropped(), 900);
+        // After a flush there is room again.
+        wb.flush(&Null).await.expect("flush");
+        wb.report_sync_key(1, 5000, 1);
+        assert_eq!(wb.sync_key(1, 5000), Some(1));
     }
 }

@@ -41,6 +41,13 @@ fn app_secrets_from_string_keys() {
         BTreeMap::from([(7, "seven".to_owned()), (12, "twelve".to_owned())])
     );
 
+    // Debug output does not leak secrets.
+    let debug = format!("{r:?}");
+    assert!(
+        !debug.contains("seven") && !debug.contains("global"),
+        "{debug}"
+    );
+
     // Round trip through TOML keeps everything.
     let printed = toml::to_string(&r).expect("print");
     assert!(

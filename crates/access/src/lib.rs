@@ -1,1 +1,178 @@
-//! placeholder
+//! The access node (GoBelieve's `im`): client listeners, sessions, message handlers, the local route
+//! table and the HTTP API. [`AccessNode::start`] binds every configured listener and returns their
+//! addresses; [`AccessNode::shutdown`] stops accepting, lets in-flight appends finish and closes sessions.
+#![forbid(unsafe_code)]
+
+pub mod app;
+pub mod config;
+pub mod http;
+mod listener;
+pub mod peer;
+pub mod route;
+mod session;
+mod sync;
+pub mod transport;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use app::{App, StoreClient};
+pub use config::{ApiConfig, ServerConfig, SyncConfig};
+
+/// Why the node could not start. The operator's fault (configuration) or the environment's (ports).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {what} address {addr:?}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The addresses the node actually listens on (useful with port 0).
+#[derive(Debug, Clone, Default)]
+pub struct Addrs {
+    pub tcp: Option<SocketAddr>,
+    pub tls: Option<SocketAddr>,
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+}
+
+/// A running access node.
+pub struct AccessNode {
+    pub app: Arc<App>,
+    pub addrs: Addrs,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<Option<TcpListener>, StartError> {
+    if addr.trim().is_empty() {
+        return Ok(None);
+    }
+    TcpListener::bind(addr)
+        .await
+        .map(Some)
+        .map_err(|source| StartError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn local(l: &Option<TcpListener>) -> Option<SocketAddr> {
+    l.as_ref().and_then(|l| l.local_addr().ok())
+}
+
+impl AccessNode {
+    /// Binds every configured listener, then starts serving.
+    pub async fn start(app: Arc<App>) -> Result<AccessNode, StartError> {
+        let cfg = &app.server;
+        let needs_tls = !cfg.tls.trim().is_empty() || !cfg.wss.trim().is_empty();
+        let acceptor = if needs_tls {
+            if cfg.cert_file.is_empty() || cfg.key_file.is_empty() {
+                return Err(StartError::Config(
+                    "server.tls and server.wss need server.cert_file and server.key_file".into(),
+                ));
+            }
+            Some(
+                listener::tls_acceptor(&cfg.cert_file, &cfg.key_file)
+                    .map_err(StartError::Config)?,
+            )
+        } else {
+            None
+        };
+        if cfg.max_body == 0 || cfg.max_body > proto::MAX_BODY_LEN {
+            return Err(StartError::Config(format!(
+                "server.max_body must be between 1 and {}",
+                proto::MAX_BODY_LEN
+            )));
+        }
+        let api_listen = app.api.listen.trim().to_string();
+        if !api_listen.is_empty() && app.api.secret.is_empty() {
+            let loopback = tokio::net::lookup_host(&api_listen)
+                .await
+                .map(|mut it| it.all(|a| a.ip().is_loopback()))
+                .unwrap_or(false);
+            if !loopback {
+                return Err(StartError::Config(format!(
+                    "api.listen = {api_listen:?} is not a loopback address; set api.secret to expose the HTTP API"
+                )));
+            }
+        }
+        let tcp = bind("server.tcp", &cfg.tcp).await?;
+        let tls = bind("server.tls", &cfg.tls).await?;
+        let ws = bind("server.ws", &cfg.ws).await?;
+        let wss = bind("server.wss", &cfg.wss).await?;
+        let http = bind("api.listen", &api_listen).await?;
+        let addrs = Addrs {
+            tcp: local(&tcp),
+            tls: local(&tls),
+            ws: local(&ws),
+            wss: local(&wss),
+            http: local(&http),
+        };
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let ctx = listener::Ctx {
+            app: app.clone(),
+            permits: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        };
+        if let Some(l) = tcp {
+            tracker.spawn(listener::serve_stream(l, ctx.clone(), None));
+        }
+        if let (Some(l), Some(a)) = (tls, acceptor.clone()) {
+            tracker.spawn(listener::serve_stream(l, ctx.clone(), Some(a)));
+        }
+        if let Some(l) = ws {
+            tracker.spawn(listener::serve_ws(l, ctx.clone()));
+        }
+        if let (Some(l), Some(a)) = (wss, acceptor) {
+            tracker.spawn(listener::serve_wss(l, ctx.clone(), a));
+        }
+        if let Some(l) = http {
+            let router = http::router(app.clone());
+            let sd = shutdown.clone();
+            tracker.spawn(async move {
+                if let Err(e) = axum::serve(l, router)
+                    .with_graceful_shutdown(sd.cancelled_owned())
+                    .await
+                {
+                    warn!(error = %e, "HTTP API stopped");
+                }
+            });
+        }
+        info!(?addrs, "access node listening");
+        Ok(AccessNode {
+            app,
+            addrs,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// Stops accepting, lets sessions finish what they are storing and closes them; waits at most `grace`.
+    pub async fn shutdown(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some sessions did not close within the grace period");
+        }
+    }
+}

@@ -1,1 +1,83 @@
-fn main() {}
+//! The `banter` command line: `serve`, `config`, `store`, `bench`. Parses arguments, sets up logging and
+//! hands over to the library; nothing else happens here.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use banter::config::{Config, DEFAULT_TOML};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "banter",
+    version,
+    about = "A fast, durable IM server that GoBelieve clients use unchanged"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-node server (TCP, WebSocket, HTTP API) on the embedded default or a config file.
+    Serve {
+        /// Configuration file (TOML); without it the documented defaults (`banter config`) apply.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Data directory (overrides `data.dir`).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Print the full documented default configuration.
+    Config,
+}
+
+fn init_logging(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+fn serve(config: Option<PathBuf>, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = Config::load(config.as_deref()).map_err(anyhow::Error::msg)?;
+    if let Some(d) = data {
+        config.data.dir = d;
+    }
+    init_logging(&config);
+    runtime()?.block_on(banter::serve::run(config))?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, data } => serve(config, data),
+        Command::Config => {
+            print!("{DEFAULT_TOML}");
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("banter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! Configuration sections owned by the access node: client listeners, session limits, sync batching and
+//! the HTTP API. They are embedded in `banter.toml` by the binary; every field has a documented default.
+
+use serde::{Deserialize, Serialize};
+
+/// `[server]`: client listeners and per-session limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Plain TCP listener for SDK clients (GoBelieve's `port`). Empty string disables it.
+    pub tcp: String,
+    /// Raw TLS listener (GoBelieve's `ssl_port`); needs `cert_file` and `key_file`. Empty disables it.
+    pub tls: String,
+    /// WebSocket listener; clients connect to `ws://HOST:PORT/ws`. Empty disables it.
+    pub ws: String,
+    /// WebSocket-over-TLS listener (`wss://HOST:PORT/ws`); needs `cert_file` and `key_file`. Empty disables it.
+    pub wss: String,
+    /// PEM certificate chain for `tls` and `wss`.
+    pub cert_file: String,
+    /// PEM private key for `tls` and `wss`.
+    pub key_file: String,
+    /// Most client connections held at once (all listeners together); further connections are closed at once.
+    pub max_connections: usize,
+    /// Seconds a new connection has to complete the TLS handshake and authenticate before it is closed.
+    pub login_timeout_secs: u64,
+    /// Seconds without any frame from the client before the connection is closed (GoBelieve: 360).
+    pub idle_timeout_secs: u64,
+    /// Seconds a write to a client may take before the connection is considered dead (GoBelieve: 30).
+    pub write_timeout_secs: u64,
+    /// Most frames queued for one session by others (pushes, notifications). A session whose queue is
+    /// full cannot keep up and is disconnected; it never slows anyone else down.
+    pub outbox_frames: usize,
+    /// Most bytes queued for one session by others; same policy as `outbox_frames`.
+    pub outbox_bytes: usize,
+    /// Most messages from one connection being stored at the same time; reading from that connection
+    /// pauses while the limit is reached.
+    pub max_inflight: usize,
+    /// Largest accepted frame body in bytes (at most 32767, the protocol's limit).
+    pub max_body: usize,
+    /// Messages per second one connection may send (IM, RT); 0 disables the limit. Refused messages
+    /// get an ACK with status 69 in protocol version 2 sessions.
+    pub rate_limit_per_sec: u32,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            tcp: "0.0.0.0:23000".into(),
+            tls: String::new(),
+            ws: "0.0.0.0:13891".into(),
+            wss: String::new(),
+            cert_file: String::new(),
+            key_file: String::new(),
+            max_connections: 100_000,
+            login_timeout_secs: 60,
+            idle_timeout_secs: 360,
+            write_timeout_secs: 30,
+            outbox_frames: 4096,
+            outbox_bytes: 4 << 20,
+            max_inflight: 256,
+            max_body: proto::MAX_BODY_LEN,
+            rate_limit_per_sec: 0,
+        }
+    }
+}
+
+/// `[sync]`: how sync requests are answered.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// Most messages in one SYNC response. When more remain, SYNC_END is followed by SYNC_NOTIFY and the
+    /// client syncs again, until it is caught up; nothing is ever skipped.
+    pub batch_messages: usize,
+    /// Most body bytes in one SYNC response (a batch always holds at least one message).
+    pub batch_bytes: usize,
+    /// Most messages `/load_latest_message` returns.
+    pub max_latest: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            batch_messages: 1000,
+            batch_bytes: 1 << 20,
+            max_latest: 1000,
+        }
+    }
+}
+
+/// `[api]`: the HTTP API for app servers and operators.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// Address of the HTTP API (GoBelieve's `http_listen_address`). Empty disables it.
+    pub listen: String,
+    /// When set, every request must carry `Authorization: Bearer <secret>` (except `/healthz`). When empty,
+    /// the API refuses to listen on anything but a loopback address.
+    pub secret: String,
+    /// Largest accepted request body in bytes.
+    pub max_body: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            listen: "127.0.0.1:6666".into(),
+            secret: String::new(),
+            max_body: 64 * 1024,
+        }
+    }
+}

@@ -1,0 +1,553 @@
+//! The HTTP API (spec §15.1) for app servers and operators, plus banter's token endpoints, `/metrics`
+//! (Prometheus text format) and `/healthz`.
+//!
+//! Every parameter is validated: a bad request gets a 4xx whose JSON body names the problem, in
+//! GoBelieve's error shape `{"meta":{"code":N,"message":"…"}}`. Posting endpoints answer 200 only once
+//! the message is durably stored (the original answers 200 even when storage failed). When `api.secret`
+//! is set, every request except `/healthz` must carry `Authorization: Bearer <secret>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use proto::{cmd, Body};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use store::{QueueId, StoredMessage};
+use tracing::warn;
+
+use crate::app::{App, Stats};
+use crate::peer;
+
+/// An API error: HTTP status plus a message naming the problem.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
+    }
+
+    fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = self.status.as_u16();
+        (
+            self.status,
+            Json(json!({"meta": {"code": code, "message": self.message}})),
+        )
+            .into_response()
+    }
+}
+
+impl From<store::StoreError> for ApiError {
+    fn from(e: store::StoreError) -> Self {
+        warn!(error = %e, "store error in HTTP API");
+        ApiError::unavailable(format!("message store error: {e}"))
+    }
+}
+
+impl From<backend::BackendError> for ApiError {
+    fn from(e: backend::BackendError) -> Self {
+        match e {
+            backend::BackendError::InvalidArgument(m) => ApiError::bad(m),
+            other => {
+                warn!(error = %other, "backend error in HTTP API");
+                ApiError::unavailable(format!("backend error: {other}"))
+            }
+        }
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+type Params = Query<HashMap<String, String>>;
+
+/// A required integer query parameter.
+fn int(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
+    let v = q
+        .get(name)
+        .ok_or_else(|| ApiError::bad(format!("missing query parameter `{name}`")))?;
+    v.trim().parse::<i64>().map_err(|_| {
+        ApiError::bad(format!(
+            "query parameter `{name}` must be an integer, got {v:?}"
+        ))
+    })
+}
+
+/// A required positive id.
+fn id(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
+    let v = int(q, name)?;
+    if v <= 0 {
+        return Err(ApiError::bad(format!(
+            "query parameter `{name}` must be > 0"
+        )));
+    }
+    Ok(v)
+}
+
+fn opt_int(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
+    if q.contains_key(name) {
+        int(q, name).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn content_of(app: &App, body: &Bytes) -> Result<bytes::Bytes, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad("the request body (message content) is empty"));
+    }
+    if body.len() > app.server.max_body - 36 {
+        return Err(ApiError::bad(format!(
+            "content of {} bytes exceeds the limit of {} bytes",
+            body.len(),
+            app.server.max_body - 36
+        )));
+    }
+    Ok(body.clone())
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid json: {e}")))
+}
+
+fn ok_empty() -> ApiResult {
+    Ok(StatusCode::OK.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GrantReq {
+    appid: i64,
+    uid: i64,
+    #[serde(default)]
+    user_name: String,
+}
+
+async fn grant(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: GrantReq = json_body(&body)?;
+    if r.appid <= 0 || r.uid <= 0 {
+        return Err(ApiError::bad("`appid` and `uid` must be > 0"));
+    }
+    let token = app.backend.grant(r.appid, r.uid, &r.user_name).await?;
+    Ok(Json(json!({ "token": token })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeReq {
+    token: String,
+}
+
+async fn revoke(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: RevokeReq = json_body(&body)?;
+    if r.token.is_empty() {
+        return Err(ApiError::bad("`token` must not be empty"));
+    }
+    let revoked = app.backend.revoke(&r.token).await?;
+    Ok(Json(json!({ "revoked": revoked })).into_response())
+}
+
+async fn post_peer_message(
+    State(app): State<Arc<App>>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let sender = id(&q, "sender")?;
+    let receiver = id(&q, "receiver")?;
+    let content = content_of(&app, &body)?;
+    peer::post_peer(&app, appid, sender, receiver, content).await?;
+    ok_empty()
+}
+
+#[derive(Deserialize)]
+struct SystemReq {
+    appid: i64,
+    receivers: Vec<i64>,
+    content: String,
+}
+
+async fn post_system_message(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: SystemReq = json_body(&body)?;
+    if r.appid <= 0 {
+        return Err(ApiError::bad("`appid` must be > 0"));
+    }
+    if r.receivers.is_empty() || r.receivers.iter().any(|&u| u <= 0) {
+        return Err(ApiError::bad(
+            "`receivers` must be a non-empty list of uids > 0",
+        ));
+    }
+    if r.receivers.len() > 10_000 {
+        return Err(ApiError::bad("at most 10000 receivers per request"));
+    }
+    let content = content_of(&app, &Bytes::from(r.content))?;
+    peer::post_system(&app, r.appid, &r.receivers, content).await?;
+    ok_empty()
+}
+
+async fn post_notification(
+    State(app): State<Arc<App>>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let uid = id(&q, "uid")?;
+    let content = content_of(&app, &body)?;
+    peer::post_notification(&app, appid, uid, content);
+    ok_empty()
+}
+
+async fn post_realtime_message(
+    State(app): State<Arc<App>>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let sender = id(&q, "sender")?;
+    let receiver = id(&q, "receiver")?;
+    let content = content_of(&app, &body)?;
+    let rt = proto::Rt {
+        sender,
+        receiver,
+        content,
+    };
+    peer::deliver_rt(&app, appid, &rt, 0);
+    ok_empty()
+}
+
+/// One stored message in the JSON shape of spec §15.1.4; `None` for kinds the API does not show.
+fn message_json(m: &StoredMessage) -> Option<Value> {
+    let body = Body::decode(m.cmd, proto::STORAGE_VERSION, &m.body).ok()?;
+    let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
+    match body {
+        Body::Im(im) | Body::GroupIm(im) => Some(json!({
+            "command": m.cmd, "content": text(&im.content), "id": m.key,
+            "receiver": im.receiver, "sender": im.sender, "timestamp": im.timestamp,
+        })),
+        Body::Customer(c) => Some(json!({
+            "command": m.cmd, "content": text(&c.content), "id": m.key,
+            "receiver": c.receiver, "sender": c.sender, "timestamp": c.timestamp,
+            "sender_appid": c.sender_appid, "receiver_appid": c.receiver_appid,
+        })),
+        _ => None,
+    }
+}
+
+async fn load_latest_message(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let uid = id(&q, "uid")?;
+    let limit = int(&q, "limit")?;
+    if limit <= 0 {
+        return Err(ApiError::bad("query parameter `limit` must be > 0"));
+    }
+    let limit = (limit as usize).min(app.sync.max_latest);
+    let msgs = app
+        .store
+        .latest(QueueId::User { appid, uid }, limit)
+        .await?;
+    let data: Vec<Value> = msgs
+        .iter()
+        .filter(|m| m.cmd != cmd::SYSTEM)
+        .filter_map(message_json)
+        .collect();
+    Ok(Json(json!({ "data": data })).into_response())
+}
+
+async fn load_history_message(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let uid = id(&q, "uid")?;
+    let last_id = opt_int(&q, "last_id")?.unwrap_or(0);
+    if last_id < 0 {
+        return Err(ApiError::bad("query parameter `last_id` must be >= 0"));
+    }
+    let page = app
+        .store
+        .sync(
+            QueueId::User { appid, uid },
+            last_id,
+            app.sync.batch_messages,
+        )
+        .await?;
+    let data: Vec<Value> = page.messages.iter().filter_map(message_json).collect();
+    Ok(
+        Json(json!({ "data": data, "last_id": page.last_key, "has_more": page.has_more }))
+            .into_response(),
+    )
+}
+
+async fn get_offline_count(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let uid = id(&q, "uid")?;
+    let mut key = opt_int(&q, "sync_key")?.unwrap_or(0);
+    if key < 0 {
+        return Err(ApiError::bad("query parameter `sync_key` must be >= 0"));
+    }
+    if key == 0 {
+        key = app.backend.sync_key(appid, uid).await?;
+    }
+    let count = app
+        .store
+        .new_count(QueueId::User { appid, uid }, key)
+        .await?;
+    Ok(Json(json!({ "data": { "count": count } })).into_response())
+}
+
+/// Resident set size of this process, from /proc.
+pub fn rss_bytes() -> u64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = s
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+async fn summary(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
+    let appid = opt_int(&q, "appid")?;
+    let st = &app.stats;
+    let (users, clients) = app.route.counts(None);
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
+    let mut obj = Map::new();
+    obj.insert("goroutine_count".into(), json!(tasks));
+    obj.insert(
+        "connection_count".into(),
+        json!(Stats::get(&st.connections)),
+    );
+    obj.insert("client_count".into(), json!(clients));
+    obj.insert("clientset_count".into(), json!(users));
+    obj.insert(
+        "in_message_count".into(),
+        json!(Stats::get(&st.messages_in)),
+    );
+    obj.insert(
+        "out_message_count".into(),
+        json!(Stats::get(&st.deliveries)),
+    );
+    obj.insert("pid".into(), json!(std::process::id()));
+    obj.insert("rss_bytes".into(), json!(rss_bytes()));
+    if let Some(a) = appid.filter(|&a| a != 0) {
+        let (u, c) = app.route.counts(Some(a));
+        obj.insert(
+            format!("app_{a}"),
+            json!({"clientset_count": u, "client_count": c, "room_count": 0, "room_client_count": 0, "room_stat": {}}),
+        );
+    }
+    Ok(Json(Value::Object(obj)).into_response())
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    let st = &app.stats;
+    let mut out = String::with_capacity(4096);
+    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
+        out.push_str(&format!(
+            "# HELP banter_{name} {help}\n# TYPE banter_{name} {kind}\nbanter_{name} {v}\n"
+        ));
+    };
+    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (users, clients) = app.route.counts(None);
+    metric(
+        "connections",
+        "gauge",
+        "Open client connections.",
+        g(&st.connections),
+    );
+    metric(
+        "authenticated_sessions",
+        "gauge",
+        "Authenticated sessions.",
+        clients as u64,
+    );
+    metric(
+        "online_users",
+        "gauge",
+        "Distinct users with a session here.",
+        users as u64,
+    );
+    metric(
+        "connections_total",
+        "counter",
+        "Client connections accepted.",
+        g(&st.connections_total),
+    );
+    metric(
+        "connections_rejected_total",
+        "counter",
+        "Connections refused at max_connections.",
+        g(&st.connections_rejected),
+    );
+    metric(
+        "auth_ok_total",
+        "counter",
+        "Successful authentications.",
+        g(&st.auth_ok),
+    );
+    metric(
+        "auth_failed_total",
+        "counter",
+        "Failed authentications.",
+        g(&st.auth_failed),
+    );
+    metric(
+        "frames_in_total",
+        "counter",
+        "Frames received from clients.",
+        g(&st.frames_in),
+    );
+    metric(
+        "frames_out_total",
+        "counter",
+        "Frames written to clients.",
+        g(&st.frames_out),
+    );
+    metric(
+        "messages_in_total",
+        "counter",
+        "Messages received from clients.",
+        g(&st.messages_in),
+    );
+    metric(
+        "messages_stored_total",
+        "counter",
+        "Messages durably stored.",
+        g(&st.messages_stored),
+    );
+    metric(
+        "messages_refused_total",
+        "counter",
+        "Messages refused (bad sender, rate limit, store failure).",
+        g(&st.messages_refused),
+    );
+    metric(
+        "deliveries_total",
+        "counter",
+        "Frames pushed to sessions.",
+        g(&st.deliveries),
+    );
+    metric(
+        "syncs_total",
+        "counter",
+        "Sync requests answered.",
+        g(&st.syncs),
+    );
+    metric(
+        "synced_messages_total",
+        "counter",
+        "Messages returned by syncs.",
+        g(&st.synced_messages),
+    );
+    metric(
+        "store_errors_total",
+        "counter",
+        "Store operations that failed.",
+        g(&st.store_errors),
+    );
+    metric(
+        "backend_errors_total",
+        "counter",
+        "Backend operations that failed.",
+        g(&st.backend_errors),
+    );
+    metric(
+        "protocol_errors_total",
+        "counter",
+        "Connections closed for protocol violations.",
+        g(&st.protocol_errors),
+    );
+    metric(
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident set size.",
+        rss_bytes(),
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn require_secret(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    if app.api.secret.is_empty() || req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), app.api.secret.as_bytes()) {
+        next.run(req).await
+    } else {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            message: "missing or wrong `Authorization: Bearer <api.secret>` header".into(),
+        }
+        .into_response()
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn not_found() -> ApiError {
+    ApiError {
+        status: StatusCode::NOT_FOUND,
+        message: "no such endpoint".into(),
+    }
+}
+
+/// The API router. GoBelieve's endpoints accept any method, as the original does.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/auth/grant", post(grant))
+        .route("/auth/revoke", post(revoke))
+        .route("/post_peer_message", any(post_peer_message))
+        .route("/post_system_message", any(post_system_message))
+        .route("/post_notification", any(post_notification))
+        .route("/post_realtime_message", any(post_realtime_message))
+        .route("/load_latest_message", any(load_latest_message))
+        .route("/load_history_message", any(load_history_message))
+        .route("/get_offline_count", any(get_offline_count))
+        .route("/summary", any(summary))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), require_secret))
+        .layer(DefaultBodyLimit::max(app.api.max_body))
+        .with_state(app)
+}

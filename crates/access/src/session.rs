@@ -1,0 +1,531 @@
+//! One client session (spec §7): a single task that reads frames, runs their handlers, drains the
+//! session's outbox and writes everything it produced in one coalesced write per wake-up.
+//!
+//! Ordering: every frame this session sends — its own replies, sync batches and what others pushed to
+//! it — goes through one writer with one per-connection seq, so METADATA is always immediately followed
+//! by its message (consecutive seqs) and an ACK never overtakes the frames that logically precede it.
+//!
+//! Messages are stored asynchronously: a handler submits the append and the session keeps reading; the
+//! completions are processed strictly in submission order (`FuturesOrdered`), so one connection's ACKs and
+//! deliveries stay in the order it sent, while the store batches appends of many connections into one
+//! fsync. At most `max_inflight` appends per connection are outstanding; then reading pauses.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{BufMut, BytesMut};
+use futures_util::stream::{FuturesOrdered, StreamExt};
+use proto::{cmd, flag, AckStatus, AuthToken, Body, Frame, Header, Metadata, Platform};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::app::{App, AppendResult, Stats};
+use crate::route::{Push, SessionHandle};
+use crate::transport::{RecvError, Transport};
+
+/// Why a session ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    ClientClosed,
+    Shutdown,
+    Timeout(&'static str),
+    Kicked(&'static str),
+    Recv(RecvError),
+    Protocol(String),
+    WriteFailed(std::io::Error),
+    WriteTimeout,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::ClientClosed => write!(f, "client closed the connection"),
+            End::Shutdown => write!(f, "server shutting down"),
+            End::Timeout(what) => write!(f, "{what}"),
+            End::Kicked(why) => write!(f, "disconnected: {why}"),
+            End::Recv(e) => write!(f, "{e}"),
+            End::Protocol(e) => write!(f, "protocol error: {e}"),
+            End::WriteFailed(e) => write!(f, "write failed: {e}"),
+            End::WriteTimeout => write!(f, "write timed out"),
+        }
+    }
+}
+
+/// What a pending append was for, so its completion can be finished.
+pub(crate) enum OpCtx {
+    Im {
+        seq: i32,
+        flag: u8,
+        receiver: i64,
+        body: bytes::Bytes,
+    },
+}
+
+/// A pending append and its context.
+pub(crate) struct Op {
+    ctx: Option<OpCtx>,
+    fut: Pin<Box<dyn Future<Output = AppendResult> + Send>>,
+}
+
+impl Future for Op {
+    type Output = (OpCtx, AppendResult);
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.fut.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(r) => match self.ctx.take() {
+                Some(ctx) => Poll::Ready((ctx, r)),
+                // Polled after completion: never resolves again (FuturesOrdered does not do this).
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Per-connection token bucket.
+struct RateLimit {
+    per_sec: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl RateLimit {
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec.max(1.0));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+pub(crate) struct Session {
+    pub(crate) app: Arc<App>,
+    pub(crate) conn_id: u64,
+    /// Set once authenticated; also this session's entry in the route table.
+    pub(crate) handle: Option<Arc<SessionHandle>>,
+    /// The session version: the version byte of the successful AUTH_TOKEN (0 before).
+    pub(crate) version: u8,
+    seq: i32,
+    wbuf: BytesMut,
+    ends: Vec<usize>,
+    pending: FuturesOrdered<Op>,
+    inbox: Vec<Push>,
+    rate: Option<RateLimit>,
+}
+
+/// Runs a session on `transport` until it ends, then unregisters it.
+pub async fn run<T: Transport>(
+    app: Arc<App>,
+    transport: T,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let conn_id = app.next_conn_id();
+    Stats::inc(&app.stats.connections);
+    Stats::inc(&app.stats.connections_total);
+    let span = tracing::debug_span!("session", conn = conn_id, %peer, appid = tracing::field::Empty, uid = tracing::field::Empty);
+    let rate = (app.server.rate_limit_per_sec > 0).then(|| RateLimit {
+        per_sec: app.server.rate_limit_per_sec as f64,
+        tokens: app.server.rate_limit_per_sec as f64,
+        last: Instant::now(),
+    });
+    let mut s = Session {
+        app: app.clone(),
+        conn_id,
+        handle: None,
+        version: 0,
+        seq: 0,
+        wbuf: BytesMut::new(),
+        ends: Vec::new(),
+        pending: FuturesOrdered::new(),
+        inbox: Vec::new(),
+        rate,
+    };
+    let mut transport = transport;
+    async {
+        let end = s.run_loop(&mut transport, &shutdown).await;
+        match &end {
+            End::ClientClosed | End::Shutdown => debug!(reason = %end, "session closed"),
+            End::Timeout(_) | End::WriteFailed(_) | End::Recv(RecvError::Io(_)) => {
+                debug!(reason = %end, "session closed")
+            }
+            End::Kicked(_) | End::WriteTimeout => info!(reason = %end, "session closed"),
+            End::Recv(_) | End::Protocol(_) => {
+                Stats::inc(&app.stats.protocol_errors);
+                info!(reason = %end, "closing connection after a protocol error")
+            }
+        }
+        if let Some(h) = s.handle.take() {
+            app.route.remove(&h);
+        }
+        if matches!(end, End::Shutdown) {
+            let _ = timeout(Duration::from_secs(1), s.flush(&mut transport)).await;
+        }
+        transport.close().await;
+    }
+    .instrument(span)
+    .await;
+    app.stats
+        .connections
+        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+impl Session {
+    async fn run_loop<T: Transport>(&mut self, t: &mut T, shutdown: &CancellationToken) -> End {
+        let login_deadline =
+            Instant::now() + Duration::from_secs(self.app.server.login_timeout_secs);
+        let idle = Duration::from_secs(self.app.server.idle_timeout_secs);
+        let mut last_frame = Instant::now();
+        let max_inflight = self.app.server.max_inflight.max(1);
+        loop {
+            if let Some(h) = &self.handle {
+                if let Some(reason) = h.drain(&mut self.inbox) {
+                    return End::Kicked(reason);
+                }
+                self.emit_inbox();
+            }
+            if let Err(e) = self.flush(t).await {
+                return e;
+            }
+            if self.handle.as_ref().is_some_and(|h| h.has_pending()) {
+                // Pushed to while writing (the wake-up may have been consumed by the write): drain now.
+                continue;
+            }
+            let deadline = if self.handle.is_some() {
+                last_frame + idle
+            } else {
+                login_deadline.min(last_frame + idle)
+            };
+            let handle = self.handle.clone();
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return End::Shutdown,
+                Some((ctx, result)) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.complete(ctx, result);
+                }
+                _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => {}
+                r = t.recv(), if self.pending.len() < max_inflight => match r {
+                    Ok(Some(frame)) => {
+                        last_frame = Instant::now();
+                        Stats::inc(&self.app.stats.frames_in);
+                        if let Err(e) = self.handle_frame(frame).await {
+                            return e;
+                        }
+                    }
+                    Ok(None) => return End::ClientClosed,
+                    Err(e) => return End::Recv(e),
+                },
+                _ = sleep_until(deadline) => {
+                    return End::Timeout(if self.handle.is_some() { "idle timeout" } else { "login timeout" });
+                }
+            }
+        }
+    }
+
+    /// Writes everything produced so far, in one coalesced write.
+    async fn flush<T: Transport>(&mut self, t: &mut T) -> Result<(), End> {
+        if self.ends.is_empty() {
+            return Ok(());
+        }
+        Stats::add(&self.app.stats.frames_out, self.ends.len() as u64);
+        let wt = Duration::from_secs(self.app.server.write_timeout_secs);
+        let handle = self.handle.clone();
+        let r = {
+            let send = timeout(wt, t.send(&mut self.wbuf, &self.ends));
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    r = &mut send => break r,
+                    // A client that does not read blocks this write; notice a kick meanwhile.
+                    _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => {
+                        if let Some(reason) = handle.as_ref().and_then(|h| h.close_reason()) {
+                            return Err(End::Kicked(reason));
+                        }
+                    }
+                }
+            }
+        };
+        self.ends.clear();
+        if self.wbuf.capacity() > 64 * 1024 || self.pending.is_empty() {
+            // Idle sessions hold no write buffer.
+            self.wbuf = BytesMut::new();
+        }
+        match r {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::WriteFailed(e)),
+            Err(_) => Err(End::WriteTimeout),
+        }
+    }
+
+    fn next_seq(&mut self) -> i32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Queues one frame for the client.
+    pub(crate) fn emit(&mut self, body: &Body, flag: u8) {
+        let seq = self.next_seq();
+        body.encode_frame(seq, self.version, flag, &mut self.wbuf);
+        self.ends.push(self.wbuf.len());
+    }
+
+    /// Queues METADATA then `body` on consecutive seqs.
+    pub(crate) fn emit_with_meta(&mut self, meta: Metadata, body: &Body, flag: u8) {
+        self.emit(&Body::Metadata(meta), 0);
+        self.emit(body, flag);
+    }
+
+    /// Queues a frame whose body is already encoded in version 1/2 layout.
+    pub(crate) fn emit_raw(&mut self, cmd: u8, flag: u8, body: &[u8]) {
+        let seq = self.next_seq();
+        let relayout =
+            self.version == 0 && (cmd == cmd::IM || cmd == cmd::GROUP_IM) && body.len() >= 24;
+        let len = if relayout { body.len() - 4 } else { body.len() };
+        self.wbuf.reserve(proto::HEADER_LEN + len);
+        Header {
+            len,
+            seq,
+            cmd,
+            version: self.version,
+            flag,
+        }
+        .write(&mut self.wbuf);
+        if relayout {
+            // Version 0 has no timestamp: sender, receiver, msgid, content.
+            self.wbuf.put_slice(&body[..16]);
+            self.wbuf.put_slice(&body[20..]);
+        } else {
+            self.wbuf.put_slice(body);
+        }
+        self.ends.push(self.wbuf.len());
+    }
+
+    fn emit_inbox(&mut self) {
+        let mut inbox = std::mem::take(&mut self.inbox);
+        for p in inbox.drain(..) {
+            if let Some(meta) = p.meta {
+                self.emit(&Body::Metadata(meta), 0);
+            }
+            self.emit_raw(p.cmd, p.flag, &p.body);
+        }
+        self.inbox = inbox;
+        if self.inbox.capacity() > 256 {
+            self.inbox = Vec::new();
+        }
+    }
+
+    pub(crate) fn ack(&mut self, seq: i32, status: i8, flag: u8, meta: Option<Metadata>) {
+        let body = Body::Ack(proto::body::Ack { seq, status });
+        match meta {
+            Some(m) => self.emit_with_meta(m, &body, flag),
+            None => self.emit(&body, flag),
+        }
+    }
+
+    /// Answers a message that was not accepted. Version 2+ clients learn why from the status; older
+    /// ACKs carry no status, so they get no ACK at all rather than one that would read as success.
+    pub(crate) fn refuse(&mut self, seq: i32, status: i8, what: &str) {
+        Stats::inc(&self.app.stats.messages_refused);
+        debug!(seq, status, what, "message refused");
+        if self.version >= 2 {
+            self.ack(seq, status, 0, None);
+        }
+    }
+
+    pub(crate) fn submit(&mut self, ctx: OpCtx, batch: Vec<store::NewMessage>) {
+        let fut = self.app.store.append(batch);
+        self.pending.push_back(Op {
+            ctx: Some(ctx),
+            fut,
+        });
+    }
+
+    fn complete(&mut self, ctx: OpCtx, result: AppendResult) {
+        match ctx {
+            OpCtx::Im {
+                seq,
+                flag,
+                receiver,
+                body,
+            } => self.complete_im(seq, flag, receiver, body, result),
+        }
+    }
+
+    /// Checks the per-connection message rate; refuses the message when it is exceeded.
+    pub(crate) fn rate_ok(&mut self, seq: i32) -> bool {
+        if self.rate_allows() {
+            return true;
+        }
+        self.refuse(seq, AckStatus::RATE_LIMITED, "rate limit");
+        false
+    }
+
+    pub(crate) fn rate_allows(&mut self) -> bool {
+        self.rate.as_mut().is_none_or(|r| r.allow())
+    }
+
+    async fn handle_frame(&mut self, frame: Frame) -> Result<(), End> {
+        let body = Body::decode(frame.cmd, frame.version, &frame.body)
+            .map_err(|e| End::Protocol(e.to_string()))?;
+        let authed = self.handle.is_some();
+        match body {
+            Body::Ping => self.emit(&Body::Pong, 0),
+            Body::AuthToken(a) => {
+                if !authed {
+                    self.auth(a, frame.version).await;
+                }
+            }
+            Body::Ack(_) | Body::Pong | Body::Metadata(_) | Body::Deprecated { .. } => {}
+            _ if !authed => {
+                debug!(cmd = cmd::name(frame.cmd), "ignored before authentication");
+            }
+            Body::Im(im) => self.on_im(frame.seq, frame.flag, im),
+            Body::Rt(rt) => self.on_rt(rt),
+            Body::Sync(key) => self.on_sync(key).await,
+            Body::SyncKey(key) => self.on_sync_key(key),
+            Body::UnreadCount(n) => {
+                if let Some(h) = &self.handle {
+                    self.app.backend.set_unread(h.appid, h.uid, n);
+                }
+            }
+            Body::GroupIm(_) => self.refuse(frame.seq, AckStatus::GROUP_NONEXIST, "no such group"),
+            Body::SyncGroup(g) => {
+                // No super groups exist on this node: an empty, well-formed answer.
+                let g = proto::GroupSyncKey {
+                    group_id: g.group_id,
+                    sync_key: g.sync_key,
+                };
+                self.emit(&Body::SyncGroupBegin(g), 0);
+                self.emit(&Body::SyncGroupEnd(g), 0);
+            }
+            Body::GroupSyncKey(_) => {}
+            Body::EnterRoom(_) | Body::LeaveRoom(_) => {}
+            Body::RoomIm(_) | Body::Customer(_) => {
+                self.refuse(frame.seq, AckStatus::NOT_ALLOWED, "not available")
+            }
+            // Server-to-client commands are not on the whitelist and never reach here.
+            Body::AuthStatus(_)
+            | Body::GroupNotification(_)
+            | Body::System(_)
+            | Body::Notification(_)
+            | Body::SyncBegin(_)
+            | Body::SyncEnd(_)
+            | Body::SyncNotify(_)
+            | Body::SyncGroupBegin(_)
+            | Body::SyncGroupEnd(_)
+            | Body::SyncGroupNotify(_) => {
+                return Err(End::Protocol(format!(
+                    "command {} is not allowed from clients",
+                    frame.cmd
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    /// AUTH_TOKEN (spec §7.2). AUTH_STATUS is the first frame the client sees; a failure leaves the
+    /// connection open for a retry.
+    async fn auth(&mut self, a: AuthToken, version: u8) {
+        let app = self.app.clone();
+        let token = match std::str::from_utf8(&a.token) {
+            Ok(t) if !t.is_empty() => t,
+            _ => return self.auth_failed("malformed token"),
+        };
+        let info = match app.backend.authenticate(token).await {
+            Ok(Some(info)) => info,
+            Ok(None) => return self.auth_failed("unknown, expired or revoked token"),
+            Err(e) => {
+                Stats::inc(&app.stats.backend_errors);
+                warn!(error = %e, "token lookup failed");
+                return self.auth_failed("backend error");
+            }
+        };
+        let flags = match app.backend.user_flags(info.appid, info.uid).await {
+            Ok(f) => f,
+            Err(e) => {
+                Stats::inc(&app.stats.backend_errors);
+                warn!(error = %e, "user flags lookup failed");
+                return self.auth_failed("backend error");
+            }
+        };
+        let device_id = if a.platform_id == Platform::WEB || a.device_id.is_empty() {
+            0
+        } else {
+            match std::str::from_utf8(&a.device_id) {
+                Ok(d) => match app.backend.device_id(d, a.platform_id).await {
+                    Ok(id) => id,
+                    Err(e) => {
+                        Stats::inc(&app.stats.backend_errors);
+                        warn!(error = %e, "device id allocation failed");
+                        return self.auth_failed("backend error");
+                    }
+                },
+                Err(_) => return self.auth_failed("malformed device id"),
+            }
+        };
+        let online = !(flags.notification_on && !Platform::is_mobile(a.platform_id));
+        self.version = version;
+        self.emit(&Body::AuthStatus(0), 0);
+        let handle = Arc::new(SessionHandle::new(
+            self.conn_id,
+            info.appid,
+            info.uid,
+            device_id,
+            a.platform_id,
+            online,
+            app.server.outbox_frames,
+            app.server.outbox_bytes,
+        ));
+        app.route.add(handle.clone());
+        self.handle = Some(handle);
+        app.backend.set_unread(info.appid, info.uid, 0);
+        Stats::inc(&app.stats.auth_ok);
+        let span = tracing::Span::current();
+        span.record("appid", info.appid);
+        span.record("uid", info.uid);
+        debug!(
+            device_id,
+            platform = a.platform_id,
+            version,
+            "authenticated"
+        );
+    }
+
+    fn auth_failed(&mut self, why: &'static str) {
+        Stats::inc(&self.app.stats.auth_failed);
+        debug!(why, "authentication failed");
+        self.emit(&Body::AuthStatus(1), 0);
+    }
+
+    /// The SELF flag for a synced message (spec §9.2): sent by this user from this very device. Device 0
+    /// (web clients, HTTP posts) never matches, so HTTP-originated messages are not marked SELF.
+    pub(crate) fn self_flag(&self, cmd: u8, body: &[u8], device_id: i64) -> u8 {
+        let Some(h) = &self.handle else { return 0 };
+        if device_id == 0 || device_id != h.device_id {
+            return 0;
+        }
+        let is_self = match cmd {
+            cmd::IM | cmd::GROUP_IM => proto::body::peek_i64(body, 0) == Some(h.uid),
+            cmd::CUSTOMER_V2 => {
+                proto::body::peek_i64(body, 0) == Some(h.appid)
+                    && proto::body::peek_i64(body, 8) == Some(h.uid)
+            }
+            _ => false,
+        };
+        if is_self {
+            flag::SELF
+        } else {
+            0
+        }
+    }
+}

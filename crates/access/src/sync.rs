@@ -1,0 +1,79 @@
+//! Peer sync (spec §9.2) and sync-key reports (§9.5).
+//!
+//! `SYNC(k)` is answered with `SYNC_BEGIN(k)`, the next entries after `k` oldest first (flag 0 or SELF,
+//! never PUSH, never METADATA) and `SYNC_END(k_end)`, in one ordered batch bounded by message count and
+//! bytes. When more remain, `SYNC_NOTIFY(k_end + 1)` follows, so the client syncs again until it is caught
+//! up; the store never skips an entry, whatever the backlog.
+
+use proto::{cmd, Body};
+use store::QueueId;
+use tracing::warn;
+
+use crate::app::Stats;
+use crate::session::Session;
+
+impl Session {
+    pub(crate) async fn on_sync(&mut self, key: i64) {
+        let Some(h) = self.handle.clone() else { return };
+        let app = self.app.clone();
+        Stats::inc(&app.stats.syncs);
+        let mut key = key;
+        if key == 0 {
+            key = match app.backend.sync_key(h.appid, h.uid).await {
+                Ok(k) => k,
+                Err(e) => {
+                    Stats::inc(&app.stats.backend_errors);
+                    warn!(error = %e, "reading the stored sync key failed; syncing from the start");
+                    0
+                }
+            };
+        }
+        let queue = QueueId::User {
+            appid: h.appid,
+            uid: h.uid,
+        };
+        let page = match app.store.sync(queue, key, app.sync.batch_messages).await {
+            Ok(p) => p,
+            Err(e) => {
+                // No reply: the client retries its sync; an empty answer would claim it is caught up.
+                Stats::inc(&app.stats.store_errors);
+                warn!(error = %e, "sync failed");
+                return;
+            }
+        };
+        self.emit(&Body::SyncBegin(key), 0);
+        let mut bytes = 0usize;
+        let mut last = None;
+        let mut truncated = false;
+        for m in &page.messages {
+            if last.is_some() && bytes + m.body.len() > app.sync.batch_bytes {
+                truncated = true;
+                break;
+            }
+            bytes += m.body.len();
+            if cmd::is_persistent(m.cmd) {
+                let f = self.self_flag(m.cmd, &m.body, m.device_id);
+                self.emit_raw(m.cmd, f, &m.body);
+            }
+            last = Some(m.key);
+        }
+        let k_end = match last {
+            Some(k) => k,
+            None if page.queue_last_key > 0 && page.queue_last_key < key => page.queue_last_key,
+            None => key,
+        };
+        Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
+        self.emit(&Body::SyncEnd(k_end), 0);
+        if page.has_more || truncated {
+            self.emit(&Body::SyncNotify(k_end + 1), 0);
+        }
+    }
+
+    pub(crate) fn on_sync_key(&mut self, key: i64) {
+        if let Some(h) = &self.handle {
+            if key > 0 {
+                self.app.backend.report_sync_key(h.appid, h.uid, key);
+            }
+        }
+    }
+}

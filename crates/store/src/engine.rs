@@ -140,6 +140,8 @@ pub(crate) struct Inner {
     pub poison: Mutex<Option<String>>,
     pub poisoned: AtomicBool,
     pub closed: AtomicBool,
+    /// Test hook: make the next fsyncs fail.
+    pub inject_fsync_failure: AtomicBool,
     /// The writer thread has exited (after `close`).
     pub stopped: AtomicBool,
     pub ckpt: Mutex<CkptState>,
@@ -375,6 +377,14 @@ impl Store {
         }
     }
 
+    /// Fault injection for tests: every later fsync of the log fails (as if the disk had).
+    #[doc(hidden)]
+    pub fn inject_fsync_failure(&self) {
+        self.inner
+            .inject_fsync_failure
+            .store(true, Ordering::Release);
+    }
+
     /// Whether an earlier write failure made the store refuse appends.
     pub fn is_poisoned(&self) -> bool {
         self.inner.poisoned.load(Ordering::Acquire)
@@ -431,15 +441,6 @@ impl Inner {
     /// fsyncs whatever the writer left unsynced (used at close).
     pub fn final_sync(&self) -> Result<(), StoreError> {
         let mut st = self.state.lock();
-        if st.unsynced {
-            if let Some(a) = st.active.as_ref() {
-                a.file
-                    .sync_data()
-                    .map_err(|e| StoreError::io("fsync", &a.seg.path, e))?;
-            }
-            st.unsynced = false;
-            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        self.sync_active(&mut st)
     }
 }

@@ -431,6 +431,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         poisoned: AtomicBool::new(false),
         closed: AtomicBool::new(false),
         stopped: AtomicBool::new(false),
+        inject_fsync_failure: AtomicBool::new(false),
         ckpt: Mutex::new(ck_state),
         ckpt_signal: Mutex::new(false),
         ckpt_cv: Condvar::new(),

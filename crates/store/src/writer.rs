@@ -129,6 +129,13 @@ impl Inner {
             return Ok(());
         }
         if let Some(a) = st.active.as_ref() {
+            if self.inject_fsync_failure.load(Ordering::Acquire) {
+                return Err(StoreError::io(
+                    "fsync",
+                    &a.seg.path,
+                    std::io::Error::other("injected fsync failure"),
+                ));
+            }
             a.file
                 .sync_data()
                 .map_err(|e| StoreError::io("fsync", &a.seg.path, e))?;

@@ -1,0 +1,71 @@
+//! Helpers shared by the store's integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::Path;
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use store::{Durability, NewMessage, QueueId, StoreOptions};
+
+pub fn small_opts() -> StoreOptions {
+    StoreOptions {
+        durability: Durability::None,
+        segment_bytes: 4096,
+        cache_bytes: 0,
+        ..StoreOptions::default()
+    }
+}
+
+pub fn msg(queues: &[QueueId], body: &str) -> NewMessage {
+    NewMessage {
+        queues: queues.to_vec(),
+        device_id: 7,
+        cmd: 4,
+        flag: 0,
+        timestamp: 1000,
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+pub fn msg_ts(queues: &[QueueId], body: &str, ts: i64) -> NewMessage {
+    NewMessage {
+        timestamp: ts,
+        ..msg(queues, body)
+    }
+}
+
+/// Copies every file of a store directory (a crash snapshot when taken while the store is open,
+/// since acknowledged data is already in the files).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+struct ThreadWaker(std::thread::Thread);
+
+impl Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// A minimal executor: polls one future on this thread.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let waker = Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut f = pin!(f);
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::park();
+    }
+}

@@ -21,7 +21,6 @@ enum Kind {
 }
 
 /// Keeps the temp dir or the redis-server alive for the test.
-#[allow(dead_code)]
 enum Fixture {
     Dir(tempfile::TempDir),
     Redis(testkit::RedisServer),

@@ -1,0 +1,141 @@
+//! What every scenario needs to know about its target and its clients: where to connect (TCP or
+//! WebSocket, from which source addresses), where tokens come from, the server's API (admin calls, memory),
+//! client behaviour (protocol version, platform, heartbeats, ACKs) and the bounds of a run.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
+
+use crate::client::{ConnectOptions, Endpoint};
+use crate::http::{BaseUrl, HttpClient};
+use crate::server::MemorySource;
+use crate::tokens::TokenSource;
+
+/// Client behaviour shared by every connection of a run.
+#[derive(Debug, Clone)]
+pub struct ClientProfile {
+    /// AUTH_TOKEN platform (2 = Android).
+    pub platform: u8,
+    /// Protocol version (2 like Android/iOS, 1 like JS).
+    pub version: u8,
+    pub connect_timeout: Duration,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+    /// ACK received messages as SDKs do.
+    pub client_acks: bool,
+}
+
+impl Default for ClientProfile {
+    fn default() -> Self {
+        ClientProfile {
+            platform: proto::Platform::ANDROID,
+            version: 2,
+            connect_timeout: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(20),
+            pong_timeout: Duration::from_secs(30),
+            client_acks: true,
+        }
+    }
+}
+
+/// The environment of a run. Build one with [`Env::new`] and adjust the public fields.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub endpoint: Endpoint,
+    pub tokens: TokenSource,
+    /// The server's HTTP API (for `/admin/groups`), with its secret.
+    pub api: Option<(BaseUrl, Option<String>)>,
+    /// Where the server's resident memory is read (`connections`).
+    pub memory: Option<MemorySource>,
+    pub appid: i64,
+    /// First uid of this run; scenarios use consecutive uids from here.
+    pub uid_base: i64,
+    /// Tells this run's messages from any other's.
+    pub run_id: u32,
+    /// Source addresses spread over the connections (empty: let the kernel choose).
+    pub source_ips: Vec<IpAddr>,
+    pub client: ClientProfile,
+    /// Bound on the measured phase.
+    pub duration: Duration,
+    /// End the run when nothing has progressed for this long.
+    pub drain_timeout: Duration,
+    /// Most connections being set up at once.
+    pub connect_concurrency: usize,
+    /// Draw a progress bar (only shown on a terminal).
+    pub progress: bool,
+    /// Epoch of message timestamps (monotonic, shared by all tasks).
+    pub epoch: std::time::Instant,
+}
+
+/// A random uid base in 10^9 .. 9·10^9, so runs against a long-lived server use fresh users.
+pub fn random_uid_base() -> i64 {
+    1_000_000_000 + i64::from(rand::random::<u32>() % 8_000_000) * 1000
+}
+
+/// All of 127.0.0.1 – 127.0.0.255.
+pub fn loopback_sources() -> Vec<IpAddr> {
+    (1..=255u8)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+        .collect()
+}
+
+impl Env {
+    /// Defaults: app 7, a random uid base and run id, Android-like clients, 300 s cap, 10 s drain.
+    pub fn new(endpoint: Endpoint, tokens: TokenSource) -> Env {
+        let source_ips = if endpoint.addr().ip().is_loopback() && endpoint.addr().is_ipv4() {
+            loopback_sources()
+        } else {
+            Vec::new()
+        };
+        Env {
+            endpoint,
+            tokens,
+            api: None,
+            memory: None,
+            appid: 7,
+            uid_base: random_uid_base(),
+            run_id: rand::random::<u32>(),
+            source_ips,
+            client: ClientProfile::default(),
+            duration: Duration::from_secs(300),
+            drain_timeout: Duration::from_secs(10),
+            connect_concurrency: 256,
+            progress: false,
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// Connect options for the `i`-th connection of the run, as `uid` with `token`.
+    pub fn connect_options(&self, i: usize, uid: i64, token: String) -> ConnectOptions {
+        let mut o = ConnectOptions::new(self.endpoint.clone(), uid, token);
+        if !self.source_ips.is_empty() {
+            o.source_ip = Some(self.source_ips[i % self.source_ips.len()]);
+        }
+        o.platform = self.client.platform;
+        o.version = self.client.version;
+        o.connect_timeout = self.client.connect_timeout;
+        o.ping_interval = self.client.ping_interval;
+        o.pong_timeout = self.client.pong_timeout;
+        o.client_acks = self.client.client_acks;
+        o
+    }
+
+    /// Nanoseconds since the run's epoch.
+    pub fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// A client for the server's API, if one is known.
+    pub fn api_client(&self) -> Option<HttpClient> {
+        self.api
+            .as_ref()
+            .map(|(base, secret)| HttpClient::new(base.clone(), secret.clone()))
+    }
+
+    /// "tcp" or "ws".
+    pub fn transport(&self) -> &'static str {
+        match self.endpoint {
+            Endpoint::Tcp(_) => "tcp",
+            Endpoint::Ws { .. } => "ws",
+        }
+    }
+}

@@ -165,11 +165,18 @@ pub async fn run<T: Transport>(
                 info!(reason = %end, "closing connection after a protocol error")
             }
         }
+        if matches!(end, End::Shutdown) {
+            // Let appends already submitted finish, so their senders get the ACK and do not resend.
+            let _ = timeout(Duration::from_secs(5), async {
+                while let Some((ctx, result)) = s.pending.next().await {
+                    s.complete(ctx, result);
+                }
+                let _ = s.flush(&mut transport).await;
+            })
+            .await;
+        }
         if let Some(h) = s.handle.take() {
             app.route.remove(&h);
-        }
-        if matches!(end, End::Shutdown) {
-            let _ = timeout(Duration::from_secs(1), s.flush(&mut transport)).await;
         }
         transport.close().await;
     }

@@ -31,6 +31,75 @@ enum Command {
     },
     /// Print the full documented default configuration.
     Config,
+    /// Inspect or repair the message store of a stopped server.
+    Store {
+        #[command(subcommand)]
+        command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Verify every record, segment and checkpoint; report problems with file and offset.
+    Check {
+        /// Data directory of the server (or the store directory itself).
+        #[arg(long, default_value = "./banter-data")]
+        data: PathBuf,
+    },
+    /// Truncate the log at the first bad record, after showing what would be removed and asking.
+    Repair {
+        /// Data directory of the server (or the store directory itself).
+        #[arg(long, default_value = "./banter-data")]
+        data: PathBuf,
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+/// The store directory inside a data directory (or the directory itself if it is a store).
+fn store_dir(data: PathBuf) -> PathBuf {
+    let inner = data.join("store");
+    if inner.is_dir() {
+        inner
+    } else {
+        data
+    }
+}
+
+fn store_command(cmd: StoreCommand) -> anyhow::Result<()> {
+    match cmd {
+        StoreCommand::Check { data } => {
+            let report = store::tools::check(store_dir(data))?;
+            println!("{report}");
+            if report.is_clean() {
+                Ok(())
+            } else {
+                anyhow::bail!("the store has problems (see above); `banter store repair` can fix them")
+            }
+        }
+        StoreCommand::Repair { data, yes } => {
+            let dir = store_dir(data);
+            let plan = store::tools::repair_plan(&dir)?;
+            println!("{plan}");
+            if !plan.changed() {
+                return Ok(());
+            }
+            if !yes {
+                use std::io::Write;
+                print!("Apply this repair? Removed data cannot be recovered. [y/N] ");
+                std::io::stdout().flush()?;
+                let mut answer = String::new();
+                std::io::stdin().read_line(&mut answer)?;
+                if !matches!(answer.trim(), "y" | "Y" | "yes") {
+                    anyhow::bail!("repair cancelled; nothing was changed");
+                }
+            }
+            let done = store::tools::repair(&dir)?;
+            println!("{done}");
+            Ok(())
+        }
+    }
 }
 
 fn init_logging(config: &Config) {
@@ -72,6 +141,7 @@ fn main() -> ExitCode {
             print!("{DEFAULT_TOML}");
             Ok(())
         }
+        Command::Store { command } => store_command(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,6 +12,9 @@ pub struct TestServer {
     pub tcp: SocketAddr,
     pub ws: SocketAddr,
     pub http: SocketAddr,
+    /// Raw TLS and WSS listeners, when configured.
+    pub tls: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub config: Config,
     running: Option<Running>,
@@ -57,6 +60,8 @@ impl TestServer {
             tcp: a.tcp.ok_or_else(|| missing("tcp"))?,
             ws: a.ws.ok_or_else(|| missing("ws"))?,
             http: a.http.ok_or_else(|| missing("http"))?,
+            tls: a.tls,
+            wss: a.wss,
             data_dir: config.data.dir.clone(),
             config,
             running: Some(running),

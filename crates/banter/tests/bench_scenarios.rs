@@ -1,0 +1,244 @@
+//! `banter bench` scenarios run briefly against a real server: an in-process `TestServer` (durability
+//! `always`) or the `banter` binary started as a child process. They check the report's JSON fields and
+//! the exactly-once accounting, including runs with a deliberately withheld or duplicated message, which
+//! must fail.
+
+use std::time::Duration;
+
+use banter::testing::TestServer;
+use bench::client::Endpoint;
+use bench::env::Env;
+use bench::http::BaseUrl;
+use bench::scenario::connections::ConnectionsOptions;
+use bench::scenario::peer::PeerOptions;
+use bench::scenario::Fault;
+use bench::server::{ChildOptions, ChildServer, MemorySource};
+use bench::tokens::TokenSource;
+use bench::Report;
+
+fn env_for(s: &TestServer, ws: bool) -> Env {
+    let endpoint = if ws {
+        Endpoint::Ws {
+            addr: s.ws,
+            url: s.ws_url(),
+        }
+    } else {
+        Endpoint::Tcp(s.tcp)
+    };
+    let base = BaseUrl::from_addr(s.http);
+    let mut env = Env::new(
+        endpoint,
+        TokenSource::Http {
+            base: base.clone(),
+            secret: None,
+        },
+    );
+    env.api = Some((base, None));
+    env.duration = Duration::from_secs(60);
+    env.drain_timeout = Duration::from_secs(3);
+    env
+}
+
+fn json_of(r: &Report) -> serde_json::Value {
+    let line = r.json_line();
+    assert!(!line.contains('\n'), "one line: {line}");
+    serde_json::from_str(&line).expect("the JSON line parses")
+}
+
+fn assert_message_fields(v: &serde_json::Value) {
+    for k in [
+        "scenario",
+        "params",
+        "messages_per_sec",
+        "deliveries_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "p999_ms",
+        "lost",
+        "duplicated",
+    ] {
+        assert!(v.get(k).is_some(), "missing {k} in {v}");
+    }
+}
+
+async fn peer_clean_run(ws: bool, version: u8) {
+    let s = TestServer::start().await.unwrap();
+    let mut env = env_for(&s, ws);
+    env.client.version = version;
+    let o = PeerOptions {
+        pairs: 4,
+        messages: 300,
+        window: 16,
+        ..PeerOptions::default()
+    };
+    let r = bench::scenario::peer::run(&env, &o).await.unwrap();
+    let v = json_of(&r);
+    assert!(r.ok, "{}", r.summary());
+    assert_message_fields(&v);
+    assert_eq!(v["scenario"], "peer");
+    assert_eq!(v["transport"], if ws { "ws" } else { "tcp" });
+    assert_eq!(v["params"]["pairs"], 4);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["duplicated"], 0);
+    assert_eq!(v["out_of_order"], 0);
+    assert_eq!(v["deliveries"], 1200);
+    assert_eq!(v["messages_sent"], 1200);
+    assert_eq!(v["messages_acked"], 1200);
+    assert!(v["messages_per_sec"].as_f64().unwrap() > 0.0);
+    let m = r.messages.as_ref().unwrap();
+    assert!(m.p50_ms <= m.p99_ms && m.p99_ms <= m.p999_ms && m.p999_ms <= m.max_ms);
+    assert_eq!(m.via_push + m.via_sync, 1200);
+    // The SVG of the run is well formed.
+    let svg = bench::svg::render(&r);
+    assert!(svg.contains("<polyline"));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_exactly_once_over_tcp_v2() {
+    peer_clean_run(false, 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_exactly_once_over_websocket_v1() {
+    peer_clean_run(true, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_at_a_target_rate() {
+    let s = TestServer::start().await.unwrap();
+    let env = env_for(&s, false);
+    let o = PeerOptions {
+        pairs: 2,
+        messages: 200,
+        rate: Some(400.0),
+        ..PeerOptions::default()
+    };
+    let r = bench::scenario::peer::run(&env, &o).await.unwrap();
+    assert!(r.ok, "{}", r.summary());
+    // 400 messages at 400/s take about a second.
+    assert!(r.duration_secs > 0.8, "{}", r.duration_secs);
+    assert_eq!(r.messages.as_ref().unwrap().deliveries, 400);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_withheld_message_fails_the_run() {
+    let s = TestServer::start().await.unwrap();
+    let mut env = env_for(&s, false);
+    env.drain_timeout = Duration::from_secs(1);
+    let o = PeerOptions {
+        pairs: 2,
+        messages: 50,
+        fault: Some(Fault::Withhold { n: 17 }),
+        ..PeerOptions::default()
+    };
+    let r = bench::scenario::peer::run(&env, &o).await.unwrap();
+    let v = json_of(&r);
+    assert!(!r.ok, "a withheld message must fail the run");
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["lost"], 1);
+    assert_eq!(v["duplicated"], 0);
+    assert_eq!(v["deliveries"], 99);
+    assert!(r.failures.iter().any(|f| f.contains("lost")), "{:?}", r.failures);
+    assert!(r.summary().contains("[17]"), "the summary names the missing message: {}", r.summary());
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_duplicated_message_fails_the_run() {
+    let s = TestServer::start().await.unwrap();
+    let mut env = env_for(&s, false);
+    env.drain_timeout = Duration::from_secs(1);
+    let o = PeerOptions {
+        pairs: 1,
+        messages: 30,
+        fault: Some(Fault::Duplicate { n: 5 }),
+        ..PeerOptions::default()
+    };
+    let r = bench::scenario::peer::run(&env, &o).await.unwrap();
+    let v = json_of(&r);
+    assert!(!r.ok);
+    assert_eq!(v["duplicated"], 1);
+    assert_eq!(v["lost"], 0);
+    assert!(r.failures.iter().any(|f| f.contains("duplicated")), "{:?}", r.failures);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_held_and_measured() {
+    let s = TestServer::start().await.unwrap();
+    let mut env = env_for(&s, false);
+    env.memory = Some(MemorySource::Summary {
+        base: BaseUrl::from_addr(s.http),
+        path: "/summary".into(),
+        secret: None,
+    });
+    env.client.ping_interval = Duration::from_millis(300);
+    let o = ConnectionsOptions {
+        connections: 60,
+        rate: None,
+        hold: Duration::from_millis(1200),
+        settle: Duration::from_millis(200),
+    };
+    let r = bench::scenario::connections::run(&env, &o).await.unwrap();
+    let v = json_of(&r);
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(v["scenario"], "connections");
+    assert_eq!(v["connections"], 60);
+    assert_eq!(v["failed_connections"], 0);
+    assert_eq!(v["dropped_connections"], 0);
+    assert!(v["server_rss_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v.get("bytes_per_connection").is_some_and(|b| b.is_number()), "{v}");
+    assert!(v["connect_per_sec"].as_f64().unwrap() > 0.0);
+    // Heartbeats were sent and answered.
+    assert!(v["pings"].as_u64().unwrap() >= 60, "{v}");
+    assert!(v["pongs"].as_u64().unwrap() >= 60, "{v}");
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_fail_to_connect() {
+    let s = TestServer::start().await.unwrap();
+    let env = env_for(&s, false);
+    let mut opts = env.connect_options(0, 5, "no-such-token".into());
+    opts.connect_timeout = Duration::from_secs(5);
+    match bench::Client::connect(&opts).await {
+        Err(bench::ClientError::AuthRefused(1)) => {}
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a bad token must be refused"),
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_server_from_the_binary() {
+    let mut opts = ChildOptions::new(env!("CARGO_BIN_EXE_banter").into());
+    opts.durability = "always".into();
+    let child = ChildServer::start(&opts).await.expect("banter serve starts");
+    let base = BaseUrl::from_addr(child.http);
+    let mut env = Env::new(
+        Endpoint::Tcp(child.tcp),
+        TokenSource::Http {
+            base: base.clone(),
+            secret: None,
+        },
+    );
+    env.memory = Some(MemorySource::Pid(child.pid));
+    env.drain_timeout = Duration::from_secs(3);
+    let r = bench::scenario::peer::run(
+        &env,
+        &PeerOptions {
+            pairs: 2,
+            messages: 100,
+            ..PeerOptions::default()
+        },
+    )
+    .await;
+    let pid = child.pid;
+    child.stop(Duration::from_secs(10)).await;
+    let r = r.unwrap();
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(r.messages.as_ref().unwrap().deliveries, 200);
+    assert!(bench::server::rss_of_pid(pid).is_none(), "the child is gone");
+}

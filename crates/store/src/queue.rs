@@ -102,7 +102,7 @@ impl Head {
 
     /// Links for a new entry at `key` and the state after it.
     pub fn push(&mut self, key: i64, group_content: bool) -> Links {
-        let seq = self.last_seq + 1;
+        let seq = self.last_seq.wrapping_add(1);
         let prev_key = self.last_key();
         let prev_peer_key = self.last_peer_key;
         let js = jump_seq(seq);
@@ -152,7 +152,7 @@ impl Head {
 
     /// Replays an entry read from the log at `key`, checking that it continues this queue.
     pub fn apply(&mut self, e: &Entry, key: i64) -> Result<(), String> {
-        if e.seq != self.last_seq + 1 {
+        if e.seq != self.last_seq.wrapping_add(1) {
             return Err(format!(
                 "queue entry has sequence number {} but the queue is at {}",
                 e.seq, self.last_seq

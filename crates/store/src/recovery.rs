@@ -42,6 +42,9 @@ pub(crate) enum ScanStop {
 
 const SCAN_CHUNK: usize = 8 << 20;
 
+/// Positions stay far below `i64::MAX` so keys (positions) never overflow.
+const MAX_POSITION: u64 = 1 << 60;
+
 /// Reads records of `file` from `from` (a file offset) to its end, calling `on_record(offset,
 /// record bytes)` for each valid one.
 pub(crate) fn scan_file(
@@ -171,6 +174,9 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
             .metadata()
             .map_err(|e| StoreError::io("stat", &path, e))?
             .len();
+        if base > MAX_POSITION || len > MAX_POSITION {
+            return Err(StoreError::corrupt(&path, 0, "segment position out of range"));
+        }
         if len < SEGMENT_HEADER_LEN {
             if i + 1 == count {
                 // created but its header never made it: no record can be in it

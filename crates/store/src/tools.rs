@@ -195,7 +195,9 @@ fn check_locked(dir: &Path) -> Result<CheckReport, StoreError> {
         }
         seg.scanned = true;
         let last = i + 1 == n;
-        let header_problem = if file_len < SEGMENT_HEADER_LEN {
+        let header_problem = if base > (1 << 60) || file_len > (1 << 60) {
+            Some("segment position out of range".to_string())
+        } else if file_len < SEGMENT_HEADER_LEN {
             Some("segment file is shorter than its header".to_string())
         } else {
             let mut h = [0u8; SEGMENT_HEADER_LEN as usize];

@@ -140,8 +140,16 @@ async fn peer_withheld_message_fails_the_run() {
     assert_eq!(v["lost"], 1);
     assert_eq!(v["duplicated"], 0);
     assert_eq!(v["deliveries"], 99);
-    assert!(r.failures.iter().any(|f| f.contains("lost")), "{:?}", r.failures);
-    assert!(r.summary().contains("[17]"), "the summary names the missing message: {}", r.summary());
+    assert!(
+        r.failures.iter().any(|f| f.contains("lost")),
+        "{:?}",
+        r.failures
+    );
+    assert!(
+        r.summary().contains("[17]"),
+        "the summary names the missing message: {}",
+        r.summary()
+    );
     s.stop().await;
 }
 
@@ -161,7 +169,11 @@ async fn peer_duplicated_message_fails_the_run() {
     assert!(!r.ok);
     assert_eq!(v["duplicated"], 1);
     assert_eq!(v["lost"], 0);
-    assert!(r.failures.iter().any(|f| f.contains("duplicated")), "{:?}", r.failures);
+    assert!(
+        r.failures.iter().any(|f| f.contains("duplicated")),
+        "{:?}",
+        r.failures
+    );
     s.stop().await;
 }
 
@@ -189,7 +201,10 @@ async fn connections_are_held_and_measured() {
     assert_eq!(v["failed_connections"], 0);
     assert_eq!(v["dropped_connections"], 0);
     assert!(v["server_rss_bytes"].as_u64().unwrap() > 0, "{v}");
-    assert!(v.get("bytes_per_connection").is_some_and(|b| b.is_number()), "{v}");
+    assert!(
+        v.get("bytes_per_connection").is_some_and(|b| b.is_number()),
+        "{v}"
+    );
     assert!(v["connect_per_sec"].as_f64().unwrap() > 0.0);
     // Heartbeats were sent and answered.
     assert!(v["pings"].as_u64().unwrap() >= 60, "{v}");
@@ -215,7 +230,9 @@ async fn bad_tokens_fail_to_connect() {
 async fn child_server_from_the_binary() {
     let mut opts = ChildOptions::new(env!("CARGO_BIN_EXE_banter").into());
     opts.durability = "always".into();
-    let child = ChildServer::start(&opts).await.expect("banter serve starts");
+    let child = ChildServer::start(&opts)
+        .await
+        .expect("banter serve starts");
     let base = BaseUrl::from_addr(child.http);
     let mut env = Env::new(
         Endpoint::Tcp(child.tcp),
@@ -240,5 +257,8 @@ async fn child_server_from_the_binary() {
     let r = r.unwrap();
     assert!(r.ok, "{}", r.summary());
     assert_eq!(r.messages.as_ref().unwrap().deliveries, 200);
-    assert!(bench::server::rss_of_pid(pid).is_none(), "the child is gone");
+    assert!(
+        bench::server::rss_of_pid(pid).is_none(),
+        "the child is gone"
+    );
 }

@@ -212,7 +212,8 @@ fn run_in(
                 let bodies = &bodies;
                 let next_msg = &next_msg;
                 let done = &done;
-                let in_flight = opts.appenders / drivers + usize::from(d < opts.appenders % drivers);
+                let in_flight =
+                    opts.appenders / drivers + usize::from(d < opts.appenders % drivers);
                 s.spawn(move || -> Result<Vec<u32>, StoreError> {
                     let mut rng = Rng(0xabcdef + d as u64);
                     let mut lat = Vec::new();
@@ -245,11 +246,11 @@ fn run_in(
                     while let Some((at, ticket)) = queue.pop_front() {
                         ticket.wait()?;
                         mine += 1;
-                        if mine % 8 == 0 {
+                        if mine & 7 == 0 {
                             lat.push(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
                         }
                         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                        if n % 8192 == 0 || n == total {
+                        if n & 8191 == 0 || n == total {
                             progress(n, total);
                         }
                         submit(&mut rng, &mut queue);
@@ -317,8 +318,9 @@ fn run_in(
             })
             .collect();
         for h in hs {
-            h.join()
-                .unwrap_or_else(|_| Err(StoreError::InvalidArgument("sync thread panicked".into())))?;
+            h.join().unwrap_or_else(|_| {
+                Err(StoreError::InvalidArgument("sync thread panicked".into()))
+            })?;
         }
         Ok(())
     })?;

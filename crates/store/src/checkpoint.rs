@@ -89,7 +89,12 @@ impl Inner {
         ck.next_slot = 1 - slot;
         ck.last_at = Instant::now();
         self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(position, generation, bytes = data.len(), "checkpoint written");
+        tracing::debug!(
+            position,
+            generation,
+            bytes = data.len(),
+            "checkpoint written"
+        );
         Ok(())
     }
 
@@ -194,8 +199,7 @@ pub(crate) fn checkpointer_loop(inner: Arc<Inner>) {
             (ck.position, ck.last_at)
         };
         let due = end > pos
-            && (last_at.elapsed() >= interval
-                || end - pos >= inner.opts.checkpoint_bytes);
+            && (last_at.elapsed() >= interval || end - pos >= inner.opts.checkpoint_bytes);
         if due {
             if let Err(e) = inner.checkpoint() {
                 tracing::error!(error = %e, "background checkpoint failed");

@@ -287,14 +287,22 @@ impl Store {
     }
 
     /// [`Store::append`] and wait. Do not call from an async runtime thread.
-    pub fn append_blocking(&self, batch: Vec<NewMessage>) -> Result<Vec<Vec<Appended>>, StoreError> {
+    pub fn append_blocking(
+        &self,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Vec<Appended>>, StoreError> {
         self.append(batch).wait()
     }
 
     /// The next entries of `queue` after `after_key`, oldest first, at most `limit`
     /// (clamped to `1..=max_sync_limit`). Nothing is ever skipped: `has_more` says whether to
     /// call again from `last_key`.
-    pub fn sync(&self, queue: QueueId, after_key: i64, limit: usize) -> Result<SyncPage, StoreError> {
+    pub fn sync(
+        &self,
+        queue: QueueId,
+        after_key: i64,
+        limit: usize,
+    ) -> Result<SyncPage, StoreError> {
         self.inner.sync_page(queue, after_key, limit, None)
     }
 
@@ -312,13 +320,21 @@ impl Store {
     }
 
     /// The newest `n` entries (clamped to `max_latest`), oldest first.
-    pub fn latest(&self, queue: QueueId, n: usize) -> Result<Vec<crate::StoredMessage>, StoreError> {
+    pub fn latest(
+        &self,
+        queue: QueueId,
+        n: usize,
+    ) -> Result<Vec<crate::StoredMessage>, StoreError> {
         self.inner.latest(queue, n)
     }
 
     /// Newest entries walking the peer-only chain (entries whose content is not a group
     /// message), at most `n` (clamped to `max_latest`), oldest first.
-    pub fn latest_peer(&self, queue: QueueId, n: usize) -> Result<Vec<crate::StoredMessage>, StoreError> {
+    pub fn latest_peer(
+        &self,
+        queue: QueueId,
+        n: usize,
+    ) -> Result<Vec<crate::StoredMessage>, StoreError> {
         self.inner.latest_peer(queue, n)
     }
 

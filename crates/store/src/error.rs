@@ -46,8 +46,13 @@ pub enum StoreError {
     #[error("store is a leader and does not accept replicated data")]
     NotFollower,
     /// A replication reader asked for a position older than the oldest retained record.
-    #[error("position {requested} is no longer retained; the oldest available is {first_available}")]
-    Truncated { requested: u64, first_available: u64 },
+    #[error(
+        "position {requested} is no longer retained; the oldest available is {first_available}"
+    )]
+    Truncated {
+        requested: u64,
+        first_available: u64,
+    },
     /// Replicated data does not continue this log where it ends.
     #[error("replicated data starts at {start} but this log ends at {end}")]
     ReplicationGap { start: u64, end: u64 },
@@ -84,7 +89,11 @@ impl StoreError {
         }
     }
 
-    pub(crate) fn corrupt(file: impl Into<PathBuf>, offset: u64, reason: impl Into<String>) -> Self {
+    pub(crate) fn corrupt(
+        file: impl Into<PathBuf>,
+        offset: u64,
+        reason: impl Into<String>,
+    ) -> Self {
         StoreError::Corrupt {
             file: file.into(),
             offset,

@@ -562,7 +562,11 @@ mod tests {
             let p = d - 1;
             let jp = jump[p] as usize;
             let jjp = jump[jp] as usize;
-            jump[d] = if p - jp == jp - jjp { jjp as u64 } else { p as u64 };
+            jump[d] = if p - jp == jp - jjp {
+                jjp as u64
+            } else {
+                p as u64
+            };
         }
         jump
     }

@@ -112,10 +112,12 @@ impl Inner {
         let len = u32_at(b, 4) as usize;
         let meta = MessageMeta::decode(&b[RECORD_HEADER_LEN..MESSAGE_FIXED_LEN])
             .map_err(|e| self.corrupt_at(rec, e))?;
+        let first = meta.entry_back(0) as u64;
+        let entry = ENTRY_LEN as u64;
         let fits = meta.payload_len() == len
-            && back >= meta.entry_back(0) as u64
-            && (back - meta.entry_back(0) as u64) % ENTRY_LEN as u64 == 0
-            && ((back - meta.entry_back(0) as u64) / ENTRY_LEN as u64) < meta.entry_count as u64;
+            && back >= first
+            && (back - first) / entry * entry == back - first
+            && (back - first) / entry < meta.entry_count as u64;
         if !fits {
             return Err(self.corrupt_at(rec, "entry and message record disagree"));
         }

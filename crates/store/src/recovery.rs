@@ -107,7 +107,11 @@ pub(crate) fn scan_file(
 
 /// Whether any valid record starts after file offset `from` (bounded work): tells a torn tail
 /// (nothing valid follows) from corruption in the middle (something valid follows).
-pub(crate) fn valid_record_follows(file: &File, path: &Path, from: u64) -> Result<bool, StoreError> {
+pub(crate) fn valid_record_follows(
+    file: &File,
+    path: &Path,
+    from: u64,
+) -> Result<bool, StoreError> {
     let file_len = file
         .metadata()
         .map_err(|e| StoreError::io("stat", path, e))?
@@ -126,7 +130,11 @@ pub(crate) fn valid_record_follows(file: &File, path: &Path, from: u64) -> Resul
             break;
         }
         // cheap pre-checks before the checksum
-        if rest[8] != crate::format::RECORD_MESSAGE || rest[9] != 0 || rest[10] != 0 || rest[11] != 0 {
+        if rest[8] != crate::format::RECORD_MESSAGE
+            || rest[9] != 0
+            || rest[10] != 0
+            || rest[11] != 0
+        {
             continue;
         }
         let len = crate::format::u32_at(rest, 4) as usize;
@@ -175,7 +183,11 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
             .map_err(|e| StoreError::io("stat", &path, e))?
             .len();
         if base > MAX_POSITION || len > MAX_POSITION {
-            return Err(StoreError::corrupt(&path, 0, "segment position out of range"));
+            return Err(StoreError::corrupt(
+                &path,
+                0,
+                "segment position out of range",
+            ));
         }
         if len < SEGMENT_HEADER_LEN {
             if i + 1 == count {
@@ -187,7 +199,11 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
                 sync_dir(&dir)?;
                 continue;
             }
-            return Err(StoreError::corrupt(&path, 0, "segment file is shorter than its header"));
+            return Err(StoreError::corrupt(
+                &path,
+                0,
+                "segment file is shorter than its header",
+            ));
         }
         let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
         file.read_exact_at(&mut h, 0)
@@ -230,7 +246,10 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
     for found in read_checkpoints(&dir)? {
         match found.result {
             Ok(c) => {
-                if best.as_ref().is_none_or(|(_, b)| c.generation > b.generation) {
+                if best
+                    .as_ref()
+                    .is_none_or(|(_, b)| c.generation > b.generation)
+                {
                     best = Some((found.slot, c));
                 }
             }

@@ -149,10 +149,9 @@ impl ReplicationStream {
                 RecordCheck::Valid { len, .. } => off += len,
                 RecordCheck::Incomplete { needed } if off == 0 => {
                     if needed > avail || needed <= want {
-                        return Err(self.bad_record(
-                            self.next,
-                            "record runs past the log end".to_string(),
-                        ));
+                        return Err(
+                            self.bad_record(self.next, "record runs past the log end".to_string())
+                        );
                     }
                     want = needed;
                     data = log.read(self.next, want)?;

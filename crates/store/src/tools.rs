@@ -394,8 +394,7 @@ pub fn repair(dir: impl AsRef<Path>) -> Result<RepairReport, StoreError> {
             .map_err(|e| StoreError::io("open segment", path, e))?;
         f.set_len(*off)
             .map_err(|e| StoreError::io_at("truncate", path, *off, e))?;
-        f.sync_all()
-            .map_err(|e| StoreError::io("fsync", path, e))?;
+        f.sync_all().map_err(|e| StoreError::io("fsync", path, e))?;
     }
     for (p, _) in &r.removed_segments {
         std::fs::remove_file(p).map_err(|e| StoreError::io("remove segment", p, e))?;

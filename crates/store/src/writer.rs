@@ -71,7 +71,8 @@ pub(crate) fn writer_loop(inner: Arc<Inner>) {
                 }
                 match inner.opts.durability {
                     Durability::Interval(every) if inner_unsynced(&inner) => {
-                        if inner.pending_cv.wait_for(&mut p, every).timed_out() && p.queue.is_empty()
+                        if inner.pending_cv.wait_for(&mut p, every).timed_out()
+                            && p.queue.is_empty()
                         {
                             periodic_sync = true;
                             break;
@@ -171,7 +172,13 @@ impl Inner {
                     let mut res = Vec::with_capacity(msgs.len());
                     for m in &msgs {
                         let pos = start + buf.len() as u64;
-                        res.push(encode_message(&mut buf, pos, m, &mut st.heads, &mut updates));
+                        res.push(encode_message(
+                            &mut buf,
+                            pos,
+                            m,
+                            &mut st.heads,
+                            &mut updates,
+                        ));
                         bounds.push(buf.len());
                         messages += 1;
                         entries += m.queues.len() as u64;
@@ -277,10 +284,7 @@ impl Inner {
                 .file
                 .write_all_at(&buf[off..cut], file_off)
                 .map_err(|e| StoreError::io_at("write", &active.seg.path, file_off, e))?;
-            active
-                .seg
-                .end
-                .store(start + cut as u64, Ordering::Release);
+            active.seg.end.store(start + cut as u64, Ordering::Release);
             bi = bounds.partition_point(|&b| b <= cut);
             off = cut;
         }
@@ -440,4 +444,3 @@ fn apply_replicated(
     updates.extend(staged);
     Ok(pos.max(p))
 }
-

@@ -136,7 +136,12 @@ fn acknowledged_appends_survive_kill_9() {
     let mut total_acks = 0;
     for round in 0..20u32 {
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "crash_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env(CHILD_ENV, &dir)
             .env(ROUND_ENV, round.to_string())
             .stdout(Stdio::piped())
@@ -178,19 +183,32 @@ fn acknowledged_appends_survive_kill_9() {
             );
         }
         for (k, v) in &seen {
-            assert_eq!(now.get(k), Some(v), "round {round}: a visible entry disappeared");
+            assert_eq!(
+                now.get(k),
+                Some(v),
+                "round {round}: a visible entry disappeared"
+            );
         }
         for ((q, key), (_, body)) in &now {
             let (r, t, i) = parse_body(body)
                 .unwrap_or_else(|| panic!("round {round}: garbage visible at {q:?}/{key}"));
             assert!(r <= round);
-            assert!(queues_for(t, i).contains(q), "entry in a queue it was not sent to");
+            assert!(
+                queues_for(t, i).contains(q),
+                "entry in a queue it was not sent to"
+            );
             if !seen.contains_key(&(*q, *key)) && !acked.contains_key(&(*q, *key)) {
-                assert_eq!(r, round, "an unacknowledged entry of an earlier round appeared late");
+                assert_eq!(
+                    r, round,
+                    "an unacknowledged entry of an earlier round appeared late"
+                );
             }
         }
         seen = now;
     }
-    eprintln!("{total_acks} acknowledged appends over 20 kills, {} entries visible", seen.len());
+    eprintln!(
+        "{total_acks} acknowledged appends over 20 kills, {} entries visible",
+        seen.len()
+    );
     assert!(total_acks > 0, "the child never acknowledged anything");
 }

@@ -8,7 +8,12 @@ use store::format::{encode_segment_header, segment_file_name};
 use store::{QueueId, Store, StoreOptions};
 
 fn open_seed(name: &str, dir: &Path) -> Store {
-    let input = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/recovery").join(name)).unwrap();
+    let input = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds/recovery")
+            .join(name),
+    )
+    .unwrap();
     let ck_len = u16::from_le_bytes([input[1], input[2]]) as usize;
     let ck = &input[3..3 + ck_len];
     let mut seg = encode_segment_header(0).to_vec();
@@ -55,6 +60,12 @@ fn records_written_from_the_format_document_are_read_back() {
 fn torn_seed_recovers_the_whole_records() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_seed("torn", dir.path());
-    assert_eq!(s.sync(QueueId::user(1, 2), 0, 10).unwrap().messages.len(), 2);
-    assert_eq!(s.sync(QueueId::group(1, 1), 0, 10).unwrap().messages.len(), 0);
+    assert_eq!(
+        s.sync(QueueId::user(1, 2), 0, 10).unwrap().messages.len(),
+        2
+    );
+    assert_eq!(
+        s.sync(QueueId::group(1, 1), 0, 10).unwrap().messages.len(),
+        0
+    );
 }

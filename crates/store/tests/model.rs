@@ -135,7 +135,8 @@ fn run(ops: Vec<Op>, cache: bool, durability: Durability) {
                     .iter()
                     .map(|(qs, len, ts)| {
                         counter += 1;
-                        let body: Vec<u8> = (0..*len).map(|i| (counter as usize + i) as u8).collect();
+                        let body: Vec<u8> =
+                            (0..*len).map(|i| (counter as usize + i) as u8).collect();
                         NewMessage {
                             queues: qs.iter().map(|&i| QUEUES[i]).collect(),
                             device_id: counter as i64,
@@ -178,7 +179,10 @@ fn run(ops: Vec<Op>, cache: bool, durability: Durability) {
                 same(&p.messages, &newer[..n]);
                 assert_eq!(p.has_more, newer.len() > n);
                 assert_eq!(p.last_key, if n > 0 { newer[n - 1].key } else { after });
-                assert_eq!(p.queue_last_key, model.entries(q).last().map_or(0, |e| e.key));
+                assert_eq!(
+                    p.queue_last_key,
+                    model.entries(q).last().map_or(0, |e| e.key)
+                );
             }
             Op::SyncSince(qi, a, limit, join) => {
                 let q = QUEUES[qi];
@@ -191,8 +195,11 @@ fn run(ops: Vec<Op>, cache: bool, durability: Durability) {
                     .cloned()
                     .collect();
                 let window = &newer[..newer.len().min(limit.max(SCAN))];
-                let mut keep: Vec<Entry> =
-                    window.iter().filter(|e| e.timestamp >= join).cloned().collect();
+                let mut keep: Vec<Entry> = window
+                    .iter()
+                    .filter(|e| e.timestamp >= join)
+                    .cloned()
+                    .collect();
                 let (last, more) = if keep.len() > limit {
                     keep.truncate(limit);
                     (keep[limit - 1].key, true)

@@ -169,7 +169,11 @@ fn reopen_clean_and_after_crash_gives_same_answers() {
         let s = Store::open(dir.path(), small_opts()).unwrap();
         let mut keys = Vec::new();
         for i in 0..300 {
-            keys.push(s.append_blocking(vec![msg(&[A, B], &format!("{i}"))]).unwrap()[0][0].key);
+            keys.push(
+                s.append_blocking(vec![msg(&[A, B], &format!("{i}"))])
+                    .unwrap()[0][0]
+                    .key,
+            );
             if i == 100 {
                 s.checkpoint().unwrap();
             }
@@ -202,7 +206,11 @@ fn retention_drops_old_segments_and_sync_continues_from_what_remains() {
     let s = Store::open(dir.path(), opts.clone()).unwrap();
     let mut keys = Vec::new();
     for i in 0..400 {
-        keys.push(s.append_blocking(vec![msg(&[A], &format!("message {i}"))]).unwrap()[0][0].key);
+        keys.push(
+            s.append_blocking(vec![msg(&[A], &format!("message {i}"))])
+                .unwrap()[0][0]
+                .key,
+        );
     }
     s.checkpoint().unwrap();
     let dropped = s.apply_retention().unwrap();
@@ -335,7 +343,10 @@ fn big_fan_out_message_is_stored_once() {
     assert_eq!(r[0].len(), 10_000);
     assert!(r[0].windows(2).all(|w| w[0].key < w[1].key));
     let end = s.log_end();
-    assert_eq!(end as usize, store::format::message_record_len(1000, 10_000));
+    assert_eq!(
+        end as usize,
+        store::format::message_record_len(1000, 10_000)
+    );
     let p = s.sync(members[9_999], 0, 10).unwrap();
     assert_eq!(p.messages[0].body.as_ref(), &body[..]);
 }

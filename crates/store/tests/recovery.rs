@@ -31,7 +31,10 @@ fn segment_path(dir: &Path) -> PathBuf {
 
 /// Builds a store with `early` checkpointed records and `late` records after the checkpoint,
 /// and returns a crash snapshot plus, for every record, (end position, keys per queue).
-fn build(root: &Path, early: usize, late: usize) -> (PathBuf, Vec<(u64, Vec<(QueueId, i64)>)>) {
+/// For each record: its end position and the (queue, key) of each of its entries.
+type Records = Vec<(u64, Vec<(QueueId, i64)>)>;
+
+fn build(root: &Path, early: usize, late: usize) -> (PathBuf, Records) {
     let live = root.join("live");
     let snap = root.join("snap");
     let s = Store::open(&live, opts()).unwrap();
@@ -54,7 +57,7 @@ fn build(root: &Path, early: usize, late: usize) -> (PathBuf, Vec<(u64, Vec<(Que
     (snap, recs)
 }
 
-fn expected_keys(recs: &[(u64, Vec<(QueueId, i64)>)], upto: u64, q: QueueId) -> Vec<i64> {
+fn expected_keys(recs: &Records, upto: u64, q: QueueId) -> Vec<i64> {
     recs.iter()
         .filter(|(end, _)| *end <= upto)
         .flat_map(|(_, ks)| ks.iter().filter(|(qq, _)| *qq == q).map(|(_, k)| *k))
@@ -92,14 +95,22 @@ fn torn_tail_at_every_byte_of_the_final_records() {
         f.set_len(header + cut).unwrap();
         drop(f);
         let s = Store::open(&dir, opts()).unwrap();
-        let whole = recs.iter().filter(|(e, _)| *e <= cut).map(|r| r.0).max().unwrap_or(0);
+        let whole = recs
+            .iter()
+            .filter(|(e, _)| *e <= cut)
+            .map(|r| r.0)
+            .max()
+            .unwrap_or(0);
         assert_eq!(s.log_end(), whole, "cut at {cut}");
         for q in [A, B] {
             assert_eq!(keys_of(&s, q), expected_keys(&recs, cut, q), "cut at {cut}");
         }
         // the log continues cleanly after the truncation
         let r = s.append_blocking(vec![msg(&[A], "after")]).unwrap();
-        assert_eq!(r[0][0].prev_key, expected_keys(&recs, cut, A).last().copied().unwrap_or(0));
+        assert_eq!(
+            r[0][0].prev_key,
+            expected_keys(&recs, cut, A).last().copied().unwrap_or(0)
+        );
         drop(s);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -127,7 +138,11 @@ fn corruption_in_the_middle_stops_start_up_and_repair_truncates_there() {
     let seg = segment_path(&snap);
     // flip a body byte of record 5 (after the checkpoint, so replay reads it)
     let bad_pos = recs[4].0;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(&seg).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&seg)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, 32 + bad_pos + 50).unwrap();
     b[0] ^= 0xff;
@@ -149,10 +164,7 @@ fn corruption_in_the_middle_stops_start_up_and_repair_truncates_there() {
     assert!(report.to_string().contains("PROBLEM"));
 
     let plan = tools::repair_plan(&snap).unwrap();
-    assert_eq!(
-        plan.truncated.as_ref().map(|t| t.1),
-        Some(32 + bad_pos)
-    );
+    assert_eq!(plan.truncated.as_ref().map(|t| t.1), Some(32 + bad_pos));
     let r = tools::repair(&snap).unwrap();
     assert!(r.changed());
     assert!(r.to_string().contains("truncated"));
@@ -177,7 +189,8 @@ fn check_is_clean_on_a_healthy_store_and_tools_refuse_an_open_store() {
     )
     .unwrap();
     for i in 0..100 {
-        s.append_blocking(vec![msg(&[A, B], &format!("{i}"))]).unwrap();
+        s.append_blocking(vec![msg(&[A, B], &format!("{i}"))])
+            .unwrap();
     }
     assert!(matches!(tools::check(&dir), Err(StoreError::Locked(_))));
     s.close().unwrap();

@@ -32,7 +32,11 @@ fn all(s: &Store, q: QueueId) -> Vec<(i64, i64, bytes::Bytes)> {
     let mut out = Vec::new();
     loop {
         let p = s.sync(q, after, 3000).unwrap();
-        out.extend(p.messages.iter().map(|m| (m.key, m.prev_key, m.body.clone())));
+        out.extend(
+            p.messages
+                .iter()
+                .map(|m| (m.key, m.prev_key, m.body.clone())),
+        );
         after = p.last_key;
         if !p.has_more {
             return out;
@@ -41,7 +45,10 @@ fn all(s: &Store, q: QueueId) -> Vec<(i64, i64, bytes::Bytes)> {
 }
 
 fn queues() -> Vec<QueueId> {
-    (0..5).map(|u| QueueId::user(1, u)).chain([QueueId::group(1, 1)]).collect()
+    (0..5)
+        .map(|u| QueueId::user(1, u))
+        .chain([QueueId::group(1, 1)])
+        .collect()
 }
 
 #[test]
@@ -50,7 +57,9 @@ fn follower_catches_up_and_follows_live_with_identical_positions() {
     let leader = Arc::new(Store::open(root.path().join("leader"), leader_opts()).unwrap());
     for i in 0..200 {
         let q = queues()[i % 6];
-        leader.append_blocking(vec![msg(&[q, queues()[0]], &format!("pre {i}"))]).unwrap();
+        leader
+            .append_blocking(vec![msg(&[q, queues()[0]], &format!("pre {i}"))])
+            .unwrap();
     }
     let done = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -59,7 +68,9 @@ fn follower_catches_up_and_follows_live_with_identical_positions() {
         std::thread::spawn(move || {
             for i in 0..600 {
                 let q = queues()[i % 6];
-                leader.append_blocking(vec![msg(&[q], &format!("live {i}"))]).unwrap();
+                leader
+                    .append_blocking(vec![msg(&[q], &format!("live {i}"))])
+                    .unwrap();
                 if i % 100 == 0 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -117,7 +128,9 @@ fn follower_catches_up_and_follows_live_with_identical_positions() {
     ));
     follower.promote();
     assert_eq!(follower.role(), Role::Leader);
-    let r = follower.append_blocking(vec![msg(&[queues()[0]], "after promotion")]).unwrap();
+    let r = follower
+        .append_blocking(vec![msg(&[queues()[0]], "after promotion")])
+        .unwrap();
     assert_eq!(r[0][0].prev_key, leader.last_key(queues()[0]));
 }
 
@@ -127,7 +140,9 @@ fn repeats_are_ignored_and_gaps_refused() {
     let leader = Store::open(root.path().join("l"), leader_opts()).unwrap();
     let follower = Store::open(root.path().join("f"), follower_opts()).unwrap();
     for i in 0..10 {
-        leader.append_blocking(vec![msg(&[queues()[1]], &format!("{i}"))]).unwrap();
+        leader
+            .append_blocking(vec![msg(&[queues()[1]], &format!("{i}"))])
+            .unwrap();
     }
     let mut s = leader.subscribe(0).unwrap();
     s.set_max_bytes(200);
@@ -138,9 +153,18 @@ fn repeats_are_ignored_and_gaps_refused() {
         follower.apply_replicated(b2.clone()).wait(),
         Err(StoreError::ReplicationGap { .. })
     ));
-    assert_eq!(follower.apply_replicated(b1.clone()).wait().unwrap(), b1.end());
-    assert_eq!(follower.apply_replicated(b1.clone()).wait().unwrap(), b1.end());
-    assert_eq!(follower.apply_replicated(b2.clone()).wait().unwrap(), b2.end());
+    assert_eq!(
+        follower.apply_replicated(b1.clone()).wait().unwrap(),
+        b1.end()
+    );
+    assert_eq!(
+        follower.apply_replicated(b1.clone()).wait().unwrap(),
+        b1.end()
+    );
+    assert_eq!(
+        follower.apply_replicated(b2.clone()).wait().unwrap(),
+        b2.end()
+    );
     assert!(matches!(
         leader.apply_replicated(b1).wait(),
         Err(StoreError::NotFollower)
@@ -156,7 +180,10 @@ fn repeats_are_ignored_and_gaps_refused() {
     };
     assert!(follower.apply_replicated(damaged).wait().is_err());
     assert_eq!(follower.log_end(), b2.end());
-    assert_eq!(follower.apply_replicated(b3.clone()).wait().unwrap(), b3.end());
+    assert_eq!(
+        follower.apply_replicated(b3.clone()).wait().unwrap(),
+        b3.end()
+    );
 }
 
 #[test]
@@ -167,7 +194,8 @@ fn async_stream_wakes_on_new_appends_and_ends_on_close() {
     let l2 = leader.clone();
     let t = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(30));
-        l2.append_blocking(vec![msg(&[queues()[2]], "wake up")]).unwrap();
+        l2.append_blocking(vec![msg(&[queues()[2]], "wake up")])
+            .unwrap();
         std::thread::sleep(Duration::from_millis(30));
         l2.close().unwrap();
     });
@@ -190,7 +218,9 @@ fn subscribing_below_the_retained_log_is_refused() {
     };
     let leader = Store::open(root.path().join("l"), opts).unwrap();
     for i in 0..300 {
-        leader.append_blocking(vec![msg(&[queues()[3]], &format!("{i:040}"))]).unwrap();
+        leader
+            .append_blocking(vec![msg(&[queues()[3]], &format!("{i:040}"))])
+            .unwrap();
     }
     leader.checkpoint().unwrap();
     assert!(leader.apply_retention().unwrap() > 0);

@@ -12,7 +12,7 @@ use backend::Backend;
 use store::{Appended, NewMessage, QueueId, Store, StoreError, StoredMessage, SyncPage};
 
 use crate::config::{ApiConfig, ServerConfig, SyncConfig};
-use crate::route::RouteTable;
+use crate::route::{RoomTable, RouteTable};
 
 /// The message-store seam (DESIGN.md §1): in-process today; a remote variant joins with the cluster.
 #[derive(Clone)]
@@ -84,6 +84,7 @@ pub struct Stats {
     pub backend_errors: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub slow_consumers: AtomicU64,
+    pub room_dropped: AtomicU64,
 }
 
 impl Stats {
@@ -106,6 +107,7 @@ pub struct App {
     pub store: StoreClient,
     pub backend: Backend,
     pub route: RouteTable,
+    pub rooms: RoomTable,
     pub stats: Stats,
     next_conn: AtomicU64,
 }
@@ -125,6 +127,7 @@ impl App {
             store,
             backend,
             route: RouteTable::default(),
+            rooms: RoomTable::default(),
             stats: Stats::default(),
             next_conn: AtomicU64::new(1),
         })

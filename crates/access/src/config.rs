@@ -32,6 +32,12 @@ pub struct ServerConfig {
     pub outbox_frames: usize,
     /// Most bytes queued for one session by others; same policy as `outbox_frames`.
     pub outbox_bytes: usize,
+    /// Most room messages queued for one session; when a slow member's backlog is full its oldest room
+    /// message is dropped (rooms are real-time only and promise no delivery).
+    pub room_backlog: usize,
+    /// The customer-service app (GoBelieve's `kefu_appid`): MSG_CUSTOMER_V2 is accepted only between this
+    /// app and another. 0 disables customer-service messages.
+    pub kefu_appid: i64,
     /// Most messages from one connection being stored at the same time; reading from that connection
     /// pauses while the limit is reached.
     pub max_inflight: usize,
@@ -57,6 +63,8 @@ impl Default for ServerConfig {
             write_timeout_secs: 30,
             outbox_frames: 4096,
             outbox_bytes: 4 << 20,
+            room_backlog: 256,
+            kefu_appid: 0,
             max_inflight: 256,
             max_body: proto::MAX_BODY_LEN,
             rate_limit_per_sec: 0,

@@ -236,6 +236,56 @@ async fn post_realtime_message(
     ok_empty()
 }
 
+async fn post_room_message(
+    State(app): State<Arc<App>>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let uid = id(&q, "uid")?;
+    let room = id(&q, "room")?;
+    let content = content_of(&app, &body)?;
+    crate::room::post_room(&app, appid, uid, room, content);
+    ok_empty()
+}
+
+#[derive(Deserialize)]
+struct CustomerReq {
+    sender_appid: i64,
+    sender: i64,
+    receiver_appid: i64,
+    receiver: i64,
+    content: String,
+}
+
+async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: CustomerReq = json_body(&body)?;
+    for (name, v) in [
+        ("sender_appid", r.sender_appid),
+        ("sender", r.sender),
+        ("receiver_appid", r.receiver_appid),
+        ("receiver", r.receiver),
+    ] {
+        if v <= 0 {
+            return Err(ApiError::bad(format!("`{name}` must be > 0")));
+        }
+    }
+    let content = content_of(&app, &Bytes::from(r.content))?;
+    crate::customer::post_customer(
+        &app,
+        proto::Customer {
+            sender_appid: r.sender_appid,
+            sender: r.sender,
+            receiver_appid: r.receiver_appid,
+            receiver: r.receiver,
+            timestamp: 0,
+            content,
+        },
+    )
+    .await?;
+    Ok(Json(json!({"data": {}})).into_response())
+}
+
 /// One stored message in the JSON shape of spec §15.1.4; `None` for kinds the API does not show.
 fn message_json(m: &StoredMessage) -> Option<Value> {
     let body = Body::decode(m.cmd, proto::STORAGE_VERSION, &m.body).ok()?;
@@ -353,9 +403,14 @@ async fn summary(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
     obj.insert("rss_bytes".into(), json!(rss_bytes()));
     if let Some(a) = appid.filter(|&a| a != 0) {
         let (u, c) = app.route.counts(Some(a));
+        let (rooms, room_clients, big) = app.rooms.stats(a, 1000);
+        let room_stat: Map<String, Value> = big
+            .into_iter()
+            .map(|(room, n)| (room.to_string(), json!(n)))
+            .collect();
         obj.insert(
             format!("app_{a}"),
-            json!({"clientset_count": u, "client_count": c, "room_count": 0, "room_client_count": 0, "room_stat": {}}),
+            json!({"clientset_count": u, "client_count": c, "room_count": rooms, "room_client_count": room_clients, "room_stat": room_stat}),
         );
     }
     Ok(Json(Value::Object(obj)).into_response())
@@ -450,6 +505,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         g(&st.deliveries),
     );
     metric(
+        "room_messages_dropped_total",
+        "counter",
+        "Room messages dropped from slow members' bounded backlogs.",
+        g(&st.room_dropped),
+    );
+    metric(
+        "slow_consumers_total",
+        "counter",
+        "Sessions disconnected because their outbox overflowed.",
+        g(&st.slow_consumers),
+    );
+    metric(
         "syncs_total",
         "counter",
         "Sync requests answered.",
@@ -540,6 +607,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/post_system_message", any(post_system_message))
         .route("/post_notification", any(post_notification))
         .route("/post_realtime_message", any(post_realtime_message))
+        .route("/post_room_message", any(post_room_message))
+        .route("/post_customer_message", any(post_customer_message))
         .route("/load_latest_message", any(load_latest_message))
         .route("/load_history_message", any(load_history_message))
         .route("/get_offline_count", any(get_offline_count))

@@ -5,9 +5,11 @@
 
 pub mod app;
 pub mod config;
+pub mod customer;
 pub mod http;
 mod listener;
 pub mod peer;
+pub mod room;
 pub mod route;
 mod session;
 mod sync;

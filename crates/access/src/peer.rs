@@ -26,22 +26,20 @@ pub fn sync_notify_push(key: i64) -> Push {
     Push::plain(cmd::SYNC_NOTIFY, 0, Body::SyncNotify(key).to_bytes(2))
 }
 
-/// Pushes a stored message to the user's sessions (except connection `except`): METADATA + message with
-/// PUSH, then SYNC_NOTIFY. Returns how many sessions got it.
+/// Pushes a stored message (`msg`: command, client flags, body) to the sessions of user `(appid, uid)`
+/// except connection `except`: METADATA + the message with PUSH, then SYNC_NOTIFY. Returns how many
+/// sessions got it.
 pub fn push_stored(
     app: &App,
-    appid: i64,
-    uid: i64,
+    (appid, uid): (i64, i64),
     at: Appended,
-    cmd: u8,
-    flags: u8,
-    body: &Bytes,
+    msg: &Push,
     except: u64,
 ) -> usize {
     let push = Push {
-        cmd,
-        flag: flags | flag::PUSH,
-        body: body.clone(),
+        cmd: msg.cmd,
+        flag: msg.flag | flag::PUSH,
+        body: msg.body.clone(),
         meta: Some(Metadata {
             sync_key: at.key,
             prev_sync_key: at.prev_key,
@@ -222,19 +220,11 @@ impl Session {
             }
         };
         Stats::inc(&app.stats.messages_stored);
-        push_stored(
-            &app,
-            h.appid,
-            receiver,
-            r,
-            cmd::IM,
-            flags,
-            &body,
-            self.conn_id,
-        );
+        let msg = Push::plain(cmd::IM, flags, body.clone());
+        push_stored(&app, (h.appid, receiver), r, &msg, self.conn_id);
         // When a user messages themself both entries are in the same queue; push both so their other
         // devices can follow the queue's METADATA chain without a sync.
-        push_stored(&app, h.appid, h.uid, s, cmd::IM, flags, &body, self.conn_id);
+        push_stored(&app, (h.appid, h.uid), s, &msg, self.conn_id);
         self.ack(
             seq,
             AckStatus::SUCCESS,

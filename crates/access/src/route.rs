@@ -8,7 +8,8 @@
 //! wait for a slow consumer.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -47,8 +48,30 @@ impl Push {
 struct Outbox {
     queue: VecDeque<Push>,
     bytes: usize,
+    /// Room messages: bounded separately; the oldest is dropped when full (rooms promise no delivery).
+    room: VecDeque<Push>,
     /// Set when the session must be closed (overflow or kick); no more frames are accepted.
     closed: Option<&'static str>,
+}
+
+/// Who a session is.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionId {
+    pub conn_id: u64,
+    pub appid: i64,
+    pub uid: i64,
+    pub device_id: i64,
+    pub platform: u8,
+    pub online: bool,
+    pub forbidden: bool,
+}
+
+/// Bounds of a session's outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxLimits {
+    pub frames: usize,
+    pub bytes: usize,
+    pub room_frames: usize,
 }
 
 /// One authenticated session as seen by others: its identity and its outbox.
@@ -60,35 +83,64 @@ pub struct SessionHandle {
     pub platform: u8,
     /// Counts as online for offline-push suppression (spec §7.2).
     pub online: bool,
+    /// Speak-banned (rooms and groups); updated live.
+    pub forbidden: AtomicBool,
     outbox: Mutex<Outbox>,
     notify: Notify,
     max_frames: usize,
     max_bytes: usize,
+    max_room: usize,
+    room_dropped: AtomicU64,
 }
 
 impl SessionHandle {
-    pub fn new(
-        conn_id: u64,
-        appid: i64,
-        uid: i64,
-        device_id: i64,
-        platform: u8,
-        online: bool,
-        max_frames: usize,
-        max_bytes: usize,
-    ) -> SessionHandle {
+    pub fn new(id: SessionId, limits: OutboxLimits) -> SessionHandle {
         SessionHandle {
-            conn_id,
-            appid,
-            uid,
-            device_id,
-            platform,
-            online,
+            conn_id: id.conn_id,
+            appid: id.appid,
+            uid: id.uid,
+            device_id: id.device_id,
+            platform: id.platform,
+            online: id.online,
+            forbidden: AtomicBool::new(id.forbidden),
             outbox: Mutex::new(Outbox::default()),
             notify: Notify::new(),
-            max_frames,
-            max_bytes,
+            max_frames: limits.frames,
+            max_bytes: limits.bytes,
+            max_room: limits.room_frames,
+            room_dropped: AtomicU64::new(0),
         }
+    }
+
+    pub fn is_forbidden(&self) -> bool {
+        self.forbidden.load(Ordering::Relaxed)
+    }
+
+    /// Room messages dropped because this session's room backlog was full.
+    pub fn room_dropped(&self) -> u64 {
+        self.room_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Queues a room message. A slow member's room backlog is bounded: when full, its oldest room message
+    /// is dropped (and counted) instead of growing or stalling the room. Returns (queued, dropped one).
+    pub fn push_room(&self, push: Push) -> (bool, bool) {
+        let mut ob = self.outbox.lock();
+        if ob.closed.is_some() {
+            return (false, false);
+        }
+        let was_empty = ob.queue.is_empty() && ob.room.is_empty();
+        let mut dropped = false;
+        if ob.room.len() >= self.max_room {
+            ob.room.pop_front();
+            self.room_dropped.fetch_add(1, Ordering::Relaxed);
+            dropped = true;
+        }
+        ob.room.push_back(push);
+        drop(ob);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        (true, dropped)
     }
 
     /// Queues `push` for this session. Returns false when the session is closing (the frame is dropped
@@ -108,7 +160,7 @@ impl SessionHandle {
             return false;
         }
         ob.bytes += cost;
-        let was_empty = ob.queue.is_empty();
+        let was_empty = ob.queue.is_empty() && ob.room.is_empty();
         ob.queue.push_back(push);
         drop(ob);
         if was_empty {
@@ -130,7 +182,7 @@ impl SessionHandle {
     /// Whether frames are queued or the session must close.
     pub fn has_pending(&self) -> bool {
         let ob = self.outbox.lock();
-        !ob.queue.is_empty() || ob.closed.is_some()
+        !ob.queue.is_empty() || !ob.room.is_empty() || ob.closed.is_some()
     }
 
     /// Why the session must close, if it must.
@@ -150,9 +202,13 @@ impl SessionHandle {
             return Some(reason);
         }
         into.extend(ob.queue.drain(..));
+        into.extend(ob.room.drain(..));
         ob.bytes = 0;
         if ob.queue.capacity() > 64 {
             ob.queue = VecDeque::new();
+        }
+        if ob.room.capacity() > 64 {
+            ob.room = VecDeque::new();
         }
         None
     }
@@ -160,28 +216,40 @@ impl SessionHandle {
 
 const SHARDS: usize = 64;
 
-type UserKey = (i64, i64);
+type SessionMap<K> = HashMap<K, Vec<Arc<SessionHandle>>>;
 
-/// Sessions by user, sharded.
-pub struct RouteTable {
-    shards: Box<[RwLock<HashMap<UserKey, Vec<Arc<SessionHandle>>>>]>,
-    hasher: std::collections::hash_map::RandomState,
+/// Sessions by key, in independently locked shards.
+struct Shards<K> {
+    shards: Box<[RwLock<SessionMap<K>>]>,
+    hasher: RandomState,
 }
 
-impl Default for RouteTable {
+impl<K: Hash + Eq> Default for Shards<K> {
     fn default() -> Self {
-        RouteTable {
+        Shards {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: RandomState::new(),
         }
     }
 }
 
+impl<K: Hash + Eq> Shards<K> {
+    fn shard(&self, key: &K) -> &RwLock<SessionMap<K>> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+}
+
+type UserKey = (i64, i64);
+
+/// Sessions by user, sharded.
+#[derive(Default)]
+pub struct RouteTable {
+    map: Shards<UserKey>,
+}
+
 impl RouteTable {
-    fn shard(&self, key: &UserKey) -> &RwLock<HashMap<UserKey, Vec<Arc<SessionHandle>>>> {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+    fn shard(&self, key: &UserKey) -> &RwLock<SessionMap<UserKey>> {
+        self.map.shard(key)
     }
 
     pub fn add(&self, s: Arc<SessionHandle>) {
@@ -229,7 +297,7 @@ impl RouteTable {
     /// (distinct users, sessions), optionally restricted to one app.
     pub fn counts(&self, appid: Option<i64>) -> (usize, usize) {
         let (mut users, mut sessions) = (0, 0);
-        for shard in self.shards.iter() {
+        for shard in self.map.shards.iter() {
             for (k, v) in shard.read().iter() {
                 if appid.is_none_or(|a| a == k.0) {
                     users += 1;
@@ -240,14 +308,116 @@ impl RouteTable {
         (users, sessions)
     }
 
+    /// Sets the forbidden flag of every session of the user (live `speak_forbidden` updates).
+    pub fn set_forbidden(&self, appid: i64, uid: i64, forbidden: bool) {
+        self.for_each(appid, uid, |s| {
+            s.forbidden.store(forbidden, Ordering::Relaxed)
+        });
+    }
+
     /// Every session, for shutdown.
     pub fn all(&self) -> Vec<Arc<SessionHandle>> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in self.map.shards.iter() {
             for v in shard.read().values() {
                 out.extend(v.iter().cloned());
             }
         }
         out
+    }
+}
+
+type RoomKey = (i64, i64);
+
+/// Sessions by chat room `(appid, room_id)`, sharded. A connection is in at most one room.
+#[derive(Default)]
+pub struct RoomTable {
+    map: Shards<RoomKey>,
+}
+
+impl RoomTable {
+    fn shard(&self, key: &RoomKey) -> &RwLock<SessionMap<RoomKey>> {
+        self.map.shard(key)
+    }
+
+    /// Adds the session to the room. Another connection of the same user and device (device id > 0)
+    /// already in the room is displaced; its id is returned so the caller can tell it.
+    pub fn enter(&self, appid: i64, room: i64, s: Arc<SessionHandle>) -> Option<u64> {
+        let key = (appid, room);
+        let mut shard = self.shard(&key).write();
+        let members = shard.entry(key).or_default();
+        let mut displaced = None;
+        if s.device_id > 0 {
+            if let Some(pos) = members.iter().position(|m| {
+                m.uid == s.uid && m.device_id == s.device_id && m.conn_id != s.conn_id
+            }) {
+                displaced = Some(members.swap_remove(pos).conn_id);
+            }
+        }
+        if !members.iter().any(|m| m.conn_id == s.conn_id) {
+            members.push(s);
+        }
+        displaced
+    }
+
+    /// Removes connection `conn_id` from the room; true if it was there.
+    pub fn leave(&self, appid: i64, room: i64, conn_id: u64) -> bool {
+        let key = (appid, room);
+        let mut shard = self.shard(&key).write();
+        let Some(members) = shard.get_mut(&key) else {
+            return false;
+        };
+        let before = members.len();
+        members.retain(|m| m.conn_id != conn_id);
+        let removed = members.len() != before;
+        if members.is_empty() {
+            shard.remove(&key);
+        }
+        removed
+    }
+
+    /// Whether connection `conn_id` is in the room.
+    pub fn contains(&self, appid: i64, room: i64, conn_id: u64) -> bool {
+        let key = (appid, room);
+        self.shard(&key)
+            .read()
+            .get(&key)
+            .is_some_and(|m| m.iter().any(|s| s.conn_id == conn_id))
+    }
+
+    /// Queues `push` for everyone in the room but connection `except`; returns (how many got it, how many
+    /// slow members dropped an older room message for it).
+    pub fn deliver(&self, appid: i64, room: i64, push: &Push, except: u64) -> (usize, usize) {
+        let key = (appid, room);
+        let shard = self.shard(&key).read();
+        let Some(members) = shard.get(&key) else {
+            return (0, 0);
+        };
+        let (mut n, mut dropped) = (0, 0);
+        for m in members {
+            if m.conn_id != except {
+                let (queued, d) = m.push_room(push.clone());
+                n += queued as usize;
+                dropped += d as usize;
+            }
+        }
+        (n, dropped)
+    }
+
+    /// (rooms, connections in rooms) of one app, and rooms with at least `big` connections.
+    pub fn stats(&self, appid: i64, big: usize) -> (usize, usize, Vec<(i64, usize)>) {
+        let (mut rooms, mut conns, mut large) = (0, 0, Vec::new());
+        for shard in self.map.shards.iter() {
+            for ((a, room), members) in shard.read().iter() {
+                if *a == appid {
+                    rooms += 1;
+                    conns += members.len();
+                    if members.len() >= big {
+                        large.push((*room, members.len()));
+                    }
+                }
+            }
+        }
+        (rooms, conns, large)
     }
 }

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::app::{App, AppendResult, Stats};
-use crate::route::{Push, SessionHandle};
+use crate::route::{OutboxLimits, Push, SessionHandle, SessionId};
 use crate::transport::{RecvError, Transport};
 
 /// Why a session ended.
@@ -61,6 +61,13 @@ pub(crate) enum OpCtx {
     Im {
         seq: i32,
         flag: u8,
+        receiver: i64,
+        body: bytes::Bytes,
+    },
+    Customer {
+        seq: i32,
+        flag: u8,
+        receiver_appid: i64,
         receiver: i64,
         body: bytes::Bytes,
     },
@@ -121,6 +128,8 @@ pub(crate) struct Session {
     pending: FuturesOrdered<Op>,
     inbox: Vec<Push>,
     rate: Option<RateLimit>,
+    /// The chat room this connection is in.
+    pub(crate) room: Option<i64>,
 }
 
 /// Runs a session on `transport` until it ends, then unregisters it.
@@ -150,6 +159,7 @@ pub async fn run<T: Transport>(
         pending: FuturesOrdered::new(),
         inbox: Vec::new(),
         rate,
+        room: None,
     };
     let mut transport = transport;
     async {
@@ -159,7 +169,10 @@ pub async fn run<T: Transport>(
             End::Timeout(_) | End::WriteFailed(_) | End::Recv(RecvError::Io(_)) => {
                 debug!(reason = %end, "session closed")
             }
-            End::Kicked(_) | End::WriteTimeout => info!(reason = %end, "session closed"),
+            End::Kicked(_) | End::WriteTimeout => {
+                Stats::inc(&app.stats.slow_consumers);
+                info!(reason = %end, "session closed")
+            }
             End::Recv(_) | End::Protocol(_) => {
                 Stats::inc(&app.stats.protocol_errors);
                 info!(reason = %end, "closing connection after a protocol error")
@@ -175,6 +188,7 @@ pub async fn run<T: Transport>(
             })
             .await;
         }
+        s.leave_current_room();
         if let Some(h) = s.handle.take() {
             app.route.remove(&h);
         }
@@ -365,6 +379,13 @@ impl Session {
                 receiver,
                 body,
             } => self.complete_im(seq, flag, receiver, body, result),
+            OpCtx::Customer {
+                seq,
+                flag,
+                receiver_appid,
+                receiver,
+                body,
+            } => self.complete_customer(seq, flag, receiver_appid, receiver, body, result),
         }
     }
 
@@ -416,10 +437,10 @@ impl Session {
                 self.emit(&Body::SyncGroupEnd(g), 0);
             }
             Body::GroupSyncKey(_) => {}
-            Body::EnterRoom(_) | Body::LeaveRoom(_) => {}
-            Body::RoomIm(_) | Body::Customer(_) => {
-                self.refuse(frame.seq, AckStatus::NOT_ALLOWED, "not available")
-            }
+            Body::EnterRoom(room) => self.on_enter_room(room),
+            Body::LeaveRoom(room) => self.on_leave_room(room),
+            Body::RoomIm(msg) => self.on_room_im(frame.seq, msg),
+            Body::Customer(c) => self.on_customer(frame.seq, frame.flag, c),
             // Server-to-client commands are not on the whitelist and never reach here.
             Body::AuthStatus(_)
             | Body::GroupNotification(_)
@@ -480,18 +501,24 @@ impl Session {
                 Err(_) => return self.auth_failed("malformed device id"),
             }
         };
-        let online = !(flags.notification_on && !Platform::is_mobile(a.platform_id));
+        let online = !flags.notification_on || Platform::is_mobile(a.platform_id);
         self.version = version;
         self.emit(&Body::AuthStatus(0), 0);
         let handle = Arc::new(SessionHandle::new(
-            self.conn_id,
-            info.appid,
-            info.uid,
-            device_id,
-            a.platform_id,
-            online,
-            app.server.outbox_frames,
-            app.server.outbox_bytes,
+            SessionId {
+                conn_id: self.conn_id,
+                appid: info.appid,
+                uid: info.uid,
+                device_id,
+                platform: a.platform_id,
+                online,
+                forbidden: flags.forbidden,
+            },
+            OutboxLimits {
+                frames: app.server.outbox_frames,
+                bytes: app.server.outbox_bytes,
+                room_frames: app.server.room_backlog,
+            },
         ));
         app.route.add(handle.clone());
         self.handle = Some(handle);

@@ -101,7 +101,7 @@ impl StoreConfig {
             retention: store::Retention {
                 max_age: (self.retention_days > 0)
                     .then(|| Duration::from_secs(self.retention_days * 86_400)),
-                max_total_bytes: (self.retention_max_gb > 0).then(|| self.retention_max_gb << 30),
+                max_total_bytes: (self.retention_max_gb > 0).then_some(self.retention_max_gb << 30),
             },
             ..store::StoreOptions::default()
         })

@@ -75,7 +75,9 @@ fn store_command(cmd: StoreCommand) -> anyhow::Result<()> {
             if report.is_clean() {
                 Ok(())
             } else {
-                anyhow::bail!("the store has problems (see above); `banter store repair` can fix them")
+                anyhow::bail!(
+                    "the store has problems (see above); `banter store repair` can fix them"
+                )
             }
         }
         StoreCommand::Repair { data, yes } => {

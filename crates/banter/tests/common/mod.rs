@@ -61,12 +61,9 @@ pub async fn http(
 
 fn dechunk(mut s: &str) -> String {
     let mut out = String::new();
-    loop {
-        let Some((size, rest)) = s.split_once("\r\n") else {
-            break;
-        };
+    while let Some((size, rest)) = s.split_once("\r\n") {
         let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-        if n == 0 {
+        if n == 0 || rest.len() < n + 2 {
             break;
         }
         out.push_str(&rest[..n]);
@@ -218,10 +215,9 @@ impl Client {
 
     /// The next frame, or None on close / timeout.
     pub async fn recv_timeout(&mut self, t: Duration) -> Option<Frame> {
-        match tokio::time::timeout(t, self.recv_inner()).await {
-            Ok(f) => f,
-            Err(_) => None,
-        }
+        tokio::time::timeout(t, self.recv_inner())
+            .await
+            .unwrap_or_default()
     }
 
     pub async fn recv(&mut self) -> Option<Frame> {

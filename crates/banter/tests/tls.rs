@@ -54,7 +54,9 @@ async fn tls_and_wss_listeners_authenticate_and_answer() {
 
     // Raw TLS: the same framing inside TLS.
     let token = grant(&s, 1).await;
-    let tcp = tokio::net::TcpStream::connect(s.tls.unwrap()).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(s.tls.unwrap())
+        .await
+        .unwrap();
     let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
     tls.write_all(&auth_frame(&token)).await.unwrap();
     let mut buf = BytesMut::new();
@@ -64,21 +66,30 @@ async fn tls_and_wss_listeners_authenticate_and_answer() {
             frames.push(f);
             continue;
         }
-        assert!(tls.read_buf(&mut buf).await.unwrap() > 0, "tls closed early");
+        assert!(
+            tls.read_buf(&mut buf).await.unwrap() > 0,
+            "tls closed early"
+        );
     }
     assert_eq!(frames[0].cmd, cmd::AUTH_STATUS);
     assert_eq!(body_of(&frames[0]), Body::AuthStatus(0));
     assert_eq!(frames[1].cmd, cmd::PONG);
 
     // WSS: one frame per binary message on /ws.
-    let tcp = tokio::net::TcpStream::connect(s.wss.unwrap()).await.unwrap();
+    let tcp = tokio::net::TcpStream::connect(s.wss.unwrap())
+        .await
+        .unwrap();
     let tls = connector.connect(name, tcp).await.unwrap();
     let url = format!("wss://localhost:{}/ws", s.wss.unwrap().port());
     let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
     let token = grant(&s, 2).await;
     let mut auth = BytesMut::new();
-    Body::AuthToken(proto::AuthToken { platform_id: 3, token: token.into(), device_id: Bytes::new() })
-        .encode_frame(1, 1, 0, &mut auth);
+    Body::AuthToken(proto::AuthToken {
+        platform_id: 3,
+        token: token.into(),
+        device_id: Bytes::new(),
+    })
+    .encode_frame(1, 1, 0, &mut auth);
     ws.send(Message::Binary(auth.freeze())).await.unwrap();
     let reply = loop {
         match ws.next().await.unwrap().unwrap() {
@@ -86,7 +97,9 @@ async fn tls_and_wss_listeners_authenticate_and_answer() {
             _ => continue,
         }
     };
-    let f = Frame::decode(&mut BytesMut::from(&reply[..]), 1 << 16).unwrap().unwrap();
+    let f = Frame::decode(&mut BytesMut::from(&reply[..]), 1 << 16)
+        .unwrap()
+        .unwrap();
     assert_eq!(body_of(&f), Body::AuthStatus(0));
     s.stop().await;
 }

@@ -31,6 +31,8 @@ enum Command {
     },
     /// Print the full documented default configuration.
     Config,
+    /// Measure a server like real SDK clients would (starts one when no --addr is given).
+    Bench(bench::cli::BenchArgs),
     /// Inspect or repair the message store of a stopped server.
     Store {
         #[command(subcommand)]
@@ -144,6 +146,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Store { command } => store_command(command),
+        Command::Bench(args) => bench::cli::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -11,6 +11,7 @@ use bench::env::Env;
 use bench::http::BaseUrl;
 use bench::scenario::connections::ConnectionsOptions;
 use bench::scenario::peer::PeerOptions;
+use bench::scenario::room::RoomOptions;
 use bench::scenario::Fault;
 use bench::server::{ChildOptions, ChildServer, MemorySource};
 use bench::tokens::TokenSource;
@@ -178,6 +179,65 @@ async fn peer_duplicated_message_fails_the_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_fan_out_counts_every_delivery() {
+    let s = TestServer::start().await.unwrap();
+    let env = env_for(&s, false);
+    let o = RoomOptions {
+        rooms: 2,
+        members: 6,
+        senders: 2,
+        messages: 100,
+        window: 8,
+        ..RoomOptions::default()
+    };
+    let r = bench::scenario::room::run(&env, &o).await.unwrap();
+    let v = json_of(&r);
+    assert!(r.ok, "{}", r.summary());
+    assert_message_fields(&v);
+    assert_eq!(v["scenario"], "room");
+    // 2 rooms × 2 senders × 100 messages, each to the 5 other members.
+    assert_eq!(v["messages_sent"], 400);
+    assert_eq!(v["deliveries_expected"], 2000);
+    assert_eq!(v["deliveries"], 2000);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["duplicated"], 0);
+    let m = r.messages.as_ref().unwrap();
+    assert!((m.deliveries_per_sec / m.messages_per_sec - 5.0).abs() < 1e-6);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_duplicate_fails_but_loss_alone_does_not() {
+    let s = TestServer::start().await.unwrap();
+    let mut env = env_for(&s, false);
+    env.drain_timeout = Duration::from_secs(1);
+    let dup = RoomOptions {
+        rooms: 1,
+        members: 3,
+        senders: 1,
+        messages: 20,
+        fault: Some(Fault::Duplicate { n: 4 }),
+        ..RoomOptions::default()
+    };
+    let r = bench::scenario::room::run(&env, &dup).await.unwrap();
+    assert!(!r.ok);
+    assert_eq!(
+        json_of(&r)["duplicated"],
+        2,
+        "both receivers saw message 4 twice"
+    );
+    // A withheld room message is counted as lost, but rooms promise no delivery: the run passes.
+    let lossy = RoomOptions {
+        fault: Some(Fault::Withhold { n: 4 }),
+        ..dup
+    };
+    let r = bench::scenario::room::run(&env, &lossy).await.unwrap();
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(json_of(&r)["lost"], 2);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_held_and_measured() {
     let s = TestServer::start().await.unwrap();
     let mut env = env_for(&s, false);
@@ -261,4 +321,109 @@ async fn child_server_from_the_binary() {
         bench::server::rss_of_pid(pid).is_none(),
         "the child is gone"
     );
+}
+
+/// Runs `banter bench ARGS…` and returns (success, stdout).
+async fn banter_bench(args: &[&str]) -> (bool, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_banter"))
+        .arg("bench")
+        .args(args)
+        .env_remove("BANTER_BIN")
+        .stdin(std::process::Stdio::null())
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), out)
+        .await
+        .expect("banter bench finishes")
+        .expect("banter runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+fn last_json(stdout: &str) -> serde_json::Value {
+    let line = stdout.lines().last().expect("some output");
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("last line is not JSON ({e}): {stdout}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_peer_run_with_a_child_server_and_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let (ok, stdout) = banter_bench(&[
+        "peer",
+        "--pairs",
+        "3",
+        "--messages",
+        "100",
+        "--json",
+        "--quiet",
+        "--report",
+        report.to_str().unwrap(),
+    ])
+    .await;
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("banter bench peer — OK"), "{stdout}");
+    let v = last_json(&stdout);
+    assert_message_fields(&v);
+    assert_eq!(v["deliveries"], 300);
+    assert_eq!(v["lost"], 0);
+    let svg = std::fs::read_to_string(report.join("peer.svg")).unwrap();
+    assert!(svg.starts_with("<?xml") && svg.contains("</svg>"));
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("peer.json")).unwrap()).unwrap();
+    assert_eq!(saved["deliveries"], 300);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_exits_non_zero_when_a_message_is_withheld() {
+    let (ok, stdout) = banter_bench(&[
+        "peer",
+        "--pairs",
+        "1",
+        "--messages",
+        "20",
+        "--withhold",
+        "3",
+        "--drain-timeout",
+        "1s",
+        "--json",
+        "--quiet",
+    ])
+    .await;
+    assert!(!ok, "a lost message must make banter bench fail: {stdout}");
+    let v = last_json(&stdout);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["lost"], 1);
+    assert!(stdout.contains("missing from sender"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_connections_against_a_running_server() {
+    let s = TestServer::start().await.unwrap();
+    let addr = s.tcp.to_string();
+    let http = s.http_url();
+    let (ok, stdout) = banter_bench(&[
+        "connections",
+        "--connections",
+        "40",
+        "--hold",
+        "500ms",
+        "--settle",
+        "100ms",
+        "--addr",
+        &addr,
+        "--http",
+        &http,
+        "--json",
+        "--quiet",
+    ])
+    .await;
+    assert!(ok, "{stdout}");
+    let v = last_json(&stdout);
+    assert_eq!(v["connections"], 40);
+    // Memory comes from the server's /summary (rss_bytes).
+    assert!(v["server_rss_bytes"].as_u64().unwrap() > 0, "{v}");
+    assert!(v["bytes_per_connection"].is_number(), "{v}");
+    s.stop().await;
 }

@@ -99,6 +99,10 @@ pub struct ConnectionFigures {
     pub server_rss_bytes: Option<u64>,
     /// `(server_rss_bytes - server_rss_baseline_bytes) / connections`.
     pub bytes_per_connection: Option<f64>,
+    /// Growth of this host's kernel slab and TCP buffer memory while the connections are held. With
+    /// client and server on one host it covers both ends of every connection.
+    pub host_slab_delta_bytes: Option<i64>,
+    pub host_tcp_buffer_delta_bytes: Option<i64>,
     /// PINGs sent and PONGs received during the hold.
     pub pings: u64,
     pub pongs: u64,
@@ -242,6 +246,18 @@ impl Report {
                     );
                 }
                 _ => s.push_str("\n  server memory not measured (give --server-pid or --summary)"),
+            }
+            if let (Some(slab), Some(tcp)) =
+                (c.host_slab_delta_bytes, c.host_tcp_buffer_delta_bytes)
+            {
+                let n = c.connections.max(1) as f64;
+                let _ = write!(
+                    s,
+                    "\n  host kernel: slab {:+.1} MiB ({:.0} bytes per connection, both ends), TCP buffers {:+.1} MiB",
+                    slab as f64 / 1048576.0,
+                    slab as f64 / n,
+                    tcp as f64 / 1048576.0
+                );
             }
             let _ = write!(s, "\n  heartbeats: {} pings, {} pongs", c.pings, c.pongs);
         }

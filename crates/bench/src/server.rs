@@ -206,6 +206,39 @@ pub fn rss_of_pid(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Kernel memory of this host that grows with TCP connections: slab (`Slab` of `/proc/meminfo`, which
+/// holds socket structures) and TCP buffer pages (`mem` of the `TCP:` line of `/proc/net/sockstat`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelMemory {
+    pub slab_bytes: u64,
+    pub tcp_buffer_bytes: u64,
+}
+
+/// Reads [`KernelMemory`] (Linux only; `None` elsewhere).
+pub fn kernel_memory() -> Option<KernelMemory> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let slab_kb: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("Slab:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = tcp.split_whitespace();
+    let mut pages = None;
+    while let Some(w) = it.next() {
+        if w == "mem" {
+            pages = it.next().and_then(|p| p.parse::<u64>().ok());
+        }
+    }
+    Some(KernelMemory {
+        slab_bytes: slab_kb * 1024,
+        tcp_buffer_bytes: pages? * 4096,
+    })
+}
+
 /// Where a server's resident memory can be read.
 #[derive(Debug, Clone)]
 pub enum MemorySource {
@@ -261,6 +294,12 @@ mod tests {
     fn reads_own_rss() {
         let rss = rss_of_pid(std::process::id()).unwrap();
         assert!(rss > 100_000, "{rss}");
+    }
+
+    #[test]
+    fn reads_kernel_memory() {
+        let k = kernel_memory().unwrap();
+        assert!(k.slab_bytes > 0);
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub async fn run(env: &Env, o: &ConnectionsOptions) -> Result<Report, BenchError
         Some(m) => m.rss().await,
         None => None,
     };
+    let kernel_before = crate::server::kernel_memory();
 
     let counters = Arc::new(Counters::default());
     let cancel = CancellationToken::new();
@@ -200,11 +201,13 @@ pub async fn run(env: &Env, o: &ConnectionsOptions) -> Result<Report, BenchError
     // Hold, reading memory after the settle time and at the end.
     let hold_start = Instant::now();
     let mut rss = None::<u64>;
+    let mut kernel_held = None;
     if !capped && connected > 0 {
         tokio::time::sleep(o.settle.min(o.hold)).await;
         if let Some(m) = &env.memory {
             rss = m.rss().await;
         }
+        kernel_held = crate::server::kernel_memory();
         let rest = o.hold.saturating_sub(hold_start.elapsed());
         tokio::time::sleep(rest).await;
         if let Some(m) = &env.memory {
@@ -232,6 +235,11 @@ pub async fn run(env: &Env, o: &ConnectionsOptions) -> Result<Report, BenchError
         fig.connect_p50_ms = ms(hist.value_at_quantile(0.5));
         fig.connect_p99_ms = ms(hist.value_at_quantile(0.99));
         fig.connect_max_ms = ms(hist.max());
+    }
+    if let (Some(before), Some(held)) = (kernel_before, kernel_held) {
+        fig.host_slab_delta_bytes = Some(held.slab_bytes as i64 - before.slab_bytes as i64);
+        fig.host_tcp_buffer_delta_bytes =
+            Some(held.tcp_buffer_bytes as i64 - before.tcp_buffer_bytes as i64);
     }
     if let (Some(b), Some(r)) = (baseline, rss) {
         if connected > 0 {

@@ -16,13 +16,19 @@ use std::sync::Arc;
 mod cache;
 pub mod embedded;
 mod error;
+pub mod groups;
 mod options;
 pub mod redis_backend;
 mod token;
 pub mod write_behind;
 
 pub use error::BackendError;
-pub use options::{EmbeddedOptions, JwtOptions, RedisOptions, DEFAULT_FLUSH_INTERVAL_MS};
+pub use groups::{Group, GroupChange, GroupDirectory, Member};
+pub use options::{
+    EmbeddedGroupOptions, EmbeddedOptions, JwtOptions, MysqlGroupOptions, RedisOptions,
+    RedisPushOptions, WebhookOptions, DEFAULT_CACHE_GROUPS, DEFAULT_FLUSH_INTERVAL_MS,
+    DEFAULT_MAX_MEMBERS, DEFAULT_MAX_RECEIVERS_PER_JOB, DEFAULT_PUSH_QUEUE_CAPACITY,
+};
 
 /// Who a token belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -112,3 +112,154 @@ impl Default for RedisOptions {
         }
     }
 }
+
+/// Default bound on cached groups (each holds its member map).
+pub const DEFAULT_CACHE_GROUPS: usize = 100_000;
+/// Default largest group (members).
+pub const DEFAULT_MAX_MEMBERS: usize = 100_000;
+/// Default bound on queued offline-push jobs.
+pub const DEFAULT_PUSH_QUEUE_CAPACITY: usize = 100_000;
+/// Default most receivers in one group push job.
+pub const DEFAULT_MAX_RECEIVERS_PER_JOB: usize = 1000;
+
+/// The embedded group directory: its own SQLite file, nothing to install.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmbeddedGroupOptions {
+    /// The SQLite database file of groups and members. Its parent directory is created when missing.
+    pub path: PathBuf,
+    /// Most groups kept in memory (each with its member map); least recently loaded ones beyond
+    /// this are dropped and reloaded from the file on their next use.
+    pub cache_groups: usize,
+    /// Largest group, in members: a create or add that would exceed it is refused.
+    pub max_members: usize,
+}
+
+impl Default for EmbeddedGroupOptions {
+    fn default() -> Self {
+        EmbeddedGroupOptions {
+            path: PathBuf::from("data/groups.sqlite3"),
+            cache_groups: DEFAULT_CACHE_GROUPS,
+            max_members: DEFAULT_MAX_MEMBERS,
+        }
+    }
+}
+
+/// The GoBelieve-compatible group directory: the `group` and `group_member` tables of a MySQL or
+/// MariaDB database (spec §17.1), kept current through the Redis stream `group_manager_stream`
+/// (spec §17.3), so GoBelieve's API server and other nodes can change groups.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MysqlGroupOptions {
+    /// `mysql://user:password@host:port/database`. Missing tables are created; existing ones are
+    /// used as they are.
+    pub url: String,
+    /// The Redis holding `groups_actions` and `group_manager_stream`:
+    /// `redis://[:password@]host:port/db`.
+    pub redis_url: String,
+    /// Most groups kept in memory (each with its member map); others are reloaded from MySQL on
+    /// their next use.
+    pub cache_groups: usize,
+    /// Largest group, in members: a create or add that would exceed it is refused.
+    pub max_members: usize,
+    /// Most MySQL connections in the pool.
+    pub max_connections: u32,
+    /// Approximate length `group_manager_stream` is trimmed to when this server appends to it
+    /// (`XADD … MAXLEN ~ n`); 0 = never trim.
+    pub stream_max_len: u64,
+}
+
+impl Default for MysqlGroupOptions {
+    fn default() -> Self {
+        MysqlGroupOptions {
+            url: "mysql://root@127.0.0.1:3306/gobelieve".to_owned(),
+            redis_url: "redis://127.0.0.1:6379/0".to_owned(),
+            cache_groups: DEFAULT_CACHE_GROUPS,
+            max_members: DEFAULT_MAX_MEMBERS,
+            max_connections: 8,
+            stream_max_len: 100_000,
+        }
+    }
+}
+
+/// Offline push through the GoBelieve Redis lists (`push_queue`, `group_push_queue`,
+/// `system_push_queue`, `customer_push_queue_v2`; spec §16.3), read by an external push service.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisPushOptions {
+    /// `redis://[:password@]host:port/db`.
+    pub url: String,
+    /// Most jobs waiting in memory; jobs pushed beyond it are dropped and counted.
+    pub queue_capacity: usize,
+    /// Most jobs written in one MULTI/EXEC.
+    pub batch: usize,
+    /// Group jobs with more receivers are split into several jobs of at most this many.
+    pub max_receivers_per_job: usize,
+}
+
+impl Default for RedisPushOptions {
+    fn default() -> Self {
+        RedisPushOptions {
+            url: "redis://127.0.0.1:6379/0".to_owned(),
+            queue_capacity: DEFAULT_PUSH_QUEUE_CAPACITY,
+            batch: 1000,
+            max_receivers_per_job: DEFAULT_MAX_RECEIVERS_PER_JOB,
+        }
+    }
+}
+
+/// Offline push by HTTP POST of JSON batches to a webhook (the embedded deployment's push service).
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebhookOptions {
+    /// `http://host:port/path` receiving `POST`s of JSON arrays of jobs. Plain HTTP only: put a
+    /// TLS-terminating proxy in front of an `https` endpoint.
+    pub url: String,
+    /// Sent as `Authorization: Bearer <secret>` when set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Most jobs waiting in memory; jobs pushed beyond it are dropped and counted.
+    pub queue_capacity: usize,
+    /// Most jobs in one POST.
+    pub batch: usize,
+    /// Timeout of one POST (connect, send, and response status), in milliseconds.
+    pub timeout_ms: u64,
+    /// Attempts per batch (the first included) before it is dropped and counted. Connection
+    /// errors, timeouts, 408, 429 and 5xx are retried; other non-2xx answers drop the batch at once.
+    pub max_attempts: u32,
+    /// Wait before the first retry, in milliseconds; doubled on each further retry (at most 30 s).
+    pub backoff_ms: u64,
+    /// Group jobs with more receivers are split into several jobs of at most this many.
+    pub max_receivers_per_job: usize,
+}
+
+impl Default for WebhookOptions {
+    fn default() -> Self {
+        WebhookOptions {
+            url: "http://127.0.0.1:8080/push".to_owned(),
+            secret: None,
+            queue_capacity: DEFAULT_PUSH_QUEUE_CAPACITY,
+            batch: 100,
+            timeout_ms: 5000,
+            max_attempts: 5,
+            backoff_ms: 200,
+            max_receivers_per_job: DEFAULT_MAX_RECEIVERS_PER_JOB,
+        }
+    }
+}
+
+/// The secret is redacted, so logging the configuration does not leak it.
+impl std::fmt::Debug for WebhookOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookOptions")
+            .field("url", &self.url)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("queue_capacity", &self.queue_capacity)
+            .field("batch", &self.batch)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("backoff_ms", &self.backoff_ms)
+            .field("max_receivers_per_job", &self.max_receivers_per_job)
+            .finish()
+    }
+}

@@ -51,6 +51,9 @@ pub struct MessageFigures {
     /// Pushes that missed the fast path (then synced).
     pub pushes_discarded: u64,
     pub syncs: u64,
+    /// CPU seconds used during the run by the load generator, and by the server when its pid is known.
+    pub client_cpu_secs: f64,
+    pub server_cpu_secs: Option<f64>,
 }
 
 impl MessageFigures {
@@ -219,6 +222,10 @@ impl Report {
                 "\n  client: {} via push fast path, {} via sync, {} pushes left to sync, {} syncs",
                 m.via_push, m.via_sync, m.pushes_discarded, m.syncs
             );
+            let _ = write!(s, "\n  CPU: load generator {:.2} s", m.client_cpu_secs);
+            if let Some(c) = m.server_cpu_secs {
+                let _ = write!(s, ", server {c:.2} s");
+            }
         }
         if let Some(c) = &self.connections {
             let _ = write!(

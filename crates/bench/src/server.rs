@@ -206,6 +206,19 @@ pub fn rss_of_pid(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system, seconds) process `pid` has used so far, from `/proc/<pid>/stat`
+/// (clock ticks of `USER_HZ` = 100, the fixed unit Linux reports there).
+pub fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: count from after it.
+    let rest = &s[s.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so utime (14) and stime (15) are at 11 and 12 here.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Kernel memory of this host that grows with TCP connections: slab (`Slab` of `/proc/meminfo`, which
 /// holds socket structures) and TCP buffer pages (`mem` of the `TCP:` line of `/proc/net/sockstat`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -294,6 +307,17 @@ mod tests {
     fn reads_own_rss() {
         let rss = rss_of_pid(std::process::id()).unwrap();
         assert!(rss > 100_000, "{rss}");
+    }
+
+    #[test]
+    fn reads_own_cpu_time() {
+        let before = cpu_secs(std::process::id()).unwrap();
+        let mut x = 0u64;
+        for i in 0..50_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        assert!(x != 1);
+        assert!(cpu_secs(std::process::id()).unwrap() >= before);
     }
 
     #[test]

@@ -471,6 +471,15 @@ pub(crate) async fn run_members(
     let shared = Arc::new(Shared::default());
     let cancel = CancellationToken::new();
     let tasks = members.len();
+    let server_pid = match &env.memory {
+        Some(crate::server::MemorySource::Pid(p)) => Some(*p),
+        _ => None,
+    };
+    let own_pid = std::process::id();
+    let cpu_before = (
+        crate::server::cpu_secs(own_pid),
+        server_pid.and_then(crate::server::cpu_secs),
+    );
     let start = Instant::now();
     let mut set = JoinSet::new();
     for (c, role) in members {
@@ -485,6 +494,10 @@ pub(crate) async fn run_members(
     }
     let (end, timeline) = supervise(env, &shared, tasks, expected, start, "deliveries").await;
     let ended = Instant::now();
+    let cpu_after = (
+        crate::server::cpu_secs(own_pid),
+        server_pid.and_then(crate::server::cpu_secs),
+    );
     cancel.cancel();
     let mut results = Vec::with_capacity(tasks);
     while let Some(j) = set.join_next().await {
@@ -533,6 +546,12 @@ pub(crate) async fn run_members(
     report.duration_secs = measured;
     fig.set_tally(&tally);
     fig.set_latency(&hist);
+    if let (Some(a), Some(b)) = (cpu_before.0, cpu_after.0) {
+        fig.client_cpu_secs = b - a;
+    }
+    if let (Some(a), Some(b)) = (cpu_before.1, cpu_after.1) {
+        fig.server_cpu_secs = Some(b - a);
+    }
     fig.deliveries_per_sec = tally.unique as f64 / measured;
     let fanout = if messages_planned == 0 {
         1.0

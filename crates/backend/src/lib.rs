@@ -18,6 +18,7 @@ pub mod embedded;
 mod error;
 pub mod groups;
 mod options;
+pub mod push;
 pub mod redis_backend;
 mod token;
 pub mod write_behind;
@@ -29,6 +30,7 @@ pub use options::{
     RedisPushOptions, WebhookOptions, DEFAULT_CACHE_GROUPS, DEFAULT_FLUSH_INTERVAL_MS,
     DEFAULT_MAX_MEMBERS, DEFAULT_MAX_RECEIVERS_PER_JOB, DEFAULT_PUSH_QUEUE_CAPACITY,
 };
+pub use push::{PushJob, PushSink};
 
 /// Who a token belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]

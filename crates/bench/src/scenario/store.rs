@@ -81,9 +81,9 @@ pub async fn run(o: &StoreOptions, show_progress: bool) -> Result<Report, BenchE
         durability,
         dir: o.dir.clone(),
         users: o.users,
-        queues_per_message: d.queues_per_message,
         sync_entries: d.sync_entries.min(o.messages * d.queues_per_message as u64),
         keep: o.keep,
+        ..d
     };
     let bar = progress_bar(show_progress, o.messages, "appends");
     let b = bar.clone();

@@ -18,9 +18,10 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{QueryBuilder, Row, Sqlite};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
 
 use crate::cache::BoundedCache;
+use crate::moderation::{forbidden_channel, ForbiddenEvent};
 use crate::token::{self, JwtVerifier};
 use crate::write_behind::{spawn_flusher, Batch, Sink, WriteBehind};
 use crate::{AuthInfo, BackendError, EmbeddedOptions, UserFlags};
@@ -74,6 +75,7 @@ pub struct Embedded {
     devices: BoundedCache<(String, u8), i64>,
     wb: Arc<WriteBehind>,
     sink: SqliteSink,
+    forbidden: broadcast::Sender<ForbiddenEvent>,
     /// Dropping it tells the flusher to flush a last time and stop.
     _shutdown: oneshot::Sender<()>,
 }
@@ -178,6 +180,7 @@ impl Embedded {
             sink: SqliteSink { pool: pool.clone() },
             pool,
             wb,
+            forbidden: forbidden_channel(),
             _shutdown: shutdown,
         })
     }
@@ -279,7 +282,17 @@ impl Embedded {
         .bind(i64::from(forbidden))
         .execute(&self.pool)
         .await?;
+        // No receiver is not an error.
+        let _ = self.forbidden.send(ForbiddenEvent {
+            appid,
+            uid,
+            forbidden,
+        });
         Ok(())
+    }
+
+    pub(crate) fn forbidden_events(&self) -> broadcast::Receiver<ForbiddenEvent> {
+        self.forbidden.subscribe()
     }
 
     pub(crate) async fn set_notification_on(

@@ -17,6 +17,7 @@ mod cache;
 pub mod embedded;
 mod error;
 pub mod groups;
+pub mod moderation;
 mod options;
 pub mod push;
 pub mod redis_backend;
@@ -25,6 +26,7 @@ pub mod write_behind;
 
 pub use error::BackendError;
 pub use groups::{Group, GroupChange, GroupDirectory, Member};
+pub use moderation::{ForbiddenEvent, SharedWordFilter, WordFilter};
 pub use options::{
     EmbeddedGroupOptions, EmbeddedOptions, JwtOptions, MysqlGroupOptions, RedisOptions,
     RedisPushOptions, WebhookOptions, DEFAULT_CACHE_GROUPS, DEFAULT_FLUSH_INTERVAL_MS,
@@ -132,7 +134,8 @@ impl Backend {
         }
     }
 
-    /// Set or clear the room speak-ban flag. In Redis mode this also publishes `speak_forbidden`.
+    /// Set or clear the room speak-ban flag. In Redis mode this also publishes `speak_forbidden`;
+    /// either way it reaches [`Backend::forbidden_events`].
     pub async fn set_forbidden(
         &self,
         appid: i64,
@@ -143,6 +146,17 @@ impl Backend {
         match self {
             Backend::Embedded(b) => b.set_forbidden(appid, uid, forbidden).await,
             Backend::Redis(b) => b.set_forbidden(appid, uid, forbidden).await,
+        }
+    }
+
+    /// Live speak-ban changes (spec §16.2), for sessions already logged in: in Redis mode every
+    /// `speak_forbidden` publication (from GoBelieve's API server, other nodes, or
+    /// [`Backend::set_forbidden`]); in embedded mode every `set_forbidden`. A receiver that lags
+    /// (`RecvError::Lagged`) missed events and should re-read the flags of its users.
+    pub fn forbidden_events(&self) -> tokio::sync::broadcast::Receiver<ForbiddenEvent> {
+        match self {
+            Backend::Embedded(b) => b.forbidden_events(),
+            Backend::Redis(b) => b.forbidden_events(),
         }
     }
 

@@ -6,7 +6,8 @@
 //!   a token deleted by the API server stops working at once.
 //! * `users_<appid>_<uid>` hash: `forbidden`, `notification_on`, `sync_key`,
 //!   `group_sync_key_<gid>`, `unread`. `set_forbidden` also publishes `speak_forbidden`
-//!   (`"<appid>,<uid>,<0|1>"`) so every access node updates its live sessions (§16.2).
+//!   (`"<appid>,<uid>,<0|1>"`) so every access node updates its live sessions (§16.2). A task
+//!   subscribed to that channel on its own connection feeds [`crate::Backend::forbidden_events`].
 //! * `devices_<device>_<platform>` and the counter `devices_id`: allocated by one Lua script
 //!   (GET, else INCR + SET), so concurrent first logins of a device get one id (fixes defect #37).
 //! * Sync keys are written by a Lua "set only if greater" script that compares decimal strings, so
@@ -18,8 +19,10 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
-use tokio::sync::oneshot;
+use tokio::sync::{broadcast, oneshot};
+use tokio::task::AbortHandle;
 
+use crate::moderation::{forbidden_channel, spawn_forbidden_subscriber, ForbiddenEvent};
 use crate::token::{self, JwtVerifier};
 use crate::write_behind::{spawn_flusher, Batch, Sink, WriteBehind};
 use crate::{AuthInfo, BackendError, RedisOptions, UserFlags};
@@ -65,6 +68,12 @@ fn group_field(gid: i64) -> String {
     format!("group_sync_key_{gid}")
 }
 
+impl Drop for RedisBackend {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
 /// The Redis-backed variant.
 pub struct RedisBackend {
     conn: ConnectionManager,
@@ -72,6 +81,9 @@ pub struct RedisBackend {
     device_script: Script,
     wb: Arc<WriteBehind>,
     sink: RedisSink,
+    forbidden: broadcast::Sender<ForbiddenEvent>,
+    /// The `speak_forbidden` subscriber task, stopped on drop.
+    subscriber: AbortHandle,
     /// Dropping it tells the flusher to flush a last time and stop.
     _shutdown: oneshot::Sender<()>,
 }
@@ -145,10 +157,13 @@ impl RedisBackend {
             .set_factor(2)
             .set_max_delay(1000)
             .set_number_of_retries(2);
-        let mut conn = ConnectionManager::new_with_config(client, config).await?;
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
         let script = Script::new(SET_IF_GREATER_LUA);
         // Fail now, not at the first flush, if scripting is unavailable.
         script.prepare_invoke().load_async(&mut conn).await?;
+
+        let forbidden = forbidden_channel();
+        let subscriber = spawn_forbidden_subscriber(client, forbidden.clone()).await?;
 
         let wb = WriteBehind::new();
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -170,8 +185,14 @@ impl RedisBackend {
             },
             conn,
             wb,
+            forbidden,
+            subscriber,
             _shutdown: shutdown,
         })
+    }
+
+    pub(crate) fn forbidden_events(&self) -> broadcast::Receiver<ForbiddenEvent> {
+        self.forbidden.subscribe()
     }
 
     pub(crate) fn write_behind(&self) -> &WriteBehind {

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use backend::groups::GroupDirectory;
+use backend::moderation::SharedWordFilter;
+use backend::push::PushSink;
 use backend::Backend;
 use store::{Appended, NewMessage, QueueId, Store, StoreError, StoredMessage, SyncPage};
 
@@ -42,6 +45,18 @@ impl StoreClient {
     ) -> Result<SyncPage, StoreError> {
         match self {
             StoreClient::Local(s) => s.sync(queue, after_key, limit),
+        }
+    }
+
+    pub async fn sync_since(
+        &self,
+        queue: QueueId,
+        after_key: i64,
+        limit: usize,
+        join_ts: i64,
+    ) -> Result<SyncPage, StoreError> {
+        match self {
+            StoreClient::Local(s) => s.sync_since(queue, after_key, limit, join_ts),
         }
     }
 
@@ -99,6 +114,17 @@ impl Stats {
     }
 }
 
+/// The services an access node works with, chosen at start-up.
+#[derive(Clone)]
+pub struct Services {
+    pub store: StoreClient,
+    pub backend: Backend,
+    pub groups: GroupDirectory,
+    pub push: PushSink,
+    /// The sensitive-word filter, when a word file is configured.
+    pub words: Option<SharedWordFilter>,
+}
+
 /// Everything a handler needs.
 pub struct App {
     pub server: ServerConfig,
@@ -106,6 +132,9 @@ pub struct App {
     pub api: ApiConfig,
     pub store: StoreClient,
     pub backend: Backend,
+    pub groups: GroupDirectory,
+    pub push: PushSink,
+    pub words: Option<SharedWordFilter>,
     pub route: RouteTable,
     pub rooms: RoomTable,
     pub stats: Stats,
@@ -117,15 +146,17 @@ impl App {
         server: ServerConfig,
         sync: SyncConfig,
         api: ApiConfig,
-        store: StoreClient,
-        backend: Backend,
+        services: Services,
     ) -> Arc<App> {
         Arc::new(App {
             server,
             sync,
             api,
-            store,
-            backend,
+            store: services.store,
+            backend: services.backend,
+            groups: services.groups,
+            push: services.push,
+            words: services.words,
             route: RouteTable::default(),
             rooms: RoomTable::default(),
             stats: Stats::default(),

@@ -42,6 +42,7 @@ pub async fn post_customer(app: &Arc<App>, mut c: Customer) -> Result<(), store:
     let entries = r.first().map(|e| e.as_slice()).unwrap_or(&[]);
     if let [rk, sk] = entries {
         Stats::inc(&app.stats.messages_stored);
+        crate::offline::customer(app, &c);
         notify_sync(app, c.receiver_appid, c.receiver, rk.key);
         notify_sync(app, c.sender_appid, c.sender, sk.key);
     }
@@ -116,6 +117,10 @@ impl Session {
         };
         let (r, s) = (*r, *s);
         Stats::inc(&app.stats.messages_stored);
+        if let Ok(Body::Customer(c)) = Body::decode(cmd::CUSTOMER_V2, proto::STORAGE_VERSION, &body)
+        {
+            crate::offline::customer(&app, &c);
+        }
         let msg = Push::plain(cmd::CUSTOMER_V2, flags, body.clone());
         push_stored(&app, (receiver_appid, receiver), r, &msg, self.conn_id);
         push_stored(&app, (h.appid, h.uid), s, &msg, self.conn_id);

@@ -41,6 +41,13 @@ impl ApiError {
         }
     }
 
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
+    }
+
     fn unavailable(message: impl Into<String>) -> ApiError {
         ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
@@ -67,10 +74,24 @@ impl From<store::StoreError> for ApiError {
     }
 }
 
+impl From<crate::group::GroupPostError> for ApiError {
+    fn from(e: crate::group::GroupPostError) -> Self {
+        use crate::group::GroupPostError as E;
+        match e {
+            E::NoSuchGroup(_) => ApiError::not_found(e.to_string()),
+            E::NoMembers => ApiError::bad("group no member"),
+            E::NotMember(_) => ApiError::bad(e.to_string()),
+            E::Backend(b) => b.into(),
+            E::Store(s) => s.into(),
+        }
+    }
+}
+
 impl From<backend::BackendError> for ApiError {
     fn from(e: backend::BackendError) -> Self {
         match e {
             backend::BackendError::InvalidArgument(m) => ApiError::bad(m),
+            backend::BackendError::NotFound(m) => ApiError::not_found(m),
             other => {
                 warn!(error = %other, "backend error in HTTP API");
                 ApiError::unavailable(format!("backend error: {other}"))
@@ -83,7 +104,7 @@ type ApiResult = Result<Response, ApiError>;
 type Params = Query<HashMap<String, String>>;
 
 /// A required integer query parameter.
-fn int(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
+pub(crate) fn int(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
     let v = q
         .get(name)
         .ok_or_else(|| ApiError::bad(format!("missing query parameter `{name}`")))?;
@@ -95,7 +116,7 @@ fn int(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
 }
 
 /// A required positive id.
-fn id(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
+pub(crate) fn id(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
     let v = int(q, name)?;
     if v <= 0 {
         return Err(ApiError::bad(format!(
@@ -127,7 +148,7 @@ fn content_of(app: &App, body: &Bytes) -> Result<bytes::Bytes, ApiError> {
     Ok(body.clone())
 }
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid json: {e}")))
 }
 
@@ -284,6 +305,50 @@ async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiR
     )
     .await?;
     Ok(Json(json!({"data": {}})).into_response())
+}
+
+async fn post_group_message(
+    State(app): State<Arc<App>>,
+    Query(q): Params,
+    body: Bytes,
+) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let sender = id(&q, "sender")?;
+    let gid = id(&q, "receiver")?;
+    let content = content_of(&app, &body)?;
+    crate::group::post_group_message(&app, appid, sender, gid, content).await?;
+    ok_empty()
+}
+
+#[derive(Deserialize)]
+struct GroupNotificationReq {
+    appid: i64,
+    group_id: i64,
+    notification: String,
+    #[serde(default, rename = "super")]
+    super_group: bool,
+    #[serde(default)]
+    members: Vec<serde_json::Value>,
+}
+
+async fn post_group_notification(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: GroupNotificationReq = json_body(&body)?;
+    if r.appid <= 0 || r.group_id <= 0 {
+        return Err(ApiError::bad("`appid` and `group_id` must be > 0"));
+    }
+    // As in GoBelieve, non-numeric members are ignored.
+    let members: Vec<i64> = r.members.iter().filter_map(|v| v.as_i64()).collect();
+    let content = content_of(&app, &Bytes::from(r.notification))?;
+    crate::group::post_group_notification(
+        &app,
+        r.appid,
+        r.group_id,
+        content,
+        &members,
+        r.super_group,
+    )
+    .await?;
+    ok_empty()
 }
 
 /// One stored message in the JSON shape of spec §15.1.4; `None` for kinds the API does not show.
@@ -608,6 +673,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/post_notification", any(post_notification))
         .route("/post_realtime_message", any(post_realtime_message))
         .route("/post_room_message", any(post_room_message))
+        .route("/post_group_message", any(post_group_message))
+        .route("/post_group_notification", any(post_group_notification))
         .route("/post_customer_message", any(post_customer_message))
         .route("/load_latest_message", any(load_latest_message))
         .route("/load_history_message", any(load_history_message))
@@ -615,6 +682,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/summary", any(summary))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .merge(crate::admin::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), require_secret))
         .layer(DefaultBodyLimit::max(app.api.max_body))

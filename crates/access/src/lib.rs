@@ -3,11 +3,14 @@
 //! addresses; [`AccessNode::shutdown`] stops accepting, lets in-flight appends finish and closes sessions.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod customer;
+pub mod group;
 pub mod http;
 mod listener;
+mod offline;
 pub mod peer;
 pub mod room;
 pub mod route;
@@ -25,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use app::{App, StoreClient};
+pub use app::{App, Services, StoreClient};
 pub use config::{ApiConfig, ServerConfig, SyncConfig};
 
 /// Why the node could not start. The operator's fault (configuration) or the environment's (ports).

@@ -67,6 +67,7 @@ pub async fn post_peer(
     content: Bytes,
 ) -> Result<(i64, i64), store::StoreError> {
     let ts = now_secs();
+    let content_copy = content.clone();
     let body = Body::Im(Im {
         sender,
         receiver,
@@ -95,6 +96,7 @@ pub async fn post_peer(
     Stats::inc(&app.stats.messages_stored);
     notify_sync(app, appid, receiver, rk.key);
     notify_sync(app, appid, sender, sk.key);
+    crate::offline::peer(app, appid, sender, receiver, &content_copy);
     Ok((rk.key, sk.key))
 }
 
@@ -106,6 +108,7 @@ pub async fn post_system(
     content: Bytes,
 ) -> Result<(), store::StoreError> {
     let ts = now_secs() as i64;
+    let content_copy = content.clone();
     let msg = NewMessage {
         queues: receivers
             .iter()
@@ -119,6 +122,7 @@ pub async fn post_system(
     };
     let r = app.store.append(vec![msg]).await?;
     Stats::inc(&app.stats.messages_stored);
+    crate::offline::system(app, appid, receivers, &content_copy);
     if let Some(entries) = r.first() {
         for (uid, at) in receivers.iter().zip(entries) {
             notify_sync(app, appid, *uid, at.key);
@@ -166,8 +170,10 @@ impl Session {
         }
         let ts = now_secs();
         let receiver = im.receiver;
+        let content = self.filter_text(flags, im.content.clone());
         let body = Body::Im(Im {
             timestamp: ts,
+            content,
             ..im
         })
         .to_bytes(proto::STORAGE_VERSION);
@@ -220,6 +226,9 @@ impl Session {
             }
         };
         Stats::inc(&app.stats.messages_stored);
+        if let Some(content) = body.get(24..) {
+            crate::offline::peer(&app, h.appid, h.uid, receiver, content);
+        }
         let msg = Push::plain(cmd::IM, flags, body.clone());
         push_stored(&app, (h.appid, receiver), r, &msg, self.conn_id);
         // When a user messages themself both entries are in the same queue; push both so their other

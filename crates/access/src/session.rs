@@ -71,6 +71,14 @@ pub(crate) enum OpCtx {
         receiver: i64,
         body: bytes::Bytes,
     },
+    Group {
+        seq: i32,
+        flag: u8,
+        group: Arc<backend::groups::Group>,
+        /// Member uids in the order of the append's queues (normal groups).
+        uids: Vec<i64>,
+        body: bytes::Bytes,
+    },
 }
 
 /// A pending append and its context.
@@ -386,6 +394,13 @@ impl Session {
                 receiver,
                 body,
             } => self.complete_customer(seq, flag, receiver_appid, receiver, body, result),
+            OpCtx::Group {
+                seq,
+                flag,
+                group,
+                uids,
+                body,
+            } => self.complete_group(seq, flag, group, uids, body, result),
         }
     }
 
@@ -426,17 +441,9 @@ impl Session {
                     self.app.backend.set_unread(h.appid, h.uid, n);
                 }
             }
-            Body::GroupIm(_) => self.refuse(frame.seq, AckStatus::GROUP_NONEXIST, "no such group"),
-            Body::SyncGroup(g) => {
-                // No super groups exist on this node: an empty, well-formed answer.
-                let g = proto::GroupSyncKey {
-                    group_id: g.group_id,
-                    sync_key: g.sync_key,
-                };
-                self.emit(&Body::SyncGroupBegin(g), 0);
-                self.emit(&Body::SyncGroupEnd(g), 0);
-            }
-            Body::GroupSyncKey(_) => {}
+            Body::GroupIm(im) => self.on_group_im(frame.seq, frame.flag, im).await,
+            Body::SyncGroup(g) => self.on_sync_group(g).await,
+            Body::GroupSyncKey(g) => self.on_group_sync_key(g),
             Body::EnterRoom(room) => self.on_enter_room(room),
             Body::LeaveRoom(room) => self.on_leave_room(room),
             Body::RoomIm(msg) => self.on_room_im(frame.seq, msg),
@@ -539,6 +546,22 @@ impl Session {
         Stats::inc(&self.app.stats.auth_failed);
         debug!(why, "authentication failed");
         self.emit(&Body::AuthStatus(1), 0);
+    }
+
+    /// Applies the sensitive-word filter to a TEXT message's content (spec §8.1 step 1).
+    pub(crate) fn filter_text(&self, flags: u8, content: bytes::Bytes) -> bytes::Bytes {
+        if flags & flag::TEXT == 0 {
+            return content;
+        }
+        match self
+            .app
+            .words
+            .as_ref()
+            .and_then(|w| w.filter_content(&content))
+        {
+            Some(filtered) => bytes::Bytes::from(filtered),
+            None => content,
+        }
     }
 
     /// The SELF flag for a synced message (spec §9.2): sent by this user from this very device. Device 0

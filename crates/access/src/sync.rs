@@ -6,7 +6,7 @@
 //! up; the store never skips an entry, whatever the backlog.
 
 use proto::{cmd, Body};
-use store::QueueId;
+use store::{QueueId, StoredMessage, SyncPage};
 use tracing::warn;
 
 use crate::app::Stats;
@@ -42,13 +42,24 @@ impl Session {
             }
         };
         self.emit(&Body::SyncBegin(key), 0);
+        let (last, truncated) = self.emit_synced(&page.messages);
+        let k_end = end_key(&page, last, key);
+        Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
+        self.emit(&Body::SyncEnd(k_end), 0);
+        if page.has_more || truncated {
+            self.emit(&Body::SyncNotify(k_end + 1), 0);
+        }
+    }
+
+    /// Queues synced messages (flag 0 or SELF, never PUSH) until the batch byte bound; returns the key of
+    /// the last one queued and whether the bound cut the page short.
+    pub(crate) fn emit_synced(&mut self, messages: &[StoredMessage]) -> (Option<i64>, bool) {
+        let limit = self.app.sync.batch_bytes;
         let mut bytes = 0usize;
         let mut last = None;
-        let mut truncated = false;
-        for m in &page.messages {
-            if last.is_some() && bytes + m.body.len() > app.sync.batch_bytes {
-                truncated = true;
-                break;
+        for m in messages {
+            if last.is_some() && bytes + m.body.len() > limit {
+                return (last, true);
             }
             bytes += m.body.len();
             if cmd::is_persistent(m.cmd) {
@@ -57,16 +68,7 @@ impl Session {
             }
             last = Some(m.key);
         }
-        let k_end = match last {
-            Some(k) => k,
-            None if page.queue_last_key > 0 && page.queue_last_key < key => page.queue_last_key,
-            None => key,
-        };
-        Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
-        self.emit(&Body::SyncEnd(k_end), 0);
-        if page.has_more || truncated {
-            self.emit(&Body::SyncNotify(k_end + 1), 0);
-        }
+        (last, false)
     }
 
     pub(crate) fn on_sync_key(&mut self, key: i64) {
@@ -75,5 +77,17 @@ impl Session {
                 self.app.backend.report_sync_key(h.appid, h.uid, key);
             }
         }
+    }
+}
+
+/// The key SYNC_END / SYNC_GROUP_END carries (spec §9.2): the last message sent; else how far the store
+/// looked (entries before a member's join time are passed over); else the server's newest key when the
+/// client's key is ahead of it; else the request key.
+pub(crate) fn end_key(page: &SyncPage, last_sent: Option<i64>, key: i64) -> i64 {
+    match last_sent {
+        Some(k) => k,
+        None if page.last_key > key => page.last_key,
+        None if page.queue_last_key > 0 && page.queue_last_key < key => page.queue_last_key,
+        None => key,
     }
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use access::{ApiConfig, ServerConfig, SyncConfig};
-use backend::JwtOptions;
+use backend::{JwtOptions, MysqlGroupOptions, RedisPushOptions, WebhookOptions};
 use serde::{Deserialize, Serialize};
 
 /// The documented default configuration. `banter serve` without a config file behaves exactly as if
@@ -26,6 +26,9 @@ pub struct Config {
     pub api: ApiConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
+    pub groups: GroupsConfig,
+    pub push: PushConfig,
+    pub moderation: ModerationConfig,
     pub log: LogConfig,
 }
 
@@ -125,6 +128,63 @@ impl Default for AuthConfig {
             redis_url: "redis://127.0.0.1:6379/0".into(),
             flush_interval_ms: backend::DEFAULT_FLUSH_INTERVAL_MS,
             jwt: JwtOptions::default(),
+        }
+    }
+}
+
+/// `[groups]`: the group directory.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupsConfig {
+    pub backend: String,
+    pub cache_groups: usize,
+    pub max_members: usize,
+    pub mysql: MysqlGroupOptions,
+}
+
+impl Default for GroupsConfig {
+    fn default() -> Self {
+        GroupsConfig {
+            backend: "embedded".into(),
+            cache_groups: backend::DEFAULT_CACHE_GROUPS,
+            max_members: backend::DEFAULT_MAX_MEMBERS,
+            mysql: MysqlGroupOptions::default(),
+        }
+    }
+}
+
+/// `[push]`: offline-push jobs for receivers without an online session.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    pub backend: String,
+    pub redis: RedisPushOptions,
+    pub webhook: WebhookOptions,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            backend: "none".into(),
+            redis: RedisPushOptions::default(),
+            webhook: WebhookOptions::default(),
+        }
+    }
+}
+
+/// `[moderation]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModerationConfig {
+    pub words_file: String,
+    pub reload_secs: u64,
+}
+
+impl Default for ModerationConfig {
+    fn default() -> Self {
+        ModerationConfig {
+            words_file: String::new(),
+            reload_secs: 10,
         }
     }
 }
@@ -243,6 +303,18 @@ impl Config {
             other => errors.push(format!(
                 "auth.backend must be \"embedded\" or \"redis\", got {other:?}"
             )),
+        }
+        if !matches!(self.groups.backend.as_str(), "embedded" | "mysql") {
+            errors.push(format!(
+                "groups.backend must be \"embedded\" or \"mysql\", got {:?}",
+                self.groups.backend
+            ));
+        }
+        if !matches!(self.push.backend.as_str(), "none" | "redis" | "webhook") {
+            errors.push(format!(
+                "push.backend must be \"none\", \"redis\" or \"webhook\", got {:?}",
+                self.push.backend
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             errors.push(format!(

@@ -5,8 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use access::{AccessNode, App, StoreClient};
-use backend::{Backend, EmbeddedOptions, RedisOptions};
+use access::{AccessNode, App, Services, StoreClient};
+use backend::groups::GroupDirectory;
+use backend::moderation::{SharedWordFilter, WordFilter};
+use backend::push::PushSink;
+use backend::{Backend, EmbeddedGroupOptions, EmbeddedOptions, RedisOptions};
 use store::Store;
 use tracing::{info, warn};
 
@@ -35,6 +38,7 @@ pub struct Running {
     pub node: AccessNode,
     pub store: Arc<Store>,
     pub backend: Backend,
+    pub push: PushSink,
 }
 
 /// Opens the configured backend.
@@ -60,6 +64,42 @@ pub async fn open_backend(config: &Config) -> Result<Backend, ServeError> {
     })
 }
 
+/// Opens the configured group directory.
+pub async fn open_groups(config: &Config) -> Result<GroupDirectory, ServeError> {
+    let g = &config.groups;
+    Ok(match g.backend.as_str() {
+        "mysql" => GroupDirectory::open_mysql(g.mysql.clone()).await?,
+        _ => {
+            GroupDirectory::open_embedded(EmbeddedGroupOptions {
+                path: config.data.dir.join("groups.db"),
+                cache_groups: g.cache_groups,
+                max_members: g.max_members,
+            })
+            .await?
+        }
+    })
+}
+
+/// Opens the configured offline-push sink.
+pub async fn open_push(config: &Config) -> Result<PushSink, ServeError> {
+    let p = &config.push;
+    Ok(match p.backend.as_str() {
+        "redis" => PushSink::redis(p.redis.clone()).await?,
+        "webhook" => PushSink::webhook(p.webhook.clone())?,
+        _ => PushSink::Disabled,
+    })
+}
+
+/// Loads the word filter, when configured; it reloads itself when the file changes.
+pub fn open_words(config: &Config) -> Result<Option<SharedWordFilter>, ServeError> {
+    let m = &config.moderation;
+    if m.words_file.trim().is_empty() {
+        return Ok(None);
+    }
+    let interval = Duration::from_secs(m.reload_secs.max(1));
+    Ok(Some(WordFilter::try_watch(&m.words_file, interval)?))
+}
+
 /// Starts everything; returns once every listener is bound.
 pub async fn start(config: &Config) -> Result<Running, ServeError> {
     let dir = config.data.dir.clone();
@@ -74,20 +114,50 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
         .map_err(|e| ServeError::Config(format!("store open task failed: {e}")))??;
     let store = Arc::new(store);
     let backend = open_backend(config).await?;
+    let groups = open_groups(config).await?;
+    let push = open_push(config).await?;
+    let words = open_words(config)?;
     let app = App::new(
         config.server.clone(),
         config.sync.clone(),
         config.api.clone(),
-        StoreClient::Local(store.clone()),
-        backend.clone(),
+        Services {
+            store: StoreClient::Local(store.clone()),
+            backend: backend.clone(),
+            groups,
+            push: push.clone(),
+            words,
+        },
     );
+    follow_forbidden(&app, &backend);
     let node = AccessNode::start(app).await?;
     info!(data = %dir.display(), backend = backend.kind(), "banter is ready");
     Ok(Running {
         node,
         store,
         backend,
+        push,
     })
+}
+
+/// Applies live speak-ban changes (Redis `speak_forbidden`, or the admin API) to connected sessions.
+fn follow_forbidden(app: &Arc<App>, backend: &Backend) {
+    let mut events = backend.forbidden_events();
+    let app = Arc::downgrade(app);
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(ev) => match app.upgrade() {
+                    Some(app) => app.route.set_forbidden(ev.appid, ev.uid, ev.forbidden),
+                    None => return,
+                },
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    warn!(missed = n, "missed speak-ban updates");
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
 }
 
 impl Running {
@@ -96,6 +166,9 @@ impl Running {
         self.node.shutdown(Duration::from_secs(10)).await;
         if let Err(e) = self.backend.flush().await {
             warn!(error = %e, "flushing the backend at shutdown failed");
+        }
+        if let Err(e) = self.push.flush().await {
+            warn!(error = %e, "flushing offline-push jobs at shutdown failed");
         }
         let store = self.store;
         match tokio::task::spawn_blocking(move || store.close()).await {

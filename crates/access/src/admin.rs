@@ -1,0 +1,238 @@
+//! The admin HTTP API of the embedded group directory and user flags (JSON, behind the same
+//! `api.secret` rule as the rest of the API). With the MySQL directory the same calls write MySQL and
+//! announce the change on `group_manager_stream`, so an operator can use either.
+//!
+//! | Method and path | Body | Answer |
+//! |---|---|---|
+//! | `POST /admin/groups` | `{"appid", "group_id"?, "name", "master"?, "super"?, "members": [uid…]}` | `{"group_id": n}` |
+//! | `GET /admin/groups?appid=&group_id=` | – | the group with its members |
+//! | `POST /admin/groups/disband` | `{"appid", "group_id"}` | `{"disbanded": bool}` |
+//! | `POST /admin/groups/members/add` | `{"appid", "group_id", "members": [uid…]}` | `{}` |
+//! | `POST /admin/groups/members/remove` | `{"appid", "group_id", "members": [uid…]}` | `{}` |
+//! | `POST /admin/groups/mute` | `{"appid", "group_id", "uid", "mute": bool}` | `{}` |
+//! | `POST /admin/groups/rename` | `{"appid", "group_id", "name"}` | `{}` |
+//! | `POST /admin/groups/upgrade` | `{"appid", "group_id"}` | `{}` (now a super group) |
+//! | `POST /admin/users/forbidden` | `{"appid", "uid", "forbidden": bool}` | `{}` |
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::App;
+use crate::http::{json_body, ApiError};
+
+type ApiResult = Result<Response, ApiError>;
+
+fn positive(name: &str, v: i64) -> Result<i64, ApiError> {
+    if v > 0 {
+        Ok(v)
+    } else {
+        Err(ApiError::bad(format!("`{name}` must be > 0")))
+    }
+}
+
+fn done() -> ApiResult {
+    Ok(Json(json!({})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateReq {
+    appid: i64,
+    #[serde(default)]
+    group_id: Option<i64>,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    master: i64,
+    #[serde(default, rename = "super")]
+    super_group: bool,
+    #[serde(default)]
+    members: Vec<i64>,
+}
+
+async fn create(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: CreateReq = json_body(&body)?;
+    positive("appid", r.appid)?;
+    if let Some(g) = r.group_id {
+        positive("group_id", g)?;
+    }
+    if r.members.iter().any(|&m| m <= 0) {
+        return Err(ApiError::bad("`members` must be uids > 0"));
+    }
+    let gid = app
+        .groups
+        .create(
+            r.appid,
+            r.group_id,
+            &r.name,
+            r.master,
+            r.super_group,
+            &r.members,
+        )
+        .await?;
+    Ok(Json(json!({ "group_id": gid })).into_response())
+}
+
+async fn show(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
+    let appid = crate::http::id(&q, "appid")?;
+    let gid = crate::http::id(&q, "group_id")?;
+    let g =
+        app.groups.get(appid, gid).await?.ok_or_else(|| {
+            ApiError::not_found(format!("group {gid} does not exist in app {appid}"))
+        })?;
+    let mut members: Vec<_> = g
+        .members
+        .iter()
+        .map(|(uid, m)| json!({"uid": uid, "mute": m.mute, "joined_at": m.joined_at}))
+        .collect();
+    members.sort_by_key(|m| m["uid"].as_i64());
+    Ok(Json(json!({
+        "appid": g.appid, "group_id": g.gid, "name": g.name, "master": g.master,
+        "super": g.super_group, "members": members,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupRef {
+    appid: i64,
+    group_id: i64,
+}
+
+async fn disband(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: GroupRef = json_body(&body)?;
+    let ok = app
+        .groups
+        .disband(
+            positive("appid", r.appid)?,
+            positive("group_id", r.group_id)?,
+        )
+        .await?;
+    Ok(Json(json!({ "disbanded": ok })).into_response())
+}
+
+async fn upgrade(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: GroupRef = json_body(&body)?;
+    app.groups
+        .upgrade(
+            positive("appid", r.appid)?,
+            positive("group_id", r.group_id)?,
+        )
+        .await?;
+    done()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersReq {
+    appid: i64,
+    group_id: i64,
+    members: Vec<i64>,
+}
+
+fn members_of(r: &MembersReq) -> Result<(i64, i64), ApiError> {
+    if r.members.is_empty() || r.members.iter().any(|&m| m <= 0) {
+        return Err(ApiError::bad(
+            "`members` must be a non-empty list of uids > 0",
+        ));
+    }
+    Ok((
+        positive("appid", r.appid)?,
+        positive("group_id", r.group_id)?,
+    ))
+}
+
+async fn add_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: MembersReq = json_body(&body)?;
+    let (appid, gid) = members_of(&r)?;
+    app.groups.add_members(appid, gid, &r.members).await?;
+    done()
+}
+
+async fn remove_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: MembersReq = json_body(&body)?;
+    let (appid, gid) = members_of(&r)?;
+    app.groups.remove_members(appid, gid, &r.members).await?;
+    done()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MuteReq {
+    appid: i64,
+    group_id: i64,
+    uid: i64,
+    mute: bool,
+}
+
+async fn mute(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: MuteReq = json_body(&body)?;
+    app.groups
+        .set_mute(
+            positive("appid", r.appid)?,
+            positive("group_id", r.group_id)?,
+            positive("uid", r.uid)?,
+            r.mute,
+        )
+        .await?;
+    done()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameReq {
+    appid: i64,
+    group_id: i64,
+    name: String,
+}
+
+async fn rename(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: RenameReq = json_body(&body)?;
+    app.groups
+        .rename(
+            positive("appid", r.appid)?,
+            positive("group_id", r.group_id)?,
+            &r.name,
+        )
+        .await?;
+    done()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ForbiddenReq {
+    appid: i64,
+    uid: i64,
+    forbidden: bool,
+}
+
+async fn forbidden(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: ForbiddenReq = json_body(&body)?;
+    let (appid, uid) = (positive("appid", r.appid)?, positive("uid", r.uid)?);
+    app.backend.set_forbidden(appid, uid, r.forbidden).await?;
+    // Sessions on this node see it at once (other nodes through the backend's event stream).
+    app.route.set_forbidden(appid, uid, r.forbidden);
+    done()
+}
+
+/// Admin routes, merged into the API router.
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/admin/groups", post(create).get(show))
+        .route("/admin/groups/disband", post(disband))
+        .route("/admin/groups/upgrade", post(upgrade))
+        .route("/admin/groups/members/add", post(add_members))
+        .route("/admin/groups/members/remove", post(remove_members))
+        .route("/admin/groups/mute", post(mute))
+        .route("/admin/groups/rename", post(rename))
+        .route("/admin/users/forbidden", post(forbidden))
+}

@@ -11,7 +11,11 @@ use common::*;
 use proto::cmd;
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn spawn(data: &std::path::Path, tcp: u16, ws: u16, http: u16) -> std::process::Child {
@@ -43,7 +47,10 @@ async fn wait_healthy(http: u16) {
 
 #[test]
 fn config_prints_the_documented_default() {
-    let out = Command::new(env!("CARGO_BIN_EXE_banter")).arg("config").output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_banter"))
+        .arg("config")
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("[server]") && text.contains("durability = \"always\""));
@@ -68,7 +75,12 @@ async fn sigterm_stops_cleanly_and_acknowledged_messages_survive() {
     wait_healthy(http).await;
     let http_addr = format!("127.0.0.1:{http}").parse().unwrap();
     let grant = |uid: i64| async move {
-        let (_, v) = post_json(http_addr, "/auth/grant", &serde_json::json!({"appid": APPID, "uid": uid})).await;
+        let (_, v) = post_json(
+            http_addr,
+            "/auth/grant",
+            &serde_json::json!({"appid": APPID, "uid": uid}),
+        )
+        .await;
         v["token"].as_str().unwrap().to_string()
     };
     let mut a = Client::tcp(format!("127.0.0.1:{tcp}").parse().unwrap()).await;
@@ -82,8 +94,15 @@ async fn sigterm_stops_cleanly_and_acknowledged_messages_survive() {
     }
     // SIGTERM: the process exits 0 and closes the session.
     let pid = child.id() as i32;
-    Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(status.success(), "exit status {status:?}");
     assert!(a.closed_within(Duration::from_secs(5)).await);
 
@@ -92,7 +111,11 @@ async fn sigterm_stops_cleanly_and_acknowledged_messages_survive() {
     let mut child = spawn(dir.path(), tcp, ws, http);
     wait_healthy(http).await;
     let mut b = Client::tcp(format!("127.0.0.1:{tcp}").parse().unwrap()).await;
-    assert_eq!(b.auth(&token_b, 2, 2, "b").await, 0, "tokens are stored durably");
+    assert_eq!(
+        b.auth(&token_b, 2, 2, "b").await,
+        0,
+        "tokens are stored durably"
+    );
     let (msgs, _) = b.sync_all(0).await;
     assert_eq!(msgs.len(), 50);
     let _ = child.kill();

@@ -9,7 +9,11 @@ use common::*;
 use proto::{cmd, Body, Platform};
 use redis::AsyncCommands;
 
-async fn hget(con: &mut redis::aio::MultiplexedConnection, key: &str, field: &str) -> Option<String> {
+async fn hget(
+    con: &mut redis::aio::MultiplexedConnection,
+    key: &str,
+    field: &str,
+) -> Option<String> {
     con.hget(key, field).await.expect("hget")
 }
 
@@ -19,12 +23,18 @@ async fn gobelieve_tokens_and_user_state_in_redis() {
     let client = redis::Client::open(redis_server.url()).unwrap();
     let mut con = client.get_multiplexed_async_connection().await.unwrap();
     // What the Python tests do for every user.
-    for (uid, token) in [(1, "tok-one-aaaaaaaaaaaaaaaaaaaaaaaaa"), (2, "tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb")] {
+    for (uid, token) in [
+        (1, "tok-one-aaaaaaaaaaaaaaaaaaaaaaaaa"),
+        (2, "tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb"),
+    ] {
         let _: () = redis::cmd("HMSET")
             .arg(format!("access_token_{token}"))
-            .arg("user_id").arg(uid)
-            .arg("app_id").arg(APPID)
-            .arg("user_name").arg(format!("u{uid}"))
+            .arg("user_id")
+            .arg(uid)
+            .arg("app_id")
+            .arg(APPID)
+            .arg("user_name")
+            .arg(format!("u{uid}"))
             .query_async(&mut con)
             .await
             .unwrap();
@@ -40,11 +50,32 @@ async fn gobelieve_tokens_and_user_state_in_redis() {
 
     let device = "same-device-for-everyone";
     let mut a = Client::tcp(s.tcp).await;
-    assert_eq!(a.auth("tok-one-aaaaaaaaaaaaaaaaaaaaaaaaa", 1, Platform::ANDROID, device).await, 0);
+    assert_eq!(
+        a.auth(
+            "tok-one-aaaaaaaaaaaaaaaaaaaaaaaaa",
+            1,
+            Platform::ANDROID,
+            device
+        )
+        .await,
+        0
+    );
     let mut b = Client::tcp(s.tcp).await;
-    assert_eq!(b.auth("tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb", 1, Platform::ANDROID, device).await, 0);
+    assert_eq!(
+        b.auth(
+            "tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb",
+            1,
+            Platform::ANDROID,
+            device
+        )
+        .await,
+        0
+    );
     let mut bad = Client::tcp(s.tcp).await;
-    assert_eq!(bad.auth("not-in-redis", 1, Platform::ANDROID, device).await, 1);
+    assert_eq!(
+        bad.auth("not-in-redis", 1, Platform::ANDROID, device).await,
+        1
+    );
 
     // One device string on one platform maps to one device id for everybody.
     let dev: Option<i64> = con.get(format!("devices_{device}_2")).await.unwrap();
@@ -82,14 +113,35 @@ async fn gobelieve_tokens_and_user_state_in_redis() {
     // A new connection syncing from 0 resumes from the stored hint: nothing new.
     drop(b);
     let mut b2 = Client::tcp(s.tcp).await;
-    assert_eq!(b2.auth("tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb", 1, Platform::ANDROID, device).await, 0);
+    assert_eq!(
+        b2.auth(
+            "tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb",
+            1,
+            Platform::ANDROID,
+            device
+        )
+        .await,
+        0
+    );
     let (msgs, end2) = b2.sync(0).await;
     assert!(msgs.is_empty());
     assert_eq!(end2, end);
 
     // The app server deleting the token revokes it at once.
-    let _: () = con.del("access_token_tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb").await.unwrap();
+    let _: () = con
+        .del("access_token_tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb")
+        .await
+        .unwrap();
     let mut b3 = Client::tcp(s.tcp).await;
-    assert_eq!(b3.auth("tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb", 1, Platform::ANDROID, device).await, 1);
+    assert_eq!(
+        b3.auth(
+            "tok-two-bbbbbbbbbbbbbbbbbbbbbbbbb",
+            1,
+            Platform::ANDROID,
+            device
+        )
+        .await,
+        1
+    );
     s.stop().await;
 }

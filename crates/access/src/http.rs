@@ -612,6 +612,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         g(&st.protocol_errors),
     );
     metric(
+        "offline_push_delivered_total",
+        "counter",
+        "Offline-push jobs handed to the push queue or webhook.",
+        app.push.delivered(),
+    );
+    metric(
+        "offline_push_dropped_total",
+        "counter",
+        "Offline-push jobs dropped (queue full or retries exhausted).",
+        app.push.dropped(),
+    );
+    metric(
         "process_resident_memory_bytes",
         "gauge",
         "Resident set size.",

@@ -1,0 +1,1 @@
+//! Internal links between banter nodes.

@@ -24,6 +24,7 @@ fn main() {
             "--sync-entries" => opts.sync_entries = val().parse().expect("--sync-entries N"),
             "--dir" => opts.dir = Some(val().into()),
             "--keep" => opts.keep = true,
+            "--no-prealloc" => opts.store.preallocate = false,
             "--durability" => {
                 let v = val();
                 opts.durability = match v.as_str() {

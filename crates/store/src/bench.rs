@@ -37,6 +37,8 @@ pub struct StoreBenchOptions {
     pub sync_entries: u64,
     /// Keep the store directory afterwards.
     pub keep: bool,
+    /// Store options to use (durability is taken from `durability` above).
+    pub store: StoreOptions,
 }
 
 impl Default for StoreBenchOptions {
@@ -51,6 +53,7 @@ impl Default for StoreBenchOptions {
             queues_per_message: 2,
             sync_entries: 2_000_000,
             keep: false,
+            store: StoreOptions::default(),
         }
     }
 }
@@ -178,7 +181,7 @@ fn run_in(
 ) -> Result<StoreBenchReport, StoreError> {
     let store_opts = StoreOptions {
         durability: opts.durability,
-        ..StoreOptions::default()
+        ..opts.store.clone()
     };
     let store = Store::open(dir, store_opts.clone())?;
     if store.log_end() != store.log_start() {

@@ -23,7 +23,7 @@ use crate::{AppendTicket, Appended, NewMessage, QueueId, SyncPage, Ticket};
 
 /// The segment being appended to.
 pub(crate) struct Active {
-    pub file: File,
+    pub file: Arc<File>,
     pub seg: Arc<Segment>,
 }
 
@@ -35,6 +35,8 @@ pub(crate) struct WriterState {
     pub active: Option<Active>,
     /// Written but not yet fsynced (Interval / None durability).
     pub unsynced: bool,
+    /// A spare segment was requested for the next roll.
+    pub spare_requested: bool,
     pub last_sync: Instant,
 }
 
@@ -77,6 +79,16 @@ pub(crate) struct Pending {
     pub queue: VecDeque<Submission>,
     pub bytes: usize,
     pub closing: bool,
+}
+
+/// The preallocator thread's state.
+#[derive(Default)]
+pub(crate) struct PreallocState {
+    /// `segment.spare` exists, zero-filled and durable.
+    pub ready: bool,
+    /// The writer wants a spare.
+    pub wanted: bool,
+    pub stop: bool,
 }
 
 /// Checkpoint bookkeeping (guarded by its own mutex, which also serialises checkpoints).
@@ -134,6 +146,8 @@ pub(crate) struct Inner {
     pub state: Mutex<WriterState>,
     pub pending: Mutex<Pending>,
     pub pending_cv: Condvar,
+    pub syncq: Mutex<crate::writer::SyncQueue>,
+    pub sync_cv: Condvar,
     pub end_lock: Mutex<()>,
     pub end_cv: Condvar,
     pub end_watch: tokio::sync::watch::Sender<u64>,
@@ -148,6 +162,8 @@ pub(crate) struct Inner {
     pub ckpt_signal: Mutex<bool>,
     pub ckpt_cv: Condvar,
     pub role: AtomicU8,
+    pub prealloc: Mutex<PreallocState>,
+    pub prealloc_cv: Condvar,
     pub stats: Stats,
     pub _lock: DirLock,
 }
@@ -431,6 +447,8 @@ impl Store {
             *stop = true;
         }
         inner.ckpt_cv.notify_all();
+        inner.prealloc.lock().stop = true;
+        inner.prealloc_cv.notify_all();
         let threads: Vec<_> = self.threads.lock().drain(..).collect();
         for t in threads {
             let _ = t.join();

@@ -32,6 +32,7 @@ pub mod format;
 mod lock;
 mod log;
 mod options;
+mod prealloc;
 mod queue;
 mod read;
 mod recovery;

@@ -82,7 +82,11 @@ pub(crate) struct LogView {
     open_handles: AtomicUsize,
     max_open: usize,
     tick: AtomicU64,
+    /// Write buffers recycled from evicted cache chunks (avoids large allocations per batch).
+    pool: Mutex<Vec<Vec<u8>>>,
 }
+
+const POOL_BUFFERS: usize = 8;
 
 impl LogView {
     pub fn new(dir: PathBuf, cache_limit: usize, max_open: usize) -> LogView {
@@ -96,6 +100,22 @@ impl LogView {
             open_handles: AtomicUsize::new(0),
             max_open,
             tick: AtomicU64::new(0),
+            pool: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An empty buffer with at least `cap` bytes of capacity, recycled when possible.
+    pub fn take_buffer(&self, cap: usize) -> Vec<u8> {
+        let mut v = self.pool.lock().pop().unwrap_or_default();
+        v.clear();
+        v.reserve(cap);
+        v
+    }
+
+    fn recycle(&self, v: Vec<u8>) {
+        let mut pool = self.pool.lock();
+        if pool.len() < POOL_BUFFERS && v.capacity() <= (16 << 20) {
+            pool.push(v);
         }
     }
 
@@ -137,16 +157,26 @@ impl LogView {
     }
 
     /// Adds a freshly written buffer (whole records, starting at `pos`) to the cache.
-    pub fn cache_push(&self, pos: u64, data: Bytes) {
+    pub fn cache_push(&self, pos: u64, data: Vec<u8>) {
         if self.cache_limit == 0 || data.is_empty() {
+            self.recycle(data);
             return;
         }
-        let mut c = self.cache.write();
-        c.bytes += data.len();
-        c.chunks.push_back((pos, data));
-        while c.bytes > self.cache_limit && c.chunks.len() > 1 {
-            if let Some((_, d)) = c.chunks.pop_front() {
-                c.bytes -= d.len();
+        let mut evicted = Vec::new();
+        {
+            let mut c = self.cache.write();
+            c.bytes += data.len();
+            c.chunks.push_back((pos, Bytes::from(data)));
+            while c.bytes > self.cache_limit && c.chunks.len() > 1 {
+                if let Some((_, d)) = c.chunks.pop_front() {
+                    c.bytes -= d.len();
+                    evicted.push(d);
+                }
+            }
+        }
+        for d in evicted {
+            if let Ok(m) = d.try_into_mut() {
+                self.recycle(Vec::from(m));
             }
         }
     }

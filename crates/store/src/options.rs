@@ -70,6 +70,11 @@ pub struct StoreOptions {
     pub max_pending_bytes: usize,
     /// Most bytes the writer encodes into one write (one group commit). Default 8 MiB.
     pub max_batch_bytes: usize,
+    /// Keep a zero-filled spare segment ready (written in the background once the active
+    /// segment is half full) so appends overwrite allocated blocks: an `fdatasync` then does not
+    /// have to commit file-size and extent changes, which roughly halves its cost on ext4/xfs.
+    /// Default true.
+    pub preallocate: bool,
     /// Replication role. Default leader.
     pub role: Role,
 }
@@ -91,6 +96,7 @@ impl Default for StoreOptions {
             max_queues_per_message: 100_000,
             max_pending_bytes: 256 << 20,
             max_batch_bytes: 8 << 20,
+            preallocate: true,
             role: Role::Leader,
         }
     }

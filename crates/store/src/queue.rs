@@ -240,18 +240,21 @@ impl PublishedHeads {
             }
             return;
         }
-        let mut by_shard: Vec<Vec<usize>> = vec![Vec::new(); SHARDS];
-        for (i, (q, _)) in updates.iter().enumerate() {
-            by_shard[self.shard(q)].push(i);
-        }
-        for (s, idxs) in by_shard.iter().enumerate() {
-            if idxs.is_empty() {
-                continue;
-            }
-            let mut map = self.shards[s].write();
-            for &i in idxs {
-                let (q, p) = updates[i];
+        // (shard, index): sorting keeps the order of updates within a shard
+        let mut order: Vec<(u32, u32)> = updates
+            .iter()
+            .enumerate()
+            .map(|(i, (q, _))| (self.shard(q) as u32, i as u32))
+            .collect();
+        order.sort_unstable();
+        let mut i = 0;
+        while i < order.len() {
+            let shard = order[i].0;
+            let mut map = self.shards[shard as usize].write();
+            while i < order.len() && order[i].0 == shard {
+                let (q, p) = updates[order[i].1 as usize];
                 map.insert(q, p);
+                i += 1;
             }
         }
     }

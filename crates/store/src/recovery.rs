@@ -15,7 +15,9 @@ use std::time::Instant;
 use parking_lot::{Condvar, Mutex};
 
 use crate::checkpoint::{checkpointer_loop, read_checkpoints};
-use crate::engine::{role_byte, Active, CkptState, Inner, Pending, Stats, Store, WriterState};
+use crate::engine::{
+    role_byte, Active, CkptState, Inner, Pending, PreallocState, Stats, Store, WriterState,
+};
 use crate::error::StoreError;
 use crate::format::{
     check_record, decode_segment_header, encode_segment_header, segment_file_name, MessageView,
@@ -105,31 +107,58 @@ pub(crate) fn scan_file(
     }
 }
 
-/// Whether any valid record starts after file offset `from` (bounded work): tells a torn tail
-/// (nothing valid follows) from corruption in the middle (something valid follows).
-pub(crate) fn valid_record_follows(
-    file: &File,
-    path: &Path,
-    from: u64,
-) -> Result<bool, StoreError> {
+/// What follows a record that is not valid, up to the end of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tail {
+    /// Only zeros: the preallocated end of the last segment, a clean end of the log.
+    Zeros,
+    /// Garbage up to `garbage_end` (a file offset), then only zeros, and no valid record in it:
+    /// a torn write.
+    Torn { garbage_end: u64 },
+    /// A valid record starts somewhere after: this is corruption, not a torn tail.
+    ValidFollows,
+}
+
+/// Classifies the bytes of `file` from offset `from` to its end (bounded work).
+pub(crate) fn analyze_tail(file: &File, path: &Path, from: u64) -> Result<Tail, StoreError> {
     let file_len = file
         .metadata()
         .map_err(|e| StoreError::io("stat", path, e))?
         .len();
-    if from + 1 >= file_len {
-        return Ok(false);
+    if from >= file_len {
+        return Ok(Tail::Zeros);
     }
-    let n = (file_len - from - 1).min(1 << 30) as usize;
+    // cheap pass: is it all zeros?
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut off = from;
+    let mut last_nonzero = None;
+    while off < file_len {
+        let n = (file_len - off).min(chunk.len() as u64) as usize;
+        file.read_exact_at(&mut chunk[..n], off)
+            .map_err(|e| StoreError::io_at("read", path, off, e))?;
+        if let Some(i) = chunk[..n].iter().rposition(|&b| b != 0) {
+            last_nonzero = Some(off + i as u64);
+        }
+        off += n as u64;
+    }
+    let Some(last) = last_nonzero else {
+        return Ok(Tail::Zeros);
+    };
+    let garbage_end = last + 1;
+    let n = (garbage_end - from).min(1 << 30) as usize;
+    if (garbage_end - from) > (1 << 30) {
+        return Ok(Tail::ValidFollows); // too much to examine: refuse rather than truncate
+    }
     let mut buf = vec![0u8; n];
-    file.read_exact_at(&mut buf, from + 1)
-        .map_err(|e| StoreError::io_at("read", path, from + 1, e))?;
+    file.read_exact_at(&mut buf, from)
+        .map_err(|e| StoreError::io_at("read", path, from, e))?;
+    // a valid record may run into the zeros after the garbage: give the checker the zeros too
     let mut crc_budget: usize = 1 << 30;
-    for i in 0..n {
+    for i in 1..n {
         let rest = &buf[i..];
         if rest.len() < RECORD_HEADER_LEN {
             break;
         }
-        // cheap pre-checks before the checksum
         if rest[8] != crate::format::RECORD_MESSAGE
             || rest[9] != 0
             || rest[10] != 0
@@ -138,18 +167,63 @@ pub(crate) fn valid_record_follows(
             continue;
         }
         let len = crate::format::u32_at(rest, 4) as usize;
-        if RECORD_HEADER_LEN + len > rest.len() {
+        let avail = file_len - (from + i as u64);
+        if (RECORD_HEADER_LEN + len) as u64 > avail {
             continue;
         }
         if crc_budget < len {
-            return Ok(true); // too much work: assume the worst (refuse rather than truncate)
+            return Ok(Tail::ValidFollows);
         }
         crc_budget -= len;
-        if let RecordCheck::Valid { .. } = check_record(rest) {
-            return Ok(true);
+        let mut rec = rest[..rest.len().min(RECORD_HEADER_LEN + len)].to_vec();
+        rec.resize(RECORD_HEADER_LEN + len, 0);
+        if let RecordCheck::Valid { .. } = check_record(&rec) {
+            return Ok(Tail::ValidFollows);
         }
     }
-    Ok(false)
+    Ok(Tail::Torn { garbage_end })
+}
+
+/// Overwrites `[from, to)` of `file` with zeros and fsyncs it.
+pub(crate) fn zero_range(file: &File, path: &Path, from: u64, to: u64) -> Result<(), StoreError> {
+    let chunk = vec![0u8; 1 << 20];
+    let mut off = from;
+    while off < to {
+        let n = (to - off).min(chunk.len() as u64) as usize;
+        file.write_all_at(&chunk[..n], off)
+            .map_err(|e| StoreError::io_at("write", path, off, e))?;
+        off += n as u64;
+    }
+    file.sync_all()
+        .map_err(|e| StoreError::io("fsync", path, e))
+}
+
+/// Checks that a checkpoint position is plausibly the end of a record: the 56 bytes before it
+/// must be a queue entry. Catches a log whose fsynced tail was lost and replaced by zeros.
+fn checkpoint_end_plausible(segs: &[SegInfo], position: u64) -> Result<(), StoreError> {
+    let Some(seg) = segs
+        .iter()
+        .rev()
+        .find(|s| s.base < position && position - s.base >= crate::format::ENTRY_LEN as u64)
+    else {
+        return Ok(());
+    };
+    let off = SEGMENT_HEADER_LEN + (position - seg.base) - crate::format::ENTRY_LEN as u64;
+    let mut b = [0u8; crate::format::ENTRY_LEN];
+    seg.file
+        .read_exact_at(&mut b, off)
+        .map_err(|e| StoreError::io_at("read", &seg.path, off, e))?;
+    let e = crate::format::Entry::decode(&b);
+    if e.queue().is_none() || e.seq == 0 || (e.back as usize) < crate::format::MESSAGE_FIXED_LEN {
+        return Err(StoreError::corrupt(
+            &seg.path,
+            off + crate::format::ENTRY_LEN as u64,
+            format!(
+                "the checkpoint covers the log up to position {position}, but no record ends                  there: fsynced data is missing (run `banter store check`)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 struct SegInfo {
@@ -167,6 +241,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         .canonicalize()
         .map_err(|e| StoreError::io("resolve directory", dir, e))?;
     let lock = DirLock::acquire(&dir)?;
+    let spare_ready = crate::prealloc::check_spare(&dir, opts.segment_bytes)?;
 
     // 1. segments: headers and continuity
     let mut segs: Vec<SegInfo> = Vec::new();
@@ -208,7 +283,19 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
         file.read_exact_at(&mut h, 0)
             .map_err(|e| StoreError::io_at("read", &path, 0, e))?;
-        let hbase = decode_segment_header(&h).map_err(|r| StoreError::corrupt(&path, 0, r))?;
+        let hbase = match decode_segment_header(&h) {
+            Ok(b) => b,
+            Err(_) if i + 1 == count && analyze_tail(&file, &path, 0)? == Tail::Zeros => {
+                // created, but nothing (not even the header) reached the disk
+                tracing::warn!(segment = %path.display(), "removing an all-zero segment");
+                drop(file);
+                std::fs::remove_file(&path)
+                    .map_err(|e| StoreError::io("remove segment", &path, e))?;
+                sync_dir(&dir)?;
+                continue;
+            }
+            Err(r) => return Err(StoreError::corrupt(&path, 0, r)),
+        };
         if hbase != base {
             return Err(StoreError::corrupt(
                 &path,
@@ -273,6 +360,9 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
                     c.position
                 ),
             ));
+        }
+        if c.position > log_start {
+            checkpoint_end_plausible(&segs, c.position)?;
         }
         if c.position < log_start {
             tracing::warn!(
@@ -353,31 +443,36 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
                 incomplete,
             } => {
                 let last = i + 1 == nsegs;
-                let torn = last && (incomplete || !valid_record_follows(&s.file, &path, offset)?);
-                if !torn {
-                    return Err(StoreError::corrupt(
-                        &path,
-                        offset,
-                        format!(
-                            "{reason}; valid data follows, so this is not a torn tail \
-                             (inspect with `banter store check`, truncate with `banter store repair`)"
-                        ),
-                    ));
+                let tail = if !last {
+                    Tail::ValidFollows
+                } else if incomplete {
+                    Tail::Torn { garbage_end: s.len }
+                } else {
+                    analyze_tail(&s.file, &path, offset)?
+                };
+                match tail {
+                    Tail::Zeros => {}
+                    Tail::ValidFollows => {
+                        return Err(StoreError::corrupt(
+                            &path,
+                            offset,
+                            format!(
+                                "{reason}; valid data follows, so this is not a torn tail \
+                                 (inspect with `banter store check`, truncate with `banter store repair`)"
+                            ),
+                        ));
+                    }
+                    Tail::Torn { garbage_end } => {
+                        tracing::warn!(
+                            segment = %path.display(),
+                            offset,
+                            removed_bytes = garbage_end - offset,
+                            reason = %reason,
+                            "zeroing a torn tail"
+                        );
+                        zero_range(&s.file, &path, offset, garbage_end)?;
+                    }
                 }
-                tracing::warn!(
-                    segment = %path.display(),
-                    offset,
-                    removed_bytes = s.len - offset,
-                    reason = %reason,
-                    "truncating torn tail"
-                );
-                s.file
-                    .set_len(offset)
-                    .map_err(|e| StoreError::io_at("truncate", &path, offset, e))?;
-                s.file
-                    .sync_all()
-                    .map_err(|e| StoreError::io("fsync", &path, e))?;
-                s.len = offset;
                 end = base + (offset - SEGMENT_HEADER_LEN);
             }
         }
@@ -397,7 +492,10 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         let seg = Arc::new(Segment::new(s.base, s.path, seg_end));
         log.add_segment(seg.clone());
         if i + 1 == nsegs {
-            active = Some(Active { file: s.file, seg });
+            active = Some(Active {
+                file: Arc::new(s.file),
+                seg,
+            });
         }
     }
     if active.is_none() {
@@ -417,7 +515,10 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         let seg = Arc::new(Segment::new(base, path, base));
         log.add_segment(seg.clone());
         log.log_start.store(base, Ordering::Release);
-        active = Some(Active { file, seg });
+        active = Some(Active {
+            file: Arc::new(file),
+            seg,
+        });
     }
     let published = PublishedHeads::new();
     let snapshot: Vec<_> = heads
@@ -445,10 +546,13 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
             end,
             active,
             unsynced: false,
+            spare_requested: false,
             last_sync: Instant::now(),
         }),
         pending: Mutex::new(Pending::default()),
         pending_cv: Condvar::new(),
+        syncq: Mutex::new(crate::writer::SyncQueue::default()),
+        sync_cv: Condvar::new(),
         end_lock: Mutex::new(()),
         end_cv: Condvar::new(),
         end_watch,
@@ -460,6 +564,11 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         ckpt: Mutex::new(ck_state),
         ckpt_signal: Mutex::new(false),
         ckpt_cv: Condvar::new(),
+        prealloc: Mutex::new(PreallocState {
+            ready: spare_ready,
+            ..PreallocState::default()
+        }),
+        prealloc_cv: Condvar::new(),
         role: AtomicU8::new(role_byte(opts.role)),
         stats: Stats::default(),
         _lock: lock,
@@ -475,6 +584,21 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         .name("store-checkpoint".into())
         .spawn(move || checkpointer_loop(c))
         .map_err(|e| StoreError::io("spawn checkpoint thread", &dir, e))?;
+    let sy = inner.clone();
+    let syncer = std::thread::Builder::new()
+        .name("store-sync".into())
+        .spawn(move || crate::writer::sync_loop(sy))
+        .map_err(|e| StoreError::io("spawn sync thread", &dir, e))?;
+    let mut threads = vec![writer, syncer, ckpt];
+    if inner.opts.preallocate {
+        let p = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("store-prealloc".into())
+                .spawn(move || crate::prealloc::prealloc_loop(p))
+                .map_err(|e| StoreError::io("spawn preallocation thread", &dir, e))?,
+        );
+    }
     tracing::info!(
         dir = %dir.display(),
         log_start,
@@ -485,7 +609,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
     );
     Ok(Store {
         inner,
-        threads: Mutex::new(vec![writer, ckpt]),
+        threads: Mutex::new(threads),
         close_result: Mutex::new(None),
     })
 }

@@ -18,7 +18,7 @@ use crate::format::{decode_segment_header, SEGMENT_HEADER_LEN};
 use crate::lock::DirLock;
 use crate::log::{list_segments, sync_dir};
 use crate::queue::{Head, QueueHasherBuilder, QueueMap};
-use crate::recovery::{replay_record, scan_file, valid_record_follows, ScanStop};
+use crate::recovery::{analyze_tail, replay_record, scan_file, ScanStop, Tail};
 
 /// One segment as found by [`check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -219,7 +219,9 @@ fn check_locked(dir: &Path) -> Result<CheckReport, StoreError> {
                 offset: 0,
                 position: base,
                 reason,
-                torn_tail: last && file_len < SEGMENT_HEADER_LEN,
+                torn_tail: last
+                    && (file_len < SEGMENT_HEADER_LEN
+                        || analyze_tail(&file, &path, 0)? == Tail::Zeros),
             });
             report.segments.push(seg);
             continue;
@@ -259,14 +261,24 @@ fn check_locked(dir: &Path) -> Result<CheckReport, StoreError> {
             } => {
                 let position = base + (offset - SEGMENT_HEADER_LEN);
                 report.valid_end = position;
-                let torn = last && (incomplete || !valid_record_follows(&file, &path, offset)?);
-                report.problem = Some(Problem {
-                    file: path.clone(),
-                    offset,
-                    position,
-                    reason,
-                    torn_tail: torn,
-                });
+                let tail = if !last {
+                    Tail::ValidFollows
+                } else if incomplete {
+                    Tail::Torn {
+                        garbage_end: file_len,
+                    }
+                } else {
+                    analyze_tail(&file, &path, offset)?
+                };
+                if tail != Tail::Zeros {
+                    report.problem = Some(Problem {
+                        file: path.clone(),
+                        offset,
+                        position,
+                        reason,
+                        torn_tail: matches!(tail, Tail::Torn { .. }),
+                    });
+                }
             }
         }
         report.segments.push(seg);

@@ -10,8 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-
 use crate::engine::{Active, AppendResult, Inner, Submission, WriterState};
 use crate::error::StoreError;
 use crate::format::{
@@ -20,10 +18,11 @@ use crate::format::{
 };
 use crate::log::{sync_dir, Segment};
 use crate::options::Durability;
+use crate::prealloc::spare_path;
 use crate::queue::{Head, Published, QueueMap};
 use crate::{Appended, NewMessage, QueueId};
 
-enum Outcome {
+pub(crate) enum Outcome {
     Append(tokio::sync::oneshot::Sender<AppendResult>, AppendResult),
     Replicate(
         tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
@@ -67,6 +66,8 @@ pub(crate) fn writer_loop(inner: Arc<Inner>) {
                     break;
                 }
                 if p.closing {
+                    inner.syncq.lock().closing = true;
+                    inner.sync_cv.notify_all();
                     return;
                 }
                 match inner.opts.durability {
@@ -101,12 +102,105 @@ pub(crate) fn writer_loop(inner: Arc<Inner>) {
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.process(batch)));
         if r.is_err() {
             inner.set_poison("the writer thread panicked".into());
+            inner.syncq.lock().closing = true;
+            inner.sync_cv.notify_all();
             let mut p = inner.pending.lock();
             p.bytes = 0;
             for s in p.queue.drain(..) {
                 s.fail(StoreError::Poisoned("the writer thread panicked".into()));
             }
             return;
+        }
+    }
+}
+
+/// A written batch waiting to become durable and visible.
+pub(crate) struct Written {
+    start: u64,
+    end: u64,
+    buf: Vec<u8>,
+    updates: Vec<(QueueId, Published)>,
+    outcomes: Vec<Outcome>,
+    /// The segment the batch ended in (earlier segments were fsynced when they were sealed).
+    file: Option<Arc<std::fs::File>>,
+}
+
+#[derive(Default)]
+pub(crate) struct SyncQueue {
+    pub items: std::collections::VecDeque<Written>,
+    pub closing: bool,
+}
+
+/// Body of the sync thread: fsyncs once for everything written so far (durability `Always`),
+/// then publishes the batches in order — cache, queue heads, log end — and completes their
+/// tickets. A failed fsync poisons the store and fails every waiting ticket.
+pub(crate) fn sync_loop(inner: Arc<Inner>) {
+    loop {
+        let items: Vec<Written> = {
+            let mut q = inner.syncq.lock();
+            while q.items.is_empty() && !q.closing {
+                inner.sync_cv.wait(&mut q);
+            }
+            if q.items.is_empty() {
+                return;
+            }
+            q.items.drain(..).collect()
+        };
+        let mut failure = inner.poison_error();
+        if failure.is_none() && inner.opts.durability == Durability::Always {
+            if let Some(f) = items.last().and_then(|w| w.file.as_ref()) {
+                let r = if inner.inject_fsync_failure.load(Ordering::Acquire) {
+                    Err(std::io::Error::other("injected fsync failure"))
+                } else {
+                    f.sync_data()
+                };
+                match r {
+                    Ok(()) => {
+                        inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        let path = inner
+                            .log
+                            .segment_for(items[0].start)
+                            .map(|s| s.path.clone())
+                            .unwrap_or_else(|| inner.dir.clone());
+                        let err = StoreError::io("fsync", path, e);
+                        inner.set_poison(err.to_string());
+                        failure = Some(err);
+                    }
+                }
+            }
+        }
+        if let Some(err) = failure {
+            let mut first = Some(err);
+            for w in items {
+                for o in w.outcomes {
+                    let e = match first.take() {
+                        Some(e) => e,
+                        None => inner
+                            .poison_error()
+                            .unwrap_or(StoreError::Poisoned("fsync failed".into())),
+                    };
+                    o.fail(e);
+                }
+            }
+            continue;
+        }
+        let end = items.last().map_or(0, |w| w.end);
+        let mut done = Vec::with_capacity(items.len());
+        for w in items {
+            inner.log.cache_push(w.start, w.buf);
+            inner.heads.set_many(&w.updates);
+            inner.log.durable_end.store(w.end, Ordering::Release);
+            done.push(w.outcomes);
+        }
+        inner.notify_end();
+        for o in done.into_iter().flatten() {
+            o.complete();
+        }
+        let ck = inner.ckpt.lock().position;
+        if end.saturating_sub(ck) >= inner.opts.checkpoint_bytes {
+            inner.wake_checkpointer();
         }
     }
 }
@@ -156,7 +250,7 @@ impl Inner {
         }
         let mut st = self.state.lock();
         let start = st.end;
-        let mut buf: Vec<u8> = Vec::with_capacity(batch.iter().map(|s| s.bytes()).sum());
+        let mut buf = self.log.take_buffer(batch.iter().map(|s| s.bytes()).sum());
         let mut bounds: Vec<usize> = Vec::new();
         let mut updates: Vec<(QueueId, Published)> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -228,29 +322,32 @@ impl Inner {
         }
         let end = start + buf.len() as u64;
         st.end = end;
-        let written = buf.len() as u64;
-        self.log.cache_push(start, Bytes::from(buf));
-        self.heads.set_many(&updates);
-        self.log.durable_end.store(end, Ordering::Release);
+        self.maybe_request_spare(&mut st);
+        let file = st.active.as_ref().map(|a| a.file.clone());
         drop(st);
         self.stats.messages.fetch_add(messages, Ordering::Relaxed);
         self.stats.entries.fetch_add(entries, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
         self.stats
             .bytes_written
-            .fetch_add(written, Ordering::Relaxed);
-        self.notify_end();
-        for o in outcomes {
-            o.complete();
-        }
-        let ck = self.ckpt.lock().position;
-        if end.saturating_sub(ck) >= self.opts.checkpoint_bytes {
-            self.wake_checkpointer();
-        }
+            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        // Durability and publication happen on the sync thread, so the next batch can be
+        // encoded and written while this one is being fsynced.
+        let mut q = self.syncq.lock();
+        q.items.push_back(Written {
+            start,
+            end,
+            buf,
+            updates,
+            outcomes,
+            file,
+        });
+        drop(q);
+        self.sync_cv.notify_one();
     }
 
     /// Writes `buf` (records ending at `bounds`) at position `start`, rolling segments at record
-    /// boundaries, then fsyncs according to the durability mode.
+    /// boundaries. Durability is the sync thread's job.
     fn write_batch(
         &self,
         st: &mut WriterState,
@@ -289,35 +386,88 @@ impl Inner {
             off = cut;
         }
         st.unsynced = true;
-        if self.opts.durability == Durability::Always {
-            self.sync_active(st)?;
-        }
         Ok(())
     }
 
-    /// Seals the active segment and starts a new one whose first record is at `base`.
+    /// Seals the active segment (trimmed to its records, fsynced) and starts a new one whose
+    /// first record is at `base`, from the preallocated spare when one is ready.
     fn roll(&self, st: &mut WriterState, base: u64) -> Result<(), StoreError> {
-        if self.opts.durability != Durability::None {
+        let sync = self.opts.durability != Durability::None;
+        if sync {
             self.sync_active(st)?;
         }
+        if let Some(old) = st.active.as_ref() {
+            let len = SEGMENT_HEADER_LEN + (base - old.seg.base);
+            old.file
+                .set_len(len)
+                .map_err(|e| StoreError::io_at("trim segment", &old.seg.path, len, e))?;
+            if sync {
+                old.file
+                    .sync_all()
+                    .map_err(|e| StoreError::io("fsync", &old.seg.path, e))?;
+            }
+        }
         let path = self.dir.join(segment_file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("create segment", &path, e))?;
-        file.write_all_at(&encode_segment_header(base), 0)
-            .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
-        if self.opts.durability != Durability::None {
-            file.sync_data()
-                .map_err(|e| StoreError::io("fsync", &path, e))?;
+        let spare_ready = {
+            let mut p = self.prealloc.lock();
+            std::mem::replace(&mut p.ready, false)
+        };
+        let file = if spare_ready {
+            // header first, then the rename: a segment under its final name always has one
+            let spare = spare_path(&self.dir);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&spare)
+                .map_err(|e| StoreError::io("open spare segment", &spare, e))?;
+            file.write_all_at(&encode_segment_header(base), 0)
+                .map_err(|e| StoreError::io_at("write segment header", &spare, 0, e))?;
+            if sync {
+                file.sync_data()
+                    .map_err(|e| StoreError::io("fsync", &spare, e))?;
+            }
+            std::fs::rename(&spare, &path)
+                .map_err(|e| StoreError::io("rename spare segment", &path, e))?;
+            file
+        } else {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&path)
+                .map_err(|e| StoreError::io("create segment", &path, e))?;
+            file.write_all_at(&encode_segment_header(base), 0)
+                .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
+            if sync {
+                file.sync_data()
+                    .map_err(|e| StoreError::io("fsync", &path, e))?;
+            }
+            file
+        };
+        if sync {
             sync_dir(&self.dir)?;
         }
         let seg = Arc::new(Segment::new(base, path, base));
         self.log.add_segment(seg.clone());
-        st.active = Some(Active { file, seg });
+        st.active = Some(Active {
+            file: Arc::new(file),
+            seg,
+        });
+        st.spare_requested = false;
         Ok(())
+    }
+
+    /// Asks the preallocator for a spare once the active segment is half full.
+    fn maybe_request_spare(&self, st: &mut WriterState) {
+        if !self.opts.preallocate || st.spare_requested {
+            return;
+        }
+        let Some(a) = st.active.as_ref() else { return };
+        if (st.end - a.seg.base) * 2 >= self.opts.segment_bytes {
+            st.spare_requested = true;
+            self.prealloc.lock().wanted = true;
+            self.prealloc_cv.notify_one();
+        }
     }
 }
 

@@ -78,7 +78,7 @@ pub(crate) fn prealloc_loop(inner: Arc<Inner>) {
     loop {
         {
             let mut st = inner.prealloc.lock();
-            while !st.stop && !(st.wanted && !st.ready) {
+            while !st.stop && (!st.wanted || st.ready) {
                 inner.prealloc_cv.wait(&mut st);
             }
             if st.stop {

@@ -181,34 +181,46 @@ impl GroupCache {
             .entry(gid)
             .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
             .clone();
-        let result = {
-            let _guard = lock.lock().await;
-            // Whoever held the lock before may have loaded it.
-            if let Some(hit) = self.lookup(gid) {
-                Ok(hit)
-            } else {
-                let ticket = self.ticket(gid);
-                match load().await {
-                    Ok(group) => {
-                        let group = group.map(Arc::new);
-                        self.insert_loaded(gid, group.clone(), ticket);
-                        Ok(group)
-                    }
-                    Err(e) => Err(e),
-                }
-            }
+        // Removes the per-gid lock when the last interested caller is done (or cancelled).
+        let _cleanup = LoadingGuard {
+            cache: self,
+            gid,
+            lock: lock.clone(),
         };
-        let mut loading = self.loading.lock();
-        // Drop the per-gid lock when nobody else waits on it (we hold one reference, the map one).
-        if Arc::strong_count(&lock) <= 2 {
-            loading.remove(&gid);
+        let _guard = lock.lock().await;
+        // Whoever held the lock before may have loaded it.
+        if let Some(hit) = self.lookup(gid) {
+            return Ok(hit);
         }
-        result
+        let ticket = self.ticket(gid);
+        let group = load().await?.map(Arc::new);
+        self.insert_loaded(gid, group.clone(), ticket);
+        Ok(group)
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().map.len()).sum()
+    }
+}
+
+struct LoadingGuard<'a> {
+    cache: &'a GroupCache,
+    gid: i64,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for LoadingGuard<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.cache.loading.lock();
+        // References: the map's, this guard's, and the caller's own clone.
+        if Arc::strong_count(&self.lock) <= 3 {
+            if let Some(current) = loading.get(&self.gid) {
+                if Arc::ptr_eq(current, &self.lock) {
+                    loading.remove(&self.gid);
+                }
+            }
+        }
     }
 }
 
@@ -284,5 +296,37 @@ mod tests {
         let cleared = cache.clear();
         assert!(cleared.contains(&(1, 600)));
         assert_eq!(cache.len(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_misses_load_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let cache = Arc::new(GroupCache::new(64));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let cache = cache.clone();
+                let loads = loads.clone();
+                tokio::spawn(async move {
+                    cache
+                        .get_or_load(7, || async move {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            Ok(Some(group(7, "once")))
+                        })
+                        .await
+                        .expect("load")
+                        .expect("found")
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.expect("task").name, "once");
+        }
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(
+            cache.loading.lock().is_empty(),
+            "per-gid locks are cleaned up"
+        );
     }
 }

@@ -297,6 +297,12 @@ impl MysqlGroups {
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| duplicate_as_exists(e, gid))?;
+                        // Member rows left behind by a hard-deleted group are not this group's.
+                        sqlx::query("UPDATE group_member SET deleted = 1 WHERE group_id = ?")
+                            .bind(gid)
+                            .execute(&mut *tx)
+                            .await
+                            .my()?;
                     }
                 }
                 gid

@@ -323,6 +323,14 @@ impl Inner {
         let end = start + buf.len() as u64;
         st.end = end;
         self.maybe_request_spare(&mut st);
+        if let Durability::Interval(every) = self.opts.durability {
+            // under continuous load the idle-time sync in the loop never fires
+            if st.last_sync.elapsed() >= every {
+                if let Err(e) = self.sync_active(&mut st) {
+                    self.set_poison(e.to_string());
+                }
+            }
+        }
         let file = st.active.as_ref().map(|a| a.file.clone());
         drop(st);
         self.stats.messages.fetch_add(messages, Ordering::Relaxed);

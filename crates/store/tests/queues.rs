@@ -350,3 +350,19 @@ fn big_fan_out_message_is_stored_once() {
     let p = s.sync(members[9_999], 0, 10).unwrap();
     assert_eq!(p.messages[0].body.as_ref(), &body[..]);
 }
+
+#[test]
+fn interval_durability_acknowledges_and_persists() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        durability: Durability::Interval(std::time::Duration::from_millis(5)),
+        ..StoreOptions::default()
+    };
+    let s = Store::open(dir.path(), opts.clone()).unwrap();
+    for i in 0..50 {
+        s.append_blocking(vec![msg(&[A], &format!("{i}"))]).unwrap();
+    }
+    drop(s);
+    let s = Store::open(dir.path(), opts).unwrap();
+    assert_eq!(s.new_count(A, 0).unwrap(), 50);
+}

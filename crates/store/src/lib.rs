@@ -10,9 +10,12 @@
 //! * **Navigation** (`read`): each entry links to the previous entry of its queue, to the previous
 //!   non-group entry (the peer-only chain) and to a skew-binary jump target, so `sync(after)`
 //!   reaches any point of a queue in O(log n) reads and then reads only what it returns.
-//! * **Writer** (`writer`): one thread does group commit: it drains every pending submission,
-//!   encodes them into one buffer, issues one write and one `fdatasync`, then publishes the new
-//!   entries to readers and completes every ticket.
+//! * **Writer** (`writer`): group commit in two pipelined threads. The writer drains every
+//!   pending submission, encodes them into one buffer and writes it; the sync thread issues one
+//!   `fdatasync` covering everything written so far, then publishes the new entries to readers and
+//!   completes every ticket. While one batch is being fsynced the next is already being encoded.
+//!   Segments are preallocated with zeros in the background (`prealloc`) so that an `fdatasync`
+//!   does not also have to commit file-size changes.
 //! * **Recovery** (`recovery`, `checkpoint`): queue heads live in memory and are checkpointed
 //!   atomically in the background; start-up loads the newest valid checkpoint and replays only
 //!   the log written after it. A torn tail is truncated; corruption elsewhere stops start-up.

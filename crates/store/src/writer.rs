@@ -1,8 +1,15 @@
-//! The writer thread: group commit. It drains pending submissions (up to `max_batch_bytes`),
-//! encodes them into one buffer with their keys and queue links, writes the buffer with one
-//! `pwrite` per segment touched, fsyncs once (durability `Always`), and only then publishes the
-//! new entries to readers and completes every ticket. A failed write or fsync poisons the store.
-//! Segment rolls also happen here.
+//! Group commit, in two threads.
+//!
+//! * The **writer** drains pending submissions (up to `max_batch_bytes`), encodes them into one
+//!   buffer with their keys and queue links, and writes it with one `pwrite` per segment touched.
+//!   It owns the queue heads and rolls segments.
+//! * The **sync thread** takes every batch written so far, issues one `fdatasync` (durability
+//!   `Always`), and only then publishes them in order — recent-write cache, queue heads, log end —
+//!   and completes their tickets.
+//!
+//! So the next batch is encoded and written while the previous one is being fsynced, and one
+//! fsync covers every append that arrived meanwhile. Nothing is visible to readers or
+//! acknowledged before it is durable. A failed write or fsync poisons the store.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;

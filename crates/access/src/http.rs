@@ -80,7 +80,6 @@ impl From<crate::group::GroupPostError> for ApiError {
         match e {
             E::NoSuchGroup(_) => ApiError::not_found(e.to_string()),
             E::NoMembers => ApiError::bad("group no member"),
-            E::NotMember(_) => ApiError::bad(e.to_string()),
             E::Backend(b) => b.into(),
             E::Store(s) => s.into(),
         }

@@ -133,14 +133,8 @@ fn polyline(s: &mut String, pts: &[(f64, f64)], color: &str) {
     s.push_str("\"/>\n");
 }
 
-fn latency_panel(s: &mut String, h: Option<&Histogram<u64>>) {
-    axes(
-        s,
-        LEFT1,
-        "Latency distribution (send → receive)",
-        "percentile",
-        "latency (ms)",
-    );
+fn latency_panel(s: &mut String, title: &str, h: Option<&Histogram<u64>>) {
+    axes(s, LEFT1, title, "percentile", "latency (ms)");
     let bottom = TOP + PANEL_H;
     let labels = [
         (0.0, "0%"),
@@ -254,7 +248,12 @@ pub fn render(report: &Report) -> String {
                 .unwrap_or_default()
         ))
     );
-    latency_panel(&mut s, report.latency.as_ref());
+    let title = if report.connections.is_some() {
+        "Connect + authenticate latency"
+    } else {
+        "Latency distribution (send → receive)"
+    };
+    latency_panel(&mut s, title, report.latency.as_ref());
     let label = if report.timeline_label.is_empty() {
         "per second"
     } else {

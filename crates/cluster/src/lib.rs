@@ -1,1 +1,4 @@
 //! Internal links between banter nodes.
+
+pub mod route_link;
+pub mod route_proto;

@@ -1,0 +1,1232 @@
+//! The access side of the route link (spec §10): connections to router nodes (`banter imr` or
+//! GoBelieve's `imr`), the reference counting that decides what to subscribe (§10.4), and the
+//! sharding of users, rooms and groups over the configured router addresses (§1.2).
+//!
+//! * [`RouteLink`] is one connection to one router address. Every method is a plain `fn` that never
+//!   blocks: frames go onto a bounded outbound queue drained by the link's task; when the queue is
+//!   full a publish or push is dropped and counted (defect #32 froze GoBelieve's im instead). The link
+//!   keeps the subscription state it has announced (`(appid, uid) → online`, rooms); on every
+//!   (re)connect it first replays that whole state, then sends what is queued. Subscription changes
+//!   made while disconnected only update the state (the replay carries them). Should a subscription
+//!   change find the queue full while connected, the link reconnects and replays instead of losing
+//!   it. Reconnects back off from 200 ms, doubling to 30 s, reset once a connection has held.
+//!   Writes have a deadline; TCP keepalive is on.
+//! * [`Presence`] counts, per `(appid, uid)`, the sessions (by connection id) and the online ones,
+//!   and per `(appid, room)` the sessions in the room. Sessions enter and leave by connection id, so
+//!   a session can never be counted twice or removed by someone else (defect #22).
+//! * [`RouteLinks`] is what an access node holds: the links for `route_addrs` and
+//!   `group_route_addrs`, one [`Presence`], and the routing of §1.2 and §10.4: a user is subscribed
+//!   on its own channel `route_addrs[|uid| mod N]` and on every group channel; a room on
+//!   `route_addrs[|room| mod N]`; a super-group publish goes to `group_route_addrs[|gid| mod M]`.
+//!   `|id|` is `unsigned_abs`, so `i64::MIN` does not overflow (defect #52). Links are shared by
+//!   address. [`RouteLinks::set_addrs`] applies a new address list without a restart.
+//!
+//! Incoming PUBLISH / PUBLISH_GROUP / PUBLISH_ROOM are handed to a [`RouteHandler`], called on the
+//! link's task: it must not block (hand the message to bounded session outboxes, or to a bounded
+//! channel: [`RouteHandler`] is implemented for `tokio::sync::mpsc::Sender<RoutedMessage>`).
+//! Other commands from the router are logged and ignored. A malformed frame closes the link with
+//! a log line (and it reconnects); nothing a router sends can panic the node (defect #34).
+//!
+//! Lock order: the [`RouteLinks`] topology, then a [`Presence`] shard, then a link's state. A
+//! subscription change is queued on the link while the presence shard is held, so changes for
+//! one user reach the router in the order they happened.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use proto::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::route_proto::{
+    cmd, pair_body, push_bodies, route_message_body, shard_index, subscribe_body, write_frame,
+    RouteBody, RouteKind, RoutedMessage, DEFAULT_MAX_BODY,
+};
+
+/// Settings of the route links of one access node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteLinkConfig {
+    /// Frames waiting per link (publishes, pushes, subscription changes). Publishes and pushes
+    /// beyond it are dropped and counted.
+    pub queue_frames: usize,
+    /// Largest frame body accepted from the router, and sent to it (bigger outgoing frames are
+    /// dropped and counted). GoBelieve's imr accepts 32767; banter's router 1 MiB by default.
+    pub max_body: usize,
+    /// Longest one write may take before the connection is considered dead and redialled.
+    pub write_timeout: Duration,
+    /// Longest a dial may take.
+    pub connect_timeout: Duration,
+    /// TCP keepalive idle time and probe interval.
+    pub keepalive: Duration,
+    /// First wait after a failed dial.
+    pub backoff_min: Duration,
+    /// Longest wait between dials.
+    pub backoff_max: Duration,
+}
+
+impl Default for RouteLinkConfig {
+    fn default() -> Self {
+        RouteLinkConfig {
+            queue_frames: 65_536,
+            max_body: DEFAULT_MAX_BODY,
+            write_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            keepalive: Duration::from_secs(60),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Receives the route messages a router forwards to this node. Called on the link's task, once per
+/// message, in arrival order; it must not block or await.
+pub trait RouteHandler: Send + Sync + 'static {
+    /// A PUBLISH (`kind` User), PUBLISH_GROUP (Group) or PUBLISH_ROOM (Room) from the router.
+    fn on_publish(&self, msg: RoutedMessage);
+}
+
+/// Hands each message to a bounded channel with `try_send`; a full or closed channel drops it
+/// (logged at debug).
+impl RouteHandler for mpsc::Sender<RoutedMessage> {
+    fn on_publish(&self, msg: RoutedMessage) {
+        if let Err(e) = self.try_send(msg) {
+            tracing::debug!(error = %e, "routed message dropped by the handler channel");
+        }
+    }
+}
+
+/// A snapshot of one link's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStats {
+    /// The router address.
+    pub addr: String,
+    /// Whether a connection is up.
+    pub connected: bool,
+    /// Frames waiting to be written.
+    pub queued: usize,
+    /// Users this link has subscribed (what a reconnect replays).
+    pub users: usize,
+    /// Rooms this link has subscribed.
+    pub rooms: usize,
+    /// Frames written.
+    pub sent: u64,
+    /// Publishes received from the router.
+    pub received: u64,
+    /// Publishes and pushes dropped: queue full, or too large to send.
+    pub dropped: u64,
+    /// Connections established.
+    pub connects: u64,
+    /// Reconnects forced because a subscription change found the queue full.
+    pub resyncs: u64,
+    /// Malformed frames received (each closed the connection).
+    pub malformed: u64,
+}
+
+/// One queued frame.
+struct Out {
+    cmd: u8,
+    body: Bytes,
+    /// A subscription change: dropped from the queue at reconnect (the replay covers it).
+    sub: bool,
+}
+
+#[derive(Default)]
+struct LinkState {
+    connected: bool,
+    /// Set when a subscription change could not be queued: reconnect and replay.
+    resync: bool,
+    queue: VecDeque<Out>,
+    users: HashMap<(i64, i64), bool>,
+    rooms: HashSet<(i64, i64)>,
+}
+
+#[derive(Default)]
+struct Counters {
+    sent: AtomicU64,
+    received: AtomicU64,
+    dropped: AtomicU64,
+    connects: AtomicU64,
+    resyncs: AtomicU64,
+    malformed: AtomicU64,
+}
+
+struct Shared {
+    addr: String,
+    config: RouteLinkConfig,
+    state: Mutex<LinkState>,
+    wake: Notify,
+    handler: Arc<dyn RouteHandler>,
+    counters: Counters,
+    cancel: CancellationToken,
+}
+
+impl Shared {
+    /// Queue a subscription change (state already updated by the caller, lock held).
+    fn queue_sub(&self, st: &mut LinkState, c: u8, body: Bytes) {
+        if !st.connected || st.resync {
+            return; // the replay at the next connection carries it
+        }
+        if st.queue.len() >= self.config.queue_frames {
+            st.resync = true;
+            self.counters.resyncs.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(addr = %self.addr, "route link queue full on a subscription change; reconnecting to replay the state");
+        } else {
+            st.queue.push_back(Out {
+                cmd: c,
+                body,
+                sub: true,
+            });
+        }
+        self.wake.notify_one();
+    }
+
+    /// Queue a publish or push; false (and counted) when it cannot be.
+    fn queue_data(&self, c: u8, body: Bytes) -> bool {
+        if body.len() > self.config.max_body {
+            self.drop_one("frame larger than max_body");
+            return false;
+        }
+        let mut st = self.state.lock();
+        if st.queue.len() >= self.config.queue_frames {
+            drop(st);
+            self.drop_one("queue full");
+            return false;
+        }
+        st.queue.push_back(Out {
+            cmd: c,
+            body,
+            sub: false,
+        });
+        drop(st);
+        self.wake.notify_one();
+        true
+    }
+
+    fn drop_one(&self, why: &'static str) {
+        let n = self.counters.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 || n.checked_rem(1000) == Some(0) {
+            tracing::warn!(addr = %self.addr, dropped_total = n, why, "route frame dropped");
+        }
+    }
+}
+
+/// One connection to one router address (see the module docs). Dropping it closes the link.
+pub struct RouteLink {
+    shared: Arc<Shared>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+impl RouteLink {
+    /// Starts the link's task (dialling `addr`, `host:port`). Must be called inside a tokio runtime.
+    pub fn new(addr: String, config: RouteLinkConfig, handler: Arc<dyn RouteHandler>) -> RouteLink {
+        let shared = Arc::new(Shared {
+            addr,
+            config,
+            state: Mutex::new(LinkState::default()),
+            wake: Notify::new(),
+            handler,
+            counters: Counters::default(),
+            cancel: CancellationToken::new(),
+        });
+        let task = tokio::spawn(run_link(shared.clone()));
+        RouteLink {
+            shared,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// The router address.
+    pub fn addr(&self) -> &str {
+        &self.shared.addr
+    }
+
+    /// Announce `(appid, uid)` with its online flag (SUBSCRIBE; overwrites the previous flag).
+    /// Nothing is sent when the link already announced exactly this.
+    pub fn subscribe(&self, appid: i64, uid: i64, online: bool) {
+        let mut st = self.shared.state.lock();
+        if st.users.insert((appid, uid), online) == Some(online) {
+            return;
+        }
+        self.shared
+            .queue_sub(&mut st, cmd::SUBSCRIBE, subscribe_body(appid, uid, online));
+    }
+
+    /// Withdraw `(appid, uid)` (UNSUBSCRIBE), if announced.
+    pub fn unsubscribe(&self, appid: i64, uid: i64) {
+        let mut st = self.shared.state.lock();
+        if st.users.remove(&(appid, uid)).is_none() {
+            return;
+        }
+        self.shared
+            .queue_sub(&mut st, cmd::UNSUBSCRIBE, pair_body(appid, uid));
+    }
+
+    /// Announce a room (SUBSCRIBE_ROOM), if not yet announced.
+    pub fn subscribe_room(&self, appid: i64, room: i64) {
+        let mut st = self.shared.state.lock();
+        if !st.rooms.insert((appid, room)) {
+            return;
+        }
+        self.shared
+            .queue_sub(&mut st, cmd::SUBSCRIBE_ROOM, pair_body(appid, room));
+    }
+
+    /// Withdraw a room (UNSUBSCRIBE_ROOM), if announced.
+    pub fn unsubscribe_room(&self, appid: i64, room: i64) {
+        let mut st = self.shared.state.lock();
+        if !st.rooms.remove(&(appid, room)) {
+            return;
+        }
+        self.shared
+            .queue_sub(&mut st, cmd::UNSUBSCRIBE_ROOM, pair_body(appid, room));
+    }
+
+    fn route_message(
+        &self,
+        kind: RouteKind,
+        appid: i64,
+        receiver: i64,
+        msgid: i64,
+        prev: i64,
+        inner: &[u8],
+    ) -> bool {
+        let ts = if kind == RouteKind::Room { 0 } else { now_ns() };
+        match route_message_body(appid, receiver, msgid, prev, ts, inner) {
+            Ok(body) => self.shared.queue_data(kind.cmd(), body),
+            Err(_) => {
+                self.shared.drop_one("inner frame too large");
+                false
+            }
+        }
+    }
+
+    /// PUBLISH a message for user `uid`: `inner` is the complete frame (header and body) the
+    /// receiving node hands its sessions, `msgid`/`prev` its METADATA keys (0 = none). Returns
+    /// whether it was queued (false: dropped and counted).
+    pub fn publish(&self, appid: i64, uid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
+        self.route_message(RouteKind::User, appid, uid, msgid, prev, inner)
+    }
+
+    /// PUBLISH_GROUP a message for super group `gid` (forwarded to every other node).
+    pub fn publish_group(&self, appid: i64, gid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
+        self.route_message(RouteKind::Group, appid, gid, msgid, prev, inner)
+    }
+
+    /// PUBLISH_ROOM a message for `room` (no metadata, no timestamp).
+    pub fn publish_room(&self, appid: i64, room: i64, inner: &[u8]) -> bool {
+        self.route_message(RouteKind::Room, appid, room, 0, 0, inner)
+    }
+
+    /// PUSH: ask the router to create offline-push jobs for those of `receivers` that are offline.
+    /// Split into bodies of at most 1000 receivers. Returns whether every chunk was queued.
+    pub fn push(&self, appid: i64, receivers: &[i64], inner: &[u8]) -> bool {
+        match push_bodies(appid, receivers, inner) {
+            Ok(bodies) => {
+                let mut all_queued = true;
+                for b in bodies {
+                    all_queued &= self.shared.queue_data(cmd::PUSH, b);
+                }
+                all_queued
+            }
+            Err(_) => {
+                self.shared.drop_one("inner frame too large");
+                false
+            }
+        }
+    }
+
+    /// Whether a connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.shared.state.lock().connected
+    }
+
+    /// Counters and sizes.
+    pub fn stats(&self) -> LinkStats {
+        let (connected, queued, users, rooms) = {
+            let st = self.shared.state.lock();
+            (st.connected, st.queue.len(), st.users.len(), st.rooms.len())
+        };
+        let c = &self.shared.counters;
+        LinkStats {
+            addr: self.shared.addr.clone(),
+            connected,
+            queued,
+            users,
+            rooms,
+            sent: c.sent.load(Ordering::Relaxed),
+            received: c.received.load(Ordering::Relaxed),
+            dropped: c.dropped.load(Ordering::Relaxed),
+            connects: c.connects.load(Ordering::Relaxed),
+            resyncs: c.resyncs.load(Ordering::Relaxed),
+            malformed: c.malformed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop the link: what is queued is still written (within the write deadline), then the
+    /// connection closes. Does not wait; see [`RouteLink::closed`].
+    pub fn close(&self) {
+        self.shared.cancel.cancel();
+    }
+
+    /// Close and wait until the link's task has ended.
+    pub async fn closed(&self) {
+        self.close();
+        let task = self.task.lock().take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for RouteLink {
+    fn drop(&mut self) {
+        self.shared.cancel.cancel();
+    }
+}
+
+/// Sleep unless cancelled; false when cancelled.
+async fn pause(cancel: &CancellationToken, d: Duration) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = tokio::time::sleep(d) => true,
+    }
+}
+
+/// A connection that held at least this long resets the backoff.
+const HELD: Duration = Duration::from_secs(1);
+
+async fn run_link(shared: Arc<Shared>) {
+    let cfg = shared.config.clone();
+    let mut backoff = cfg.backoff_min;
+    let mut failures: u64 = 0;
+    loop {
+        if shared.cancel.is_cancelled() {
+            break;
+        }
+        let dial = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&shared.addr));
+        let stream = tokio::select! {
+            _ = shared.cancel.cancelled() => break,
+            r = dial => r,
+        };
+        match stream {
+            Ok(Ok(stream)) => {
+                failures = 0;
+                set_socket_options(&stream, cfg.keepalive);
+                shared.counters.connects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(addr = %shared.addr, "route link connected");
+                let started = Instant::now();
+                let why = serve(&shared, stream).await;
+                {
+                    let mut st = shared.state.lock();
+                    st.connected = false;
+                    st.resync = false;
+                }
+                if shared.cancel.is_cancelled() {
+                    tracing::debug!(addr = %shared.addr, why, "route link closed");
+                    break;
+                }
+                tracing::warn!(addr = %shared.addr, why, "route link lost; redialling");
+                if started.elapsed() >= HELD {
+                    backoff = cfg.backoff_min;
+                    continue; // redial at once
+                }
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                log_dial_failure(&shared.addr, failures, &e.to_string(), backoff);
+            }
+            Err(_) => {
+                failures += 1;
+                log_dial_failure(&shared.addr, failures, "dial timed out", backoff);
+            }
+        }
+        if !pause(&shared.cancel, backoff).await {
+            break;
+        }
+        backoff = (backoff * 2).min(cfg.backoff_max);
+    }
+    shared.state.lock().connected = false;
+}
+
+fn log_dial_failure(addr: &str, failures: u64, error: &str, backoff: Duration) {
+    if failures == 1 || failures.checked_rem(20) == Some(0) {
+        tracing::warn!(addr, failures, error, retry_in = ?backoff, "cannot reach router");
+    } else {
+        tracing::debug!(addr, failures, error, retry_in = ?backoff, "cannot reach router");
+    }
+}
+
+/// TCP_NODELAY and keepalive; failures are only logged (the link works without them).
+pub(crate) fn set_socket_options(stream: &TcpStream, keepalive: Duration) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(keepalive);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
+/// Run one established connection until it fails, the router closes it, a resync is needed, or the
+/// link is closed (after a final flush). Returns why it ended.
+async fn serve(shared: &Arc<Shared>, stream: TcpStream) -> &'static str {
+    let (rd, wr) = stream.into_split();
+    let (users, rooms) = {
+        let mut st = shared.state.lock();
+        st.connected = true;
+        st.resync = false;
+        st.queue.retain(|o| !o.sub);
+        let users: Vec<((i64, i64), bool)> = st.users.iter().map(|(k, v)| (*k, *v)).collect();
+        let rooms: Vec<(i64, i64)> = st.rooms.iter().copied().collect();
+        (users, rooms)
+    };
+    tokio::select! {
+        why = read_loop(shared, rd) => why,
+        why = write_loop(shared, wr, users, rooms) => why,
+    }
+}
+
+async fn read_loop(shared: &Shared, mut rd: OwnedReadHalf) -> &'static str {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        match Frame::decode(&mut buf, shared.config.max_body) {
+            Err(e) => {
+                shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(addr = %shared.addr, error = %e, "malformed frame from router; closing the link");
+                return "malformed frame";
+            }
+            Ok(Some(frame)) => {
+                if RouteKind::from_cmd(frame.cmd).is_none() {
+                    tracing::debug!(addr = %shared.addr, cmd = frame.cmd, "ignoring command from router");
+                    continue;
+                }
+                match RouteBody::decode(frame.cmd, &frame.body) {
+                    Ok(RouteBody::Publish(m)) => {
+                        shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                        shared.handler.on_publish(m);
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(addr = %shared.addr, error = %e, "malformed route message from router; closing the link");
+                        return "malformed route message";
+                    }
+                }
+            }
+            Ok(None) => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(4096);
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => return "closed by the router",
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(addr = %shared.addr, error = %e, "route link read failed");
+                        return "read error";
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Bytes collected before a write call.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+struct Writer {
+    wr: OwnedWriteHalf,
+    buf: BytesMut,
+    seq: i32,
+    frames: u64,
+    timeout: Duration,
+}
+
+impl Writer {
+    fn frame(&mut self, c: u8, body: &[u8]) {
+        self.seq = self.seq.wrapping_add(1);
+        write_frame(&mut self.buf, self.seq, c, body);
+        self.frames += 1;
+    }
+
+    async fn flush(&mut self, shared: &Shared) -> Result<(), &'static str> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        match tokio::time::timeout(self.timeout, self.wr.write_all(&self.buf)).await {
+            Ok(Ok(())) => {
+                self.buf.clear();
+                shared
+                    .counters
+                    .sent
+                    .fetch_add(std::mem::take(&mut self.frames), Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(addr = %shared.addr, error = %e, "route link write failed");
+                Err("write error")
+            }
+            Err(_) => Err("write deadline passed"),
+        }
+    }
+}
+
+async fn write_loop(
+    shared: &Shared,
+    wr: OwnedWriteHalf,
+    users: Vec<((i64, i64), bool)>,
+    rooms: Vec<(i64, i64)>,
+) -> &'static str {
+    let mut w = Writer {
+        wr,
+        buf: BytesMut::with_capacity(WRITE_CHUNK),
+        seq: 0,
+        frames: 0,
+        timeout: shared.config.write_timeout,
+    };
+    // The replay: the whole state first.
+    for ((appid, uid), online) in users {
+        w.frame(cmd::SUBSCRIBE, &subscribe_body(appid, uid, online));
+        if w.buf.len() >= WRITE_CHUNK {
+            if let Err(why) = w.flush(shared).await {
+                return why;
+            }
+        }
+    }
+    for (appid, room) in rooms {
+        w.frame(cmd::SUBSCRIBE_ROOM, &pair_body(appid, room));
+        if w.buf.len() >= WRITE_CHUNK {
+            if let Err(why) = w.flush(shared).await {
+                return why;
+            }
+        }
+    }
+    let mut batch: Vec<Out> = Vec::new();
+    loop {
+        {
+            let mut st = shared.state.lock();
+            if st.resync {
+                return "resync after a full queue";
+            }
+            let mut bytes = 0;
+            while let Some(out) = st.queue.pop_front() {
+                bytes += out.body.len() + 12;
+                batch.push(out);
+                if bytes >= WRITE_CHUNK {
+                    break;
+                }
+            }
+        }
+        for out in batch.drain(..) {
+            w.frame(out.cmd, &out.body);
+        }
+        if let Err(why) = w.flush(shared).await {
+            return why;
+        }
+        if shared.state.lock().queue.is_empty() {
+            if shared.cancel.is_cancelled() {
+                let _ = w.wr.shutdown().await;
+                return "closed";
+            }
+            tokio::select! {
+                _ = shared.wake.notified() => {}
+                _ = shared.cancel.cancelled() => {}
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Presence: reference counting (spec §10.4)
+
+/// A change of what the router must know about a user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserChange {
+    /// Send SUBSCRIBE with this online flag (first session, or the online flag changed).
+    Subscribe {
+        /// Whether at least one session is online.
+        online: bool,
+    },
+    /// Send UNSUBSCRIBE (last session gone).
+    Unsubscribe,
+}
+
+/// A change of what the router must know about a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoomChange {
+    /// First session entered: SUBSCRIBE_ROOM.
+    Subscribe,
+    /// Last session left: UNSUBSCRIBE_ROOM.
+    Unsubscribe,
+}
+
+const SHARDS: usize = 64;
+
+type UserShard = Mutex<HashMap<(i64, i64), Vec<(u64, bool)>>>;
+type RoomShard = Mutex<HashMap<(i64, i64), Vec<u64>>>;
+
+/// Sessions per user and per room, by connection id (see the module docs). Sharded; cheap to call
+/// from session tasks.
+pub struct Presence {
+    hasher: RandomState,
+    users: Box<[UserShard]>,
+    rooms: Box<[RoomShard]>,
+}
+
+impl Default for Presence {
+    fn default() -> Self {
+        Presence::new()
+    }
+}
+
+fn counts(conns: &[(u64, bool)]) -> (usize, usize) {
+    (conns.len(), conns.iter().filter(|(_, o)| *o).count())
+}
+
+fn user_change(before: (usize, usize), after: (usize, usize)) -> Option<UserChange> {
+    match (before.0 > 0, after.0 > 0) {
+        (false, true) => Some(UserChange::Subscribe {
+            online: after.1 > 0,
+        }),
+        (true, false) => Some(UserChange::Unsubscribe),
+        (true, true) if (before.1 > 0) != (after.1 > 0) => Some(UserChange::Subscribe {
+            online: after.1 > 0,
+        }),
+        _ => None,
+    }
+}
+
+impl Presence {
+    /// Empty.
+    pub fn new() -> Presence {
+        Presence {
+            hasher: RandomState::new(),
+            users: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            rooms: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, key: (i64, i64)) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    fn update_user(
+        &self,
+        appid: i64,
+        uid: i64,
+        f: impl FnOnce(&mut Vec<(u64, bool)>),
+        emit: impl FnOnce(UserChange),
+    ) -> Option<UserChange> {
+        let key = (appid, uid);
+        let mut shard = self.users[self.shard(key)].lock();
+        let entry = shard.entry(key).or_default();
+        let before = counts(entry);
+        f(entry);
+        let after = counts(entry);
+        if entry.is_empty() {
+            shard.remove(&key);
+        }
+        let change = user_change(before, after);
+        if let Some(c) = change {
+            emit(c);
+        }
+        change
+    }
+
+    fn update_room(
+        &self,
+        appid: i64,
+        room: i64,
+        f: impl FnOnce(&mut Vec<u64>),
+        emit: impl FnOnce(RoomChange),
+    ) -> Option<RoomChange> {
+        let key = (appid, room);
+        let mut shard = self.rooms[self.shard(key)].lock();
+        let entry = shard.entry(key).or_default();
+        let before = entry.len();
+        f(entry);
+        let after = entry.len();
+        if after == 0 {
+            shard.remove(&key);
+        }
+        let change = match (before > 0, after > 0) {
+            (false, true) => Some(RoomChange::Subscribe),
+            (true, false) => Some(RoomChange::Unsubscribe),
+            _ => None,
+        };
+        if let Some(c) = change {
+            emit(c);
+        }
+        change
+    }
+
+    /// Session `conn` of `(appid, uid)` logged in (`online`: counts as online for offline push,
+    /// §7.2). Logging the same `conn` in again only updates its online flag.
+    pub fn login(&self, conn: u64, appid: i64, uid: i64, online: bool) -> Option<UserChange> {
+        self.login_with(conn, appid, uid, online, |_| {})
+    }
+
+    fn login_with(
+        &self,
+        conn: u64,
+        appid: i64,
+        uid: i64,
+        online: bool,
+        emit: impl FnOnce(UserChange),
+    ) -> Option<UserChange> {
+        self.update_user(
+            appid,
+            uid,
+            |e| match e.iter_mut().find(|(c, _)| *c == conn) {
+                Some(slot) => slot.1 = online,
+                None => e.push((conn, online)),
+            },
+            emit,
+        )
+    }
+
+    /// Session `conn` of `(appid, uid)` closed. Unknown connections change nothing.
+    pub fn logout(&self, conn: u64, appid: i64, uid: i64) -> Option<UserChange> {
+        self.logout_with(conn, appid, uid, |_| {})
+    }
+
+    fn logout_with(
+        &self,
+        conn: u64,
+        appid: i64,
+        uid: i64,
+        emit: impl FnOnce(UserChange),
+    ) -> Option<UserChange> {
+        self.update_user(appid, uid, |e| e.retain(|(c, _)| *c != conn), emit)
+    }
+
+    /// Session `conn` entered `(appid, room)`. Entering twice counts once.
+    pub fn enter_room(&self, conn: u64, appid: i64, room: i64) -> Option<RoomChange> {
+        self.enter_room_with(conn, appid, room, |_| {})
+    }
+
+    fn enter_room_with(
+        &self,
+        conn: u64,
+        appid: i64,
+        room: i64,
+        emit: impl FnOnce(RoomChange),
+    ) -> Option<RoomChange> {
+        self.update_room(
+            appid,
+            room,
+            |e| {
+                if !e.contains(&conn) {
+                    e.push(conn)
+                }
+            },
+            emit,
+        )
+    }
+
+    /// Session `conn` left `(appid, room)` (or closed). A connection that is not in the room changes
+    /// nothing, so a displaced session can never take a newer one's count with it (defect #22).
+    pub fn leave_room(&self, conn: u64, appid: i64, room: i64) -> Option<RoomChange> {
+        self.leave_room_with(conn, appid, room, |_| {})
+    }
+
+    fn leave_room_with(
+        &self,
+        conn: u64,
+        appid: i64,
+        room: i64,
+        emit: impl FnOnce(RoomChange),
+    ) -> Option<RoomChange> {
+        self.update_room(appid, room, |e| e.retain(|c| *c != conn), emit)
+    }
+
+    /// `(sessions, online sessions)` of a user.
+    pub fn user(&self, appid: i64, uid: i64) -> (usize, usize) {
+        let key = (appid, uid);
+        self.users[self.shard(key)]
+            .lock()
+            .get(&key)
+            .map_or((0, 0), |e| counts(e))
+    }
+
+    /// Sessions in a room.
+    pub fn room(&self, appid: i64, room: i64) -> usize {
+        let key = (appid, room);
+        self.rooms[self.shard(key)]
+            .lock()
+            .get(&key)
+            .map_or(0, Vec::len)
+    }
+
+    /// `(users, rooms)` with at least one session.
+    pub fn len(&self) -> (usize, usize) {
+        (
+            self.users.iter().map(|s| s.lock().len()).sum(),
+            self.rooms.iter().map(|s| s.lock().len()).sum(),
+        )
+    }
+
+    /// Whether nobody is present.
+    pub fn is_empty(&self) -> bool {
+        self.len() == (0, 0)
+    }
+
+    /// Calls `f(appid, uid, online)` for every present user, one shard locked at a time.
+    fn for_each_user(&self, mut f: impl FnMut(i64, i64, bool)) {
+        for shard in self.users.iter() {
+            let shard = shard.lock();
+            for (&(appid, uid), conns) in shard.iter() {
+                f(appid, uid, counts(conns).1 > 0);
+            }
+        }
+    }
+
+    /// Calls `f(appid, room)` for every room with a session, one shard locked at a time.
+    fn for_each_room(&self, mut f: impl FnMut(i64, i64)) {
+        for shard in self.rooms.iter() {
+            let shard = shard.lock();
+            for &(appid, room) in shard.keys() {
+                f(appid, room);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// RouteLinks: the access node's set of links
+
+struct Topology {
+    route_addrs: Vec<String>,
+    group_addrs: Vec<String>,
+    /// By position in `route_addrs`.
+    route: Vec<Arc<RouteLink>>,
+    /// By position in `group_addrs` (or `route_addrs` when that is empty).
+    group: Vec<Arc<RouteLink>>,
+    /// `group` without repeats.
+    group_distinct: Vec<Arc<RouteLink>>,
+    /// Every link, without repeats.
+    all: Vec<Arc<RouteLink>>,
+}
+
+fn contains(list: &[&Arc<RouteLink>], l: &Arc<RouteLink>) -> bool {
+    list.iter().any(|x| Arc::ptr_eq(x, l))
+}
+
+fn push_distinct(list: &mut Vec<Arc<RouteLink>>, l: &Arc<RouteLink>) {
+    if !list.iter().any(|x| Arc::ptr_eq(x, l)) {
+        list.push(l.clone());
+    }
+}
+
+impl Topology {
+    fn build(
+        route_addrs: Vec<String>,
+        group_addrs: Vec<String>,
+        mut link: impl FnMut(&str) -> Arc<RouteLink>,
+    ) -> Topology {
+        let mut all: Vec<Arc<RouteLink>> = Vec::new();
+        let mut get = |addr: &str, all: &mut Vec<Arc<RouteLink>>| {
+            if let Some(l) = all.iter().find(|l| l.addr() == addr) {
+                return l.clone();
+            }
+            let l = link(addr);
+            all.push(l.clone());
+            l
+        };
+        let route: Vec<Arc<RouteLink>> = route_addrs.iter().map(|a| get(a, &mut all)).collect();
+        let group: Vec<Arc<RouteLink>> = if group_addrs.is_empty() {
+            route.clone()
+        } else {
+            group_addrs.iter().map(|a| get(a, &mut all)).collect()
+        };
+        let mut group_distinct = Vec::new();
+        for l in &group {
+            push_distinct(&mut group_distinct, l);
+        }
+        Topology {
+            route_addrs,
+            group_addrs,
+            route,
+            group,
+            group_distinct,
+            all,
+        }
+    }
+
+    fn user_link(&self, uid: i64) -> Option<&Arc<RouteLink>> {
+        self.route.get(shard_index(uid, self.route.len()))
+    }
+
+    /// The user's channel plus every group channel (§10.4).
+    fn user_links(&self, uid: i64) -> Vec<&Arc<RouteLink>> {
+        let mut out: Vec<&Arc<RouteLink>> = Vec::with_capacity(1 + self.group_distinct.len());
+        if let Some(l) = self.user_link(uid) {
+            out.push(l);
+        }
+        for l in &self.group_distinct {
+            if !contains(&out, l) {
+                out.push(l);
+            }
+        }
+        out
+    }
+
+    fn room_link(&self, room: i64) -> Option<&Arc<RouteLink>> {
+        self.route.get(shard_index(room, self.route.len()))
+    }
+
+    fn group_link(&self, gid: i64) -> Option<&Arc<RouteLink>> {
+        self.group.get(shard_index(gid, self.group.len()))
+    }
+
+    fn has(&self, l: &Arc<RouteLink>) -> bool {
+        self.all.iter().any(|x| Arc::ptr_eq(x, l))
+    }
+}
+
+fn apply_user(links: &[&Arc<RouteLink>], appid: i64, uid: i64, change: UserChange) {
+    for l in links {
+        match change {
+            UserChange::Subscribe { online } => l.subscribe(appid, uid, online),
+            UserChange::Unsubscribe => l.unsubscribe(appid, uid),
+        }
+    }
+}
+
+/// The route links of an access node (see the module docs). With no `route_addrs` every method is
+/// a no-op (single-node mode).
+pub struct RouteLinks {
+    config: RouteLinkConfig,
+    handler: Arc<dyn RouteHandler>,
+    presence: Presence,
+    topo: RwLock<Topology>,
+}
+
+impl RouteLinks {
+    /// Dial every address. `group_route_addrs` empty means "same as `route_addrs`". Must be called
+    /// inside a tokio runtime.
+    pub fn new(
+        route_addrs: Vec<String>,
+        group_route_addrs: Vec<String>,
+        config: RouteLinkConfig,
+        handler: Arc<dyn RouteHandler>,
+    ) -> RouteLinks {
+        let topo = Topology::build(route_addrs, group_route_addrs, |addr| {
+            Arc::new(RouteLink::new(
+                addr.to_owned(),
+                config.clone(),
+                handler.clone(),
+            ))
+        });
+        RouteLinks {
+            config,
+            handler,
+            presence: Presence::new(),
+            topo: RwLock::new(topo),
+        }
+    }
+
+    /// The reference counts.
+    pub fn presence(&self) -> &Presence {
+        &self.presence
+    }
+
+    /// The configured `(route_addrs, group_route_addrs)`.
+    pub fn addrs(&self) -> (Vec<String>, Vec<String>) {
+        let t = self.topo.read();
+        (t.route_addrs.clone(), t.group_addrs.clone())
+    }
+
+    /// Whether any router is configured.
+    pub fn is_enabled(&self) -> bool {
+        !self.topo.read().route.is_empty()
+    }
+
+    /// Session `conn` of `(appid, uid)` logged in; `online` as in §7.2.
+    pub fn login(&self, conn: u64, appid: i64, uid: i64, online: bool) {
+        let topo = self.topo.read();
+        self.presence.login_with(conn, appid, uid, online, |c| {
+            apply_user(&topo.user_links(uid), appid, uid, c)
+        });
+    }
+
+    /// Session `conn` of `(appid, uid)` closed.
+    pub fn logout(&self, conn: u64, appid: i64, uid: i64) {
+        let topo = self.topo.read();
+        self.presence.logout_with(conn, appid, uid, |c| {
+            apply_user(&topo.user_links(uid), appid, uid, c)
+        });
+    }
+
+    /// Session `conn` entered a room.
+    pub fn enter_room(&self, conn: u64, appid: i64, room: i64) {
+        let topo = self.topo.read();
+        self.presence.enter_room_with(conn, appid, room, |_| {
+            if let Some(l) = topo.room_link(room) {
+                l.subscribe_room(appid, room);
+            }
+        });
+    }
+
+    /// Session `conn` left a room (call it for the room a closing session was in, too).
+    pub fn leave_room(&self, conn: u64, appid: i64, room: i64) {
+        let topo = self.topo.read();
+        self.presence.leave_room_with(conn, appid, room, |_| {
+            if let Some(l) = topo.room_link(room) {
+                l.unsubscribe_room(appid, room);
+            }
+        });
+    }
+
+    /// PUBLISH to other nodes' sessions of `(appid, uid)` on the user's channel. False when dropped
+    /// (queue full, too large) or no router is configured.
+    pub fn publish(&self, appid: i64, uid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
+        let link = self.topo.read().user_link(uid).cloned();
+        link.is_some_and(|l| l.publish(appid, uid, msgid, prev, inner))
+    }
+
+    /// PUBLISH_GROUP on the group's channel (every other node receives it).
+    pub fn publish_group(&self, appid: i64, gid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
+        let link = self.topo.read().group_link(gid).cloned();
+        link.is_some_and(|l| l.publish_group(appid, gid, msgid, prev, inner))
+    }
+
+    /// PUBLISH_ROOM on the room's channel.
+    pub fn publish_room(&self, appid: i64, room: i64, inner: &[u8]) -> bool {
+        let link = self.topo.read().room_link(room).cloned();
+        link.is_some_and(|l| l.publish_room(appid, room, inner))
+    }
+
+    /// PUSH: each receiver on its own user channel (where its online flag is known), in chunks of
+    /// at most 1000. False when some chunk was dropped or no router is configured.
+    pub fn push(&self, appid: i64, receivers: &[i64], inner: &[u8]) -> bool {
+        let mut by_link: Vec<(Arc<RouteLink>, Vec<i64>)> = Vec::new();
+        {
+            let topo = self.topo.read();
+            for &r in receivers {
+                let Some(l) = topo.user_link(r) else {
+                    return false;
+                };
+                match by_link.iter_mut().find(|(x, _)| Arc::ptr_eq(x, l)) {
+                    Some((_, list)) => list.push(r),
+                    None => by_link.push((l.clone(), vec![r])),
+                }
+            }
+        }
+        by_link
+            .into_iter()
+            .fold(true, |ok, (l, list)| l.push(appid, &list, inner) && ok)
+    }
+
+    /// Apply a new address configuration without a restart: links to new addresses are dialled and
+    /// replay their share of the state on connect, links to removed addresses are closed (after
+    /// writing what they have queued), and kept links subscribe or unsubscribe users and rooms
+    /// whose channel moved. Sessions' calls wait for the few milliseconds this takes.
+    pub fn set_addrs(&self, route_addrs: Vec<String>, group_route_addrs: Vec<String>) {
+        let mut topo = self.topo.write();
+        if topo.route_addrs == route_addrs && topo.group_addrs == group_route_addrs {
+            return;
+        }
+        let new = Topology::build(route_addrs, group_route_addrs, |addr| {
+            match topo.all.iter().find(|l| l.addr() == addr) {
+                Some(l) => l.clone(),
+                None => Arc::new(RouteLink::new(
+                    addr.to_owned(),
+                    self.config.clone(),
+                    self.handler.clone(),
+                )),
+            }
+        });
+        self.presence.for_each_user(|appid, uid, online| {
+            let old_links = topo.user_links(uid);
+            let new_links = new.user_links(uid);
+            for l in &new_links {
+                if !contains(&old_links, l) {
+                    l.subscribe(appid, uid, online);
+                }
+            }
+            for l in &old_links {
+                if !contains(&new_links, l) && new.has(l) {
+                    l.unsubscribe(appid, uid);
+                }
+            }
+        });
+        self.presence.for_each_room(|appid, room| {
+            let old = topo.room_link(room);
+            let new_link = new.room_link(room);
+            let same = match (old, new_link) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if same {
+                return;
+            }
+            if let Some(l) = new_link {
+                l.subscribe_room(appid, room);
+            }
+            if let Some(l) = old {
+                if new.has(l) {
+                    l.unsubscribe_room(appid, room);
+                }
+            }
+        });
+        for l in &topo.all {
+            if !new.has(l) {
+                tracing::info!(
+                    addr = l.addr(),
+                    "router removed from the configuration; closing its link"
+                );
+                l.close();
+            }
+        }
+        for l in &new.all {
+            if !topo.has(l) {
+                tracing::info!(addr = l.addr(), "router added to the configuration");
+            }
+        }
+        *topo = new;
+    }
+
+    /// Counters of every link.
+    pub fn stats(&self) -> Vec<LinkStats> {
+        let links: Vec<Arc<RouteLink>> = self.topo.read().all.clone();
+        links.iter().map(|l| l.stats()).collect()
+    }
+
+    /// Close every link (queued frames are still written within the write deadline) and wait.
+    pub async fn shutdown(&self) {
+        let links: Vec<Arc<RouteLink>> = self.topo.read().all.clone();
+        for l in &links {
+            l.close();
+        }
+        for l in &links {
+            l.closed().await;
+        }
+    }
+}
+
+impl Drop for RouteLinks {
+    fn drop(&mut self) {
+        for l in &self.topo.read().all {
+            l.close();
+        }
+    }
+}

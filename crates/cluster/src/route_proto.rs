@@ -1,0 +1,531 @@
+//! Bodies of the access ↔ router link (GoBelieve's im ↔ imr protocol, spec §10.3), on the common
+//! 12-byte frame header. Wire compatible with GoBelieve in both directions, with three compatible
+//! extensions:
+//!
+//! * **prev_msgid (defect #10).** The route message's `device_id` field (offset 24, always 0 and
+//!   ignored by GoBelieve) carries banter's `prev_msgid`: the `prev_sync_key` of the METADATA that
+//!   precedes the inner message. A banter receiver can then send `METADATA(msgid, prev)` and the
+//!   SDK's fast path works across nodes. A Go node writes 0 there, which means "unknown" (as before).
+//! * **Inner frame length (defect #24).** The length of the inner frame is read as a `u16` (GoBelieve
+//!   writes an `i16`, which wraps for inner frames of 32768 bytes or more), so a full 32767-byte
+//!   client body plus its 12-byte header fits. The link's body limit is configurable (banter's default
+//!   is 1 MiB instead of 32 KiB).
+//! * **PUSH chunks.** Senders split receiver lists into chunks of at most [`MAX_PUSH_RECEIVERS`]
+//!   ([`push_bodies`]), also kept under GoBelieve's 32 KiB frame limit when the inner frame allows.
+//!
+//! Decoding never panics: short bodies, counts that run past the end and inner frames whose header
+//! disagrees with their length are [`RouteProtoError`]s; the link that received them is closed.
+//! This module does no I/O.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use proto::{Frame, Header, HEADER_LEN};
+
+/// Route command numbers (header byte 8 on the route link).
+pub mod cmd {
+    /// access → router: `(appid, uid, online)`.
+    pub const SUBSCRIBE: u8 = 130;
+    /// access → router: `(appid, uid)`.
+    pub const UNSUBSCRIBE: u8 = 131;
+    /// Both ways: a route message for a user.
+    pub const PUBLISH: u8 = 132;
+    /// access → router: offline-push request.
+    pub const PUSH: u8 = 134;
+    /// Both ways: a route message for a super group.
+    pub const PUBLISH_GROUP: u8 = 135;
+    /// access → router: `(appid, room)`.
+    pub const SUBSCRIBE_ROOM: u8 = 136;
+    /// access → router: `(appid, room)`.
+    pub const UNSUBSCRIBE_ROOM: u8 = 137;
+    /// Both ways: a route message for a room.
+    pub const PUBLISH_ROOM: u8 = 138;
+
+    /// A name for logs.
+    pub const fn name(cmd: u8) -> &'static str {
+        match cmd {
+            SUBSCRIBE => "SUBSCRIBE",
+            UNSUBSCRIBE => "UNSUBSCRIBE",
+            PUBLISH => "PUBLISH",
+            PUSH => "PUSH",
+            PUBLISH_GROUP => "PUBLISH_GROUP",
+            SUBSCRIBE_ROOM => "SUBSCRIBE_ROOM",
+            UNSUBSCRIBE_ROOM => "UNSUBSCRIBE_ROOM",
+            PUBLISH_ROOM => "PUBLISH_ROOM",
+            _ => "UNKNOWN",
+        }
+    }
+}
+
+/// banter's default body limit on route links (GoBelieve: 32767).
+pub const DEFAULT_MAX_BODY: usize = 1 << 20;
+/// GoBelieve's body limit on route links; PUSH chunks stay under it when the inner frame allows.
+pub const GOBELIEVE_MAX_BODY: usize = 32767;
+/// Most receivers in one PUSH body sent by banter.
+pub const MAX_PUSH_RECEIVERS: usize = 1000;
+/// Fixed part of a route message (PUBLISH, PUBLISH_GROUP, PUBLISH_ROOM).
+pub const ROUTE_MESSAGE_FIXED: usize = 42;
+/// Largest inner frame (header included) the `u16` length field can describe.
+pub const MAX_INNER_FRAME: usize = u16::MAX as usize;
+
+/// Why a route body cannot be decoded or encoded. Decoding errors are the peer's fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteProtoError {
+    /// The body is shorter than its layout requires.
+    #[error("{name} body of {len} bytes is shorter than {min}")]
+    TooShort {
+        name: &'static str,
+        len: usize,
+        min: usize,
+    },
+    /// The inner frame's own header disagrees with the length field, or is incomplete.
+    #[error("{name}: malformed inner frame: {why}")]
+    BadInner {
+        name: &'static str,
+        why: &'static str,
+    },
+    /// Not a route command (the receiver logs and ignores it).
+    #[error("unknown route command {0}")]
+    UnknownCommand(u8),
+    /// Encoding: the inner frame does not fit the 16-bit length field.
+    #[error("inner frame of {0} bytes exceeds {MAX_INNER_FRAME}")]
+    InnerTooLong(usize),
+    /// Encoding: more PUSH receivers than the 16-bit count can hold (use [`push_bodies`]).
+    #[error("{0} PUSH receivers exceed 65535")]
+    TooManyReceivers(usize),
+}
+
+/// Which kind of route message: the command it travels in and what its `receiver` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// PUBLISH (132): `receiver` is a uid.
+    User,
+    /// PUBLISH_GROUP (135): `receiver` is a super-group id.
+    Group,
+    /// PUBLISH_ROOM (138): `receiver` is a room id.
+    Room,
+}
+
+impl RouteKind {
+    /// The route command carrying this kind.
+    pub const fn cmd(self) -> u8 {
+        match self {
+            RouteKind::User => cmd::PUBLISH,
+            RouteKind::Group => cmd::PUBLISH_GROUP,
+            RouteKind::Room => cmd::PUBLISH_ROOM,
+        }
+    }
+
+    /// The kind carried by a route command, if it is a publish.
+    pub const fn from_cmd(c: u8) -> Option<RouteKind> {
+        match c {
+            cmd::PUBLISH => Some(RouteKind::User),
+            cmd::PUBLISH_GROUP => Some(RouteKind::Group),
+            cmd::PUBLISH_ROOM => Some(RouteKind::Room),
+            _ => None,
+        }
+    }
+}
+
+/// A route message (PUBLISH, PUBLISH_GROUP, PUBLISH_ROOM), spec §10.3.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedMessage {
+    /// Which command, and what `receiver` is.
+    pub kind: RouteKind,
+    /// The app.
+    pub appid: i64,
+    /// A uid, a super-group id or a room id (see `kind`).
+    pub receiver: i64,
+    /// The METADATA `sync_key` of the inner message; 0 if it has none.
+    pub msgid: i64,
+    /// The METADATA `prev_sync_key` (banter's extension in the `device_id` field); 0 = unknown
+    /// (always 0 from a GoBelieve node).
+    pub prev_msgid: i64,
+    /// Sender's clock in Unix nanoseconds, for latency logs only; 0 for rooms.
+    pub timestamp_ns: i64,
+    /// The complete inner frame (12-byte header plus body) exactly as a client receives it.
+    pub inner: Bytes,
+}
+
+impl RoutedMessage {
+    /// The inner frame, parsed without copying. `None` when `inner` is not one whole frame (never
+    /// for a message produced by [`RouteBody::decode`], which checks it).
+    pub fn inner_frame(&self) -> Option<Frame> {
+        parse_inner(&self.inner).ok()
+    }
+
+    /// Whether the inner frame's flags are consistent with a message that carries metadata: with
+    /// `msgid > 0` the flag must contain PUSH, plus SUPER_GROUP for a group message. GoBelieve's im
+    /// aborts the process on a mismatch (defect #34); banter receivers should drop such a message
+    /// with a log line instead.
+    pub fn flags_consistent(&self) -> bool {
+        if self.msgid <= 0 {
+            return true;
+        }
+        let Some(frame) = self.inner_frame() else {
+            return false;
+        };
+        let mut need = proto::flag::PUSH;
+        if self.kind == RouteKind::Group {
+            need |= proto::flag::SUPER_GROUP;
+        }
+        frame.flag & need == need
+    }
+}
+
+/// A PUSH request (134): offline push for `receivers` of `inner`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRequest {
+    /// The app.
+    pub appid: i64,
+    /// The uids to consider (each one gets a job only if it is offline).
+    pub receivers: Vec<i64>,
+    /// The complete inner frame: an IM, GROUP_IM, SYSTEM or CUSTOMER_V2 message.
+    pub inner: Bytes,
+}
+
+impl PushRequest {
+    /// The inner frame, parsed without copying.
+    pub fn inner_frame(&self) -> Option<Frame> {
+        parse_inner(&self.inner).ok()
+    }
+}
+
+/// One decoded route body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteBody {
+    /// SUBSCRIBE (130).
+    Subscribe { appid: i64, uid: i64, online: bool },
+    /// UNSUBSCRIBE (131).
+    Unsubscribe { appid: i64, uid: i64 },
+    /// SUBSCRIBE_ROOM (136).
+    SubscribeRoom { appid: i64, room: i64 },
+    /// UNSUBSCRIBE_ROOM (137).
+    UnsubscribeRoom { appid: i64, room: i64 },
+    /// PUBLISH (132), PUBLISH_GROUP (135) or PUBLISH_ROOM (138), by the message's kind.
+    Publish(RoutedMessage),
+    /// PUSH (134).
+    Push(PushRequest),
+}
+
+fn i64_at(b: &[u8], at: usize) -> i64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    i64::from_be_bytes(a)
+}
+
+fn u16_at(b: &[u8], at: usize) -> usize {
+    u16::from_be_bytes([b[at], b[at + 1]]) as usize
+}
+
+fn need(name: &'static str, b: &[u8], min: usize) -> Result<(), RouteProtoError> {
+    if b.len() < min {
+        Err(RouteProtoError::TooShort {
+            name,
+            len: b.len(),
+            min,
+        })
+    } else {
+        Ok(())
+    }
+}
+
+fn parse_inner(inner: &Bytes) -> Result<Frame, &'static str> {
+    let header = match Header::parse(inner, inner.len().saturating_sub(HEADER_LEN)) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err("shorter than a frame header"),
+        Err(_) => return Err("header length exceeds the inner frame"),
+    };
+    if HEADER_LEN + header.len != inner.len() {
+        return Err("header length does not match the inner frame length");
+    }
+    Ok(Frame {
+        seq: header.seq,
+        cmd: header.cmd,
+        version: header.version,
+        flag: header.flag,
+        body: inner.slice(HEADER_LEN..),
+    })
+}
+
+fn check_inner(name: &'static str, inner: &Bytes) -> Result<(), RouteProtoError> {
+    parse_inner(inner)
+        .map(|_| ())
+        .map_err(|why| RouteProtoError::BadInner { name, why })
+}
+
+impl RouteBody {
+    /// The route command of this body.
+    pub fn cmd(&self) -> u8 {
+        match self {
+            RouteBody::Subscribe { .. } => cmd::SUBSCRIBE,
+            RouteBody::Unsubscribe { .. } => cmd::UNSUBSCRIBE,
+            RouteBody::SubscribeRoom { .. } => cmd::SUBSCRIBE_ROOM,
+            RouteBody::UnsubscribeRoom { .. } => cmd::UNSUBSCRIBE_ROOM,
+            RouteBody::Publish(m) => m.kind.cmd(),
+            RouteBody::Push(_) => cmd::PUSH,
+        }
+    }
+
+    /// Decodes the body of a route frame. Trailing bytes after a complete layout are ignored
+    /// (as GoBelieve does). The inner frame of a publish or push must be exactly one frame.
+    pub fn decode(c: u8, body: &Bytes) -> Result<RouteBody, RouteProtoError> {
+        let b = &body[..];
+        Ok(match c {
+            cmd::SUBSCRIBE => {
+                need("SUBSCRIBE", b, 17)?;
+                RouteBody::Subscribe {
+                    appid: i64_at(b, 0),
+                    uid: i64_at(b, 8),
+                    online: b[16] != 0,
+                }
+            }
+            cmd::UNSUBSCRIBE => {
+                need("UNSUBSCRIBE", b, 16)?;
+                RouteBody::Unsubscribe {
+                    appid: i64_at(b, 0),
+                    uid: i64_at(b, 8),
+                }
+            }
+            cmd::SUBSCRIBE_ROOM => {
+                need("SUBSCRIBE_ROOM", b, 16)?;
+                RouteBody::SubscribeRoom {
+                    appid: i64_at(b, 0),
+                    room: i64_at(b, 8),
+                }
+            }
+            cmd::UNSUBSCRIBE_ROOM => {
+                need("UNSUBSCRIBE_ROOM", b, 16)?;
+                RouteBody::UnsubscribeRoom {
+                    appid: i64_at(b, 0),
+                    room: i64_at(b, 8),
+                }
+            }
+            cmd::PUBLISH | cmd::PUBLISH_GROUP | cmd::PUBLISH_ROOM => {
+                let name = cmd::name(c);
+                need(name, b, ROUTE_MESSAGE_FIXED)?;
+                let len = u16_at(b, 40);
+                need(name, b, ROUTE_MESSAGE_FIXED + len)?;
+                let inner = body.slice(ROUTE_MESSAGE_FIXED..ROUTE_MESSAGE_FIXED + len);
+                check_inner(name, &inner)?;
+                let kind = match c {
+                    cmd::PUBLISH => RouteKind::User,
+                    cmd::PUBLISH_GROUP => RouteKind::Group,
+                    _ => RouteKind::Room,
+                };
+                RouteBody::Publish(RoutedMessage {
+                    kind,
+                    appid: i64_at(b, 0),
+                    receiver: i64_at(b, 8),
+                    msgid: i64_at(b, 16),
+                    prev_msgid: i64_at(b, 24),
+                    timestamp_ns: i64_at(b, 32),
+                    inner,
+                })
+            }
+            cmd::PUSH => {
+                need("PUSH", b, 12)?;
+                let n = u16_at(b, 8);
+                let at = 10 + 8 * n;
+                need("PUSH", b, at + 2)?;
+                let receivers = (0..n).map(|i| i64_at(b, 10 + 8 * i)).collect();
+                let len = u16_at(b, at);
+                need("PUSH", b, at + 2 + len)?;
+                let inner = body.slice(at + 2..at + 2 + len);
+                check_inner("PUSH", &inner)?;
+                RouteBody::Push(PushRequest {
+                    appid: i64_at(b, 0),
+                    receivers,
+                    inner,
+                })
+            }
+            other => return Err(RouteProtoError::UnknownCommand(other)),
+        })
+    }
+
+    /// Encodes this body (without the frame header). Fails only when an inner frame exceeds
+    /// [`MAX_INNER_FRAME`] or a PUSH has more than 65535 receivers (use [`push_bodies`]).
+    pub fn encode(&self) -> Result<Bytes, RouteProtoError> {
+        Ok(match self {
+            RouteBody::Subscribe { appid, uid, online } => subscribe_body(*appid, *uid, *online),
+            RouteBody::Unsubscribe { appid, uid } => pair_body(*appid, *uid),
+            RouteBody::SubscribeRoom { appid, room }
+            | RouteBody::UnsubscribeRoom { appid, room } => pair_body(*appid, *room),
+            RouteBody::Publish(m) => route_message_body(
+                m.appid,
+                m.receiver,
+                m.msgid,
+                m.prev_msgid,
+                m.timestamp_ns,
+                &m.inner,
+            )?,
+            RouteBody::Push(p) => {
+                if p.receivers.len() > u16::MAX as usize {
+                    return Err(RouteProtoError::TooManyReceivers(p.receivers.len()));
+                }
+                push_body(p.appid, &p.receivers, &p.inner)?
+            }
+        })
+    }
+
+    /// Encodes this body as a whole frame (outer version and flag 0) onto `dst`.
+    pub fn encode_frame(&self, seq: i32, dst: &mut BytesMut) -> Result<(), RouteProtoError> {
+        let body = self.encode()?;
+        write_frame(dst, seq, self.cmd(), &body);
+        Ok(())
+    }
+}
+
+/// Writes one route frame: the 12-byte header (version and flag 0) and `body`.
+pub fn write_frame(dst: &mut BytesMut, seq: i32, c: u8, body: &[u8]) {
+    dst.reserve(HEADER_LEN + body.len());
+    Header {
+        len: body.len(),
+        seq,
+        cmd: c,
+        version: 0,
+        flag: 0,
+    }
+    .write(dst);
+    dst.put_slice(body);
+}
+
+/// SUBSCRIBE body: appid, uid, online byte.
+pub fn subscribe_body(appid: i64, uid: i64, online: bool) -> Bytes {
+    let mut b = BytesMut::with_capacity(17);
+    b.put_i64(appid);
+    b.put_i64(uid);
+    b.put_u8(u8::from(online));
+    b.freeze()
+}
+
+/// UNSUBSCRIBE, SUBSCRIBE_ROOM and UNSUBSCRIBE_ROOM body: two i64.
+pub fn pair_body(appid: i64, id: i64) -> Bytes {
+    let mut b = BytesMut::with_capacity(16);
+    b.put_i64(appid);
+    b.put_i64(id);
+    b.freeze()
+}
+
+/// A route message body (PUBLISH, PUBLISH_GROUP, PUBLISH_ROOM).
+pub fn route_message_body(
+    appid: i64,
+    receiver: i64,
+    msgid: i64,
+    prev_msgid: i64,
+    timestamp_ns: i64,
+    inner: &[u8],
+) -> Result<Bytes, RouteProtoError> {
+    if inner.len() > MAX_INNER_FRAME {
+        return Err(RouteProtoError::InnerTooLong(inner.len()));
+    }
+    let mut b = BytesMut::with_capacity(ROUTE_MESSAGE_FIXED + inner.len());
+    b.put_i64(appid);
+    b.put_i64(receiver);
+    b.put_i64(msgid);
+    b.put_i64(prev_msgid);
+    b.put_i64(timestamp_ns);
+    b.put_u16(inner.len() as u16);
+    b.put_slice(inner);
+    Ok(b.freeze())
+}
+
+fn push_body(appid: i64, receivers: &[i64], inner: &[u8]) -> Result<Bytes, RouteProtoError> {
+    if inner.len() > MAX_INNER_FRAME {
+        return Err(RouteProtoError::InnerTooLong(inner.len()));
+    }
+    let mut b = BytesMut::with_capacity(12 + 8 * receivers.len() + inner.len());
+    b.put_i64(appid);
+    b.put_u16(receivers.len() as u16);
+    for r in receivers {
+        b.put_i64(*r);
+    }
+    b.put_u16(inner.len() as u16);
+    b.put_slice(inner);
+    Ok(b.freeze())
+}
+
+/// The receivers per PUSH body for an inner frame of `inner_len` bytes: at most
+/// [`MAX_PUSH_RECEIVERS`], and few enough that the body stays within GoBelieve's 32767-byte limit
+/// when the inner frame leaves room for at least one receiver (never fewer than 1).
+pub fn push_chunk_size(inner_len: usize) -> usize {
+    let room = GOBELIEVE_MAX_BODY.saturating_sub(12 + inner_len) / 8;
+    room.clamp(1, MAX_PUSH_RECEIVERS)
+}
+
+/// PUSH bodies for `receivers`, split into chunks of [`push_chunk_size`] receivers. No receivers,
+/// no bodies.
+pub fn push_bodies(
+    appid: i64,
+    receivers: &[i64],
+    inner: &[u8],
+) -> Result<Vec<Bytes>, RouteProtoError> {
+    let size = push_chunk_size(inner.len());
+    receivers
+        .chunks(size)
+        .map(|chunk| push_body(appid, chunk, inner))
+        .collect()
+}
+
+/// `abs(id) mod n` without overflow for `i64::MIN` (defect #52); `n` must be > 0.
+pub fn shard_index(id: i64, n: usize) -> usize {
+    (id.unsigned_abs() % n.max(1) as u64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inner_frame(body: &[u8]) -> Bytes {
+        let mut b = BytesMut::new();
+        Frame {
+            seq: 0,
+            cmd: proto::cmd::IM,
+            version: 2,
+            flag: proto::flag::PUSH,
+            body: Bytes::copy_from_slice(body),
+        }
+        .encode(&mut b);
+        b.freeze()
+    }
+
+    #[test]
+    fn shard_index_handles_min() {
+        assert_eq!(shard_index(-7, 3), 1);
+        assert_eq!(shard_index(7, 3), 1);
+        assert_eq!(shard_index(i64::MIN, 3), (1u64 << 63) as usize % 3);
+        assert_eq!(shard_index(5, 0), 0);
+    }
+
+    #[test]
+    fn push_chunks() {
+        assert_eq!(push_chunk_size(100), MAX_PUSH_RECEIVERS);
+        assert_eq!(push_chunk_size(32_000), (32767 - 12 - 32_000) / 8);
+        assert_eq!(push_chunk_size(40_000), 1);
+        let inner = inner_frame(b"x");
+        let bodies = push_bodies(1, &(0..2500).collect::<Vec<_>>(), &inner).unwrap();
+        let n: Vec<usize> = bodies
+            .iter()
+            .map(|b| match RouteBody::decode(cmd::PUSH, b).unwrap() {
+                RouteBody::Push(p) => p.receivers.len(),
+                _ => 0,
+            })
+            .collect();
+        assert_eq!(n, vec![1000, 1000, 500]);
+        assert!(push_bodies(1, &[], &inner).unwrap().is_empty());
+    }
+
+    #[test]
+    fn inner_length_is_unsigned() {
+        // A 40 000-byte inner frame: GoBelieve's i16 would read it as negative.
+        let inner = inner_frame(&vec![7u8; 40_000 - HEADER_LEN]);
+        let body = route_message_body(1, 2, 3, 4, 5, &inner).unwrap();
+        assert_eq!(&body[40..42], &(40_000u16).to_be_bytes());
+        match RouteBody::decode(cmd::PUBLISH, &body).unwrap() {
+            RouteBody::Publish(m) => assert_eq!(m.inner.len(), 40_000),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(
+            route_message_body(1, 2, 3, 4, 5, &vec![0u8; 70_000]),
+            Err(RouteProtoError::InnerTooLong(70_000))
+        );
+    }
+}

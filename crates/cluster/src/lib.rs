@@ -2,3 +2,9 @@
 
 pub mod route_link;
 pub mod route_proto;
+pub mod frame_io;
+pub mod store_client;
+pub mod store_node;
+pub mod store_proto;
+pub mod store_replication;
+pub mod store_server;

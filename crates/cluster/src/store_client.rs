@@ -1,0 +1,895 @@
+//! The access side of the store link: [`StorePool`], a few pipelined connections to one store
+//! node, and [`RemoteStore`], the sharded view over every store node that the access node uses
+//! in place of an in-process `Store`.
+//!
+//! A pool keeps up to `connections` TCP connections and spreads requests over them round-robin;
+//! each connection carries any number of requests at once (`seq` = request id, replies matched
+//! by id, answered in any order). Every request has a deadline (connect, send and reply
+//! included). A connection that fails is dropped and re-dialled on demand, with exponential
+//! back-off between failed dials so a dead store costs callers nothing but a fast
+//! [`RemoteStoreError::Unavailable`]. Dropping a pool closes its connections once the requests
+//! still using them have finished.
+//!
+//! Sharding follows GoBelieve (spec §1.2): a user's personal queue lives on
+//! `storage_addrs[|uid| mod N]`, a super group's queue on `group_storage_addrs[|gid| mod M]`
+//! (which defaults to `storage_addrs`); the app id is not part of the key. `|id|` is
+//! `unsigned_abs`, so `i64::MIN` does not overflow (#52).
+//!
+//! An append whose queues live on several stores is split: each store receives one message per
+//! original message, holding only its queues, with the same body; the parts are sent
+//! concurrently and the results put back in the original queue order. The append succeeds only
+//! if every part did. If one part fails, the others may already be stored (there is no
+//! cross-store transaction, as in GoBelieve): the caller gets the error and must treat the message
+//! as not delivered. After a `Timeout` or a lost connection the outcome of an append is unknown.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use proto::Frame;
+use store::{Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::frame_io::{self, FrameIoError};
+use crate::store_proto::{self as sp, BodyError, ErrorCode, PingInfo, Request};
+
+/// What went wrong talking to a store node. Says whose fault it was: the network or the node
+/// being down (`Timeout`, `Unavailable`), the store itself (`Remote`, with the store's error
+/// code), a peer that does not speak the protocol (`Protocol`) or our configuration (`Config`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RemoteStoreError {
+    /// No reply within the request timeout. For an append the outcome is unknown.
+    #[error("store {addr} did not answer within {} ms", after.as_millis())]
+    Timeout { addr: String, after: Duration },
+    /// The store cannot be reached (connect failed, connection lost, or dialling is backing off
+    /// after failures). For an append whose connection was lost the outcome is unknown.
+    #[error("store {addr} is unavailable: {reason}")]
+    Unavailable { addr: String, reason: String },
+    /// The store answered with an error.
+    #[error("store {addr} refused the request ({code}): {message}")]
+    Remote {
+        addr: String,
+        code: ErrorCode,
+        message: String,
+    },
+    /// The store's reply did not follow the protocol.
+    #[error("store {addr} broke the store link protocol: {reason}")]
+    Protocol { addr: String, reason: String },
+    /// Invalid client configuration (e.g. no store addresses).
+    #[error("invalid store client configuration: {0}")]
+    Config(String),
+}
+
+impl RemoteStoreError {
+    /// The store's error code, for `Remote` errors.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            RemoteStoreError::Remote { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<RemoteStoreError> for StoreError {
+    /// Maps a remote failure onto the store's own error kinds, so code written against the
+    /// in-process store keeps working: the store's refusals keep their kind; transport failures
+    /// become `Io` errors naming the store's address.
+    fn from(e: RemoteStoreError) -> StoreError {
+        let io = |addr: &str, kind: std::io::ErrorKind, msg: String| StoreError::Io {
+            op: "store link request",
+            path: addr.into(),
+            offset: None,
+            source: std::io::Error::new(kind, msg),
+        };
+        match e {
+            RemoteStoreError::Remote {
+                addr,
+                code,
+                message,
+            } => match code {
+                ErrorCode::Poisoned => StoreError::Poisoned(message),
+                ErrorCode::Overloaded => StoreError::Overloaded(message),
+                ErrorCode::NotLeader => StoreError::NotLeader,
+                ErrorCode::InvalidArgument => StoreError::InvalidArgument(message),
+                ErrorCode::Closed => StoreError::Closed,
+                _ => io(
+                    &addr,
+                    std::io::ErrorKind::Other,
+                    format!("{code}: {message}"),
+                ),
+            },
+            RemoteStoreError::Timeout { ref addr, .. } => {
+                io(addr, std::io::ErrorKind::TimedOut, e.to_string())
+            }
+            RemoteStoreError::Unavailable { ref addr, .. } => {
+                io(addr, std::io::ErrorKind::NotConnected, e.to_string())
+            }
+            RemoteStoreError::Protocol { ref addr, .. } => {
+                io(addr, std::io::ErrorKind::InvalidData, e.to_string())
+            }
+            RemoteStoreError::Config(m) => StoreError::InvalidArgument(m),
+        }
+    }
+}
+
+/// Settings of a [`StorePool`] (and of every pool of a [`RemoteStore`]).
+#[derive(Debug, Clone)]
+pub struct StorePoolOptions {
+    /// Connections per store address. Default 4.
+    pub connections: usize,
+    /// Deadline of one request, dialling included. Default 5 s.
+    pub request_timeout: Duration,
+    /// Deadline of one dial. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Largest reply body accepted. Must be at least the server's `max_frame_bytes`. Default
+    /// 16 MiB.
+    pub max_frame_bytes: usize,
+    /// Most requests waiting for a reply on one connection. Default 1024.
+    pub max_in_flight_per_conn: usize,
+    /// First wait before re-dialling after a failed dial; doubles up to `backoff_max`.
+    /// Default 100 ms.
+    pub backoff_min: Duration,
+    /// Longest wait between dials. Default 5 s.
+    pub backoff_max: Duration,
+}
+
+impl Default for StorePoolOptions {
+    fn default() -> Self {
+        StorePoolOptions {
+            connections: 4,
+            request_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            max_frame_bytes: crate::store_server::DEFAULT_MAX_FRAME_BYTES,
+            max_in_flight_per_conn: 1024,
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+}
+
+type Waiter = oneshot::Sender<Result<Frame, RemoteStoreError>>;
+
+/// Requests waiting for their reply on one connection.
+struct Pending {
+    waiters: HashMap<i32, Waiter>,
+    /// Why the connection is dead, once it is.
+    dead: Option<String>,
+}
+
+struct Conn {
+    tx: mpsc::UnboundedSender<Bytes>,
+    pending: Arc<Mutex<Pending>>,
+    next_seq: AtomicI32,
+    sem: Semaphore,
+    dead: Arc<AtomicBool>,
+}
+
+impl Conn {
+    fn alive(&self) -> bool {
+        !self.dead.load(Ordering::Acquire)
+    }
+
+    /// Registers a waiter under a fresh request id.
+    fn register(
+        &self,
+        addr: &str,
+    ) -> Result<(i32, oneshot::Receiver<Result<Frame, RemoteStoreError>>), RemoteStoreError> {
+        let (tx, rx) = oneshot::channel();
+        let mut p = self.pending.lock();
+        if let Some(why) = &p.dead {
+            return Err(RemoteStoreError::Unavailable {
+                addr: addr.to_string(),
+                reason: why.clone(),
+            });
+        }
+        loop {
+            let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+            if let std::collections::hash_map::Entry::Vacant(v) = p.waiters.entry(seq) {
+                v.insert(tx);
+                return Ok((seq, rx));
+            }
+        }
+    }
+}
+
+/// Removes a waiter when its request ends any way other than by its reply (timeout, caller
+/// cancelled).
+struct WaiterGuard<'a> {
+    pending: &'a Mutex<Pending>,
+    seq: i32,
+}
+
+impl Drop for WaiterGuard<'_> {
+    fn drop(&mut self) {
+        self.pending.lock().waiters.remove(&self.seq);
+    }
+}
+
+struct Backoff {
+    next_attempt: Option<Instant>,
+    delay: Duration,
+    last_error: String,
+}
+
+/// Pipelined connections to one store node.
+pub struct StorePool {
+    addr: String,
+    opts: StorePoolOptions,
+    slots: Vec<Mutex<Option<Arc<Conn>>>>,
+    rr: AtomicUsize,
+    dialing: tokio::sync::Mutex<()>,
+    backoff: Mutex<Backoff>,
+}
+
+impl StorePool {
+    /// A pool for the store at `addr` (`host:port`). Connections are dialled on first use.
+    pub fn new(addr: impl Into<String>, opts: StorePoolOptions) -> StorePool {
+        let n = opts.connections.max(1);
+        StorePool {
+            addr: addr.into(),
+            slots: (0..n).map(|_| Mutex::new(None)).collect(),
+            rr: AtomicUsize::new(0),
+            dialing: tokio::sync::Mutex::new(()),
+            backoff: Mutex::new(Backoff {
+                next_attempt: None,
+                delay: opts.backoff_min,
+                last_error: String::new(),
+            }),
+            opts,
+        }
+    }
+
+    /// The store's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.lock().as_ref().is_some_and(|c| c.alive()))
+            .count()
+    }
+
+    fn alive_in(&self, i: usize) -> Option<Arc<Conn>> {
+        self.slots[i].lock().as_ref().filter(|c| c.alive()).cloned()
+    }
+
+    /// A live connection: the next slot round-robin, dialled if needed, else any live one.
+    async fn conn(&self) -> Result<Arc<Conn>, RemoteStoreError> {
+        let n = self.slots.len();
+        let i = self.rr.fetch_add(1, Ordering::Relaxed) % n;
+        if let Some(c) = self.alive_in(i) {
+            return Ok(c);
+        }
+        let may_dial = self
+            .backoff
+            .lock()
+            .next_attempt
+            .is_none_or(|t| Instant::now() >= t);
+        if may_dial {
+            let _g = self.dialing.lock().await;
+            if let Some(c) = self.alive_in(i) {
+                return Ok(c);
+            }
+            let allowed = self
+                .backoff
+                .lock()
+                .next_attempt
+                .is_none_or(|t| Instant::now() >= t);
+            if allowed {
+                match self.dial().await {
+                    Ok(c) => {
+                        let mut b = self.backoff.lock();
+                        b.next_attempt = None;
+                        b.delay = self.opts.backoff_min;
+                        drop(b);
+                        *self.slots[i].lock() = Some(c.clone());
+                        return Ok(c);
+                    }
+                    Err(why) => {
+                        tracing::debug!(addr = %self.addr, error = %why, "store dial failed");
+                        let mut b = self.backoff.lock();
+                        b.next_attempt = Some(Instant::now() + b.delay);
+                        b.delay = (b.delay * 2).min(self.opts.backoff_max);
+                        b.last_error = why;
+                    }
+                }
+            }
+        }
+        for k in 1..n {
+            if let Some(c) = self.alive_in((i + k) % n) {
+                return Ok(c);
+            }
+        }
+        let reason = {
+            let b = self.backoff.lock();
+            if b.last_error.is_empty() {
+                "no connection".to_string()
+            } else {
+                format!("{} (retrying with back-off)", b.last_error)
+            }
+        };
+        Err(RemoteStoreError::Unavailable {
+            addr: self.addr.clone(),
+            reason,
+        })
+    }
+
+    async fn dial(&self) -> Result<Arc<Conn>, String> {
+        let stream =
+            match tokio::time::timeout(self.opts.connect_timeout, TcpStream::connect(&self.addr))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return Err(format!("connect failed: {e}")),
+                Err(_) => {
+                    return Err(format!(
+                        "connect timed out after {} ms",
+                        self.opts.connect_timeout.as_millis()
+                    ))
+                }
+            };
+        let _ = stream.set_nodelay(true);
+        let (mut rd, wr) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let pending = Arc::new(Mutex::new(Pending {
+            waiters: HashMap::new(),
+            dead: None,
+        }));
+        let dead = Arc::new(AtomicBool::new(false));
+        let conn = Arc::new(Conn {
+            tx,
+            pending: pending.clone(),
+            next_seq: AtomicI32::new(1),
+            sem: Semaphore::new(self.opts.max_in_flight_per_conn.max(1)),
+            dead: dead.clone(),
+        });
+        let max = self.opts.max_frame_bytes;
+        let addr = self.addr.clone();
+        // The task holds only the waiters, not the connection: dropping the last `Conn` drops
+        // the sender, which ends the writer and with it this task and the socket.
+        tokio::spawn(async move {
+            let reader = async {
+                let mut buf = BytesMut::with_capacity(8192);
+                loop {
+                    match frame_io::read_frame(&mut rd, &mut buf, max).await {
+                        Ok(Some(f)) => {
+                            if f.flag & sp::FLAG_REPLY == 0 {
+                                return "peer sent a request frame on a client connection"
+                                    .to_string();
+                            }
+                            let w = pending.lock().waiters.remove(&f.seq);
+                            if let Some(w) = w {
+                                let _ = w.send(Ok(f));
+                            }
+                        }
+                        Ok(None) => return "connection closed by the store".to_string(),
+                        Err(FrameIoError::Io(e)) => return format!("connection lost: {e}"),
+                        Err(e) => return format!("bad reply stream: {e}"),
+                    }
+                }
+            };
+            let why = tokio::select! {
+                why = reader => why,
+                w = frame_io::write_loop(wr, rx) => match w {
+                    Ok(()) => "connection closed".to_string(),
+                    Err(e) => format!("write failed: {e}"),
+                },
+            };
+            dead.store(true, Ordering::Release);
+            let waiters: Vec<Waiter> = {
+                let mut p = pending.lock();
+                p.dead = Some(why.clone());
+                p.waiters.drain().map(|(_, w)| w).collect()
+            };
+            if !waiters.is_empty() {
+                tracing::warn!(addr = %addr, reason = %why, requests = waiters.len(), "store connection lost with requests in flight");
+            } else {
+                tracing::debug!(addr = %addr, reason = %why, "store connection closed");
+            }
+            for w in waiters {
+                let _ = w.send(Err(RemoteStoreError::Unavailable {
+                    addr: addr.clone(),
+                    reason: why.clone(),
+                }));
+            }
+        });
+        Ok(conn)
+    }
+
+    /// Sends `req` and returns the reply body, or the store's error.
+    async fn call(&self, req: &Request) -> Result<Bytes, RemoteStoreError> {
+        let timeout = self.opts.request_timeout;
+        let fut = async {
+            let conn = self.conn().await?;
+            let _permit = conn
+                .sem
+                .acquire()
+                .await
+                .map_err(|_| RemoteStoreError::Unavailable {
+                    addr: self.addr.clone(),
+                    reason: "connection closed".into(),
+                })?;
+            let (seq, rx) = conn.register(&self.addr)?;
+            let _guard = WaiterGuard {
+                pending: &conn.pending,
+                seq,
+            };
+            let mut b = BytesMut::with_capacity(proto::HEADER_LEN + req.body_len());
+            proto::Header {
+                len: req.body_len(),
+                seq,
+                cmd: req.cmd(),
+                version: sp::LINK_VERSION,
+                flag: 0,
+            }
+            .write(&mut b);
+            req.encode_body(&mut b);
+            if b.len() - proto::HEADER_LEN > self.opts.max_frame_bytes {
+                return Err(RemoteStoreError::Config(format!(
+                    "request of {} bytes exceeds the store link frame limit of {} bytes",
+                    b.len() - proto::HEADER_LEN,
+                    self.opts.max_frame_bytes
+                )));
+            }
+            conn.tx
+                .send(b.freeze())
+                .map_err(|_| RemoteStoreError::Unavailable {
+                    addr: self.addr.clone(),
+                    reason: "connection closed".into(),
+                })?;
+            let frame = match rx.await {
+                Ok(r) => r?,
+                Err(_) => {
+                    return Err(RemoteStoreError::Unavailable {
+                        addr: self.addr.clone(),
+                        reason: "connection closed".into(),
+                    })
+                }
+            };
+            if frame.cmd != req.cmd() {
+                return Err(self.protocol(format!(
+                    "reply command {} to request command {}",
+                    frame.cmd,
+                    req.cmd()
+                )));
+            }
+            if frame.flag & sp::FLAG_ERROR != 0 {
+                let (code, message) =
+                    sp::decode_error(frame.body).map_err(|e| self.protocol(e.to_string()))?;
+                return Err(RemoteStoreError::Remote {
+                    addr: self.addr.clone(),
+                    code,
+                    message,
+                });
+            }
+            Ok(frame.body)
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(RemoteStoreError::Timeout {
+                addr: self.addr.clone(),
+                after: timeout,
+            }),
+        }
+    }
+
+    fn protocol(&self, reason: String) -> RemoteStoreError {
+        RemoteStoreError::Protocol {
+            addr: self.addr.clone(),
+            reason,
+        }
+    }
+
+    fn decoded<T>(&self, r: Result<T, BodyError>) -> Result<T, RemoteStoreError> {
+        r.map_err(|e| self.protocol(e.to_string()))
+    }
+
+    /// Liveness, role and log end of the store.
+    pub async fn ping(&self) -> Result<PingInfo, RemoteStoreError> {
+        let b = self.call(&Request::Ping).await?;
+        self.decoded(sp::decode_ping(b))
+    }
+
+    /// Appends `batch` to this store (every queue must live here).
+    pub async fn append(
+        &self,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Vec<Appended>>, RemoteStoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shape: Vec<usize> = batch.iter().map(|m| m.queues.len()).collect();
+        let b = self.call(&Request::Append(batch)).await?;
+        let res = self.decoded(sp::decode_appended(b))?;
+        if res.len() != shape.len() || res.iter().zip(&shape).any(|(r, n)| r.len() != *n) {
+            return Err(self.protocol("append reply does not match the request's shape".into()));
+        }
+        Ok(res)
+    }
+
+    /// `Store::sync` on this store.
+    pub async fn sync(
+        &self,
+        queue: QueueId,
+        after: i64,
+        limit: usize,
+    ) -> Result<SyncPage, RemoteStoreError> {
+        let b = self
+            .call(&Request::Sync {
+                queue,
+                after,
+                limit: clamp_u32(limit),
+            })
+            .await?;
+        self.decoded(sp::decode_sync_page(b))
+    }
+
+    /// `Store::sync_since` on this store.
+    pub async fn sync_since(
+        &self,
+        queue: QueueId,
+        after: i64,
+        limit: usize,
+        join_ts: i64,
+    ) -> Result<SyncPage, RemoteStoreError> {
+        let b = self
+            .call(&Request::SyncSince {
+                queue,
+                after,
+                limit: clamp_u32(limit),
+                join_ts,
+            })
+            .await?;
+        self.decoded(sp::decode_sync_page(b))
+    }
+
+    /// `Store::latest` on this store.
+    pub async fn latest(
+        &self,
+        queue: QueueId,
+        n: usize,
+    ) -> Result<Vec<StoredMessage>, RemoteStoreError> {
+        let b = self
+            .call(&Request::Latest {
+                queue,
+                n: clamp_u32(n),
+            })
+            .await?;
+        self.decoded(sp::decode_messages(b))
+    }
+
+    /// `Store::latest_peer` on this store.
+    pub async fn latest_peer(
+        &self,
+        queue: QueueId,
+        n: usize,
+    ) -> Result<Vec<StoredMessage>, RemoteStoreError> {
+        let b = self
+            .call(&Request::LatestPeer {
+                queue,
+                n: clamp_u32(n),
+            })
+            .await?;
+        self.decoded(sp::decode_messages(b))
+    }
+
+    /// `Store::new_count` on this store.
+    pub async fn new_count(&self, queue: QueueId, after: i64) -> Result<u64, RemoteStoreError> {
+        let b = self.call(&Request::NewCount { queue, after }).await?;
+        self.decoded(sp::decode_u64(b))
+    }
+
+    /// `Store::last_key` on this store.
+    pub async fn last_key(&self, queue: QueueId) -> Result<i64, RemoteStoreError> {
+        let b = self.call(&Request::LastKey { queue }).await?;
+        self.decoded(sp::decode_i64(b))
+    }
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The pools of one address configuration.
+struct Shards {
+    storage: Vec<Arc<StorePool>>,
+    group: Vec<Arc<StorePool>>,
+}
+
+impl Shards {
+    fn pool(&self, q: QueueId) -> &Arc<StorePool> {
+        let (list, id) = match q {
+            QueueId::User { uid, .. } => (&self.storage, uid),
+            QueueId::Group { gid, .. } => (&self.group, gid),
+        };
+        // Both lists are non-empty (checked when they are set).
+        &list[(id.unsigned_abs() % list.len() as u64) as usize]
+    }
+}
+
+/// The sharded store as seen from an access node (spec §1.2). Mirrors the in-process `Store`'s
+/// API with `async` methods returning [`RemoteStoreError`].
+pub struct RemoteStore {
+    opts: StorePoolOptions,
+    shards: RwLock<Arc<Shards>>,
+}
+
+impl RemoteStore {
+    /// A sharded store over `storage_addrs` (personal queues) and `group_storage_addrs`
+    /// (super-group queues; empty = same as `storage_addrs`). Nothing is dialled yet.
+    pub fn new(
+        storage_addrs: Vec<String>,
+        group_storage_addrs: Vec<String>,
+        opts: StorePoolOptions,
+    ) -> Result<RemoteStore, RemoteStoreError> {
+        let shards = build_shards(&opts, &storage_addrs, &group_storage_addrs, None)?;
+        Ok(RemoteStore {
+            opts,
+            shards: RwLock::new(Arc::new(shards)),
+        })
+    }
+
+    /// Replaces the address lists (e.g. after a fail-over). Requests started afterwards use the
+    /// new lists; requests in flight finish on the connections they started on. Pools of
+    /// addresses present in both configurations are kept, with their connections.
+    pub fn set_addrs(
+        &self,
+        storage_addrs: Vec<String>,
+        group_storage_addrs: Vec<String>,
+    ) -> Result<(), RemoteStoreError> {
+        let old = self.shards.read().clone();
+        let new = build_shards(&self.opts, &storage_addrs, &group_storage_addrs, Some(&old))?;
+        *self.shards.write() = Arc::new(new);
+        Ok(())
+    }
+
+    /// The current address lists: (storage, group storage).
+    pub fn addrs(&self) -> (Vec<String>, Vec<String>) {
+        let s = self.shards.read().clone();
+        (
+            s.storage.iter().map(|p| p.addr.clone()).collect(),
+            s.group.iter().map(|p| p.addr.clone()).collect(),
+        )
+    }
+
+    /// The pool holding `queue`.
+    pub fn pool_for(&self, queue: QueueId) -> Arc<StorePool> {
+        self.shards.read().pool(queue).clone()
+    }
+
+    /// Pings every distinct store address.
+    pub async fn ping_all(&self) -> Vec<(String, Result<PingInfo, RemoteStoreError>)> {
+        let s = self.shards.read().clone();
+        let mut seen = std::collections::HashSet::new();
+        let pools: Vec<Arc<StorePool>> = s
+            .storage
+            .iter()
+            .chain(s.group.iter())
+            .filter(|p| seen.insert(p.addr.clone()))
+            .cloned()
+            .collect();
+        let futs = pools
+            .iter()
+            .map(|p| async move { (p.addr.clone(), p.ping().await) });
+        futures_util::future::join_all(futs).await
+    }
+
+    /// Appends `batch`, splitting messages whose queues live on several stores (see the module
+    /// docs). For each message, one [`Appended`] per queue in the message's queue order.
+    pub async fn append(
+        &self,
+        batch: Vec<NewMessage>,
+    ) -> Result<Vec<Vec<Appended>>, RemoteStoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shards = self.shards.read().clone();
+        // Fast path: everything on one store.
+        let first = batch
+            .iter()
+            .find_map(|m| m.queues.first())
+            .map(|q| shards.pool(*q).clone());
+        let Some(first) = first else {
+            return Err(RemoteStoreError::Remote {
+                addr: String::new(),
+                code: ErrorCode::InvalidArgument,
+                message: "a message needs at least one queue".into(),
+            });
+        };
+        let single = batch.iter().all(|m| {
+            m.queues
+                .iter()
+                .all(|q| Arc::ptr_eq(shards.pool(*q), &first))
+        });
+        if single {
+            return first.append(batch).await;
+        }
+        // Split per store: (pool, sub-messages, for each sub-message (original index, queue
+        // indexes)).
+        type Part = (Arc<StorePool>, Vec<NewMessage>, Vec<(usize, Vec<usize>)>);
+        let mut parts: Vec<Part> = Vec::new();
+        for (mi, m) in batch.iter().enumerate() {
+            if m.queues.is_empty() {
+                return Err(RemoteStoreError::Remote {
+                    addr: String::new(),
+                    code: ErrorCode::InvalidArgument,
+                    message: "a message needs at least one queue".into(),
+                });
+            }
+            let mut per: Vec<(usize, Vec<usize>)> = Vec::new();
+            for (qi, q) in m.queues.iter().enumerate() {
+                let pool = shards.pool(*q);
+                let pi = match parts.iter().position(|p| Arc::ptr_eq(&p.0, pool)) {
+                    Some(pi) => pi,
+                    None => {
+                        parts.push((pool.clone(), Vec::new(), Vec::new()));
+                        parts.len() - 1
+                    }
+                };
+                match per.iter_mut().find(|(p, _)| *p == pi) {
+                    Some((_, qs)) => qs.push(qi),
+                    None => per.push((pi, vec![qi])),
+                }
+            }
+            for (pi, qis) in per {
+                let part = &mut parts[pi];
+                part.1.push(NewMessage {
+                    queues: qis.iter().map(|&qi| m.queues[qi]).collect(),
+                    device_id: m.device_id,
+                    cmd: m.cmd,
+                    flag: m.flag,
+                    timestamp: m.timestamp,
+                    body: m.body.clone(),
+                });
+                part.2.push((mi, qis));
+            }
+        }
+        let mut out: Vec<Vec<Appended>> = batch
+            .iter()
+            .map(|m| {
+                vec![
+                    Appended {
+                        key: 0,
+                        prev_key: 0
+                    };
+                    m.queues.len()
+                ]
+            })
+            .collect();
+        let mut maps = Vec::with_capacity(parts.len());
+        let mut futs = Vec::with_capacity(parts.len());
+        for (pool, msgs, map) in parts {
+            maps.push(map);
+            futs.push(async move { pool.append(msgs).await });
+        }
+        let results = futures_util::future::join_all(futs).await;
+        let mut first_err = None;
+        let mut failed = 0usize;
+        for (res, map) in results.into_iter().zip(maps) {
+            match res {
+                Ok(res) => {
+                    for (sub, (mi, qis)) in res.into_iter().zip(map) {
+                        for (a, qi) in sub.into_iter().zip(qis) {
+                            out[mi][qi] = a;
+                        }
+                    }
+                }
+                Err(e) => {
+                    failed += 1;
+                    if first_err.is_none() {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            tracing::warn!(error = %e, failed_stores = failed, "sharded append failed on some stores; other parts may be stored");
+            return Err(e);
+        }
+        Ok(out)
+    }
+
+    /// `Store::sync` on the store holding `queue`.
+    pub async fn sync(
+        &self,
+        queue: QueueId,
+        after: i64,
+        limit: usize,
+    ) -> Result<SyncPage, RemoteStoreError> {
+        self.pool_for(queue).sync(queue, after, limit).await
+    }
+
+    /// `Store::sync_since` on the store holding `queue`.
+    pub async fn sync_since(
+        &self,
+        queue: QueueId,
+        after: i64,
+        limit: usize,
+        join_ts: i64,
+    ) -> Result<SyncPage, RemoteStoreError> {
+        self.pool_for(queue)
+            .sync_since(queue, after, limit, join_ts)
+            .await
+    }
+
+    /// `Store::latest` on the store holding `queue`.
+    pub async fn latest(
+        &self,
+        queue: QueueId,
+        n: usize,
+    ) -> Result<Vec<StoredMessage>, RemoteStoreError> {
+        self.pool_for(queue).latest(queue, n).await
+    }
+
+    /// `Store::latest_peer` on the store holding `queue`.
+    pub async fn latest_peer(
+        &self,
+        queue: QueueId,
+        n: usize,
+    ) -> Result<Vec<StoredMessage>, RemoteStoreError> {
+        self.pool_for(queue).latest_peer(queue, n).await
+    }
+
+    /// `Store::new_count` on the store holding `queue`.
+    pub async fn new_count(&self, queue: QueueId, after: i64) -> Result<u64, RemoteStoreError> {
+        self.pool_for(queue).new_count(queue, after).await
+    }
+
+    /// `Store::last_key` on the store holding `queue`.
+    pub async fn last_key(&self, queue: QueueId) -> Result<i64, RemoteStoreError> {
+        self.pool_for(queue).last_key(queue).await
+    }
+}
+
+fn build_shards(
+    opts: &StorePoolOptions,
+    storage: &[String],
+    group: &[String],
+    old: Option<&Shards>,
+) -> Result<Shards, RemoteStoreError> {
+    if storage.is_empty() {
+        return Err(RemoteStoreError::Config(
+            "storage_addrs must list at least one store".into(),
+        ));
+    }
+    if let Some(a) = storage.iter().chain(group).find(|a| a.trim().is_empty()) {
+        return Err(RemoteStoreError::Config(format!(
+            "empty store address {a:?}"
+        )));
+    }
+    let mut by_addr: HashMap<String, Arc<StorePool>> = HashMap::new();
+    if let Some(old) = old {
+        for p in old.storage.iter().chain(old.group.iter()) {
+            by_addr.insert(p.addr.clone(), p.clone());
+        }
+    }
+    let mut kept: HashMap<String, Arc<StorePool>> = HashMap::new();
+    let mut pool = |a: &String| -> Arc<StorePool> {
+        if let Some(p) = kept.get(a) {
+            return p.clone();
+        }
+        let p = by_addr
+            .get(a)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(StorePool::new(a.clone(), opts.clone())));
+        kept.insert(a.clone(), p.clone());
+        p
+    };
+    let storage_pools: Vec<_> = storage.iter().map(&mut pool).collect();
+    let group_pools: Vec<_> = if group.is_empty() {
+        storage_pools.clone()
+    } else {
+        group.iter().map(&mut pool).collect()
+    };
+    Ok(Shards {
+        storage: storage_pools,
+        group: group_pools,
+    })
+}

@@ -1,0 +1,805 @@
+//! The store node (`banter ims`): one message store served over the store link, a replication
+//! listener, optionally a follow loop pulling from a leader, and an HTTP API (`/healthz`,
+//! `/metrics`, `/summary`, `POST /promote`).
+//!
+//! [`run`] opens the store, binds every listener (port 0 works, the bound addresses are in the
+//! returned [`RunningStoreNode`]) and starts the tasks; [`RunningStoreNode::wait`] returns after
+//! `shutdown` is cancelled, every connection has finished its in-flight requests and the store
+//! has been closed (final fsync and checkpoint).
+//!
+//! A node started with `follow` set opens its store as a follower: it refuses appends
+//! (`not_leader`) and serves reads of what it has replicated. `POST /promote` stops the follow
+//! loop (after the batches it submitted are durable) and makes the store a leader; sync keys
+//! continue from the old leader's, since positions are identical on both. Keep in mind that a
+//! restart with `follow` still set makes it a follower again: update the config after a
+//! fail-over. Every node also serves replication, so followers can be chained.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use store::{Durability, Retention, Role, Store, StoreError, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::store_replication::{
+    follow, serve_replication, FollowOptions, FollowStatus, ReplicationHub,
+    ReplicationServerOptions,
+};
+use crate::store_server::{serve, StoreServerMetrics, StoreServerOptions, SyncReplication};
+
+/// When an append is acknowledged, relative to replication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplicationMode {
+    /// Once durable on this node.
+    #[default]
+    Async,
+    /// Once a follower has acknowledged it durable too (or fail after `sync_timeout_ms`).
+    Sync,
+}
+
+/// The store node's configuration file (`banter ims --config FILE`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreNodeConfig {
+    /// Directory of the message log; created if missing. Only one node may use it at a time.
+    pub data_dir: PathBuf,
+    /// Store link listener (access nodes connect here; `storage_addrs` on the access side).
+    pub listen: String,
+    /// Replication listener (followers connect here). Empty = do not serve replication.
+    pub replication_listen: String,
+    /// HTTP API listener (`/healthz`, `/metrics`, `/summary`, `POST /promote`). Empty = off.
+    pub http_listen: String,
+    /// The leader's replication address. Empty = this node is a leader. Set = this node is a
+    /// follower: it refuses appends until promoted.
+    pub follow: String,
+    /// `"async"`: an append is acknowledged once durable here. `"sync"`: only once a follower
+    /// has also acknowledged it durable; without a follower, appends fail after
+    /// `sync_timeout_ms`.
+    pub replication_mode: ReplicationMode,
+    /// `sync` mode: how long an append waits for a follower before it fails with
+    /// `replication_timeout` (the message stays on this node).
+    pub sync_timeout_ms: u64,
+    /// `"always"` (fsync before acknowledging, group commit), `"interval"` (fsync at most
+    /// `fsync_interval_ms` after a write) or `"none"`.
+    pub durability: String,
+    /// fsync period with durability `"interval"`.
+    pub fsync_interval_ms: u64,
+    /// Size of one log segment file in MiB.
+    pub segment_mb: u64,
+    /// Seconds between background checkpoints of the queue heads (bounds restart replay).
+    pub checkpoint_interval_secs: u64,
+    /// MiB of recently written log kept in memory for reads and replication.
+    pub cache_mb: usize,
+    /// Largest stored message body in bytes.
+    pub max_body_bytes: usize,
+    /// Most messages one sync returns.
+    pub max_sync_limit: usize,
+    /// Drop whole sealed segments older than this many days (0 = keep forever). A follower
+    /// further behind than the retained log cannot catch up and must be re-seeded.
+    pub retention_days: u64,
+    /// Drop the oldest sealed segments while the log exceeds this many GiB (0 = no limit).
+    pub retention_max_gb: u64,
+    /// Largest store link frame body in MiB (requests and replies; replies are cut to fit).
+    pub max_frame_mb: usize,
+    /// Most requests of one access connection executing at once; reading pauses at the limit.
+    pub max_in_flight: usize,
+    /// Largest replication batch in KiB (a larger single record is sent whole).
+    pub replication_batch_kb: usize,
+    /// Largest replication frame in MiB a follower accepts; must exceed the largest record.
+    pub replication_max_frame_mb: usize,
+    /// Leader: heartbeat period on an idle replication connection, in ms.
+    pub replication_heartbeat_ms: u64,
+    /// Both sides: drop a replication connection silent for this many ms.
+    pub replication_idle_timeout_ms: u64,
+}
+
+impl Default for StoreNodeConfig {
+    fn default() -> Self {
+        StoreNodeConfig {
+            data_dir: PathBuf::from("./ims-data"),
+            listen: "0.0.0.0:13333".into(),
+            replication_listen: "0.0.0.0:13334".into(),
+            http_listen: "127.0.0.1:13335".into(),
+            follow: String::new(),
+            replication_mode: ReplicationMode::Async,
+            sync_timeout_ms: 5000,
+            durability: "always".into(),
+            fsync_interval_ms: 100,
+            segment_mb: 64,
+            checkpoint_interval_secs: 10,
+            cache_mb: 64,
+            max_body_bytes: 64 * 1024,
+            max_sync_limit: 3000,
+            retention_days: 0,
+            retention_max_gb: 0,
+            max_frame_mb: 16,
+            max_in_flight: 256,
+            replication_batch_kb: 1024,
+            replication_max_frame_mb: 64,
+            replication_heartbeat_ms: 5000,
+            replication_idle_timeout_ms: 30_000,
+        }
+    }
+}
+
+const DEFAULT_TOML: &str = r#"# banter store node (ims). Every key is optional; shown here with its default.
+
+# Directory of the message log; created if missing. Only one node may use it at a time.
+data_dir = "./ims-data"
+# Store link listener: access nodes list this address in their storage_addrs.
+listen = "0.0.0.0:13333"
+# Replication listener: followers connect here ("" = do not serve replication).
+replication_listen = "0.0.0.0:13334"
+# HTTP API: /healthz, /metrics, /summary, POST /promote ("" = off). Keep it private.
+http_listen = "127.0.0.1:13335"
+
+# The leader's replication_listen address. "" = this node is a leader. When set, this node is a
+# follower: it replicates the leader's log, serves reads and refuses appends until promoted
+# (POST /promote, or `banter ims promote --http URL`). Clear it after a fail-over.
+follow = ""
+# "async": an append is acknowledged once durable on this node.
+# "sync": only once a follower has acknowledged it durable as well; an append that no follower
+# acknowledges within sync_timeout_ms fails with a replication_timeout error (it stays on this
+# node and replicates later, but it is not confirmed to the client).
+replication_mode = "async"
+sync_timeout_ms = 5000
+
+# "always": fsync before acknowledging (group commit); "interval": fsync at most
+# fsync_interval_ms after a write; "none": leave it to the OS.
+durability = "always"
+fsync_interval_ms = 100
+# Size of one log segment file in MiB.
+segment_mb = 64
+# Seconds between background checkpoints of the queue heads (bounds restart replay).
+checkpoint_interval_secs = 10
+# MiB of recently written log kept in memory for reads and replication.
+cache_mb = 64
+# Largest stored message body in bytes.
+max_body_bytes = 65536
+# Most messages one sync returns.
+max_sync_limit = 3000
+# Drop whole sealed segments older than this many days (0 = keep forever). A follower further
+# behind than the retained log cannot catch up and must be re-seeded from a copy.
+retention_days = 0
+# Drop the oldest sealed segments while the log exceeds this many GiB (0 = no limit).
+retention_max_gb = 0
+
+# Largest store link frame body in MiB (requests and replies; long replies are cut to fit).
+max_frame_mb = 16
+# Most requests of one access connection executing at once; reading pauses at the limit.
+max_in_flight = 256
+# Largest replication batch in KiB (a larger single record is sent whole).
+replication_batch_kb = 1024
+# Largest replication frame in MiB a follower accepts; must exceed the largest log record.
+replication_max_frame_mb = 64
+# Leader: heartbeat period on an idle replication connection.
+replication_heartbeat_ms = 5000
+# Both sides: drop a replication connection that has been silent this long.
+replication_idle_timeout_ms = 30000
+"#;
+
+/// The documented default configuration file; it parses to `StoreNodeConfig::default()`.
+pub fn default_toml() -> &'static str {
+    DEFAULT_TOML
+}
+
+impl StoreNodeConfig {
+    /// Parses a configuration file's text (unknown keys are errors).
+    pub fn from_toml(text: &str) -> Result<StoreNodeConfig, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Every problem with this configuration, all at once.
+    pub fn validate(&self) -> Result<(), String> {
+        let mut errs = Vec::new();
+        if self.data_dir.as_os_str().is_empty() {
+            errs.push("data_dir must be set".to_string());
+        }
+        if self.listen.trim().is_empty() {
+            errs.push("listen must be set".to_string());
+        }
+        if self.replication_mode == ReplicationMode::Sync && self.sync_timeout_ms == 0 {
+            errs.push("sync_timeout_ms must be > 0 with replication_mode \"sync\"".to_string());
+        }
+        if self.max_frame_mb == 0 || self.max_frame_mb > 1024 {
+            errs.push("max_frame_mb must be between 1 and 1024".to_string());
+        }
+        if self.replication_max_frame_mb == 0 || self.replication_max_frame_mb > 1024 {
+            errs.push("replication_max_frame_mb must be between 1 and 1024".to_string());
+        }
+        if self.max_in_flight == 0 {
+            errs.push("max_in_flight must be > 0".to_string());
+        }
+        if self.replication_batch_kb == 0 {
+            errs.push("replication_batch_kb must be > 0".to_string());
+        }
+        if self.replication_heartbeat_ms == 0 {
+            errs.push("replication_heartbeat_ms must be > 0".to_string());
+        }
+        if self.replication_idle_timeout_ms <= self.replication_heartbeat_ms {
+            errs.push(
+                "replication_idle_timeout_ms must be larger than replication_heartbeat_ms"
+                    .to_string(),
+            );
+        }
+        if let Err(e) = self.store_options() {
+            errs.push(e);
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            Err(errs.join("; "))
+        }
+    }
+
+    /// The store engine's options for this configuration.
+    pub fn store_options(&self) -> Result<StoreOptions, String> {
+        let durability = match self.durability.as_str() {
+            "always" => Durability::Always,
+            "interval" => {
+                if self.fsync_interval_ms == 0 {
+                    return Err("fsync_interval_ms must be > 0 with durability \"interval\"".into());
+                }
+                Durability::Interval(Duration::from_millis(self.fsync_interval_ms))
+            }
+            "none" => Durability::None,
+            other => {
+                return Err(format!(
+                    "durability must be \"always\", \"interval\" or \"none\", got {other:?}"
+                ))
+            }
+        };
+        Ok(StoreOptions {
+            durability,
+            segment_bytes: self.segment_mb.max(1) << 20,
+            checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs.max(1)),
+            cache_bytes: self.cache_mb << 20,
+            max_body_bytes: self.max_body_bytes,
+            max_sync_limit: self.max_sync_limit.max(1),
+            retention: Retention {
+                max_age: (self.retention_days > 0)
+                    .then(|| Duration::from_secs(self.retention_days * 86_400)),
+                max_total_bytes: (self.retention_max_gb > 0).then_some(self.retention_max_gb << 30),
+            },
+            role: if self.follow.trim().is_empty() {
+                Role::Leader
+            } else {
+                Role::Follower
+            },
+            ..StoreOptions::default()
+        })
+    }
+}
+
+/// Why the store node could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreNodeError {
+    #[error("invalid ims configuration: {0}")]
+    Config(String),
+    #[error("cannot open the store in {}: {source}", dir.display())]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: StoreError,
+    },
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("closing the store failed: {0}")]
+    Close(#[source] StoreError),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Why a promotion was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PromoteError {
+    #[error("this store node is already a leader")]
+    AlreadyLeader,
+}
+
+/// State shared by the node's tasks and its HTTP API.
+struct NodeState {
+    store: Arc<Store>,
+    hub: Arc<ReplicationHub>,
+    server_metrics: Arc<StoreServerMetrics>,
+    follow_status: Arc<FollowStatus>,
+    follow_addr: String,
+    mode: ReplicationMode,
+    /// The follow loop and the token that stops it, while following.
+    follower: tokio::sync::Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+}
+
+impl NodeState {
+    async fn promote(&self) -> Result<u64, PromoteError> {
+        let mut f = self.follower.lock().await;
+        if self.store.role() == Role::Leader {
+            return Err(PromoteError::AlreadyLeader);
+        }
+        if let Some((token, task)) = f.take() {
+            token.cancel();
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "follow task ended abnormally");
+            }
+        }
+        self.store.promote();
+        let end = self.store.log_end();
+        tracing::info!(log_end = end, "store promoted to leader");
+        Ok(end)
+    }
+
+    fn summary(&self) -> serde_json::Value {
+        let st = self.store.stats();
+        let m = &self.server_metrics;
+        let leader = self.store.role() == Role::Leader;
+        let appends = m.appends.load(Ordering::Relaxed);
+        let syncs = m.syncs.load(Ordering::Relaxed);
+        let reads = m.reads.load(Ordering::Relaxed);
+        let errors = m.errors.load(Ordering::Relaxed);
+        let followers: Vec<serde_json::Value> = self
+            .hub
+            .followers()
+            .into_iter()
+            .map(|f| {
+                serde_json::json!({
+                    "peer": f.peer.to_string(),
+                    "acked": f.acked,
+                    "sent": f.sent,
+                    "lag_bytes": st.log_end.saturating_sub(f.acked),
+                    "connected_secs": f.connected_for.as_secs(),
+                })
+            })
+            .collect();
+        let fs = &self.follow_status;
+        serde_json::json!({
+            "role": if leader { "leader" } else { "follower" },
+            "replication_mode": match self.mode { ReplicationMode::Async => "async", ReplicationMode::Sync => "sync" },
+            "poisoned": self.store.is_poisoned(),
+            "log_start": st.log_start,
+            "log_end": st.log_end,
+            "queues": st.queues,
+            "segments": st.segments,
+            "messages_appended": st.messages,
+            "request_count": appends + syncs + reads + errors,
+            "appends": appends,
+            "appended_messages": m.appended_messages.load(Ordering::Relaxed),
+            "syncs": syncs,
+            "reads": reads,
+            "errors": errors,
+            "replication_timeouts": m.replication_timeouts.load(Ordering::Relaxed),
+            "connections": m.connections.load(Ordering::Relaxed),
+            "replication_lag_bytes": self.lag(),
+            "followers": followers,
+            "following": if self.follow_addr.is_empty() || leader { serde_json::Value::Null } else {
+                serde_json::json!({
+                    "leader": self.follow_addr,
+                    "connected": fs.connected.load(Ordering::Relaxed),
+                    "leader_end": fs.leader_end.load(Ordering::Relaxed),
+                    "applied": fs.applied.load(Ordering::Relaxed),
+                    "last_error": fs.last_error.lock().clone(),
+                })
+            },
+        })
+    }
+
+    /// Leader: its end minus the best follower acknowledgement. Follower: how far behind the
+    /// leader it knows itself to be.
+    fn lag(&self) -> u64 {
+        if self.store.role() == Role::Leader {
+            self.hub.lag(self.store.log_end())
+        } else {
+            self.follow_status.lag()
+        }
+    }
+
+    fn metrics(&self) -> String {
+        use std::fmt::Write;
+        let st = self.store.stats();
+        let m = &self.server_metrics;
+        let leader = self.store.role() == Role::Leader;
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} {kind}");
+            let _ = writeln!(out, "{name} {value}");
+        };
+        let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        metric(
+            "banter_ims_leader",
+            "gauge",
+            "1 if this store accepts appends (leader), 0 if it is a follower.",
+            u64::from(leader),
+        );
+        metric(
+            "banter_ims_appends_total",
+            "counter",
+            "Append requests answered successfully.",
+            c(&m.appends),
+        );
+        metric(
+            "banter_ims_appended_messages_total",
+            "counter",
+            "Messages in successful append requests.",
+            c(&m.appended_messages),
+        );
+        metric(
+            "banter_ims_syncs_total",
+            "counter",
+            "Sync requests answered successfully.",
+            c(&m.syncs),
+        );
+        metric(
+            "banter_ims_reads_total",
+            "counter",
+            "Other read requests answered successfully.",
+            c(&m.reads),
+        );
+        metric(
+            "banter_ims_errors_total",
+            "counter",
+            "Requests answered with an error.",
+            c(&m.errors),
+        );
+        metric(
+            "banter_ims_replication_timeouts_total",
+            "counter",
+            "Appends not acknowledged by a follower in time (sync mode).",
+            c(&m.replication_timeouts),
+        );
+        metric(
+            "banter_ims_protocol_errors_total",
+            "counter",
+            "Store link connections closed for a protocol violation.",
+            c(&m.protocol_errors),
+        );
+        metric(
+            "banter_ims_connections",
+            "gauge",
+            "Store link connections open.",
+            c(&m.connections),
+        );
+        metric(
+            "banter_ims_log_end_bytes",
+            "gauge",
+            "Position after the newest acknowledged record.",
+            st.log_end,
+        );
+        metric(
+            "banter_ims_log_start_bytes",
+            "gauge",
+            "Oldest retained log position.",
+            st.log_start,
+        );
+        metric(
+            "banter_ims_queues",
+            "gauge",
+            "Queues in the store.",
+            st.queues as u64,
+        );
+        metric(
+            "banter_ims_fsyncs_total",
+            "counter",
+            "fsyncs of the log.",
+            st.fsyncs,
+        );
+        metric(
+            "banter_ims_group_commits_total",
+            "counter",
+            "Group commits (writes) of the log.",
+            st.batches,
+        );
+        metric("banter_ims_replication_lag_bytes", "gauge", "Leader: log end minus the best follower acknowledgement. Follower: leader end minus applied.", self.lag());
+        metric(
+            "banter_ims_replication_followers",
+            "gauge",
+            "Followers connected to this node.",
+            self.hub.followers().len() as u64,
+        );
+        metric(
+            "banter_ims_replication_acked_bytes",
+            "gauge",
+            "Highest position a follower acknowledged durable.",
+            self.hub.acked(),
+        );
+        metric(
+            "banter_ims_replication_sent_bytes_total",
+            "counter",
+            "Log bytes sent to followers.",
+            c(&self.hub.bytes_sent),
+        );
+        metric(
+            "banter_ims_replication_received_bytes_total",
+            "counter",
+            "Log bytes received from the leader.",
+            c(&self.follow_status.bytes),
+        );
+        metric(
+            "banter_ims_replication_connected",
+            "gauge",
+            "Follower: 1 while connected to its leader.",
+            u64::from(self.follow_status.connected.load(Ordering::Relaxed)),
+        );
+        out
+    }
+}
+
+/// A started store node.
+pub struct RunningStoreNode {
+    /// Bound store link address.
+    pub listen_addr: SocketAddr,
+    /// Bound replication address, if serving replication.
+    pub replication_addr: Option<SocketAddr>,
+    /// Bound HTTP address, if the API is on.
+    pub http_addr: Option<SocketAddr>,
+    /// The store (for in-process inspection and tests).
+    pub store: Arc<Store>,
+    /// The leader-side replication state.
+    pub hub: Arc<ReplicationHub>,
+    /// The follower-side replication state.
+    pub follow_status: Arc<FollowStatus>,
+    state: Arc<NodeState>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: CancellationToken,
+}
+
+impl RunningStoreNode {
+    /// The store's current role.
+    pub fn role(&self) -> Role {
+        self.state.store.role()
+    }
+
+    /// Follower → leader (what `POST /promote` does).
+    pub async fn promote(&self) -> Result<u64, PromoteError> {
+        self.state.promote().await
+    }
+
+    /// The `/summary` document.
+    pub fn summary(&self) -> serde_json::Value {
+        self.state.summary()
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        self.state.metrics()
+    }
+
+    /// Waits for `shutdown`, lets every task finish (connections finish their in-flight
+    /// requests), then closes the store.
+    pub async fn wait(self) -> Result<(), StoreNodeError> {
+        self.shutdown.cancelled().await;
+        let follower = self.state.follower.lock().await.take();
+        let mut tasks = self.tasks;
+        if let Some((token, task)) = follower {
+            token.cancel();
+            tasks.push(task);
+        }
+        for t in tasks {
+            if let Err(e) = t.await {
+                tracing::warn!(error = %e, "store node task failed");
+            }
+        }
+        let store = self.state.store.clone();
+        drop(self.state);
+        match tokio::task::spawn_blocking(move || store.close()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreNodeError::Close(e)),
+            Err(e) => Err(StoreNodeError::Task(e.to_string())),
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: &str) -> Result<TcpListener, StoreNodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StoreNodeError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
+}
+
+fn local(l: &TcpListener, what: &'static str, addr: &str) -> Result<SocketAddr, StoreNodeError> {
+    l.local_addr().map_err(|source| StoreNodeError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Starts a store node: opens the store, binds the listeners and spawns the store link server,
+/// the replication server, the follow loop (when `follow` is set) and the HTTP API.
+pub async fn run(
+    config: StoreNodeConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningStoreNode, StoreNodeError> {
+    config.validate().map_err(StoreNodeError::Config)?;
+    let opts = config.store_options().map_err(StoreNodeError::Config)?;
+    let dir = config.data_dir.clone();
+    let store = {
+        let open_dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let dir = open_dir;
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StoreError::Io {
+                    op: "create directory",
+                    path: dir.clone(),
+                    offset: None,
+                    source: e,
+                })
+                .and_then(|_| Store::open(&dir, opts))
+        })
+        .await
+        .map_err(|e| StoreNodeError::Task(e.to_string()))?
+        .map_err(|source| StoreNodeError::Open { dir, source })?
+    };
+    let store = Arc::new(store);
+    // Bind everything before spawning anything, so a bind failure leaves nothing running.
+    let link = bind("store link", &config.listen).await?;
+    let listen_addr = local(&link, "store link", &config.listen)?;
+    let repl = if config.replication_listen.trim().is_empty() {
+        None
+    } else {
+        Some(bind("replication", &config.replication_listen).await?)
+    };
+    let replication_addr = match &repl {
+        Some(l) => Some(local(l, "replication", &config.replication_listen)?),
+        None => None,
+    };
+    let http = if config.http_listen.trim().is_empty() {
+        None
+    } else {
+        Some(bind("http", &config.http_listen).await?)
+    };
+    let http_addr = match &http {
+        Some(l) => Some(local(l, "http", &config.http_listen)?),
+        None => None,
+    };
+
+    let hub = ReplicationHub::new();
+    let server_metrics = Arc::new(StoreServerMetrics::default());
+    let follow_status = Arc::new(FollowStatus::default());
+    let state = Arc::new(NodeState {
+        store: store.clone(),
+        hub: hub.clone(),
+        server_metrics: server_metrics.clone(),
+        follow_status: follow_status.clone(),
+        follow_addr: config.follow.trim().to_string(),
+        mode: config.replication_mode,
+        follower: tokio::sync::Mutex::new(None),
+    });
+
+    let mut tasks = Vec::new();
+    let server_opts = StoreServerOptions {
+        max_frame_bytes: config.max_frame_mb << 20,
+        max_in_flight: config.max_in_flight,
+        inline_reads: false,
+        sync_replication: (config.replication_mode == ReplicationMode::Sync).then(|| {
+            SyncReplication {
+                hub: hub.clone(),
+                timeout: Duration::from_millis(config.sync_timeout_ms),
+            }
+        }),
+        metrics: server_metrics,
+    };
+    tasks.push(tokio::spawn(serve(
+        link,
+        store.clone(),
+        server_opts,
+        shutdown.clone(),
+    )));
+    if let Some(l) = repl {
+        let ropts = ReplicationServerOptions {
+            hub: hub.clone(),
+            max_batch_bytes: config.replication_batch_kb << 10,
+            heartbeat: Duration::from_millis(config.replication_heartbeat_ms),
+            idle_timeout: Duration::from_millis(config.replication_idle_timeout_ms),
+            ..ReplicationServerOptions::default()
+        };
+        tasks.push(tokio::spawn(serve_replication(
+            l,
+            store.clone(),
+            ropts,
+            shutdown.clone(),
+        )));
+    }
+    if !state.follow_addr.is_empty() {
+        let token = shutdown.child_token();
+        let fopts = FollowOptions {
+            max_frame_bytes: config.replication_max_frame_mb << 20,
+            idle_timeout: Duration::from_millis(config.replication_idle_timeout_ms),
+            status: follow_status.clone(),
+            ..FollowOptions::default()
+        };
+        let task = tokio::spawn(follow(
+            state.follow_addr.clone(),
+            store.clone(),
+            fopts,
+            token.clone(),
+        ));
+        *state.follower.lock().await = Some((token, task));
+    }
+    if let Some(l) = http {
+        let app = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .route("/summary", get(summary))
+            .route("/promote", post(promote))
+            .with_state(state.clone());
+        let token = shutdown.clone();
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = axum::serve(l, app)
+                .with_graceful_shutdown(token.cancelled_owned())
+                .await
+            {
+                tracing::error!(error = %e, "ims HTTP API failed");
+            }
+        }));
+    }
+    tracing::info!(
+        listen = %listen_addr,
+        replication = ?replication_addr,
+        http = ?http_addr,
+        role = ?store.role(),
+        log_end = store.log_end(),
+        "store node started"
+    );
+    Ok(RunningStoreNode {
+        listen_addr,
+        replication_addr,
+        http_addr,
+        store,
+        hub,
+        follow_status,
+        state,
+        tasks,
+        shutdown,
+    })
+}
+
+async fn healthz(State(s): State<Arc<NodeState>>) -> Response {
+    if s.store.is_poisoned() {
+        (StatusCode::SERVICE_UNAVAILABLE, "store is poisoned\n").into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<NodeState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics(),
+    )
+        .into_response()
+}
+
+async fn summary(State(s): State<Arc<NodeState>>) -> Response {
+    axum::Json(s.summary()).into_response()
+}
+
+async fn promote(State(s): State<Arc<NodeState>>) -> Response {
+    match s.promote().await {
+        Ok(end) => {
+            axum::Json(serde_json::json!({"role": "leader", "log_end": end})).into_response()
+        }
+        Err(e) => (
+            StatusCode::CONFLICT,
+            axum::Json(serde_json::json!({"error": e.to_string()})),
+        )
+            .into_response(),
+    }
+}

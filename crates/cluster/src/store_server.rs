@@ -1,0 +1,394 @@
+//! The store side of the store link: accepts access-node connections and answers their
+//! pipelined requests against an `Arc<Store>`.
+//!
+//! One task per connection reads frames; every request runs in its own task, so a slow read or
+//! an append waiting for its group commit does not hold up the requests behind it, and replies go
+//! out in completion order (matched by `seq`). At most `max_in_flight` requests per connection are
+//! being executed or waiting to be written: at the limit the connection stops reading (TCP
+//! back-pressure), it never buffers without bound. Replies are coalesced by one writer task.
+//!
+//! Appends go straight to the store's group commit. In `sync` replication mode an append is
+//! answered only once a follower has acknowledged a durable position at or after the log end the
+//! append produced, or fails with [`ErrorCode::ReplicationTimeout`] after the configured timeout
+//! (the append stays on the leader and replicates when a follower comes back; the caller is told
+//! it was not confirmed, so it is never acknowledged to a client without being on two nodes).
+//! Reads (`sync`, `latest`, `new_count`) may touch segment files, so they run on the blocking
+//! pool unless [`StoreServerOptions::inline_reads`] is set; `last_key` and `ping` are in-memory.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use proto::Frame;
+use store::{Store, StoreError};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::frame_io::{self, FrameIoError, Outgoing};
+use crate::store_proto::{self as sp, ErrorCode, PingInfo, Request};
+use crate::store_replication::ReplicationHub;
+
+/// Default frame body limit on the store link (both directions).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+
+/// `sync` replication: appends wait for a follower's acknowledgement.
+#[derive(Clone)]
+pub struct SyncReplication {
+    /// The leader's replication state (shared with `serve_replication`).
+    pub hub: Arc<ReplicationHub>,
+    /// How long an append waits for a follower before it fails with `ReplicationTimeout`.
+    pub timeout: Duration,
+}
+
+/// Store server settings.
+#[derive(Clone)]
+pub struct StoreServerOptions {
+    /// Largest request or reply body. Requests above it close the connection; replies that would
+    /// exceed it are cut (sync pages end early with `has_more`, `latest` drops the oldest).
+    pub max_frame_bytes: usize,
+    /// Most requests of one connection executing or waiting to be written.
+    pub max_in_flight: usize,
+    /// Run reads on the async worker instead of the blocking pool.
+    pub inline_reads: bool,
+    /// `Some` for `sync` replication mode.
+    pub sync_replication: Option<SyncReplication>,
+    /// Counters (share one across servers to aggregate).
+    pub metrics: Arc<StoreServerMetrics>,
+}
+
+impl Default for StoreServerOptions {
+    fn default() -> Self {
+        StoreServerOptions {
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_in_flight: 256,
+            inline_reads: false,
+            sync_replication: None,
+            metrics: Arc::default(),
+        }
+    }
+}
+
+/// Counters of a store server.
+#[derive(Debug, Default)]
+pub struct StoreServerMetrics {
+    /// Connections open now.
+    pub connections: AtomicU64,
+    /// Connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Append requests answered successfully.
+    pub appends: AtomicU64,
+    /// Messages in successful appends.
+    pub appended_messages: AtomicU64,
+    /// Sync and sync-since requests answered successfully.
+    pub syncs: AtomicU64,
+    /// Other read requests answered successfully (latest, new count, last key, ping).
+    pub reads: AtomicU64,
+    /// Requests answered with an error.
+    pub errors: AtomicU64,
+    /// Appends that failed because no follower acknowledged them in time (`sync` mode).
+    pub replication_timeouts: AtomicU64,
+    /// Connections closed for a protocol violation.
+    pub protocol_errors: AtomicU64,
+}
+
+/// A reply frame plus the in-flight permit it releases once written.
+struct Reply {
+    bytes: Bytes,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Outgoing for Reply {
+    fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Serves the store link on `listener` until `shutdown` is cancelled, then stops accepting,
+/// lets every connection finish the requests it already read, and returns.
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<Store>,
+    opts: StoreServerOptions,
+    shutdown: CancellationToken,
+) {
+    let tracker = TaskTracker::new();
+    let opts = Arc::new(opts);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let store = store.clone();
+                let opts = opts.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(async move {
+                    opts.metrics.connections.fetch_add(1, Ordering::Relaxed);
+                    opts.metrics
+                        .connections_total
+                        .fetch_add(1, Ordering::Relaxed);
+                    connection(stream, peer, store, opts.clone(), shutdown).await;
+                    opts.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+                });
+            }
+            Err(e) => {
+                // e.g. EMFILE: keep serving (spec §20 #31), but do not spin.
+                tracing::warn!(error = %e, "store link accept failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    store: Arc<Store>,
+    opts: Arc<StoreServerOptions>,
+    shutdown: CancellationToken,
+) {
+    tracing::debug!(%peer, "store link connection");
+    let (mut rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel::<Reply>();
+    let writer = tokio::spawn(frame_io::write_loop(wr, rx));
+    let sem = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = sem.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let frame = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            f = frame_io::read_frame(&mut rd, &mut buf, opts.max_frame_bytes) => f,
+        };
+        let frame = match frame {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(FrameIoError::Io(e)) => {
+                tracing::debug!(%peer, error = %e, "store link read failed");
+                break;
+            }
+            Err(e) => {
+                opts.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, error = %e, "store link protocol error; closing");
+                break;
+            }
+        };
+        if frame.flag & sp::FLAG_REPLY != 0 {
+            opts.metrics.protocol_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "store link peer sent a reply frame; closing");
+            break;
+        }
+        let store = store.clone();
+        let opts = opts.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let bytes = handle(frame, &store, &opts).await;
+            let _ = tx.send(Reply {
+                bytes,
+                _permit: permit,
+            });
+        });
+    }
+    drop(tx);
+    match writer.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "store link write failed"),
+        Err(e) => tracing::warn!(%peer, error = %e, "store link writer task failed"),
+    }
+    tracing::debug!(%peer, "store link connection closed");
+}
+
+/// An error to send back.
+struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Failure {
+            code: ErrorCode::of(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// Executes one request and returns the encoded reply frame.
+async fn handle(frame: Frame, store: &Arc<Store>, opts: &StoreServerOptions) -> Bytes {
+    let m = &opts.metrics;
+    let result = if frame.version != sp::LINK_VERSION {
+        Err(Failure {
+            code: ErrorCode::Unsupported,
+            message: format!(
+                "store link version {} is not supported (this server speaks {})",
+                frame.version,
+                sp::LINK_VERSION
+            ),
+        })
+    } else {
+        match Request::decode(frame.cmd, frame.body) {
+            Ok(Some(req)) => execute(req, store, opts).await,
+            Ok(None) => Err(Failure {
+                code: ErrorCode::Unsupported,
+                message: format!("unknown store link command {}", frame.cmd),
+            }),
+            Err(e) => Err(Failure {
+                code: ErrorCode::BadRequest,
+                message: e.to_string(),
+            }),
+        }
+    };
+    match result {
+        Ok(body) => frame_io::encode_frame(
+            frame.seq,
+            frame.cmd,
+            sp::LINK_VERSION,
+            sp::FLAG_REPLY,
+            &body,
+        ),
+        Err(f) => {
+            m.errors.fetch_add(1, Ordering::Relaxed);
+            if f.code == ErrorCode::ReplicationTimeout {
+                m.replication_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+            tracing::debug!(cmd = frame.cmd, code = %f.code, error = %f.message, "store request failed");
+            let mut body = BytesMut::new();
+            sp::encode_error(f.code, &f.message, &mut body);
+            frame_io::encode_frame(
+                frame.seq,
+                frame.cmd,
+                sp::LINK_VERSION,
+                sp::FLAG_REPLY | sp::FLAG_ERROR,
+                &body,
+            )
+        }
+    }
+}
+
+/// Runs `f` on the blocking pool (or inline when configured).
+async fn read<T, F>(store: &Arc<Store>, inline: bool, f: F) -> Result<T, Failure>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+{
+    if inline {
+        return f(store).map_err(Failure::from);
+    }
+    let store = store.clone();
+    match tokio::task::spawn_blocking(move || f(&store)).await {
+        Ok(r) => r.map_err(Failure::from),
+        Err(e) => Err(Failure {
+            code: ErrorCode::Internal,
+            message: format!("read task failed: {e}"),
+        }),
+    }
+}
+
+async fn execute(
+    req: Request,
+    store: &Arc<Store>,
+    opts: &StoreServerOptions,
+) -> Result<BytesMut, Failure> {
+    let m = &opts.metrics;
+    let max = opts.max_frame_bytes;
+    let inline = opts.inline_reads;
+    let mut out = BytesMut::new();
+    match req {
+        Request::Ping => {
+            let info = PingInfo {
+                leader: store.role() == store::Role::Leader,
+                log_end: store.log_end(),
+            };
+            sp::encode_ping(info, &mut out);
+            m.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        Request::Append(msgs) => {
+            let n = msgs.len() as u64;
+            let res = store.append(msgs).await?;
+            if let Some(sr) = &opts.sync_replication {
+                // The append is durable, so the log end now covers it.
+                let end = store.log_end();
+                wait_replicated(sr, end).await?;
+            }
+            sp::encode_appended(&res, &mut out);
+            m.appends.fetch_add(1, Ordering::Relaxed);
+            m.appended_messages.fetch_add(n, Ordering::Relaxed);
+        }
+        Request::Sync {
+            queue,
+            after,
+            limit,
+        } => {
+            let page = read(store, inline, move |s| s.sync(queue, after, limit as usize)).await?;
+            sp::encode_sync_page(&page, max, &mut out);
+            m.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Request::SyncSince {
+            queue,
+            after,
+            limit,
+            join_ts,
+        } => {
+            let page = read(store, inline, move |s| {
+                s.sync_since(queue, after, limit as usize, join_ts)
+            })
+            .await?;
+            sp::encode_sync_page(&page, max, &mut out);
+            m.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        Request::Latest { queue, n } => {
+            let msgs = read(store, inline, move |s| s.latest(queue, n as usize)).await?;
+            sp::encode_messages(&msgs, max, &mut out);
+            m.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        Request::LatestPeer { queue, n } => {
+            let msgs = read(store, inline, move |s| s.latest_peer(queue, n as usize)).await?;
+            sp::encode_messages(&msgs, max, &mut out);
+            m.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        Request::NewCount { queue, after } => {
+            let n = read(store, inline, move |s| s.new_count(queue, after)).await?;
+            bytes::BufMut::put_u64(&mut out, n);
+            m.reads.fetch_add(1, Ordering::Relaxed);
+        }
+        Request::LastKey { queue } => {
+            bytes::BufMut::put_i64(&mut out, store.last_key(queue));
+            m.reads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until a follower acknowledged `end`, or fails after the timeout.
+async fn wait_replicated(sr: &SyncReplication, end: u64) -> Result<(), Failure> {
+    let mut rx = sr.hub.acked_watch();
+    let wait = rx.wait_for(|acked| *acked >= end);
+    let r = tokio::time::timeout(sr.timeout, wait).await;
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) | Err(_) => Err(Failure {
+            code: ErrorCode::ReplicationTimeout,
+            message: format!(
+                "append is durable on the leader up to position {end} but no follower \
+                 acknowledged it within {} ms (sync replication); it was not confirmed",
+                sr.timeout.as_millis()
+            ),
+        }),
+    }
+}

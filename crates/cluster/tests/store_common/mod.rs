@@ -1,0 +1,116 @@
+//! Helpers shared by the store link and replication tests: small stores in temp directories,
+//! servers on 127.0.0.1:0, message builders and a byte-exact log dump.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster::store_server::{serve, StoreServerOptions};
+use store::{Durability, NewMessage, QueueId, Role, Store, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub fn opts(role: Role) -> StoreOptions {
+    StoreOptions {
+        durability: Durability::None,
+        segment_bytes: 64 * 1024,
+        cache_bytes: 256 * 1024,
+        preallocate: false,
+        role,
+        ..StoreOptions::default()
+    }
+}
+
+pub fn open(dir: &Path, o: StoreOptions) -> Arc<Store> {
+    Arc::new(Store::open(dir, o).expect("store opens"))
+}
+
+pub fn msg(queues: &[QueueId], body: &str) -> NewMessage {
+    NewMessage {
+        queues: queues.to_vec(),
+        device_id: 7,
+        cmd: 4,
+        flag: 0,
+        timestamp: 1_700_000_000,
+        body: Bytes::copy_from_slice(body.as_bytes()),
+    }
+}
+
+/// A store link server running on a loopback port.
+pub struct Served {
+    pub addr: SocketAddr,
+    pub store: Arc<Store>,
+    pub token: CancellationToken,
+    pub task: JoinHandle<()>,
+}
+
+impl Served {
+    pub async fn stop(self) -> Arc<Store> {
+        self.token.cancel();
+        self.task.await.expect("server task");
+        self.store
+    }
+}
+
+pub async fn serve_store(store: Arc<Store>, sopts: StoreServerOptions) -> Served {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    serve_on(l, store, sopts)
+}
+
+pub fn serve_on(l: TcpListener, store: Arc<Store>, sopts: StoreServerOptions) -> Served {
+    let addr = l.local_addr().expect("addr");
+    let token = CancellationToken::new();
+    let task = tokio::spawn(serve(l, store.clone(), sopts, token.clone()));
+    Served {
+        addr,
+        store,
+        token,
+        task,
+    }
+}
+
+/// The whole log as bytes in position space (independent of segmentation).
+pub fn log_bytes(s: &Store) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut st = s.subscribe(s.log_start()).expect("subscribe");
+    while let Some(b) = st.try_next().expect("read log") {
+        out.extend_from_slice(&b.data);
+    }
+    out
+}
+
+/// Every entry of a queue, oldest first: (key, prev_key, body).
+pub fn all(s: &Store, q: QueueId) -> Vec<(i64, i64, Bytes)> {
+    let mut after = 0;
+    let mut out = Vec::new();
+    loop {
+        let p = s.sync(q, after, 3000).expect("sync");
+        out.extend(
+            p.messages
+                .iter()
+                .map(|m| (m.key, m.prev_key, m.body.clone())),
+        );
+        after = p.last_key;
+        if !p.has_more {
+            return out;
+        }
+    }
+}
+
+/// Polls `f` every 10 ms until it is true or `within` passes.
+pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if f() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -427,3 +427,50 @@ async fn cli_connections_against_a_running_server() {
     assert!(v["bytes_per_connection"].is_number(), "{v}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_with_gobelieve_tokens_in_redis() {
+    let redis_server = testkit::RedisServer::start();
+    let url = redis_server.url();
+    let server_url = url.clone();
+    let s = TestServer::start_with(move |c| {
+        c.auth.backend = "redis".into();
+        c.auth.redis_url = server_url;
+    })
+    .await
+    .unwrap();
+    let mut env = env_for(&s, false);
+    env.tokens = TokenSource::Redis { url: url.clone() };
+    let r = bench::scenario::peer::run(
+        &env,
+        &PeerOptions {
+            pairs: 2,
+            messages: 100,
+            ..PeerOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(r.ok, "{}", r.summary());
+    assert_eq!(r.messages.as_ref().unwrap().deliveries, 200);
+    // The tokens were written the way GoBelieve's API server writes them.
+    let client = redis::Client::open(url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let uid = env.uid_base;
+    let token: String = redis::cmd("HGET")
+        .arg(format!("users_{}_{uid}", env.appid))
+        .arg("access_token")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(token.len(), 30);
+    let (user_id, app_id): (i64, i64) = redis::cmd("HMGET")
+        .arg(format!("access_token_{token}"))
+        .arg("user_id")
+        .arg("app_id")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!((user_id, app_id), (uid, env.appid));
+    s.stop().await;
+}

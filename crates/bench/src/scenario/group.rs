@@ -57,7 +57,8 @@ impl Default for GroupOptions {
 }
 
 /// Creates a group through the server's admin API:
-/// `POST /admin/groups {"appid","group_id","name","members":[…],"super"}`.
+/// `POST /admin/groups {"appid","group_id","name","master","members":[…],"super"}` (the master is the
+/// first member).
 pub async fn create_group(
     api: &mut HttpClient,
     appid: i64,
@@ -66,18 +67,22 @@ pub async fn create_group(
     members: &[i64],
     super_group: bool,
 ) -> Result<(), BenchError> {
-    api.post_json_ok(
-        "/admin/groups",
-        &serde_json::json!({
-            "appid": appid,
-            "group_id": group_id,
-            "name": name,
-            "members": members,
-            "super": super_group,
-        }),
-    )
-    .await?;
-    Ok(())
+    let body = serde_json::json!({
+        "appid": appid,
+        "group_id": group_id,
+        "name": name,
+        "master": members.first().copied().unwrap_or(0),
+        "members": members,
+        "super": super_group,
+    });
+    match api.post_json_ok("/admin/groups", &body).await {
+        Ok(_) => Ok(()),
+        Err(crate::http::HttpError::Status { status: 404, .. }) => Err(BenchError::Setup(format!(
+            "{} has no group admin API (POST /admin/groups answered 404); the group scenario needs it",
+            api.base()
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Runs the scenario.

@@ -182,10 +182,12 @@ pub async fn run(env: &Env, o: &ConnectionsOptions) -> Result<Report, BenchError
             _ = tick.tick() => {
                 let now = Instant::now();
                 if now.duration_since(last_sample.0) >= Duration::from_millis(250) {
+                    let rate = (connected - last_sample.1) as f64 / now.duration_since(last_sample.0).as_secs_f64();
                     timeline.push(Sample {
                         t: now.duration_since(start).as_secs_f64(),
-                        rate: (connected - last_sample.1) as f64 / now.duration_since(last_sample.0).as_secs_f64(),
+                        rate,
                     });
+                    bar.set_message(format!("connections ({rate:.0}/s)"));
                     last_sample = (now, connected);
                 }
                 if now >= ramp_deadline {

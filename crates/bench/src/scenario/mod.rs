@@ -423,10 +423,12 @@ pub(crate) async fn supervise(
         bar.set_position(seen.2.min(expected));
         if now.duration_since(last_sample.0) >= sample_every {
             let dt = now.duration_since(last_sample.0).as_secs_f64();
+            let rate = (seen.2 - last_sample.1) as f64 / dt;
             timeline.push(Sample {
                 t: now.duration_since(start).as_secs_f64(),
-                rate: (seen.2 - last_sample.1) as f64 / dt,
+                rate,
             });
+            bar.set_message(format!("{label} ({rate:.0}/s)"));
             last_sample = (now, seen.2);
         }
         if shared.done.load(Ordering::Relaxed) >= tasks {
@@ -450,7 +452,7 @@ pub(crate) fn progress_bar(show: bool, len: u64, label: &str) -> ProgressBar {
     }
     let bar = ProgressBar::new(len);
     if let Ok(style) = ProgressStyle::with_template(
-        "{spinner} [{elapsed_precise}] {bar:40} {human_pos}/{human_len} {msg} ({per_sec}, eta {eta})",
+        "{spinner} [{elapsed_precise}] {bar:40} {human_pos}/{human_len} {msg}",
     ) {
         bar.set_style(style);
     }

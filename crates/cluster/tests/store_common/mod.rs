@@ -114,3 +114,47 @@ pub async fn eventually(within: Duration, mut f: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A TCP proxy whose connections can be cut, to break a link mid-stream.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    conns: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Proxy {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = l.local_addr().expect("addr");
+        let conns: Arc<parking_lot::Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let c = conns.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut down, _)) = l.accept().await {
+                let h = tokio::spawn(async move {
+                    if let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                    }
+                });
+                c.lock().push(h);
+            }
+        });
+        Proxy { addr, conns, task }
+    }
+
+    /// Drops every connection open now (new ones are still accepted).
+    pub fn cut(&self) -> usize {
+        let v: Vec<_> = self.conns.lock().drain(..).collect();
+        let n = v.iter().filter(|h| !h.is_finished()).count();
+        for h in v {
+            h.abort();
+        }
+        n
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}

@@ -45,6 +45,9 @@ pub(crate) type AppendResult = Result<Vec<Vec<Appended>>, StoreError>;
 pub(crate) enum Submission {
     Append {
         msgs: Vec<NewMessage>,
+        /// Result vectors allocated (with their final capacity) by the submitting thread, so the
+        /// writer does not allocate per message and the caller frees what it allocated.
+        results: Vec<Vec<Appended>>,
         bytes: usize,
         tx: tokio::sync::oneshot::Sender<AppendResult>,
     },
@@ -294,8 +297,13 @@ impl Store {
             }
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let results = batch
+            .iter()
+            .map(|m| Vec::with_capacity(m.queues.len()))
+            .collect();
         inner.submit(Submission::Append {
             msgs: batch,
+            results,
             bytes,
             tx,
         });
@@ -434,7 +442,28 @@ impl Store {
         r
     }
 
+    /// Like [`Store::close`] but without the final checkpoint, leaving the directory as a crash
+    /// right after the last acknowledged append would (everything acknowledged is durable; the
+    /// next open replays the log since the last background checkpoint). For recovery benchmarks
+    /// and tests.
+    #[doc(hidden)]
+    pub fn close_without_checkpoint(&self) -> Result<(), StoreError> {
+        let mut res = self.close_result.lock();
+        if let Some(r) = res.as_ref() {
+            return r.clone().map_err(StoreError::Poisoned);
+        }
+        let r = self.stop_threads().and_then(|()| self.inner.final_sync());
+        *res = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        r
+    }
+
     fn close_inner(&self) -> Result<(), StoreError> {
+        self.stop_threads()?;
+        self.inner.final_sync()?;
+        self.inner.checkpoint()
+    }
+
+    fn stop_threads(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
         inner.closed.store(true, Ordering::Release);
         {
@@ -455,11 +484,10 @@ impl Store {
         }
         inner.stopped.store(true, Ordering::Release);
         inner.notify_end();
-        if let Some(e) = inner.poison_error() {
-            return Err(e);
+        match inner.poison_error() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
-        inner.final_sync()?;
-        inner.checkpoint()
     }
 }
 

@@ -265,26 +265,24 @@ impl Inner {
         let mut entries = 0u64;
         for sub in batch {
             match sub {
-                Submission::Append { msgs, tx, .. } => {
+                Submission::Append {
+                    msgs,
+                    mut results,
+                    tx,
+                    ..
+                } => {
                     if self.is_follower() {
                         outcomes.push(Outcome::Append(tx, Err(StoreError::NotLeader)));
                         continue;
                     }
-                    let mut res = Vec::with_capacity(msgs.len());
-                    for m in &msgs {
+                    for (m, res) in msgs.iter().zip(results.iter_mut()) {
                         let pos = start + buf.len() as u64;
-                        res.push(encode_message(
-                            &mut buf,
-                            pos,
-                            m,
-                            &mut st.heads,
-                            &mut updates,
-                        ));
+                        encode_message(&mut buf, pos, m, &mut st.heads, &mut updates, res);
                         bounds.push(buf.len());
                         messages += 1;
                         entries += m.queues.len() as u64;
                     }
-                    outcomes.push(Outcome::Append(tx, Ok(res)));
+                    outcomes.push(Outcome::Append(tx, Ok(results)));
                 }
                 Submission::Replicate { batch, tx } => {
                     let r = if self.is_follower() {
@@ -493,7 +491,8 @@ fn encode_message(
     m: &NewMessage,
     heads: &mut QueueMap<Head>,
     updates: &mut Vec<(QueueId, Published)>,
-) -> Vec<Appended> {
+    out: &mut Vec<Appended>,
+) {
     let group = m.is_group_content();
     let enc = MessageEncoder::begin(
         buf,
@@ -504,7 +503,6 @@ fn encode_message(
         &m.body,
         m.queues.len(),
     );
-    let mut out = Vec::with_capacity(m.queues.len());
     for (i, q) in m.queues.iter().enumerate() {
         let back = enc.entry_back(i);
         let key = (pos + back as u64) as i64;
@@ -536,7 +534,6 @@ fn encode_message(
         });
     }
     let _ = enc.finish(buf);
-    out
 }
 
 /// Validates replicated records that continue the log at `pos` and stages them in `buf`.

@@ -579,6 +579,18 @@ pub(crate) async fn run_members(
             errors[0]
         ));
     }
+    let unacked = fig
+        .messages_sent
+        .saturating_sub(fig.messages_acked + fig.messages_refused);
+    if unacked > 0 {
+        report.fail(format!("{unacked} messages were never ACKed by the server"));
+    }
+    let unfinished = results.iter().filter(|r| !r.done).count();
+    if strict && unfinished > 0 && tally.lost == 0 && unacked == 0 && errors.is_empty() {
+        report.fail(format!(
+            "{unfinished} receivers got every message but no answer to their final SYNC"
+        ));
+    }
     if fig.messages_refused > 0 {
         report.fail(format!(
             "{} messages refused by the server (non-zero ACK status)",

@@ -1,0 +1,132 @@
+//! The router's configuration (`banter imr`): a TOML file with unknown keys rejected; every key has
+//! a default, documented in [`default_toml`].
+
+use backend::{RedisPushOptions, WebhookOptions};
+use serde::{Deserialize, Serialize};
+
+/// The documented default configuration file: parsing it yields [`RouterConfig::default`].
+pub fn default_toml() -> &'static str {
+    include_str!("default.toml")
+}
+
+/// The whole router configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterConfig {
+    /// TCP listener for access nodes (`host:port`; port 0 picks a free one).
+    pub listen: String,
+    /// HTTP API listener; empty disables it.
+    pub http_listen: String,
+    /// Offline push.
+    pub push: PushConfig,
+    /// Bounds.
+    pub limits: LimitsConfig,
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        RouterConfig {
+            listen: "0.0.0.0:4444".to_owned(),
+            http_listen: "127.0.0.1:4445".to_owned(),
+            push: PushConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Parses a TOML document (missing keys take their defaults).
+    pub fn from_toml(text: &str) -> Result<RouterConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
+/// Which offline-push sink PUSH requests feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PushBackend {
+    /// No jobs (GoBelieve's `push_disabled = true`).
+    #[default]
+    None,
+    /// GoBelieve's Redis lists (spec §16.3).
+    Redis,
+    /// JSON batches POSTed to a webhook.
+    Webhook,
+}
+
+/// `[push]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushConfig {
+    /// `none`, `redis` or `webhook`.
+    pub backend: PushBackend,
+    /// Used when `backend = "redis"`.
+    pub redis: RedisPushOptions,
+    /// Used when `backend = "webhook"`.
+    pub webhook: WebhookOptions,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest frame body accepted from an access node; a bigger one closes that connection.
+    pub max_body: usize,
+    /// Frames waiting per access node; beyond it frames for that node are dropped and counted.
+    pub outbox_frames: usize,
+    /// Bytes waiting per access node; beyond it frames for that node are dropped and counted.
+    pub outbox_bytes: usize,
+    /// Milliseconds one write to an access node may take before it is disconnected.
+    pub write_timeout_ms: u64,
+    /// Access-node connections at once.
+    pub max_connections: usize,
+    /// TCP keepalive idle time and probe interval, in seconds.
+    pub keepalive_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body: cluster::route_proto::DEFAULT_MAX_BODY,
+            outbox_frames: 65_536,
+            outbox_bytes: 64 << 20,
+            write_timeout_ms: 10_000,
+            max_connections: 1024,
+            keepalive_secs: 60,
+        }
+    }
+}
+
+impl RouterConfig {
+    /// Every problem with the values, at once (empty when fine).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.listen.trim().is_empty() {
+            out.push("listen must not be empty".to_owned());
+        }
+        let l = &self.limits;
+        for (name, v) in [
+            ("limits.max_body", l.max_body),
+            ("limits.outbox_frames", l.outbox_frames),
+            ("limits.outbox_bytes", l.outbox_bytes),
+            ("limits.max_connections", l.max_connections),
+        ] {
+            if v == 0 {
+                out.push(format!("{name} must be > 0"));
+            }
+        }
+        if l.max_body < proto::HEADER_LEN + cluster::route_proto::ROUTE_MESSAGE_FIXED {
+            out.push("limits.max_body must be at least 54".to_owned());
+        }
+        if l.max_body > i32::MAX as usize {
+            out.push("limits.max_body must fit the 31-bit frame length".to_owned());
+        }
+        if l.write_timeout_ms == 0 {
+            out.push("limits.write_timeout_ms must be > 0".to_owned());
+        }
+        if l.keepalive_secs == 0 {
+            out.push("limits.keepalive_secs must be > 0".to_owned());
+        }
+        out
+    }
+}

@@ -1,0 +1,250 @@
+//! Access-node connections: the accept loop and one task per connection.
+//!
+//! The task `select!`s over its reader (frames from the node, handled inline: every action is a
+//! non-blocking table update or outbox append), its writer (the outbox, coalesced into one write
+//! per wake-up, each write under the write deadline), its kill switch and shutdown. Whatever ends
+//! first ends the connection, and the table forgets everything the node subscribed. A malformed
+//! frame closes only that connection, with a log line. Accept errors (e.g. out of file
+//! descriptors) are logged and retried, never fatal (defect #31).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cluster::route_proto::{cmd, write_frame, RouteBody, RouteKind};
+use proto::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::table::Conn;
+use crate::Router;
+
+/// Wait after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Bytes coalesced into one write.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+pub(crate) async fn accept_loop(
+    router: Arc<Router>,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(router.config.limits.max_connections));
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            router.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, max = router.config.limits.max_connections, "too many access-node connections; refusing");
+            continue;
+        };
+        router.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        let limits = &router.config.limits;
+        let id = router.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+        let conn = Arc::new(Conn::new(
+            id,
+            peer,
+            limits.outbox_frames,
+            limits.outbox_bytes,
+            router.metrics.clone(),
+        ));
+        // Registered here, so connections are listed in accept order.
+        router.table.add_conn(conn.clone());
+        let r = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            serve(r, conn, stream, shutdown).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve(
+    router: Arc<Router>,
+    conn: Arc<Conn>,
+    stream: TcpStream,
+    shutdown: CancellationToken,
+) {
+    set_socket_options(
+        &stream,
+        Duration::from_secs(router.config.limits.keepalive_secs),
+    );
+    let (id, peer) = (conn.id, conn.peer);
+    tracing::info!(conn = id, %peer, "access node connected");
+    let (rd, wr) = stream.into_split();
+    let why = tokio::select! {
+        why = read_loop(&router, &conn, rd) => why,
+        why = write_loop(&router, &conn, wr) => why,
+        _ = conn.kill.cancelled() => "closed by the router",
+        _ = shutdown.cancelled() => "shutdown",
+    };
+    router.table.remove_conn(&conn);
+    tracing::info!(
+        conn = id,
+        %peer,
+        why,
+        dropped = conn.dropped.load(Ordering::Relaxed),
+        "access node disconnected; its subscriptions are forgotten"
+    );
+}
+
+fn set_socket_options(stream: &TcpStream, keepalive: Duration) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(keepalive)
+        .with_interval(keepalive);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+}
+
+async fn read_loop(router: &Router, conn: &Arc<Conn>, mut rd: OwnedReadHalf) -> &'static str {
+    let max_body = router.config.limits.max_body;
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        match Frame::decode(&mut buf, max_body) {
+            Err(e) => {
+                router.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn = conn.id, peer = %conn.peer, error = %e, "malformed frame from access node; closing its connection");
+                return "malformed frame";
+            }
+            Ok(Some(frame)) => {
+                conn.received.fetch_add(1, Ordering::Relaxed);
+                if let Err(why) = handle(router, conn, frame) {
+                    return why;
+                }
+            }
+            Ok(None) => {
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(8192);
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) => return "closed by the access node",
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(conn = conn.id, error = %e, "read from access node failed");
+                        return "read error";
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn handle(router: &Router, conn: &Arc<Conn>, frame: Frame) -> Result<(), &'static str> {
+    let m = &router.metrics;
+    if !matches!(
+        frame.cmd,
+        cmd::SUBSCRIBE
+            | cmd::UNSUBSCRIBE
+            | cmd::SUBSCRIBE_ROOM
+            | cmd::UNSUBSCRIBE_ROOM
+            | cmd::PUBLISH
+            | cmd::PUBLISH_GROUP
+            | cmd::PUBLISH_ROOM
+            | cmd::PUSH
+    ) {
+        m.unknown_commands.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            conn = conn.id,
+            cmd = frame.cmd,
+            "ignoring unknown command from access node"
+        );
+        return Ok(());
+    }
+    let body = match RouteBody::decode(frame.cmd, &frame.body) {
+        Ok(b) => b,
+        Err(e) => {
+            m.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(conn = conn.id, peer = %conn.peer, error = %e, "malformed route body from access node; closing its connection");
+            return Err("malformed route body");
+        }
+    };
+    let t = &router.table;
+    match body {
+        RouteBody::Subscribe { appid, uid, online } => t.subscribe(conn, appid, uid, online),
+        RouteBody::Unsubscribe { appid, uid } => t.unsubscribe(conn, appid, uid),
+        RouteBody::SubscribeRoom { appid, room } => t.subscribe_room(conn, appid, room),
+        RouteBody::UnsubscribeRoom { appid, room } => t.unsubscribe_room(conn, appid, room),
+        RouteBody::Publish(msg) => {
+            // Forwarded unchanged: the received body is shared by every receiving connection.
+            let body: &Bytes = &frame.body;
+            match msg.kind {
+                RouteKind::User => {
+                    m.publish_in_user.fetch_add(1, Ordering::Relaxed);
+                    t.forward_user(conn.id, msg.appid, msg.receiver, frame.cmd, body);
+                }
+                RouteKind::Group => {
+                    m.publish_in_group.fetch_add(1, Ordering::Relaxed);
+                    t.forward_all(conn.id, frame.cmd, body);
+                }
+                RouteKind::Room => {
+                    m.publish_in_room.fetch_add(1, Ordering::Relaxed);
+                    t.forward_room(conn.id, msg.appid, msg.receiver, frame.cmd, body);
+                }
+            }
+        }
+        RouteBody::Push(req) => crate::push::handle(router, req),
+    }
+    Ok(())
+}
+
+async fn write_loop(router: &Router, conn: &Conn, mut wr: OwnedWriteHalf) -> &'static str {
+    let timeout = Duration::from_millis(router.config.limits.write_timeout_ms);
+    let mut batch: Vec<(u8, Bytes)> = Vec::new();
+    let mut buf = BytesMut::new();
+    let mut seq: i32 = 0;
+    loop {
+        conn.drain(&mut batch, WRITE_CHUNK);
+        if batch.is_empty() {
+            if buf.capacity() > 4 * WRITE_CHUNK {
+                buf = BytesMut::new(); // an idle connection keeps no big buffer
+            }
+            conn.wake.notified().await;
+            continue;
+        }
+        let n = batch.len() as u64;
+        for (c, body) in batch.drain(..) {
+            seq = seq.wrapping_add(1);
+            write_frame(&mut buf, seq, c, &body);
+        }
+        match tokio::time::timeout(timeout, wr.write_all(&buf)).await {
+            Ok(Ok(())) => {
+                conn.sent.fetch_add(n, Ordering::Relaxed);
+                buf.clear();
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(conn = conn.id, error = %e, "write to access node failed");
+                return "write error";
+            }
+            Err(_) => {
+                router
+                    .metrics
+                    .write_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn = conn.id, peer = %conn.peer, ?timeout, "access node does not read; disconnecting it");
+                return "write deadline passed";
+            }
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Forwarding between fake access nodes on real sockets: publish, group publish, rooms, a stalled
+//! node, malformed frames, and forgetting a closed connection.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use cluster::route_proto::{cmd, RouteBody, RouteKind};
+use common::{im, TestRouter, WAIT};
+use route::RouterConfig;
+
+#[tokio::test]
+async fn publish_reaches_only_the_other_nodes_that_subscribed_the_user() {
+    let r = TestRouter::start(RouterConfig::default()).await;
+    let mut a = r.node().await;
+    let mut b = r.node().await;
+    let mut c = r.node().await;
+    b.subscribe(7, 1, false).await; // online flag does not matter for PUBLISH
+    a.subscribe(7, 1, true).await; // the sender's own subscription: no echo
+    c.subscribe(7, 2, true).await; // another user
+    c.subscribe(8, 1, true).await; // same uid, another app
+    r.wait_subscriptions(&[(1, 0), (1, 0), (2, 0)]).await;
+
+    let sent = a
+        .publish(cmd::PUBLISH, 7, 1, 42, 41, &im(5, 1, "hello"))
+        .await;
+    let f = b.next().await;
+    assert_eq!((f.cmd, f.version, f.flag, f.seq), (cmd::PUBLISH, 0, 0, 1));
+    assert_eq!(f.body, sent, "forwarded unchanged, prev_msgid included");
+    match RouteBody::decode(f.cmd, &f.body).expect("valid") {
+        RouteBody::Publish(m) => {
+            assert_eq!((m.kind, m.msgid, m.prev_msgid), (RouteKind::User, 42, 41))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    a.nothing().await;
+    c.nothing().await;
+
+    // A second one gets the next seq on B's connection.
+    a.publish(cmd::PUBLISH, 7, 1, 43, 42, &im(5, 1, "again"))
+        .await;
+    assert_eq!(b.next().await.seq, 2);
+
+    // B unsubscribes: nothing more for B.
+    b.unsubscribe(7, 1).await;
+    r.wait_subscriptions(&[(1, 0), (0, 0), (2, 0)]).await;
+    a.publish(cmd::PUBLISH, 7, 1, 44, 43, &im(5, 1, "gone"))
+        .await;
+    // C publishes to user 1: A (subscribed) receives it.
+    c.publish(cmd::PUBLISH, 7, 1, 45, 0, &im(6, 1, "to a"))
+        .await;
+    let f = a.next().await;
+    match RouteBody::decode(f.cmd, &f.body).expect("valid") {
+        RouteBody::Publish(m) => assert_eq!(m.msgid, 45),
+        other => panic!("unexpected {other:?}"),
+    }
+    b.nothing().await;
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn group_publish_reaches_every_other_node() {
+    let r = TestRouter::start(RouterConfig::default()).await;
+    let mut a = r.node().await;
+    let mut b = r.node().await;
+    let mut c = r.node().await;
+    let sent = a
+        .publish(cmd::PUBLISH_GROUP, 7, 300, 9, 8, &im(5, 300, "group"))
+        .await;
+    for n in [&mut b, &mut c] {
+        let f = n.next().await;
+        assert_eq!((f.cmd, &f.body), (cmd::PUBLISH_GROUP, &sent));
+    }
+    a.nothing().await;
+    let (_, metrics) = r.get("/metrics").await;
+    assert!(
+        metrics.contains("banter_route_publish_in_total{kind=\"group\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("banter_route_publish_out_total 2"),
+        "{metrics}"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn rooms_reach_subscribed_nodes_until_they_leave() {
+    let r = TestRouter::start(RouterConfig::default()).await;
+    let mut a = r.node().await;
+    let mut b = r.node().await;
+    let mut c = r.node().await;
+    a.subscribe_room(7, 100).await;
+    b.subscribe_room(7, 100).await;
+    c.subscribe_room(7, 100).await;
+    c.subscribe_room(7, 100).await; // twice counts once
+    b.subscribe_room(7, 101).await;
+    r.wait_subscriptions(&[(0, 1), (0, 2), (0, 1)]).await;
+    let sent = a
+        .publish(cmd::PUBLISH_ROOM, 7, 100, 0, 0, &im(5, 100, "room"))
+        .await;
+    for n in [&mut b, &mut c] {
+        let f = n.next().await;
+        assert_eq!((f.cmd, &f.body), (cmd::PUBLISH_ROOM, &sent));
+    }
+    a.nothing().await;
+    c.unsubscribe_room(7, 100).await;
+    r.wait_subscriptions(&[(0, 1), (0, 2), (0, 0)]).await;
+    a.publish(cmd::PUBLISH_ROOM, 7, 100, 0, 0, &im(5, 100, "room 2"))
+        .await;
+    assert_eq!(b.next().await.cmd, cmd::PUBLISH_ROOM);
+    c.nothing().await;
+    // Another app's room of the same id is another room.
+    a.publish(cmd::PUBLISH_ROOM, 8, 100, 0, 0, &im(5, 100, "other app"))
+        .await;
+    b.nothing().await;
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_node_does_not_stop_delivery_between_healthy_ones() {
+    let mut config = RouterConfig::default();
+    config.limits.outbox_frames = 64;
+    config.limits.write_timeout_ms = 500;
+    let r = TestRouter::start(config).await;
+    let mut a = r.node().await;
+    let mut b = r.node().await;
+    let mut stalled = r.node().await; // never reads
+    stalled.subscribe(7, 1, true).await;
+    stalled.subscribe_room(7, 100).await;
+    b.subscribe(7, 2, true).await;
+    b.subscribe_room(7, 100).await;
+    r.wait_subscriptions(&[(0, 0), (1, 1), (1, 1)]).await;
+
+    let big = im(5, 1, &"z".repeat(30_000));
+    let start = Instant::now();
+    let mut got = 0;
+    for i in 0..400 {
+        // ~12 MB for the stalled node: far beyond socket buffers and its outbox.
+        a.publish(cmd::PUBLISH, 7, 1, i, 0, &big).await;
+        a.publish(cmd::PUBLISH_GROUP, 7, 300, i, 0, &big).await;
+        a.publish(cmd::PUBLISH, 7, 2, i, 0, &im(5, 2, "small"))
+            .await;
+        // B keeps up with its own stream.
+        while let Some(f) = b.next_within(Duration::from_millis(1)).await {
+            if f.cmd == cmd::PUBLISH {
+                got += 1;
+            }
+        }
+    }
+    while got < 400 {
+        let f = b.next().await;
+        if f.cmd == cmd::PUBLISH {
+            got += 1;
+        }
+    }
+    assert!(start.elapsed() < WAIT, "took {:?}", start.elapsed());
+    // The stalled node is disconnected by the write deadline and its state forgotten.
+    assert!(stalled.closed_within(WAIT).await);
+    r.wait_subscriptions(&[(0, 0), (1, 1)]).await;
+    let (_, metrics) = r.get("/metrics").await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0)
+    };
+    assert!(value("banter_route_dropped_total ") > 0, "{metrics}");
+    assert_eq!(value("banter_route_write_timeouts_total "), 1, "{metrics}");
+    assert_eq!(value("banter_route_connections "), 2, "{metrics}");
+    // Still routing.
+    a.publish(cmd::PUBLISH_ROOM, 7, 100, 0, 0, &im(5, 100, "after"))
+        .await;
+    assert_eq!(b.next().await.cmd, cmd::PUBLISH_ROOM);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_frames_close_only_that_connection() {
+    let mut config = RouterConfig::default();
+    config.limits.max_body = 4096;
+    let r = TestRouter::start(config).await;
+    let mut a = r.node().await;
+    let mut b = r.node().await;
+    b.subscribe(7, 1, true).await;
+    r.wait_subscriptions(&[(0, 0), (1, 0)]).await;
+
+    // Unknown commands are ignored; the connection stays.
+    let mut m = r.node().await;
+    m.send(99, b"what").await;
+    m.subscribe(7, 9, true).await;
+    r.wait_subscriptions(&[(0, 0), (1, 0), (1, 0)]).await;
+
+    // A negative length.
+    use tokio::io::AsyncWriteExt;
+    m.stream
+        .write_all(&[0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 1, 132, 0, 0, 0])
+        .await
+        .expect("write");
+    assert!(m.closed_within(WAIT).await);
+    // Its state is forgotten.
+    r.wait_subscriptions(&[(0, 0), (1, 0)]).await;
+
+    let cases: Vec<(u8, Vec<u8>)> = vec![
+        (cmd::SUBSCRIBE, vec![0; 16]), // short body
+        (cmd::PUBLISH, vec![0; 41]),   // short route message
+        (cmd::PUSH, vec![0, 0, 0, 0, 0, 0, 0, 7, 0xff, 0xff, 0, 0]), // count past the end
+        (cmd::PUBLISH, {
+            // inner frame whose header disagrees with its length
+            let mut b = vec![0u8; 40];
+            b.extend_from_slice(&[0, 12]);
+            b.extend_from_slice(&[0, 0, 0, 9, 0, 0, 0, 0, 4, 2, 0, 0]);
+            b
+        }),
+        (cmd::PUBLISH, vec![0; 5000]), // over max_body
+    ];
+    for (c, body) in cases {
+        let mut m = r.node().await;
+        m.send(c, &body).await;
+        assert!(
+            m.closed_within(WAIT).await,
+            "cmd {c} body {} bytes",
+            body.len()
+        );
+    }
+    // The healthy pair never noticed.
+    a.publish(cmd::PUBLISH, 7, 1, 1, 0, &im(5, 1, "fine")).await;
+    assert_eq!(b.next().await.cmd, cmd::PUBLISH);
+    let (_, metrics) = r.get("/metrics").await;
+    assert!(
+        metrics.contains("banter_route_malformed_frames_total 6"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("banter_route_unknown_commands_total 1"),
+        "{metrics}"
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_access_connections() {
+    let r = TestRouter::start(RouterConfig::default()).await;
+    let mut a = r.node().await;
+    let shutdown = r.shutdown.clone();
+    let stop = tokio::spawn(r.stop());
+    assert!(shutdown.is_cancelled() || a.closed_within(WAIT).await);
+    assert!(a.closed_within(WAIT).await);
+    tokio::time::timeout(WAIT, stop)
+        .await
+        .expect("stops")
+        .expect("joins");
+}

@@ -687,7 +687,7 @@ pub async fn run(
     let server_opts = StoreServerOptions {
         max_frame_bytes: config.max_frame_mb << 20,
         max_in_flight: config.max_in_flight,
-        inline_reads: false,
+        inline_read_window: ((config.cache_mb as u64) << 20) / 2,
         sync_replication: (config.replication_mode == ReplicationMode::Sync).then(|| {
             SyncReplication {
                 hub: hub.clone(),
@@ -695,6 +695,8 @@ pub async fn run(
             }
         }),
         metrics: server_metrics,
+        // in-flight `sync` appends may wait up to sync_timeout for a follower
+        shutdown_grace: Duration::from_millis(config.sync_timeout_ms) + Duration::from_secs(5),
     };
     tasks.push(tokio::spawn(serve(
         link,

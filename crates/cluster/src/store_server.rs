@@ -12,8 +12,14 @@
 //! append produced, or fails with [`ErrorCode::ReplicationTimeout`] after the configured timeout
 //! (the append stays on the leader and replicates when a follower comes back; the caller is told
 //! it was not confirmed, so it is never acknowledged to a client without being on two nodes).
-//! Reads (`sync`, `latest`, `new_count`) may touch segment files, so they run on the blocking
-//! pool unless [`StoreServerOptions::inline_reads`] is set; `last_key` and `ping` are in-memory.
+//! Reads that only touch the newest part of the log (a `sync`, `sync_since` or `new_count` whose
+//! `after` key lies within [`StoreServerOptions::inline_read_window`] bytes of the log end, i.e. in
+//! the store's recent-write cache) run directly on the async worker; other reads may touch
+//! segment files and run on the blocking pool, so a cold disk never stalls other connections.
+//! Measured (debug build, cached data, a loaded 2-core machine, 6 runs): a sequential sync takes
+//! about 70 µs inline against 110–300 µs through the blocking pool; with 64 concurrent callers
+//! throughput was 11–25k syncs/s either way (within the noise), so the latency decides.
+//! `last_key` and `ping` are in-memory.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,12 +58,19 @@ pub struct StoreServerOptions {
     pub max_frame_bytes: usize,
     /// Most requests of one connection executing or waiting to be written.
     pub max_in_flight: usize,
-    /// Run reads on the async worker instead of the blocking pool.
-    pub inline_reads: bool,
+    /// Reads whose `after` key is at most this many bytes behind the log end run on the async
+    /// worker (they are served by the recent-write cache); others, and every `latest`, run on
+    /// the blocking pool. Set it to about half the store's `cache_bytes`; 0 = always use the
+    /// blocking pool. Default 32 MiB (the store's default cache is 64 MiB).
+    pub inline_read_window: u64,
     /// `Some` for `sync` replication mode.
     pub sync_replication: Option<SyncReplication>,
     /// Counters (share one across servers to aggregate).
     pub metrics: Arc<StoreServerMetrics>,
+    /// At shutdown, how long a connection may take to finish and write the replies of the
+    /// requests it already read (a peer that stops reading cannot hold shutdown longer).
+    /// Default 10 s.
+    pub shutdown_grace: Duration,
 }
 
 impl Default for StoreServerOptions {
@@ -65,9 +78,10 @@ impl Default for StoreServerOptions {
         StoreServerOptions {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_in_flight: 256,
-            inline_reads: false,
+            inline_read_window: 32 << 20,
             sync_replication: None,
             metrics: Arc::default(),
+            shutdown_grace: Duration::from_secs(10),
         }
     }
 }
@@ -206,10 +220,22 @@ async fn connection(
         });
     }
     drop(tx);
-    match writer.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "store link write failed"),
-        Err(e) => tracing::warn!(%peer, error = %e, "store link writer task failed"),
+    let mut writer = writer;
+    let finished = tokio::select! {
+        r = &mut writer => Some(r),
+        _ = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(opts.shutdown_grace).await;
+        } => None,
+    };
+    match finished {
+        Some(Ok(Ok(()))) => {}
+        Some(Ok(Err(e))) => tracing::debug!(%peer, error = %e, "store link write failed"),
+        Some(Err(e)) => tracing::warn!(%peer, error = %e, "store link writer task failed"),
+        None => {
+            tracing::warn!(%peer, "store link connection did not finish within the shutdown grace; dropping it");
+            writer.abort();
+        }
     }
     tracing::debug!(%peer, "store link connection closed");
 }
@@ -281,7 +307,7 @@ async fn handle(frame: Frame, store: &Arc<Store>, opts: &StoreServerOptions) -> 
     }
 }
 
-/// Runs `f` on the blocking pool (or inline when configured).
+/// Runs `f` on the blocking pool, or directly when `inline`.
 async fn read<T, F>(store: &Arc<Store>, inline: bool, f: F) -> Result<T, Failure>
 where
     T: Send + 'static,
@@ -307,7 +333,9 @@ async fn execute(
 ) -> Result<BytesMut, Failure> {
     let m = &opts.metrics;
     let max = opts.max_frame_bytes;
-    let inline = opts.inline_reads;
+    let window = opts.inline_read_window;
+    let inline =
+        |after: i64| window > 0 && after.max(0) as u64 >= store.log_end().saturating_sub(window);
     let mut out = BytesMut::new();
     match req {
         Request::Ping => {
@@ -335,7 +363,10 @@ async fn execute(
             after,
             limit,
         } => {
-            let page = read(store, inline, move |s| s.sync(queue, after, limit as usize)).await?;
+            let page = read(store, inline(after), move |s| {
+                s.sync(queue, after, limit as usize)
+            })
+            .await?;
             sp::encode_sync_page(&page, max, &mut out);
             m.syncs.fetch_add(1, Ordering::Relaxed);
         }
@@ -345,7 +376,7 @@ async fn execute(
             limit,
             join_ts,
         } => {
-            let page = read(store, inline, move |s| {
+            let page = read(store, inline(after), move |s| {
                 s.sync_since(queue, after, limit as usize, join_ts)
             })
             .await?;
@@ -353,17 +384,17 @@ async fn execute(
             m.syncs.fetch_add(1, Ordering::Relaxed);
         }
         Request::Latest { queue, n } => {
-            let msgs = read(store, inline, move |s| s.latest(queue, n as usize)).await?;
+            let msgs = read(store, false, move |s| s.latest(queue, n as usize)).await?;
             sp::encode_messages(&msgs, max, &mut out);
             m.reads.fetch_add(1, Ordering::Relaxed);
         }
         Request::LatestPeer { queue, n } => {
-            let msgs = read(store, inline, move |s| s.latest_peer(queue, n as usize)).await?;
+            let msgs = read(store, false, move |s| s.latest_peer(queue, n as usize)).await?;
             sp::encode_messages(&msgs, max, &mut out);
             m.reads.fetch_add(1, Ordering::Relaxed);
         }
         Request::NewCount { queue, after } => {
-            let n = read(store, inline, move |s| s.new_count(queue, after)).await?;
+            let n = read(store, inline(after), move |s| s.new_count(queue, after)).await?;
             bytes::BufMut::put_u64(&mut out, n);
             m.reads.fetch_add(1, Ordering::Relaxed);
         }

@@ -155,34 +155,44 @@ async fn every_operation_matches_the_in_process_store() {
     assert_eq!(pool.last_key(alice).await.unwrap(), store.last_key(alice));
     assert_eq!(pool.last_key(g).await.unwrap(), store.last_key(g));
     assert_eq!(pool.last_key(QueueId::user(7, 12345)).await.unwrap(), 0);
-    for q in [alice, bob, g] {
-        for after in [0, appended[10][0][0].key, store.last_key(q)] {
-            for limit in [1, 7, 3000] {
+    // reads on the async worker (cache window) and on the blocking pool answer the same
+    let cold = serve_store(
+        store.clone(),
+        StoreServerOptions {
+            inline_read_window: 0,
+            ..StoreServerOptions::default()
+        },
+    )
+    .await;
+    let cold_pool = StorePool::new(cold.addr.to_string(), pool_opts());
+    for p in [&pool, &cold_pool] {
+        for q in [alice, bob, g] {
+            for after in [0, appended[10][0][0].key, store.last_key(q)] {
+                for limit in [1, 7, 3000] {
+                    assert_eq!(
+                        p.sync(q, after, limit).await.unwrap(),
+                        store.sync(q, after, limit).unwrap()
+                    );
+                }
                 assert_eq!(
-                    pool.sync(q, after, limit).await.unwrap(),
-                    store.sync(q, after, limit).unwrap()
+                    p.new_count(q, after).await.unwrap(),
+                    store.new_count(q, after).unwrap()
+                );
+                assert_eq!(
+                    p.sync_since(q, after, 5, 1015).await.unwrap(),
+                    store.sync_since(q, after, 5, 1015).unwrap()
                 );
             }
-            assert_eq!(
-                pool.new_count(q, after).await.unwrap(),
-                store.new_count(q, after).unwrap()
-            );
-            assert_eq!(
-                pool.sync_since(q, after, 5, 1015).await.unwrap(),
-                store.sync_since(q, after, 5, 1015).unwrap()
-            );
-        }
-        for n in [1, 5, 100] {
-            assert_eq!(
-                pool.latest(q, n).await.unwrap(),
-                store.latest(q, n).unwrap()
-            );
-            assert_eq!(
-                pool.latest_peer(q, n).await.unwrap(),
-                store.latest_peer(q, n).unwrap()
-            );
+            for n in [1, 5, 100] {
+                assert_eq!(p.latest(q, n).await.unwrap(), store.latest(q, n).unwrap());
+                assert_eq!(
+                    p.latest_peer(q, n).await.unwrap(),
+                    store.latest_peer(q, n).unwrap()
+                );
+            }
         }
     }
+    cold.stop().await;
     let ping = pool.ping().await.unwrap();
     assert!(ping.leader);
     assert_eq!(ping.log_end, store.log_end());
@@ -507,4 +517,46 @@ async fn address_swap_sends_new_requests_to_the_new_store_and_lets_old_ones_fini
     assert!(remote.set_addrs(vec![], vec![]).is_err());
     fake.abort();
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_reading_cannot_hold_up_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), opts(Role::Leader));
+    let q = QueueId::user(1, 1);
+    let big = "b".repeat(64 * 1024);
+    for _ in 0..16 {
+        store.append(vec![msg(&[q], &big)]).await.unwrap();
+    }
+    let served = serve_store(
+        store.clone(),
+        StoreServerOptions {
+            shutdown_grace: Duration::from_millis(200),
+            ..StoreServerOptions::default()
+        },
+    )
+    .await;
+    // 64 requests for ~1 MiB each, and never read a reply
+    let mut sock = TcpStream::connect(served.addr).await.unwrap();
+    let mut body = BytesMut::new();
+    Request::Sync {
+        queue: q,
+        after: 0,
+        limit: 3000,
+    }
+    .encode_body(&mut body);
+    let mut out = BytesMut::new();
+    for seq in 0..64 {
+        out.extend_from_slice(&encode_frame(seq, sp::CMD_SYNC, sp::LINK_VERSION, 0, &body));
+    }
+    sock.write_all(&out).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    served.token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), served.task)
+        .await
+        .expect("serve returns despite the stuck peer")
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    drop(sock);
 }

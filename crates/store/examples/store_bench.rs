@@ -25,6 +25,7 @@ fn main() {
             "--dir" => opts.dir = Some(val().into()),
             "--keep" => opts.keep = true,
             "--no-prealloc" => opts.store.preallocate = false,
+            "--drivers" => opts.driver_threads = val().parse().expect("--drivers N"),
             "--durability" => {
                 let v = val();
                 opts.durability = match v.as_str() {

@@ -37,6 +37,9 @@ pub struct StoreBenchOptions {
     pub sync_entries: u64,
     /// Keep the store directory afterwards.
     pub keep: bool,
+    /// Threads that drive the appenders (each keeps `appenders / driver_threads` appends in
+    /// flight).
+    pub driver_threads: usize,
     /// Store options to use (durability is taken from `durability` above).
     pub store: StoreOptions,
 }
@@ -53,6 +56,7 @@ impl Default for StoreBenchOptions {
             queues_per_message: 2,
             sync_entries: 2_000_000,
             keep: false,
+            driver_threads: 2,
             store: StoreOptions::default(),
         }
     }
@@ -206,7 +210,7 @@ fn run_in(
         .collect();
 
     // --- append phase
-    let drivers = opts.appenders.clamp(1, 2);
+    let drivers = opts.driver_threads.clamp(1, opts.appenders);
     let next_msg = AtomicU64::new(0);
     let done = AtomicU64::new(0);
     let total = opts.messages;

@@ -128,6 +128,9 @@ pub(crate) struct Written {
     buf: Vec<u8>,
     updates: Vec<(QueueId, Published)>,
     outcomes: Vec<Outcome>,
+    /// The submitted messages, dropped by the sync thread after the tickets are completed (off
+    /// the writer's path).
+    spent: Vec<Vec<NewMessage>>,
     /// The segment the batch ended in (earlier segments were fsynced when they were sealed).
     file: Option<Arc<std::fs::File>>,
 }
@@ -195,16 +198,19 @@ pub(crate) fn sync_loop(inner: Arc<Inner>) {
         }
         let end = items.last().map_or(0, |w| w.end);
         let mut done = Vec::with_capacity(items.len());
+        let mut spent = Vec::with_capacity(items.len());
         for w in items {
             inner.log.cache_push(w.start, w.buf);
             inner.heads.set_many(&w.updates);
             inner.log.durable_end.store(w.end, Ordering::Release);
             done.push(w.outcomes);
+            spent.push(w.spent);
         }
         inner.notify_end();
         for o in done.into_iter().flatten() {
             o.complete();
         }
+        drop(spent);
         let ck = inner.ckpt.lock().position;
         if end.saturating_sub(ck) >= inner.opts.checkpoint_bytes {
             inner.wake_checkpointer();
@@ -263,6 +269,7 @@ impl Inner {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut messages = 0u64;
         let mut entries = 0u64;
+        let mut spent = Vec::with_capacity(batch.len());
         for sub in batch {
             match sub {
                 Submission::Append {
@@ -283,6 +290,7 @@ impl Inner {
                         entries += m.queues.len() as u64;
                     }
                     outcomes.push(Outcome::Append(tx, Ok(results)));
+                    spent.push(msgs);
                 }
                 Submission::Replicate { batch, tx } => {
                     let r = if self.is_follower() {
@@ -353,6 +361,7 @@ impl Inner {
             buf,
             updates,
             outcomes,
+            spent,
             file,
         });
         drop(q);

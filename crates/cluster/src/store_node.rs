@@ -233,8 +233,32 @@ impl StoreNodeConfig {
                     .to_string(),
             );
         }
-        if let Err(e) = self.store_options() {
-            errs.push(e);
+        match self.store_options() {
+            Err(e) => errs.push(e),
+            Ok(o) => {
+                // The largest record / request must fit in a frame, or replication and appends
+                // of such messages would fail forever (GoBelieve #26, #42).
+                let record = o.max_body_bytes
+                    + o.max_queues_per_message * store::format::ENTRY_LEN
+                    + store::format::MESSAGE_FIXED_LEN;
+                if (self.replication_max_frame_mb << 20) < record + 16 {
+                    errs.push(format!(
+                        "replication_max_frame_mb ({}) must hold the largest possible record \
+                         ({record} bytes with max_body_bytes {})",
+                        self.replication_max_frame_mb, o.max_body_bytes
+                    ));
+                }
+                let request = o.max_body_bytes
+                    + o.max_queues_per_message * crate::store_proto::QUEUE_LEN
+                    + 64;
+                if (self.max_frame_mb << 20) < request {
+                    errs.push(format!(
+                        "max_frame_mb ({}) must hold the largest possible append ({request} bytes \
+                         with max_body_bytes {})",
+                        self.max_frame_mb, o.max_body_bytes
+                    ));
+                }
+            }
         }
         if errs.is_empty() {
             Ok(())

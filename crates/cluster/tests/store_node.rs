@@ -225,3 +225,23 @@ async fn start_up_errors_are_reported() {
     t.cancel();
     a.wait().await.unwrap();
 }
+
+#[test]
+fn frames_must_hold_the_largest_record() {
+    let c = StoreNodeConfig {
+        max_body_bytes: 60 << 20,
+        ..StoreNodeConfig::default()
+    };
+    let err = c.validate().unwrap_err();
+    assert!(
+        err.contains("replication_max_frame_mb") && err.contains("max_frame_mb (16)"),
+        "{err}"
+    );
+    let ok = StoreNodeConfig {
+        max_body_bytes: 60 << 20,
+        max_frame_mb: 64,
+        replication_max_frame_mb: 128,
+        ..StoreNodeConfig::default()
+    };
+    assert!(ok.validate().is_ok());
+}

@@ -8,23 +8,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use backend::groups::GroupDirectory;
+use backend::groups::{Group, GroupDirectory};
 use backend::moderation::SharedWordFilter;
 use backend::push::PushSink;
 use backend::Backend;
+use bytes::{Bytes, BytesMut};
+use cluster::route_link::RouteLinkConfig;
+use cluster::route_link::RouteLinks;
+use cluster::route_proto::{RouteKind, RoutedMessage};
+use cluster::store_client::{RemoteStore, RemoteStoreError};
 use store::{Appended, NewMessage, QueueId, Store, StoreError, StoredMessage, SyncPage};
+use tokio::sync::mpsc;
 
 use crate::config::{ApiConfig, ServerConfig, SyncConfig};
-use crate::route::{RoomTable, RouteTable};
+use crate::route::{Push, RoomTable, RouteTable};
 
-/// The message-store seam (DESIGN.md §1): in-process today; a remote variant joins with the cluster.
+/// The message-store seam (DESIGN.md §1): the store in this process, or store nodes over the network
+/// (sharded by uid / group id, spec §1.2).
 #[derive(Clone)]
 pub enum StoreClient {
     Local(Arc<Store>),
+    Remote(Arc<RemoteStore>),
+}
+
+/// Why a store operation failed, whichever variant of the seam was used.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreFailure {
+    #[error(transparent)]
+    Local(#[from] StoreError),
+    #[error(transparent)]
+    Remote(#[from] RemoteStoreError),
 }
 
 /// Result of appending one batch: for each message, where each of its queue entries landed.
-pub type AppendResult = Result<Vec<Vec<Appended>>, StoreError>;
+pub type AppendResult = Result<Vec<Vec<Appended>>, StoreFailure>;
 
 impl StoreClient {
     /// Submits `batch`; the future resolves once the store has made it durable (per its durability mode).
@@ -33,7 +50,14 @@ impl StoreClient {
         batch: Vec<NewMessage>,
     ) -> Pin<Box<dyn Future<Output = AppendResult> + Send>> {
         match self {
-            StoreClient::Local(s) => Box::pin(s.append(batch)),
+            StoreClient::Local(s) => {
+                let ticket = s.append(batch);
+                Box::pin(async move { Ok(ticket.await?) })
+            }
+            StoreClient::Remote(r) => {
+                let r = r.clone();
+                Box::pin(async move { Ok(r.append(batch).await?) })
+            }
         }
     }
 
@@ -42,9 +66,10 @@ impl StoreClient {
         queue: QueueId,
         after_key: i64,
         limit: usize,
-    ) -> Result<SyncPage, StoreError> {
+    ) -> Result<SyncPage, StoreFailure> {
         match self {
-            StoreClient::Local(s) => s.sync(queue, after_key, limit),
+            StoreClient::Local(s) => Ok(s.sync(queue, after_key, limit)?),
+            StoreClient::Remote(r) => Ok(r.sync(queue, after_key, limit).await?),
         }
     }
 
@@ -54,27 +79,35 @@ impl StoreClient {
         after_key: i64,
         limit: usize,
         join_ts: i64,
-    ) -> Result<SyncPage, StoreError> {
+    ) -> Result<SyncPage, StoreFailure> {
         match self {
-            StoreClient::Local(s) => s.sync_since(queue, after_key, limit, join_ts),
+            StoreClient::Local(s) => Ok(s.sync_since(queue, after_key, limit, join_ts)?),
+            StoreClient::Remote(r) => Ok(r.sync_since(queue, after_key, limit, join_ts).await?),
         }
     }
 
-    pub async fn latest(&self, queue: QueueId, n: usize) -> Result<Vec<StoredMessage>, StoreError> {
+    pub async fn latest(
+        &self,
+        queue: QueueId,
+        n: usize,
+    ) -> Result<Vec<StoredMessage>, StoreFailure> {
         match self {
-            StoreClient::Local(s) => s.latest(queue, n),
+            StoreClient::Local(s) => Ok(s.latest(queue, n)?),
+            StoreClient::Remote(r) => Ok(r.latest(queue, n).await?),
         }
     }
 
-    pub async fn new_count(&self, queue: QueueId, after_key: i64) -> Result<u64, StoreError> {
+    pub async fn new_count(&self, queue: QueueId, after_key: i64) -> Result<u64, StoreFailure> {
         match self {
-            StoreClient::Local(s) => s.new_count(queue, after_key),
+            StoreClient::Local(s) => Ok(s.new_count(queue, after_key)?),
+            StoreClient::Remote(r) => Ok(r.new_count(queue, after_key).await?),
         }
     }
 
-    pub async fn last_key(&self, queue: QueueId) -> i64 {
+    pub async fn last_key(&self, queue: QueueId) -> Result<i64, StoreFailure> {
         match self {
-            StoreClient::Local(s) => s.last_key(queue),
+            StoreClient::Local(s) => Ok(s.last_key(queue)),
+            StoreClient::Remote(r) => Ok(r.last_key(queue).await?),
         }
     }
 }
@@ -100,6 +133,7 @@ pub struct Stats {
     pub protocol_errors: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub room_dropped: AtomicU64,
+    pub route_dropped: AtomicU64,
 }
 
 impl Stats {
@@ -115,8 +149,19 @@ impl Stats {
 }
 
 /// The services an access node works with, chosen at start-up.
+#[derive(Clone, Default)]
+pub struct Routers {
+    /// Routers (`banter imr`); empty = single node.
+    pub route_addrs: Vec<String>,
+    /// Routers for super-group publishes; empty = `route_addrs`.
+    pub group_route_addrs: Vec<String>,
+}
+
+/// The services an access node works with, chosen at start-up.
 #[derive(Clone)]
 pub struct Services {
+    /// Routers to other access nodes (cluster mode).
+    pub routers: Routers,
     pub store: StoreClient,
     pub backend: Backend,
     pub groups: GroupDirectory,
@@ -135,6 +180,9 @@ pub struct App {
     pub groups: GroupDirectory,
     pub push: PushSink,
     pub words: Option<SharedWordFilter>,
+    /// Links to the routers: presence and cross-node delivery (no-ops on a single node).
+    pub links: Arc<RouteLinks>,
+    routed: parking_lot::Mutex<Option<mpsc::Receiver<RoutedMessage>>>,
     pub route: RouteTable,
     pub rooms: RoomTable,
     pub stats: Stats,
@@ -142,13 +190,23 @@ pub struct App {
 }
 
 impl App {
+    /// Must be called inside a tokio runtime (the route links dial in the background).
     pub fn new(
         server: ServerConfig,
         sync: SyncConfig,
         api: ApiConfig,
         services: Services,
     ) -> Arc<App> {
+        let (tx, rx) = mpsc::channel(ROUTED_QUEUE);
+        let links = Arc::new(RouteLinks::new(
+            services.routers.route_addrs.clone(),
+            services.routers.group_route_addrs.clone(),
+            RouteLinkConfig::default(),
+            Arc::new(tx),
+        ));
         Arc::new(App {
+            links,
+            routed: parking_lot::Mutex::new(Some(rx)),
             server,
             sync,
             api,
@@ -166,6 +224,116 @@ impl App {
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes the stream of messages routed here from other nodes (once, for the dispatch task).
+    pub(crate) fn take_routed(&self) -> Option<mpsc::Receiver<RoutedMessage>> {
+        self.routed.lock().take()
+    }
+
+    /// Delivers `push` to every session of the user: here (except connection `except`) and, through
+    /// the user's router, on every other access node. Returns the local count.
+    pub fn deliver_user(&self, appid: i64, uid: i64, push: &Push, except: u64) -> usize {
+        if self.links.is_enabled() {
+            let (msgid, prev) = meta_of(push);
+            if !self
+                .links
+                .publish(appid, uid, msgid, prev, &inner_frame(push))
+            {
+                Stats::inc(&self.stats.route_dropped);
+            }
+        }
+        self.route.deliver(appid, uid, push, except)
+    }
+
+    /// Delivers `push` to every session of every member of a super group, here and on other nodes
+    /// (one PUBLISH_GROUP; each node resolves the members itself).
+    pub fn deliver_group(&self, group: &Group, push: &Push, except: u64) -> usize {
+        if self.links.is_enabled() {
+            let (msgid, prev) = meta_of(push);
+            if !self
+                .links
+                .publish_group(group.appid, group.gid, msgid, prev, &inner_frame(push))
+            {
+                Stats::inc(&self.stats.route_dropped);
+            }
+        }
+        self.deliver_group_local(group, push, except)
+    }
+
+    pub(crate) fn deliver_group_local(&self, group: &Group, push: &Push, except: u64) -> usize {
+        group
+            .members
+            .keys()
+            .map(|&uid| self.route.deliver(group.appid, uid, push, except))
+            .sum()
+    }
+
+    /// Delivers a room message to everyone in the room, here (except `except`) and on other nodes.
+    /// Returns (local deliveries, slow members that dropped an older room message).
+    pub fn deliver_room(&self, appid: i64, room: i64, push: &Push, except: u64) -> (usize, usize) {
+        if self.links.is_enabled() && !self.links.publish_room(appid, room, &inner_frame(push)) {
+            Stats::inc(&self.stats.route_dropped);
+        }
+        self.rooms.deliver(appid, room, push, except)
+    }
+}
+
+/// Messages from other nodes waiting for local dispatch; beyond this they are dropped (and the
+/// receivers catch up by sync, since every persistent push is followed by a notification).
+const ROUTED_QUEUE: usize = 65_536;
+
+fn meta_of(push: &Push) -> (i64, i64) {
+    push.meta
+        .map(|m| (m.sync_key, m.prev_sync_key))
+        .unwrap_or((0, 0))
+}
+
+/// The frame a client would receive (seq 0, version 2 bodies), as routers carry it (spec §10.3).
+pub(crate) fn inner_frame(push: &Push) -> Bytes {
+    let mut b = BytesMut::with_capacity(proto::HEADER_LEN + push.body.len());
+    proto::Header {
+        len: push.body.len(),
+        seq: 0,
+        cmd: push.cmd,
+        version: proto::STORAGE_VERSION,
+        flag: push.flag,
+    }
+    .write(&mut b);
+    b.extend_from_slice(&push.body);
+    b.freeze()
+}
+
+/// Dispatches messages routed from other nodes to local sessions (no sender exclusion: the sender is
+/// elsewhere).
+pub(crate) async fn dispatch_routed(app: Arc<App>, mut rx: mpsc::Receiver<RoutedMessage>) {
+    while let Some(m) = rx.recv().await {
+        let Some(frame) = m.inner_frame() else {
+            continue;
+        };
+        let push = Push {
+            cmd: frame.cmd,
+            flag: frame.flag,
+            body: frame.body,
+            meta: (m.msgid > 0).then_some(proto::Metadata {
+                sync_key: m.msgid,
+                prev_sync_key: m.prev_msgid,
+            }),
+        };
+        let n = match m.kind {
+            RouteKind::User => app.route.deliver(m.appid, m.receiver, &push, 0),
+            RouteKind::Room => app.rooms.deliver(m.appid, m.receiver, &push, 0).0,
+            RouteKind::Group => match app.groups.get(m.appid, m.receiver).await {
+                Ok(Some(g)) => app.deliver_group_local(&g, &push, 0),
+                Ok(None) => 0,
+                Err(e) => {
+                    Stats::inc(&app.stats.backend_errors);
+                    tracing::warn!(error = %e, gid = m.receiver, "loading a group for a routed message failed");
+                    0
+                }
+            },
+        };
+        Stats::add(&app.stats.deliveries, n as u64);
     }
 }
 

@@ -35,14 +35,18 @@ fn new_message(c: &Customer, device_id: i64, flags: u8, body: Bytes) -> NewMessa
 }
 
 /// Stores a customer message posted over HTTP (no kefu check, as in GoBelieve) and notifies both sides.
-pub async fn post_customer(app: &Arc<App>, mut c: Customer) -> Result<(), store::StoreError> {
+pub async fn post_customer(
+    app: &Arc<App>,
+    mut c: Customer,
+) -> Result<(), crate::app::StoreFailure> {
     c.timestamp = now_secs();
     let body = Body::Customer(c.clone()).to_bytes(proto::STORAGE_VERSION);
+    let body_copy = body.clone();
     let r = app.store.append(vec![new_message(&c, 0, 0, body)]).await?;
     let entries = r.first().map(|e| e.as_slice()).unwrap_or(&[]);
     if let [rk, sk] = entries {
         Stats::inc(&app.stats.messages_stored);
-        crate::offline::customer(app, &c);
+        crate::offline::customer(app, &c, &body_copy);
         notify_sync(app, c.receiver_appid, c.receiver, rk.key);
         notify_sync(app, c.sender_appid, c.sender, sk.key);
     }
@@ -119,7 +123,7 @@ impl Session {
         Stats::inc(&app.stats.messages_stored);
         if let Ok(Body::Customer(c)) = Body::decode(cmd::CUSTOMER_V2, proto::STORAGE_VERSION, &body)
         {
-            crate::offline::customer(&app, &c);
+            crate::offline::customer(&app, &c, &body);
         }
         let msg = Push::plain(cmd::CUSTOMER_V2, flags, body.clone());
         push_stored(&app, (receiver_appid, receiver), r, &msg, self.conn_id);

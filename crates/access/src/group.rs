@@ -83,12 +83,8 @@ fn deliver_super(app: &App, group: &Group, at: Appended, msg: &Push, except: u64
             prev_sync_key: at.prev_key,
         }),
     };
-    let notify = group_notify(group.gid, at.key);
-    let mut n = 0;
-    for &uid in group.members.keys() {
-        n += app.route.deliver(group.appid, uid, &push, except);
-        app.route.deliver(group.appid, uid, &notify, except);
-    }
+    let n = app.deliver_group(group, &push, except);
+    app.deliver_group(group, &group_notify(group.gid, at.key), except);
     Stats::add(&app.stats.deliveries, n as u64);
 }
 
@@ -96,10 +92,7 @@ fn deliver_super(app: &App, group: &Group, at: Appended, msg: &Push, except: u64
 fn notify_members(app: &App, group: &Group, uids: &[i64], entries: &[Appended]) {
     if group.super_group {
         if let Some(at) = entries.first() {
-            let notify = group_notify(group.gid, at.key);
-            for &uid in group.members.keys() {
-                app.route.deliver(group.appid, uid, &notify, 0);
-            }
+            app.deliver_group(group, &group_notify(group.gid, at.key), 0);
         }
     } else {
         for (&uid, at) in uids.iter().zip(entries) {
@@ -118,7 +111,7 @@ pub enum GroupPostError {
     #[error("group directory: {0}")]
     Backend(#[from] backend::BackendError),
     #[error("message store: {0}")]
-    Store(#[from] store::StoreError),
+    Store(#[from] crate::app::StoreFailure),
 }
 
 /// Posts a GROUP_IM from the server side (`/post_group_message`, trusted: the sender need not be a

@@ -67,8 +67,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<store::StoreError> for ApiError {
-    fn from(e: store::StoreError) -> Self {
+impl From<crate::app::StoreFailure> for ApiError {
+    fn from(e: crate::app::StoreFailure) -> Self {
         warn!(error = %e, "store error in HTTP API");
         ApiError::unavailable(format!("message store error: {e}"))
     }

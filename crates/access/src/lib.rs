@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-pub use app::{App, Services, StoreClient};
+pub use app::{App, Routers, Services, StoreClient, StoreFailure};
 pub use config::{ApiConfig, ServerConfig, SyncConfig};
 
 /// Why the node could not start. The operator's fault (configuration) or the environment's (ports).
@@ -130,6 +130,16 @@ impl AccessNode {
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
+        if let Some(rx) = app.take_routed() {
+            let app = app.clone();
+            let sd = shutdown.clone();
+            tracker.spawn(async move {
+                tokio::select! {
+                    _ = sd.cancelled() => {}
+                    _ = app::dispatch_routed(app.clone(), rx) => {}
+                }
+            });
+        }
         let ctx = listener::Ctx {
             app: app.clone(),
             permits: Arc::new(Semaphore::new(cfg.max_connections.max(1))),

@@ -45,16 +45,15 @@ pub fn push_stored(
             prev_sync_key: at.prev_key,
         }),
     };
-    let n = app.route.deliver(appid, uid, &push, except);
-    app.route
-        .deliver(appid, uid, &sync_notify_push(at.key), except);
+    let n = app.deliver_user(appid, uid, &push, except);
+    app.deliver_user(appid, uid, &sync_notify_push(at.key), except);
     Stats::add(&app.stats.deliveries, n as u64);
     n
 }
 
 /// Tells the user's sessions that their queue has new entries up to `key` (they sync to fetch them).
 pub fn notify_sync(app: &App, appid: i64, uid: i64, key: i64) {
-    app.route.deliver(appid, uid, &sync_notify_push(key), 0);
+    app.deliver_user(appid, uid, &sync_notify_push(key), 0);
 }
 
 /// Stores a peer message from the server side (HTTP `/post_peer_message`): both copies, then
@@ -65,9 +64,8 @@ pub async fn post_peer(
     sender: i64,
     receiver: i64,
     content: Bytes,
-) -> Result<(i64, i64), store::StoreError> {
+) -> Result<(i64, i64), crate::app::StoreFailure> {
     let ts = now_secs();
-    let content_copy = content.clone();
     let body = Body::Im(Im {
         sender,
         receiver,
@@ -76,6 +74,7 @@ pub async fn post_peer(
         content,
     })
     .to_bytes(proto::STORAGE_VERSION);
+    let body_copy = body.clone();
     let msg = NewMessage {
         queues: vec![
             QueueId::User {
@@ -91,12 +90,15 @@ pub async fn post_peer(
         body,
     };
     let r = app.store.append(vec![msg]).await?;
-    let (rk, sk) = keys_of(&r)
-        .ok_or_else(|| store::StoreError::InvalidArgument("store returned no positions".into()))?;
+    let (rk, sk) = keys_of(&r).ok_or_else(|| {
+        crate::app::StoreFailure::Local(store::StoreError::InvalidArgument(
+            "store returned no positions".into(),
+        ))
+    })?;
     Stats::inc(&app.stats.messages_stored);
     notify_sync(app, appid, receiver, rk.key);
     notify_sync(app, appid, sender, sk.key);
-    crate::offline::peer(app, appid, sender, receiver, &content_copy);
+    crate::offline::peer(app, appid, sender, receiver, &body_copy);
     Ok((rk.key, sk.key))
 }
 
@@ -106,7 +108,7 @@ pub async fn post_system(
     appid: i64,
     receivers: &[i64],
     content: Bytes,
-) -> Result<(), store::StoreError> {
+) -> Result<(), crate::app::StoreFailure> {
     let ts = now_secs() as i64;
     let content_copy = content.clone();
     let msg = NewMessage {
@@ -133,9 +135,7 @@ pub async fn post_system(
 
 /// Delivers a non-persistent NOTIFICATION to the user's online sessions (spec §8.6).
 pub fn post_notification(app: &App, appid: i64, uid: i64, content: Bytes) -> usize {
-    let n = app
-        .route
-        .deliver(appid, uid, &Push::plain(cmd::NOTIFICATION, 0, content), 0);
+    let n = app.deliver_user(appid, uid, &Push::plain(cmd::NOTIFICATION, 0, content), 0);
     Stats::add(&app.stats.deliveries, n as u64);
     n
 }
@@ -143,7 +143,7 @@ pub fn post_notification(app: &App, appid: i64, uid: i64, content: Bytes) -> usi
 /// Delivers an RT message to the receiver's sessions with flag 0 (spec §8.5); `except` excludes a connection.
 pub fn deliver_rt(app: &App, appid: i64, rt: &Rt, except: u64) -> usize {
     let push = Push::plain(cmd::RT, 0, Body::Rt(rt.clone()).to_bytes(2));
-    let n = app.route.deliver(appid, rt.receiver, &push, except);
+    let n = app.deliver_user(appid, rt.receiver, &push, except);
     Stats::add(&app.stats.deliveries, n as u64);
     n
 }
@@ -226,9 +226,7 @@ impl Session {
             }
         };
         Stats::inc(&app.stats.messages_stored);
-        if let Some(content) = body.get(24..) {
-            crate::offline::peer(&app, h.appid, h.uid, receiver, content);
-        }
+        crate::offline::peer(&app, h.appid, h.uid, receiver, &body);
         let msg = Push::plain(cmd::IM, flags, body.clone());
         push_stored(&app, (h.appid, receiver), r, &msg, self.conn_id);
         // When a user messages themself both entries are in the same queue; push both so their other

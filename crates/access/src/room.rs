@@ -12,7 +12,7 @@ use crate::session::Session;
 /// Delivers a room message to everyone in the room but connection `except`.
 pub fn deliver_room(app: &App, appid: i64, msg: &Rt, except: u64) -> usize {
     let push = Push::plain(cmd::ROOM_IM, 0, Body::RoomIm(msg.clone()).to_bytes(2));
-    let (n, dropped) = app.rooms.deliver(appid, msg.receiver, &push, except);
+    let (n, dropped) = app.deliver_room(appid, msg.receiver, &push, except);
     Stats::add(&app.stats.deliveries, n as u64);
     Stats::add(&app.stats.room_dropped, dropped as u64);
     n
@@ -39,8 +39,10 @@ impl Session {
             return;
         }
         self.leave_current_room();
-        // Another connection of the same device is displaced; it simply stops receiving the room.
+        // Another connection of the same device is displaced; it simply stops receiving the room
+        // (its own presence count is released when it leaves or closes).
         self.app.rooms.enter(h.appid, room, h.clone());
+        self.app.links.enter_room(h.conn_id, h.appid, room);
         self.room = Some(room);
     }
 
@@ -53,6 +55,7 @@ impl Session {
     pub(crate) fn leave_current_room(&mut self) {
         if let (Some(h), Some(room)) = (&self.handle, self.room.take()) {
             self.app.rooms.leave(h.appid, room, h.conn_id);
+            self.app.links.leave_room(h.conn_id, h.appid, room);
         }
     }
 

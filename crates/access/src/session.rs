@@ -199,6 +199,7 @@ pub async fn run<T: Transport>(
         s.leave_current_room();
         if let Some(h) = s.handle.take() {
             app.route.remove(&h);
+            app.links.logout(h.conn_id, h.appid, h.uid);
         }
         transport.close().await;
     }
@@ -528,6 +529,7 @@ impl Session {
             },
         ));
         app.route.add(handle.clone());
+        app.links.login(self.conn_id, info.appid, info.uid, online);
         self.handle = Some(handle);
         app.backend.set_unread(info.appid, info.uid, 0);
         Stats::inc(&app.stats.auth_ok);

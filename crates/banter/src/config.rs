@@ -29,6 +29,7 @@ pub struct Config {
     pub groups: GroupsConfig,
     pub push: PushConfig,
     pub moderation: ModerationConfig,
+    pub cluster: ClusterConfig,
     pub log: LogConfig,
 }
 
@@ -189,6 +190,23 @@ impl Default for ModerationConfig {
     }
 }
 
+/// `[cluster]`: when this access node is one of several (`banter im`). Empty lists = single node.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// This node's name in logs and metrics.
+    pub node_id: String,
+    /// Routers (`banter imr`). A user's or room's router is `route_addrs[abs(id) mod N]`.
+    pub route_addrs: Vec<String>,
+    /// Routers for super-group publishes; empty = `route_addrs`.
+    pub group_route_addrs: Vec<String>,
+    /// Store nodes (`banter ims`) holding personal queues, sharded by `abs(uid) mod N`. Empty = the
+    /// embedded store in `data.dir`.
+    pub storage_addrs: Vec<String>,
+    /// Store nodes holding super-group queues, sharded by `abs(gid) mod N`; empty = `storage_addrs`.
+    pub group_storage_addrs: Vec<String>,
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -250,6 +268,28 @@ fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Resul
             toml::Value::Table(t) => set_path(t, rest, value),
             _ => Err(format!("{first} is not a table")),
         },
+    }
+}
+
+/// Reads a TOML file of any role's configuration (or nothing, for the defaults), applies
+/// `BANTER_<SECTION>__<KEY>` environment overrides and deserializes it.
+pub fn load_role_config<T: serde::de::DeserializeOwned>(path: Option<&Path>) -> Result<T, String> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?,
+        None => String::new(),
+    };
+    let mut errors = Vec::new();
+    let mut table: toml::Table = text.parse().map_err(|e| format!("config: {e}"))?;
+    apply_env(&mut table, std::env::vars(), &mut errors);
+    let parsed = toml::Value::Table(table).try_into::<T>();
+    match parsed {
+        Ok(v) if errors.is_empty() => Ok(v),
+        Ok(_) => Err(errors.join("\n")),
+        Err(e) => {
+            errors.push(e.to_string());
+            Err(errors.join("\n"))
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use banter::config::{Config, DEFAULT_TOML};
+use banter::config::{load_role_config, Config, DEFAULT_TOML};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -29,14 +29,48 @@ enum Command {
         #[arg(long)]
         data: Option<PathBuf>,
     },
-    /// Print the full documented default configuration.
-    Config,
+    /// An access node of a cluster (the same program as `serve`, with `[cluster]` addresses set).
+    /// SIGHUP re-reads the config file and applies new router and store addresses.
+    Im {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// A router: presence of users and rooms per access node, cross-node delivery, offline push.
+    Imr {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// A store node (message store over the network, with optional replication), or `promote`.
+    Ims {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: Option<ImsCommand>,
+    },
+    /// Print the full documented default configuration of a role.
+    Config {
+        /// serve (default), im, imr or ims.
+        #[arg(long, default_value = "serve")]
+        role: String,
+    },
     /// Measure a server like real SDK clients would (starts one when no --addr is given).
     Bench(bench::cli::BenchArgs),
     /// Inspect or repair the message store of a stopped server.
     Store {
         #[command(subcommand)]
         command: StoreCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ImsCommand {
+    /// Make a follower store node the leader (after its leader was lost).
+    Promote {
+        /// The follower's HTTP API, e.g. http://127.0.0.1:13335
+        #[arg(long)]
+        http: String,
     },
 }
 
@@ -106,15 +140,15 @@ fn store_command(cmd: StoreCommand) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(config: &Config) {
+fn init_logging(level: &str, format: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.log.level))
+        .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if config.log.format == "json" {
+    if format == "json" {
         builder.json().init();
     } else {
         builder.init();
@@ -127,13 +161,46 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn serve(config: Option<PathBuf>, data: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut config = Config::load(config.as_deref()).map_err(anyhow::Error::msg)?;
+fn serve(path: Option<PathBuf>, data: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = Config::load(path.as_deref()).map_err(anyhow::Error::msg)?;
     if let Some(d) = data {
         config.data.dir = d;
     }
-    init_logging(&config);
-    runtime()?.block_on(banter::serve::run(config))?;
+    init_logging(&config.log.level, &config.log.format);
+    runtime()?.block_on(banter::serve::run(config, path))?;
+    Ok(())
+}
+
+fn imr(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let config: route::RouterConfig =
+        load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
+    init_logging("info", "text");
+    runtime()?.block_on(banter::roles::run_router(config))
+}
+
+fn ims(path: Option<PathBuf>, command: Option<ImsCommand>) -> anyhow::Result<()> {
+    match command {
+        Some(ImsCommand::Promote { http }) => {
+            let answer = runtime()?.block_on(banter::roles::promote(&http))?;
+            println!("{answer}");
+            Ok(())
+        }
+        None => {
+            let config: cluster::store_node::StoreNodeConfig =
+                load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
+            init_logging("info", "text");
+            runtime()?.block_on(banter::roles::run_store_node(config))
+        }
+    }
+}
+
+fn print_config(role: &str) -> anyhow::Result<()> {
+    match role {
+        "serve" | "im" => print!("{DEFAULT_TOML}"),
+        "imr" => print!("{}", route::default_toml()),
+        "ims" => print!("{}", cluster::store_node::default_toml()),
+        other => anyhow::bail!("unknown role {other:?}: use serve, im, imr or ims"),
+    }
     Ok(())
 }
 
@@ -141,10 +208,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, data } => serve(config, data),
-        Command::Config => {
-            print!("{DEFAULT_TOML}");
-            Ok(())
-        }
+        Command::Config { role } => print_config(&role),
+        Command::Im { config, data } => serve(config, data),
+        Command::Imr { config } => imr(config),
+        Command::Ims { config, command } => ims(config, command),
         Command::Store { command } => store_command(command),
         Command::Bench(args) => bench::cli::run(args),
     };

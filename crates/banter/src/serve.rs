@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use access::{AccessNode, App, Services, StoreClient};
+use access::{AccessNode, App, Routers, Services, StoreClient};
 use backend::groups::GroupDirectory;
 use backend::moderation::{SharedWordFilter, WordFilter};
 use backend::push::PushSink;
 use backend::{Backend, EmbeddedGroupOptions, EmbeddedOptions, RedisOptions};
+use cluster::store_client::{RemoteStore, StorePoolOptions};
 use store::Store;
 use tracing::{info, warn};
 
@@ -31,12 +32,15 @@ pub enum ServeError {
     Backend(#[from] backend::BackendError),
     #[error("listeners: {0}")]
     Access(#[from] access::StartError),
+    #[error("store nodes: {0}")]
+    Remote(#[from] cluster::store_client::RemoteStoreError),
 }
 
-/// A running single-node server.
+/// A running access node (a whole single-node server, or one access node of a cluster).
 pub struct Running {
     pub node: AccessNode,
-    pub store: Arc<Store>,
+    /// The embedded store, unless the node uses store nodes (`cluster.storage_addrs`).
+    pub store: Option<Arc<Store>>,
     pub backend: Backend,
     pub push: PushSink,
 }
@@ -62,6 +66,26 @@ pub async fn open_backend(config: &Config) -> Result<Backend, ServeError> {
             .await?
         }
     })
+}
+
+/// Opens the embedded store, or connects to the store nodes when `cluster.storage_addrs` is set.
+async fn open_store(config: &Config) -> Result<(Option<Arc<Store>>, StoreClient), ServeError> {
+    let c = &config.cluster;
+    if !c.storage_addrs.is_empty() {
+        let remote = RemoteStore::new(
+            c.storage_addrs.clone(),
+            c.group_storage_addrs.clone(),
+            StorePoolOptions::default(),
+        )?;
+        return Ok((None, StoreClient::Remote(Arc::new(remote))));
+    }
+    let opts = config.store.options().map_err(ServeError::Config)?;
+    let store_dir = config.data.dir.join("store");
+    let store = tokio::task::spawn_blocking(move || Store::open(store_dir, opts))
+        .await
+        .map_err(|e| ServeError::Config(format!("store open task failed: {e}")))??;
+    let store = Arc::new(store);
+    Ok((Some(store.clone()), StoreClient::Local(store)))
 }
 
 /// Opens the configured group directory.
@@ -107,12 +131,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
         path: dir.display().to_string(),
         source,
     })?;
-    let opts = config.store.options().map_err(ServeError::Config)?;
-    let store_dir = dir.join("store");
-    let store = tokio::task::spawn_blocking(move || Store::open(store_dir, opts))
-        .await
-        .map_err(|e| ServeError::Config(format!("store open task failed: {e}")))??;
-    let store = Arc::new(store);
+    let (store, store_client) = open_store(config).await?;
     let backend = open_backend(config).await?;
     let groups = open_groups(config).await?;
     let push = open_push(config).await?;
@@ -122,7 +141,11 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
         config.sync.clone(),
         config.api.clone(),
         Services {
-            store: StoreClient::Local(store.clone()),
+            routers: Routers {
+                route_addrs: config.cluster.route_addrs.clone(),
+                group_route_addrs: config.cluster.group_route_addrs.clone(),
+            },
+            store: store_client,
             backend: backend.clone(),
             groups,
             push: push.clone(),
@@ -170,37 +193,84 @@ impl Running {
         if let Err(e) = self.push.flush().await {
             warn!(error = %e, "flushing offline-push jobs at shutdown failed");
         }
-        let store = self.store;
-        match tokio::task::spawn_blocking(move || store.close()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => warn!(error = %e, "closing the store failed"),
-            Err(e) => warn!(error = %e, "store close task failed"),
+        if let Some(store) = self.store {
+            match tokio::task::spawn_blocking(move || store.close()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!(error = %e, "closing the store failed"),
+                Err(e) => warn!(error = %e, "store close task failed"),
+            }
         }
         info!("banter stopped");
     }
 }
 
-/// Runs until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> Result<(), ServeError> {
+impl Running {
+    /// Applies a reloaded configuration's cluster address lists without a restart: routers are
+    /// dialled or closed (with a full re-subscription on new links), store requests move to the new
+    /// store nodes. Other changes need a restart and are reported.
+    pub fn reload(&self, old: &Config, new: &Config) {
+        let (o, n) = (&old.cluster, &new.cluster);
+        if o.route_addrs != n.route_addrs || o.group_route_addrs != n.group_route_addrs {
+            info!(route_addrs = ?n.route_addrs, group_route_addrs = ?n.group_route_addrs, "applying new router addresses");
+            self.node
+                .app
+                .links
+                .set_addrs(n.route_addrs.clone(), n.group_route_addrs.clone());
+        }
+        if o.storage_addrs != n.storage_addrs || o.group_storage_addrs != n.group_storage_addrs {
+            match &self.node.app.store {
+                StoreClient::Remote(r) if !n.storage_addrs.is_empty() => {
+                    info!(storage_addrs = ?n.storage_addrs, group_storage_addrs = ?n.group_storage_addrs, "applying new store addresses");
+                    if let Err(e) =
+                        r.set_addrs(n.storage_addrs.clone(), n.group_storage_addrs.clone())
+                    {
+                        warn!(error = %e, "new store addresses refused; keeping the old ones");
+                    }
+                }
+                _ => warn!("switching between the embedded store and store nodes needs a restart"),
+            }
+        }
+        let mut rest_old = old.clone();
+        rest_old.cluster = new.cluster.clone();
+        if &rest_old != new {
+            warn!("configuration changes outside [cluster] take effect at the next restart");
+        }
+    }
+}
+
+/// Runs until SIGINT or SIGTERM; SIGHUP re-reads `config_path` and applies the cluster address lists.
+pub async fn run(
+    config: Config,
+    config_path: Option<std::path::PathBuf>,
+) -> Result<(), ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
     let running = start(&config).await?;
-    wait_for_signal().await;
+    let mut current = config;
+    let mut term = signal(SignalKind::terminate())
+        .map_err(|e| ServeError::Config(format!("cannot install the SIGTERM handler: {e}")))?;
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| ServeError::Config(format!("cannot install the SIGHUP handler: {e}")))?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                let Some(path) = config_path.as_deref() else {
+                    warn!("SIGHUP: no config file to reload (started without --config)");
+                    continue;
+                };
+                match Config::load(Some(path)) {
+                    Ok(mut new) => {
+                        new.data.dir = current.data.dir.clone();
+                        running.reload(&current, &new);
+                        current = new;
+                    }
+                    Err(e) => warn!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one"),
+                }
+            }
+        }
+    }
     info!("shutting down");
     running.stop().await;
     Ok(())
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot install the SIGTERM handler; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
 }

@@ -17,7 +17,8 @@ pub struct TestServer {
     pub wss: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub config: Config,
-    running: Option<Running>,
+    /// The running node (its app, store and backend), for tests that look inside.
+    pub running: Option<Running>,
     _tmp: Option<tempfile::TempDir>,
 }
 

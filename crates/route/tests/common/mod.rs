@@ -25,8 +25,13 @@ pub struct TestRouter {
 }
 
 impl TestRouter {
-    pub async fn start(mut config: RouterConfig) -> TestRouter {
-        config.listen = "127.0.0.1:0".into();
+    pub async fn start(config: RouterConfig) -> TestRouter {
+        TestRouter::start_on(config, "127.0.0.1:0").await
+    }
+
+    /// Starts on a given access-node address (e.g. the port of a router that was stopped).
+    pub async fn start_on(mut config: RouterConfig, listen: &str) -> TestRouter {
+        config.listen = listen.into();
         config.http_listen = "127.0.0.1:0".into();
         let shutdown = CancellationToken::new();
         let running = route::run(config, shutdown.clone())
@@ -85,6 +90,19 @@ impl TestRouter {
     /// Wait until the router holds exactly these per-connection (users, rooms) counts (in
     /// connection order).
     pub async fn wait_subscriptions(&self, expected: &[(u64, u64)]) {
+        self.wait_subscriptions_by(expected, false).await
+    }
+
+    /// Like `wait_subscriptions`, in whatever connection order.
+    pub async fn wait_subscriptions_any_order(&self, expected: &[(u64, u64)]) {
+        self.wait_subscriptions_by(expected, true).await
+    }
+
+    async fn wait_subscriptions_by(&self, expected: &[(u64, u64)], any_order: bool) {
+        let mut expected = expected.to_vec();
+        if any_order {
+            expected.sort_unstable();
+        }
         self.wait_summary("subscriptions", |s| {
             let got: Vec<(u64, u64)> = s["connections"]
                 .as_array()
@@ -99,6 +117,10 @@ impl TestRouter {
                         .collect()
                 })
                 .unwrap_or_default();
+            let mut got = got;
+            if any_order {
+                got.sort_unstable();
+            }
             got == expected
         })
         .await;

@@ -3,7 +3,7 @@
 //!
 //! Access nodes dial [`RouterConfig::listen`] and speak the route protocol of
 //! [`cluster::route_proto`] (GoBelieve's im and banter's access nodes alike). Per connection the
-//! router keeps the users it subscribed (with their online flag) and its rooms ([`table`]), and
+//! router keeps the users it subscribed (with their online flag) and its rooms (module `table`), and
 //! forwards:
 //!
 //! * PUBLISH to every *other* connection that subscribed the user (whatever its online flag);
@@ -11,7 +11,7 @@
 //! * PUBLISH_ROOM to every other connection that subscribed the room;
 //!
 //! unchanged (the received body is shared by every receiver). PUSH requests become offline-push
-//! jobs for receivers no connection has online ([`push`]). Each connection has a bounded outbox
+//! jobs for receivers no connection has online (module `push`). Each connection has a bounded outbox
 //! and a write deadline: a slow access node gets frames dropped (counted) and, if it stops reading,
 //! is disconnected; it never stalls forwarding between the others (defect #33). A closed
 //! connection's state is forgotten. A malformed frame closes only its connection.

@@ -398,7 +398,7 @@ async fn losing_the_leader_mid_traffic_in_sync_mode_loses_no_acknowledged_append
                     }
                 }
             }
-            acked
+            (acked, failed)
         }));
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -409,7 +409,12 @@ async fn losing_the_leader_mid_traffic_in_sync_mode_loses_no_acknowledged_append
     served.task.await.unwrap();
     let mut acked = Vec::new();
     for w in writers {
-        acked.extend(w.await.unwrap());
+        let (a, failed) = w.await.unwrap();
+        assert!(
+            failed > 3,
+            "the writer was still running when the leader went away"
+        );
+        acked.extend(a);
     }
     drop(pool);
     assert!(

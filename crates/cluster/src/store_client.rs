@@ -23,7 +23,7 @@
 //! as not delivered. After a `Timeout` or a lost connection the outcome of an append is unknown.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use proto::Frame;
 use store::{Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::frame_io::{self, FrameIoError};
 use crate::store_proto::{self as sp, BodyError, ErrorCode, PingInfo, Request};
@@ -121,7 +122,10 @@ impl From<RemoteStoreError> for StoreError {
 pub struct StorePoolOptions {
     /// Connections per store address. Default 4.
     pub connections: usize,
-    /// Deadline of one request, dialling included. Default 5 s.
+    /// Deadline of one request, dialling included. Default 5 s. Keep it above the stores'
+    /// `sync_timeout_ms` in `sync` replication mode, so that a store's `replication_timeout`
+    /// answer arrives before the client gives up. A connection on which nothing at all was
+    /// received while a request timed out is closed and re-dialled.
     pub request_timeout: Duration,
     /// Deadline of one dial. Default 2 s.
     pub connect_timeout: Duration,
@@ -166,6 +170,10 @@ struct Conn {
     next_seq: AtomicI32,
     sem: Semaphore,
     dead: Arc<AtomicBool>,
+    /// Frames received on this connection so far.
+    received: Arc<AtomicU64>,
+    /// Closes the connection.
+    kill: CancellationToken,
 }
 
 impl Conn {
@@ -343,12 +351,16 @@ impl StorePool {
             dead: None,
         }));
         let dead = Arc::new(AtomicBool::new(false));
+        let received = Arc::new(AtomicU64::new(0));
+        let kill = CancellationToken::new();
         let conn = Arc::new(Conn {
             tx,
             pending: pending.clone(),
             next_seq: AtomicI32::new(1),
             sem: Semaphore::new(self.opts.max_in_flight_per_conn.max(1)),
             dead: dead.clone(),
+            received: received.clone(),
+            kill: kill.clone(),
         });
         let max = self.opts.max_frame_bytes;
         let addr = self.addr.clone();
@@ -360,6 +372,7 @@ impl StorePool {
                 loop {
                     match frame_io::read_frame(&mut rd, &mut buf, max).await {
                         Ok(Some(f)) => {
+                            received.fetch_add(1, Ordering::Relaxed);
                             if f.flag & sp::FLAG_REPLY == 0 {
                                 return "peer sent a request frame on a client connection"
                                     .to_string();
@@ -377,6 +390,7 @@ impl StorePool {
             };
             let why = tokio::select! {
                 why = reader => why,
+                _ = kill.cancelled() => "closed: a request timed out with no reply received on the connection".to_string(),
                 w = frame_io::write_loop(wr, rx) => match w {
                     Ok(()) => "connection closed".to_string(),
                     Err(e) => format!("write failed: {e}"),
@@ -406,8 +420,10 @@ impl StorePool {
     /// Sends `req` and returns the reply body, or the store's error.
     async fn call(&self, req: &Request) -> Result<Bytes, RemoteStoreError> {
         let timeout = self.opts.request_timeout;
+        let mut used: Option<(Arc<Conn>, u64)> = None;
         let fut = async {
             let conn = self.conn().await?;
+            used = Some((conn.clone(), conn.received.load(Ordering::Relaxed)));
             let _permit = conn
                 .sem
                 .acquire()
@@ -471,12 +487,22 @@ impl StorePool {
             }
             Ok(frame.body)
         };
-        match tokio::time::timeout(timeout, fut).await {
+        let r = tokio::time::timeout(timeout, fut).await;
+        match r {
             Ok(r) => r,
-            Err(_) => Err(RemoteStoreError::Timeout {
-                addr: self.addr.clone(),
-                after: timeout,
-            }),
+            Err(_) => {
+                // Nothing at all came back on this connection while we waited: treat it as dead
+                // (e.g. a silent network partition) so later requests re-dial.
+                if let Some((conn, before)) = used {
+                    if conn.received.load(Ordering::Relaxed) == before {
+                        conn.kill.cancel();
+                    }
+                }
+                Err(RemoteStoreError::Timeout {
+                    addr: self.addr.clone(),
+                    after: timeout,
+                })
+            }
         }
     }
 

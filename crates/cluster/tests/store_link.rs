@@ -302,6 +302,8 @@ async fn a_silent_store_times_out_and_a_stopped_one_is_unavailable_until_back() 
         err.to_string().contains("did not answer within 300 ms"),
         "{err}"
     );
+    // a connection on which nothing came back is dropped, so the next request re-dials
+    assert!(eventually(Duration::from_secs(2), || pool.open_connections() == 0).await);
 
     // A real store, stopped and restarted on the same port.
     let dir = tempfile::tempdir().unwrap();

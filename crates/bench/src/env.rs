@@ -78,6 +78,27 @@ pub fn loopback_sources() -> Vec<IpAddr> {
         .collect()
 }
 
+/// This process's limit on open files (soft `RLIMIT_NOFILE`, from `/proc/self/limits`).
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Files kept free for everything but client connections (runtime, HTTP, logs).
+const SPARE_FILES: u64 = 64;
+
+/// Checks that `n` client connections fit under this process's open-file limit.
+pub fn check_connection_budget(n: usize) -> Result<(), String> {
+    match open_files_limit() {
+        Some(limit) if n as u64 + SPARE_FILES > limit => Err(format!(
+            "{n} connections do not fit under this process's limit of {limit} open files \
+             (keep {SPARE_FILES} spare); raise `ulimit -n` or run fewer connections"
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Env {
     /// Defaults: app 7, a random uid base and run id, Android-like clients, 300 s cap, 10 s drain.
     pub fn new(endpoint: Endpoint, tokens: TokenSource) -> Env {
@@ -137,5 +158,18 @@ impl Env {
             Endpoint::Tcp(_) => "tcp",
             Endpoint::Ws { .. } => "ws",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_budget_follows_the_file_limit() {
+        let limit = open_files_limit().expect("Linux reports the limit");
+        assert!(check_connection_budget(10).is_ok());
+        let e = check_connection_budget(limit as usize).unwrap_err();
+        assert!(e.contains("open files"), "{e}");
     }
 }

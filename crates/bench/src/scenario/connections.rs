@@ -96,6 +96,7 @@ pub async fn run(env: &Env, o: &ConnectionsOptions) -> Result<Report, BenchError
     if o.connections == 0 {
         return Err(BenchError::Setup("--connections must be at least 1".into()));
     }
+    crate::env::check_connection_budget(o.connections).map_err(BenchError::Setup)?;
     let mut report = Report::new(
         "connections",
         serde_json::to_value(o).unwrap_or_default(),

@@ -135,6 +135,7 @@ pub(crate) async fn connect_all(
     specs: Vec<ConnSpec>,
 ) -> Result<Vec<Client>, BenchError> {
     let total = specs.len();
+    crate::env::check_connection_budget(total).map_err(BenchError::Setup)?;
     let sem = Arc::new(tokio::sync::Semaphore::new(env.connect_concurrency.max(1)));
     let mut set = JoinSet::new();
     for (i, spec) in specs.into_iter().enumerate() {

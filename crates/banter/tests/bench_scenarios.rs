@@ -10,6 +10,7 @@ use bench::client::Endpoint;
 use bench::env::Env;
 use bench::http::BaseUrl;
 use bench::scenario::connections::ConnectionsOptions;
+use bench::scenario::group::GroupOptions;
 use bench::scenario::peer::PeerOptions;
 use bench::scenario::room::RoomOptions;
 use bench::scenario::Fault;
@@ -472,5 +473,67 @@ async fn peer_with_gobelieve_tokens_in_redis() {
         .await
         .unwrap();
     assert_eq!((user_id, app_id), (uid, env.appid));
+    s.stop().await;
+}
+
+async fn group_run(super_group: bool) {
+    let s = TestServer::start().await.unwrap();
+    let env = env_for(&s, false);
+    let o = GroupOptions {
+        groups: 2,
+        members: 8,
+        senders: 3,
+        messages: 60,
+        super_group,
+        window: 8,
+        ..GroupOptions::default()
+    };
+    let r = bench::scenario::group::run(&env, &o).await.unwrap();
+    let v = json_of(&r);
+    assert!(r.ok, "{}", r.summary());
+    assert_message_fields(&v);
+    assert_eq!(v["scenario"], "group");
+    assert_eq!(v["params"]["super_group"], super_group);
+    // 2 groups × 3 senders × 60 messages, each to the 7 other members.
+    assert_eq!(v["messages_sent"], 360);
+    assert_eq!(v["deliveries_expected"], 2520);
+    assert_eq!(v["deliveries"], 2520);
+    assert_eq!(v["lost"], 0);
+    assert_eq!(v["duplicated"], 0);
+    assert_eq!(v["out_of_order"], 0);
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn normal_group_exactly_once() {
+    group_run(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn super_group_exactly_once() {
+    group_run(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_withheld_message_fails_the_run() {
+    let s = TestServer::start().await.unwrap();
+    let mut env = env_for(&s, false);
+    env.drain_timeout = Duration::from_secs(1);
+    let o = GroupOptions {
+        groups: 1,
+        members: 4,
+        senders: 1,
+        messages: 20,
+        super_group: true,
+        fault: Some(Fault::Withhold { n: 9 }),
+        ..GroupOptions::default()
+    };
+    let r = bench::scenario::group::run(&env, &o).await.unwrap();
+    assert!(!r.ok);
+    assert_eq!(
+        json_of(&r)["lost"],
+        3,
+        "each of the 3 receivers misses message 9"
+    );
     s.stop().await;
 }

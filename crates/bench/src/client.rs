@@ -206,8 +206,11 @@ pub struct ClientStats {
     pub fast_path: u64,
     /// Pushed messages discarded (no matching METADATA, or a sync in flight) and left to a sync.
     pub pushes_discarded: u64,
-    /// SYNC / SYNC_GROUP requests sent.
+    /// SYNC / SYNC_GROUP requests sent, and SYNC_END / SYNC_GROUP_END received.
     pub syncs: u64,
+    pub sync_ends: u64,
+    /// Syncs given up after [`SYNC_IN_FLIGHT_LIMIT`] without an end (then retried on the next notify).
+    pub sync_timeouts: u64,
     /// Messages received in sync responses.
     pub synced: u64,
     pub pings: u64,
@@ -401,6 +404,30 @@ impl Client {
         self.personal.syncing(now) || self.groups.iter().any(|(_, k)| k.syncing(now))
     }
 
+    /// A one-line description of the sync state, for reports about receivers that did not finish.
+    pub fn describe_sync_state(&self) -> String {
+        let now = Instant::now();
+        let one = |k: &KeyState| match k.in_flight {
+            Some(t) => format!(
+                "key {} (sync in flight for {:.1} s, pending {})",
+                k.key,
+                now.duration_since(t).as_secs_f64(),
+                k.pending
+            ),
+            None => format!("key {} (idle)", k.key),
+        };
+        let mut s = format!("uid {}: personal {}", self.uid, one(&self.personal));
+        for (g, k) in &self.groups {
+            s.push_str(&format!("; group {g} {}", one(k)));
+        }
+        let st = &self.stats;
+        s.push_str(&format!(
+            "; {} syncs, {} ends, {} timed out",
+            st.syncs, st.sync_ends, st.sync_timeouts
+        ));
+        s
+    }
+
     /// Counters.
     pub fn stats(&self) -> ClientStats {
         self.stats
@@ -524,6 +551,9 @@ impl Client {
     }
 
     fn start_sync(&mut self) {
+        if self.personal.in_flight.is_some() {
+            self.stats.sync_timeouts += 1;
+        }
         self.personal.in_flight = Some(Instant::now());
         self.stats.syncs += 1;
         let key = self.personal.key;
@@ -532,6 +562,9 @@ impl Client {
 
     fn start_group_sync(&mut self, i: usize) {
         let (group_id, ref mut k) = self.groups[i];
+        if k.in_flight.is_some() {
+            self.stats.sync_timeouts += 1;
+        }
         k.in_flight = Some(Instant::now());
         let sync_key = k.key;
         self.stats.syncs += 1;
@@ -744,6 +777,7 @@ impl Client {
             }
             Body::SyncBegin(_) | Body::SyncGroupBegin(_) => None,
             Body::SyncEnd(k) => {
+                self.stats.sync_ends += 1;
                 self.personal.in_flight = None;
                 if k > self.personal.key {
                     self.personal.key = k;
@@ -770,6 +804,7 @@ impl Client {
                 None
             }
             Body::SyncGroupEnd(g) => {
+                self.stats.sync_ends += 1;
                 let i = self.group_index(g.group_id);
                 let k = &mut self.groups[i].1;
                 k.in_flight = None;

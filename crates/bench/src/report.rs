@@ -51,6 +51,9 @@ pub struct MessageFigures {
     /// Pushes that missed the fast path (then synced).
     pub pushes_discarded: u64,
     pub syncs: u64,
+    /// Syncs that got no SYNC_END within the SDKs' 4 s, and syncs never answered at all.
+    pub sync_timeouts: u64,
+    pub syncs_unanswered: u64,
     /// CPU seconds used during the run by the load generator, and by the server when its pid is known.
     pub client_cpu_secs: f64,
     pub server_cpu_secs: Option<f64>,
@@ -219,8 +222,8 @@ impl Report {
             );
             let _ = write!(
                 s,
-                "\n  client: {} via push fast path, {} via sync, {} pushes left to sync, {} syncs",
-                m.via_push, m.via_sync, m.pushes_discarded, m.syncs
+                "\n  client: {} via push fast path, {} via sync, {} pushes left to sync, {} syncs ({} timed out, {} unanswered)",
+                m.via_push, m.via_sync, m.pushes_discarded, m.syncs, m.sync_timeouts, m.syncs_unanswered
             );
             let _ = write!(s, "\n  CPU: load generator {:.2} s", m.client_cpu_secs);
             if let Some(c) = m.server_cpu_secs {

@@ -119,6 +119,8 @@ pub(crate) struct MemberResult {
     pub stats: ClientStats,
     pub error: Option<String>,
     pub done: bool,
+    /// The client's sync state when the task did not finish.
+    pub state: Option<String>,
 }
 
 /// A connection to set up: uid, token, super groups.
@@ -230,6 +232,7 @@ pub(crate) async fn member(
         stats: ClientStats::default(),
         error: None,
         done: false,
+        state: None,
     };
     let uid = c.uid();
     let mut n: u64 = 0;
@@ -377,6 +380,14 @@ pub(crate) async fn member(
         r.error = Some(e.to_string());
     }
     r.done = send_done && recv_done;
+    if !r.done {
+        r.state = Some(format!(
+            "{}; {} of {} sent ACKed",
+            c.describe_sync_state(),
+            r.acked + r.refused,
+            r.written
+        ));
+    }
     r.book = role.book.take();
     r.stats = c.stats();
     r
@@ -523,6 +534,8 @@ pub(crate) async fn run_members(
         fig.via_sync += r.via_sync;
         fig.pushes_discarded += r.stats.pushes_discarded;
         fig.syncs += r.stats.syncs;
+        fig.sync_timeouts += r.stats.sync_timeouts;
+        fig.syncs_unanswered += r.stats.syncs.saturating_sub(r.stats.sync_ends);
         let _ = hist.add(&r.hist);
         if let Some(t) = r.last_delivery {
             last = Some(last.map_or(t, |l: Instant| l.max(t)));
@@ -623,6 +636,9 @@ pub(crate) async fn run_members(
     report
         .notes
         .extend(missing_notes.into_iter().filter(|_| tally.lost > 0));
+    for st in results.iter().filter_map(|r| r.state.as_ref()).take(5) {
+        report.notes.push(format!("unfinished: {st}"));
+    }
     report.timeline_label = "deliveries/s".into();
     report.timeline = timeline;
     report.latency = Some(hist);

@@ -37,7 +37,8 @@ fn env_for(s: &TestServer, ws: bool) -> Env {
     );
     env.api = Some((base, None));
     env.duration = Duration::from_secs(60);
-    env.drain_timeout = Duration::from_secs(3);
+    // Longer than the clients' 4 s sync retry, so a sync the server drops shows up late, not lost.
+    env.drain_timeout = Duration::from_secs(8);
     env
 }
 

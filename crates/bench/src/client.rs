@@ -8,6 +8,9 @@
 //!   (the SDKs allow it 4 s), and the highest key announced meanwhile is remembered and synced after
 //!   SYNC_END. The group variants work the same way, per group.
 //! * **SYNC_END(k)** adopts `k` when it is higher and reports it with SYNC_KEY.
+//! * A sync that gets no SYNC_END within the SDKs' 4 s is sent again. The SDKs do that on the next
+//!   SYNC_NOTIFY, which in a live system soon comes; the bench does it on its own so that a dropped sync
+//!   shows up as a late delivery and a count ([`ClientStats::sync_timeouts`]) rather than a stuck client.
 //! * **METADATA** followed by a frame with `seq + 1` whose `prev_sync_key` equals the current key of that
 //!   queue (the personal queue, or the group's when the frame has flag SUPER_GROUP) is the fast path: the
 //!   pushed message is accepted and `sync_key` adopted. A METADATA with a zero key is ignored, as the SDKs do.
@@ -655,17 +658,36 @@ impl Client {
         }
     }
 
-    /// When the next PING is due (or, after a PING, when the connection counts as dead).
+    /// When the next PING is due (or, after a PING, when the connection counts as dead), or when a sync in
+    /// flight runs out of the SDKs' patience, whichever comes first.
     pub fn deadline(&self) -> Instant {
-        match self.ping_sent {
+        let ping = match self.ping_sent {
             Some(t) => t + self.pong_timeout,
             None => self.last_write.max(self.last_read) + self.ping_interval,
-        }
+        };
+        let syncs = std::iter::once(&self.personal)
+            .chain(self.groups.iter().map(|(_, k)| k))
+            .filter_map(|k| k.in_flight)
+            .map(|t| t + SYNC_IN_FLIGHT_LIMIT)
+            .min();
+        syncs.map_or(ping, |s| s.min(ping))
     }
 
-    /// Called when [`Client::deadline`] has passed: queues a PING, or fails if the PING went unanswered.
+    /// Called when [`Client::deadline`] has passed: retries a sync that got no SYNC_END within
+    /// [`SYNC_IN_FLIGHT_LIMIT`] (as an SDK does on the next SYNC_NOTIFY; counted in
+    /// [`ClientStats::sync_timeouts`]), queues a PING when idle, or fails if a PING went unanswered.
     pub fn on_deadline(&mut self) -> Result<(), ClientError> {
         let now = Instant::now();
+        if matches!(self.personal.in_flight, Some(t) if now.duration_since(t) >= SYNC_IN_FLIGHT_LIMIT)
+        {
+            self.start_sync();
+        }
+        for i in 0..self.groups.len() {
+            if matches!(self.groups[i].1.in_flight, Some(t) if now.duration_since(t) >= SYNC_IN_FLIGHT_LIMIT)
+            {
+                self.start_group_sync(i);
+            }
+        }
         if let Some(t) = self.ping_sent {
             if now.duration_since(t) >= self.pong_timeout {
                 return Err(ClientError::Timeout("no answer to PING"));

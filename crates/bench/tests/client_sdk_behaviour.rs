@@ -505,3 +505,37 @@ async fn websocket_one_frame_per_message() {
     let seqs: Vec<i32> = frames.iter().map(|f| f.seq).collect();
     assert_eq!(seqs, vec![1, 2, 3, 4]);
 }
+
+#[tokio::test]
+async fn a_sync_without_an_end_is_sent_again_after_four_seconds() {
+    let (l, addr) = listener().await;
+    let server = tokio::spawn(async move {
+        let mut p = Peer::accept(&l).await;
+        p.auth(0).await;
+        // The initial SYNC goes unanswered.
+        p.expect(Body::Sync(0)).await;
+        let started = std::time::Instant::now();
+        let f = tokio::time::timeout(Duration::from_secs(6), p.read())
+            .await
+            .expect("the client syncs again");
+        assert_eq!(
+            Body::decode(f.cmd, f.version, &f.body).unwrap(),
+            Body::Sync(0)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(3900));
+        p.send(&[(Body::SyncBegin(0), 0), (Body::SyncEnd(7), 0)])
+            .await;
+        p.expect(Body::SyncKey(7)).await;
+    });
+    let opts = ConnectOptions::new(Endpoint::Tcp(addr), 1, "tok".into());
+    let mut c = Client::connect(&opts).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(8), c.next_event())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev, Event::SyncEnd { key: 7 });
+    assert_eq!(c.stats().sync_timeouts, 1);
+    assert!(c.describe_sync_state().contains("key 7 (idle)"));
+    c.flush().await.unwrap();
+    tokio::time::timeout(T, server).await.unwrap().unwrap();
+}

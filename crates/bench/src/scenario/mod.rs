@@ -599,6 +599,14 @@ pub(crate) async fn run_members(
     if unacked > 0 {
         report.fail(format!("{unacked} messages were never ACKed by the server"));
     }
+    if fig.sync_timeouts > 0 {
+        report.notes.push(format!(
+            "WARNING: {} syncs got no SYNC_END within {} s and were sent again: the server dropped \
+             them (see its log); their messages arrived late",
+            fig.sync_timeouts,
+            crate::client::SYNC_IN_FLIGHT_LIMIT.as_secs()
+        ));
+    }
     let unfinished = results.iter().filter(|r| !r.done).count();
     if strict && unfinished > 0 && tally.lost == 0 && unacked == 0 && errors.is_empty() {
         report.fail(format!(

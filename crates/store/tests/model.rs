@@ -246,7 +246,7 @@ fn run(ops: Vec<Op>, cache: bool, durability: Durability) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 96, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn store_matches_model(

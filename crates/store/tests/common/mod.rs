@@ -38,13 +38,21 @@ pub fn msg_ts(queues: &[QueueId], body: &str, ts: i64) -> NewMessage {
 }
 
 /// Copies every file of a store directory (a crash snapshot when taken while the store is open,
-/// since acknowledged data is already in the files).
+/// since acknowledged data is already in the files). Files that vanish mid-copy are skipped.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        if e.file_type().unwrap().is_file() {
-            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        if !e.file_type().unwrap().is_file() {
+            continue;
+        }
+        // The store's background threads rename or remove temporary files (a checkpoint being
+        // written, the spare segment) while it runs; one that vanished between the listing and
+        // the copy was not part of the snapshot.
+        match std::fs::copy(e.path(), to.join(e.file_name())) {
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => panic!("copy {}: {err}", e.path().display()),
         }
     }
 }

@@ -4,8 +4,8 @@
 //!   buffer with their keys and queue links, and writes it with one `pwrite` per segment touched.
 //!   It owns the queue heads and rolls segments.
 //! * The **sync thread** takes every batch written so far, issues one `fdatasync` (durability
-//!   `Always`), and only then publishes them in order — recent-write cache, queue heads, log end —
-//!   and completes their tickets.
+//!   `Always`), and only then publishes them in order — recent-write cache, log end, queue heads
+//!   (a head is never visible before the log end covers it) — and completes their tickets.
 //!
 //! So the next batch is encoded and written while the previous one is being fsynced, and one
 //! fsync covers every append that arrived meanwhile. Nothing is visible to readers or
@@ -142,7 +142,7 @@ pub(crate) struct SyncQueue {
 }
 
 /// Body of the sync thread: fsyncs once for everything written so far (durability `Always`),
-/// then publishes the batches in order — cache, queue heads, log end — and completes their
+/// then publishes the batches in order — cache, log end, queue heads — and completes their
 /// tickets. A failed fsync poisons the store and fails every waiting ticket.
 pub(crate) fn sync_loop(inner: Arc<Inner>) {
     loop {
@@ -200,9 +200,15 @@ pub(crate) fn sync_loop(inner: Arc<Inner>) {
         let mut done = Vec::with_capacity(items.len());
         let mut spent = Vec::with_capacity(items.len());
         for w in items {
+            // Order matters: readers do not take the writer's locks. They look up a queue head
+            // first and then read the log up to `durable_end`, so the log end must cover a
+            // batch before any of its queue heads is published. (Publishing the heads first let
+            // a sync that found a new head between the two steps read "beyond the log end" and
+            // fail.) The head map's shard lock then orders the `durable_end` store before any
+            // reader's later load of it.
             inner.log.cache_push(w.start, w.buf);
-            inner.heads.set_many(&w.updates);
             inner.log.durable_end.store(w.end, Ordering::Release);
+            inner.heads.set_many(&w.updates);
             done.push(w.outcomes);
             spent.push(w.spent);
         }

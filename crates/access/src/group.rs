@@ -374,9 +374,11 @@ impl Session {
             Ok(Some(g)) => g,
             Ok(None) => return empty(self, req.sync_key),
             Err(e) => {
-                // No reply: the client retries; an empty answer would claim it is caught up.
+                // An empty answer would claim the client is caught up, silence would leave it
+                // waiting: close the session (it reconnects and syncs again).
                 Stats::inc(&app.stats.backend_errors);
-                warn!(error = %e, gid, "loading a group for sync failed");
+                warn!(error = %e, gid, "loading a group for sync failed; closing the session so that the client reconnects and syncs again");
+                self.abandon_sync(&h);
                 return;
             }
         };
@@ -410,7 +412,8 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 Stats::inc(&app.stats.store_errors);
-                warn!(error = %e, "group sync failed");
+                warn!(error = %e, gid, key, "group sync failed; closing the session so that the client reconnects and syncs again");
+                self.abandon_sync(&h);
                 return;
             }
         };

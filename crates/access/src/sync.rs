@@ -4,12 +4,16 @@
 //! never PUSH, never METADATA) and `SYNC_END(k_end)`, in one ordered batch bounded by message count and
 //! bytes. When more remain, `SYNC_NOTIFY(k_end + 1)` follows, so the client syncs again until it is caught
 //! up; the store never skips an entry, whatever the backlog.
+//!
+//! A sync the server cannot answer (a store error) is logged and closes the session
+//! ([`Session::abandon_sync`]): never an empty answer, never silence.
 
 use proto::{cmd, Body};
 use store::{QueueId, StoredMessage, SyncPage};
 use tracing::warn;
 
 use crate::app::Stats;
+use crate::route::SessionHandle;
 use crate::session::Session;
 
 impl Session {
@@ -35,9 +39,9 @@ impl Session {
         let page = match app.store.sync(queue, key, app.sync.batch_messages).await {
             Ok(p) => p,
             Err(e) => {
-                // No reply: the client retries its sync; an empty answer would claim it is caught up.
                 Stats::inc(&app.stats.store_errors);
-                warn!(error = %e, "sync failed");
+                warn!(error = %e, key, "sync failed; closing the session so that the client reconnects and syncs again");
+                self.abandon_sync(&h);
                 return;
             }
         };
@@ -49,6 +53,16 @@ impl Session {
         if page.has_more || truncated {
             self.emit(&Body::SyncNotify(k_end + 1), 0);
         }
+    }
+
+    /// A sync the server could not answer (the store or the group directory failed). An empty
+    /// SYNC_END would tell the client it is caught up, and sending nothing leaves it waiting for a
+    /// SYNC_END that never comes (the SDKs only sync again on a later notify, or on a reconnect,
+    /// spec §9.6). So the session is closed: the SDK reconnects with its backoff and syncs from
+    /// the key it has, which skips nothing. As on any disconnect, appends still in flight on
+    /// this session get no ACK.
+    pub(crate) fn abandon_sync(&mut self, h: &SessionHandle) {
+        h.close("a sync failed on the server");
     }
 
     /// Queues synced messages (flag 0 or SELF, never PUSH) until the batch byte bound; returns the key of

@@ -69,7 +69,9 @@ impl StoreClient {
     ) -> Result<SyncPage, StoreFailure> {
         match self {
             StoreClient::Local(s) => Ok(s.sync(queue, after_key, limit)?),
-            StoreClient::Remote(r) => Ok(r.sync(queue, after_key, limit).await?),
+            // Boxed: the remote request's future is several hundred bytes, and every session task
+            // that syncs inline would carry that much while idle, local store or not.
+            StoreClient::Remote(r) => Ok(Box::pin(r.sync(queue, after_key, limit)).await?),
         }
     }
 
@@ -82,7 +84,10 @@ impl StoreClient {
     ) -> Result<SyncPage, StoreFailure> {
         match self {
             StoreClient::Local(s) => Ok(s.sync_since(queue, after_key, limit, join_ts)?),
-            StoreClient::Remote(r) => Ok(r.sync_since(queue, after_key, limit, join_ts).await?),
+            StoreClient::Remote(r) => {
+                // Boxed for the same reason as in `sync`.
+                Ok(Box::pin(r.sync_since(queue, after_key, limit, join_ts)).await?)
+            }
         }
     }
 

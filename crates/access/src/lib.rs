@@ -66,7 +66,7 @@ async fn bind(what: &'static str, addr: &str) -> Result<Option<TcpListener>, Sta
     if addr.trim().is_empty() {
         return Ok(None);
     }
-    TcpListener::bind(addr)
+    listener::bind(addr)
         .await
         .map(Some)
         .map_err(|source| StartError::Bind {

@@ -4,6 +4,10 @@
 //! `max_connections` is a hard bound. TLS handshakes run in their own tasks under the login timeout, so a
 //! stalled handshake never holds up the accept loop. Accept errors (e.g. out of file descriptors) are
 //! logged and retried after a pause; they never end the listener.
+//!
+//! Every listener (and the HTTP API's) is bound by [`bind`] with a listen backlog of [`LISTEN_BACKLOG`],
+//! so a burst of connects (a reconnect storm after a restart or a network blip) waits in the kernel's
+//! accept queue instead of overflowing it and costing each client a SYN retransmission (1 s or more).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::IncomingStream;
 use axum::Router;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
@@ -31,6 +35,51 @@ use crate::transport::{StreamTransport, WsTransport};
 
 /// Largest WebSocket message accepted (spec §2.5).
 const MAX_WS_MESSAGE: usize = 65536;
+
+/// WebSocket read buffer per connection. tungstenite's default (128 KiB, zero-filled on the first
+/// read) made an idle WebSocket connection cost about 140 KB; larger messages still grow it as needed.
+const WS_READ_BUFFER: usize = 4096;
+
+/// Bytes of outgoing WebSocket messages gathered before they are written (the buffer keeps its
+/// capacity for the life of the connection; tungstenite's default is 128 KiB). A flush writes
+/// everything regardless.
+const WS_WRITE_BUFFER: usize = 4096;
+
+/// Listen backlog of every listener: connections the kernel completes and queues while the accept
+/// loop catches up. The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4), so
+/// that sysctl is the knob for deployments that expect larger bursts; a backlog of 128 (the Rust
+/// standard library's) overflowed at 256 simultaneous connects.
+pub(crate) const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` (`host:port`; the first resolved address that can be bound) with
+/// SO_REUSEADDR, so a restarted server can listen again while old connections are in TIME_WAIT, and a
+/// listen backlog of [`LISTEN_BACKLOG`].
+pub(crate) async fn bind(addr: &str) -> io::Result<TcpListener> {
+    let mut last_err = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        match bind_addr(addr) {
+            Ok(l) => return Ok(l),
+            Err(e) => last_err = Some(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "could not resolve to any address",
+        )
+    }))
+}
+
+fn bind_addr(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// What the accept loops share.
 #[derive(Clone)]
@@ -168,6 +217,8 @@ async fn ws_upgrade(
     let tracker = ctx.tracker.clone();
     ws.max_message_size(MAX_WS_MESSAGE)
         .max_frame_size(MAX_WS_MESSAGE)
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             let max_body = app.server.max_body;
             tracker.track_future(async move {

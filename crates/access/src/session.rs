@@ -101,6 +101,26 @@ impl Future for Op {
     }
 }
 
+/// What is left of a frame's handling after [`Session::dispatch`].
+enum Then<'a> {
+    /// Handled.
+    Done,
+    /// SYNC with this key: awaited inline by the session loop.
+    Sync(i64),
+    /// A rare handler with a large future, boxed.
+    Wait(Pin<Box<dyn Future<Output = ()> + Send + 'a>>),
+}
+
+/// The next completed append, in submission order; `None` when nothing is in flight.
+async fn next_completion(
+    pending: &mut Option<FuturesOrdered<Op>>,
+) -> Option<(OpCtx, AppendResult)> {
+    match pending {
+        Some(p) => p.next().await,
+        None => None,
+    }
+}
+
 /// Per-connection token bucket.
 struct RateLimit {
     per_sec: f64,
@@ -133,7 +153,8 @@ pub(crate) struct Session {
     seq: i32,
     wbuf: BytesMut,
     ends: Vec<usize>,
-    pending: FuturesOrdered<Op>,
+    /// Appends in flight, completed in submission order. Allocated only while there are some.
+    pending: Option<FuturesOrdered<Op>>,
     inbox: Vec<Push>,
     rate: Option<RateLimit>,
     /// The chat room this connection is in.
@@ -141,12 +162,15 @@ pub(crate) struct Session {
 }
 
 /// Runs a session on `transport` until it ends, then unregisters it.
-pub async fn run<T: Transport>(
+///
+/// Not an `async fn`: the session is set up before the future is built, so the arguments only needed
+/// for that (the peer address, the span's fields) are not kept in every idle session's task.
+pub fn run<T: Transport>(
     app: Arc<App>,
     transport: T,
     peer: SocketAddr,
     shutdown: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send {
     let conn_id = app.next_conn_id();
     Stats::inc(&app.stats.connections);
     Stats::inc(&app.stats.connections_total);
@@ -157,21 +181,33 @@ pub async fn run<T: Transport>(
         last: Instant::now(),
     });
     let mut s = Session {
-        app: app.clone(),
+        app,
         conn_id,
         handle: None,
         version: 0,
         seq: 0,
         wbuf: BytesMut::new(),
         ends: Vec::new(),
-        pending: FuturesOrdered::new(),
+        pending: None,
         inbox: Vec::new(),
         rate,
         room: None,
     };
     let mut transport = transport;
-    async {
+    // Everything the task needs is captured by `async move` and used in place (an `async fn` would
+    // keep its arguments and the locals they are moved into).
+    async move {
         let end = s.run_loop(&mut transport, &shutdown).await;
+        s.finish(end, &mut transport).await;
+    }
+    .instrument(span)
+}
+
+impl Session {
+    /// Logs why the session ended, lets its appends finish on shutdown, unregisters it and closes the
+    /// connection.
+    async fn finish<T: Transport>(&mut self, end: End, transport: &mut T) {
+        let app = self.app.clone();
         match &end {
             End::ClientClosed | End::Shutdown => debug!(reason = %end, "session closed"),
             End::Timeout(_) | End::WriteFailed(_) | End::Recv(RecvError::Io(_)) => {
@@ -188,26 +224,25 @@ pub async fn run<T: Transport>(
         }
         if matches!(end, End::Shutdown) {
             // Let appends already submitted finish, so their senders get the ACK and do not resend.
-            let _ = timeout(Duration::from_secs(5), async {
-                while let Some((ctx, result)) = s.pending.next().await {
-                    s.complete(ctx, result);
+            // Boxed: this happens once, and inline it would be the largest state of every session.
+            let _ = Box::pin(timeout(Duration::from_secs(5), async {
+                while let Some((ctx, result)) = next_completion(&mut self.pending).await {
+                    self.complete(ctx, result);
                 }
-                let _ = s.flush(&mut transport).await;
-            })
+                let _ = self.flush(transport).await;
+            }))
             .await;
         }
-        s.leave_current_room();
-        if let Some(h) = s.handle.take() {
+        self.leave_current_room();
+        if let Some(h) = self.handle.take() {
             app.route.remove(&h);
             app.links.logout(h.conn_id, h.appid, h.uid);
         }
         transport.close().await;
+        app.stats
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-    .instrument(span)
-    .await;
-    app.stats
-        .connections
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl Session {
@@ -237,34 +272,47 @@ impl Session {
                 login_deadline.min(last_frame + idle)
             };
             let handle = self.handle.clone();
-            tokio::select! {
+            // The frame is handled after the select, once its futures are gone: an idle session task
+            // is as large as its largest await point, and the handler must not add to the select's.
+            let frame = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
-                Some((ctx, result)) = self.pending.next(), if !self.pending.is_empty() => {
+                Some((ctx, result)) = next_completion(&mut self.pending), if self.inflight() > 0 => {
                     self.complete(ctx, result);
+                    continue;
                 }
-                _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => {}
-                r = t.recv(), if self.pending.len() < max_inflight => match r {
-                    Ok(Some(frame)) => {
-                        last_frame = Instant::now();
-                        Stats::inc(&self.app.stats.frames_in);
-                        if let Err(e) = self.handle_frame(frame).await {
-                            return e;
-                        }
-                    }
+                _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => continue,
+                r = t.recv(), if self.inflight() < max_inflight => match r {
+                    Ok(Some(frame)) => frame,
                     Ok(None) => return End::ClientClosed,
                     Err(e) => return End::Recv(e),
                 },
                 _ = sleep_until(deadline) => {
                     return End::Timeout(if self.handle.is_some() { "idle timeout" } else { "login timeout" });
                 }
-            }
+            };
+            drop(handle);
+            last_frame = Instant::now();
+            Stats::inc(&self.app.stats.frames_in);
+            let sync_key = match self.dispatch(frame) {
+                Ok(Then::Done) => continue,
+                Ok(Then::Sync(key)) => key,
+                Ok(Then::Wait(handler)) => {
+                    handler.await;
+                    continue;
+                }
+                Err(e) => return e,
+            };
+            self.on_sync(sync_key).await;
         }
     }
 
     /// Writes everything produced so far, in one coalesced write.
     async fn flush<T: Transport>(&mut self, t: &mut T) -> Result<(), End> {
         if self.ends.is_empty() {
+            if self.inflight() == 0 {
+                self.release_buffers();
+            }
             return Ok(());
         }
         Stats::add(&self.app.stats.frames_out, self.ends.len() as u64);
@@ -286,8 +334,9 @@ impl Session {
             }
         };
         self.ends.clear();
-        if self.wbuf.capacity() > 64 * 1024 || self.pending.is_empty() {
-            // Idle sessions hold no write buffer.
+        if self.inflight() == 0 {
+            self.release_buffers();
+        } else if self.wbuf.capacity() > 64 * 1024 {
             self.wbuf = BytesMut::new();
         }
         match r {
@@ -295,6 +344,21 @@ impl Session {
             Ok(Err(e)) => Err(End::WriteFailed(e)),
             Err(_) => Err(End::WriteTimeout),
         }
+    }
+
+    /// Appends submitted and not yet completed.
+    fn inflight(&self) -> usize {
+        self.pending.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// Gives back the write buffer, the frame ends, the inbox and the in-flight set once everything
+    /// is written and nothing is in flight: a session between messages holds no buffers (they are
+    /// small to allocate again; keeping them would cost every idle connection).
+    fn release_buffers(&mut self) {
+        self.wbuf = BytesMut::new();
+        self.ends = Vec::new();
+        self.inbox = Vec::new();
+        self.pending = None;
     }
 
     fn next_seq(&mut self) -> i32 {
@@ -342,6 +406,14 @@ impl Session {
 
     fn emit_inbox(&mut self) {
         let mut inbox = std::mem::take(&mut self.inbox);
+        // Reserve once: the buffers are given back whenever the session is idle, so without this a
+        // batch of pushes would grow them step by step on every wake-up.
+        let (frames, bytes) = inbox.iter().fold((0, 0), |(f, b), p| match p.meta {
+            Some(_) => (f + 2, b + 2 * proto::HEADER_LEN + 16 + p.body.len()),
+            None => (f + 1, b + proto::HEADER_LEN + p.body.len()),
+        });
+        self.ends.reserve(frames);
+        self.wbuf.reserve(bytes);
         for p in inbox.drain(..) {
             if let Some(meta) = p.meta {
                 self.emit(&Body::Metadata(meta), 0);
@@ -374,10 +446,12 @@ impl Session {
 
     pub(crate) fn submit(&mut self, ctx: OpCtx, batch: Vec<store::NewMessage>) {
         let fut = self.app.store.append(batch);
-        self.pending.push_back(Op {
-            ctx: Some(ctx),
-            fut,
-        });
+        self.pending
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(Op {
+                ctx: Some(ctx),
+                fut,
+            });
     }
 
     fn complete(&mut self, ctx: OpCtx, result: AppendResult) {
@@ -418,7 +492,15 @@ impl Session {
         self.rate.as_mut().is_none_or(|r| r.allow())
     }
 
-    async fn handle_frame(&mut self, frame: Frame) -> Result<(), End> {
+    /// Decodes a frame from the client and runs its handler if that handler never waits; otherwise
+    /// returns what the session loop has to await.
+    ///
+    /// Memory: an idle session task is as large as the largest state of everything it awaits inline,
+    /// so every handler awaited inline costs that much in every connection. Only SYNC (frequent, and
+    /// small) is awaited inline; the rare handlers with large futures (authentication, group messages,
+    /// group sync) are boxed: one allocation for such a frame instead of kilobytes held by every idle
+    /// session. The `session_future_stays_small` test keeps this in check.
+    fn dispatch(&mut self, frame: Frame) -> Result<Then<'_>, End> {
         let body = Body::decode(frame.cmd, frame.version, &frame.body)
             .map_err(|e| End::Protocol(e.to_string()))?;
         let authed = self.handle.is_some();
@@ -426,7 +508,7 @@ impl Session {
             Body::Ping => self.emit(&Body::Pong, 0),
             Body::AuthToken(a) => {
                 if !authed {
-                    self.auth(a, frame.version).await;
+                    return Ok(Then::Wait(Box::pin(self.auth(a, frame.version))));
                 }
             }
             Body::Ack(_) | Body::Pong | Body::Metadata(_) | Body::Deprecated { .. } => {}
@@ -435,15 +517,19 @@ impl Session {
             }
             Body::Im(im) => self.on_im(frame.seq, frame.flag, im),
             Body::Rt(rt) => self.on_rt(rt),
-            Body::Sync(key) => self.on_sync(key).await,
+            Body::Sync(key) => return Ok(Then::Sync(key)),
             Body::SyncKey(key) => self.on_sync_key(key),
             Body::UnreadCount(n) => {
                 if let Some(h) = &self.handle {
                     self.app.backend.set_unread(h.appid, h.uid, n);
                 }
             }
-            Body::GroupIm(im) => self.on_group_im(frame.seq, frame.flag, im).await,
-            Body::SyncGroup(g) => self.on_sync_group(g).await,
+            Body::GroupIm(im) => {
+                return Ok(Then::Wait(Box::pin(
+                    self.on_group_im(frame.seq, frame.flag, im),
+                )))
+            }
+            Body::SyncGroup(g) => return Ok(Then::Wait(Box::pin(self.on_sync_group(g)))),
             Body::GroupSyncKey(g) => self.on_group_sync_key(g),
             Body::EnterRoom(room) => self.on_enter_room(room),
             Body::LeaveRoom(room) => self.on_leave_room(room),
@@ -466,7 +552,7 @@ impl Session {
                 )))
             }
         }
-        Ok(())
+        Ok(Then::Done)
     }
 
     /// AUTH_TOKEN (spec §7.2). AUTH_STATUS is the first frame the client sees; a failure leaves the
@@ -585,6 +671,59 @@ impl Session {
             flag::SELF
         } else {
             0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{StreamTransport, WsTransport};
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<A, F: Future>(_f: impl Fn(A) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn session_future_size<T: Transport>() -> usize {
+        future_size(
+            |(app, t, peer, sd): (Arc<App>, T, SocketAddr, CancellationToken)| {
+                run(app, t, peer, sd)
+            },
+        )
+    }
+
+    /// Every connection's task holds its session future for as long as it is connected, idle or not:
+    /// a handler awaited inline with a large future (authentication, group messages and group sync
+    /// are several KB to 18 KB) would cost that much per connection. Box such handlers in
+    /// `Session::dispatch` (or what they await) rather than raising this bound.
+    #[test]
+    fn session_future_stays_small() {
+        type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+        let sizes = [
+            (
+                "tcp",
+                session_future_size::<StreamTransport<tokio::net::TcpStream>>(),
+                std::mem::size_of::<StreamTransport<tokio::net::TcpStream>>(),
+            ),
+            (
+                "tls",
+                session_future_size::<StreamTransport<Tls>>(),
+                std::mem::size_of::<StreamTransport<Tls>>(),
+            ),
+            (
+                "ws",
+                session_future_size::<WsTransport>(),
+                std::mem::size_of::<WsTransport>(),
+            ),
+        ];
+        for (name, future, transport) in sizes {
+            eprintln!("{name}: session future {future} bytes, of which the transport {transport}");
+            assert!(
+                future - transport <= 1024,
+                "the {name} session future is {future} bytes ({transport} of them the transport): \
+                 something large is awaited inline in the session loop"
+            );
         }
     }
 }

@@ -57,8 +57,11 @@ pub trait WaitReadable {
 }
 
 impl WaitReadable for TcpStream {
-    async fn wait_readable(&self) -> io::Result<()> {
-        self.readable().await
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        // `poll_read_ready` rather than `readable()`: the session task is this socket's only reader,
+        // and the future is one reference instead of a waiter node that every idle session would
+        // carry in its task.
+        std::future::poll_fn(|cx| self.poll_read_ready(cx))
     }
 }
 

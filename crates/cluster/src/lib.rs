@@ -1,8 +1,8 @@
 //! Internal links between banter nodes.
 
+pub mod frame_io;
 pub mod route_link;
 pub mod route_proto;
-pub mod frame_io;
 pub mod store_client;
 pub mod store_node;
 pub mod store_proto;

@@ -56,7 +56,7 @@ enum Command {
         role: String,
     },
     /// Measure a server like real SDK clients would (starts one when no --addr is given).
-    Bench(bench::cli::BenchArgs),
+    Bench(Box<bench::cli::BenchArgs>),
     /// Inspect or repair the message store of a stopped server.
     Store {
         #[command(subcommand)]
@@ -213,7 +213,7 @@ fn main() -> ExitCode {
         Command::Imr { config } => imr(config),
         Command::Ims { config, command } => ims(config, command),
         Command::Store { command } => store_command(command),
-        Command::Bench(args) => bench::cli::run(args),
+        Command::Bench(args) => bench::cli::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -139,6 +139,7 @@ pub struct Stats {
     pub slow_consumers: AtomicU64,
     pub room_dropped: AtomicU64,
     pub route_dropped: AtomicU64,
+    pub routed_rejected: AtomicU64,
 }
 
 impl Stats {
@@ -313,8 +314,21 @@ pub(crate) fn inner_frame(push: &Push) -> Bytes {
 /// elsewhere).
 pub(crate) async fn dispatch_routed(app: Arc<App>, mut rx: mpsc::Receiver<RoutedMessage>) {
     while let Some(m) = rx.recv().await {
-        let Some(frame) = m.inner_frame() else {
-            continue;
+        // A message whose flags contradict its metadata (a PUSH-less message with a sync key) would
+        // make clients mis-track their sync keys; GoBelieve's im aborts on it, banter drops it.
+        let frame = match m.inner_frame() {
+            Some(f) if m.flags_consistent() => f,
+            _ => {
+                Stats::inc(&app.stats.routed_rejected);
+                tracing::warn!(
+                    kind = ?m.kind,
+                    appid = m.appid,
+                    receiver = m.receiver,
+                    msgid = m.msgid,
+                    "dropping a routed message whose inner frame or flags are inconsistent"
+                );
+                continue;
+            }
         };
         let push = Push {
             cmd: frame.cmd,

@@ -605,6 +605,18 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         g(&st.backend_errors),
     );
     metric(
+        "route_dropped_total",
+        "counter",
+        "Publishes to routers dropped because a route link's queue was full or down.",
+        g(&st.route_dropped),
+    );
+    metric(
+        "routed_rejected_total",
+        "counter",
+        "Messages from routers dropped as malformed (inner frame or flags inconsistent).",
+        g(&st.routed_rejected),
+    );
+    metric(
         "protocol_errors_total",
         "counter",
         "Connections closed for protocol violations.",

@@ -1,0 +1,133 @@
+//! An access node in cluster mode receiving messages from a router: a well-formed PUBLISH reaches
+//! the user's session with its METADATA (fast path), and a PUBLISH whose flags contradict its
+//! metadata (a sync key without the PUSH flag, which GoBelieve's im aborts on) is dropped with a
+//! log line and counted, without harming the connection or the node.
+//!
+//! The router here is a plain TCP listener in the test that speaks the route protocol.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use cluster::route_proto::{RouteBody, RouteKind, RoutedMessage};
+use common::{body_of, grant, http, im_of, Client, TestServer, APPID, WAIT};
+use proto::{cmd, flag, Body, Frame, Im, Metadata};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// The inner frame a router carries: a client frame (seq 0, version 2).
+fn inner_im(sender: i64, receiver: i64, text: &str, fl: u8) -> Bytes {
+    let mut b = BytesMut::new();
+    Body::Im(Im {
+        sender,
+        receiver,
+        timestamp: 0,
+        msgid: 0,
+        content: text.as_bytes().to_vec().into(),
+    })
+    .encode_frame(0, 2, fl, &mut b);
+    b.freeze()
+}
+
+async fn publish(conn: &mut TcpStream, msgid: i64, prev: i64, inner: Bytes) {
+    let mut out = BytesMut::new();
+    RouteBody::Publish(RoutedMessage {
+        kind: RouteKind::User,
+        appid: APPID,
+        receiver: 2,
+        msgid,
+        prev_msgid: prev,
+        timestamp_ns: 0,
+        inner,
+    })
+    .encode_frame(0, &mut out)
+    .unwrap();
+    conn.write_all(&out).await.unwrap();
+}
+
+/// Reads route frames from the access node until it subscribes `uid`.
+async fn wait_subscribe(conn: &mut TcpStream, uid: i64) {
+    let mut buf = BytesMut::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            while let Some(f) = Frame::decode(&mut buf, 1 << 20).unwrap() {
+                if let Ok(RouteBody::Subscribe { uid: u, .. }) = RouteBody::decode(f.cmd, &f.body) {
+                    if u == uid {
+                        return;
+                    }
+                }
+            }
+            assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "link closed");
+        }
+    })
+    .await
+    .expect("the access node subscribes its user");
+}
+
+#[tokio::test]
+async fn routed_messages_with_inconsistent_flags_are_dropped_and_counted() {
+    let router = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router_addr = router.local_addr().unwrap().to_string();
+    let server = TestServer::start_with(|c| {
+        c.cluster.route_addrs = vec![router_addr];
+    })
+    .await
+    .unwrap();
+    let (mut link, _) = tokio::time::timeout(WAIT, router.accept())
+        .await
+        .expect("the access node dials its router")
+        .unwrap();
+
+    let token = grant(&server, 2).await;
+    let mut c = Client::tcp(server.tcp).await;
+    assert_eq!(c.auth(&token, 2, proto::Platform::ANDROID, "d2").await, 0);
+    wait_subscribe(&mut link, 2).await;
+
+    // A sync key without PUSH: inconsistent, dropped.
+    publish(&mut link, 41, 40, inner_im(1, 2, "bad", flag::TEXT)).await;
+    // A consistent one: delivered with its METADATA.
+    publish(
+        &mut link,
+        42,
+        41,
+        inner_im(1, 2, "good", flag::TEXT | flag::PUSH),
+    )
+    .await;
+
+    let meta = loop {
+        let f = c.recv().await.expect("a pushed message");
+        match f.cmd {
+            cmd::METADATA => {
+                let Body::Metadata(m) = body_of(&f) else {
+                    unreachable!()
+                };
+                break m;
+            }
+            cmd::IM => panic!("IM without METADATA: {:?}", im_of(&f)),
+            _ => {}
+        }
+    };
+    assert_eq!(
+        meta,
+        Metadata {
+            sync_key: 42,
+            prev_sync_key: 41
+        }
+    );
+    let (m, _) = c.recv_until(cmd::IM).await;
+    assert_eq!(&im_of(&m).content[..], b"good");
+    assert!(
+        c.recv_timeout(Duration::from_millis(200)).await.is_none(),
+        "nothing else arrives"
+    );
+
+    let (st, metrics) = http(server.http, "GET", "/metrics", &[], b"").await;
+    assert_eq!(st, 200);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.ends_with("routed_rejected_total 1")),
+        "{metrics}"
+    );
+}

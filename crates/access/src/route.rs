@@ -93,6 +93,9 @@ pub struct SessionHandle {
     room_dropped: AtomicU64,
 }
 
+/// The close reason of a session whose outbox overflowed (a slow consumer).
+pub(crate) const OUTBOX_FULL: &str = "outbox full: the client does not read fast enough";
+
 impl SessionHandle {
     pub fn new(id: SessionId, limits: OutboxLimits) -> SessionHandle {
         SessionHandle {
@@ -152,7 +155,7 @@ impl SessionHandle {
         }
         let cost = push.cost();
         if ob.queue.len() >= self.max_frames || ob.bytes + cost > self.max_bytes {
-            ob.closed = Some("outbox full: the client does not read fast enough");
+            ob.closed = Some(OUTBOX_FULL);
             ob.queue = VecDeque::new();
             ob.bytes = 0;
             drop(ob);

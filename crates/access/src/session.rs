@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::app::{App, AppendResult, Stats};
-use crate::route::{OutboxLimits, Push, SessionHandle, SessionId};
+use crate::route::{OutboxLimits, Push, SessionHandle, SessionId, OUTBOX_FULL};
 use crate::transport::{RecvError, Transport};
 
 /// Why a session ended.
@@ -213,17 +213,26 @@ impl Session {
             End::Timeout(_) | End::WriteFailed(_) | End::Recv(RecvError::Io(_)) => {
                 debug!(reason = %end, "session closed")
             }
-            End::Kicked(_) | End::WriteTimeout => {
+            End::Kicked(OUTBOX_FULL) | End::WriteTimeout => {
                 Stats::inc(&app.stats.slow_consumers);
                 info!(reason = %end, "session closed")
             }
+            // Closed by the server for another reason (a sync it could not answer): counted where
+            // the reason arose.
+            End::Kicked(_) => info!(reason = %end, "session closed"),
             End::Recv(_) | End::Protocol(_) => {
                 Stats::inc(&app.stats.protocol_errors);
                 info!(reason = %end, "closing connection after a protocol error")
             }
         }
-        if matches!(end, End::Shutdown) {
-            // Let appends already submitted finish, so their senders get the ACK and do not resend.
+        let drain = match end {
+            End::Shutdown => true,
+            End::Kicked(reason) => reason != OUTBOX_FULL,
+            _ => false,
+        };
+        if drain {
+            // Let appends already submitted finish, so their senders get the ACK and do not resend
+            // (on shutdown, or when the server closes a session that still reads).
             // Boxed: this happens once, and inline it would be the largest state of every session.
             let _ = Box::pin(timeout(Duration::from_secs(5), async {
                 while let Some((ctx, result)) = next_completion(&mut self.pending).await {

@@ -124,6 +124,21 @@ pub fn open_words(config: &Config) -> Result<Option<SharedWordFilter>, ServeErro
     Ok(Some(WordFilter::try_watch(&m.words_file, interval)?))
 }
 
+/// An access node that shares routers with others but keeps tokens or groups in its own embedded
+/// databases would disagree with its peers (a token granted on one node unknown on the next, a group
+/// created on one node refused on the others): say so at start-up.
+fn warn_unshared_state(config: &Config) {
+    if config.cluster.route_addrs.is_empty() {
+        return;
+    }
+    if config.auth.backend == "embedded" {
+        warn!("cluster mode with auth.backend = \"embedded\": tokens granted on this node are unknown to the other access nodes (JWTs work everywhere); use auth.backend = \"redis\" to share them");
+    }
+    if config.groups.backend == "embedded" {
+        warn!("cluster mode with groups.backend = \"embedded\": groups managed on this node are unknown to the other access nodes; use groups.backend = \"mysql\" to share them");
+    }
+}
+
 /// Starts everything; returns once every listener is bound.
 pub async fn start(config: &Config) -> Result<Running, ServeError> {
     let dir = config.data.dir.clone();
@@ -131,6 +146,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
         path: dir.display().to_string(),
         source,
     })?;
+    warn_unshared_state(config);
     let (store, store_client) = open_store(config).await?;
     let backend = open_backend(config).await?;
     let groups = open_groups(config).await?;

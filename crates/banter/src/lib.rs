@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod logging;
 pub mod roles;
 pub mod serve;
 pub mod testing;

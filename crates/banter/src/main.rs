@@ -140,21 +140,6 @@ fn store_command(cmd: StoreCommand) -> anyhow::Result<()> {
     }
 }
 
-fn init_logging(level: &str, format: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -166,7 +151,11 @@ fn serve(path: Option<PathBuf>, data: Option<PathBuf>) -> anyhow::Result<()> {
     if let Some(d) = data {
         config.data.dir = d;
     }
-    init_logging(&config.log.level, &config.log.format);
+    banter::logging::init(
+        &config.log.level,
+        &config.log.format,
+        &config.cluster.node_id,
+    );
     runtime()?.block_on(banter::serve::run(config, path))?;
     Ok(())
 }
@@ -174,7 +163,7 @@ fn serve(path: Option<PathBuf>, data: Option<PathBuf>) -> anyhow::Result<()> {
 fn imr(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config: route::RouterConfig =
         load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
-    init_logging("info", "text");
+    banter::logging::init("info", "text", &config.node_id);
     runtime()?.block_on(banter::roles::run_router(config))
 }
 
@@ -188,7 +177,7 @@ fn ims(path: Option<PathBuf>, command: Option<ImsCommand>) -> anyhow::Result<()>
         None => {
             let config: cluster::store_node::StoreNodeConfig =
                 load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
-            init_logging("info", "text");
+            banter::logging::init("info", "text", &config.node_id);
             runtime()?.block_on(banter::roles::run_store_node(config))
         }
     }

@@ -633,4 +633,13 @@ async fn a_cluster_survives_router_and_store_failures() {
     let (st, body) = http(router_http, "GET", "/online?appid=7&uid=5", &[], b"").await;
     assert_eq!(st, 200);
     assert!(body.contains("true"), "{body}");
+
+    // Every line of an access node's log names the node.
+    let log = std::fs::read_to_string(d.join("im_a.log")).unwrap();
+    assert!(
+        log.lines()
+            .filter(|l| !l.trim().is_empty())
+            .all(|l| l.starts_with("node=im_a ")),
+        "node ids in logs"
+    );
 }

@@ -52,6 +52,8 @@ pub enum ReplicationMode {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreNodeConfig {
+    /// This node's name in its log lines (`node=…`); empty = none.
+    pub node_id: String,
     /// Directory of the message log; created if missing. Only one node may use it at a time.
     pub data_dir: PathBuf,
     /// Store link listener (access nodes connect here; `storage_addrs` on the access side).
@@ -107,6 +109,7 @@ pub struct StoreNodeConfig {
 impl Default for StoreNodeConfig {
     fn default() -> Self {
         StoreNodeConfig {
+            node_id: String::new(),
             data_dir: PathBuf::from("./ims-data"),
             listen: "0.0.0.0:13333".into(),
             replication_listen: "0.0.0.0:13334".into(),
@@ -134,6 +137,9 @@ impl Default for StoreNodeConfig {
 }
 
 const DEFAULT_TOML: &str = r#"# banter store node (ims). Every key is optional; shown here with its default.
+
+# This node's name, added to every log line as node=<id> ("" = none).
+node_id = ""
 
 # Directory of the message log; created if missing. Only one node may use it at a time.
 data_dir = "./ims-data"

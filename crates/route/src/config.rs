@@ -13,6 +13,8 @@ pub fn default_toml() -> &'static str {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterConfig {
+    /// This node's name in its log lines (`node=…`); empty = none.
+    pub node_id: String,
     /// TCP listener for access nodes (`host:port`; port 0 picks a free one).
     pub listen: String,
     /// HTTP API listener; empty disables it.
@@ -26,6 +28,7 @@ pub struct RouterConfig {
 impl Default for RouterConfig {
     fn default() -> Self {
         RouterConfig {
+            node_id: String::new(),
             listen: "0.0.0.0:4444".to_owned(),
             http_listen: "127.0.0.1:4445".to_owned(),
             push: PushConfig::default(),

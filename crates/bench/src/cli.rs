@@ -28,7 +28,8 @@ use crate::tokens::{TokenSource, TokenSpec};
     long_about = "Load generator that behaves like real GoBelieve SDK clients (auth, SYNC on SYNC_NOTIFY, \
 SYNC_KEY reports, METADATA fast path, PING) over TCP or WebSocket.\n\nWithout --addr/--ws, each scenario \
 starts `banter serve` as a child process on free loopback ports with a temporary data directory and stops \
-it at the end."
+it at the end. Several --addr (or --ws) spread the connections over the access nodes of a cluster \
+(scripts/bench-cluster starts one)."
 )]
 pub struct BenchArgs {
     #[command(subcommand)]
@@ -61,11 +62,22 @@ pub enum Transport {
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
     /// TCP address of a running server (host:port). Without --addr and --ws a child server is started.
-    #[arg(long, value_name = "HOST:PORT")]
-    pub addr: Option<String>,
-    /// WebSocket URL of a running server (ws://host:port/ws).
-    #[arg(long, value_name = "URL")]
-    pub ws: Option<String>,
+    ///
+    /// Repeat it (or give a comma-separated list) to load several access nodes of one cluster: connection
+    /// i goes to node i mod N, except in `peer`, where pair i's sender goes to node i mod N and its
+    /// receiver to node (i + 1) mod N, so that with two or more nodes every message crosses from one node
+    /// to another and each node sends and receives the same share. The nodes must share their stores and
+    /// tokens (e.g. --tokens redis=URL); `group` also needs a shared group directory.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        value_delimiter = ',',
+        visible_alias = "addrs"
+    )]
+    pub addr: Vec<String>,
+    /// WebSocket URL of a running server (ws://host:port/ws); repeatable like --addr.
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub ws: Vec<String>,
     /// The server's HTTP API (http://host:port): tokens (/auth/grant), groups (/admin/groups), /summary.
     #[arg(long, value_name = "URL")]
     pub http: Option<String>,
@@ -100,6 +112,10 @@ pub struct TargetArgs {
     /// Allow targets outside the loopback range (by default only 127.0.0.0/8 and ::1 are accepted).
     #[arg(long)]
     pub allow_remote: bool,
+    /// Report the CPU time of this server process during the measured interval, e.g. each node of a
+    /// cluster: NAME=PID (repeatable).
+    #[arg(long = "cpu-pid", value_name = "NAME=PID")]
+    pub cpu_pids: Vec<String>,
 }
 
 /// How the clients behave.
@@ -355,6 +371,18 @@ pub fn parse_source_ips(s: &str) -> Result<Vec<IpAddr>, String> {
         .collect()
 }
 
+/// Parses `NAME=PID` (`--cpu-pid`).
+fn parse_cpu_pid(s: &str) -> anyhow::Result<(String, u32)> {
+    let (name, pid) = s
+        .split_once('=')
+        .with_context(|| format!("--cpu-pid {s:?}: expected NAME=PID"))?;
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .with_context(|| format!("--cpu-pid {s:?}: bad pid"))?;
+    Ok((name.trim().to_string(), pid))
+}
+
 fn resolve(hostport: &str) -> anyhow::Result<SocketAddr> {
     hostport
         .to_socket_addrs()
@@ -386,10 +414,17 @@ pub struct Prepared {
 /// Builds the run environment from the arguments, starting a child server when no target is given.
 pub async fn prepare(t: &TargetArgs, c: &ClientArgs, r: &RunArgs) -> anyhow::Result<Prepared> {
     let mut child = None;
-    let external = t.addr.is_some() || t.ws.is_some();
+    let external = !t.addr.is_empty() || !t.ws.is_empty();
     let (tcp, ws, http) = if external {
-        let tcp = t.addr.as_deref().map(resolve).transpose()?;
-        let ws = t.ws.as_deref().map(parse_ws_url).transpose()?;
+        let tcp = t
+            .addr
+            .iter()
+            .map(|a| resolve(a))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let ws =
+            t.ws.iter()
+                .map(|u| parse_ws_url(u))
+                .collect::<anyhow::Result<Vec<_>>>()?;
         let http = t.http.as_deref().map(BaseUrl::parse).transpose()?;
         (tcp, ws, http)
     } else {
@@ -415,8 +450,8 @@ pub async fn prepare(t: &TargetArgs, c: &ClientArgs, r: &RunArgs) -> anyhow::Res
             .await
             .context("starting the child server")?;
         let urls = (
-            Some(server.tcp),
-            Some((server.ws, format!("ws://{}/ws", server.ws))),
+            vec![server.tcp],
+            vec![(server.ws, format!("ws://{}/ws", server.ws))],
             Some(BaseUrl::from_addr(server.http)),
         );
         if !r.quiet {
@@ -434,18 +469,24 @@ pub async fn prepare(t: &TargetArgs, c: &ClientArgs, r: &RunArgs) -> anyhow::Res
     };
     let transport = match t.transport {
         Some(x) => x,
-        None if tcp.is_none() && ws.is_some() => Transport::Ws,
+        None if tcp.is_empty() && !ws.is_empty() => Transport::Ws,
         None => Transport::Tcp,
     };
-    let endpoint = match transport {
-        Transport::Tcp => Endpoint::Tcp(tcp.context("--transport tcp needs --addr")?),
-        Transport::Ws => {
-            let (addr, url) = ws.clone().context("--transport ws needs --ws")?;
-            Endpoint::Ws { addr, url }
-        }
+    let endpoints: Vec<Endpoint> = match transport {
+        Transport::Tcp => tcp.into_iter().map(Endpoint::Tcp).collect(),
+        Transport::Ws => ws
+            .into_iter()
+            .map(|(addr, url)| Endpoint::Ws { addr, url })
+            .collect(),
     };
+    if endpoints.is_empty() {
+        match transport {
+            Transport::Tcp => bail!("--transport tcp needs --addr"),
+            Transport::Ws => bail!("--transport ws needs --ws"),
+        }
+    }
     if !t.allow_remote {
-        let mut targets = vec![endpoint.addr().ip()];
+        let mut targets: Vec<IpAddr> = endpoints.iter().map(|e| e.addr().ip()).collect();
         if let Some(h) = &http {
             if let Ok(a) = h.resolve().await {
                 targets.push(a.ip());
@@ -470,7 +511,7 @@ pub async fn prepare(t: &TargetArgs, c: &ClientArgs, r: &RunArgs) -> anyhow::Res
             secret: t.api_secret.clone(),
         },
     };
-    let mut env = Env::new(endpoint, tokens);
+    let mut env = Env::with_endpoints(endpoints, tokens);
     env.api = http.clone().map(|h| (h, t.api_secret.clone()));
     env.memory = if let Some(pid) = t.server_pid {
         Some(MemorySource::Pid(pid))
@@ -489,7 +530,11 @@ pub async fn prepare(t: &TargetArgs, c: &ClientArgs, r: &RunArgs) -> anyhow::Res
     env.uid_base = c.uid_base.unwrap_or_else(random_uid_base);
     env.source_ips = match &c.source_ips {
         Some(s) => parse_source_ips(s).map_err(anyhow::Error::msg)?,
-        None if env.endpoint.addr().ip().is_loopback() && env.endpoint.addr().is_ipv4() => {
+        None if env
+            .endpoints
+            .iter()
+            .all(|e| e.addr().ip().is_loopback() && e.addr().is_ipv4()) =>
+        {
             loopback_sources()
         }
         None => Vec::new(),
@@ -502,6 +547,11 @@ pub async fn prepare(t: &TargetArgs, c: &ClientArgs, r: &RunArgs) -> anyhow::Res
         client_acks: !c.no_client_acks,
         ..ClientProfile::default()
     };
+    env.cpu_pids = t
+        .cpu_pids
+        .iter()
+        .map(|s| parse_cpu_pid(s))
+        .collect::<anyhow::Result<_>>()?;
     env.connect_concurrency = c.connect_concurrency.max(1);
     env.duration = r.duration;
     env.drain_timeout = r.drain_timeout;
@@ -707,7 +757,7 @@ mod tests {
                 assert_eq!(p.messages, 10);
                 assert!(p.run.json);
                 assert_eq!(p.rate, Some(1000.0));
-                assert_eq!(p.target.addr.as_deref(), Some("127.0.0.1:1"));
+                assert_eq!(p.target.addr, ["127.0.0.1:1"]);
             }
             other => panic!("{other:?}"),
         }
@@ -740,21 +790,45 @@ mod tests {
     }
 
     #[test]
-    fn parses_ws_urls() {
-        let (addr, url) = parse_ws_url("ws://127.0.0.1:13891/ws").unwrap();
-        assert_eq!(addr.port(), 13891);
-        assert_eq!(url, "ws://127.0.0.1:13891/ws");
-        assert!(parse_ws_url("wss://127.0.0.1:1/ws").is_err());
+    fn addr_is_repeatable_and_takes_lists() {
+        let peer = |args: &[&str]| {
+            let mut all = vec!["banter", "bench", "peer"];
+            all.extend_from_slice(args);
+            let Top::Bench(b) = Cli::try_parse_from(all).unwrap().cmd;
+            match b.scenario {
+                ScenarioCmd::Peer(p) => p,
+                other => panic!("{other:?}"),
+            }
+        };
+        let want = ["127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3"];
+        let p = peer(&[
+            "--addr",
+            "127.0.0.1:1",
+            "--addr",
+            "127.0.0.1:2",
+            "--addr",
+            "127.0.0.1:3",
+        ]);
+        assert_eq!(p.target.addr, want);
+        let p = peer(&["--addr", "127.0.0.1:1,127.0.0.1:2", "--addr", "127.0.0.1:3"]);
+        assert_eq!(p.target.addr, want);
+        let p = peer(&["--addrs", "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3"]);
+        assert_eq!(p.target.addr, want);
+        let p = peer(&["--cpu-pid", "im1=10", "--cpu-pid", "ims1=11"]);
+        assert_eq!(p.target.cpu_pids, ["im1=10", "ims1=11"]);
+        assert!(peer(&[]).target.addr.is_empty());
+        assert_eq!(parse_cpu_pid("im1=10").unwrap(), ("im1".to_string(), 10));
+        assert!(parse_cpu_pid("im1").is_err());
+        assert!(parse_cpu_pid("im1=x").is_err());
     }
 
-    #[tokio::test]
-    async fn refuses_remote_targets() {
-        let t = TargetArgs {
-            addr: Some("192.0.2.1:23000".into()),
-            ws: None,
+    fn target(addr: &[&str]) -> TargetArgs {
+        TargetArgs {
+            addr: addr.iter().map(|a| a.to_string()).collect(),
+            ws: vec![],
             http: None,
             transport: None,
-            tokens: Some("http=http://127.0.0.1:1".into()),
+            tokens: Some("redis=redis://127.0.0.1:1".into()),
             api_secret: None,
             server_bin: None,
             server_env: vec![],
@@ -763,8 +837,12 @@ mod tests {
             server_pid: None,
             summary: None,
             allow_remote: false,
-        };
-        let c = ClientArgs {
+            cpu_pids: vec!["im1=1".into()],
+        }
+    }
+
+    fn client_args() -> ClientArgs {
+        ClientArgs {
             appid: 7,
             uid_base: None,
             protocol_version: 2,
@@ -774,16 +852,72 @@ mod tests {
             source_ips: None,
             connect_timeout: Duration::from_secs(1),
             connect_concurrency: 1,
-        };
-        let r = RunArgs {
+        }
+    }
+
+    fn run_args() -> RunArgs {
+        RunArgs {
             json: false,
             report: None,
             quiet: true,
             duration: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(1),
             threads: None,
-        };
-        let e = prepare(&t, &c, &r).await.err().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn several_addresses_make_several_endpoints() {
+        let p = prepare(
+            &target(&["127.0.0.1:23001", "127.0.0.2:23002"]),
+            &client_args(),
+            &run_args(),
+        )
+        .await
+        .unwrap();
+        assert!(p.child.is_none());
+        let addrs: Vec<String> = p
+            .env
+            .endpoints
+            .iter()
+            .map(|e| e.addr().to_string())
+            .collect();
+        assert_eq!(addrs, ["127.0.0.1:23001", "127.0.0.2:23002"]);
+        assert_eq!(p.env.cpu_pids, [("im1".to_string(), 1)]);
+        assert_eq!(
+            p.env.source_ips.len(),
+            255,
+            "loopback targets: loopback sources"
+        );
+        // A remote node among loopback ones is refused too.
+        let e = prepare(
+            &target(&["127.0.0.1:23001", "192.0.2.1:23000"]),
+            &client_args(),
+            &run_args(),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(e.to_string().contains("not a loopback"), "{e}");
+    }
+
+    #[test]
+    fn parses_ws_urls() {
+        let (addr, url) = parse_ws_url("ws://127.0.0.1:13891/ws").unwrap();
+        assert_eq!(addr.port(), 13891);
+        assert_eq!(url, "ws://127.0.0.1:13891/ws");
+        assert!(parse_ws_url("wss://127.0.0.1:1/ws").is_err());
+    }
+
+    #[tokio::test]
+    async fn refuses_remote_targets() {
+        let mut t = target(&["192.0.2.1:23000"]);
+        t.tokens = Some("http=http://127.0.0.1:1".into());
+        t.cpu_pids.clear();
+        let e = prepare(&t, &client_args(), &run_args())
+            .await
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("not a loopback"), "{e}");
     }
 }

@@ -57,6 +57,18 @@ pub struct MessageFigures {
     /// CPU seconds used during the run by the load generator, and by the server when its pid is known.
     pub client_cpu_secs: f64,
     pub server_cpu_secs: Option<f64>,
+    /// CPU seconds used during the run by each watched server process (`--cpu-pid NAME=PID`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub process_cpu: Vec<ProcessCpu>,
+}
+
+/// CPU time of one watched process during the measured interval.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProcessCpu {
+    pub name: String,
+    pub pid: u32,
+    /// User + system seconds; `None` when the process could not be read (e.g. it exited).
+    pub cpu_secs: Option<f64>,
 }
 
 impl MessageFigures {
@@ -229,6 +241,23 @@ impl Report {
             if let Some(c) = m.server_cpu_secs {
                 let _ = write!(s, ", server {c:.2} s");
             }
+            if !m.process_cpu.is_empty() {
+                let per_msg = |secs: f64| secs * 1e6 / m.deliveries.max(1) as f64;
+                let mut total = 0.0;
+                s.push_str("\n  CPU of servers (s, µs per delivery):");
+                for p in &m.process_cpu {
+                    match p.cpu_secs {
+                        Some(c) => {
+                            total += c;
+                            let _ = write!(s, " {} {c:.2} ({:.2})", p.name, per_msg(c));
+                        }
+                        None => {
+                            let _ = write!(s, " {} unreadable", p.name);
+                        }
+                    }
+                }
+                let _ = write!(s, "; all {total:.2} ({:.2})", per_msg(total));
+            }
         }
         if let Some(c) = &self.connections {
             let _ = write!(
@@ -328,6 +357,37 @@ mod tests {
         assert!((4.9..5.1).contains(&p50), "{p50}");
         assert!(v.get("connections").is_none());
         assert!(r.summary().contains("FAILURE: 1 message lost"));
+        assert!(
+            v.get("process_cpu").is_none(),
+            "omitted when no pid is watched"
+        );
+    }
+
+    #[test]
+    fn watched_processes_are_reported() {
+        let mut r = Report::new("peer", serde_json::json!({}), "tcp");
+        r.messages = Some(MessageFigures {
+            deliveries: 1_000_000,
+            process_cpu: vec![
+                ProcessCpu {
+                    name: "im1".into(),
+                    pid: 10,
+                    cpu_secs: Some(3.0),
+                },
+                ProcessCpu {
+                    name: "ims1".into(),
+                    pid: 11,
+                    cpu_secs: Some(1.5),
+                },
+            ],
+            ..MessageFigures::default()
+        });
+        let v: serde_json::Value = serde_json::from_str(&r.json_line()).unwrap();
+        assert_eq!(v["process_cpu"][0]["name"], "im1");
+        assert_eq!(v["process_cpu"][1]["cpu_secs"], 1.5);
+        let s = r.summary();
+        assert!(s.contains("im1 3.00 (3.00)"), "{s}");
+        assert!(s.contains("all 4.50 (4.50)"), "{s}");
     }
 
     #[test]

@@ -127,6 +127,7 @@ pub async fn run(env: &Env, o: &GroupOptions) -> Result<Report, BenchError> {
             uid,
             token,
             super_groups: if o.super_group { vec![gid] } else { Vec::new() },
+            node: None,
         });
     }
     let clients = connect_all(env, specs).await?;

@@ -28,7 +28,7 @@ use crate::accounting::{Book, Outcome, Tally};
 use crate::client::{Client, ClientError, ClientStats, Event, Kind, Via};
 use crate::content::{self, Payload};
 use crate::env::Env;
-use crate::report::{new_histogram, MessageFigures, Report, Sample};
+use crate::report::{new_histogram, MessageFigures, ProcessCpu, Report, Sample};
 
 /// Why a scenario could not run (as opposed to a run that ran and failed its checks, which is a
 /// [`Report`] with `ok == false`).
@@ -123,11 +123,13 @@ pub(crate) struct MemberResult {
     pub state: Option<String>,
 }
 
-/// A connection to set up: uid, token, super groups.
+/// A connection to set up: uid, token, super groups, and the access node it goes to (`None`: spread
+/// round-robin by its index, [`Env::node_for`]).
 pub(crate) struct ConnSpec {
     pub uid: i64,
     pub token: String,
     pub super_groups: Vec<i64>,
+    pub node: Option<usize>,
 }
 
 /// Connects and authenticates every spec (bounded concurrency) and waits for each initial sync to end.
@@ -141,7 +143,8 @@ pub(crate) async fn connect_all(
     let sem = Arc::new(tokio::sync::Semaphore::new(env.connect_concurrency.max(1)));
     let mut set = JoinSet::new();
     for (i, spec) in specs.into_iter().enumerate() {
-        let mut opts = env.connect_options(i, spec.uid, spec.token);
+        let node = spec.node.unwrap_or_else(|| env.node_for(i));
+        let mut opts = env.connect_options_on(node, i, spec.uid, spec.token);
         opts.super_groups = spec.super_groups;
         let sem = sem.clone();
         let bound = env.client.connect_timeout;
@@ -494,6 +497,11 @@ pub(crate) async fn run_members(
         crate::server::cpu_secs(own_pid),
         server_pid.and_then(crate::server::cpu_secs),
     );
+    let watched_before: Vec<Option<f64>> = env
+        .cpu_pids
+        .iter()
+        .map(|(_, pid)| crate::server::cpu_secs(*pid))
+        .collect();
     let start = Instant::now();
     let mut set = JoinSet::new();
     for (c, role) in members {
@@ -512,6 +520,11 @@ pub(crate) async fn run_members(
         crate::server::cpu_secs(own_pid),
         server_pid.and_then(crate::server::cpu_secs),
     );
+    let watched_after: Vec<Option<f64>> = env
+        .cpu_pids
+        .iter()
+        .map(|(_, pid)| crate::server::cpu_secs(*pid))
+        .collect();
     cancel.cancel();
     let mut results = Vec::with_capacity(tasks);
     while let Some(j) = set.join_next().await {
@@ -568,6 +581,16 @@ pub(crate) async fn run_members(
     if let (Some(a), Some(b)) = (cpu_before.1, cpu_after.1) {
         fig.server_cpu_secs = Some(b - a);
     }
+    fig.process_cpu = env
+        .cpu_pids
+        .iter()
+        .zip(watched_before.iter().zip(&watched_after))
+        .map(|((name, pid), (a, b))| ProcessCpu {
+            name: name.clone(),
+            pid: *pid,
+            cpu_secs: a.zip(*b).map(|(a, b)| b - a),
+        })
+        .collect();
     fig.deliveries_per_sec = tally.unique as f64 / measured;
     let fanout = if messages_planned == 0 {
         1.0

@@ -6,13 +6,17 @@
 //! must return nothing. Throughput is distinct messages received per second of the measured interval (from
 //! the start to the last arrival); latency is from the moment the sender queued a message to the moment
 //! the receiver accepted it. Any lost, duplicated or reordered message fails the run.
+//!
+//! Against several access nodes (a cluster), pair `i`'s sender connects to node `i mod N` and its
+//! receiver to node `(i + 1) mod N` ([`peer_nodes`]): every message crosses the router, and every node
+//! sends and receives the same share.
 
 use serde::Serialize;
 
 use super::{connect_all, run_members, BenchError, ConnSpec, Fault, Role, SendPlan, Verify};
 use crate::accounting::Book;
 use crate::client::Kind;
-use crate::env::Env;
+use crate::env::{peer_nodes, Env};
 use crate::report::Report;
 
 /// Parameters of the `peer` scenario.
@@ -53,16 +57,36 @@ pub async fn run(env: &Env, o: &PeerOptions) -> Result<Report, BenchError> {
     if let (Some(f), Some(obj)) = (o.fault, params.as_object_mut()) {
         obj.insert("fault".into(), serde_json::Value::String(format!("{f:?}")));
     }
+    let nodes = env.endpoints.len();
+    if let (true, Some(obj)) = (nodes > 1, params.as_object_mut()) {
+        obj.insert("access_nodes".into(), serde_json::Value::from(nodes));
+    }
     let mut report = Report::new("peer", params, env.transport());
+    if nodes > 1 {
+        let addrs: Vec<String> = env.endpoints.iter().map(|e| e.addr().to_string()).collect();
+        report.notes.push(format!(
+            "{nodes} access nodes ({}): pair i sends on node i mod {nodes} and receives on node (i + 1) mod {nodes}; every message crosses nodes",
+            addrs.join(", ")
+        ));
+    }
     let uids: Vec<i64> = (0..2 * o.pairs as i64).map(|i| env.uid_base + i).collect();
     let tokens = env.tokens.issue(env.appid, &uids).await?;
     let specs = uids
         .iter()
         .zip(tokens)
-        .map(|(&uid, token)| ConnSpec {
-            uid,
-            token,
-            super_groups: Vec::new(),
+        .enumerate()
+        .map(|(i, (&uid, token))| {
+            let (sender_node, receiver_node) = peer_nodes(i / 2, nodes);
+            ConnSpec {
+                uid,
+                token,
+                super_groups: Vec::new(),
+                node: Some(if i % 2 == 0 {
+                    sender_node
+                } else {
+                    receiver_node
+                }),
+            }
         })
         .collect();
     let clients = connect_all(env, specs).await?;

@@ -74,6 +74,7 @@ pub async fn run(env: &Env, o: &RoomOptions) -> Result<Report, BenchError> {
             uid,
             token,
             super_groups: Vec::new(),
+            node: None,
         })
         .collect();
     let mut clients = connect_all(env, specs).await?;

@@ -268,10 +268,15 @@ impl StorePool {
         self.slots[i].lock().as_ref().filter(|c| c.alive()).cloned()
     }
 
-    /// A live connection: the next slot round-robin, dialled if needed, else any live one.
-    async fn conn(&self) -> Result<Arc<Conn>, RemoteStoreError> {
+    /// A live connection: the next slot round-robin (slot 0 for appends, see [`Self::call`]),
+    /// dialled if needed, else any live one.
+    async fn conn(&self, ordered: bool) -> Result<Arc<Conn>, RemoteStoreError> {
         let n = self.slots.len();
-        let i = self.rr.fetch_add(1, Ordering::Relaxed) % n;
+        let i = if ordered {
+            0
+        } else {
+            self.rr.fetch_add(1, Ordering::Relaxed) % n
+        };
         if let Some(c) = self.alive_in(i) {
             return Ok(c);
         }
@@ -421,8 +426,11 @@ impl StorePool {
     async fn call(&self, req: &Request) -> Result<Bytes, RemoteStoreError> {
         let timeout = self.opts.request_timeout;
         let mut used: Option<(Arc<Conn>, u64)> = None;
+        // Appends all go over one connection, where the store node submits them in arrival
+        // order: two appends to one queue are stored in the order they were sent.
+        let ordered = matches!(req, Request::Append(_));
         let fut = async {
-            let conn = self.conn().await?;
+            let conn = self.conn(ordered).await?;
             used = Some((conn.clone(), conn.received.load(Ordering::Relaxed)));
             let _permit = conn
                 .sem

@@ -208,11 +208,28 @@ async fn connection(
             tracing::warn!(%peer, "store link peer sent a reply frame; closing");
             break;
         }
+        // An append is submitted to the store here, in the order its request arrived, before its
+        // task is spawned (tasks start in no particular order): appends sent on one connection are
+        // stored in the order they were sent.
+        let early = if frame.cmd == sp::CMD_APPEND && frame.version == sp::LINK_VERSION {
+            match Request::decode(frame.cmd, frame.body.clone()) {
+                Ok(Some(Request::Append(msgs))) => Some((msgs.len() as u64, store.append(msgs))),
+                _ => None, // `handle` answers the error
+            }
+        } else {
+            None
+        };
         let store = store.clone();
         let opts = opts.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let bytes = handle(frame, &store, &opts).await;
+            let bytes = match early {
+                Some((n, ticket)) => {
+                    let result = finish_append(n, ticket, &store, &opts).await;
+                    reply(frame.seq, frame.cmd, result, &opts)
+                }
+                None => handle(frame, &store, &opts).await,
+            };
             let _ = tx.send(Reply {
                 bytes,
                 _permit: permit,
@@ -257,7 +274,6 @@ impl From<StoreError> for Failure {
 
 /// Executes one request and returns the encoded reply frame.
 async fn handle(frame: Frame, store: &Arc<Store>, opts: &StoreServerOptions) -> Bytes {
-    let m = &opts.metrics;
     let result = if frame.version != sp::LINK_VERSION {
         Err(Failure {
             code: ErrorCode::Unsupported,
@@ -280,31 +296,53 @@ async fn handle(frame: Frame, store: &Arc<Store>, opts: &StoreServerOptions) -> 
             }),
         }
     };
+    reply(frame.seq, frame.cmd, result, opts)
+}
+
+/// Encodes the reply frame of a request (`seq`, `cmd`) from its result.
+fn reply(seq: i32, cmd: u8, result: Result<BytesMut, Failure>, opts: &StoreServerOptions) -> Bytes {
+    let m = &opts.metrics;
     match result {
-        Ok(body) => frame_io::encode_frame(
-            frame.seq,
-            frame.cmd,
-            sp::LINK_VERSION,
-            sp::FLAG_REPLY,
-            &body,
-        ),
+        Ok(body) => frame_io::encode_frame(seq, cmd, sp::LINK_VERSION, sp::FLAG_REPLY, &body),
         Err(f) => {
             m.errors.fetch_add(1, Ordering::Relaxed);
             if f.code == ErrorCode::ReplicationTimeout {
                 m.replication_timeouts.fetch_add(1, Ordering::Relaxed);
             }
-            tracing::debug!(cmd = frame.cmd, code = %f.code, error = %f.message, "store request failed");
+            tracing::debug!(cmd, code = %f.code, error = %f.message, "store request failed");
             let mut body = BytesMut::new();
             sp::encode_error(f.code, &f.message, &mut body);
             frame_io::encode_frame(
-                frame.seq,
-                frame.cmd,
+                seq,
+                cmd,
                 sp::LINK_VERSION,
                 sp::FLAG_REPLY | sp::FLAG_ERROR,
                 &body,
             )
         }
     }
+}
+
+/// Waits for a submitted append (and, in `sync` replication mode, for a follower) and encodes its
+/// reply body.
+async fn finish_append(
+    n: u64,
+    ticket: store::AppendTicket,
+    store: &Arc<Store>,
+    opts: &StoreServerOptions,
+) -> Result<BytesMut, Failure> {
+    let m = &opts.metrics;
+    let res = ticket.await?;
+    if let Some(sr) = &opts.sync_replication {
+        // The append is durable, so the log end now covers it.
+        let end = store.log_end();
+        wait_replicated(sr, end).await?;
+    }
+    let mut out = BytesMut::new();
+    sp::encode_appended(&res, &mut out);
+    m.appends.fetch_add(1, Ordering::Relaxed);
+    m.appended_messages.fetch_add(n, Ordering::Relaxed);
+    Ok(out)
 }
 
 /// Runs `f` on the blocking pool, or directly when `inline`.
@@ -348,15 +386,7 @@ async fn execute(
         }
         Request::Append(msgs) => {
             let n = msgs.len() as u64;
-            let res = store.append(msgs).await?;
-            if let Some(sr) = &opts.sync_replication {
-                // The append is durable, so the log end now covers it.
-                let end = store.log_end();
-                wait_replicated(sr, end).await?;
-            }
-            sp::encode_appended(&res, &mut out);
-            m.appends.fetch_add(1, Ordering::Relaxed);
-            m.appended_messages.fetch_add(n, Ordering::Relaxed);
+            return finish_append(n, store.append(msgs), store, opts).await;
         }
         Request::Sync {
             queue,

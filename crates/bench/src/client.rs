@@ -229,6 +229,8 @@ struct KeyState {
     pending: i64,
     /// Adopted on the fast path and not yet reported.
     unreported: bool,
+    /// Highest key any SYNC_NOTIFY or pushed METADATA announced (for reports on stuck receivers).
+    announced: i64,
 }
 
 impl KeyState {
@@ -419,6 +421,7 @@ impl Client {
             ),
             None => format!("key {} (idle)", k.key),
         };
+        let one = |k: &KeyState| format!("{}, highest announced {}", one(k), k.announced);
         let mut s = format!("uid {}: personal {}", self.uid, one(&self.personal));
         for (g, k) in &self.groups {
             s.push_str(&format!("; group {g} {}", one(k)));
@@ -816,6 +819,7 @@ impl Client {
                 })
             }
             Body::SyncNotify(k) => {
+                self.personal.announced = self.personal.announced.max(k);
                 if k > self.personal.key {
                     if self.personal.syncing(now) {
                         self.personal.pending = self.personal.pending.max(k);
@@ -848,6 +852,7 @@ impl Client {
             Body::SyncGroupNotify(g) => {
                 let i = self.group_index(g.group_id);
                 let k = &mut self.groups[i].1;
+                k.announced = k.announced.max(g.sync_key);
                 if g.sync_key > k.key {
                     if k.syncing(now) {
                         k.pending = k.pending.max(g.sync_key);
@@ -880,6 +885,9 @@ impl Client {
             } else {
                 &mut self.personal
             };
+            if let Some(m) = &meta {
+                state.announced = state.announced.max(m.sync_key);
+            }
             match meta {
                 Some(m) if !state.syncing(now) && m.prev_sync_key == state.key => {
                     state.key = m.sync_key;

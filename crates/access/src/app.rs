@@ -15,13 +15,17 @@ use backend::Backend;
 use bytes::{Bytes, BytesMut};
 use cluster::route_link::RouteLinkConfig;
 use cluster::route_link::RouteLinks;
-use cluster::route_proto::{RouteKind, RoutedMessage};
+use cluster::route_proto::RoutedMessage;
 use cluster::store_client::{RemoteStore, RemoteStoreError};
 use store::{Appended, NewMessage, QueueId, Store, StoreError, StoredMessage, SyncPage};
 use tokio::sync::mpsc;
 
 use crate::config::{ApiConfig, ServerConfig, SyncConfig};
 use crate::route::{Push, RoomTable, RouteTable};
+use crate::routed::RoutedInbox;
+
+/// The routed-message inbox and the receiving end of its group queue (see [`crate::routed`]).
+pub(crate) type RoutedDispatch = (Arc<RoutedInbox>, mpsc::Receiver<RoutedMessage>);
 
 /// The message-store seam (DESIGN.md §1): the store in this process, or store nodes over the network
 /// (sharded by uid / group id, spec §1.2).
@@ -140,6 +144,11 @@ pub struct Stats {
     pub room_dropped: AtomicU64,
     pub route_dropped: AtomicU64,
     pub routed_rejected: AtomicU64,
+    /// Routed group messages dropped on a full dispatch queue whose members are owed a sync
+    /// notification instead.
+    pub routed_coalesced: AtomicU64,
+    /// Routed group messages dropped with nobody told (queue and notification backlog full).
+    pub routed_dropped: AtomicU64,
 }
 
 impl Stats {
@@ -188,7 +197,7 @@ pub struct App {
     pub words: Option<SharedWordFilter>,
     /// Links to the routers: presence and cross-node delivery (no-ops on a single node).
     pub links: Arc<RouteLinks>,
-    routed: parking_lot::Mutex<Option<mpsc::Receiver<RoutedMessage>>>,
+    routed: parking_lot::Mutex<Option<RoutedDispatch>>,
     pub route: RouteTable,
     pub rooms: RoomTable,
     pub stats: Stats,
@@ -203,28 +212,31 @@ impl App {
         api: ApiConfig,
         services: Services,
     ) -> Arc<App> {
-        let (tx, rx) = mpsc::channel(ROUTED_QUEUE);
-        let links = Arc::new(RouteLinks::new(
-            services.routers.route_addrs.clone(),
-            services.routers.group_route_addrs.clone(),
-            RouteLinkConfig::default(),
-            Arc::new(tx),
-        ));
-        Arc::new(App {
-            links,
-            routed: parking_lot::Mutex::new(Some(rx)),
-            server,
-            sync,
-            api,
-            store: services.store,
-            backend: services.backend,
-            groups: services.groups,
-            push: services.push,
-            words: services.words,
-            route: RouteTable::default(),
-            rooms: RoomTable::default(),
-            stats: Stats::default(),
-            next_conn: AtomicU64::new(1),
+        Arc::new_cyclic(|me| {
+            let (inbox, rx) = RoutedInbox::new(me.clone());
+            let inbox = Arc::new(inbox);
+            let links = Arc::new(RouteLinks::new(
+                services.routers.route_addrs.clone(),
+                services.routers.group_route_addrs.clone(),
+                RouteLinkConfig::default(),
+                inbox.clone(),
+            ));
+            App {
+                links,
+                routed: parking_lot::Mutex::new(Some((inbox, rx))),
+                server,
+                sync,
+                api,
+                store: services.store,
+                backend: services.backend,
+                groups: services.groups,
+                push: services.push,
+                words: services.words,
+                route: RouteTable::default(),
+                rooms: RoomTable::default(),
+                stats: Stats::default(),
+                next_conn: AtomicU64::new(1),
+            }
         })
     }
 
@@ -232,8 +244,8 @@ impl App {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Takes the stream of messages routed here from other nodes (once, for the dispatch task).
-    pub(crate) fn take_routed(&self) -> Option<mpsc::Receiver<RoutedMessage>> {
+    /// Takes what the dispatch task of routed group messages needs (once).
+    pub(crate) fn take_routed(&self) -> Option<RoutedDispatch> {
         self.routed.lock().take()
     }
 
@@ -285,10 +297,6 @@ impl App {
     }
 }
 
-/// Messages from other nodes waiting for local dispatch; beyond this they are dropped (and the
-/// receivers catch up by sync, since every persistent push is followed by a notification).
-const ROUTED_QUEUE: usize = 65_536;
-
 fn meta_of(push: &Push) -> (i64, i64) {
     push.meta
         .map(|m| (m.sync_key, m.prev_sync_key))
@@ -308,52 +316,6 @@ pub(crate) fn inner_frame(push: &Push) -> Bytes {
     .write(&mut b);
     b.extend_from_slice(&push.body);
     b.freeze()
-}
-
-/// Dispatches messages routed from other nodes to local sessions (no sender exclusion: the sender is
-/// elsewhere).
-pub(crate) async fn dispatch_routed(app: Arc<App>, mut rx: mpsc::Receiver<RoutedMessage>) {
-    while let Some(m) = rx.recv().await {
-        // A message whose flags contradict its metadata (a PUSH-less message with a sync key) would
-        // make clients mis-track their sync keys; GoBelieve's im aborts on it, banter drops it.
-        let frame = match m.inner_frame() {
-            Some(f) if m.flags_consistent() => f,
-            _ => {
-                Stats::inc(&app.stats.routed_rejected);
-                tracing::warn!(
-                    kind = ?m.kind,
-                    appid = m.appid,
-                    receiver = m.receiver,
-                    msgid = m.msgid,
-                    "dropping a routed message whose inner frame or flags are inconsistent"
-                );
-                continue;
-            }
-        };
-        let push = Push {
-            cmd: frame.cmd,
-            flag: frame.flag,
-            body: frame.body,
-            meta: (m.msgid > 0).then_some(proto::Metadata {
-                sync_key: m.msgid,
-                prev_sync_key: m.prev_msgid,
-            }),
-        };
-        let n = match m.kind {
-            RouteKind::User => app.route.deliver(m.appid, m.receiver, &push, 0),
-            RouteKind::Room => app.rooms.deliver(m.appid, m.receiver, &push, 0).0,
-            RouteKind::Group => match app.groups.get(m.appid, m.receiver).await {
-                Ok(Some(g)) => app.deliver_group_local(&g, &push, 0),
-                Ok(None) => 0,
-                Err(e) => {
-                    Stats::inc(&app.stats.backend_errors);
-                    tracing::warn!(error = %e, gid = m.receiver, "loading a group for a routed message failed");
-                    0
-                }
-            },
-        };
-        Stats::add(&app.stats.deliveries, n as u64);
-    }
 }
 
 /// Unix seconds, as the protocol's i32 timestamps.

@@ -607,8 +607,33 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     metric(
         "route_dropped_total",
         "counter",
-        "Publishes to routers dropped because a route link's queue was full or down.",
+        "Publishes to routers dropped with their receivers not told (route link queue and notification backlog full, frame too large, no router).",
         g(&st.route_dropped),
+    );
+    let links = app.links.stats();
+    metric(
+        "route_coalesced_total",
+        "counter",
+        "Publishes dropped on a full route link queue whose receivers were sent a sync notification instead.",
+        links.iter().map(|l| l.coalesced).sum(),
+    );
+    metric(
+        "route_owed_notifications",
+        "gauge",
+        "Receivers currently owed a sync notification by the route links.",
+        links.iter().map(|l| l.owed as u64).sum(),
+    );
+    metric(
+        "routed_coalesced_total",
+        "counter",
+        "Routed group messages dropped on a full dispatch queue whose members were sent a sync notification instead.",
+        g(&st.routed_coalesced),
+    );
+    metric(
+        "routed_dropped_total",
+        "counter",
+        "Routed group messages dropped with nobody told (dispatch queue and notification backlog full).",
+        g(&st.routed_dropped),
     );
     metric(
         "routed_rejected_total",

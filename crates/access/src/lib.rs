@@ -14,6 +14,7 @@ mod offline;
 pub mod peer;
 pub mod room;
 pub mod route;
+mod routed;
 mod session;
 mod sync;
 pub mod transport;
@@ -130,13 +131,13 @@ impl AccessNode {
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        if let Some(rx) = app.take_routed() {
+        if let Some((inbox, rx)) = app.take_routed() {
             let app = app.clone();
             let sd = shutdown.clone();
             tracker.spawn(async move {
                 tokio::select! {
                     _ = sd.cancelled() => {}
-                    _ = app::dispatch_routed(app.clone(), rx) => {}
+                    _ = routed::dispatch(app.clone(), inbox, rx) => {}
                 }
             });
         }

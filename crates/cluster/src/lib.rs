@@ -1,6 +1,7 @@
 //! Internal links between banter nodes.
 
 pub mod frame_io;
+pub mod notify_backlog;
 pub mod route_link;
 pub mod route_proto;
 pub mod store_client;

@@ -4,7 +4,10 @@
 //!
 //! * [`RouteLink`] is one connection to one router address. Every method is a plain `fn` that never
 //!   blocks: frames go onto a bounded outbound queue drained by the link's task; when the queue is
-//!   full a publish or push is dropped and counted (defect #32 froze GoBelieve's im instead). The link
+//!   full a publish or push is dropped and counted (defect #32 froze GoBelieve's im instead), except
+//!   that a dropped persistent message becomes a coalesced sync notification for its receiver
+//!   ([`NotifyBacklog`], sent ahead of the queue as soon as the link can write), so overload costs
+//!   the receiver a sync but never leaves it unaware of a stored message. The link
 //!   keeps the subscription state it has announced (`(appid, uid) → online`, rooms); on every
 //!   (re)connect it first replays that whole state, then sends what is queued. Subscription changes
 //!   made while disconnected only update the state (the replay carries them). Should a subscription
@@ -35,7 +38,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
@@ -47,9 +50,10 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::notify_backlog::{Noted, NotifyBacklog};
 use crate::route_proto::{
-    cmd, pair_body, push_bodies, route_message_body, shard_index, subscribe_body, write_frame,
-    RouteBody, RouteKind, RoutedMessage, DEFAULT_MAX_BODY,
+    cmd, now_ns, pair_body, push_bodies, route_message_body, shard_index, subscribe_body,
+    write_frame, RouteBody, RouteKind, RoutedMessage, DEFAULT_MAX_BODY,
 };
 
 /// Settings of the route links of one access node.
@@ -58,6 +62,9 @@ pub struct RouteLinkConfig {
     /// Frames waiting per link (publishes, pushes, subscription changes). Publishes and pushes
     /// beyond it are dropped and counted.
     pub queue_frames: usize,
+    /// Receivers that can be owed a sync notification for persistent messages dropped on a full
+    /// queue ([`NotifyBacklog`]); beyond it such drops are lost (counted, warned).
+    pub notify_backlog: usize,
     /// Largest frame body accepted from the router, and sent to it (bigger outgoing frames are
     /// dropped and counted). GoBelieve's imr accepts 32767; banter's router 1 MiB by default.
     pub max_body: usize,
@@ -77,6 +84,7 @@ impl Default for RouteLinkConfig {
     fn default() -> Self {
         RouteLinkConfig {
             queue_frames: 65_536,
+            notify_backlog: 262_144,
             max_body: DEFAULT_MAX_BODY,
             write_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
@@ -123,6 +131,11 @@ pub struct LinkStats {
     pub received: u64,
     /// Publishes and pushes dropped: queue full, or too large to send.
     pub dropped: u64,
+    /// Persistent messages dropped on a full queue whose receivers were owed a sync notification
+    /// instead (not counted in `dropped`).
+    pub coalesced: u64,
+    /// Receivers currently owed a sync notification.
+    pub owed: usize,
     /// Connections established.
     pub connects: u64,
     /// Reconnects forced because a subscription change found the queue full.
@@ -139,7 +152,6 @@ struct Out {
     sub: bool,
 }
 
-#[derive(Default)]
 struct LinkState {
     connected: bool,
     /// Set when a subscription change could not be queued: reconnect and replay.
@@ -147,6 +159,21 @@ struct LinkState {
     queue: VecDeque<Out>,
     users: HashMap<(i64, i64), bool>,
     rooms: HashSet<(i64, i64)>,
+    /// Sync notifications owed for persistent messages dropped on a full queue.
+    owed: NotifyBacklog,
+}
+
+impl LinkState {
+    fn new(config: &RouteLinkConfig) -> LinkState {
+        LinkState {
+            connected: false,
+            resync: false,
+            queue: VecDeque::new(),
+            users: HashMap::new(),
+            rooms: HashSet::new(),
+            owed: NotifyBacklog::new(config.notify_backlog),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -154,6 +181,7 @@ struct Counters {
     sent: AtomicU64,
     received: AtomicU64,
     dropped: AtomicU64,
+    coalesced: AtomicU64,
     connects: AtomicU64,
     resyncs: AtomicU64,
     malformed: AtomicU64,
@@ -189,17 +217,38 @@ impl Shared {
         self.wake.notify_one();
     }
 
-    /// Queue a publish or push; false (and counted) when it cannot be.
-    fn queue_data(&self, c: u8, body: Bytes) -> bool {
+    /// Queue a publish or push; false (and counted) when it cannot be. `routed` describes a route
+    /// message (kind, appid, receiver, msgid, inner frame): when the queue is full, its receiver is
+    /// owed a sync notification instead, and that counts as queued.
+    fn queue_data(&self, c: u8, body: Bytes, routed: Option<RoutedParts<'_>>) -> bool {
         if body.len() > self.config.max_body {
             self.drop_one("frame larger than max_body");
             return false;
         }
         let mut st = self.state.lock();
         if st.queue.len() >= self.config.queue_frames {
+            let noted = routed.map(|(kind, appid, receiver, msgid, inner)| {
+                st.owed.note_parts(kind, appid, receiver, msgid, inner)
+            });
             drop(st);
-            self.drop_one("queue full");
-            return false;
+            return match noted {
+                Some(Noted::Owed) => {
+                    let n = self.counters.coalesced.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n == 1 || n.checked_rem(10_000) == Some(0) {
+                        tracing::warn!(addr = %self.addr, coalesced_total = n, "route link queue full; receivers of dropped messages will be sent a sync notification");
+                    }
+                    self.wake.notify_one();
+                    true
+                }
+                Some(Noted::Full) => {
+                    self.drop_one("queue and notification backlog full");
+                    false
+                }
+                Some(Noted::NotNeeded) | None => {
+                    self.drop_one("queue full");
+                    false
+                }
+            };
         }
         st.queue.push_back(Out {
             cmd: c,
@@ -219,26 +268,23 @@ impl Shared {
     }
 }
 
+/// A route message's kind, appid, receiver, msgid and inner frame.
+type RoutedParts<'a> = (RouteKind, i64, i64, i64, &'a [u8]);
+
 /// One connection to one router address (see the module docs). Dropping it closes the link.
 pub struct RouteLink {
     shared: Arc<Shared>,
     task: Mutex<Option<JoinHandle<()>>>,
 }
 
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 impl RouteLink {
     /// Starts the link's task (dialling `addr`, `host:port`). Must be called inside a tokio runtime.
     pub fn new(addr: String, config: RouteLinkConfig, handler: Arc<dyn RouteHandler>) -> RouteLink {
+        let state = LinkState::new(&config);
         let shared = Arc::new(Shared {
             addr,
             config,
-            state: Mutex::new(LinkState::default()),
+            state: Mutex::new(state),
             wake: Notify::new(),
             handler,
             counters: Counters::default(),
@@ -308,7 +354,11 @@ impl RouteLink {
     ) -> bool {
         let ts = if kind == RouteKind::Room { 0 } else { now_ns() };
         match route_message_body(appid, receiver, msgid, prev, ts, inner) {
-            Ok(body) => self.shared.queue_data(kind.cmd(), body),
+            Ok(body) => self.shared.queue_data(
+                kind.cmd(),
+                body,
+                Some((kind, appid, receiver, msgid, inner)),
+            ),
             Err(_) => {
                 self.shared.drop_one("inner frame too large");
                 false
@@ -340,7 +390,7 @@ impl RouteLink {
             Ok(bodies) => {
                 let mut all_queued = true;
                 for b in bodies {
-                    all_queued &= self.shared.queue_data(cmd::PUSH, b);
+                    all_queued &= self.shared.queue_data(cmd::PUSH, b, None);
                 }
                 all_queued
             }
@@ -358,9 +408,15 @@ impl RouteLink {
 
     /// Counters and sizes.
     pub fn stats(&self) -> LinkStats {
-        let (connected, queued, users, rooms) = {
+        let (connected, queued, users, rooms, owed) = {
             let st = self.shared.state.lock();
-            (st.connected, st.queue.len(), st.users.len(), st.rooms.len())
+            (
+                st.connected,
+                st.queue.len(),
+                st.users.len(),
+                st.rooms.len(),
+                st.owed.len(),
+            )
         };
         let c = &self.shared.counters;
         LinkStats {
@@ -372,6 +428,8 @@ impl RouteLink {
             sent: c.sent.load(Ordering::Relaxed),
             received: c.received.load(Ordering::Relaxed),
             dropped: c.dropped.load(Ordering::Relaxed),
+            coalesced: c.coalesced.load(Ordering::Relaxed),
+            owed,
             connects: c.connects.load(Ordering::Relaxed),
             resyncs: c.resyncs.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
@@ -550,6 +608,8 @@ async fn read_loop(shared: &Shared, mut rd: OwnedReadHalf) -> &'static str {
 
 /// Bytes collected before a write call.
 const WRITE_CHUNK: usize = 64 * 1024;
+/// Bytes of owed notifications taken ahead of the queue per write.
+const OWED_CHUNK: usize = 16 * 1024;
 
 struct Writer {
     wr: OwnedWriteHalf,
@@ -626,6 +686,19 @@ async fn write_loop(
                 return "resync after a full queue";
             }
             let mut bytes = 0;
+            // Owed notifications first: they are few and small, and must not wait behind a queue
+            // that stays full under overload.
+            while bytes < OWED_CHUNK {
+                let Some((c, body)) = st.owed.pop() else {
+                    break;
+                };
+                bytes += body.len() + 12;
+                batch.push(Out {
+                    cmd: c,
+                    body,
+                    sub: false,
+                });
+            }
             while let Some(out) = st.queue.pop_front() {
                 bytes += out.body.len() + 12;
                 batch.push(out);
@@ -640,7 +713,11 @@ async fn write_loop(
         if let Err(why) = w.flush(shared).await {
             return why;
         }
-        if shared.state.lock().queue.is_empty() {
+        let idle = {
+            let st = shared.state.lock();
+            st.queue.is_empty() && st.owed.is_empty()
+        };
+        if idle {
             if shared.cancel.is_cancelled() {
                 let _ = w.wr.shutdown().await;
                 return "closed";

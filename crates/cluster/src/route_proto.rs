@@ -228,7 +228,7 @@ fn need(name: &'static str, b: &[u8], min: usize) -> Result<(), RouteProtoError>
     }
 }
 
-fn parse_inner(inner: &Bytes) -> Result<Frame, &'static str> {
+pub(crate) fn parse_inner(inner: &Bytes) -> Result<Frame, &'static str> {
     let header = match Header::parse(inner, inner.len().saturating_sub(HEADER_LEN)) {
         Ok(Some(h)) => h,
         Ok(None) => return Err("shorter than a frame header"),
@@ -403,6 +403,14 @@ pub fn pair_body(appid: i64, id: i64) -> Bytes {
     b.put_i64(appid);
     b.put_i64(id);
     b.freeze()
+}
+
+/// Now in Unix nanoseconds: the timestamp of PUBLISH and PUBLISH_GROUP bodies.
+pub(crate) fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// A route message body (PUBLISH, PUBLISH_GROUP, PUBLISH_ROOM).

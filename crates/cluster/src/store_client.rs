@@ -3,8 +3,14 @@
 //! in place of an in-process `Store`.
 //!
 //! A pool keeps up to `connections` TCP connections and spreads requests over them round-robin;
-//! each connection carries any number of requests at once (`seq` = request id, replies matched
-//! by id, answered in any order). Every request has a deadline (connect, send and reply
+//! each connection carries many requests at once (`seq` = request id, replies matched by id,
+//! answered in any order). Requests leave a connection in the order they were made: a caller
+//! registers and queues its frame before its first await, and the connection's writer sends
+//! queued frames in that order, holding back while `max_in_flight_per_conn` requests await their
+//! reply (it does not hand out permits that waiting callers would then use in wake-up order).
+//! Appends all use the pool's first connection and the store node submits them in arrival order,
+//! so two appends to one queue are stored in the order they were made. A request abandoned
+//! (timed out, cancelled) before the writer reached it is never sent. Every request has a deadline (connect, send and reply
 //! included). A connection that fails is dropped and re-dialled on demand, with exponential
 //! back-off between failed dials so a dead store costs callers nothing but a fast
 //! [`RemoteStoreError::Unavailable`]. Dropping a pool closes its connections once the requests
@@ -31,8 +37,9 @@ use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use proto::Frame;
 use store::{Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame_io::{self, FrameIoError};
@@ -164,11 +171,29 @@ struct Pending {
     dead: Option<String>,
 }
 
+/// How many requests of one connection await their reply; the writer holds back at the limit.
+struct Window {
+    in_flight: AtomicUsize,
+    max: usize,
+    /// Signalled by the reader whenever a reply frees a place.
+    freed: Notify,
+}
+
+impl Window {
+    fn reply_received(&self) {
+        // Saturating: a store that sends a reply nobody asked for must not wrap the count.
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.freed.notify_one();
+    }
+}
+
 struct Conn {
-    tx: mpsc::UnboundedSender<Bytes>,
+    /// Frames to send, with their request ids, in the order they were made.
+    tx: mpsc::UnboundedSender<(i32, Bytes)>,
     pending: Arc<Mutex<Pending>>,
     next_seq: AtomicI32,
-    sem: Semaphore,
     dead: Arc<AtomicBool>,
     /// Frames received on this connection so far.
     received: Arc<AtomicU64>,
@@ -350,7 +375,7 @@ impl StorePool {
             };
         let _ = stream.set_nodelay(true);
         let (mut rd, wr) = stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel::<Bytes>();
+        let (tx, rx) = mpsc::unbounded_channel::<(i32, Bytes)>();
         let pending = Arc::new(Mutex::new(Pending {
             waiters: HashMap::new(),
             dead: None,
@@ -362,10 +387,14 @@ impl StorePool {
             tx,
             pending: pending.clone(),
             next_seq: AtomicI32::new(1),
-            sem: Semaphore::new(self.opts.max_in_flight_per_conn.max(1)),
             dead: dead.clone(),
             received: received.clone(),
             kill: kill.clone(),
+        });
+        let window = Arc::new(Window {
+            in_flight: AtomicUsize::new(0),
+            max: self.opts.max_in_flight_per_conn.max(1),
+            freed: Notify::new(),
         });
         let max = self.opts.max_frame_bytes;
         let addr = self.addr.clone();
@@ -378,6 +407,7 @@ impl StorePool {
                     match frame_io::read_frame(&mut rd, &mut buf, max).await {
                         Ok(Some(f)) => {
                             received.fetch_add(1, Ordering::Relaxed);
+                            window.reply_received();
                             if f.flag & sp::FLAG_REPLY == 0 {
                                 return "peer sent a request frame on a client connection"
                                     .to_string();
@@ -396,7 +426,7 @@ impl StorePool {
             let why = tokio::select! {
                 why = reader => why,
                 _ = kill.cancelled() => "closed: a request timed out with no reply received on the connection".to_string(),
-                w = frame_io::write_loop(wr, rx) => match w {
+                w = write_requests(wr, rx, &pending, &window) => match w {
                     Ok(()) => "connection closed".to_string(),
                     Err(e) => format!("write failed: {e}"),
                 },
@@ -432,14 +462,7 @@ impl StorePool {
         let fut = async {
             let conn = self.conn(ordered).await?;
             used = Some((conn.clone(), conn.received.load(Ordering::Relaxed)));
-            let _permit = conn
-                .sem
-                .acquire()
-                .await
-                .map_err(|_| RemoteStoreError::Unavailable {
-                    addr: self.addr.clone(),
-                    reason: "connection closed".into(),
-                })?;
+            // No await from here until the frame is queued: the queue order is the call order.
             let (seq, rx) = conn.register(&self.addr)?;
             let _guard = WaiterGuard {
                 pending: &conn.pending,
@@ -463,7 +486,7 @@ impl StorePool {
                 )));
             }
             conn.tx
-                .send(b.freeze())
+                .send((seq, b.freeze()))
                 .map_err(|_| RemoteStoreError::Unavailable {
                     addr: self.addr.clone(),
                     reason: "connection closed".into(),
@@ -625,6 +648,49 @@ impl StorePool {
         let b = self.call(&Request::LastKey { queue }).await?;
         self.decoded(sp::decode_i64(b))
     }
+}
+
+/// Most bytes gathered into one write.
+const MAX_COALESCE: usize = 256 * 1024;
+
+/// The writer of one store connection: sends queued requests in order, as many per `write` as are
+/// queued, while fewer than the window's limit await a reply. Requests whose caller has given up
+/// (no waiter left) are skipped. Returns when the connection is dropped (after shutting down the
+/// write side) or on the first write error.
+async fn write_requests<W: tokio::io::AsyncWrite + Unpin>(
+    mut w: W,
+    mut rx: mpsc::UnboundedReceiver<(i32, Bytes)>,
+    pending: &Mutex<Pending>,
+    window: &Window,
+) -> std::io::Result<()> {
+    let mut buf = BytesMut::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some((seq, frame)) = next.take() {
+            while window.in_flight.load(Ordering::Acquire) >= window.max {
+                if !buf.is_empty() {
+                    w.write_all(&buf).await?;
+                    buf.clear();
+                }
+                window.freed.notified().await;
+            }
+            if pending.lock().waiters.contains_key(&seq) {
+                window.in_flight.fetch_add(1, Ordering::AcqRel);
+                buf.extend_from_slice(&frame);
+            }
+            if buf.len() < MAX_COALESCE {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !buf.is_empty() {
+            w.write_all(&buf).await?;
+            buf.clear();
+        }
+        if buf.capacity() > 4 * MAX_COALESCE {
+            buf = BytesMut::new();
+        }
+    }
+    w.shutdown().await
 }
 
 fn clamp_u32(n: usize) -> u32 {

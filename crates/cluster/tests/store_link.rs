@@ -129,6 +129,69 @@ async fn many_concurrent_requests_share_one_connection() {
     served.stop().await;
 }
 
+/// More appends outstanding than the in-flight window: those waiting for a place must still be
+/// sent, and so stored, in the order they were made (a session's messages to one receiver).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_beyond_the_in_flight_window_are_stored_in_call_order() {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), opts(Role::Leader));
+    let served = serve_store(store.clone(), StoreServerOptions::default()).await;
+    let pool = Arc::new(StorePool::new(
+        served.addr.to_string(),
+        StorePoolOptions {
+            max_in_flight_per_conn: 4,
+            ..pool_opts()
+        },
+    ));
+    let q = QueueId::user(1, 7);
+    let other = QueueId::user(1, 8);
+    const N: usize = 3000;
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..N {
+        let pool = pool.clone();
+        inflight.push(async move {
+            let r = pool
+                .append(vec![msg(&[q], &format!("m{i}"))])
+                .await
+                .unwrap();
+            // reads in between, on any connection of the pool
+            if i % 10 == 0 {
+                pool.last_key(other).await.unwrap();
+            }
+            r.len()
+        });
+    }
+    let mut acked = 0;
+    while let Some(n) = inflight.next().await {
+        acked += n;
+    }
+    assert_eq!(acked, N);
+    let mut bodies = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = pool.sync(q, after, 1000).await.unwrap();
+        if page.messages.is_empty() {
+            break;
+        }
+        after = page.messages.last().unwrap().key;
+        bodies.extend(
+            page.messages
+                .iter()
+                .map(|m| String::from_utf8(m.body.to_vec()).unwrap()),
+        );
+    }
+    let expected: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    let first_bad = bodies.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(bodies.len(), N);
+    assert!(
+        first_bad.is_none(),
+        "stored out of order from index {first_bad:?}: {:?}",
+        &bodies[first_bad.unwrap_or(0)..(first_bad.unwrap_or(0) + 40).min(N)]
+    );
+    served.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_operation_matches_the_in_process_store() {
     let dir = tempfile::tempdir().unwrap();

@@ -79,6 +79,9 @@ pub struct LimitsConfig {
     pub outbox_frames: usize,
     /// Bytes waiting per access node; beyond it frames for that node are dropped and counted.
     pub outbox_bytes: usize,
+    /// Receivers per access node that can be owed a sync notification for persistent messages
+    /// dropped on a full outbox; beyond it such drops are lost (counted, warned).
+    pub notify_backlog: usize,
     /// Milliseconds one write to an access node may take before it is disconnected.
     pub write_timeout_ms: u64,
     /// Access-node connections at once.
@@ -93,6 +96,7 @@ impl Default for LimitsConfig {
             max_body: cluster::route_proto::DEFAULT_MAX_BODY,
             outbox_frames: 65_536,
             outbox_bytes: 64 << 20,
+            notify_backlog: 262_144,
             write_timeout_ms: 10_000,
             max_connections: 1024,
             keepalive_secs: 60,
@@ -112,6 +116,7 @@ impl RouterConfig {
             ("limits.max_body", l.max_body),
             ("limits.outbox_frames", l.outbox_frames),
             ("limits.outbox_bytes", l.outbox_bytes),
+            ("limits.notify_backlog", l.notify_backlog),
             ("limits.max_connections", l.max_connections),
         ] {
             if v == 0 {

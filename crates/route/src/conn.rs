@@ -62,8 +62,11 @@ pub(crate) async fn accept_loop(
         let conn = Arc::new(Conn::new(
             id,
             peer,
-            limits.outbox_frames,
-            limits.outbox_bytes,
+            (
+                limits.outbox_frames,
+                limits.outbox_bytes,
+                limits.notify_backlog,
+            ),
             router.metrics.clone(),
         ));
         // Registered here, so connections are listed in accept order.

@@ -15,8 +15,10 @@ pub(crate) struct Metrics {
     pub publish_in_room: AtomicU64,
     /// Frames queued for access nodes.
     pub publish_out: AtomicU64,
-    /// Frames for access nodes dropped on a full outbox.
+    /// Frames for access nodes dropped on a full outbox (receivers not told).
     pub dropped: AtomicU64,
+    /// Persistent messages dropped on a full outbox whose receivers were owed a sync notification.
+    pub coalesced: AtomicU64,
     pub push_requests: AtomicU64,
     pub push_jobs: AtomicU64,
     pub malformed: AtomicU64,
@@ -124,8 +126,15 @@ pub(crate) fn render(r: &Router) -> String {
         &mut out,
         "banter_route_dropped_total",
         c,
-        "Route messages dropped because an access node's outbox was full.",
+        "Route messages dropped because an access node's outbox was full (receivers not told).",
         &[("", get(&m.dropped))],
+    );
+    metric(
+        &mut out,
+        "banter_route_coalesced_total",
+        c,
+        "Persistent messages dropped on a full outbox whose receivers were sent a sync notification instead.",
+        &[("", get(&m.coalesced))],
     );
     metric(
         &mut out,

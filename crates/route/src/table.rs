@@ -8,8 +8,11 @@
 //! publishes. When a connection closes, its entries are removed shard by shard.
 //!
 //! Forwarding never waits: [`Conn::send`] appends to the connection's outbox (a mutex-protected
-//! `VecDeque` plus a `Notify`) or, when the outbox is over its frame or byte bound, drops the frame
-//! and counts it. A node that stops reading is disconnected by its writer's deadline.
+//! `VecDeque` plus a `Notify`) or, when the outbox is over its frame or byte bound, drops the frame.
+//! A dropped persistent message (or sync notification) leaves its receiver owed one coalesced sync
+//! notification ([`NotifyBacklog`]), written ahead of the outbox once the node reads again; other
+//! drops (rooms, transient messages, a full backlog) are counted and warned. A node that stops
+//! reading is disconnected by its writer's deadline.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
@@ -18,6 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use cluster::notify_backlog::{Noted, NotifyBacklog};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -26,11 +30,15 @@ use crate::metrics::Metrics;
 
 const SHARDS: usize = 64;
 
-#[derive(Default)]
 struct Outbox {
     queue: VecDeque<(u8, Bytes)>,
     bytes: usize,
+    /// Sync notifications owed for persistent messages dropped on a full outbox.
+    owed: NotifyBacklog,
 }
+
+/// Bytes of owed notifications taken ahead of the outbox per drain.
+const OWED_CHUNK: usize = 16 * 1024;
 
 /// One access-node connection as the rest of the router sees it.
 pub(crate) struct Conn {
@@ -54,14 +62,17 @@ impl Conn {
     pub fn new(
         id: u64,
         peer: SocketAddr,
-        max_frames: usize,
-        max_bytes: usize,
+        (max_frames, max_bytes, max_owed): (usize, usize, usize),
         metrics: Arc<Metrics>,
     ) -> Conn {
         Conn {
             id,
             peer,
-            outbox: Mutex::new(Outbox::default()),
+            outbox: Mutex::new(Outbox {
+                queue: VecDeque::new(),
+                bytes: 0,
+                owed: NotifyBacklog::new(max_owed),
+            }),
             wake: Notify::new(),
             max_frames,
             max_bytes,
@@ -75,16 +86,31 @@ impl Conn {
         }
     }
 
-    /// Queue a frame for this node; never waits. False (counted) when the outbox is full.
+    /// Queue a frame for this node; never waits. When the outbox is full the frame is dropped:
+    /// true if its receiver is owed a sync notification instead, false (counted) if it is lost.
     pub fn send(&self, cmd: u8, body: Bytes) -> bool {
         let mut ob = self.outbox.lock();
         let cost = body.len() + proto::HEADER_LEN;
         if ob.queue.len() >= self.max_frames || ob.bytes + cost > self.max_bytes {
+            let noted = ob.owed.note_frame(cmd, &body);
             drop(ob);
+            if noted == Noted::Owed {
+                let n = self.metrics.coalesced.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.checked_rem(10_000) == Some(0) {
+                    tracing::warn!(conn = self.id, peer = %self.peer, coalesced_total = n, "access node outbox full; receivers of dropped messages will be sent a sync notification");
+                }
+                self.wake.notify_one();
+                return true;
+            }
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
             if n == 1 || n.checked_rem(1000) == Some(0) {
-                tracing::warn!(conn = self.id, peer = %self.peer, dropped_total = n, "access node outbox full; frame dropped");
+                let why = if noted == Noted::Full {
+                    "access node outbox and notification backlog full; frame dropped"
+                } else {
+                    "access node outbox full; frame dropped"
+                };
+                tracing::warn!(conn = self.id, peer = %self.peer, dropped_total = n, "{why}");
             }
             return false;
         }
@@ -96,10 +122,18 @@ impl Conn {
         true
     }
 
-    /// Move up to about `max_bytes` of queued frames into `into`.
+    /// Move owed notifications (first, up to a small budget) and up to about `max_bytes` of queued
+    /// frames into `into`.
     pub fn drain(&self, into: &mut Vec<(u8, Bytes)>, max_bytes: usize) {
         let mut ob = self.outbox.lock();
         let mut taken = 0;
+        while taken < OWED_CHUNK {
+            let Some((c, body)) = ob.owed.pop() else {
+                break;
+            };
+            taken += body.len() + proto::HEADER_LEN;
+            into.push((c, body));
+        }
         while let Some((c, body)) = ob.queue.pop_front() {
             let cost = body.len() + proto::HEADER_LEN;
             ob.bytes = ob.bytes.saturating_sub(cost);

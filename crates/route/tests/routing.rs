@@ -165,7 +165,8 @@ async fn a_stalled_node_does_not_stop_delivery_between_healthy_ones() {
             .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
             .unwrap_or(0)
     };
-    assert!(value("banter_route_dropped_total ") > 0, "{metrics}");
+    // The persistent messages beyond its outbox became owed notifications.
+    assert!(value("banter_route_coalesced_total ") > 0, "{metrics}");
     assert_eq!(value("banter_route_write_timeouts_total "), 1, "{metrics}");
     assert_eq!(value("banter_route_connections "), 2, "{metrics}");
     // Still routing.
@@ -250,4 +251,75 @@ async fn shutdown_closes_access_connections() {
         .await
         .expect("stops")
         .expect("joins");
+}
+
+/// The highest sync key a fake access node learns for user (appid 7, uid 1) and super group 300
+/// from everything it reads until the router goes quiet: IM/GROUP_IM publishes carry theirs in
+/// `msgid`, owed notifications in their inner SYNC_NOTIFY / SYNC_GROUP_NOTIFY.
+async fn highest_keys(node: &mut common::Node) -> (i64, i64, usize) {
+    let (mut user, mut group, mut notifications) = (0, 0, 0);
+    while let Some(f) = node.next_within(Duration::from_millis(500)).await {
+        let Ok(RouteBody::Publish(m)) = RouteBody::decode(f.cmd, &f.body) else {
+            continue;
+        };
+        let inner = m.inner_frame().expect("inner frame");
+        let key = match proto::Body::decode(inner.cmd, inner.version, &inner.body) {
+            Ok(proto::Body::SyncNotify(k)) => {
+                notifications += 1;
+                k
+            }
+            Ok(proto::Body::SyncGroupNotify(g)) => {
+                notifications += 1;
+                assert_eq!(g.group_id, 300);
+                g.sync_key
+            }
+            _ => m.msgid,
+        };
+        match (m.kind, m.appid, m.receiver) {
+            (RouteKind::User, 7, 1) => user = user.max(key),
+            (RouteKind::Group, 7, 300) => group = group.max(key),
+            other => panic!("unexpected receiver {other:?}"),
+        }
+    }
+    (user, group, notifications)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_owes_receivers_a_sync_notification_instead_of_losing_messages() {
+    let mut config = RouterConfig::default();
+    config.limits.outbox_frames = 16;
+    let r = TestRouter::start(config).await;
+    let mut sender = r.node().await;
+    let mut slow = r.node().await; // reads only once everything is sent
+    slow.subscribe(7, 1, true).await;
+    r.wait_subscriptions(&[(0, 0), (1, 0)]).await;
+
+    let big = im(5, 1, &"z".repeat(30_000));
+    for i in 1..=300 {
+        // ~18 MB: far beyond the socket buffers and the 16-frame outbox.
+        sender.publish(cmd::PUBLISH, 7, 1, i, i - 1, &big).await;
+        sender
+            .publish(cmd::PUBLISH_GROUP, 7, 300, 1000 + i, 999 + i, &big)
+            .await;
+        sender
+            .publish(cmd::PUBLISH_ROOM, 7, 100, 0, 0, &im(5, 100, "room"))
+            .await;
+    }
+    let (user, group, notifications) = highest_keys(&mut slow).await;
+    assert_eq!(user, 300, "the newest message of the user is announced");
+    assert_eq!(group, 1300, "the newest message of the group is announced");
+    assert!(
+        notifications > 0,
+        "some messages were turned into notifications"
+    );
+    let (_, metrics) = r.get("/metrics").await;
+    let value = |name: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {metrics}"))
+    };
+    assert!(value("banter_route_coalesced_total ") > 0, "{metrics}");
+    // Nothing a client could miss was lost: the room publishes (to nobody here) owe nothing.
+    assert_eq!(value("banter_route_dropped_total "), 0, "{metrics}");
 }

@@ -67,7 +67,7 @@ impl GroupCache {
     }
 
     /// `Some(Some(g))` cached group, `Some(None)` cached absence, `None` not cached.
-    fn lookup(&self, gid: i64) -> Option<Option<Arc<Group>>> {
+    pub(crate) fn lookup(&self, gid: i64) -> Option<Option<Arc<Group>>> {
         match self.shard(gid).lock().map.get(&gid)? {
             Slot::Found(g) => Some(Some(g.clone())),
             Slot::Missing => Some(None),

@@ -119,6 +119,10 @@ impl EmbeddedGroups {
         let _ = self.changes.send(GroupChange { appid, gid });
     }
 
+    pub(crate) fn cached(&self, gid: i64) -> Option<Option<Arc<Group>>> {
+        self.cache.lookup(gid)
+    }
+
     pub(crate) async fn get(&self, gid: i64) -> Result<Option<Arc<Group>>, BackendError> {
         self.cache.get_or_load(gid, || self.load(gid)).await
     }

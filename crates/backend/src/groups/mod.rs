@@ -120,6 +120,19 @@ impl GroupDirectory {
         Ok(group.filter(|g| g.appid == appid))
     }
 
+    /// The group as [`GroupDirectory::get`] would return it, if that needs no database access:
+    /// `Some(answer)` when cached (or trivially absent), `None` when it would have to be loaded.
+    pub fn cached(&self, appid: i64, gid: i64) -> Option<Option<Arc<Group>>> {
+        if appid <= 0 || gid <= 0 {
+            return Some(None);
+        }
+        let group = match self {
+            GroupDirectory::Embedded(d) => d.cached(gid)?,
+            GroupDirectory::Mysql(d) => d.cached(gid)?,
+        };
+        Some(group.filter(|g| g.appid == appid))
+    }
+
     /// Create a group with `members` (duplicates ignored; the master is not added implicitly) and
     /// return its id: `gid` when given (refused when a group with that id exists, in any app;
     /// the id of a disbanded group may be reused), else a newly allocated one.

@@ -164,6 +164,10 @@ impl MysqlGroups {
         self.core.changes.subscribe()
     }
 
+    pub(crate) fn cached(&self, gid: i64) -> Option<Option<Arc<Group>>> {
+        self.core.cache.lookup(gid)
+    }
+
     pub(crate) async fn get(&self, gid: i64) -> Result<Option<Arc<Group>>, BackendError> {
         let core = &self.core;
         core.cache.get_or_load(gid, || core.load(gid)).await

@@ -1,0 +1,184 @@
+//! Messages routed here from other access nodes (the route links' [`RouteHandler`]): checked, then
+//! handed to local sessions.
+//!
+//! User and room messages, and super-group messages whose group is cached, are delivered on the
+//! route link's own task, straight into the bounded session outboxes (nothing waits, nothing is
+//! queued in between, so a busy node cannot fall behind its router in a queue of its own). A
+//! super-group message whose group must first be loaded goes through a bounded channel to the
+//! dispatch task; while any wait there, later group messages follow them, so one group's messages
+//! keep their order. When that channel is full, a persistent message's receivers are owed one
+//! coalesced sync notification instead ([`NotifyBacklog`]), which the dispatch task delivers once
+//! the channel has drained: overload costs clients a sync, never a message.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+
+use cluster::notify_backlog::{Noted, NotifyBacklog};
+use cluster::route_link::RouteHandler;
+use cluster::route_proto::{RouteBody, RouteKind, RoutedMessage};
+use parking_lot::Mutex;
+use tokio::sync::mpsc::{self, error::TrySendError};
+
+use crate::app::{App, Stats};
+use crate::route::Push;
+
+/// Group messages waiting for the dispatch task; beyond this their receivers are owed a sync
+/// notification.
+const GROUP_QUEUE: usize = 65_536;
+/// Groups that can be owed a notification at once; beyond this a drop is lost (counted, warned).
+const OWED_GROUPS: usize = 65_536;
+
+/// The handler the route links call (see the module docs).
+pub(crate) struct RoutedInbox {
+    app: Weak<App>,
+    tx: mpsc::Sender<RoutedMessage>,
+    /// Group messages handed to the dispatch task and not yet delivered.
+    waiting: AtomicUsize,
+    owed: Mutex<NotifyBacklog>,
+}
+
+impl RoutedInbox {
+    /// The inbox of `app` and the receiving end for [`dispatch`].
+    pub(crate) fn new(app: Weak<App>) -> (RoutedInbox, mpsc::Receiver<RoutedMessage>) {
+        let (tx, rx) = mpsc::channel(GROUP_QUEUE);
+        let inbox = RoutedInbox {
+            app,
+            tx,
+            waiting: AtomicUsize::new(0),
+            owed: Mutex::new(NotifyBacklog::new(OWED_GROUPS)),
+        };
+        (inbox, rx)
+    }
+
+    fn to_dispatcher(&self, app: &App, m: RoutedMessage) {
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        let m = match self.tx.try_send(m) {
+            Ok(()) => return,
+            Err(TrySendError::Full(m) | TrySendError::Closed(m)) => m,
+        };
+        self.waiting.fetch_sub(1, Ordering::AcqRel);
+        match self.owed.lock().note(&m) {
+            Noted::Owed => {
+                let n = app.stats.routed_coalesced.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.checked_rem(10_000) == Some(0) {
+                    tracing::warn!(
+                        coalesced_total = n,
+                        "routed group messages queue full; members will be sent a sync notification"
+                    );
+                }
+            }
+            Noted::Full | Noted::NotNeeded => {
+                let n = app.stats.routed_dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                if n == 1 || n.checked_rem(1000) == Some(0) {
+                    tracing::warn!(
+                        dropped_total = n,
+                        gid = m.receiver,
+                        "routed group message dropped: queue and notification backlog full"
+                    );
+                }
+            }
+        }
+    }
+}
+
+impl RouteHandler for RoutedInbox {
+    fn on_publish(&self, m: RoutedMessage) {
+        let Some(app) = self.app.upgrade() else {
+            return;
+        };
+        let Some(push) = checked_push(&app, &m) else {
+            return;
+        };
+        let n = match m.kind {
+            RouteKind::User => app.route.deliver(m.appid, m.receiver, &push, 0),
+            RouteKind::Room => app.rooms.deliver(m.appid, m.receiver, &push, 0).0,
+            RouteKind::Group => {
+                let cached = if self.waiting.load(Ordering::Acquire) == 0 {
+                    app.groups.cached(m.appid, m.receiver)
+                } else {
+                    None
+                };
+                match cached {
+                    Some(Some(g)) => app.deliver_group_local(&g, &push, 0),
+                    Some(None) => 0,
+                    None => {
+                        self.to_dispatcher(&app, m);
+                        return;
+                    }
+                }
+            }
+        };
+        Stats::add(&app.stats.deliveries, n as u64);
+    }
+}
+
+/// The push a routed message makes, or `None` (counted, logged) when its inner frame or flags are
+/// inconsistent: a message without PUSH that carries a sync key would make clients mis-track their
+/// keys; GoBelieve's im aborts on it, banter drops it.
+fn checked_push(app: &App, m: &RoutedMessage) -> Option<Push> {
+    let frame = match m.inner_frame() {
+        Some(f) if m.flags_consistent() => f,
+        _ => {
+            Stats::inc(&app.stats.routed_rejected);
+            tracing::warn!(
+                kind = ?m.kind,
+                appid = m.appid,
+                receiver = m.receiver,
+                msgid = m.msgid,
+                "dropping a routed message whose inner frame or flags are inconsistent"
+            );
+            return None;
+        }
+    };
+    Some(Push {
+        cmd: frame.cmd,
+        flag: frame.flag,
+        body: frame.body,
+        meta: (m.msgid > 0).then_some(proto::Metadata {
+            sync_key: m.msgid,
+            prev_sync_key: m.prev_msgid,
+        }),
+    })
+}
+
+/// Delivers one group message (no sender exclusion: the sender is on another node).
+async fn deliver_group(app: &App, m: &RoutedMessage) {
+    let Some(push) = checked_push(app, m) else {
+        return;
+    };
+    let n = match app.groups.get(m.appid, m.receiver).await {
+        Ok(Some(g)) => app.deliver_group_local(&g, &push, 0),
+        Ok(None) => 0,
+        Err(e) => {
+            Stats::inc(&app.stats.backend_errors);
+            tracing::warn!(error = %e, gid = m.receiver, "loading a group for a routed message failed");
+            0
+        }
+    };
+    Stats::add(&app.stats.deliveries, n as u64);
+}
+
+/// The dispatch task: delivers the group messages the inbox could not deliver on the link's task,
+/// in order, then the notifications owed for those it had to drop.
+pub(crate) async fn dispatch(
+    app: Arc<App>,
+    inbox: Arc<RoutedInbox>,
+    mut rx: mpsc::Receiver<RoutedMessage>,
+) {
+    while let Some(m) = rx.recv().await {
+        deliver_group(&app, &m).await;
+        inbox.waiting.fetch_sub(1, Ordering::AcqRel);
+        if !rx.is_empty() {
+            continue;
+        }
+        loop {
+            let owed = inbox.owed.lock().pop();
+            let Some((c, body)) = owed else {
+                break;
+            };
+            if let Ok(RouteBody::Publish(n)) = RouteBody::decode(c, &body) {
+                deliver_group(&app, &n).await;
+            }
+        }
+    }
+}

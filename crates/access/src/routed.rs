@@ -9,14 +9,23 @@
 //! keep their order. When that channel is full, a persistent message's receivers are owed one
 //! coalesced sync notification instead ([`NotifyBacklog`]), which the dispatch task delivers once
 //! the channel has drained: overload costs clients a sync, never a message.
+//!
+//! When a route link has (re)subscribed its users — after a router restart, a lost connection, at
+//! start-up, or when a configuration reload moved them to another router — publishes that other nodes made before the router knew those users were dropped
+//! there. So once the link has written its state (and a short settling time has passed, for the
+//! router to apply it), each of those users still here is told its personal queue's newest key
+//! with a SYNC_NOTIFY; clients that missed something sync, the others ignore it (spec §9.6).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use cluster::notify_backlog::{Noted, NotifyBacklog};
 use cluster::route_link::RouteHandler;
 use cluster::route_proto::{RouteBody, RouteKind, RoutedMessage};
+use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
+use store::QueueId;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::app::{App, Stats};
@@ -27,6 +36,11 @@ use crate::route::Push;
 const GROUP_QUEUE: usize = 65_536;
 /// Groups that can be owed a notification at once; beyond this a drop is lost (counted, warned).
 const OWED_GROUPS: usize = 65_536;
+/// Wait after a link has written its subscriptions before reading the users' keys, so that
+/// messages stored meanwhile reach them as ordinary publishes (the router has applied the state).
+const RESUBSCRIBE_SETTLE: Duration = Duration::from_millis(500);
+/// Store lookups at once when notifying re-subscribed users.
+const RESUBSCRIBE_LOOKUPS: usize = 32;
 
 /// The handler the route links call (see the module docs).
 pub(crate) struct RoutedInbox {
@@ -110,6 +124,57 @@ impl RouteHandler for RoutedInbox {
         };
         Stats::add(&app.stats.deliveries, n as u64);
     }
+
+    fn on_resubscribed(&self, users: Vec<(i64, i64)>) {
+        let Some(app) = self.app.upgrade() else {
+            return;
+        };
+        tokio::spawn(notify_resubscribed(app, users));
+    }
+}
+
+/// Tells every session of `users` its personal queue's newest key (see the module docs).
+async fn notify_resubscribed(app: Arc<App>, users: Vec<(i64, i64)>) {
+    tokio::time::sleep(RESUBSCRIBE_SETTLE).await;
+    let total = users.len();
+    let notified: usize = stream::iter(users)
+        .map(|(appid, uid)| {
+            let app = app.clone();
+            async move {
+                if !has_session(&app, appid, uid) {
+                    return 0;
+                }
+                match app.store.last_key(QueueId::user(appid, uid)).await {
+                    Ok(key) if key > 0 => app.route.deliver(
+                        appid,
+                        uid,
+                        &crate::peer::sync_notify_push(key),
+                        0,
+                    ),
+                    Ok(_) => 0,
+                    Err(e) => {
+                        Stats::inc(&app.stats.store_errors);
+                        tracing::warn!(error = %e, appid, uid, "reading a re-subscribed user's newest key failed; it syncs at its next notification");
+                        0
+                    }
+                }
+            }
+        })
+        .buffer_unordered(RESUBSCRIBE_LOOKUPS)
+        .map(|n| usize::from(n > 0))
+        .fold(0, |a, n| async move { a + n })
+        .await;
+    tracing::info!(
+        users = total,
+        notified,
+        "route link re-subscribed its users; told their sessions to sync"
+    );
+}
+
+fn has_session(app: &App, appid: i64, uid: i64) -> bool {
+    let mut any = false;
+    app.route.for_each(appid, uid, |_| any = true);
+    any
 }
 
 /// The push a routed message makes, or `None` (counted, logged) when its inner frame or flags are

@@ -131,3 +131,70 @@ async fn routed_messages_with_inconsistent_flags_are_dropped_and_counted() {
         "{metrics}"
     );
 }
+
+/// Messages stored for a user while its node was not subscribed at the router (here: the link was
+/// down) could not be published to it; once the link is back and has re-subscribed, the user's
+/// sessions are told their newest key and sync.
+#[tokio::test]
+async fn users_are_told_to_sync_once_their_router_link_has_resubscribed() {
+    let router = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let router_addr = router.local_addr().unwrap().to_string();
+    let server = TestServer::start_with(|c| {
+        c.cluster.route_addrs = vec![router_addr];
+    })
+    .await
+    .unwrap();
+    let (mut link, _) = tokio::time::timeout(WAIT, router.accept())
+        .await
+        .expect("the access node dials its router")
+        .unwrap();
+    let token = grant(&server, 2).await;
+    let mut c = Client::tcp(server.tcp).await;
+    assert_eq!(c.auth(&token, 2, proto::Platform::ANDROID, "d2").await, 0);
+    wait_subscribe(&mut link, 2).await;
+
+    // The router goes away; meanwhile another node stores a message for uid 2 (its publish has
+    // nowhere to go).
+    drop(link);
+    let store = server
+        .running
+        .as_ref()
+        .and_then(|r| r.store.clone())
+        .expect("embedded store");
+    let stored = store
+        .append(vec![store::NewMessage {
+            queues: vec![store::QueueId::user(APPID, 2)],
+            device_id: 0,
+            cmd: cmd::IM,
+            flag: 0,
+            timestamp: 0,
+            body: Body::Im(Im {
+                sender: 1,
+                receiver: 2,
+                timestamp: 0,
+                msgid: 0,
+                content: Bytes::from_static(b"while the router was away"),
+            })
+            .to_bytes(2),
+        }])
+        .await
+        .unwrap();
+    let key = stored[0][0].key;
+    assert!(
+        c.recv_timeout(Duration::from_millis(300)).await.is_none(),
+        "nothing can tell the client yet"
+    );
+
+    // The link comes back and replays its subscriptions: the client is told to sync.
+    let (mut link, _) = tokio::time::timeout(WAIT, router.accept())
+        .await
+        .expect("the access node redials")
+        .unwrap();
+    wait_subscribe(&mut link, 2).await;
+    let (notify, _) = c.recv_until(cmd::SYNC_NOTIFY).await;
+    assert_eq!(body_of(&notify), Body::SyncNotify(key));
+    let (all, _) = c.sync_all(0).await;
+    assert!(all
+        .iter()
+        .any(|f| f.cmd == cmd::IM && &im_of(f).content[..] == b"while the router was away"));
+}

@@ -9,7 +9,9 @@
 //!   ([`NotifyBacklog`], sent ahead of the queue as soon as the link can write), so overload costs
 //!   the receiver a sync but never leaves it unaware of a stored message. The link
 //!   keeps the subscription state it has announced (`(appid, uid) → online`, rooms); on every
-//!   (re)connect it first replays that whole state, then sends what is queued. Subscription changes
+//!   (re)connect it first replays that whole state, then sends what is queued, and hands the
+//!   replayed users to [`RouteHandler::on_resubscribed`] (publishes other nodes made for them
+//!   before the router had the state were dropped there; the access node tells them to sync). Subscription changes
 //!   made while disconnected only update the state (the replay carries them). Should a subscription
 //!   change find the queue full while connected, the link reconnects and replays instead of losing
 //!   it. Reconnects back off from 200 ms, doubling to 30 s, reset once a connection has held.
@@ -100,6 +102,15 @@ impl Default for RouteLinkConfig {
 pub trait RouteHandler: Send + Sync + 'static {
     /// A PUBLISH (`kind` User), PUBLISH_GROUP (Group) or PUBLISH_ROOM (Room) from the router.
     fn on_publish(&self, msg: RoutedMessage);
+
+    /// A connection to a router came up and the link has written its whole subscription state,
+    /// `users` (`(appid, uid)`). Until the router had that state, publishes for these users from
+    /// other nodes were dropped by the router (it had no subscriber for them), so a handler that can
+    /// should tell their sessions to sync. Called on the link's task: it must not block. The default
+    /// does nothing (a handler that has no store to ask for the users' keys).
+    fn on_resubscribed(&self, users: Vec<(i64, i64)>) {
+        let _ = users;
+    }
 }
 
 /// Hands each message to a bounded channel with `try_send`; a full or closed channel drops it
@@ -662,6 +673,7 @@ async fn write_loop(
         timeout: shared.config.write_timeout,
     };
     // The replay: the whole state first.
+    let replayed: Vec<(i64, i64)> = users.iter().map(|(k, _)| *k).collect();
     for ((appid, uid), online) in users {
         w.frame(cmd::SUBSCRIBE, &subscribe_body(appid, uid, online));
         if w.buf.len() >= WRITE_CHUNK {
@@ -677,6 +689,12 @@ async fn write_loop(
                 return why;
             }
         }
+    }
+    if let Err(why) = w.flush(shared).await {
+        return why;
+    }
+    if !replayed.is_empty() {
+        shared.handler.on_resubscribed(replayed);
     }
     let mut batch: Vec<Out> = Vec::new();
     loop {
@@ -1215,7 +1233,9 @@ impl RouteLinks {
     /// Apply a new address configuration without a restart: links to new addresses are dialled and
     /// replay their share of the state on connect, links to removed addresses are closed (after
     /// writing what they have queued), and kept links subscribe or unsubscribe users and rooms
-    /// whose channel moved. Sessions' calls wait for the few milliseconds this takes.
+    /// whose channel moved. Sessions' calls wait for the few milliseconds this takes. Users newly
+    /// subscribed on a kept link are handed to [`RouteHandler::on_resubscribed`] (those on new
+    /// links are, when the link has connected and replayed its state).
     pub fn set_addrs(&self, route_addrs: Vec<String>, group_route_addrs: Vec<String>) {
         let mut topo = self.topo.write();
         if topo.route_addrs == route_addrs && topo.group_addrs == group_route_addrs {
@@ -1231,13 +1251,19 @@ impl RouteLinks {
                 )),
             }
         });
+        let mut moved = Vec::new();
         self.presence.for_each_user(|appid, uid, online| {
             let old_links = topo.user_links(uid);
             let new_links = new.user_links(uid);
+            let mut on_kept_link = false;
             for l in &new_links {
                 if !contains(&old_links, l) {
                     l.subscribe(appid, uid, online);
+                    on_kept_link |= topo.has(l);
                 }
+            }
+            if on_kept_link {
+                moved.push((appid, uid));
             }
             for l in &old_links {
                 if !contains(&new_links, l) && new.has(l) {
@@ -1280,6 +1306,10 @@ impl RouteLinks {
             }
         }
         *topo = new;
+        drop(topo);
+        if !moved.is_empty() {
+            self.handler.on_resubscribed(moved);
+        }
     }
 
     /// Counters of every link.

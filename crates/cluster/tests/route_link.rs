@@ -1,6 +1,7 @@
 //! The access side of the route link against a fake router on real sockets: replay of the
 //! subscription state on (re)connect, reference counting on the wire, drops on a full queue without
-//! blocking, publishes handed to the handler, malformed frames, and `set_addrs`.
+//! blocking, publishes handed to the handler, malformed frames, `set_addrs`, and the users handed
+//! to the handler after a replay or a move.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cluster::route_link::{
-    Presence, RoomChange, RouteLink, RouteLinkConfig, RouteLinks, UserChange,
+    Presence, RoomChange, RouteHandler, RouteLink, RouteLinkConfig, RouteLinks, UserChange,
 };
 use cluster::route_proto::{
     cmd, route_message_body, write_frame, RouteBody, RouteKind, RoutedMessage,
@@ -528,5 +529,84 @@ async fn set_addrs_adds_and_removes_routers_without_restart() {
             .map(|uid| sub(7, uid, uid % 2 == 0 || uid == 7))
             .collect())
     );
+    links.shutdown().await;
+}
+
+/// Records what the links hand to [`RouteHandler::on_resubscribed`].
+#[derive(Default)]
+struct Resubscribed(parking_lot::Mutex<Vec<Vec<(i64, i64)>>>);
+
+impl RouteHandler for Resubscribed {
+    fn on_publish(&self, _msg: RoutedMessage) {}
+
+    fn on_resubscribed(&self, mut users: Vec<(i64, i64)>) {
+        users.sort_unstable();
+        self.0.lock().push(users);
+    }
+}
+
+impl Resubscribed {
+    fn take(&self) -> Vec<Vec<(i64, i64)>> {
+        std::mem::take(&mut *self.0.lock())
+    }
+}
+
+#[tokio::test]
+async fn users_the_router_may_have_missed_publishes_for_are_handed_to_the_handler() {
+    let (la, a) = listener().await;
+    let (lb, b) = listener().await;
+    let (lg, g) = listener().await;
+    let h = Arc::new(Resubscribed::default());
+    let links = RouteLinks::new(
+        vec![a.clone(), b.clone()],
+        vec![g.clone()],
+        config(),
+        h.clone(),
+    );
+    let mut ca = accept(&la).await;
+    let mut cb = accept(&lb).await;
+    let mut cg = accept(&lg).await;
+    wait_until("connected", || links.stats().iter().all(|l| l.connected)).await;
+    // uid 1 on its own channel B (|1| mod 2), uid 2 on A; both on the group channel G.
+    links.login(1, 7, 1, true);
+    links.login(2, 7, 2, true);
+    assert_eq!(cb.next().await, Some(sub(7, 1, true)));
+    assert_eq!(ca.next().await, Some(sub(7, 2, true)));
+    assert_eq!(
+        set(cg.take(2).await),
+        set(vec![sub(7, 1, true), sub(7, 2, true)])
+    );
+    assert!(
+        h.take().is_empty(),
+        "links connected before anyone logged in"
+    );
+
+    // Swapping the route list moves both users to the other kept link.
+    links.set_addrs(vec![b.clone(), a.clone()], vec![g.clone()]);
+    assert_eq!(
+        set(ca.take(2).await),
+        set(vec![
+            sub(7, 1, true),
+            RouteBody::Unsubscribe { appid: 7, uid: 2 }
+        ])
+    );
+    assert_eq!(
+        set(cb.take(2).await),
+        set(vec![
+            sub(7, 2, true),
+            RouteBody::Unsubscribe { appid: 7, uid: 1 }
+        ])
+    );
+    assert_eq!(h.take(), vec![vec![(7, 1), (7, 2)]]);
+
+    // The group router restarts: its link replays both users, then hands them over.
+    drop(cg);
+    let mut cg = accept(&lg).await;
+    assert_eq!(
+        set(cg.take(2).await),
+        set(vec![sub(7, 1, true), sub(7, 2, true)])
+    );
+    wait_until("handed over", || !h.0.lock().is_empty()).await;
+    assert_eq!(h.take(), vec![vec![(7, 1), (7, 2)]]);
     links.shutdown().await;
 }

@@ -87,6 +87,12 @@ struct StoreAddrs {
     http: SocketAddr,
 }
 
+/// Starts `banter ims` as `name` with [`store_config`].
+fn spawn_store(dir: &Path, name: &str, a: &StoreAddrs, follow: Option<SocketAddr>) -> Proc {
+    let cfg = store_config(dir, name, a, follow);
+    Proc::spawn(name, dir, &["ims", "--config", cfg.to_str().unwrap()])
+}
+
 fn store_config(dir: &Path, name: &str, a: &StoreAddrs, follow: Option<SocketAddr>) -> PathBuf {
     let path = dir.join(format!("{name}.toml"));
     let follow = follow.map(|f| f.to_string()).unwrap_or_default();
@@ -264,46 +270,10 @@ async fn a_cluster_survives_router_and_store_failures() {
             http: free_addr(),
         })
         .collect();
-    let mut leader1 = Proc::spawn(
-        "ims1",
-        d,
-        &[
-            "ims",
-            "--config",
-            store_config(d, "ims1", &s[0], None).to_str().unwrap(),
-        ],
-    );
-    let _leader2 = Proc::spawn(
-        "ims2",
-        d,
-        &[
-            "ims",
-            "--config",
-            store_config(d, "ims2", &s[1], None).to_str().unwrap(),
-        ],
-    );
-    let _follower1 = Proc::spawn(
-        "ims1f",
-        d,
-        &[
-            "ims",
-            "--config",
-            store_config(d, "ims1f", &s[2], Some(s[0].repl))
-                .to_str()
-                .unwrap(),
-        ],
-    );
-    let _follower2 = Proc::spawn(
-        "ims2f",
-        d,
-        &[
-            "ims",
-            "--config",
-            store_config(d, "ims2f", &s[3], Some(s[1].repl))
-                .to_str()
-                .unwrap(),
-        ],
-    );
+    let mut leader1 = spawn_store(d, "ims1", &s[0], None);
+    let _leader2 = spawn_store(d, "ims2", &s[1], None);
+    let _follower1 = spawn_store(d, "ims1f", &s[2], Some(s[0].repl));
+    let _follower2 = spawn_store(d, "ims2f", &s[3], Some(s[1].repl));
     for (name, a) in [
         ("ims1", &s[0]),
         ("ims2", &s[1]),
@@ -551,17 +521,7 @@ async fn a_cluster_survives_router_and_store_failures() {
         repl: free_addr(),
         http: free_addr(),
     };
-    let _follower1g = Proc::spawn(
-        "ims1g",
-        d,
-        &[
-            "ims",
-            "--config",
-            store_config(d, "ims1g", &s1g, Some(s[2].repl))
-                .to_str()
-                .unwrap(),
-        ],
-    );
+    let _follower1g = spawn_store(d, "ims1g", &s1g, Some(s[2].repl));
     wait_healthy("ims1g", s1g.http, d).await;
     let new_stores = [s[2].listen, s[1].listen];
     access_config(

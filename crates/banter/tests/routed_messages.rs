@@ -65,8 +65,9 @@ async fn wait_subscribe(conn: &mut TcpStream, uid: i64) {
     .expect("the access node subscribes its user");
 }
 
-#[tokio::test]
-async fn routed_messages_with_inconsistent_flags_are_dropped_and_counted() {
+/// An access node whose only router is a listener in the test, and a session of uid 2 on it once
+/// the node has subscribed that user: (the router's listener, the node, the link, the client).
+async fn node_with_fake_router() -> (TcpListener, TestServer, TcpStream, Client) {
     let router = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let router_addr = router.local_addr().unwrap().to_string();
     let server = TestServer::start_with(|c| {
@@ -78,11 +79,16 @@ async fn routed_messages_with_inconsistent_flags_are_dropped_and_counted() {
         .await
         .expect("the access node dials its router")
         .unwrap();
-
     let token = grant(&server, 2).await;
     let mut c = Client::tcp(server.tcp).await;
     assert_eq!(c.auth(&token, 2, proto::Platform::ANDROID, "d2").await, 0);
     wait_subscribe(&mut link, 2).await;
+    (router, server, link, c)
+}
+
+#[tokio::test]
+async fn routed_messages_with_inconsistent_flags_are_dropped_and_counted() {
+    let (_router, server, mut link, mut c) = node_with_fake_router().await;
 
     // A sync key without PUSH: inconsistent, dropped.
     publish(&mut link, 41, 40, inner_im(1, 2, "bad", flag::TEXT)).await;
@@ -137,21 +143,7 @@ async fn routed_messages_with_inconsistent_flags_are_dropped_and_counted() {
 /// sessions are told their newest key and sync.
 #[tokio::test]
 async fn users_are_told_to_sync_once_their_router_link_has_resubscribed() {
-    let router = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let router_addr = router.local_addr().unwrap().to_string();
-    let server = TestServer::start_with(|c| {
-        c.cluster.route_addrs = vec![router_addr];
-    })
-    .await
-    .unwrap();
-    let (mut link, _) = tokio::time::timeout(WAIT, router.accept())
-        .await
-        .expect("the access node dials its router")
-        .unwrap();
-    let token = grant(&server, 2).await;
-    let mut c = Client::tcp(server.tcp).await;
-    assert_eq!(c.auth(&token, 2, proto::Platform::ANDROID, "d2").await, 0);
-    wait_subscribe(&mut link, 2).await;
+    let (router, server, link, mut c) = node_with_fake_router().await;
 
     // The router goes away; meanwhile another node stores a message for uid 2 (its publish has
     // nowhere to go).

@@ -75,7 +75,7 @@ impl Outgoing for Bytes {
 /// Items at least this large are written directly instead of being copied into the batch buffer.
 const DIRECT_WRITE: usize = 64 * 1024;
 /// Most bytes gathered into one write.
-const MAX_COALESCE: usize = 256 * 1024;
+pub(crate) const MAX_COALESCE: usize = 256 * 1024;
 
 /// Writes everything received on `rx` to `w`, draining all queued items into one buffer per
 /// `write` call. Returns when every sender is gone (after shutting down the write side) or on the

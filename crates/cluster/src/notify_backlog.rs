@@ -20,6 +20,10 @@ use proto::{Body, GroupSyncKey};
 
 use crate::route_proto::{now_ns, route_message_body, RouteBody, RouteKind, RoutedMessage};
 
+/// Bytes of owed notifications a writer takes ahead of its queue per write, so that under
+/// sustained overload they still go out without starving the queue.
+pub const OWED_CHUNK: usize = 16 * 1024;
+
 /// Who a notification is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct Target {
@@ -131,18 +135,8 @@ impl NotifyBacklog {
                     sync_key: key,
                 })
             };
-            let c = body.cmd();
-            let body = body.to_bytes(proto::STORAGE_VERSION);
-            let mut inner = BytesMut::with_capacity(proto::HEADER_LEN + body.len());
-            proto::Header {
-                len: body.len(),
-                seq: 0,
-                cmd: c,
-                version: proto::STORAGE_VERSION,
-                flag: 0,
-            }
-            .write(&mut inner);
-            inner.extend_from_slice(&body);
+            let mut inner = BytesMut::new();
+            body.encode_frame(0, proto::STORAGE_VERSION, 0, &mut inner);
             // A notification is tiny: it always fits the route message limits.
             if let Ok(b) = route_message_body(t.appid, t.receiver, 0, 0, now_ns(), &inner) {
                 return Some((t.kind.cmd(), b));
@@ -188,18 +182,8 @@ mod tests {
     use proto::Frame;
 
     fn inner(body: Body, flag: u8) -> Bytes {
-        let c = body.cmd();
-        let b = body.to_bytes(2);
         let mut out = BytesMut::new();
-        proto::Header {
-            len: b.len(),
-            seq: 0,
-            cmd: c,
-            version: 2,
-            flag,
-        }
-        .write(&mut out);
-        out.extend_from_slice(&b);
+        body.encode_frame(0, 2, flag, &mut out);
         out.freeze()
     }
 

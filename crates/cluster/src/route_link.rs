@@ -52,7 +52,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::notify_backlog::{Noted, NotifyBacklog};
+use crate::notify_backlog::{Noted, NotifyBacklog, OWED_CHUNK};
 use crate::route_proto::{
     cmd, now_ns, pair_body, push_bodies, route_message_body, shard_index, subscribe_body,
     write_frame, RouteBody, RouteKind, RoutedMessage, DEFAULT_MAX_BODY,
@@ -619,8 +619,6 @@ async fn read_loop(shared: &Shared, mut rd: OwnedReadHalf) -> &'static str {
 
 /// Bytes collected before a write call.
 const WRITE_CHUNK: usize = 64 * 1024;
-/// Bytes of owed notifications taken ahead of the queue per write.
-const OWED_CHUNK: usize = 16 * 1024;
 
 struct Writer {
     wr: OwnedWriteHalf,

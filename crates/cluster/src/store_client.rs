@@ -42,7 +42,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame_io::{self, FrameIoError};
+use crate::frame_io::{self, FrameIoError, MAX_COALESCE};
 use crate::store_proto::{self as sp, BodyError, ErrorCode, PingInfo, Request};
 
 /// What went wrong talking to a store node. Says whose fault it was: the network or the node
@@ -649,9 +649,6 @@ impl StorePool {
         self.decoded(sp::decode_i64(b))
     }
 }
-
-/// Most bytes gathered into one write.
-const MAX_COALESCE: usize = 256 * 1024;
 
 /// The writer of one store connection: sends queued requests in order, as many per `write` as are
 /// queued, while fewer than the window's limit await a reply. Requests whose caller has given up

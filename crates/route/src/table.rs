@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use cluster::notify_backlog::{Noted, NotifyBacklog};
+use cluster::notify_backlog::{Noted, NotifyBacklog, OWED_CHUNK};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -36,9 +36,6 @@ struct Outbox {
     /// Sync notifications owed for persistent messages dropped on a full outbox.
     owed: NotifyBacklog,
 }
-
-/// Bytes of owed notifications taken ahead of the outbox per drain.
-const OWED_CHUNK: usize = 16 * 1024;
 
 /// One access-node connection as the rest of the router sees it.
 pub(crate) struct Conn {

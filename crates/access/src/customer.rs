@@ -73,7 +73,7 @@ impl Session {
             );
         }
         if c.receiver <= 0 || c.receiver_appid <= 0 {
-            return self.refuse(seq, AckStatus::NOT_ALLOWED, "invalid receiver");
+            return self.refuse(seq, AckStatus::INVALID_RECEIVER, "invalid receiver");
         }
         if !self.rate_ok(seq) {
             return;

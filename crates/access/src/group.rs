@@ -231,6 +231,10 @@ impl Session {
                 "group sender is not the session's user",
             );
         }
+        if im.receiver <= 0 {
+            // Group ids are positive: no such group, and no directory lookup for it.
+            return self.refuse(seq, AckStatus::GROUP_NONEXIST, "group id is not positive");
+        }
         if !self.rate_ok(seq) {
             return;
         }

@@ -165,6 +165,13 @@ impl Session {
                 "sender is not the session's user",
             );
         }
+        if im.receiver <= 0 {
+            return self.refuse(
+                seq,
+                AckStatus::INVALID_RECEIVER,
+                "receiver id is not positive",
+            );
+        }
         if !self.rate_ok(seq) {
             return;
         }
@@ -247,11 +254,12 @@ impl Session {
     /// RT has no ACK, so a refused RT is dropped (and counted).
     pub(crate) fn on_rt(&mut self, rt: Rt) {
         let Some(h) = self.handle.clone() else { return };
-        if rt.sender != h.uid || !self.rate_allows() {
+        if rt.sender != h.uid || rt.receiver <= 0 || !self.rate_allows() {
             Stats::inc(&self.app.stats.messages_refused);
             tracing::debug!(
                 sender = rt.sender,
-                "RT dropped: spoofed sender or rate limit"
+                receiver = rt.receiver,
+                "RT dropped: spoofed sender, invalid receiver or rate limit"
             );
             return;
         }

@@ -159,6 +159,9 @@ pub(crate) struct Session {
     rate: Option<RateLimit>,
     /// The chat room this connection is in.
     pub(crate) room: Option<i64>,
+    /// A write was abandoned part-way (kick or shutdown while the client did not read): what is on the
+    /// wire ends mid-frame, so nothing more may be written.
+    torn: bool,
 }
 
 /// Runs a session on `transport` until it ends, then unregisters it.
@@ -192,6 +195,7 @@ pub fn run<T: Transport>(
         inbox: Vec::new(),
         rate,
         room: None,
+        torn: false,
     };
     let mut transport = transport;
     // Everything the task needs is captured by `async move` and used in place (an `async fn` would
@@ -203,9 +207,22 @@ pub fn run<T: Transport>(
     .instrument(span)
 }
 
+/// How long a session whose connection is gone waits for the appends it submitted, so their
+/// receivers are still told about them. Appends resolve well within this (the store's own timeouts are
+/// shorter); the bound only keeps a wedged store from holding ended sessions forever.
+const DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// How long the last write of a closing session may take: enough for a reading client to get its
+/// final ACKs, short enough that a client that does not read cannot delay shutdown.
+const FINAL_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+
 impl Session {
-    /// Logs why the session ended, lets its appends finish on shutdown, unregisters it and closes the
-    /// connection.
+    /// Logs why the session ended, finishes its appends, unregisters it and closes the connection.
+    ///
+    /// Every message this connection sent before it ended is completed whatever ended it — a client
+    /// that closed right after sending, a failed write, a slow consumer, a protocol error later in the
+    /// stream: the store has it, so its receivers must be told. Only the sender's ACKs can be lost with
+    /// the connection; they are still written when it is usable.
     async fn finish<T: Transport>(&mut self, end: End, transport: &mut T) {
         let app = self.app.clone();
         match &end {
@@ -217,37 +234,50 @@ impl Session {
                 Stats::inc(&app.stats.slow_consumers);
                 info!(reason = %end, "session closed")
             }
-            // Closed by the server for another reason (a sync it could not answer): counted where
-            // the reason arose.
+            // Closed by the server for another reason (a sync it could not answer, a revoked token):
+            // counted where the reason arose.
             End::Kicked(_) => info!(reason = %end, "session closed"),
             End::Recv(_) | End::Protocol(_) => {
                 Stats::inc(&app.stats.protocol_errors);
                 info!(reason = %end, "closing connection after a protocol error")
             }
         }
-        let drain = match end {
-            End::Shutdown => true,
+        let writable = match end {
+            End::Shutdown | End::ClientClosed | End::Timeout(_) => true,
             End::Kicked(reason) => reason != OUTBOX_FULL,
             _ => false,
         };
-        if drain {
-            // Let appends already submitted finish, so their senders get the ACK and do not resend
-            // (on shutdown, or when the server closes a session that still reads).
+        if self.inflight() > 0 {
+            // On shutdown the node's grace period bounds this too.
+            let limit = if matches!(end, End::Shutdown) {
+                Duration::from_secs(5)
+            } else {
+                DRAIN_LIMIT
+            };
             // Boxed: this happens once, and inline it would be the largest state of every session.
-            let _ = Box::pin(timeout(Duration::from_secs(5), async {
+            let drained = Box::pin(timeout(limit, async {
                 while let Some((ctx, result)) = next_completion(&mut self.pending).await {
                     self.complete(ctx, result);
                 }
-                let _ = self.flush(transport).await;
             }))
             .await;
+            if drained.is_err() {
+                warn!(
+                    pending = self.inflight(),
+                    "appends of a closed session did not complete in time; their receivers learn of them at their next sync"
+                );
+            }
+        }
+        if writable && !self.torn && !self.ends.is_empty() {
+            let _ = Box::pin(timeout(FINAL_FLUSH_LIMIT, self.flush(transport, None))).await;
         }
         self.leave_current_room();
         if let Some(h) = self.handle.take() {
             app.route.remove(&h);
             app.links.logout(h.conn_id, h.appid, h.uid);
         }
-        transport.close().await;
+        // A close handshake (TLS close_notify, WebSocket close frame) is a write too.
+        let _ = Box::pin(timeout(FINAL_FLUSH_LIMIT, transport.close())).await;
         app.stats
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -268,7 +298,7 @@ impl Session {
                 }
                 self.emit_inbox();
             }
-            if let Err(e) = self.flush(t).await {
+            if let Err(e) = self.flush(t, Some(shutdown)).await {
                 return e;
             }
             if self.handle.as_ref().is_some_and(|h| h.has_pending()) {
@@ -316,8 +346,13 @@ impl Session {
         }
     }
 
-    /// Writes everything produced so far, in one coalesced write.
-    async fn flush<T: Transport>(&mut self, t: &mut T) -> Result<(), End> {
+    /// Writes everything produced so far, in one coalesced write. A client that does not read blocks
+    /// the write; meanwhile a kick or (when `shutdown` is given) the node's shutdown ends it.
+    async fn flush<T: Transport>(
+        &mut self,
+        t: &mut T,
+        shutdown: Option<&CancellationToken>,
+    ) -> Result<(), End> {
         if self.ends.is_empty() {
             if self.inflight() == 0 {
                 self.release_buffers();
@@ -333,9 +368,13 @@ impl Session {
             loop {
                 tokio::select! {
                     r = &mut send => break r,
-                    // A client that does not read blocks this write; notice a kick meanwhile.
+                    _ = async { match shutdown { Some(s) => s.cancelled().await, None => std::future::pending().await } } => {
+                        self.torn = true;
+                        return Err(End::Shutdown);
+                    }
                     _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => {
                         if let Some(reason) = handle.as_ref().and_then(|h| h.close_reason()) {
+                            self.torn = true;
                             return Err(End::Kicked(reason));
                         }
                     }

@@ -320,3 +320,63 @@ async fn unread_count_and_sync_key_get_no_reply() {
     assert_eq!(a.recv().await.unwrap().cmd, cmd::PONG);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn messages_to_invalid_receivers_are_refused_and_not_stored() {
+    let s = TestServer::start().await.unwrap();
+    let mut a = Client::login(&s, 95, 2, false, "a").await;
+    for receiver in [0, -5, i64::MIN] {
+        let seq = a.send_im(95, receiver, "nowhere").await;
+        let ack = a.recv().await.unwrap();
+        assert_eq!(
+            body_of(&ack),
+            Body::Ack(proto::body::Ack {
+                seq,
+                status: proto::AckStatus::INVALID_RECEIVER
+            }),
+            "IM to {receiver}"
+        );
+        // A group id that is not positive names no group.
+        let seq = a
+            .send_body(
+                &Body::GroupIm(proto::Im {
+                    sender: 95,
+                    receiver,
+                    timestamp: 0,
+                    msgid: 1,
+                    content: "nowhere".into(),
+                }),
+                0,
+            )
+            .await;
+        let ack = a.recv().await.unwrap();
+        assert_eq!(
+            body_of(&ack),
+            Body::Ack(proto::body::Ack {
+                seq,
+                status: proto::AckStatus::GROUP_NONEXIST
+            }),
+            "GROUP_IM to {receiver}"
+        );
+    }
+    // Below version 2 there is no status to tell: the message is dropped (and counted), never stored.
+    let mut old = Client::login(&s, 96, 1, false, "o").await;
+    old.send_im(96, 0, "nowhere").await;
+    old.send_body(&Body::Ping, 0).await;
+    assert_eq!(old.recv().await.unwrap().cmd, cmd::PONG);
+    assert!(
+        a.sync(0).await.0.is_empty(),
+        "nothing in the sender's queue"
+    );
+    assert!(
+        old.sync(0).await.0.is_empty(),
+        "nothing in the sender's queue"
+    );
+    let refused = s
+        .running
+        .as_ref()
+        .map(|r| access::app::Stats::get(&r.node.app.stats.messages_refused))
+        .unwrap();
+    assert!(refused >= 7, "refusals are counted ({refused})");
+    s.stop().await;
+}

@@ -44,6 +44,8 @@ impl AckStatus {
     pub const STORAGE_FAILED: i8 = 70;
     /// banter: the message is not allowed (e.g. customer message outside the service app, wrong room).
     pub const NOT_ALLOWED: i8 = 71;
+    /// banter: the receiver is not a valid user (or app) id — ids are positive.
+    pub const INVALID_RECEIVER: i8 = 72;
 }
 
 /// Why a body does not match its command's layout. The peer's fault.

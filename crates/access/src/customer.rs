@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proto::{cmd, flag, AckStatus, Body, Customer, Metadata};
 use store::{NewMessage, QueueId};
-use tracing::warn;
 
 use crate::app::{now_secs, App, AppendResult, Stats};
 use crate::peer::{notify_sync, push_stored};
@@ -115,7 +114,7 @@ impl Session {
         let [r, s] = entries else {
             Stats::inc(&app.stats.store_errors);
             if let Err(e) = &result {
-                warn!(error = %e, "storing a customer message failed");
+                node::warn_throttled!(error = %e, "storing a customer message failed");
             }
             return self.refuse(seq, AckStatus::STORAGE_FAILED, "store failed");
         };

@@ -246,7 +246,7 @@ impl Session {
             Ok(None) => return self.refuse(seq, AckStatus::GROUP_NONEXIST, "no such group"),
             Err(e) => {
                 Stats::inc(&app.stats.backend_errors);
-                warn!(error = %e, gid = im.receiver, "loading a group failed");
+                node::warn_throttled!(error = %e, gid = im.receiver, "loading a group failed");
                 return self.refuse(
                     seq,
                     AckStatus::STORAGE_FAILED,
@@ -314,7 +314,7 @@ impl Session {
             Ok(r) => r.into_iter().next().unwrap_or_default(),
             Err(e) => {
                 Stats::inc(&app.stats.store_errors);
-                warn!(error = %e, gid = group.gid, "storing a group message failed");
+                node::warn_throttled!(error = %e, gid = group.gid, "storing a group message failed");
                 return self.refuse(seq, AckStatus::STORAGE_FAILED, "store failed");
             }
         };

@@ -21,7 +21,6 @@ use proto::{cmd, Body};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use store::{QueueId, StoredMessage};
-use tracing::warn;
 
 use crate::app::{App, Stats};
 use crate::peer;
@@ -69,7 +68,7 @@ impl IntoResponse for ApiError {
 
 impl From<crate::app::StoreFailure> for ApiError {
     fn from(e: crate::app::StoreFailure) -> Self {
-        warn!(error = %e, "store error in HTTP API");
+        node::warn_throttled!(error = %e, "store error in HTTP API");
         ApiError::unavailable(format!("message store error: {e}"))
     }
 }
@@ -92,7 +91,7 @@ impl From<backend::BackendError> for ApiError {
             backend::BackendError::InvalidArgument(m) => ApiError::bad(m),
             backend::BackendError::NotFound(m) => ApiError::not_found(m),
             other => {
-                warn!(error = %other, "backend error in HTTP API");
+                node::warn_throttled!(error = %other, "backend error in HTTP API");
                 ApiError::unavailable(format!("backend error: {other}"))
             }
         }

@@ -12,7 +12,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use proto::{cmd, flag, AckStatus, Body, Im, Metadata, Rt};
 use store::{Appended, NewMessage, QueueId};
-use tracing::warn;
 
 use crate::app::{now_secs, App, AppendResult, Stats};
 use crate::route::Push;
@@ -227,7 +226,7 @@ impl Session {
             None => {
                 Stats::inc(&app.stats.store_errors);
                 if let Err(e) = &result {
-                    warn!(error = %e, "storing a peer message failed");
+                    node::warn_throttled!(error = %e, "storing a peer message failed");
                 }
                 return self.refuse(seq, AckStatus::STORAGE_FAILED, "store failed");
             }

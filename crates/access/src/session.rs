@@ -616,7 +616,7 @@ impl Session {
             Ok(None) => return self.auth_failed("unknown, expired or revoked token"),
             Err(e) => {
                 Stats::inc(&app.stats.backend_errors);
-                warn!(error = %e, "token lookup failed");
+                node::warn_throttled!(error = %e, "token lookup failed");
                 return self.auth_failed("backend error");
             }
         };
@@ -624,7 +624,7 @@ impl Session {
             Ok(f) => f,
             Err(e) => {
                 Stats::inc(&app.stats.backend_errors);
-                warn!(error = %e, "user flags lookup failed");
+                node::warn_throttled!(error = %e, "user flags lookup failed");
                 return self.auth_failed("backend error");
             }
         };
@@ -636,7 +636,7 @@ impl Session {
                     Ok(id) => id,
                     Err(e) => {
                         Stats::inc(&app.stats.backend_errors);
-                        warn!(error = %e, "device id allocation failed");
+                        node::warn_throttled!(error = %e, "device id allocation failed");
                         return self.auth_failed("backend error");
                     }
                 },

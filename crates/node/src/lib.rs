@@ -1,0 +1,4 @@
+//! Plumbing every node role (access, router, store node) shares, so each is written once.
+#![forbid(unsafe_code)]
+
+pub mod throttle;

@@ -264,6 +264,30 @@ impl App {
         self.route.deliver(appid, uid, push, except)
     }
 
+    /// Closes the sessions of user (`appid`, `uid`) that logged in with the token of fingerprint
+    /// `token_fp` (0: all of them), here and, through the user's router, on every other access node.
+    /// Returns how many closed here. Across nodes this is as reliable as any route publish: a link
+    /// that is down or full drops it (counted in `route_dropped`).
+    pub fn kick(&self, appid: i64, uid: i64, token_fp: u64) -> usize {
+        if self.links.is_enabled() {
+            let body = token_fp.to_be_bytes();
+            let mut b = BytesMut::with_capacity(proto::HEADER_LEN + body.len());
+            proto::Header {
+                len: body.len(),
+                seq: 0,
+                cmd: proto::cmd::KICK,
+                version: proto::STORAGE_VERSION,
+                flag: 0,
+            }
+            .write(&mut b);
+            b.extend_from_slice(&body);
+            if !self.links.publish(appid, uid, 0, 0, &b) {
+                Stats::inc(&self.stats.route_dropped);
+            }
+        }
+        self.route.kick(appid, uid, token_fp, crate::route::KICKED)
+    }
+
     /// Delivers `push` to every session of every member of a super group, here and on other nodes
     /// (one PUBLISH_GROUP; each node resolves the members itself).
     pub fn deliver_group(&self, group: &Group, push: &Push, except: u64) -> usize {

@@ -183,8 +183,12 @@ async fn revoke(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     if r.token.is_empty() {
         return Err(ApiError::bad("`token` must not be empty"));
     }
-    let revoked = app.backend.revoke(&r.token).await?;
-    Ok(Json(json!({ "revoked": revoked })).into_response())
+    let owner = app.backend.revoke(&r.token).await?;
+    // The token no longer authenticates; the sessions that logged in with it end too.
+    let sessions = owner.map_or(0, |(appid, uid)| {
+        app.kick(appid, uid, backend::token_fingerprint(&r.token))
+    });
+    Ok(Json(json!({ "revoked": owner.is_some(), "sessions_closed": sessions })).into_response())
 }
 
 async fn post_peer_message(

@@ -64,6 +64,8 @@ pub struct SessionId {
     pub platform: u8,
     pub online: bool,
     pub forbidden: bool,
+    /// [`backend::token_fingerprint`] of the token the session logged in with (0 for none).
+    pub token_fp: u64,
 }
 
 /// Bounds of a session's outbox.
@@ -85,6 +87,8 @@ pub struct SessionHandle {
     pub online: bool,
     /// Speak-banned (rooms and groups); updated live.
     pub forbidden: AtomicBool,
+    /// Which token the session logged in with, so revoking it can end the session.
+    pub token_fp: u64,
     outbox: Mutex<Outbox>,
     notify: Notify,
     max_frames: usize,
@@ -96,6 +100,9 @@ pub struct SessionHandle {
 /// The close reason of a session whose outbox overflowed (a slow consumer).
 pub(crate) const OUTBOX_FULL: &str = "outbox full: the client does not read fast enough";
 
+/// The close reason of a session whose token was revoked or whose user the operator disconnected.
+pub const KICKED: &str = "the session's token was revoked or its user disconnected by the operator";
+
 impl SessionHandle {
     pub fn new(id: SessionId, limits: OutboxLimits) -> SessionHandle {
         SessionHandle {
@@ -106,6 +113,7 @@ impl SessionHandle {
             platform: id.platform,
             online: id.online,
             forbidden: AtomicBool::new(id.forbidden),
+            token_fp: id.token_fp,
             outbox: Mutex::new(Outbox::default()),
             notify: Notify::new(),
             max_frames: limits.frames,
@@ -277,6 +285,19 @@ impl RouteTable {
         if let Some(v) = self.shard(&key).read().get(&key) {
             v.iter().for_each(&mut f);
         }
+    }
+
+    /// Closes the user's sessions that logged in with the token of fingerprint `token_fp` (0: every
+    /// session of the user); returns how many were asked to close.
+    pub fn kick(&self, appid: i64, uid: i64, token_fp: u64, reason: &'static str) -> usize {
+        let mut n = 0;
+        self.for_each(appid, uid, |s| {
+            if token_fp == 0 || s.token_fp == token_fp {
+                s.close(reason);
+                n += 1;
+            }
+        });
+        n
     }
 
     /// Queues `push` for every session of the user except connection `except`; returns how many got it.

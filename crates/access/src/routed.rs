@@ -100,6 +100,28 @@ impl RouteHandler for RoutedInbox {
         let Some(app) = self.app.upgrade() else {
             return;
         };
+        if m.kind == RouteKind::User {
+            if let Some(f) = m.inner_frame().filter(|f| f.cmd == proto::cmd::KICK) {
+                // Another node ended a revoked token's or a kicked user's sessions: end them here too.
+                if let Ok(fp) = <[u8; 8]>::try_from(&f.body[..]) {
+                    let n = app.route.kick(
+                        m.appid,
+                        m.receiver,
+                        u64::from_be_bytes(fp),
+                        crate::route::KICKED,
+                    );
+                    tracing::debug!(
+                        appid = m.appid,
+                        uid = m.receiver,
+                        sessions = n,
+                        "routed kick"
+                    );
+                } else {
+                    Stats::inc(&app.stats.routed_rejected);
+                }
+                return;
+            }
+        }
         let Some(push) = checked_push(&app, &m) else {
             return;
         };

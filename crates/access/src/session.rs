@@ -655,6 +655,7 @@ impl Session {
                 platform: a.platform_id,
                 online,
                 forbidden: flags.forbidden,
+                token_fp: backend::token_fingerprint(token),
             },
             OutboxLimits {
                 frames: app.server.outbox_frames,

@@ -238,16 +238,19 @@ impl Embedded {
         Ok(token)
     }
 
-    pub(crate) async fn revoke(&self, token: &str) -> Result<bool, BackendError> {
+    pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(i64, i64)>, BackendError> {
         let hash = token::hash(token);
         // Invalidate before and after: no lookup can cache the row across the delete.
         self.tokens.invalidate(&hash);
-        let done = sqlx::query("DELETE FROM tokens WHERE token_hash = ?1")
+        let row = sqlx::query("DELETE FROM tokens WHERE token_hash = ?1 RETURNING appid, uid")
             .bind(&hash[..])
-            .execute(&self.pool)
+            .fetch_optional(&self.pool)
             .await?;
         self.tokens.invalidate(&hash);
-        Ok(done.rows_affected() > 0)
+        Ok(match row {
+            Some(row) => Some((row.try_get("appid")?, row.try_get("uid")?)),
+            None => None,
+        })
     }
 
     pub(crate) async fn user_flags(&self, appid: i64, uid: i64) -> Result<UserFlags, BackendError> {

@@ -33,6 +33,7 @@ pub use options::{
     DEFAULT_MAX_MEMBERS, DEFAULT_MAX_RECEIVERS_PER_JOB, DEFAULT_PUSH_QUEUE_CAPACITY,
 };
 pub use push::{PushJob, PushSink};
+pub use token::fingerprint as token_fingerprint;
 
 /// Who a token belongs to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -118,8 +119,9 @@ impl Backend {
         }
     }
 
-    /// Revoke a stored token; `Ok(true)` if it existed. It stops authenticating at once.
-    pub async fn revoke(&self, token: &str) -> Result<bool, BackendError> {
+    /// Revoke a stored token; `Ok(Some((appid, uid)))`, whose token it was, if it existed. It stops
+    /// authenticating at once; ending the sessions that logged in with it is the caller's part.
+    pub async fn revoke(&self, token: &str) -> Result<Option<(i64, i64)>, BackendError> {
         match self {
             Backend::Embedded(b) => b.revoke(token).await,
             Backend::Redis(b) => b.revoke(token).await,

@@ -257,13 +257,26 @@ impl RedisBackend {
         Ok(token)
     }
 
-    pub(crate) async fn revoke(&self, token: &str) -> Result<bool, BackendError> {
-        let removed: i64 = self
-            .conn
-            .clone()
-            .del(format!("access_token_{token}"))
+    pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(i64, i64)>, BackendError> {
+        let key = format!("access_token_{token}");
+        // Read the owner and delete in one transaction, so the answer names the token that was removed.
+        let ((uid, appid), removed): ((Option<String>, Option<String>), i64) = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(&key)
+            .arg("user_id")
+            .arg("app_id")
+            .del(&key)
+            .query_async(&mut self.conn.clone())
             .await?;
-        Ok(removed > 0)
+        if removed == 0 {
+            return Ok(None);
+        }
+        // A hash with unreadable ids authenticated nobody, so no session can hold it.
+        match (int_field("user_id", uid), int_field("app_id", appid)) {
+            (Ok(uid), Ok(appid)) => Ok(Some((appid, uid))),
+            _ => Ok(None),
+        }
     }
 
     pub(crate) async fn user_flags(&self, appid: i64, uid: i64) -> Result<UserFlags, BackendError> {

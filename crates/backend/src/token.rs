@@ -37,6 +37,16 @@ pub(crate) fn hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// A short, stable identifier of a token (the first 8 bytes of its SHA-256), the same on every node:
+/// sessions keep it instead of the token, so a revocation can find the sessions that logged in with
+/// that token. Never 0 (0 means "any token" where fingerprints are matched).
+pub fn fingerprint(token: &str) -> u64 {
+    let h = hash(token);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h[..8]);
+    u64::from_be_bytes(b).max(1)
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);

@@ -134,12 +134,12 @@ async fn grant_authenticate_revoke(kind: Kind) {
     let other = b.grant(7, 1002, "").await.expect("grant");
     assert_ne!(token, other);
 
-    assert!(b.revoke(&token).await.expect("revoke"));
+    assert_eq!(b.revoke(&token).await.expect("revoke"), Some((7, 1001)));
     assert_eq!(
         b.authenticate(&token).await.expect("auth after revoke"),
         None
     );
-    assert!(!b.revoke(&token).await.expect("second revoke"));
+    assert_eq!(b.revoke(&token).await.expect("second revoke"), None);
     // The other token still works.
     assert_eq!(
         b.authenticate(&other).await.expect("auth").map(|i| i.uid),

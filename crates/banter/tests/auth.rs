@@ -3,6 +3,8 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
+
 use proto::{cmd, Body, Platform};
 
 #[tokio::test]
@@ -126,5 +128,47 @@ async fn idle_timeout_closes_silent_sessions() {
         .unwrap();
     let mut c = Client::login(&s, 3, 1, false, "d").await;
     assert!(c.closed_within(std::time::Duration::from_secs(5)).await);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn revoking_a_token_ends_the_sessions_that_logged_in_with_it() {
+    let s = TestServer::start().await.unwrap();
+    let revoked = grant(&s, 30).await;
+    let kept = grant(&s, 30).await;
+    let mut a1 = Client::tcp(s.tcp).await;
+    assert_eq!(a1.auth(&revoked, 2, Platform::ANDROID, "a1").await, 0);
+    let mut a2 = Client::ws(&s).await;
+    assert_eq!(a2.auth(&revoked, 2, Platform::WEB, "").await, 0);
+    let mut b = Client::tcp(s.tcp).await;
+    assert_eq!(b.auth(&kept, 2, Platform::IOS, "b").await, 0);
+
+    let (st, v) = post_json(
+        s.http,
+        "/auth/revoke",
+        &serde_json::json!({"token": revoked}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["revoked"], true);
+    assert_eq!(v["sessions_closed"], 2);
+    assert!(
+        a1.closed_within(Duration::from_secs(5)).await,
+        "TCP session ended"
+    );
+    assert!(
+        a2.closed_within(Duration::from_secs(5)).await,
+        "WebSocket session ended"
+    );
+    // The same user's session with another token is untouched and still sends.
+    let seq = b.send_im(30, 31, "still here").await;
+    let (ack, _) = b.recv_until(cmd::ACK).await;
+    assert_eq!(
+        body_of(&ack),
+        Body::Ack(proto::body::Ack { seq, status: 0 })
+    );
+    // And the revoked token cannot log in again.
+    let mut again = Client::tcp(s.tcp).await;
+    assert_eq!(again.auth(&revoked, 2, Platform::ANDROID, "a1").await, 1);
     s.stop().await;
 }

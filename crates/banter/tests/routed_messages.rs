@@ -190,3 +190,96 @@ async fn users_are_told_to_sync_once_their_router_link_has_resubscribed() {
         .iter()
         .any(|f| f.cmd == cmd::IM && &im_of(f).content[..] == b"while the router was away"));
 }
+
+/// Reads route frames from the access node until it publishes an inner frame of `want` to `uid`.
+async fn wait_publish(conn: &mut TcpStream, uid: i64, want: u8) -> Frame {
+    let mut buf = BytesMut::new();
+    tokio::time::timeout(WAIT, async {
+        loop {
+            while let Some(f) = Frame::decode(&mut buf, 1 << 20).unwrap() {
+                if let Ok(RouteBody::Publish(m)) = RouteBody::decode(f.cmd, &f.body) {
+                    if m.receiver == uid {
+                        if let Some(inner) = m.inner_frame().filter(|i| i.cmd == want) {
+                            return inner;
+                        }
+                    }
+                }
+            }
+            assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "link closed");
+        }
+    })
+    .await
+    .expect("the access node publishes")
+}
+
+/// The inner frame of a KICK for sessions that logged in with token fingerprint `fp`.
+fn kick_frame(fp: u64) -> Bytes {
+    let mut inner = BytesMut::new();
+    proto::Header {
+        len: 8,
+        seq: 0,
+        cmd: cmd::KICK,
+        version: 2,
+        flag: 0,
+    }
+    .write(&mut inner);
+    inner.extend_from_slice(&fp.to_be_bytes());
+    inner.freeze()
+}
+
+#[tokio::test]
+async fn a_revoked_token_ends_its_sessions_on_every_node() {
+    let (_router, server, mut link, mut c) = node_with_fake_router().await;
+    // A kick routed from another node for a token no session here used closes nothing.
+    publish(&mut link, 0, 0, kick_frame(12345)).await;
+    c.send_body(&Body::Ping, 0).await;
+    assert_eq!(c.recv().await.expect("pong").cmd, cmd::PONG);
+    assert!(
+        !c.closed_within(Duration::from_millis(300)).await,
+        "a kick for another token leaves the session alone"
+    );
+
+    // Revoking a token on this node closes its session here and tells the other nodes.
+    let token = grant(&server, 2).await;
+    let mut d = Client::tcp(server.tcp).await;
+    assert_eq!(d.auth(&token, 2, proto::Platform::IOS, "d").await, 0);
+    let (st, body) = http(
+        server.http,
+        "POST",
+        "/auth/revoke",
+        &[("Content-Type", "application/json")],
+        serde_json::json!({ "token": token }).to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    assert!(d.closed_within(WAIT).await, "the revoked session ended");
+    let inner = wait_publish(&mut link, 2, cmd::KICK).await;
+    assert_eq!(
+        &inner.body[..],
+        &backend::token_fingerprint(&token).to_be_bytes()
+    );
+    assert!(
+        !c.closed_within(Duration::from_millis(300)).await,
+        "the session with another token stays"
+    );
+
+    // A kick routed from another node for a session's token closes that session here.
+    let other = grant(&server, 2).await;
+    let mut e = Client::tcp(server.tcp).await;
+    assert_eq!(e.auth(&other, 2, proto::Platform::IOS, "e").await, 0);
+    publish(
+        &mut link,
+        0,
+        0,
+        kick_frame(backend::token_fingerprint(&other)),
+    )
+    .await;
+    assert!(
+        e.closed_within(WAIT).await,
+        "a routed kick ends the session"
+    );
+    assert!(
+        !c.closed_within(Duration::from_millis(300)).await,
+        "only the session with that token"
+    );
+}

@@ -29,6 +29,10 @@ pub const GROUP_SYNC_KEY: u8 = 35;
 pub const NOTIFICATION: u8 = 36;
 pub const METADATA: u8 = 37;
 pub const CUSTOMER_V2: u8 = 64;
+/// banter-internal, never sent to or accepted from clients: carried between access nodes inside a route
+/// PUBLISH to close sessions of a user (body: u64 big-endian token fingerprint, 0 = every session).
+/// See docs/internal-protocols.md.
+pub const KICK: u8 = 240;
 
 /// Whether a client may send `cmd` (the "C→S allowed" column of spec §4). Any other command closes the
 /// connection before its body is read.
@@ -96,6 +100,7 @@ pub const fn name(cmd: u8) -> &'static str {
         NOTIFICATION => "NOTIFICATION",
         METADATA => "METADATA",
         CUSTOMER_V2 => "CUSTOMER_V2",
+        KICK => "KICK(internal)",
         _ => "UNKNOWN",
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! | Method and path | Body | Answer |
 //! |---|---|---|
-//! | `POST /admin/groups` | `{"appid", "group_id"?, "name", "master"?, "super"?, "members": [uid…]}` | `{"group_id": n}` |
+//! | `POST /admin/groups` | `{"appid", "group_id"?, "name", "master"?, "super"?, "members": [uid…]}` | `{"group_id": n}` (an explicit id within 1 ..= 2^53 − 1, else one is allocated) |
 //! | `GET /admin/groups?appid=&group_id=` | – | the group with its members |
 //! | `POST /admin/groups/disband` | `{"appid", "group_id"}` | `{"disbanded": bool}` |
 //! | `POST /admin/groups/members/add` | `{"appid", "group_id", "members": [uid…]}` | `{}` |
@@ -14,11 +14,10 @@
 //! | `POST /admin/groups/upgrade` | `{"appid", "group_id"}` | `{}` (now a super group) |
 //! | `POST /admin/users/forbidden` | `{"appid", "uid", "forbidden": bool}` | `{}` |
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
@@ -26,7 +25,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::app::App;
-use crate::http::{json_body, ApiError};
+use crate::http::{json_body, ApiError, Params};
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -81,7 +80,7 @@ async fn create(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({ "group_id": gid })).into_response())
 }
 
-async fn show(State(app): State<Arc<App>>, Query(q): Query<HashMap<String, String>>) -> ApiResult {
+async fn show(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = crate::http::id(&q, "appid")?;
     let gid = crate::http::id(&q, "group_id")?;
     let g =

@@ -127,6 +127,16 @@ pub struct Stats {
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_rejected: AtomicU64,
+    /// Client sockets holding a connection permit: sessions plus connections still in their TLS
+    /// handshake or WebSocket upgrade (what `server.max_connections` bounds).
+    pub client_sockets: AtomicU64,
+    /// Open HTTP API connections (what `api.max_connections` bounds).
+    pub api_connections: AtomicU64,
+    /// HTTP API connections refused at `api.max_connections`.
+    pub api_connections_rejected: AtomicU64,
+    /// HTTP API requests refused for their body: over `api.max_body` or slower than
+    /// `api.body_timeout_secs`.
+    pub api_bodies_refused: AtomicU64,
     pub auth_ok: AtomicU64,
     pub auth_failed: AtomicU64,
     pub frames_in: AtomicU64,

@@ -19,9 +19,12 @@ pub struct ServerConfig {
     pub cert_file: String,
     /// PEM private key for `tls` and `wss`.
     pub key_file: String,
-    /// Most client connections held at once (all listeners together); further connections are closed at once.
+    /// Most client connections held at once (all listeners together), counted from the moment they are
+    /// accepted (before any TLS handshake or WebSocket upgrade); further connections are closed at once
+    /// (a plain WebSocket connection gets an HTTP 503 first).
     pub max_connections: usize,
-    /// Seconds a new connection has to complete the TLS handshake and authenticate before it is closed.
+    /// Seconds a new connection has, from the moment it is accepted, to complete the TLS handshake, the
+    /// WebSocket upgrade and authentication; one deadline for all three. It is closed when it runs out.
     pub login_timeout_secs: u64,
     /// Seconds without any frame from the client before the connection is closed (GoBelieve: 360).
     pub idle_timeout_secs: u64,
@@ -104,8 +107,17 @@ pub struct ApiConfig {
     /// When set, every request must carry `Authorization: Bearer <secret>` (except `/healthz`). When empty,
     /// the API refuses to listen on anything but a loopback address.
     pub secret: String,
-    /// Largest accepted request body in bytes.
+    /// Largest accepted request body in bytes; a larger one is answered 413 with a JSON error.
     pub max_body: usize,
+    /// Most HTTP connections held at once; further connections get a 503 with a JSON error and are
+    /// closed.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers, counted from the connection's start or the
+    /// end of its previous response (so an idle keep-alive connection is closed after this long too).
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body once its headers are in; a slower request
+    /// is answered 408 with a JSON error and its connection closed.
+    pub body_timeout_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -114,6 +126,9 @@ impl Default for ApiConfig {
             listen: "127.0.0.1:6666".into(),
             secret: String::new(),
             max_body: 64 * 1024,
+            max_connections: 1024,
+            header_timeout_secs: 30,
+            body_timeout_secs: 30,
         }
     }
 }

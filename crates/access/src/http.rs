@@ -2,25 +2,35 @@
 //! (Prometheus text format) and `/healthz`.
 //!
 //! Every parameter is validated: a bad request gets a 4xx whose JSON body names the problem, in
-//! GoBelieve's error shape `{"meta":{"code":N,"message":"…"}}`. Posting endpoints answer 200 only once
-//! the message is durably stored (the original answers 200 even when storage failed). When `api.secret`
-//! is set, every request except `/healthz` must carry `Authorization: Bearer <secret>`.
+//! GoBelieve's error shape `{"meta":{"code":N,"message":"…"}}`. Integer parameters are plain decimal
+//! (an optional `-` and digits, nothing else: no spaces, no `+`), as strict as GoBelieve's; when a
+//! query parameter is repeated, the first one counts, as in GoBelieve. Posting endpoints answer 200
+//! only once the message is durably stored (the original answers 200 even when storage failed). When
+//! `api.secret` is set, every request except `/healthz` must carry `Authorization: Bearer <secret>`
+//! (the scheme in any case), checked before the body is read.
+//!
+//! Request bodies are read whole before a handler runs: at most `api.max_body` bytes (413 otherwise)
+//! within `api.body_timeout_secs` (408 and the connection closed otherwise), both with JSON errors.
+//! Connection limits and header timeouts are the listener's ([`crate::listener`]).
 
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use proto::{cmd, Body};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use store::{QueueId, StoredMessage};
+use tracing::debug;
 
 use crate::app::{App, Stats};
 use crate::peer;
@@ -99,22 +109,54 @@ impl From<backend::BackendError> for ApiError {
 }
 
 type ApiResult = Result<Response, ApiError>;
-type Params = Query<HashMap<String, String>>;
+
+/// A request's query parameters, decoded, in order.
+pub(crate) struct Params(Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for Params {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+            .map_err(|e| ApiError::bad(format!("invalid query string: {e}")))?;
+        Ok(Params(pairs))
+    }
+}
+
+impl Params {
+    /// The value of the first parameter called `name` (GoBelieve reads the first one too).
+    fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain decimal integer: an optional `-` and ASCII digits, nothing else (no spaces, no `+`), within
+/// the range of i64.
+pub(crate) fn parse_int(v: &str) -> Option<i64> {
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
 
 /// A required integer query parameter.
-pub(crate) fn int(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
+pub(crate) fn int(q: &Params, name: &str) -> Result<i64, ApiError> {
     let v = q
         .get(name)
         .ok_or_else(|| ApiError::bad(format!("missing query parameter `{name}`")))?;
-    v.trim().parse::<i64>().map_err(|_| {
+    parse_int(v).ok_or_else(|| {
         ApiError::bad(format!(
-            "query parameter `{name}` must be an integer, got {v:?}"
+            "query parameter `{name}` must be a decimal integer, got {v:?}"
         ))
     })
 }
 
 /// A required positive id.
-pub(crate) fn id(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiError> {
+pub(crate) fn id(q: &Params, name: &str) -> Result<i64, ApiError> {
     let v = int(q, name)?;
     if v <= 0 {
         return Err(ApiError::bad(format!(
@@ -124,11 +166,12 @@ pub(crate) fn id(q: &HashMap<String, String>, name: &str) -> Result<i64, ApiErro
     Ok(v)
 }
 
-fn opt_int(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
-    if q.contains_key(name) {
-        int(q, name).map(Some)
-    } else {
-        Ok(None)
+/// An optional integer query parameter. Missing and empty are the same (as in GoBelieve, whose
+/// query lookup cannot tell them apart); any other value must be an integer.
+fn opt_int(q: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+    match q.get(name) {
+        None | Some("") => Ok(None),
+        Some(_) => int(q, name).map(Some),
     }
 }
 
@@ -191,11 +234,7 @@ async fn revoke(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({ "revoked": owner.is_some(), "sessions_closed": sessions })).into_response())
 }
 
-async fn post_peer_message(
-    State(app): State<Arc<App>>,
-    Query(q): Params,
-    body: Bytes,
-) -> ApiResult {
+async fn post_peer_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let sender = id(&q, "sender")?;
     let receiver = id(&q, "receiver")?;
@@ -229,11 +268,7 @@ async fn post_system_message(State(app): State<Arc<App>>, body: Bytes) -> ApiRes
     ok_empty()
 }
 
-async fn post_notification(
-    State(app): State<Arc<App>>,
-    Query(q): Params,
-    body: Bytes,
-) -> ApiResult {
+async fn post_notification(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
     let content = content_of(&app, &body)?;
@@ -241,11 +276,7 @@ async fn post_notification(
     ok_empty()
 }
 
-async fn post_realtime_message(
-    State(app): State<Arc<App>>,
-    Query(q): Params,
-    body: Bytes,
-) -> ApiResult {
+async fn post_realtime_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let sender = id(&q, "sender")?;
     let receiver = id(&q, "receiver")?;
@@ -259,11 +290,7 @@ async fn post_realtime_message(
     ok_empty()
 }
 
-async fn post_room_message(
-    State(app): State<Arc<App>>,
-    Query(q): Params,
-    body: Bytes,
-) -> ApiResult {
+async fn post_room_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
     let room = id(&q, "room")?;
@@ -309,11 +336,7 @@ async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiR
     Ok(Json(json!({"data": {}})).into_response())
 }
 
-async fn post_group_message(
-    State(app): State<Arc<App>>,
-    Query(q): Params,
-    body: Bytes,
-) -> ApiResult {
+async fn post_group_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let sender = id(&q, "sender")?;
     let gid = id(&q, "receiver")?;
@@ -371,7 +394,7 @@ fn message_json(m: &StoredMessage) -> Option<Value> {
     }
 }
 
-async fn load_latest_message(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
+async fn load_latest_message(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
     let limit = int(&q, "limit")?;
@@ -391,10 +414,10 @@ async fn load_latest_message(State(app): State<Arc<App>>, Query(q): Params) -> A
     Ok(Json(json!({ "data": data })).into_response())
 }
 
-async fn load_history_message(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
+async fn load_history_message(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
-    let last_id = opt_int(&q, "last_id")?.unwrap_or(0);
+    let last_id = int(&q, "last_id")?;
     if last_id < 0 {
         return Err(ApiError::bad("query parameter `last_id` must be >= 0"));
     }
@@ -413,7 +436,7 @@ async fn load_history_message(State(app): State<Arc<App>>, Query(q): Params) -> 
     )
 }
 
-async fn get_offline_count(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
+async fn get_offline_count(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
     let mut key = opt_int(&q, "sync_key")?.unwrap_or(0);
@@ -443,7 +466,7 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
-async fn summary(State(app): State<Arc<App>>, Query(q): Params) -> ApiResult {
+async fn summary(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = opt_int(&q, "appid")?;
     let st = &app.stats;
     let (users, clients) = app.route.counts(None);
@@ -522,6 +545,30 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         "counter",
         "Connections refused at max_connections.",
         g(&st.connections_rejected),
+    );
+    metric(
+        "client_sockets",
+        "gauge",
+        "Client sockets counted against server.max_connections (sessions, TLS handshakes and WebSocket upgrades in progress).",
+        g(&st.client_sockets),
+    );
+    metric(
+        "api_connections",
+        "gauge",
+        "Open HTTP API connections (bounded by api.max_connections).",
+        g(&st.api_connections),
+    );
+    metric(
+        "api_connections_rejected_total",
+        "counter",
+        "HTTP API connections refused at api.max_connections.",
+        g(&st.api_connections_rejected),
+    );
+    metric(
+        "api_bodies_refused_total",
+        "counter",
+        "HTTP API requests refused for their body (over api.max_body, or slower than api.body_timeout_secs).",
+        g(&st.api_bodies_refused),
     );
     metric(
         "auth_ok_total",
@@ -687,7 +734,7 @@ async fn require_secret(
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .unwrap_or("");
     if constant_time_eq(given.as_bytes(), app.api.secret.as_bytes()) {
         next.run(req).await
@@ -698,6 +745,66 @@ async fn require_secret(
         }
         .into_response()
     }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` value; the scheme is case-insensitive and
+/// may be followed by several spaces (RFC 9110 §11.1, §11.4).
+fn bearer_token(v: &str) -> Option<&str> {
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
+/// Reads the whole request body, at most `api.max_body` bytes within `api.body_timeout_secs`, before
+/// the handler runs; answers 413 or 408 (closing the connection) with a JSON error otherwise.
+async fn read_body(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let max = app.api.max_body;
+    let too_large = || {
+        Stats::inc(&app.stats.api_bodies_refused);
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            message: format!("the request body exceeds the limit of {max} bytes (api.max_body)"),
+        }
+        .into_response()
+    };
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large();
+    }
+    let limit = Duration::from_secs(app.api.body_timeout_secs);
+    let body = match tokio::time::timeout(limit, Limited::new(body, max).collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
+        Ok(Err(e)) => {
+            debug!(error = %e, "cannot read an HTTP request body");
+            return ApiError::bad(format!("cannot read the request body: {e}")).into_response();
+        }
+        Err(_) => {
+            Stats::inc(&app.stats.api_bodies_refused);
+            debug!(path = parts.uri.path(), "HTTP request body timed out");
+            let mut r = ApiError {
+                status: StatusCode::REQUEST_TIMEOUT,
+                message: format!(
+                    "the request body was not received within {} s (api.body_timeout_secs)",
+                    limit.as_secs()
+                ),
+            }
+            .into_response();
+            r.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -735,6 +842,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(healthz))
         .merge(crate::admin::routes())
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), require_secret))
         .layer(DefaultBodyLimit::max(app.api.max_body))
         .with_state(app)

@@ -105,6 +105,20 @@ impl AccessNode {
                 proto::MAX_BODY_LEN
             )));
         }
+        if app.api.max_body == 0
+            || app.api.max_connections == 0
+            || app.api.header_timeout_secs == 0
+            || app.api.body_timeout_secs == 0
+        {
+            return Err(StartError::Config(
+                "api.max_body, api.max_connections, api.header_timeout_secs and api.body_timeout_secs must be > 0".into(),
+            ));
+        }
+        if cfg.max_connections == 0 || cfg.login_timeout_secs == 0 {
+            return Err(StartError::Config(
+                "server.max_connections and server.login_timeout_secs must be > 0".into(),
+            ));
+        }
         let api_listen = app.api.listen.trim().to_string();
         if !api_listen.is_empty() && app.api.secret.is_empty() {
             let loopback = tokio::net::lookup_host(&api_listen)
@@ -154,22 +168,20 @@ impl AccessNode {
             tracker.spawn(listener::serve_stream(l, ctx.clone(), Some(a)));
         }
         if let Some(l) = ws {
-            tracker.spawn(listener::serve_ws(l, ctx.clone()));
+            tracker.spawn(listener::serve_ws(l, ctx.clone(), None));
         }
         if let (Some(l), Some(a)) = (wss, acceptor) {
-            tracker.spawn(listener::serve_wss(l, ctx.clone(), a));
+            tracker.spawn(listener::serve_ws(l, ctx.clone(), Some(a)));
         }
         if let Some(l) = http {
             let router = http::router(app.clone());
-            let sd = shutdown.clone();
-            tracker.spawn(async move {
-                if let Err(e) = axum::serve(l, router)
-                    .with_graceful_shutdown(sd.cancelled_owned())
-                    .await
-                {
-                    warn!(error = %e, "HTTP API stopped");
-                }
-            });
+            tracker.spawn(listener::serve_api(
+                l,
+                app.clone(),
+                router,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
         }
         info!(?addrs, "access node listening");
         Ok(AccessNode {

@@ -1,33 +1,49 @@
-//! Client listeners: TCP, raw TLS, WebSocket (`/ws`) and WSS, all feeding [`crate::session::run`].
+//! Client listeners: TCP, raw TLS, WebSocket (`/ws`) and WSS, all feeding [`crate::session::run`], and
+//! the HTTP API's listener ([`serve_api`]).
 //!
-//! A connection permit is taken before a session is spawned and released when it ends, so
-//! `max_connections` is a hard bound. TLS handshakes run in their own tasks under the login timeout, so a
-//! stalled handshake never holds up the accept loop. Accept errors (e.g. out of file descriptors) are
-//! logged and retried after a pause; they never end the listener.
+//! A connection permit is taken the moment a connection is accepted, before any TLS handshake or
+//! WebSocket upgrade, and released when the connection ends, so `server.max_connections` bounds every
+//! open client socket (a connection beyond it is closed at once; a plain WebSocket one gets a 503
+//! first). One login deadline runs from accept to authentication (`server.login_timeout_secs`): the TLS
+//! handshake, the HTTP upgrade and the session's wait for AUTH_TOKEN all count against it. Handshakes
+//! and upgrades run in each connection's own task, so a stalled client never holds up an accept loop.
+//! HTTP request heads (WebSocket upgrades and API requests) are limited to [`MAX_HEADER_BYTES`]. Accept
+//! errors (e.g. out of file descriptors) are logged and retried after a pause; they never end the
+//! listener.
+//!
+//! The HTTP API has its own permits (`api.max_connections`; a connection beyond them gets a 503 with a
+//! JSON error) and a header-read timeout (`api.header_timeout_secs`) from the connection's start and
+//! between keep-alive requests; bodies are bounded by [`crate::http`].
 //!
 //! Every listener (and the HTTP API's) is bound by [`bind`] with a listen backlog of [`LISTEN_BACKLOG`],
 //! so a burst of connects (a reconnect storm after a restart or a network blip) waits in the kernel's
 //! accept queue instead of overflowing it and costing each client a SYN retransmission (1 s or more).
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::connect_info::Connected;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{Extension, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::IncomingStream;
 use axum::Router;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-use tokio_rustls::server::TlsStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tower_service::Service;
+use tracing::{debug, warn};
 
 use crate::app::{App, Stats};
 use crate::session;
@@ -44,6 +60,11 @@ const WS_READ_BUFFER: usize = 4096;
 /// capacity for the life of the connection; tungstenite's default is 128 KiB). A flush writes
 /// everything regardless.
 const WS_WRITE_BUFFER: usize = 4096;
+
+/// Largest HTTP request head (request line and headers) accepted on the WebSocket and API listeners;
+/// a larger one gets 431 and its connection is closed. Browsers' upgrade requests with cookies fit
+/// easily; the bound keeps what a slow client can make the server buffer small.
+pub(crate) const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Listen backlog of every listener: connections the kernel completes and queues while the accept
 /// loop catches up. The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4), so
@@ -90,16 +111,50 @@ pub(crate) struct Ctx {
     pub tracker: TaskTracker,
 }
 
+/// A connection permit, counted in one of the node's gauges while it is held.
+pub(crate) struct Permit {
+    _permit: OwnedSemaphorePermit,
+    app: Arc<App>,
+    gauge: fn(&Stats) -> &AtomicU64,
+}
+
+impl Permit {
+    fn try_new(
+        permits: &Arc<Semaphore>,
+        app: &Arc<App>,
+        gauge: fn(&Stats) -> &AtomicU64,
+    ) -> Option<Permit> {
+        let permit = permits.clone().try_acquire_owned().ok()?;
+        Stats::inc(gauge(&app.stats));
+        Some(Permit {
+            _permit: permit,
+            app: app.clone(),
+            gauge,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        (self.gauge)(&self.app.stats).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 impl Ctx {
-    fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        match self.permits.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
+    fn permit(&self) -> Option<Permit> {
+        match Permit::try_new(&self.permits, &self.app, |s| &s.client_sockets) {
+            Some(p) => Some(p),
+            None => {
                 Stats::inc(&self.app.stats.connections_rejected);
-                debug!("connection refused: max_connections reached");
+                debug!("connection refused: server.max_connections reached");
                 None
             }
         }
+    }
+
+    /// The login deadline of a connection accepted now.
+    fn login_deadline(&self) -> Instant {
+        Instant::now() + Duration::from_secs(self.app.server.login_timeout_secs)
     }
 }
 
@@ -144,6 +199,29 @@ async fn accept_retry(listener: &TcpListener) -> (TcpStream, SocketAddr) {
     }
 }
 
+/// Answers a connection refused for lack of permits with `503` and `body` (JSON) and closes it, without
+/// waiting for anything: what the client already sent is discarded first, so that closing the socket
+/// does not reset the connection before the client reads the answer.
+fn refuse_http(stream: TcpStream, body: &str) {
+    let Ok(mut s) = stream.into_std() else {
+        return;
+    };
+    // Non-blocking: read only what is already there, at most a few buffers' worth.
+    let mut buf = [0u8; 4096];
+    for _ in 0..4 {
+        match s.read(&mut buf) {
+            Ok(n) if n == buf.len() => continue,
+            _ => break,
+        }
+    }
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = s.write(response.as_bytes());
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
 /// Accepts plain TCP (or, with `tls`, raw TLS) client connections until shutdown.
 pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<TlsAcceptor>) {
     loop {
@@ -151,6 +229,7 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
             _ = ctx.shutdown.cancelled() => return,
             c = accept_retry(&listener) => c,
         };
+        let deadline = ctx.login_deadline();
         let Some(permit) = ctx.permit() else {
             continue;
         };
@@ -161,21 +240,26 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
         match &tls {
             None => {
                 ctx.tracker.spawn(async move {
-                    session::run(app, StreamTransport::new(stream, max_body), peer, shutdown).await;
+                    let t = StreamTransport::new(stream, max_body);
+                    session::run(app, t, peer, shutdown, deadline).await;
                     drop(permit);
                 });
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
-                let login = Duration::from_secs(app.server.login_timeout_secs);
                 ctx.tracker.spawn(async move {
-                    match tokio::time::timeout(login, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            session::run(app, StreamTransport::new(tls, max_body), peer, shutdown)
-                                .await
+                    let handshake = tokio::select! {
+                        _ = shutdown.cancelled() => None,
+                        r = timeout_at(deadline, acceptor.accept(stream)) => Some(r),
+                    };
+                    match handshake {
+                        Some(Ok(Ok(tls))) => {
+                            let t = StreamTransport::new(tls, max_body);
+                            session::run(app, t, peer, shutdown, deadline).await
                         }
-                        Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        Some(Ok(Err(e))) => debug!(%peer, error = %e, "TLS handshake failed"),
+                        Some(Err(_)) => debug!(%peer, "TLS handshake timed out (login timeout)"),
+                        None => {}
                     }
                     drop(permit);
                 });
@@ -184,37 +268,28 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
     }
 }
 
-/// The client's address, for both plain and TLS WebSocket listeners.
-#[derive(Clone, Copy)]
-struct Peer(SocketAddr);
-
-impl Connected<IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TcpListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
-}
-
-impl Connected<IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(stream: IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
-    }
+/// What the WebSocket upgrade handler learns about its connection: the client's address, the login
+/// deadline set at accept, and the connection's permit, which the session takes over.
+#[derive(Clone)]
+struct WsConn {
+    peer: SocketAddr,
+    deadline: Instant,
+    permit: Arc<Mutex<Option<Permit>>>,
 }
 
 async fn ws_upgrade(
     State(ctx): State<Ctx>,
-    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
+    Extension(conn): Extension<WsConn>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let Some(permit) = ctx.permit() else {
-        return (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "too many connections",
-        )
-            .into_response();
+    let Some(permit) = conn.permit.lock().take() else {
+        // A connection upgrades once; this cannot happen, but must not run a session without a permit.
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     let app = ctx.app.clone();
     let shutdown = ctx.shutdown.clone();
     let tracker = ctx.tracker.clone();
+    let (peer, deadline) = (conn.peer, conn.deadline);
     ws.max_message_size(MAX_WS_MESSAGE)
         .max_frame_size(MAX_WS_MESSAGE)
         .read_buffer_size(WS_READ_BUFFER)
@@ -222,7 +297,8 @@ async fn ws_upgrade(
         .on_upgrade(move |socket| {
             let max_body = app.server.max_body;
             tracker.track_future(async move {
-                session::run(app, WsTransport::new(socket, max_body), peer, shutdown).await;
+                let t = WsTransport::new(socket, max_body);
+                session::run(app, t, peer, shutdown, deadline).await;
                 drop(permit);
             })
         })
@@ -232,85 +308,124 @@ fn ws_router(ctx: Ctx) -> Router {
     Router::new().route("/ws", get(ws_upgrade)).with_state(ctx)
 }
 
-/// Serves WebSocket clients on `/ws` until shutdown.
-pub(crate) async fn serve_ws(listener: TcpListener, ctx: Ctx) {
-    let shutdown = ctx.shutdown.clone();
-    let router = ws_router(ctx);
-    if let Err(e) = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
-    {
-        warn!(error = %e, "websocket listener stopped");
-    }
-}
-
-/// A listener of completed TLS connections; handshakes run in their own tasks and feed a channel.
-struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(c) => c,
-            // The handshake task ended (shutdown): wait for graceful shutdown to stop the server.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(self.local)
-    }
-}
-
-/// Serves WebSocket-over-TLS clients on `/ws` until shutdown.
-pub(crate) async fn serve_wss(listener: TcpListener, ctx: Ctx, acceptor: TlsAcceptor) {
-    let local = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => {
-            warn!(error = %e, "wss listener has no local address");
-            return;
-        }
-    };
-    let (tx, rx) = mpsc::channel(128);
-    let login = Duration::from_secs(ctx.app.server.login_timeout_secs);
-    let shutdown = ctx.shutdown.clone();
-    ctx.tracker.spawn(async move {
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                c = accept_retry(&listener) => c,
-            };
-            let acceptor = acceptor.clone();
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                match tokio::time::timeout(login, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send((tls, peer)).await;
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
-                    Err(_) => debug!(%peer, "TLS handshake timed out"),
-                }
-            });
-        }
+/// Runs the HTTP side of one WebSocket-port connection until it upgrades (the session then runs in its
+/// own task), fails, or reaches its login deadline.
+async fn ws_http<I>(io: I, router: Router, conn: WsConn, shutdown: &CancellationToken)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (peer, deadline) = (conn.peer, conn.deadline);
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(conn.clone());
+        router.clone().call(req)
     });
-    let shutdown = ctx.shutdown.clone();
-    let router = ws_router(ctx);
-    info!(%local, "wss listening");
-    if let Err(e) = axum::serve(
-        TlsListener { rx, local },
-        router.into_make_service_with_connect_info::<Peer>(),
-    )
-    .with_graceful_shutdown(shutdown.cancelled_owned())
-    .await
-    {
-        warn!(error = %e, "wss listener stopped");
+    let http = http1::Builder::new()
+        .max_header_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::select! {
+        r = http => if let Err(e) = r {
+            debug!(%peer, error = %e, "websocket upgrade failed");
+        },
+        _ = sleep_until(deadline) => debug!(%peer, "websocket upgrade timed out (login timeout)"),
+        _ = shutdown.cancelled() => {}
+    }
+}
+
+/// Serves WebSocket (or, with `tls`, WebSocket-over-TLS) clients on `/ws` until shutdown.
+pub(crate) async fn serve_ws(listener: TcpListener, ctx: Ctx, tls: Option<TlsAcceptor>) {
+    let router = ws_router(ctx.clone());
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            c = accept_retry(&listener) => c,
+        };
+        let deadline = ctx.login_deadline();
+        let Some(permit) = ctx.permit() else {
+            if tls.is_none() {
+                refuse_http(
+                    stream,
+                    r#"{"meta":{"code":503,"message":"too many connections (server.max_connections)"}}"#,
+                );
+            }
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = WsConn {
+            peer,
+            deadline,
+            permit: Arc::new(Mutex::new(Some(permit))),
+        };
+        let router = router.clone();
+        let shutdown = ctx.shutdown.clone();
+        let acceptor = tls.clone();
+        ctx.tracker.spawn(async move {
+            let Some(acceptor) = acceptor else {
+                return ws_http(stream, router, conn, &shutdown).await;
+            };
+            let handshake = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = timeout_at(deadline, acceptor.accept(stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(tls)) => ws_http(tls, router, conn, &shutdown).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => debug!(%peer, "TLS handshake timed out (login timeout)"),
+            }
+        });
+    }
+}
+
+/// Serves the HTTP API (`router`) until shutdown: at most `api.max_connections` connections, request
+/// heads within `api.header_timeout_secs` and [`MAX_HEADER_BYTES`]. On shutdown, idle connections
+/// close at once and requests in progress are finished.
+pub(crate) async fn serve_api(
+    listener: TcpListener,
+    app: Arc<App>,
+    router: Router,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let permits = Arc::new(Semaphore::new(app.api.max_connections.max(1)));
+    let header_timeout = Duration::from_secs(app.api.header_timeout_secs.max(1));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = accept_retry(&listener) => c,
+        };
+        let Some(permit) = Permit::try_new(&permits, &app, |s| &s.api_connections) else {
+            Stats::inc(&app.stats.api_connections_rejected);
+            debug!(%peer, "HTTP connection refused: api.max_connections reached");
+            refuse_http(
+                stream,
+                r#"{"meta":{"code":503,"message":"too many connections (api.max_connections)"}}"#,
+            );
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                router.clone().call(req)
+            });
+            let http = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .max_header_size(MAX_HEADER_BYTES)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(http);
+            let r = tokio::select! {
+                r = http.as_mut() => r,
+                _ = shutdown.cancelled() => {
+                    http.as_mut().graceful_shutdown();
+                    http.await
+                }
+            };
+            if let Err(e) = r {
+                debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+            drop(permit);
+        });
     }
 }

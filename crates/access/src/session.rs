@@ -26,7 +26,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::app::{App, AppendResult, Stats};
 use crate::route::{OutboxLimits, Push, SessionHandle, SessionId, OUTBOX_FULL};
-use crate::transport::{RecvError, Transport};
+use crate::transport::{CloseReason, RecvError, Transport};
 
 /// Why a session ended.
 #[derive(Debug)]
@@ -52,6 +52,20 @@ impl std::fmt::Display for End {
             End::Protocol(e) => write!(f, "protocol error: {e}"),
             End::WriteFailed(e) => write!(f, "write failed: {e}"),
             End::WriteTimeout => write!(f, "write timed out"),
+        }
+    }
+}
+
+impl End {
+    /// What the client is told when the connection closes (a WebSocket close code).
+    fn close_reason(&self) -> CloseReason {
+        match self {
+            End::Shutdown => CloseReason::GoingAway,
+            End::Recv(e) => e.close_reason(),
+            End::Protocol(_) | End::Kicked(_) => CloseReason::Policy,
+            End::ClientClosed | End::Timeout(_) | End::WriteFailed(_) | End::WriteTimeout => {
+                CloseReason::Normal
+            }
         }
     }
 }
@@ -164,7 +178,9 @@ pub(crate) struct Session {
     torn: bool,
 }
 
-/// Runs a session on `transport` until it ends, then unregisters it.
+/// Runs a session on `transport` until it ends, then unregisters it. The client must authenticate
+/// before `login_deadline`: the listener sets it when it accepts the connection, so the TLS handshake
+/// and WebSocket upgrade count against the same `server.login_timeout_secs`.
 ///
 /// Not an `async fn`: the session is set up before the future is built, so the arguments only needed
 /// for that (the peer address, the span's fields) are not kept in every idle session's task.
@@ -173,6 +189,7 @@ pub fn run<T: Transport>(
     transport: T,
     peer: SocketAddr,
     shutdown: CancellationToken,
+    login_deadline: Instant,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = app.next_conn_id();
     Stats::inc(&app.stats.connections);
@@ -201,7 +218,7 @@ pub fn run<T: Transport>(
     // Everything the task needs is captured by `async move` and used in place (an `async fn` would
     // keep its arguments and the locals they are moved into).
     async move {
-        let end = s.run_loop(&mut transport, &shutdown).await;
+        let end = s.run_loop(&mut transport, &shutdown, login_deadline).await;
         s.finish(end, &mut transport).await;
     }
     .instrument(span)
@@ -277,7 +294,11 @@ impl Session {
             app.links.logout(h.conn_id, h.appid, h.uid);
         }
         // A close handshake (TLS close_notify, WebSocket close frame) is a write too.
-        let _ = Box::pin(timeout(FINAL_FLUSH_LIMIT, transport.close())).await;
+        let _ = Box::pin(timeout(
+            FINAL_FLUSH_LIMIT,
+            transport.close(end.close_reason()),
+        ))
+        .await;
         app.stats
             .connections
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -285,9 +306,12 @@ impl Session {
 }
 
 impl Session {
-    async fn run_loop<T: Transport>(&mut self, t: &mut T, shutdown: &CancellationToken) -> End {
-        let login_deadline =
-            Instant::now() + Duration::from_secs(self.app.server.login_timeout_secs);
+    async fn run_loop<T: Transport>(
+        &mut self,
+        t: &mut T,
+        shutdown: &CancellationToken,
+        login_deadline: Instant,
+    ) -> End {
         let idle = Duration::from_secs(self.app.server.idle_timeout_secs);
         let mut last_frame = Instant::now();
         let max_inflight = self.app.server.max_inflight.max(1);
@@ -737,7 +761,7 @@ mod tests {
     fn session_future_size<T: Transport>() -> usize {
         future_size(
             |(app, t, peer, sd): (Arc<App>, T, SocketAddr, CancellationToken)| {
-                run(app, t, peer, sd)
+                run(app, t, peer, sd, Instant::now())
             },
         )
     }

@@ -5,16 +5,27 @@
 //! while bytes are pending: an idle TCP connection holds no read buffer at all. A command outside the
 //! client whitelist is refused from its header, before its body is read (spec §2.3). WebSocket carries
 //! exactly one frame per binary message (spec §2.5).
+//!
+//! A connection is closed with a [`CloseReason`]; WebSocket transports send it as the close frame's
+//! status code (1002 for a WebSocket protocol violation, 1003 for a text message, 1009 for a message
+//! or frame over the size limits, 1008 for a violation of the IM protocol inside a well-formed
+//! message, 1001 on shutdown, 1000 otherwise), so a client learns why it was disconnected.
 
 use std::future::Future;
 use std::io;
+use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use bytes::{Bytes, BytesMut};
 use futures_util::SinkExt;
 use proto::{cmd, DecodeError, Frame, Header, HEADER_LEN};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+
+/// How long closing a connection (TLS close_notify, WebSocket close frame) may take: a client that
+/// does not read must not hold the session's task.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Why reading from a client stopped. Only `Io` may be the server's problem; the rest is the client's.
 #[derive(Debug, thiserror::Error)]
@@ -27,8 +38,92 @@ pub enum RecvError {
     NotAllowed(u8),
     #[error("connection closed in the middle of a frame")]
     Truncated,
+    /// A violation of the WebSocket protocol itself (bad opcode, unmasked frame, …).
     #[error("websocket: {0}")]
     WebSocket(String),
+    /// A WebSocket message or frame larger than the limit (spec §2.5).
+    #[error("websocket message too big: {0}")]
+    WebSocketTooBig(String),
+    /// A text message (only binary messages carry frames, spec §2.5).
+    #[error("websocket text messages are not accepted")]
+    WebSocketText,
+}
+
+impl RecvError {
+    /// The close reason this error calls for.
+    pub fn close_reason(&self) -> CloseReason {
+        match self {
+            RecvError::Io(_) => CloseReason::Normal,
+            RecvError::Decode(DecodeError::TooLong { .. }) | RecvError::WebSocketTooBig(_) => {
+                CloseReason::TooBig
+            }
+            RecvError::Decode(_) | RecvError::NotAllowed(_) | RecvError::Truncated => {
+                CloseReason::Policy
+            }
+            RecvError::WebSocket(_) => CloseReason::Protocol,
+            RecvError::WebSocketText => CloseReason::Unsupported,
+        }
+    }
+
+    /// Classifies an error of the WebSocket library.
+    fn from_ws(e: axum::Error) -> RecvError {
+        match e.into_inner().downcast::<WsError>() {
+            Ok(e) => match *e {
+                WsError::Io(e) => RecvError::Io(e),
+                WsError::Capacity(e @ CapacityError::MessageTooLong { .. }) => {
+                    RecvError::WebSocketTooBig(e.to_string())
+                }
+                WsError::Utf8(_) => RecvError::WebSocketText,
+                e => RecvError::WebSocket(e.to_string()),
+            },
+            Err(e) => RecvError::WebSocket(e.to_string()),
+        }
+    }
+}
+
+/// Why the server closes a connection; WebSocket transports send the matching close status code
+/// (RFC 6455 §7.4.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// 1000: the session ended (client closed, timeout, write failure).
+    Normal,
+    /// 1001: the server is shutting down.
+    GoingAway,
+    /// 1002: the WebSocket protocol was violated.
+    Protocol,
+    /// 1003: a data type the server does not accept (a text message).
+    Unsupported,
+    /// 1008: the IM protocol was violated (a bad frame, a command clients may not send), or the
+    /// server disconnected the session (e.g. it could not keep up).
+    Policy,
+    /// 1009: a message or frame over the size limit.
+    TooBig,
+}
+
+impl CloseReason {
+    /// The WebSocket close status code.
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::GoingAway => 1001,
+            CloseReason::Protocol => 1002,
+            CloseReason::Unsupported => 1003,
+            CloseReason::Policy => 1008,
+            CloseReason::TooBig => 1009,
+        }
+    }
+
+    /// The close frame's reason text.
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "",
+            CloseReason::GoingAway => "server shutting down",
+            CloseReason::Protocol => "websocket protocol error",
+            CloseReason::Unsupported => "only binary messages are accepted",
+            CloseReason::Policy => "IM protocol violation or disconnected by the server",
+            CloseReason::TooBig => "message too big",
+        }
+    }
 }
 
 /// A client connection as the session sees it.
@@ -45,8 +140,9 @@ pub trait Transport: Send + 'static {
         ends: &[usize],
     ) -> impl Future<Output = io::Result<()>> + Send;
 
-    /// Best-effort clean close.
-    fn close(&mut self) -> impl Future<Output = ()> + Send;
+    /// Best-effort clean close, telling the client `why` where the transport can (WebSocket). Bounded
+    /// in time.
+    fn close(&mut self, why: CloseReason) -> impl Future<Output = ()> + Send;
 }
 
 /// Streams that can wait for readability without a buffer (so idle connections hold none).
@@ -130,8 +226,8 @@ where
         self.io.flush().await
     }
 
-    async fn close(&mut self) {
-        let _ = self.io.shutdown().await;
+    async fn close(&mut self, _why: CloseReason) {
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
     }
 }
 
@@ -153,7 +249,7 @@ impl Transport for WsTransport {
             let msg = match self.ws.recv().await {
                 None => return Ok(None),
                 Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(RecvError::WebSocket(e.to_string())),
+                Some(Err(e)) => return Err(RecvError::from_ws(e)),
             };
             match msg {
                 Message::Binary(b) => {
@@ -176,11 +272,7 @@ impl Transport for WsTransport {
                         body,
                     }));
                 }
-                Message::Text(_) => {
-                    return Err(RecvError::WebSocket(
-                        "text messages are not accepted".into(),
-                    ))
-                }
+                Message::Text(_) => return Err(RecvError::WebSocketText),
                 Message::Close(_) => return Ok(None),
                 Message::Ping(_) | Message::Pong(_) => continue,
             }
@@ -201,7 +293,17 @@ impl Transport for WsTransport {
         self.ws.flush().await.map_err(io::Error::other)
     }
 
-    async fn close(&mut self) {
-        let _ = self.ws.close().await;
+    async fn close(&mut self, why: CloseReason) {
+        let frame = CloseFrame {
+            code: why.code(),
+            reason: why.text().into(),
+        };
+        // Sends the close frame (ignored when the connection is already closed) and flushes.
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            if self.ws.send(Message::Close(Some(frame))).await.is_ok() {
+                let _ = self.ws.close().await;
+            }
+        })
+        .await;
     }
 }

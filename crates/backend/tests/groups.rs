@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use backend::groups::MAX_EXPLICIT_GROUP_ID;
 use backend::{
     BackendError, EmbeddedGroupOptions, Group, GroupChange, GroupDirectory, Member,
     MysqlGroupOptions,
@@ -98,6 +99,8 @@ async fn suite(d: &GroupDirectory) {
     appid_scoping(d, 108, 109).await;
     change_events(d, 110).await;
     snapshots_are_immutable(d, 111).await;
+    // Last: it leaves the automatic ids above 2^53.
+    explicit_id_bounds(d, 112).await;
 }
 
 async fn create_and_get(d: &GroupDirectory, app: i64) {
@@ -305,6 +308,64 @@ async fn rename_and_upgrade(d: &GroupDirectory, app: i64) {
     assert_not_found(d.upgrade(app, 987_654_321).await);
 }
 
+/// Explicit ids are bounded (so automatic ids can never run out), and automatic ids keep working after
+/// the largest explicit id, in this app and any other.
+async fn explicit_id_bounds(d: &GroupDirectory, app: i64) {
+    for bad in [
+        i64::MAX,
+        i64::MAX - 1,
+        MAX_EXPLICIT_GROUP_ID + 1,
+        1 << 62,
+        0,
+        -1,
+        i64::MIN,
+    ] {
+        let r = d.create(app, Some(bad), "x", 1, false, &[1]).await;
+        match &r {
+            Err(BackendError::InvalidArgument(m)) if bad > 0 => {
+                assert!(m.contains(&MAX_EXPLICIT_GROUP_ID.to_string()), "{m}")
+            }
+            _ => assert_invalid(r),
+        }
+        assert!(d.get(app, bad).await.expect("get").is_none());
+    }
+    let top = d
+        .create(app, Some(MAX_EXPLICIT_GROUP_ID), "top", 1, false, &[1])
+        .await
+        .expect("the largest explicit id");
+    assert_eq!(top, MAX_EXPLICIT_GROUP_ID);
+    let auto = d
+        .create(app, None, "after", 1, false, &[1])
+        .await
+        .expect("an automatic id after the largest explicit one");
+    assert!(auto > MAX_EXPLICIT_GROUP_ID, "{auto}");
+    assert!(d.disband(app, top).await.expect("disband"));
+    let other = d
+        .create(app + 1000, None, "other app", 1, false, &[2])
+        .await
+        .expect("automatic ids keep working in another app");
+    assert!(other > auto, "{other} after {auto}");
+    assert_eq!(get(d, app + 1000, other).await.name, "other app");
+}
+
+/// A database written before explicit ids were bounded may hold id i64::MAX; creating a group
+/// without an id then fails with an error that says why (not "database or disk is full"), while
+/// explicit ids still work.
+async fn exhausted_ids_are_explained(d: &GroupDirectory, app: i64) {
+    let r = d.create(app, None, "no id left", 1, false, &[1]).await;
+    match &r {
+        Err(BackendError::InvalidArgument(m)) => {
+            assert!(m.contains("no group id can be allocated"), "{m}")
+        }
+        other => panic!("expected an explanation, got {other:?}"),
+    }
+    let gid = d
+        .create(app, Some(77_777), "explicit", 1, false, &[1])
+        .await
+        .expect("explicit ids still work");
+    assert_eq!(get(d, app, gid).await.name, "explicit");
+}
+
 async fn disband_and_reuse(d: &GroupDirectory, app: i64) {
     let gid = d
         .create(app, None, "gone", 1, false, &[1, 2])
@@ -434,6 +495,34 @@ async fn embedded_variant() {
     eprintln!("embedded variant: {:?}", started.elapsed());
 }
 
+#[tokio::test]
+async fn embedded_database_with_the_largest_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = open_embedded(&dir).await;
+    d.create(1, None, "first", 1, false, &[1])
+        .await
+        .expect("create");
+    drop(d);
+    // What an unbounded explicit id left behind.
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite:{}",
+        dir.path().join("nested/groups.db").display()
+    ))
+    .await
+    .expect("sqlite");
+    sqlx::query(
+        "INSERT INTO groups (gid, appid, name, master, super, created_at) VALUES (?1, 1, 'max', 1, 0, 0)",
+    )
+    .bind(i64::MAX)
+    .execute(&pool)
+    .await
+    .expect("insert");
+    pool.close().await;
+    let d = open_embedded(&dir).await;
+    assert!(d.disband(1, i64::MAX).await.expect("disband"));
+    exhausted_ids_are_explained(&d, 2).await;
+}
+
 // ---- MySQL ----
 
 /// What GoBelieve's API server does: write MySQL, then XADD an event with the next action id
@@ -515,6 +604,16 @@ async fn mysql_variant() {
     gap_reloads(&d, &pool, &mut redis).await;
     second_node_follows(&d, &db, &redis_server).await;
     restart_loads_existing(d, &db, &redis_server).await;
+
+    // What an unbounded explicit id left behind (GoBelieve's own API server, or an older banter).
+    sqlx::query("INSERT INTO `group` (id, appid, master, super, name, deleted) VALUES (?, 400, 1, 0, 'max', 0)")
+        .bind(i64::MAX)
+        .execute(&pool)
+        .await
+        .expect("insert");
+    let d = open_mysql(&db, &redis_server).await;
+    assert!(d.disband(400, i64::MAX).await.expect("disband"));
+    exhausted_ids_are_explained(&d, 401).await;
     eprintln!("mysql variant: {:?}", started.elapsed());
 }
 

@@ -180,3 +180,130 @@ async fn a_client_that_does_not_read_is_disconnected_without_slowing_others() {
     );
     s.stop().await;
 }
+
+/// One client WebSocket frame, masked (with a zero key, which leaves the payload as it is) unless
+/// `masked` is false.
+fn ws_frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode];
+    let mask = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n if n < 126 => f.push(mask | n as u8),
+        n if n <= 0xffff => {
+            f.push(mask | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(mask | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if masked {
+        f.extend_from_slice(&[0, 0, 0, 0]);
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Upgrades a raw connection to the WebSocket port, sends `bytes` and returns the status code of
+/// the close frame the server answers with (None when it closes without one).
+async fn close_code_for(s: &TestServer, bytes: &[u8]) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut t = tokio::net::TcpStream::connect(s.ws).await.expect("connect");
+    t.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .expect("upgrade");
+    let mut buf = Vec::new();
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let mut b = [0u8; 1024];
+        let n = tokio::time::timeout(WAIT, t.read(&mut b))
+            .await
+            .expect("upgrade answer")
+            .expect("read");
+        assert!(n > 0, "closed during the upgrade");
+        buf.extend_from_slice(&b[..n]);
+    };
+    assert!(buf.starts_with(b"HTTP/1.1 101"));
+    buf.drain(..head_end);
+    t.write_all(bytes).await.expect("send");
+    // Server frames are unmasked and, here, short: the close frame is 0x88, a length < 126, the code.
+    loop {
+        if buf.len() >= 2 {
+            let len = (buf[1] & 0x7f) as usize;
+            if buf.len() >= 2 + len {
+                if buf[0] & 0x0f == 0x8 {
+                    return (len >= 2).then(|| u16::from_be_bytes([buf[2], buf[3]]));
+                }
+                buf.drain(..2 + len);
+                continue;
+            }
+        }
+        let mut b = [0u8; 1024];
+        match tokio::time::timeout(WAIT, t.read(&mut b))
+            .await
+            .expect("the server closes the connection")
+        {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&b[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_violations_are_closed_with_the_matching_status_code() {
+    let s = TestServer::start().await.unwrap();
+    let mut auth_status = header(4, 1, cmd::AUTH_STATUS, 1);
+    auth_status.extend_from_slice(&[0, 0, 0, 0]);
+    let mut short_im = header(3, 1, cmd::IM, 1);
+    short_im.extend_from_slice(b"abc");
+    let mut too_long_body = header(40_000, 1, cmd::IM, 1);
+    too_long_body.resize(12 + 40_000, 0);
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        // Only binary messages carry frames: 1003 unsupported data.
+        ("text message", ws_frame(0x1, b"hello", true), 1003),
+        // Over the 65,536-byte message limit: 1009.
+        (
+            "oversize message",
+            ws_frame(0x2, &vec![0u8; 70_000], true),
+            1009,
+        ),
+        // A frame body over the IM protocol's limit, in a message within the WebSocket limit: 1009.
+        (
+            "oversize frame body",
+            ws_frame(0x2, &too_long_body, true),
+            1009,
+        ),
+        // WebSocket protocol violations: 1002.
+        ("reserved opcode", ws_frame(0x3, b"x", true), 1002),
+        (
+            "unmasked client frame",
+            ws_frame(0x2, &header(0, 1, cmd::PING, 1), false),
+            1002,
+        ),
+        // IM protocol violations inside a well-formed message: 1008.
+        (
+            "server-only command",
+            ws_frame(0x2, &auth_status, true),
+            1008,
+        ),
+        ("undecodable body", ws_frame(0x2, &short_im, true), 1008),
+        (
+            "frame longer than its message",
+            ws_frame(0x2, &header(50, 1, cmd::PING, 1), true),
+            1008,
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        assert_eq!(close_code_for(&s, &bytes).await, Some(want), "{what}");
+    }
+    // A well-behaved client is unaffected.
+    let mut c = Client::login(&s, 7, 1, true, "w").await;
+    c.send_body(&Body::Ping, 0).await;
+    assert_eq!(c.recv().await.unwrap().cmd, cmd::PONG);
+    s.stop().await;
+}

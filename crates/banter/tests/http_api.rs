@@ -170,6 +170,112 @@ async fn bad_parameters_get_4xx_naming_the_problem() {
         ("POST", "/auth/grant", b"{\"appid\":7}", "invalid json"),
         ("POST", "/auth/grant", b"{\"appid\":0,\"uid\":1}", "appid"),
         ("GET", "/summary?appid=x", b"", "appid"),
+        // Integers are plain decimal, as strict as GoBelieve: no spaces, no sign but `-`, not empty.
+        (
+            "POST",
+            "/post_peer_message?appid=%207&sender=1&receiver=2",
+            b"x",
+            "appid",
+        ),
+        (
+            "POST",
+            "/post_peer_message?appid=7%20&sender=1&receiver=2",
+            b"x",
+            "appid",
+        ),
+        (
+            "POST",
+            "/post_peer_message?appid=%2B7&sender=1&receiver=2",
+            b"x",
+            "appid",
+        ),
+        (
+            "POST",
+            "/post_peer_message?appid=+7&sender=1&receiver=2",
+            b"x",
+            "appid",
+        ),
+        (
+            "POST",
+            "/post_peer_message?appid=&sender=1&receiver=2",
+            b"x",
+            "appid",
+        ),
+        (
+            "POST",
+            "/post_peer_message?appid=7&sender=1&receiver=2.0",
+            b"x",
+            "receiver",
+        ),
+        (
+            "POST",
+            "/post_peer_message?appid=7&sender=1&receiver=99999999999999999999",
+            b"x",
+            "receiver",
+        ),
+        ("POST", "/post_notification?appid=7&uid=%091", b"x", "uid"),
+        (
+            "POST",
+            "/post_room_message?appid=7&uid=1&room=0x10",
+            b"x",
+            "room",
+        ),
+        (
+            "POST",
+            "/post_realtime_message?appid=7&sender=1&receiver=2%0A",
+            b"x",
+            "receiver",
+        ),
+        (
+            "POST",
+            "/post_group_message?appid=7&sender=1&receiver=1e3",
+            b"x",
+            "receiver",
+        ),
+        ("GET", "/load_history_message?appid=7&uid=1", b"", "last_id"),
+        (
+            "GET",
+            "/load_history_message?appid=7&uid=1&last_id=",
+            b"",
+            "last_id",
+        ),
+        (
+            "GET",
+            "/load_latest_message?appid=7&uid=1&limit=1%20",
+            b"",
+            "limit",
+        ),
+        (
+            "GET",
+            "/get_offline_count?appid=7&uid=1&sync_key=%201",
+            b"",
+            "sync_key",
+        ),
+        ("GET", "/admin/groups?appid=7&group_id=1%20", b"", "group_id"),
+        (
+            "POST",
+            "/post_system_message",
+            b"{\"appid\":\"7\",\"receivers\":[1],\"content\":\"x\"}",
+            "invalid json",
+        ),
+        (
+            "POST",
+            "/post_system_message",
+            b"{\"appid\":7.0,\"receivers\":[1],\"content\":\"x\"}",
+            "invalid json",
+        ),
+        (
+            "POST",
+            "/post_customer_message",
+            b"{\"sender_appid\":7,\"sender\":1,\"receiver_appid\":7,\"receiver\":\" 2\",\"content\":\"x\"}",
+            "invalid json",
+        ),
+        (
+            "POST",
+            "/auth/grant",
+            b"{\"appid\":7,\"uid\":1e2}",
+            "invalid json",
+        ),
     ];
     for (method, path, body, needle) in cases {
         let (st, text) = http(s.http, method, path, &[], body).await;
@@ -186,6 +292,28 @@ async fn bad_parameters_get_4xx_naming_the_problem() {
             "{path}: {msg:?} should mention {needle:?}"
         );
     }
+    // None of the refused posts stored anything.
+    let (st, text) = http(
+        s.http,
+        "GET",
+        "/load_history_message?appid=7&uid=2&last_id=0",
+        &[],
+        b"",
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 0, "{v}");
+    // The first of a repeated parameter counts, as in GoBelieve.
+    let (st, text) = http(
+        s.http,
+        "POST",
+        "/post_peer_message?appid=7&sender=1&receiver=2&receiver=x",
+        &[],
+        b"x",
+    )
+    .await;
+    assert_eq!(st, 200, "{text}");
     let big = vec![b'x'; 40_000];
     let (st, _) = http(
         s.http,
@@ -235,15 +363,39 @@ async fn api_secret_is_required_when_configured() {
     )
     .await;
     assert_eq!(st, 401);
-    let (st, _) = http(
-        s.http,
-        "GET",
-        "/summary",
-        &[("Authorization", "Bearer hunter2")],
-        b"",
-    )
-    .await;
-    assert_eq!(st, 200);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
+    for good in [
+        "Bearer hunter2",
+        "bearer hunter2",
+        "BEARER hunter2",
+        "Bearer  hunter2",
+    ] {
+        let (st, body) = http(s.http, "GET", "/summary", &[("Authorization", good)], b"").await;
+        assert_eq!(st, 200, "{good:?}: {body}");
+    }
+    for bad in [
+        "Basic hunter2",
+        "Bearerhunter2",
+        "hunter2",
+        "Bearer hunter",
+        "Bearer",
+    ] {
+        let (st, body) = http(s.http, "GET", "/summary", &[("Authorization", bad)], b"").await;
+        assert_eq!(st, 401, "{bad:?}: {body}");
+    }
+    // The secret is checked before the body is read: a client that does not send it gets 401
+    // at once, whatever body it announces.
+    let mut t = tokio::net::TcpStream::connect(s.http).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    t.write_all(b"POST /post_peer_message?appid=7&sender=1&receiver=2 HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(WAIT, t.read_exact(&mut buf))
+        .await
+        .expect("answered without the body")
+        .unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 401");
     let (st, _) = http(s.http, "GET", "/healthz", &[], b"").await;
     assert_eq!(st, 200);
     s.stop().await;
@@ -254,4 +406,111 @@ async fn api_refuses_public_addresses_without_a_secret() {
     let r = TestServer::start_with(|c| c.api.listen = "0.0.0.0:0".into()).await;
     let e = r.err().expect("must refuse");
     assert!(e.to_string().contains("api.secret"), "{e}");
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413_with_a_json_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start_with(|c| c.api.max_body = 1000)
+        .await
+        .unwrap();
+    let check = |st: u16, body: &str| {
+        assert_eq!(st, 413, "{body}");
+        let v: serde_json::Value = serde_json::from_str(body).expect("json");
+        assert_eq!(v["meta"]["code"], 413);
+        assert!(
+            v["meta"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("api.max_body"),
+            "{v}"
+        );
+    };
+    // Writes `request` and reads the answer until the server closes the connection.
+    let raw = |request: String| async move {
+        let mut t = tokio::net::TcpStream::connect(s.http).await.unwrap();
+        t.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(WAIT, t.read(&mut buf))
+                .await
+                .expect("answered and closed")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&out).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").expect("an answer");
+        let status: u16 = head[9..12].parse().expect("status");
+        (status, body.to_string())
+    };
+    // Announced by Content-Length: refused before any of it is sent.
+    let (st, body) =
+        raw("POST /post_system_message HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n".into())
+            .await;
+    check(st, &body);
+    // Chunked, found out while reading.
+    let chunk = "x".repeat(600);
+    let (st, body) = raw(format!(
+        "POST /post_peer_message?appid=7&sender=1&receiver=2 HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n258\r\n{chunk}\r\n258\r\n{chunk}\r\n0\r\n\r\n"
+    ))
+    .await;
+    check(st, &body);
+    // Within the limit is fine.
+    let (st, body) = http(
+        s.http,
+        "POST",
+        "/post_peer_message?appid=7&sender=1&receiver=2",
+        &[],
+        &[b'y'; 1000],
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let (st, _) = http(s.http, "GET", "/metrics", &[], b"").await;
+    assert_eq!(st, 200);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn group_ids_beyond_the_explicit_range_are_refused_and_automatic_ids_keep_working() {
+    let s = TestServer::start().await.unwrap();
+    for gid in [i64::MAX, 9_007_199_254_740_992] {
+        let (st, v) = post_json(
+            s.http,
+            "/admin/groups",
+            &serde_json::json!({"appid": APPID, "group_id": gid, "name": "big", "members": [1]}),
+        )
+        .await;
+        assert_eq!(st, 400, "{gid}: {v}");
+        assert!(
+            v["meta"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("9007199254740991"),
+            "{v}"
+        );
+    }
+    let (st, v) = post_json(
+        s.http,
+        "/admin/groups",
+        &serde_json::json!({"appid": APPID, "group_id": 9_007_199_254_740_991_i64, "name": "top", "members": [1]}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    for appid in [APPID, APPID + 1] {
+        let (st, v) = post_json(
+            s.http,
+            "/admin/groups",
+            &serde_json::json!({"appid": appid, "name": "auto", "members": [1]}),
+        )
+        .await;
+        assert_eq!(st, 200, "{v}");
+        assert!(
+            v["group_id"].as_i64().unwrap() > 9_007_199_254_740_991,
+            "{v}"
+        );
+    }
+    s.stop().await;
 }

@@ -110,3 +110,104 @@ async fn tls_without_certificate_is_a_configuration_error() {
     let e = r.err().expect("must fail");
     assert!(e.to_string().contains("cert_file"), "{e}");
 }
+
+/// One login deadline runs from accept to authentication on every listener: a client whose TLS
+/// handshake (or WebSocket upgrade) is slow has only what is left of `login_timeout_secs` to
+/// authenticate, not a fresh period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_deadline_from_accept_for_tls_wss_and_ws() {
+    use std::time::Duration;
+    use tokio::time::Instant;
+    const LOGIN: Duration = Duration::from_secs(4);
+    const STALL: Duration = Duration::from_secs(3);
+    // Closed at LOGIN from accept; with the deadline applied twice it would be STALL + LOGIN.
+    const LATEST: Duration = Duration::from_millis(6000);
+
+    let dir = tempfile::tempdir().unwrap();
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, ck.cert.pem()).unwrap();
+    std::fs::write(&key_path, ck.signing_key.serialize_pem()).unwrap();
+    let s = TestServer::start_with(|c| {
+        c.server.tls = "127.0.0.1:0".into();
+        c.server.wss = "127.0.0.1:0".into();
+        c.server.cert_file = cert_path.display().to_string();
+        c.server.key_file = key_path.display().to_string();
+        c.server.login_timeout_secs = LOGIN.as_secs();
+    })
+    .await
+    .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    let tls = async {
+        let tcp = tokio::net::TcpStream::connect(s.tls.unwrap())
+            .await
+            .unwrap();
+        let opened = Instant::now();
+        tokio::time::sleep(STALL).await;
+        let mut tls = connector.connect(name.clone(), tcp).await.unwrap();
+        let mut buf = [0u8; 64];
+        let r = tokio::time::timeout(LATEST * 2, tls.read(&mut buf)).await;
+        assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "tls: {r:?}");
+        opened.elapsed()
+    };
+    let wss = async {
+        let tcp = tokio::net::TcpStream::connect(s.wss.unwrap())
+            .await
+            .unwrap();
+        let opened = Instant::now();
+        tokio::time::sleep(STALL).await;
+        let tls = connector.connect(name.clone(), tcp).await.unwrap();
+        let url = format!("wss://localhost:{}/ws", s.wss.unwrap().port());
+        let (mut ws, _) = tokio_tungstenite::client_async(url, tls).await.unwrap();
+        let end = tokio::time::timeout(LATEST * 2, async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "wss still open");
+        opened.elapsed()
+    };
+    let ws = async {
+        let tcp = tokio::net::TcpStream::connect(s.ws).await.unwrap();
+        let opened = Instant::now();
+        tokio::time::sleep(STALL).await;
+        let (mut ws, _) = tokio_tungstenite::client_async(s.ws_url(), tcp)
+            .await
+            .unwrap();
+        let end = tokio::time::timeout(LATEST * 2, async {
+            loop {
+                match ws.next().await {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    Some(Ok(_)) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(end.is_ok(), "ws still open");
+        opened.elapsed()
+    };
+    let (tls, wss, ws) = tokio::join!(tls, wss, ws);
+    eprintln!("closed after: tls {tls:?}, wss {wss:?}, ws {ws:?} (login timeout {LOGIN:?}, stalled {STALL:?})");
+    for (what, lived) in [("tls", tls), ("wss", wss), ("ws", ws)] {
+        assert!(
+            lived >= LOGIN - Duration::from_millis(100) && lived < LATEST,
+            "{what}: closed after {lived:?}, want about {LOGIN:?}"
+        );
+    }
+    s.stop().await;
+}

@@ -35,8 +35,15 @@ fn bad_request(message: &str) -> Response {
         .into_response()
 }
 
+/// A plain decimal integer parameter (an optional `-` and digits; no spaces, no `+`), as strict as
+/// GoBelieve's.
 fn int(q: &HashMap<String, String>, name: &str) -> Option<i64> {
-    q.get(name)?.trim().parse().ok()
+    let v = q.get(name)?;
+    let digits = v.strip_prefix('-').unwrap_or(v);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
 }
 
 async fn online(State(r): State<Arc<Router>>, Query(q): Params) -> Response {
@@ -47,7 +54,7 @@ async fn online(State(r): State<Arc<Router>>, Query(q): Params) -> Response {
 }
 
 async fn all_online(State(r): State<Arc<Router>>, Query(q): Params) -> Response {
-    let online_only = match q.get("online_only").map(|s| s.trim()) {
+    let online_only = match q.get("online_only").map(String::as_str) {
         None | Some("") | Some("0") | Some("false") => false,
         Some("1") | Some("true") => true,
         Some(_) => return bad_request("invalid query param"),

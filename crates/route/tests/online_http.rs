@@ -79,7 +79,13 @@ async fn online_flags_and_http_api() {
         "/online?appid=7",
         "/online?appid=x&uid=1",
         "/online?appid=7&uid=1.5",
+        // Integers are plain decimal, as in GoBelieve: no spaces, no `+`, not empty.
+        "/online?appid=%207&uid=1",
+        "/online?appid=7&uid=1%20",
+        "/online?appid=%2B7&uid=1",
+        "/online?appid=&uid=1",
         "/all_online?online_only=maybe",
+        "/all_online?online_only=%201",
     ] {
         let (status, body) = r.get(q).await;
         assert_eq!(status, 400, "{q}");

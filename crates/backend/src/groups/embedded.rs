@@ -17,8 +17,8 @@ use tokio::sync::broadcast;
 
 use super::cache::GroupCache;
 use super::{
-    changes_channel, not_found, now_secs, too_many, with_added, with_removed, Group, GroupChange,
-    Member, NewGroup,
+    changes_channel, ids_exhausted, not_found, now_secs, too_many, with_added, with_removed, Group,
+    GroupChange, Member, NewGroup,
 };
 use crate::{BackendError, EmbeddedGroupOptions};
 
@@ -203,11 +203,24 @@ impl EmbeddedGroups {
         let _admin = self.admin.lock().await;
         let now = now_secs();
         let mut tx = self.write_tx().await?;
-        if let Some(gid) = spec.gid {
-            if Self::owner(&mut tx, gid).await?.is_some() {
-                return Err(BackendError::InvalidArgument(format!(
-                    "group {gid} already exists"
-                )));
+        match spec.gid {
+            Some(gid) => {
+                if Self::owner(&mut tx, gid).await?.is_some() {
+                    return Err(BackendError::InvalidArgument(format!(
+                        "group {gid} already exists"
+                    )));
+                }
+            }
+            None => {
+                // `AUTOINCREMENT` allocates above the largest id ever used; at i64::MAX it can
+                // allocate nothing (SQLite says "database or disk is full").
+                let largest: Option<i64> =
+                    sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'groups'")
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                if let Some(largest) = largest.filter(|&l| l == i64::MAX) {
+                    return Err(ids_exhausted(largest));
+                }
             }
         }
         let gid: i64 = sqlx::query_scalar(

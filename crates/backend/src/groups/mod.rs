@@ -28,6 +28,14 @@ mod stream;
 /// Longest group name, in bytes (the `VARCHAR(255)` of the GoBelieve schema).
 pub const MAX_NAME_LEN: usize = 255;
 
+/// The largest group id a group may be created with explicitly: 2^53 − 1, the largest integer a
+/// JavaScript client (the JS SDK, JSON in browsers) represents exactly. Automatic ids continue above
+/// the largest id ever used (SQLite `AUTOINCREMENT`, MySQL `AUTO_INCREMENT`), so bounding explicit ids
+/// far below `i64::MAX` keeps automatic ids from ever running out: an explicit id of `i64::MAX` would
+/// leave the database unable to allocate any further id, in every app, even after that group is
+/// disbanded.
+pub const MAX_EXPLICIT_GROUP_ID: i64 = (1 << 53) - 1;
+
 /// Events buffered per [`GroupDirectory::changes`] receiver before it lags.
 const CHANGES_CAPACITY: usize = 4096;
 
@@ -151,7 +159,12 @@ impl GroupDirectory {
     ) -> Result<i64, BackendError> {
         check_positive("appid", appid)?;
         if let Some(gid) = gid {
-            check_positive("gid", gid)?;
+            if !(1..=MAX_EXPLICIT_GROUP_ID).contains(&gid) {
+                return Err(BackendError::InvalidArgument(format!(
+                    "an explicit group id must be between 1 and {MAX_EXPLICIT_GROUP_ID} (got {gid}); \
+                     leave it out to have one allocated"
+                )));
+            }
         }
         if master < 0 {
             return Err(BackendError::InvalidArgument(format!(
@@ -364,6 +377,15 @@ fn check_uids(uids: &[i64], max: usize) -> Result<Vec<i64>, BackendError> {
         )));
     }
     Ok(out)
+}
+
+/// The error when automatic group ids are used up: the database holds (or held) a group whose id is
+/// the largest possible, created before explicit ids were bounded.
+pub(crate) fn ids_exhausted(largest: i64) -> BackendError {
+    BackendError::InvalidArgument(format!(
+        "no group id can be allocated: the largest id ever used is {largest} (a group created with an \
+         explicit id beyond {MAX_EXPLICIT_GROUP_ID}); pass an explicit group_id"
+    ))
 }
 
 pub(crate) fn not_found(appid: i64, gid: i64) -> BackendError {

@@ -27,7 +27,10 @@ use tokio::task::AbortHandle;
 
 use super::cache::GroupCache;
 use super::stream::{self, EventKind, GroupEvent, StreamPos, StreamWriter, STREAM_KEY};
-use super::{changes_channel, not_found, now_secs, too_many, Group, GroupChange, Member, NewGroup};
+use super::{
+    changes_channel, ids_exhausted, not_found, now_secs, too_many, Group, GroupChange, Member,
+    NewGroup,
+};
 use crate::{BackendError, MysqlGroupOptions};
 
 /// Member rows per multi-row statement.
@@ -312,7 +315,7 @@ impl MysqlGroups {
                 gid
             }
             None => {
-                let done = sqlx::query(
+                let done = match sqlx::query(
                     "INSERT INTO `group` (appid, master, super, name, deleted) VALUES (?, ?, ?, ?, 0)",
                 )
                 .bind(spec.appid)
@@ -321,7 +324,13 @@ impl MysqlGroups {
                 .bind(spec.name)
                 .execute(&mut *tx)
                 .await
-                .my()?;
+                {
+                    Ok(done) => done,
+                    Err(e) => {
+                        drop(tx);
+                        return Err(self.auto_id_failure(e).await);
+                    }
+                };
                 i64::try_from(done.last_insert_id()).map_err(|_| {
                     BackendError::Corrupt(format!(
                         "group id {} out of range",
@@ -339,6 +348,18 @@ impl MysqlGroups {
         let changed = GroupEvent::group(EventKind::Changed, spec.appid, gid);
         self.announce(spec.appid, gid, &[create, changed]).await?;
         Ok(gid)
+    }
+
+    /// Explains a failed automatic-id insert: `AUTO_INCREMENT` allocates above the largest id, so once
+    /// a group holds id i64::MAX (soft-deleted rows included) no id can be allocated.
+    async fn auto_id_failure(&self, e: sqlx::Error) -> BackendError {
+        let largest: Result<Option<i64>, _> = sqlx::query_scalar("SELECT MAX(id) FROM `group`")
+            .fetch_one(&self.core.pool)
+            .await;
+        match largest {
+            Ok(Some(largest)) if largest == i64::MAX => ids_exhausted(largest),
+            _ => BackendError::Mysql(e),
+        }
     }
 
     pub(crate) async fn disband(&self, appid: i64, gid: i64) -> Result<bool, BackendError> {

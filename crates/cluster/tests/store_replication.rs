@@ -330,11 +330,16 @@ async fn sync_mode_acknowledges_only_what_the_follower_holds() {
     );
     assert!(t.elapsed() >= Duration::from_millis(650));
     assert!(t.elapsed() < Duration::from_secs(3));
-    // the follower comes back, catches up (including the unconfirmed one) and appends flow again
+    // the follower comes back, catches up and appends flow again; the refused append was
+    // withdrawn, so it is delivered neither by the leader nor by the follower
     let follower = start_follower(fstore, leader.repl_addr);
     let r = pool.append(vec![msg(&[q], "again")]).await.unwrap();
     assert_eq!(follower.store.last_key(q), r[0][0].key);
-    assert_eq!(all(&follower.store, q).len(), 22);
+    for s in [&follower.store, &leader.store] {
+        let bodies: Vec<_> = all(s, q).into_iter().map(|m| m.2).collect();
+        assert_eq!(bodies.len(), 21);
+        assert!(!bodies.iter().any(|b| b.as_ref() == b"unconfirmed"));
+    }
     follower.stop().await;
     served.stop().await;
     leader.token.cancel();
@@ -423,7 +428,7 @@ async fn losing_the_leader_mid_traffic_in_sync_mode_loses_no_acknowledged_append
         acked.len()
     );
     let fstore = follower.stop().await;
-    fstore.promote();
+    fstore.promote().await.unwrap();
     for (q, key, body) in &acked {
         let p = fstore.sync(*q, key - 1, 1).unwrap();
         assert_eq!(

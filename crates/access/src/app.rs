@@ -137,6 +137,9 @@ pub struct Stats {
     pub deliveries: AtomicU64,
     pub syncs: AtomicU64,
     pub synced_messages: AtomicU64,
+    /// Syncs that could not be answered at once (store or group directory failing) and are
+    /// answered later, the session kept.
+    pub syncs_deferred: AtomicU64,
     pub store_errors: AtomicU64,
     pub backend_errors: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -201,6 +204,9 @@ pub struct App {
     pub route: RouteTable,
     pub rooms: RoomTable,
     pub stats: Stats,
+    /// Syncs that could not be answered (store or group directory failing), logged once per
+    /// episode.
+    pub(crate) sync_failures: cluster::log_limit::Episode,
     next_conn: AtomicU64,
 }
 
@@ -235,6 +241,7 @@ impl App {
                 route: RouteTable::default(),
                 rooms: RoomTable::default(),
                 stats: Stats::default(),
+                sync_failures: cluster::log_limit::Episode::new(std::time::Duration::from_secs(60)),
                 next_conn: AtomicU64::new(1),
             }
         })

@@ -2,6 +2,7 @@
 //! at most every `every` while it keeps failing, and one line when it works again — instead of a
 //! line per failed request (a store outage refuses thousands of messages a second).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -38,6 +39,8 @@ struct State {
 #[derive(Debug)]
 pub struct Episode {
     every: Duration,
+    /// Mirrors `state.failing`, so that a success outside an episode costs one atomic load.
+    failing: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -47,6 +50,7 @@ impl Episode {
         let now = Instant::now();
         Episode {
             every,
+            failing: AtomicBool::new(false),
             state: Mutex::new(State {
                 failing: false,
                 started: now,
@@ -69,6 +73,7 @@ impl Episode {
                 total: 1,
                 unreported: 0,
             };
+            self.failing.store(true, Ordering::Release);
             return FailureLog::Started;
         }
         s.total += 1;
@@ -86,11 +91,15 @@ impl Episode {
 
     /// Records a success; `Some` when it ends an episode.
     pub fn success(&self) -> Option<Recovered> {
+        if !self.failing.load(Ordering::Acquire) {
+            return None;
+        }
         let mut s = self.state.lock();
         if !s.failing {
             return None;
         }
         s.failing = false;
+        self.failing.store(false, Ordering::Release);
         Some(Recovered {
             failures: s.total,
             after_secs: s.started.elapsed().as_secs(),
@@ -99,7 +108,7 @@ impl Episode {
 
     /// Whether an episode is in progress.
     pub fn failing(&self) -> bool {
-        self.state.lock().failing
+        self.failing.load(Ordering::Acquire)
     }
 }
 

@@ -435,7 +435,6 @@ async fn failover_rounds(mode: &str) {
 
     // 1. m0 is ACKed and reaches the receiver.
     send_until_acked(&mut s, &mut r, "m0", &mut t).await;
-    let mut next = 2;
     for round in 1..=3 {
         // 2. The follower (holding everything ACKed so far) is killed.
         leader.replicated_to(&follower).await;
@@ -476,13 +475,12 @@ async fn failover_rounds(mode: &str) {
         );
         let fresh = StoreProc::start(
             dir,
-            &format!("ims{next}"),
+            &format!("ims{}", round + 1),
             StoreAddrs::fresh(),
             Some(promoted.addrs.repl),
             mode,
         )
         .await;
-        next += 1;
         point_at(&mut server, promoted.addrs.listen);
         leader = promoted;
         follower = fresh;

@@ -812,6 +812,64 @@ mod tests {
     }
 
     #[test]
+    fn control_records_roundtrip_and_corruption() {
+        let mut jump = Vec::new();
+        encode_jump(&mut jump, 12_345);
+        assert_eq!(jump.len(), JUMP_RECORD_LEN);
+        assert_eq!(
+            check_record(&jump),
+            RecordCheck::Valid {
+                len: JUMP_RECORD_LEN,
+                kind: RECORD_JUMP
+            }
+        );
+        assert_eq!(jump_from(&jump), Some(12_345));
+        assert_eq!(control_record_len_before(&jump), Some(JUMP_RECORD_LEN));
+        let w = Withdraw {
+            from: 100,
+            to: 900,
+            heads: vec![
+                CheckpointQueue {
+                    queue: QueueId::user(1, 2),
+                    last_seq: 2,
+                    last_peer_key: 77,
+                    chain_keys: vec![50, 77],
+                },
+                CheckpointQueue {
+                    queue: QueueId::group(1, 9),
+                    last_seq: 0,
+                    last_peer_key: 0,
+                    chain_keys: Vec::new(),
+                },
+            ],
+        };
+        let mut rec = Vec::new();
+        encode_withdraw(&mut rec, &w);
+        assert!(matches!(
+            check_record(&rec),
+            RecordCheck::Valid {
+                kind: RECORD_WITHDRAW,
+                ..
+            }
+        ));
+        assert_eq!(decode_withdraw(&rec[RECORD_HEADER_LEN..]), Ok(w));
+        assert_eq!(control_record_len_before(&rec), Some(rec.len()));
+        for r in [&jump, &rec] {
+            for i in 0..r.len() {
+                let mut bad = r.to_vec();
+                bad[i] ^= 0x10;
+                assert!(
+                    !matches!(check_record(&bad), RecordCheck::Valid { .. }),
+                    "flip at {i}"
+                );
+            }
+        }
+        assert_eq!(jump_target(0), 2 * JUMP_ALIGN);
+        assert_eq!(jump_target(JUMP_ALIGN - 1), 2 * JUMP_ALIGN);
+        assert_eq!(jump_target(JUMP_ALIGN), 3 * JUMP_ALIGN);
+    }
+
+    #[test]
     fn segment_header_roundtrip() {
         let h = encode_segment_header(123_456);
         assert_eq!(decode_segment_header(&h), Ok(123_456));

@@ -115,7 +115,7 @@ impl StoreClient {
 
     pub async fn last_key(&self, queue: QueueId) -> Result<i64, StoreFailure> {
         match self {
-            StoreClient::Local(s) => Ok(s.last_key(queue)),
+            StoreClient::Local(s) => Ok(s.try_last_key(queue)?),
             StoreClient::Remote(r) => Ok(r.last_key(queue).await?),
         }
     }

@@ -74,11 +74,11 @@ pub struct StoreNodeConfig {
     /// follower: it refuses appends until promoted.
     pub follow: String,
     /// `"async"`: an append is acknowledged once durable here. `"sync"`: only once a follower
-    /// has also acknowledged it durable; without a follower, appends fail after
-    /// `sync_timeout_ms`.
+    /// has also acknowledged it durable, and readers see only what a follower confirmed; without
+    /// a follower, appends fail after `sync_timeout_ms`.
     pub replication_mode: ReplicationMode,
     /// `sync` mode: how long an append waits for a follower before it fails with
-    /// `replication_timeout` (the message stays on this node).
+    /// `replication_timeout` (its records are withdrawn: it is never delivered).
     pub sync_timeout_ms: u64,
     /// `"always"` (fsync before acknowledging, group commit), `"interval"` (fsync at most
     /// `fsync_interval_ms` after a write) or `"none"`.
@@ -165,12 +165,13 @@ http_secret = ""
 
 # The leader's replication_listen address. "" = this node is a leader. When set, this node is a
 # follower: it replicates the leader's log, serves reads and refuses appends until promoted
-# (POST /promote, or `banter ims promote --http URL`). Clear it after a fail-over.
+# (POST /promote, or `banter ims promote --http URL --secret S`); its keys then continue at
+# least 1 TiB above the old leader's, so none is ever reused. Clear it after a fail-over.
 follow = ""
 # "async": an append is acknowledged once durable on this node.
-# "sync": only once a follower has acknowledged it durable as well; an append that no follower
-# acknowledges within sync_timeout_ms fails with a replication_timeout error (it stays on this
-# node and replicates later, but it is not confirmed to the client).
+# "sync": only once a follower has acknowledged it durable as well, and clients are shown only
+# what a follower confirmed; an append that no follower acknowledges within sync_timeout_ms fails
+# with a replication_timeout error and is withdrawn (never delivered, by no node).
 replication_mode = "async"
 sync_timeout_ms = 5000
 

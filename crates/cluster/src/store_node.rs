@@ -416,7 +416,7 @@ impl NodeState {
                     "peer": f.peer.to_string(),
                     "acked": f.acked,
                     "sent": f.sent,
-                    "lag_bytes": st.log_end.saturating_sub(f.acked),
+                    "lag_bytes": self.store.log_bytes_between(f.acked, st.log_end),
                     "connected_secs": f.connected_for.as_secs(),
                 })
             })
@@ -454,11 +454,13 @@ impl NodeState {
         })
     }
 
-    /// Leader: its end minus the best follower acknowledgement. Follower: how far behind the
-    /// leader it knows itself to be.
+    /// Leader: the log bytes between the best follower acknowledgement and its end (not
+    /// counting the gap of a promotion's position jump). Follower: how far behind the leader it
+    /// knows itself to be.
     fn lag(&self) -> u64 {
         if self.store.role() == Role::Leader {
-            self.hub.lag(self.store.log_end())
+            self.store
+                .log_bytes_between(self.hub.best_acked(), self.store.log_end())
         } else {
             self.follow_status.lag()
         }

@@ -129,14 +129,18 @@ impl ReplicationHub {
     /// Replication lag in bytes: `leader_end` minus the best acknowledged position of a
     /// connected follower (or, with none connected, the last acknowledged position).
     pub fn lag(&self, leader_end: u64) -> u64 {
-        let best = self
-            .followers
+        leader_end.saturating_sub(self.best_acked())
+    }
+
+    /// The best acknowledged position of a connected follower (or, with none connected, the
+    /// last acknowledged position).
+    pub fn best_acked(&self) -> u64 {
+        self.followers
             .lock()
             .values()
             .map(|f| f.acked)
             .max()
-            .unwrap_or_else(|| self.acked());
-        leader_end.saturating_sub(best)
+            .unwrap_or_else(|| self.acked())
     }
 
     fn register(&self, peer: SocketAddr, pos: u64, sent: Arc<AtomicU64>) -> u64 {

@@ -168,6 +168,21 @@ impl Store {
             });
     }
 
+    /// Bytes of log records between two positions, not counting the gaps that promotions jumped
+    /// over (a replication lag in bytes).
+    pub fn log_bytes_between(&self, from: u64, to: u64) -> u64 {
+        self.inner
+            .log
+            .segments()
+            .iter()
+            .map(|s| {
+                let end = s.end.load(Ordering::Acquire).min(to);
+                end.saturating_sub(s.base.max(from))
+            })
+            .sum::<u64>()
+            .min(to.saturating_sub(from))
+    }
+
     /// Readers see entries below this position: the commit index, or the log end without one.
     pub fn visible_limit(&self) -> u64 {
         let limit = self.inner.visible_limit.load(Ordering::Acquire);

@@ -76,6 +76,9 @@ fn promotions_never_reuse_a_position() {
 
     let end = b.promote_past(reported).wait().unwrap();
     assert_eq!(b.role(), Role::Leader);
+    // the gap is not log: only the JUMP record lies between the old end and the new one
+    assert_eq!(b.log_bytes_between(reported, end), 28);
+    assert_eq!(b.log_bytes_between(0, end), reported + 28);
     assert!(end > jump_target(reported) && end > old_end + JUMP_ALIGN);
     let after = append(&b, &[q], "after the first fail-over");
     // A key from the lost tail is below every new key, and a sync from it returns the new one.

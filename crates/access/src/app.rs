@@ -115,7 +115,7 @@ impl StoreClient {
 
     pub async fn last_key(&self, queue: QueueId) -> Result<i64, StoreFailure> {
         match self {
-            StoreClient::Local(s) => Ok(s.last_key(queue)),
+            StoreClient::Local(s) => Ok(s.try_last_key(queue)?),
             StoreClient::Remote(r) => Ok(r.last_key(queue).await?),
         }
     }
@@ -147,6 +147,9 @@ pub struct Stats {
     pub deliveries: AtomicU64,
     pub syncs: AtomicU64,
     pub synced_messages: AtomicU64,
+    /// Syncs that could not be answered at once (store or group directory failing) and are
+    /// answered later, the session kept.
+    pub syncs_deferred: AtomicU64,
     pub store_errors: AtomicU64,
     pub backend_errors: AtomicU64,
     pub protocol_errors: AtomicU64,
@@ -211,6 +214,9 @@ pub struct App {
     pub route: RouteTable,
     pub rooms: RoomTable,
     pub stats: Stats,
+    /// Syncs that could not be answered (store or group directory failing), logged once per
+    /// episode.
+    pub(crate) sync_failures: cluster::log_limit::Episode,
     next_conn: AtomicU64,
 }
 
@@ -245,6 +251,7 @@ impl App {
                 route: RouteTable::default(),
                 rooms: RoomTable::default(),
                 stats: Stats::default(),
+                sync_failures: cluster::log_limit::Episode::new(std::time::Duration::from_secs(60)),
                 next_conn: AtomicU64::new(1),
             }
         })

@@ -27,6 +27,7 @@ use crate::offline;
 use crate::peer::push_stored;
 use crate::route::Push;
 use crate::session::{OpCtx, Session};
+use crate::sync::Owed;
 
 /// Client flags echoed on group pushes.
 const CLIENT_FLAGS: u8 = flag::TEXT | flag::UNPERSISTENT;
@@ -367,6 +368,7 @@ impl Session {
         Stats::inc(&app.stats.syncs);
         let gid = req.group_id;
         let empty = |s: &mut Session, key: i64| {
+            s.synced(Some(gid));
             let g = GroupSyncKey {
                 group_id: gid,
                 sync_key: key,
@@ -378,11 +380,9 @@ impl Session {
             Ok(Some(g)) => g,
             Ok(None) => return empty(self, req.sync_key),
             Err(e) => {
-                // An empty answer would claim the client is caught up, silence would leave it
-                // waiting: close the session (it reconnects and syncs again).
+                // An empty answer would claim the client is caught up: answer later.
                 Stats::inc(&app.stats.backend_errors);
-                warn!(error = %e, gid, "loading a group for sync failed; closing the session so that the client reconnects and syncs again");
-                self.abandon_sync(&h);
+                self.owe_sync(Owed::Group(req), &e);
                 return;
             }
         };
@@ -416,11 +416,11 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 Stats::inc(&app.stats.store_errors);
-                warn!(error = %e, gid, key, "group sync failed; closing the session so that the client reconnects and syncs again");
-                self.abandon_sync(&h);
+                self.owe_sync(Owed::Group(req), &e);
                 return;
             }
         };
+        self.synced(Some(gid));
         let begin = GroupSyncKey {
             group_id: gid,
             sync_key: key,

@@ -643,6 +643,12 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
         g(&st.synced_messages),
     );
     metric(
+        "syncs_deferred_total",
+        "counter",
+        "Syncs that could not be answered at once (store or group directory failing) and were answered later on the same session.",
+        g(&st.syncs_deferred),
+    );
+    metric(
         "store_errors_total",
         "counter",
         "Store operations that failed.",

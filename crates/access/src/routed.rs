@@ -159,38 +159,49 @@ impl RouteHandler for RoutedInbox {
 async fn notify_resubscribed(app: Arc<App>, users: Vec<(i64, i64)>) {
     tokio::time::sleep(RESUBSCRIBE_SETTLE).await;
     let total = users.len();
-    let notified: usize = stream::iter(users)
+    // (sessions notified, the lookup's error): failures are summed up in one line at the end.
+    let (notified, failed, last_error) = stream::iter(users)
         .map(|(appid, uid)| {
             let app = app.clone();
             async move {
                 if !has_session(&app, appid, uid) {
-                    return 0;
+                    return (0, None);
                 }
                 match app.store.last_key(QueueId::user(appid, uid)).await {
-                    Ok(key) if key > 0 => app.route.deliver(
-                        appid,
-                        uid,
-                        &crate::peer::sync_notify_push(key),
-                        0,
+                    Ok(key) if key > 0 => (
+                        app.route.deliver(appid, uid, &crate::peer::sync_notify_push(key), 0),
+                        None,
                     ),
-                    Ok(_) => 0,
+                    Ok(_) => (0, None),
                     Err(e) => {
                         Stats::inc(&app.stats.store_errors);
-                        tracing::warn!(error = %e, appid, uid, "reading a re-subscribed user's newest key failed; it syncs at its next notification");
-                        0
+                        tracing::debug!(error = %e, appid, uid, "reading a re-subscribed user's newest key failed");
+                        (0, Some(e.to_string()))
                     }
                 }
             }
         })
         .buffer_unordered(RESUBSCRIBE_LOOKUPS)
-        .map(|n| usize::from(n > 0))
-        .fold(0, |a, n| async move { a + n })
+        .fold((0usize, 0usize, None), |(n, f, last), (d, e)| async move {
+            let failed = e.is_some();
+            (n + usize::from(d > 0), f + usize::from(failed), e.or(last))
+        })
         .await;
-    tracing::info!(
-        users = total,
-        notified,
-        "route link re-subscribed its users; told their sessions to sync"
-    );
+    if let Some(error) = last_error {
+        tracing::warn!(
+            users = total,
+            notified,
+            failed,
+            last_error = %error,
+            "route link re-subscribed its users; reading the newest key of some failed (they sync at their next notification)"
+        );
+    } else {
+        tracing::info!(
+            users = total,
+            notified,
+            "route link re-subscribed its users; told their sessions to sync"
+        );
+    }
 }
 
 fn has_session(app: &App, appid: i64, uid: i64) -> bool {

@@ -176,6 +176,8 @@ pub(crate) struct Session {
     /// A write was abandoned part-way (kick or shutdown while the client did not read): what is on the
     /// wire ends mid-frame, so nothing more may be written.
     torn: bool,
+    /// Syncs that could not be answered yet (their store shard is down): answered once due.
+    pub(crate) owed: Option<Box<crate::sync::OwedSyncs>>,
 }
 
 /// Runs a session on `transport` until it ends, then unregisters it. The client must authenticate
@@ -213,6 +215,7 @@ pub fn run<T: Transport>(
         rate,
         room: None,
         torn: false,
+        owed: None,
     };
     let mut transport = transport;
     // Everything the task needs is captured by `async move` and used in place (an `async fn` would
@@ -316,6 +319,10 @@ impl Session {
         let mut last_frame = Instant::now();
         let max_inflight = self.app.server.max_inflight.max(1);
         loop {
+            if self.owed_due() {
+                // Rare, and its future is large: boxed (see `dispatch`).
+                Box::pin(self.answer_owed_syncs()).await;
+            }
             if let Some(h) = &self.handle {
                 if let Some(reason) = h.drain(&mut self.inbox) {
                     return End::Kicked(reason);
@@ -334,6 +341,11 @@ impl Session {
             } else {
                 login_deadline.min(last_frame + idle)
             };
+            // Wake up for a sync owed to the client when it is due.
+            let deadline = match self.owed.as_ref() {
+                Some(o) if o.at < deadline => o.at,
+                _ => deadline,
+            };
             let handle = self.handle.clone();
             // The frame is handled after the select, once its futures are gone: an idle session task
             // is as large as its largest await point, and the handler must not add to the select's.
@@ -351,6 +363,9 @@ impl Session {
                     Err(e) => return End::Recv(e),
                 },
                 _ = sleep_until(deadline) => {
+                    if self.owed_due() {
+                        continue;
+                    }
                     return End::Timeout(if self.handle.is_some() { "idle timeout" } else { "login timeout" });
                 }
             };
@@ -416,6 +431,11 @@ impl Session {
             Ok(Err(e)) => Err(End::WriteFailed(e)),
             Err(_) => Err(End::WriteTimeout),
         }
+    }
+
+    /// Whether syncs owed to the client are due to be tried again.
+    fn owed_due(&self) -> bool {
+        self.owed.as_ref().is_some_and(|o| o.at <= Instant::now())
     }
 
     /// Appends submitted and not yet completed.

@@ -5,16 +5,44 @@
 //! bytes. When more remain, `SYNC_NOTIFY(k_end + 1)` follows, so the client syncs again until it is caught
 //! up; the store never skips an entry, whatever the backlog.
 //!
-//! A sync the server cannot answer (a store error) is logged and closes the session
-//! ([`Session::abandon_sync`]): never an empty answer, never silence.
+//! A sync the server cannot answer now (its store shard is down, the group directory fails) is
+//! never answered as caught up and never ends the session: it is owed ([`Session::owe_sync`])
+//! and answered later from the session loop, retried with back-off (0.5 s doubling to 8 s, a
+//! little jitter per connection) until it succeeds. Meanwhile the session keeps serving
+//! everything else. A client that sends SYNC again meanwhile is answered (or owed) for its newest
+//! request. Failures are logged once per episode for the whole node, not once per sync.
 
-use proto::{cmd, Body};
+use std::time::Duration;
+
+use cluster::log_limit::FailureLog;
+use proto::{cmd, Body, GroupSyncKey};
 use store::{QueueId, StoredMessage, SyncPage};
-use tracing::warn;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
 
 use crate::app::Stats;
-use crate::route::SessionHandle;
 use crate::session::Session;
+
+/// First wait before an owed sync is tried again; doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(8);
+
+/// Syncs a session owes its client (boxed in the session: one pointer while nothing is owed).
+pub(crate) struct OwedSyncs {
+    /// The peer sync to answer (the key of the client's newest SYNC).
+    peer: Option<i64>,
+    /// Super-group syncs to answer, one per group (the newest request).
+    groups: Vec<GroupSyncKey>,
+    /// When to try again.
+    pub(crate) at: Instant,
+    delay: Duration,
+}
+
+/// What a sync that failed was for.
+pub(crate) enum Owed {
+    Peer(i64),
+    Group(GroupSyncKey),
+}
 
 impl Session {
     pub(crate) async fn on_sync(&mut self, key: i64) {
@@ -40,11 +68,11 @@ impl Session {
             Ok(p) => p,
             Err(e) => {
                 Stats::inc(&app.stats.store_errors);
-                warn!(error = %e, key, "sync failed; closing the session so that the client reconnects and syncs again");
-                self.abandon_sync(&h);
+                self.owe_sync(Owed::Peer(key), &e);
                 return;
             }
         };
+        self.synced(None);
         self.emit(&Body::SyncBegin(key), 0);
         let (last, truncated) = self.emit_synced(&page.messages);
         let k_end = end_key(&page, last, key);
@@ -55,14 +83,93 @@ impl Session {
         }
     }
 
-    /// A sync the server could not answer (the store or the group directory failed). An empty
-    /// SYNC_END would tell the client it is caught up, and sending nothing leaves it waiting for a
-    /// SYNC_END that never comes (the SDKs only sync again on a later notify, or on a reconnect,
-    /// spec §9.6). So the session is closed: the SDK reconnects with its backoff and syncs from
-    /// the key it has, which skips nothing. As on any disconnect, appends still in flight on
-    /// this session get no ACK.
-    pub(crate) fn abandon_sync(&mut self, h: &SessionHandle) {
-        h.close("a sync failed on the server");
+    /// A sync the server could not answer now (the store or the group directory failed). An
+    /// empty SYNC_END would tell the client it is caught up, and closing the session makes every
+    /// client of a dead shard reconnect and fail again at once (a reconnect storm). So the answer
+    /// is owed: the session loop tries again after a back-off and answers then (see the module
+    /// docs), serving everything else meanwhile.
+    pub(crate) fn owe_sync(&mut self, what: Owed, error: &dyn std::fmt::Display) {
+        let app = self.app.clone();
+        Stats::inc(&app.stats.syncs_deferred);
+        match app.sync_failures.failure() {
+            FailureLog::Started => {
+                warn!(error = %error, "a sync could not be answered; it is answered once it can be (retried with back-off), further failures are counted")
+            }
+            FailureLog::Ongoing { failures, for_secs } => {
+                warn!(failures, for_secs, last_error = %error, "syncs still cannot be answered; retrying")
+            }
+            FailureLog::Quiet => debug!(error = %error, "sync deferred"),
+        }
+        let now = Instant::now();
+        let owed = self.owed.get_or_insert_with(|| {
+            Box::new(OwedSyncs {
+                peer: None,
+                groups: Vec::new(),
+                at: now,
+                delay: Duration::ZERO,
+            })
+        });
+        match what {
+            Owed::Peer(key) => owed.peer = Some(key),
+            Owed::Group(g) => match owed.groups.iter_mut().find(|o| o.group_id == g.group_id) {
+                Some(o) => *o = g,
+                None => owed.groups.push(g),
+            },
+        }
+        owed.delay = if owed.delay.is_zero() {
+            RETRY_FIRST
+        } else {
+            (owed.delay * 2).min(RETRY_MAX)
+        };
+        // Spread the retries of many sessions of one dead shard over a quarter of a second.
+        let jitter = Duration::from_millis(self.conn_id.wrapping_mul(7919) % 250);
+        owed.at = now + owed.delay + jitter;
+    }
+
+    /// A sync was answered: it supersedes what was owed for the same queue (`None`: the peer
+    /// queue, else that group's).
+    pub(crate) fn synced(&mut self, group: Option<i64>) {
+        if let Some(r) = self.app.sync_failures.success() {
+            info!(
+                deferred_syncs = r.failures,
+                after_secs = r.after_secs,
+                "syncs are answered again"
+            );
+        }
+        if let Some(owed) = self.owed.as_mut() {
+            match group {
+                None => owed.peer = None,
+                Some(gid) => owed.groups.retain(|g| g.group_id != gid),
+            }
+            if owed.peer.is_none() && owed.groups.is_empty() {
+                self.owed = None;
+            }
+        }
+    }
+
+    /// Answers the syncs owed to the client (called by the session loop once they are due).
+    /// Those that fail again are owed again, with a longer back-off.
+    pub(crate) async fn answer_owed_syncs(&mut self) {
+        let Some(owed) = self.owed.as_mut() else {
+            return;
+        };
+        let peer = owed.peer.take();
+        let groups = std::mem::take(&mut owed.groups);
+        // Not due again unless something fails below.
+        owed.at = Instant::now() + RETRY_MAX * 4;
+        if let Some(key) = peer {
+            self.on_sync(key).await;
+        }
+        for g in groups {
+            self.on_sync_group(g).await;
+        }
+        if self
+            .owed
+            .as_ref()
+            .is_some_and(|o| o.peer.is_none() && o.groups.is_empty())
+        {
+            self.owed = None;
+        }
     }
 
     /// Queues synced messages (flag 0 or SELF, never PUSH) until the batch byte bound; returns the key of

@@ -71,6 +71,10 @@ enum ImsCommand {
         /// The follower's HTTP API, e.g. http://127.0.0.1:13335
         #[arg(long)]
         http: String,
+        /// The node's `http_secret`, sent as `Authorization: Bearer <secret>`. Default: the
+        /// environment variable, else `http_secret` of the file given with `banter ims --config`.
+        #[arg(long, env = "BANTER_IMS_SECRET", hide_env_values = true)]
+        secret: Option<String>,
     },
 }
 
@@ -169,8 +173,17 @@ fn imr(path: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn ims(path: Option<PathBuf>, command: Option<ImsCommand>) -> anyhow::Result<()> {
     match command {
-        Some(ImsCommand::Promote { http }) => {
-            let answer = runtime()?.block_on(banter::roles::promote(&http))?;
+        Some(ImsCommand::Promote { http, secret }) => {
+            let secret = match secret {
+                Some(s) => Some(s),
+                None if path.is_some() => {
+                    let config: cluster::store_node::StoreNodeConfig =
+                        load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
+                    Some(config.http_secret)
+                }
+                None => None,
+            };
+            let answer = runtime()?.block_on(banter::roles::promote(&http, secret.as_deref()))?;
             println!("{answer}");
             Ok(())
         }

@@ -42,8 +42,9 @@ pub async fn run_store_node(config: cluster::store_node::StoreNodeConfig) -> any
     Ok(())
 }
 
-/// Asks a follower store node to become the leader (`POST /promote` on its HTTP API).
-pub async fn promote(http: &str) -> anyhow::Result<String> {
+/// Asks a follower store node to become the leader (`POST /promote` on its HTTP API), with
+/// `Authorization: Bearer <secret>` when a secret is given (the node's `http_secret`).
+pub async fn promote(http: &str, secret: Option<&str>) -> anyhow::Result<String> {
     let hostport = http
         .trim_start_matches("http://")
         .trim_end_matches('/')
@@ -54,7 +55,16 @@ pub async fn promote(http: &str) -> anyhow::Result<String> {
         .ok_or_else(|| anyhow::anyhow!("cannot resolve {hostport}"))?;
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await??;
-    let req = format!("POST /promote HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let auth = match secret.filter(|s| !s.is_empty()) {
+        Some(s) => {
+            if s.contains(['\r', '\n']) {
+                anyhow::bail!("the secret must not contain line breaks");
+            }
+            format!("Authorization: Bearer {s}\r\n")
+        }
+        None => String::new(),
+    };
+    let req = format!("POST /promote HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut out = Vec::new();
     tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await??;

@@ -14,7 +14,9 @@
 //! included). A connection that fails is dropped and re-dialled on demand, with exponential
 //! back-off between failed dials so a dead store costs callers nothing but a fast
 //! [`RemoteStoreError::Unavailable`]. Dropping a pool closes its connections once the requests
-//! still using them have finished.
+//! still using them have finished. A store's failures are logged once per episode (a line when
+//! it starts failing, a summary with a count every 30 s, a line when it answers again), never
+//! once per request.
 //!
 //! Sharding follows GoBelieve (spec §1.2): a user's personal queue lives on
 //! `storage_addrs[|uid| mod N]`, a super group's queue on `group_storage_addrs[|gid| mod M]`
@@ -43,6 +45,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::frame_io::{self, FrameIoError, MAX_COALESCE};
+use crate::log_limit::{Episode, FailureLog};
 use crate::store_proto::{self as sp, BodyError, ErrorCode, PingInfo, Request};
 
 /// What went wrong talking to a store node. Says whose fault it was: the network or the node
@@ -123,6 +126,9 @@ impl From<RemoteStoreError> for StoreError {
         }
     }
 }
+
+/// How often a store that keeps failing gets a summary log line.
+const FAILURE_SUMMARY_EVERY: Duration = Duration::from_secs(30);
 
 /// Settings of a [`StorePool`] (and of every pool of a [`RemoteStore`]).
 #[derive(Debug, Clone)]
@@ -256,6 +262,8 @@ pub struct StorePool {
     rr: AtomicUsize,
     dialing: tokio::sync::Mutex<()>,
     backoff: Mutex<Backoff>,
+    /// Failures of this store, logged once per episode.
+    episode: Episode,
 }
 
 impl StorePool {
@@ -272,6 +280,7 @@ impl StorePool {
                 delay: opts.backoff_min,
                 last_error: String::new(),
             }),
+            episode: Episode::new(FAILURE_SUMMARY_EVERY),
             opts,
         }
     }
@@ -519,7 +528,7 @@ impl StorePool {
             Ok(frame.body)
         };
         let r = tokio::time::timeout(timeout, fut).await;
-        match r {
+        let r = match r {
             Ok(r) => r,
             Err(_) => {
                 // Nothing at all came back on this connection while we waited: treat it as dead
@@ -534,6 +543,43 @@ impl StorePool {
                     after: timeout,
                 })
             }
+        };
+        self.note(&r);
+        r
+    }
+
+    /// Logs this store's failures once per episode (with a summary every 30 s while it lasts)
+    /// rather than once per request: a store outage fails thousands of requests a second.
+    fn note(&self, r: &Result<Bytes, RemoteStoreError>) {
+        let failed = match r {
+            Ok(_) => None,
+            Err(e @ (RemoteStoreError::Timeout { .. } | RemoteStoreError::Unavailable { .. })) => {
+                Some(e)
+            }
+            Err(e @ RemoteStoreError::Remote { code, .. }) => match code {
+                ErrorCode::InvalidArgument | ErrorCode::BadRequest | ErrorCode::Unsupported => None,
+                _ => Some(e),
+            },
+            Err(e @ RemoteStoreError::Protocol { .. }) => Some(e),
+            Err(RemoteStoreError::Config(_)) => None,
+        };
+        match failed {
+            None => {
+                if let Some(r) = self.episode.success() {
+                    tracing::info!(addr = %self.addr, failed_requests = r.failures, after_secs = r.after_secs, "store answers again");
+                }
+            }
+            Some(e) => match self.episode.failure() {
+                FailureLog::Started => {
+                    tracing::warn!(addr = %self.addr, error = %e, "store requests are failing; further failures are counted")
+                }
+                FailureLog::Ongoing { failures, for_secs } => {
+                    tracing::warn!(addr = %self.addr, failures, for_secs, last_error = %e, "store requests are still failing")
+                }
+                FailureLog::Quiet => {
+                    tracing::debug!(addr = %self.addr, error = %e, "store request failed")
+                }
+            },
         }
     }
 
@@ -887,7 +933,8 @@ impl RemoteStore {
             }
         }
         if let Some(e) = first_err {
-            tracing::warn!(error = %e, failed_stores = failed, "sharded append failed on some stores; other parts may be stored");
+            // Each store's failures are logged once per episode by its pool.
+            tracing::debug!(error = %e, failed_stores = failed, "sharded append failed on some stores; other parts may be stored");
             return Err(e);
         }
         Ok(out)

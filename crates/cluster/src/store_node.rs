@@ -9,10 +9,15 @@
 //!
 //! A node started with `follow` set opens its store as a follower: it refuses appends
 //! (`not_leader`) and serves reads of what it has replicated. `POST /promote` stops the follow
-//! loop (after the batches it submitted are durable) and makes the store a leader; sync keys
-//! continue from the old leader's, since positions are identical on both. Keep in mind that a
-//! restart with `follow` still set makes it a follower again: update the config after a
-//! fail-over. Every node also serves replication, so followers can be chained.
+//! loop (after the batches it submitted are durable) and makes the store a leader; its keys
+//! continue above every position the old leader could have handed out (`Store::promote_past`
+//! with the leader end the stream last reported), so a key a client holds from before the
+//! fail-over is below every new key. Keep in mind that a restart with `follow` still set makes
+//! it a follower again: update the config after a fail-over. Every node also serves
+//! replication, so followers can be chained.
+//!
+//! The HTTP API is protected like the access node's: with `http_secret` set every request but
+//! `/healthz` needs `Authorization: Bearer <secret>`; without one it only listens on loopback.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -62,15 +67,18 @@ pub struct StoreNodeConfig {
     pub replication_listen: String,
     /// HTTP API listener (`/healthz`, `/metrics`, `/summary`, `POST /promote`). Empty = off.
     pub http_listen: String,
+    /// When set, every HTTP request but `/healthz` must carry `Authorization: Bearer <secret>`.
+    /// When empty, the HTTP API refuses to listen on anything but a loopback address.
+    pub http_secret: String,
     /// The leader's replication address. Empty = this node is a leader. Set = this node is a
     /// follower: it refuses appends until promoted.
     pub follow: String,
     /// `"async"`: an append is acknowledged once durable here. `"sync"`: only once a follower
-    /// has also acknowledged it durable; without a follower, appends fail after
-    /// `sync_timeout_ms`.
+    /// has also acknowledged it durable, and readers see only what a follower confirmed; without
+    /// a follower, appends fail after `sync_timeout_ms`.
     pub replication_mode: ReplicationMode,
     /// `sync` mode: how long an append waits for a follower before it fails with
-    /// `replication_timeout` (the message stays on this node).
+    /// `replication_timeout` (its records are withdrawn: it is never delivered).
     pub sync_timeout_ms: u64,
     /// `"always"` (fsync before acknowledging, group commit), `"interval"` (fsync at most
     /// `fsync_interval_ms` after a write) or `"none"`.
@@ -114,6 +122,7 @@ impl Default for StoreNodeConfig {
             listen: "0.0.0.0:13333".into(),
             replication_listen: "0.0.0.0:13334".into(),
             http_listen: "127.0.0.1:13335".into(),
+            http_secret: String::new(),
             follow: String::new(),
             replication_mode: ReplicationMode::Async,
             sync_timeout_ms: 5000,
@@ -149,15 +158,20 @@ listen = "0.0.0.0:13333"
 replication_listen = "0.0.0.0:13334"
 # HTTP API: /healthz, /metrics, /summary, POST /promote ("" = off). Keep it private.
 http_listen = "127.0.0.1:13335"
+# When set, every HTTP request except /healthz must carry `Authorization: Bearer <secret>`
+# (`banter ims promote --secret`). When empty, the HTTP API refuses to listen on anything but a
+# loopback address.
+http_secret = ""
 
 # The leader's replication_listen address. "" = this node is a leader. When set, this node is a
 # follower: it replicates the leader's log, serves reads and refuses appends until promoted
-# (POST /promote, or `banter ims promote --http URL`). Clear it after a fail-over.
+# (POST /promote, or `banter ims promote --http URL --secret S`); its keys then continue at
+# least 1 TiB above the old leader's, so none is ever reused. Clear it after a fail-over.
 follow = ""
 # "async": an append is acknowledged once durable on this node.
-# "sync": only once a follower has acknowledged it durable as well; an append that no follower
-# acknowledges within sync_timeout_ms fails with a replication_timeout error (it stays on this
-# node and replicates later, but it is not confirmed to the client).
+# "sync": only once a follower has acknowledged it durable as well, and clients are shown only
+# what a follower confirmed; an append that no follower acknowledges within sync_timeout_ms fails
+# with a replication_timeout error and is withdrawn (never delivered, by no node).
 replication_mode = "async"
 sync_timeout_ms = 5000
 
@@ -341,6 +355,9 @@ pub enum StoreNodeError {
 pub enum PromoteError {
     #[error("this store node is already a leader")]
     AlreadyLeader,
+    /// The store could not start its new position range (e.g. a disk failure).
+    #[error("the store could not be promoted: {0}")]
+    Store(String),
 }
 
 /// State shared by the node's tasks and its HTTP API.
@@ -367,9 +384,18 @@ impl NodeState {
                 tracing::warn!(error = %e, "follow task ended abnormally");
             }
         }
-        self.store.promote();
-        let end = self.store.log_end();
-        tracing::info!(log_end = end, "store promoted to leader");
+        // Continue above the old leader's end as well as it was last reported.
+        let leader_end = self.follow_status.leader_end.load(Ordering::Acquire);
+        let end = self
+            .store
+            .promote_past(leader_end)
+            .await
+            .map_err(|e| PromoteError::Store(e.to_string()))?;
+        tracing::info!(
+            log_end = end,
+            leader_end,
+            "store promoted to leader; its keys continue above every position the old leader could have used"
+        );
         Ok(end)
     }
 
@@ -390,7 +416,7 @@ impl NodeState {
                     "peer": f.peer.to_string(),
                     "acked": f.acked,
                     "sent": f.sent,
-                    "lag_bytes": st.log_end.saturating_sub(f.acked),
+                    "lag_bytes": self.store.log_bytes_between(f.acked, st.log_end),
                     "connected_secs": f.connected_for.as_secs(),
                 })
             })
@@ -402,6 +428,7 @@ impl NodeState {
             "poisoned": self.store.is_poisoned(),
             "log_start": st.log_start,
             "log_end": st.log_end,
+            "commit_index": self.store.visible_limit(),
             "queues": st.queues,
             "segments": st.segments,
             "messages_appended": st.messages,
@@ -427,11 +454,13 @@ impl NodeState {
         })
     }
 
-    /// Leader: its end minus the best follower acknowledgement. Follower: how far behind the
-    /// leader it knows itself to be.
+    /// Leader: the log bytes between the best follower acknowledgement and its end (not
+    /// counting the gap of a promotion's position jump). Follower: how far behind the leader it
+    /// knows itself to be.
     fn lag(&self) -> u64 {
         if self.store.role() == Role::Leader {
-            self.hub.lag(self.store.log_end())
+            self.store
+                .log_bytes_between(self.hub.best_acked(), self.store.log_end())
         } else {
             self.follow_status.lag()
         }
@@ -508,6 +537,12 @@ impl NodeState {
             "gauge",
             "Position after the newest acknowledged record.",
             st.log_end,
+        );
+        metric(
+            "banter_ims_commit_index_bytes",
+            "gauge",
+            "Readers see entries below this position: what a follower confirmed (sync mode), else the log end.",
+            self.store.visible_limit(),
         );
         metric(
             "banter_ims_log_start_bytes",
@@ -659,6 +694,18 @@ pub async fn run(
 ) -> Result<RunningStoreNode, StoreNodeError> {
     config.validate().map_err(StoreNodeError::Config)?;
     let opts = config.store_options().map_err(StoreNodeError::Config)?;
+    let http_listen = config.http_listen.trim().to_string();
+    if !http_listen.is_empty() && config.http_secret.is_empty() {
+        let loopback = tokio::net::lookup_host(&http_listen)
+            .await
+            .map(|mut it| it.all(|a| a.ip().is_loopback()))
+            .unwrap_or(false);
+        if !loopback {
+            return Err(StoreNodeError::Config(format!(
+                "http_listen = {http_listen:?} is not a loopback address; set http_secret to expose the HTTP API (it can promote this node)"
+            )));
+        }
+    }
     let dir = config.data_dir.clone();
     let store = {
         let open_dir = dir.clone();
@@ -766,11 +813,13 @@ pub async fn run(
         *state.follower.lock().await = Some((token, task));
     }
     if let Some(l) = http {
+        let secret = Arc::new(config.http_secret.clone());
         let app = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .route("/summary", get(summary))
             .route("/promote", post(promote))
+            .layer(axum::middleware::from_fn_with_state(secret, require_secret))
             .with_state(state.clone());
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -834,4 +883,49 @@ async fn promote(State(s): State<Arc<NodeState>>) -> Response {
         )
             .into_response(),
     }
+}
+
+/// With `http_secret` set, every request but `/healthz` needs `Authorization: Bearer <secret>`
+/// (the scheme is case-insensitive).
+async fn require_secret(
+    State(secret): State<Arc<String>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if secret.is_empty() || req.uri().path() == "/healthz" {
+        return next.run(req).await;
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(bearer_token)
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), secret.as_bytes()) {
+        next.run(req).await
+    } else {
+        (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({
+                "error": "missing or wrong `Authorization: Bearer <http_secret>` header"
+            })),
+        )
+            .into_response()
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
+/// (RFC 9110 §11.1).
+pub fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim_start())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -72,8 +72,8 @@ pub enum ErrorCode {
     Internal,
     /// The store is shutting down.
     Closed,
-    /// `sync` replication: the append is durable on the leader but no follower acknowledged it
-    /// within the configured timeout. It may or may not be replicated later.
+    /// `sync` replication: no follower acknowledged the append within the configured timeout;
+    /// its records were withdrawn, so it is never delivered (retrying stores it afresh).
     ReplicationTimeout,
     /// The request body or header did not follow the protocol.
     BadRequest,

@@ -15,7 +15,8 @@
 //!   pipeline, in order; durable according to the follower's own durability mode, #42), and
 //!   acknowledges each new durable position. On any failure it drains what it submitted and
 //!   resumes from its own `log_end()`, so a reconnect never leaves a gap or writes a record
-//!   twice.
+//!   twice. The one gap it accepts is a promoted leader's position jump: a batch that opens
+//!   with a JUMP record from exactly its log end.
 //!
 //! The protocol is in `docs/internal-protocols.md` §"replication".
 
@@ -128,14 +129,18 @@ impl ReplicationHub {
     /// Replication lag in bytes: `leader_end` minus the best acknowledged position of a
     /// connected follower (or, with none connected, the last acknowledged position).
     pub fn lag(&self, leader_end: u64) -> u64 {
-        let best = self
-            .followers
+        leader_end.saturating_sub(self.best_acked())
+    }
+
+    /// The best acknowledged position of a connected follower (or, with none connected, the
+    /// last acknowledged position).
+    pub fn best_acked(&self) -> u64 {
+        self.followers
             .lock()
             .values()
             .map(|f| f.acked)
             .max()
-            .unwrap_or_else(|| self.acked());
-        leader_end.saturating_sub(best)
+            .unwrap_or_else(|| self.acked())
     }
 
     fn register(&self, peer: SocketAddr, pos: u64, sent: Arc<AtomicU64>) -> u64 {
@@ -618,14 +623,16 @@ async fn session(
                             (Ok(s), Ok(e)) => (s, e),
                             _ => break retry(progressed, "short batch frame".into()),
                         };
-                        let data = r.rest();
-                        if start != expected {
+                        let batch = ReplicationBatch { start, data: r.rest() };
+                        // A batch above our end must open with a JUMP from it (the leader was
+                        // promoted and continued higher up).
+                        if start != expected && batch.jump_from() != Some(expected) {
                             break retry(progressed, format!("leader sent a batch at {start}, expected {expected}"));
                         }
-                        expected += data.len() as u64;
+                        expected = batch.end();
                         status.leader_end.store(leader_end.max(expected), Ordering::Release);
-                        status.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                        inflight.push_back(store.apply_replicated(ReplicationBatch { start, data }));
+                        status.bytes.fetch_add(batch.data.len() as u64, Ordering::Relaxed);
+                        inflight.push_back(store.apply_replicated(batch));
                     }
                     CMD_REPL_HEARTBEAT => {
                         let mut r = Reader::new(f.body);

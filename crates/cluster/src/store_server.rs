@@ -8,10 +8,10 @@
 //! back-pressure), it never buffers without bound. Replies are coalesced by one writer task.
 //!
 //! Appends go straight to the store's group commit. In `sync` replication mode an append is
-//! answered only once a follower has acknowledged a durable position at or after the log end the
-//! append produced, or fails with [`ErrorCode::ReplicationTimeout`] after the configured timeout
-//! (the append stays on the leader and replicates when a follower comes back; the caller is told
-//! it was not confirmed, so it is never acknowledged to a client without being on two nodes).
+//! answered only once a follower has acknowledged a durable position at or after the end of its
+//! records, or fails with [`ErrorCode::ReplicationTimeout`] after the configured timeout, its
+//! records withdrawn so that it is never delivered (`store_commit`: the commit index, which also
+//! bounds what every read returns).
 //! Reads that only touch the newest part of the log (a `sync`, `sync_since` or `new_count` whose
 //! `after` key lies within [`StoreServerOptions::inline_read_window`] bytes of the log end, i.e. in
 //! the store's recent-write cache) run directly on the async worker; other reads may touch
@@ -19,7 +19,8 @@
 //! Measured (debug build, cached data, a loaded 2-core machine, 6 runs): a sequential sync takes
 //! about 70 µs inline against 110–300 µs through the blocking pool; with 64 concurrent callers
 //! throughput was 11–25k syncs/s either way (within the noise), so the latency decides.
-//! `last_key` and `ping` are in-memory.
+//! `ping` is in-memory; `last_key` too unless a commit index makes it walk back a few (cached)
+//! entries.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,18 +36,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::frame_io::{self, FrameIoError, Outgoing};
+use crate::store_commit::{CommitError, CommitTracker};
 use crate::store_proto::{self as sp, ErrorCode, PingInfo, Request};
 use crate::store_replication::ReplicationHub;
 
 /// Default frame body limit on the store link (both directions).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
 
-/// `sync` replication: appends wait for a follower's acknowledgement.
+/// `sync` replication: appends wait for a follower's acknowledgement, and reads see only what a
+/// follower confirmed.
 #[derive(Clone)]
 pub struct SyncReplication {
     /// The leader's replication state (shared with `serve_replication`).
     pub hub: Arc<ReplicationHub>,
-    /// How long an append waits for a follower before it fails with `ReplicationTimeout`.
+    /// How long an append waits for a follower before it fails with `ReplicationTimeout` (and
+    /// is withdrawn).
     pub timeout: Duration,
 }
 
@@ -130,7 +134,20 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    let opts = Arc::new(opts);
+    // The commit index outlives the connections (their appends wait on it until they finish).
+    let commit_stop = CancellationToken::new();
+    let commit = opts.sync_replication.as_ref().map(|sr| {
+        CommitTracker::start(
+            store.clone(),
+            sr.hub.clone(),
+            sr.timeout,
+            commit_stop.clone(),
+        )
+    });
+    let opts = Arc::new(Server {
+        opts,
+        commit: commit.as_ref().map(|c| c.0.clone()),
+    });
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -163,13 +180,31 @@ pub async fn serve(
     }
     tracker.close();
     tracker.wait().await;
+    commit_stop.cancel();
+    if let Some((_, task)) = commit {
+        let _ = task.await;
+    }
+}
+
+/// What every connection of one server shares.
+struct Server {
+    opts: StoreServerOptions,
+    /// `sync` replication's commit index.
+    commit: Option<Arc<CommitTracker>>,
+}
+
+impl std::ops::Deref for Server {
+    type Target = StoreServerOptions;
+    fn deref(&self) -> &StoreServerOptions {
+        &self.opts
+    }
 }
 
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     store: Arc<Store>,
-    opts: Arc<StoreServerOptions>,
+    opts: Arc<Server>,
     shutdown: CancellationToken,
 ) {
     tracing::debug!(%peer, "store link connection");
@@ -225,7 +260,7 @@ async fn connection(
         tokio::spawn(async move {
             let bytes = match early {
                 Some((n, ticket)) => {
-                    let result = finish_append(n, ticket, &store, &opts).await;
+                    let result = finish_append(n, ticket, &opts).await;
                     reply(frame.seq, frame.cmd, result, &opts)
                 }
                 None => handle(frame, &store, &opts).await,
@@ -273,7 +308,7 @@ impl From<StoreError> for Failure {
 }
 
 /// Executes one request and returns the encoded reply frame.
-async fn handle(frame: Frame, store: &Arc<Store>, opts: &StoreServerOptions) -> Bytes {
+async fn handle(frame: Frame, store: &Arc<Store>, opts: &Server) -> Bytes {
     let result = if frame.version != sp::LINK_VERSION {
         Err(Failure {
             code: ErrorCode::Unsupported,
@@ -300,7 +335,7 @@ async fn handle(frame: Frame, store: &Arc<Store>, opts: &StoreServerOptions) -> 
 }
 
 /// Encodes the reply frame of a request (`seq`, `cmd`) from its result.
-fn reply(seq: i32, cmd: u8, result: Result<BytesMut, Failure>, opts: &StoreServerOptions) -> Bytes {
+fn reply(seq: i32, cmd: u8, result: Result<BytesMut, Failure>, opts: &Server) -> Bytes {
     let m = &opts.metrics;
     match result {
         Ok(body) => frame_io::encode_frame(seq, cmd, sp::LINK_VERSION, sp::FLAG_REPLY, &body),
@@ -328,15 +363,25 @@ fn reply(seq: i32, cmd: u8, result: Result<BytesMut, Failure>, opts: &StoreServe
 async fn finish_append(
     n: u64,
     ticket: store::AppendTicket,
-    store: &Arc<Store>,
-    opts: &StoreServerOptions,
+    opts: &Server,
 ) -> Result<BytesMut, Failure> {
     let m = &opts.metrics;
     let res = ticket.await?;
-    if let Some(sr) = &opts.sync_replication {
-        // The append is durable, so the log end now covers it.
-        let end = store.log_end();
-        wait_replicated(sr, end).await?;
+    if let Some(commit) = &opts.commit {
+        // A record ends with its queue entries: the last entry of the last message ends them all.
+        let end = res
+            .iter()
+            .filter_map(|m| m.last())
+            .map(|a| a.key as u64 + store::format::ENTRY_LEN as u64)
+            .max()
+            .unwrap_or(0);
+        commit.confirm(end).await.map_err(|e| Failure {
+            code: match e {
+                CommitError::Closed => ErrorCode::Closed,
+                _ => ErrorCode::ReplicationTimeout,
+            },
+            message: e.to_string(),
+        })?;
     }
     let mut out = BytesMut::new();
     sp::encode_appended(&res, &mut out);
@@ -364,11 +409,7 @@ where
     }
 }
 
-async fn execute(
-    req: Request,
-    store: &Arc<Store>,
-    opts: &StoreServerOptions,
-) -> Result<BytesMut, Failure> {
+async fn execute(req: Request, store: &Arc<Store>, opts: &Server) -> Result<BytesMut, Failure> {
     let m = &opts.metrics;
     let max = opts.max_frame_bytes;
     let window = opts.inline_read_window;
@@ -386,7 +427,7 @@ async fn execute(
         }
         Request::Append(msgs) => {
             let n = msgs.len() as u64;
-            return finish_append(n, store.append(msgs), store, opts).await;
+            return finish_append(n, store.append(msgs), opts).await;
         }
         Request::Sync {
             queue,
@@ -429,27 +470,11 @@ async fn execute(
             m.reads.fetch_add(1, Ordering::Relaxed);
         }
         Request::LastKey { queue } => {
-            bytes::BufMut::put_i64(&mut out, store.last_key(queue));
+            // With a commit index this may walk back a few entries (recent, so cached).
+            let key = read(store, true, move |s| s.try_last_key(queue)).await?;
+            bytes::BufMut::put_i64(&mut out, key);
             m.reads.fetch_add(1, Ordering::Relaxed);
         }
     }
     Ok(out)
-}
-
-/// Waits until a follower acknowledged `end`, or fails after the timeout.
-async fn wait_replicated(sr: &SyncReplication, end: u64) -> Result<(), Failure> {
-    let mut rx = sr.hub.acked_watch();
-    let wait = rx.wait_for(|acked| *acked >= end);
-    let r = tokio::time::timeout(sr.timeout, wait).await;
-    match r {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(_)) | Err(_) => Err(Failure {
-            code: ErrorCode::ReplicationTimeout,
-            message: format!(
-                "append is durable on the leader up to position {end} but no follower \
-                 acknowledged it within {} ms (sync replication); it was not confirmed",
-                sr.timeout.as_millis()
-            ),
-        }),
-    }
 }

@@ -1,7 +1,8 @@
 //! The ims role: configuration (documented default file, unknown keys, all errors at once) and
 //! two nodes started with `run` — a leader and a follower — with the HTTP API: health, metrics,
 //! summary, and promotion after which the old follower accepts appends whose sync keys continue
-//! the leader's.
+//! the leader's queues above every key the leader handed out; the API's bearer secret and its
+//! loopback-only rule without one.
 
 mod store_common;
 
@@ -65,9 +66,22 @@ fn node_config(dir: &std::path::Path, follow: String) -> StoreNodeConfig {
 
 /// A minimal HTTP/1.1 client: (status, body).
 async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
+    http_auth(addr, method, path, None).await
+}
+
+/// [`http`] with an `Authorization` header value.
+async fn http_auth(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
     );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut raw = Vec::new();
@@ -244,4 +258,57 @@ fn frames_must_hold_the_largest_record() {
         ..StoreNodeConfig::default()
     };
     assert!(ok.validate().is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_needs_the_secret_and_without_one_listens_only_on_loopback() {
+    let d = tempfile::tempdir().unwrap();
+    let t = CancellationToken::new();
+    // No secret on a non-loopback address: refused at start-up, before anything runs.
+    let err = run(
+        StoreNodeConfig {
+            http_listen: "0.0.0.0:0".into(),
+            ..node_config(d.path(), String::new())
+        },
+        t.clone(),
+    )
+    .await
+    .err()
+    .unwrap();
+    assert!(
+        matches!(&err, StoreNodeError::Config(m) if m.contains("http_secret") && m.contains("0.0.0.0:0")),
+        "{err}"
+    );
+    // With a secret it may listen anywhere (here a follower of a leader that never answers).
+    let secret = "s3cret-promote";
+    let follower = run(
+        StoreNodeConfig {
+            http_listen: "0.0.0.0:0".into(),
+            http_secret: secret.into(),
+            ..node_config(d.path(), "127.0.0.1:9".into())
+        },
+        t.clone(),
+    )
+    .await
+    .unwrap();
+    let h = std::net::SocketAddr::from(([127, 0, 0, 1], follower.http_addr.unwrap().port()));
+    // /healthz stays open for health checks; everything else needs the secret.
+    assert_eq!(http(h, "GET", "/healthz").await.0, 200);
+    assert_eq!(http(h, "GET", "/metrics").await.0, 401);
+    let (code, body) = http(h, "POST", "/promote").await;
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("Authorization"), "{body}");
+    let wrong = http_auth(h, "POST", "/promote", Some("Bearer not-the-secret")).await;
+    assert_eq!(wrong.0, 401);
+    let basic = http_auth(h, "POST", "/promote", Some(&format!("Basic {secret}"))).await;
+    assert_eq!(basic.0, 401);
+    assert_eq!(follower.role(), Role::Follower, "nothing was promoted");
+    let auth = format!("BEARER {secret}");
+    assert_eq!(http_auth(h, "GET", "/summary", Some(&auth)).await.0, 200);
+    // the scheme is case-insensitive
+    let (code, body) = http_auth(h, "POST", "/promote", Some(&format!("bearer {secret}"))).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(follower.role(), Role::Leader);
+    t.cancel();
+    follower.wait().await.unwrap();
 }

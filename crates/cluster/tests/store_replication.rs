@@ -330,11 +330,16 @@ async fn sync_mode_acknowledges_only_what_the_follower_holds() {
     );
     assert!(t.elapsed() >= Duration::from_millis(650));
     assert!(t.elapsed() < Duration::from_secs(3));
-    // the follower comes back, catches up (including the unconfirmed one) and appends flow again
+    // the follower comes back, catches up and appends flow again; the refused append was
+    // withdrawn, so it is delivered neither by the leader nor by the follower
     let follower = start_follower(fstore, leader.repl_addr);
     let r = pool.append(vec![msg(&[q], "again")]).await.unwrap();
     assert_eq!(follower.store.last_key(q), r[0][0].key);
-    assert_eq!(all(&follower.store, q).len(), 22);
+    for s in [&follower.store, &leader.store] {
+        let bodies: Vec<_> = all(s, q).into_iter().map(|m| m.2).collect();
+        assert_eq!(bodies.len(), 21);
+        assert!(!bodies.iter().any(|b| b.as_ref() == b"unconfirmed"));
+    }
     follower.stop().await;
     served.stop().await;
     leader.token.cancel();
@@ -423,7 +428,7 @@ async fn losing_the_leader_mid_traffic_in_sync_mode_loses_no_acknowledged_append
         acked.len()
     );
     let fstore = follower.stop().await;
-    fstore.promote();
+    fstore.promote().await.unwrap();
     for (q, key, body) in &acked {
         let p = fstore.sync(*q, key - 1, 1).unwrap();
         assert_eq!(
@@ -442,4 +447,118 @@ async fn losing_the_leader_mid_traffic_in_sync_mode_loses_no_acknowledged_append
         .unwrap();
     assert_eq!(r[0][0].prev_key, last);
     assert!(r[0][0].key > last);
+}
+
+/// Every read the store link offers, as a client would see `q` (personal) and `g` (super group).
+async fn visible_bodies(pool: &StorePool, q: QueueId, g: QueueId) -> Vec<Vec<String>> {
+    let text = |b: &bytes::Bytes| String::from_utf8_lossy(b).into_owned();
+    let sync = pool.sync(q, 0, 100).await.unwrap();
+    let since = pool.sync_since(g, 0, 100, 0).await.unwrap();
+    let latest = pool.latest(q, 100).await.unwrap();
+    let peer = pool.latest_peer(q, 100).await.unwrap();
+    let last = pool.last_key(q).await.unwrap();
+    let count = pool.new_count(q, 0).await.unwrap();
+    let bodies: Vec<String> = sync.messages.iter().map(|m| text(&m.body)).collect();
+    assert_eq!(count as usize, bodies.len(), "new_count agrees with sync");
+    assert_eq!(
+        sync.queue_last_key, last,
+        "the sync page's newest key is the last key"
+    );
+    assert_eq!(sync.messages.last().map_or(0, |m| m.key), last);
+    vec![
+        bodies,
+        since.messages.iter().map(|m| text(&m.body)).collect(),
+        latest.iter().map(|m| text(&m.body)).collect(),
+        peer.iter().map(|m| text(&m.body)).collect(),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_mode_leader_never_returns_an_unconfirmed_entry() {
+    let dl = tempfile::tempdir().unwrap();
+    let df = tempfile::tempdir().unwrap();
+    let leader = start_leader(open(dl.path(), opts(Role::Leader))).await;
+    let timeout = Duration::from_secs(4);
+    let served = serve_store(
+        leader.store.clone(),
+        StoreServerOptions {
+            sync_replication: Some(SyncReplication {
+                hub: leader.hub.clone(),
+                timeout,
+            }),
+            ..StoreServerOptions::default()
+        },
+    )
+    .await;
+    let pool = Arc::new(StorePool::new(
+        served.addr.to_string(),
+        StorePoolOptions {
+            request_timeout: Duration::from_secs(10),
+            ..StorePoolOptions::default()
+        },
+    ));
+    let (q, g) = (QueueId::user(3, 1), QueueId::group(3, 2));
+    let follower = start_follower(follower_store(df.path()), leader.repl_addr);
+    pool.append(vec![msg(&[q, g], "m0")]).await.unwrap();
+    let one = vec![vec!["m0".to_string()]; 4];
+    assert_eq!(visible_bodies(&pool, q, g).await, one);
+
+    // The follower goes away: m1 is durable on the leader but not confirmed.
+    let fstore = follower.stop().await;
+    let end_before = leader.store.log_end();
+    let pending = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.append(vec![msg(&[q, g], "m1")]).await })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || leader.store.log_end()
+            > end_before)
+        .await
+    );
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(600) {
+        assert_eq!(
+            visible_bodies(&pool, q, g).await,
+            one,
+            "an unconfirmed entry was returned"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!pending.is_finished());
+    // The follower returns in time: m1 is confirmed, acknowledged, and then visible.
+    let follower = start_follower(fstore, leader.repl_addr);
+    pending.await.unwrap().unwrap();
+    let two = vec![vec!["m0".to_string(), "m1".to_string()]; 4];
+    assert_eq!(visible_bodies(&pool, q, g).await, two);
+
+    // Gone again for longer than the timeout: m2 is refused and withdrawn.
+    let fstore = follower.stop().await;
+    let pending = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.append(vec![msg(&[q, g], "m2")]).await })
+    };
+    let t = Instant::now();
+    while !pending.is_finished() {
+        assert_eq!(visible_bodies(&pool, q, g).await, two);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(t.elapsed() >= timeout - Duration::from_millis(200));
+    let err = pending.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ReplicationTimeout), "{err}");
+    assert!(err.to_string().contains("withdrawn"), "{err}");
+    // The follower returns and replicates m2 and its withdrawal: m2 is delivered nowhere.
+    let follower = start_follower(fstore, leader.repl_addr);
+    pool.append(vec![msg(&[q, g], "m3")]).await.unwrap();
+    let three = vec![vec!["m0".to_string(), "m1".to_string(), "m3".to_string()]; 4];
+    assert_eq!(visible_bodies(&pool, q, g).await, three);
+    assert!(caught_up(&leader.store, &follower.store).await);
+    let on_follower: Vec<_> = all(&follower.store, q)
+        .into_iter()
+        .map(|m| String::from_utf8_lossy(&m.2).into_owned())
+        .collect();
+    assert_eq!(on_follower, three[0]);
+    follower.stop().await;
+    served.stop().await;
+    leader.token.cancel();
+    leader.task.await.unwrap();
 }

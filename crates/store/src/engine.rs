@@ -55,6 +55,19 @@ pub(crate) enum Submission {
         batch: ReplicationBatch,
         tx: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
     },
+    /// Promotion: continue the log at `jump_target(max(end, min_end))` with a JUMP record, then
+    /// become a leader. Resolves to the new log end.
+    Jump {
+        min_end: u64,
+        tx: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// Withdraw every record from `from` to the log end (sync replication refused them): write
+    /// WITHDRAW records setting the queues back. Resolves to the position of the first WITHDRAW
+    /// record (every withdrawn record ends at or before it).
+    Withdraw {
+        from: u64,
+        tx: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
+    },
 }
 
 impl Submission {
@@ -62,6 +75,18 @@ impl Submission {
         match self {
             Submission::Append { bytes, .. } => *bytes,
             Submission::Replicate { batch, .. } => batch.data.len(),
+            Submission::Jump { .. } => crate::format::JUMP_RECORD_LEN,
+            Submission::Withdraw { .. } => 0,
+        }
+    }
+
+    /// Processed by the writer on its own (never in a group commit with others): it moves the
+    /// log to another position or reads back what was written.
+    pub fn exclusive(&self) -> bool {
+        match self {
+            Submission::Append { .. } => false,
+            Submission::Replicate { batch, .. } => batch.jump_from().is_some(),
+            Submission::Jump { .. } | Submission::Withdraw { .. } => true,
         }
     }
 
@@ -70,7 +95,9 @@ impl Submission {
             Submission::Append { tx, .. } => {
                 let _ = tx.send(Err(e));
             }
-            Submission::Replicate { tx, .. } => {
+            Submission::Replicate { tx, .. }
+            | Submission::Jump { tx, .. }
+            | Submission::Withdraw { tx, .. } => {
                 let _ = tx.send(Err(e));
             }
         }
@@ -165,6 +192,12 @@ pub(crate) struct Inner {
     pub ckpt_signal: Mutex<bool>,
     pub ckpt_cv: Condvar,
     pub role: AtomicU8,
+    /// Readers see queue entries only below this position (`u64::MAX`: no limit). In `sync`
+    /// replication the store server keeps it at what a follower confirmed (the commit index).
+    pub visible_limit: AtomicU64,
+    /// The commit index is maintained ([`Store::enable_commit_visibility`]): a leader starts at
+    /// its log end, a promotion resets it to the end after the JUMP.
+    pub commit_visibility: AtomicBool,
     pub prealloc: Mutex<PreallocState>,
     pub prealloc_cv: Condvar,
     pub stats: Stats,
@@ -367,9 +400,16 @@ impl Store {
         self.inner.new_count(queue, after_key)
     }
 
-    /// Newest acknowledged key of `queue`, 0 if empty.
+    /// Newest visible key of `queue` (see [`Store::try_last_key`]); 0 if empty, or if the queue
+    /// cannot be read.
     pub fn last_key(&self, queue: QueueId) -> i64 {
-        self.inner.heads.get(&queue).map_or(0, |p| p.last_key)
+        self.try_last_key(queue).unwrap_or(0)
+    }
+
+    /// Newest visible key of `queue`, 0 if empty: the newest acknowledged entry, or with a commit
+    /// index (`sync` replication) the newest one below it, found in O(log n) reads.
+    pub fn try_last_key(&self, queue: QueueId) -> Result<i64, StoreError> {
+        self.inner.visible_last_key(queue)
     }
 
     /// Writes a checkpoint of the queue heads now (no-op if nothing changed).

@@ -1,6 +1,8 @@
 //! On-disk formats, as pure functions over byte slices (no I/O): the segment header, the record
-//! frame, the MESSAGE payload with its queue entries, the checkpoint file, and the skew-binary
-//! jump function that gives every queue entry its skip pointer.
+//! frame, the MESSAGE payload with its queue entries, the two control records (JUMP: the log
+//! continues at a higher position after a promotion; WITHDRAW: unconfirmed records taken back off
+//! their queues), the checkpoint file, and the skew-binary jump function that gives every queue
+//! entry its skip pointer.
 //!
 //! Every integer is little-endian. `docs/storage-format.md` describes the same layouts byte by
 //! byte; keep the two in step.
@@ -21,8 +23,28 @@ pub const MESSAGE_META_LEN: usize = 32;
 pub const MESSAGE_FIXED_LEN: usize = RECORD_HEADER_LEN + MESSAGE_META_LEN;
 /// One queue entry.
 pub const ENTRY_LEN: usize = 56;
-/// Record type of a message record (the only type so far).
+/// Record type of a message record.
 pub const RECORD_MESSAGE: u8 = 1;
+/// Record type of a position jump: the first record of a segment that starts above the end of
+/// the log before it (written when a follower is promoted, so that no position is ever reused).
+pub const RECORD_JUMP: u8 = 2;
+/// Record type of a withdrawal: the records between two positions were never confirmed and are
+/// taken back off their queues (sync replication refused them).
+pub const RECORD_WITHDRAW: u8 = 3;
+/// Last 4 bytes of every control record (JUMP, WITHDRAW): they end with the record's total length
+/// (u32) and this magic, so a reader can recognise one from the position where it ends.
+pub const CONTROL_MAGIC: [u8; 4] = *b"BNTC";
+/// Bytes of the control trailer (length u32 + magic).
+pub const CONTROL_TRAILER_LEN: usize = 8;
+/// Payload length of a JUMP record: `from` u64 and the trailer.
+pub const JUMP_PAYLOAD_LEN: usize = 8 + CONTROL_TRAILER_LEN;
+/// Total length of a JUMP record.
+pub const JUMP_RECORD_LEN: usize = RECORD_HEADER_LEN + JUMP_PAYLOAD_LEN;
+/// Fixed part of a WITHDRAW payload before its queue heads: from u64, to u64, n u32, reserved u32.
+pub const WITHDRAW_FIXED_LEN: usize = 24;
+/// A promoted store continues its log at a multiple of this (1 TiB), at least this far above the
+/// end of everything it holds: see [`jump_target`].
+pub const JUMP_ALIGN: u64 = 1 << 40;
 /// Largest payload the format accepts (a sanity bound for readers; writers are bounded by options).
 pub const MAX_RECORD_PAYLOAD: usize = 1 << 30;
 
@@ -132,7 +154,7 @@ pub fn check_record(buf: &[u8]) -> RecordCheck {
     if buf[9] != 0 || buf[10] != 0 || buf[11] != 0 {
         return RecordCheck::Bad("reserved header bytes are not zero".into());
     }
-    if kind != RECORD_MESSAGE {
+    if !matches!(kind, RECORD_MESSAGE | RECORD_JUMP | RECORD_WITHDRAW) {
         return RecordCheck::Bad(format!("unknown record type {kind}"));
     }
     if len > MAX_RECORD_PAYLOAD {
@@ -146,10 +168,154 @@ pub fn check_record(buf: &[u8]) -> RecordCheck {
     if crc != crc32c::crc32c(&buf[4..total]) {
         return RecordCheck::Bad("record checksum mismatch".into());
     }
-    if let Err(e) = MessageView::decode(&buf[RECORD_HEADER_LEN..total]) {
-        return RecordCheck::Bad(e.to_string());
+    let payload = &buf[RECORD_HEADER_LEN..total];
+    let layout = match kind {
+        RECORD_MESSAGE => MessageView::decode(payload)
+            .map(|_| ())
+            .map_err(String::from),
+        RECORD_JUMP => decode_jump(payload).map(|_| ()),
+        _ => decode_withdraw(payload).map(|_| ()),
+    };
+    if let Err(e) = layout {
+        return RecordCheck::Bad(e);
     }
     RecordCheck::Valid { len: total, kind }
+}
+
+/// Whether `len` and `kind` of a record are consistent with its control trailer.
+fn check_trailer(payload: &[u8]) -> Result<(), String> {
+    if payload.len() < CONTROL_TRAILER_LEN {
+        return Err("control record too short".into());
+    }
+    let t = payload.len() - CONTROL_TRAILER_LEN;
+    if payload[t + 4..] != CONTROL_MAGIC {
+        return Err("control record trailer magic mismatch".into());
+    }
+    if u32_at(payload, t) as usize != RECORD_HEADER_LEN + payload.len() {
+        return Err("control record trailer length mismatch".into());
+    }
+    Ok(())
+}
+
+/// Appends the trailer and frames a control record whose payload fields are `out[start + 12..]`.
+fn finish_control(out: &mut Vec<u8>, start: usize, kind: u8) {
+    let total = out.len() + CONTROL_TRAILER_LEN - start;
+    out.extend_from_slice(&(total as u32).to_le_bytes());
+    out.extend_from_slice(&CONTROL_MAGIC);
+    let len = (total - RECORD_HEADER_LEN) as u32;
+    out[start + 4..start + 8].copy_from_slice(&len.to_le_bytes());
+    out[start + 8] = kind;
+    let crc = crc32c::crc32c(&out[start + 4..]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Appends a JUMP record: the log before the segment it opens ended at `from`.
+pub fn encode_jump(out: &mut Vec<u8>, from: u64) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    out.extend_from_slice(&from.to_le_bytes());
+    finish_control(out, start, RECORD_JUMP);
+}
+
+/// Decodes a JUMP payload: the end position of the log before it.
+pub fn decode_jump(payload: &[u8]) -> Result<u64, String> {
+    if payload.len() != JUMP_PAYLOAD_LEN {
+        return Err(format!(
+            "jump record payload is {} bytes, expected {JUMP_PAYLOAD_LEN}",
+            payload.len()
+        ));
+    }
+    check_trailer(payload)?;
+    Ok(u64_at(payload, 0))
+}
+
+/// If `rec` (a whole, checked record) is a JUMP, the position it jumps from.
+pub fn jump_from(rec: &[u8]) -> Option<u64> {
+    if rec.len() == JUMP_RECORD_LEN && rec[8] == RECORD_JUMP {
+        decode_jump(&rec[RECORD_HEADER_LEN..]).ok()
+    } else {
+        None
+    }
+}
+
+/// Where a promoted store whose log (or the old leader's, as far as it knows) ends at `end`
+/// continues: the second multiple of [`JUMP_ALIGN`] above `end`, so at least 1 TiB above
+/// anything the old leader could have written that this store never received.
+pub fn jump_target(end: u64) -> u64 {
+    ((end / JUMP_ALIGN) + 2) * JUMP_ALIGN
+}
+
+/// A decoded WITHDRAW record: every record in `from..to` is withdrawn, and each queue they
+/// touched is set back to the head given here (`last_seq` 0: the queue is empty again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Withdraw {
+    pub from: u64,
+    /// The position of the WITHDRAW record itself.
+    pub to: u64,
+    pub heads: Vec<CheckpointQueue>,
+}
+
+/// Appends a WITHDRAW record. Queue heads use the checkpoint layout (`last_seq` 0 and no chain
+/// for a queue that is empty again).
+pub fn encode_withdraw(out: &mut Vec<u8>, w: &Withdraw) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    out.extend_from_slice(&w.from.to_le_bytes());
+    out.extend_from_slice(&w.to.to_le_bytes());
+    out.extend_from_slice(&(w.heads.len() as u32).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for h in &w.heads {
+        encode_checkpoint_queue(
+            out,
+            h.queue,
+            h.last_seq,
+            h.last_peer_key,
+            h.chain_keys.iter().copied(),
+        );
+    }
+    finish_control(out, start, RECORD_WITHDRAW);
+}
+
+/// Decodes a WITHDRAW payload.
+pub fn decode_withdraw(payload: &[u8]) -> Result<Withdraw, String> {
+    check_trailer(payload)?;
+    let body = &payload[..payload.len() - CONTROL_TRAILER_LEN];
+    if body.len() < WITHDRAW_FIXED_LEN {
+        return Err("withdraw record too short".into());
+    }
+    let from = u64_at(body, 0);
+    let to = u64_at(body, 8);
+    let n = u32_at(body, 16) as usize;
+    if u32_at(body, 20) != 0 {
+        return Err("withdraw record reserved bytes are not zero".into());
+    }
+    if from >= to {
+        return Err(format!("withdraw record range {from}..{to} is empty"));
+    }
+    if n > (body.len() - WITHDRAW_FIXED_LEN) / CHECKPOINT_QUEUE_FIXED {
+        return Err("withdraw record queue count exceeds its size".into());
+    }
+    let mut heads = Vec::with_capacity(n);
+    let mut at = WITHDRAW_FIXED_LEN;
+    for _ in 0..n {
+        let (h, next) = decode_queue_head(body, at, true)?;
+        heads.push(h);
+        at = next;
+    }
+    if at != body.len() {
+        return Err("withdraw record has trailing bytes".into());
+    }
+    Ok(Withdraw { from, to, heads })
+}
+
+/// If the bytes just before some position (`before`, at least [`CONTROL_TRAILER_LEN`] of them)
+/// end with a control trailer, the total length of the control record that ends there.
+pub fn control_record_len_before(before: &[u8]) -> Option<usize> {
+    let n = before.len();
+    if n < CONTROL_TRAILER_LEN || before[n - 4..] != CONTROL_MAGIC {
+        return None;
+    }
+    Some(u32_at(before, n - CONTROL_TRAILER_LEN) as usize)
 }
 
 /// The fixed fields of a message, decoded from the 32-byte meta block.
@@ -487,6 +653,48 @@ pub fn finish_checkpoint(out: &mut Vec<u8>) {
     out.extend_from_slice(&crc.to_le_bytes());
 }
 
+/// Decodes the queue head at `body[at..]` (checkpoint layout); returns it and the offset after it.
+/// `allow_empty`: a head with `last_seq` 0 and no chain (a queue emptied by a withdrawal).
+fn decode_queue_head(
+    body: &[u8],
+    at: usize,
+    allow_empty: bool,
+) -> Result<(CheckpointQueue, usize), String> {
+    if body.len() < at + CHECKPOINT_QUEUE_FIXED {
+        return Err("queue head truncated".into());
+    }
+    let kind = body[at];
+    let chain_len = body[at + 1] as usize;
+    let appid = i64_at(body, at + 8);
+    let id = i64_at(body, at + 16);
+    let last_seq = u64_at(body, at + 24);
+    let last_peer_key = i64_at(body, at + 32);
+    let mut at = at + CHECKPOINT_QUEUE_FIXED;
+    if body.len() < at + 8 * chain_len {
+        return Err("queue head truncated".into());
+    }
+    let chain_keys: Vec<i64> = (0..chain_len).map(|i| i64_at(body, at + 8 * i)).collect();
+    at += 8 * chain_len;
+    let queue = match kind {
+        KIND_USER => QueueId::User { appid, uid: id },
+        KIND_GROUP => QueueId::Group { appid, gid: id },
+        _ => return Err(format!("unknown queue kind {kind} in a queue head")),
+    };
+    let empty_ok = allow_empty && last_seq == 0 && chain_len == 0;
+    if !empty_ok && (last_seq == 0 || jump_chain_seqs(last_seq).len() != chain_len) {
+        return Err("queue head chain does not match its sequence number".into());
+    }
+    Ok((
+        CheckpointQueue {
+            queue,
+            last_seq,
+            last_peer_key,
+            chain_keys,
+        },
+        at,
+    ))
+}
+
 /// Decodes and validates a checkpoint file.
 pub fn decode_checkpoint(b: &[u8]) -> Result<Checkpoint, String> {
     if b.len() < CHECKPOINT_HEADER_LEN + 4 {
@@ -511,35 +719,9 @@ pub fn decode_checkpoint(b: &[u8]) -> Result<Checkpoint, String> {
     let mut queues = Vec::with_capacity(count as usize);
     let mut at = CHECKPOINT_HEADER_LEN;
     for _ in 0..count {
-        if body.len() < at + CHECKPOINT_QUEUE_FIXED {
-            return Err("checkpoint truncated".into());
-        }
-        let kind = body[at];
-        let chain_len = body[at + 1] as usize;
-        let appid = i64_at(body, at + 8);
-        let id = i64_at(body, at + 16);
-        let last_seq = u64_at(body, at + 24);
-        let last_peer_key = i64_at(body, at + 32);
-        at += CHECKPOINT_QUEUE_FIXED;
-        if body.len() < at + 8 * chain_len {
-            return Err("checkpoint truncated".into());
-        }
-        let chain_keys: Vec<i64> = (0..chain_len).map(|i| i64_at(body, at + 8 * i)).collect();
-        at += 8 * chain_len;
-        let queue = match kind {
-            KIND_USER => QueueId::User { appid, uid: id },
-            KIND_GROUP => QueueId::Group { appid, gid: id },
-            _ => return Err(format!("unknown queue kind {kind} in checkpoint")),
-        };
-        if last_seq == 0 || jump_chain_seqs(last_seq).len() != chain_len {
-            return Err("checkpoint queue chain does not match its sequence number".into());
-        }
-        queues.push(CheckpointQueue {
-            queue,
-            last_seq,
-            last_peer_key,
-            chain_keys,
-        });
+        let (q, next) = decode_queue_head(body, at, false)?;
+        queues.push(q);
+        at = next;
     }
     if at != body.len() {
         return Err("checkpoint has trailing bytes".into());
@@ -627,6 +809,64 @@ mod tests {
                 "flip at {i}"
             );
         }
+    }
+
+    #[test]
+    fn control_records_roundtrip_and_corruption() {
+        let mut jump = Vec::new();
+        encode_jump(&mut jump, 12_345);
+        assert_eq!(jump.len(), JUMP_RECORD_LEN);
+        assert_eq!(
+            check_record(&jump),
+            RecordCheck::Valid {
+                len: JUMP_RECORD_LEN,
+                kind: RECORD_JUMP
+            }
+        );
+        assert_eq!(jump_from(&jump), Some(12_345));
+        assert_eq!(control_record_len_before(&jump), Some(JUMP_RECORD_LEN));
+        let w = Withdraw {
+            from: 100,
+            to: 900,
+            heads: vec![
+                CheckpointQueue {
+                    queue: QueueId::user(1, 2),
+                    last_seq: 2,
+                    last_peer_key: 77,
+                    chain_keys: vec![50, 77],
+                },
+                CheckpointQueue {
+                    queue: QueueId::group(1, 9),
+                    last_seq: 0,
+                    last_peer_key: 0,
+                    chain_keys: Vec::new(),
+                },
+            ],
+        };
+        let mut rec = Vec::new();
+        encode_withdraw(&mut rec, &w);
+        assert!(matches!(
+            check_record(&rec),
+            RecordCheck::Valid {
+                kind: RECORD_WITHDRAW,
+                ..
+            }
+        ));
+        assert_eq!(decode_withdraw(&rec[RECORD_HEADER_LEN..]), Ok(w));
+        assert_eq!(control_record_len_before(&rec), Some(rec.len()));
+        for r in [&jump, &rec] {
+            for i in 0..r.len() {
+                let mut bad = r.to_vec();
+                bad[i] ^= 0x10;
+                assert!(
+                    !matches!(check_record(&bad), RecordCheck::Valid { .. }),
+                    "flip at {i}"
+                );
+            }
+        }
+        assert_eq!(jump_target(0), 2 * JUMP_ALIGN);
+        assert_eq!(jump_target(JUMP_ALIGN - 1), 2 * JUMP_ALIGN);
+        assert_eq!(jump_target(JUMP_ALIGN), 3 * JUMP_ALIGN);
     }
 
     #[test]

@@ -20,7 +20,10 @@
 //!   atomically in the background; start-up loads the newest valid checkpoint and replays only
 //!   the log written after it. A torn tail is truncated; corruption elsewhere stops start-up.
 //! * **Replication** (`replication`): followers pull the log by position; a stream switches from
-//!   catch-up to live without a gap or a duplicate because it only ever reads by position.
+//!   catch-up to live without a gap or a duplicate because it only ever reads by position. A
+//!   promotion continues the log at least 1 TiB higher (a JUMP record), so no key is ever handed
+//!   out twice across fail-overs; in `sync` replication a commit index bounds what readers see and
+//!   unconfirmed records can be withdrawn (WITHDRAW records set their queues back).
 //! * **Tools** ([`tools`]) and the **benchmark** ([`bench`]).
 //!
 //! The API is synchronous and thread-safe; [`AppendTicket`] can also be awaited from tokio.
@@ -29,6 +32,7 @@
 
 pub mod bench;
 mod checkpoint;
+mod control;
 mod engine;
 mod error;
 pub mod format;

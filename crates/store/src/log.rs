@@ -5,7 +5,9 @@
 //!
 //! Positions are offsets in the log's record space: segment headers are not counted, so the
 //! record after the last one of segment `n` is the first one of segment `n + 1` at the next
-//! position. A segment file named `base.seg` holds positions `base..base + (len − 32)`.
+//! position — except after a promotion, when the next segment starts higher and opens with a JUMP
+//! record (`docs/storage-format.md` §2). A segment file named `base.seg` holds positions
+//! `base..base + (len − 32)`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -146,6 +148,43 @@ impl LogView {
             .range(..=pos)
             .next_back()
             .map(|(_, s)| s.clone())
+    }
+
+    /// The first segment whose base is above `pos` (the one after a position jump).
+    pub fn segment_after(&self, pos: u64) -> Option<Arc<Segment>> {
+        self.segments
+            .read()
+            .range(pos + 1..)
+            .next()
+            .map(|(_, s)| s.clone())
+    }
+
+    /// Whether `pos` is a position this log has or continues at: inside a segment, at a segment's
+    /// end, or the durable end. Positions in the gap a promotion jumped over are not.
+    pub fn holds_position(&self, pos: u64) -> bool {
+        pos == self.durable_end.load(Ordering::Acquire)
+            || self
+                .segment_for(pos)
+                .is_some_and(|s| pos <= s.end.load(Ordering::Acquire))
+    }
+
+    /// Reads `len` bytes at `pos` that the writer has written but that may not be durable yet
+    /// (the writer's own reads, e.g. to withdraw unconfirmed records). Goes to the segment files.
+    pub fn read_written(&self, pos: u64, len: usize) -> Result<Bytes, StoreError> {
+        let start = self.log_start.load(Ordering::Acquire);
+        let seg = self
+            .segment_for(pos)
+            .filter(|s| pos + len as u64 <= s.end.load(Ordering::Acquire))
+            .ok_or(StoreError::Truncated {
+                requested: pos,
+                first_available: start,
+            })?;
+        let f = self.handle(&seg)?;
+        let mut buf = vec![0u8; len];
+        let off = seg.file_offset(pos);
+        f.read_exact_at(&mut buf, off)
+            .map_err(|e| StoreError::io_at("read", &seg.path, off, e))?;
+        Ok(Bytes::from(buf))
     }
 
     /// File and offset of a position, for error messages.

@@ -8,7 +8,7 @@ use std::hash::{BuildHasher, Hasher};
 
 use parking_lot::RwLock;
 
-use crate::format::{jump_chain_seqs, jump_seq, Entry};
+use crate::format::{jump_chain_seqs, jump_seq, CheckpointQueue, Entry};
 use crate::QueueId;
 
 /// A fast, seeded hasher for queue ids (two i64s and a tag).
@@ -128,6 +128,32 @@ impl Head {
             prev_key,
             jump_key,
             prev_peer_key,
+        }
+    }
+
+    /// The head a checkpoint or WITHDRAW record describes; `None` for an empty queue
+    /// (`last_seq` 0).
+    pub fn from_state(s: &CheckpointQueue) -> Option<Head> {
+        if s.last_seq == 0 {
+            return None;
+        }
+        Some(Head {
+            last_seq: s.last_seq,
+            last_peer_key: s.last_peer_key,
+            chain: jump_chain_seqs(s.last_seq)
+                .into_iter()
+                .zip(s.chain_keys.iter().copied())
+                .collect(),
+        })
+    }
+
+    /// This head in the checkpoint / WITHDRAW layout.
+    pub fn to_state(&self, queue: QueueId) -> CheckpointQueue {
+        CheckpointQueue {
+            queue,
+            last_seq: self.last_seq,
+            last_peer_key: self.last_peer_key,
+            chain_keys: self.chain.iter().map(|c| c.1).collect(),
         }
     }
 

@@ -8,7 +8,9 @@
 //! length, and every entry newer than `after_key` is eventually returned: nothing is skipped.
 //!
 //! Every entry read is checked against the queue and sequence number the walk expects, so a
-//! damaged link is reported as corruption rather than followed. Reads hit the recent-write
+//! damaged link is reported as corruption rather than followed. With a commit index (`sync`
+//! replication) readers start from the newest entry below it rather than from the queue's head
+//! (`visible_head`, O(log n) reads), so nothing a follower has not confirmed is ever returned. Reads hit the recent-write
 //! cache first, then `pread` the segment files; none takes the writer's lock.
 
 use std::sync::atomic::Ordering;
@@ -45,6 +47,37 @@ impl Inner {
     fn corrupt_at(&self, pos: u64, why: impl Into<String>) -> StoreError {
         let (file, offset) = self.log.locate(pos);
         StoreError::corrupt(file, offset, why)
+    }
+
+    /// The head readers may see: the published head, or with a commit index (`sync`
+    /// replication) the newest entry below it. `None` for an empty (or wholly unconfirmed) queue.
+    pub(crate) fn visible_head(&self, q: QueueId) -> Result<Option<Published>, StoreError> {
+        let Some(head) = self.heads.get(&q) else {
+            return Ok(None);
+        };
+        if head.last_seq == 0 {
+            return Ok(None);
+        }
+        let limit = self.visible_limit.load(Ordering::Acquire);
+        if (head.last_key as u64) < limit {
+            return Ok(Some(head));
+        }
+        // An entry is visible when its record ends at or before the limit (a record boundary),
+        // i.e. when its key is below the limit.
+        let bound = (limit as i64).saturating_sub(1);
+        let seq = self.seq_at_or_before(q, head, bound)?;
+        if seq == 0 {
+            return Ok(None);
+        }
+        let last_key = self.key_of_seq(q, head, seq)?;
+        Ok(Some(Published {
+            last_key,
+            last_seq: seq,
+        }))
+    }
+
+    pub(crate) fn visible_last_key(&self, q: QueueId) -> Result<i64, StoreError> {
+        self.retrying(|| Ok(self.visible_head(q)?.map_or(0, |h| h.last_key)))
     }
 
     /// Reads the entry at `key`, checking that it is entry `seq` of `q`.
@@ -205,7 +238,7 @@ impl Inner {
             has_more: false,
             queue_last_key,
         };
-        let Some(head) = self.heads.get(&q) else {
+        let Some(head) = self.visible_head(q)? else {
             return Ok(empty(0));
         };
         if after_key >= head.last_key {
@@ -247,7 +280,7 @@ impl Inner {
     pub(crate) fn latest(&self, q: QueueId, n: usize) -> Result<Vec<StoredMessage>, StoreError> {
         self.retrying(|| {
             let n = n.min(self.opts.max_latest) as u64;
-            let Some(head) = self.heads.get(&q) else {
+            let Some(head) = self.visible_head(q)? else {
                 return Ok(Vec::new());
             };
             if n == 0 {
@@ -277,7 +310,7 @@ impl Inner {
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.retrying(|| {
             let n = n.min(self.opts.max_latest);
-            let Some(head) = self.heads.get(&q) else {
+            let Some(head) = self.visible_head(q)? else {
                 return Ok(Vec::new());
             };
             let min = self.min_key();
@@ -315,7 +348,7 @@ impl Inner {
 
     pub(crate) fn new_count(&self, q: QueueId, after_key: i64) -> Result<u64, StoreError> {
         self.retrying(|| {
-            let Some(head) = self.heads.get(&q) else {
+            let Some(head) = self.visible_head(q)? else {
                 return Ok(0);
             };
             if after_key >= head.last_key {

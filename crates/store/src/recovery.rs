@@ -8,7 +8,7 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -20,8 +20,10 @@ use crate::engine::{
 };
 use crate::error::StoreError;
 use crate::format::{
-    check_record, decode_segment_header, encode_segment_header, segment_file_name, MessageView,
-    RecordCheck, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    check_record, control_record_len_before, decode_segment_header, decode_withdraw,
+    encode_segment_header, jump_from, segment_file_name, MessageView, RecordCheck,
+    CONTROL_TRAILER_LEN, JUMP_RECORD_LEN, RECORD_HEADER_LEN, RECORD_JUMP, RECORD_MESSAGE,
+    RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
 };
 use crate::lock::DirLock;
 use crate::log::{list_segments, sync_dir, LogView, Segment};
@@ -159,7 +161,7 @@ pub(crate) fn analyze_tail(file: &File, path: &Path, from: u64) -> Result<Tail, 
         if rest.len() < RECORD_HEADER_LEN {
             break;
         }
-        if rest[8] != crate::format::RECORD_MESSAGE
+        if !matches!(rest[8], RECORD_MESSAGE | RECORD_JUMP | RECORD_WITHDRAW)
             || rest[9] != 0
             || rest[10] != 0
             || rest[11] != 0
@@ -198,28 +200,79 @@ pub(crate) fn zero_range(file: &File, path: &Path, from: u64, to: u64) -> Result
         .map_err(|e| StoreError::io("fsync", path, e))
 }
 
+/// If the first record of a segment file (`len` bytes long) is a JUMP, the position it jumps from.
+pub(crate) fn segment_jump_from(
+    file: &File,
+    path: &Path,
+    len: u64,
+) -> Result<Option<u64>, StoreError> {
+    if len < SEGMENT_HEADER_LEN + JUMP_RECORD_LEN as u64 {
+        return Ok(None);
+    }
+    let mut rec = [0u8; JUMP_RECORD_LEN];
+    file.read_exact_at(&mut rec, SEGMENT_HEADER_LEN)
+        .map_err(|e| StoreError::io_at("read", path, SEGMENT_HEADER_LEN, e))?;
+    match check_record(&rec) {
+        RecordCheck::Valid { .. } => Ok(jump_from(&rec)),
+        _ => Ok(None),
+    }
+}
+
+/// Whether a control record (JUMP, WITHDRAW) ends at file offset `end_off` of `file`.
+fn control_record_ends_at(file: &File, path: &Path, end_off: u64) -> Result<bool, StoreError> {
+    if end_off < SEGMENT_HEADER_LEN + CONTROL_TRAILER_LEN as u64 {
+        return Ok(false);
+    }
+    let mut t = [0u8; CONTROL_TRAILER_LEN];
+    let at = end_off - CONTROL_TRAILER_LEN as u64;
+    file.read_exact_at(&mut t, at)
+        .map_err(|e| StoreError::io_at("read", path, at, e))?;
+    let Some(len) = control_record_len_before(&t) else {
+        return Ok(false);
+    };
+    if len as u64 > end_off - SEGMENT_HEADER_LEN || len > crate::format::MAX_RECORD_PAYLOAD {
+        return Ok(false);
+    }
+    let mut rec = vec![0u8; len];
+    let start = end_off - len as u64;
+    file.read_exact_at(&mut rec, start)
+        .map_err(|e| StoreError::io_at("read", path, start, e))?;
+    Ok(matches!(check_record(&rec), RecordCheck::Valid { kind, .. } if kind != RECORD_MESSAGE))
+}
+
 /// Checks that a checkpoint position is plausibly the end of a record: the 56 bytes before it
-/// must be a queue entry. Catches a log whose fsynced tail was lost and replaced by zeros.
+/// must be a queue entry (or end a control record). Catches a log whose fsynced tail was lost and
+/// replaced by zeros.
 fn checkpoint_end_plausible(segs: &[SegInfo], position: u64) -> Result<(), StoreError> {
     let Some(seg) = segs
         .iter()
         .rev()
-        .find(|s| s.base < position && position - s.base >= crate::format::ENTRY_LEN as u64)
+        .find(|s| s.base < position && position <= s.base + (s.len - SEGMENT_HEADER_LEN))
     else {
         return Ok(());
     };
-    let off = SEGMENT_HEADER_LEN + (position - seg.base) - crate::format::ENTRY_LEN as u64;
-    let mut b = [0u8; crate::format::ENTRY_LEN];
-    seg.file
-        .read_exact_at(&mut b, off)
-        .map_err(|e| StoreError::io_at("read", &seg.path, off, e))?;
-    let e = crate::format::Entry::decode(&b);
-    if e.queue().is_none() || e.seq == 0 || (e.back as usize) < crate::format::MESSAGE_FIXED_LEN {
+    let end_off = SEGMENT_HEADER_LEN + (position - seg.base);
+    if control_record_ends_at(&seg.file, &seg.path, end_off)? {
+        return Ok(());
+    }
+    let entry_like = if position - seg.base >= crate::format::ENTRY_LEN as u64 {
+        let off = end_off - crate::format::ENTRY_LEN as u64;
+        let mut b = [0u8; crate::format::ENTRY_LEN];
+        seg.file
+            .read_exact_at(&mut b, off)
+            .map_err(|e| StoreError::io_at("read", &seg.path, off, e))?;
+        let e = crate::format::Entry::decode(&b);
+        e.queue().is_some() && e.seq != 0 && (e.back as usize) >= crate::format::MESSAGE_FIXED_LEN
+    } else {
+        false
+    };
+    if !entry_like {
         return Err(StoreError::corrupt(
             &seg.path,
-            off + crate::format::ENTRY_LEN as u64,
+            end_off,
             format!(
-                "the checkpoint covers the log up to position {position}, but no record ends                  there: fsynced data is missing (run `banter store check`)"
+                "the checkpoint covers the log up to position {position}, but no record ends \
+                 there: fsynced data is missing (run `banter store check`)"
             ),
         ));
     }
@@ -305,7 +358,21 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         }
         if let Some(prev) = segs.last() {
             let prev_end = prev.base + (prev.len - SEGMENT_HEADER_LEN);
-            if prev_end != base {
+            // A segment above the previous end must open with a JUMP from that end (promotion).
+            if prev_end != base && segment_jump_from(&file, &path, len)? != Some(prev_end) {
+                if i + 1 == count
+                    && base > prev_end
+                    && analyze_tail(&file, &path, SEGMENT_HEADER_LEN)? == Tail::Zeros
+                {
+                    // A promotion created it but its JUMP never reached the disk: the promotion
+                    // did not complete (and nothing was written after it).
+                    tracing::warn!(segment = %path.display(), "removing the empty segment of an unfinished promotion");
+                    drop(file);
+                    std::fs::remove_file(&path)
+                        .map_err(|e| StoreError::io("remove segment", &path, e))?;
+                    sync_dir(&dir)?;
+                    continue;
+                }
                 return Err(StoreError::corrupt(
                     &path,
                     0,
@@ -570,6 +637,8 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         }),
         prealloc_cv: Condvar::new(),
         role: AtomicU8::new(role_byte(opts.role)),
+        visible_limit: AtomicU64::new(u64::MAX),
+        commit_visibility: AtomicBool::new(false),
         stats: Stats::default(),
         _lock: lock,
         opts,
@@ -614,13 +683,38 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
     })
 }
 
-/// Applies one record found during replay to the queue heads.
+/// Applies one record found during replay to the queue heads. A JUMP changes no queue (the
+/// segment checks place it); a WITHDRAW sets the queues it names back to the heads it records.
 pub(crate) fn replay_record(
     heads: &mut QueueMap<Head>,
     pos: u64,
     rec: &[u8],
     allow_rebase: bool,
 ) -> Result<(), String> {
+    match rec[8] {
+        RECORD_JUMP => return Ok(()),
+        RECORD_WITHDRAW => {
+            let w = decode_withdraw(&rec[RECORD_HEADER_LEN..])?;
+            if w.to != pos {
+                return Err(format!(
+                    "withdraw record at position {pos} says it is at {}",
+                    w.to
+                ));
+            }
+            for h in &w.heads {
+                match Head::from_state(h) {
+                    Some(head) => {
+                        heads.insert(h.queue, head);
+                    }
+                    None => {
+                        heads.remove(&h.queue);
+                    }
+                }
+            }
+            return Ok(());
+        }
+        _ => {}
+    }
     let view = MessageView::decode(&rec[RECORD_HEADER_LEN..]).map_err(|e| e.to_string())?;
     for i in 0..view.entry_count() {
         let e = view.entry(i);

@@ -9,7 +9,17 @@
 //! [`Store::apply_replicated`] (on a store opened with `Role::Follower`) writes those bytes
 //! through the follower's own writer (group commit, durability, checkpoints): positions, and
 //! therefore sync keys, are identical to the leader's. Re-applying records already present is a
-//! no-op; a gap is refused. [`Store::promote`] turns a follower into a leader.
+//! no-op; a gap is refused, except the one a JUMP record opens.
+//!
+//! [`Store::promote`] turns a follower into a leader. It never reuses a position: the log
+//! continues at `format::jump_target` of its end (at least 1 TiB higher, a multiple of 2^40),
+//! in a new segment that opens with a JUMP record, so every key a client got from the old leader
+//! — also one this follower never received — is below every key the new leader hands out.
+//!
+//! `sync` replication: [`Store::enable_commit_visibility`] makes readers see only entries below
+//! a commit index that the store server raises as followers confirm
+//! ([`Store::raise_visible_limit`]); [`Store::withdraw_unconfirmed`] takes records no follower
+//! confirmed in time back off their queues (WITHDRAW records), so they are never delivered.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,9 +27,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::engine::{role_byte, Inner, Store, Submission};
+use crate::engine::{Inner, Store, Submission};
 use crate::error::StoreError;
-use crate::format::{check_record, RecordCheck, RECORD_HEADER_LEN};
+use crate::format::{check_record, jump_from, RecordCheck, JUMP_RECORD_LEN, RECORD_HEADER_LEN};
 use crate::options::Role;
 use crate::Ticket;
 
@@ -34,6 +44,17 @@ impl ReplicationBatch {
     /// Position after the last record.
     pub fn end(&self) -> u64 {
         self.start + self.data.len() as u64
+    }
+
+    /// If the batch opens with a JUMP record (the leader was promoted and its log continues
+    /// above a gap), the position the log before it ended at: the batch continues a log that
+    /// ends there.
+    pub fn jump_from(&self) -> Option<u64> {
+        let rec = self.data.get(..JUMP_RECORD_LEN)?;
+        match check_record(rec) {
+            RecordCheck::Valid { .. } => jump_from(rec),
+            _ => None,
+        }
     }
 }
 
@@ -65,6 +86,12 @@ impl Store {
                 "replication position {after_pos} is beyond this log's end {end}"
             )));
         }
+        if !self.inner.log.holds_position(after_pos) {
+            return Err(StoreError::InvalidArgument(format!(
+                "replication position {after_pos} lies in the gap this log jumped over at a \
+                 promotion: that log diverged from this one"
+            )));
+        }
         Ok(ReplicationStream {
             inner: self.inner.clone(),
             next: after_pos,
@@ -86,11 +113,97 @@ impl Store {
         Ticket::new(rx)
     }
 
-    /// Makes a follower a leader: it stops accepting replicated data and accepts appends.
-    pub fn promote(&self) {
+    /// Makes a follower a leader: it stops accepting replicated data and accepts appends, at
+    /// positions above every one it holds (see the module docs). Resolves to the new log end.
+    pub fn promote(&self) -> Ticket<u64> {
+        self.promote_past(0)
+    }
+
+    /// [`Store::promote`], continuing above `leader_end` too: the old leader's end as the
+    /// replication stream last reported it.
+    pub fn promote_past(&self, leader_end: u64) -> Ticket<u64> {
+        if !self.inner.is_follower() {
+            return Ticket::ready(Err(StoreError::NotFollower));
+        }
+        if let Some(e) = self.inner.poison_error() {
+            return Ticket::ready(Err(e));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.submit(Submission::Jump {
+            min_end: leader_end,
+            tx,
+        });
+        Ticket::new(rx)
+    }
+
+    /// `sync` replication: from now on readers see only entries below the commit index, which
+    /// starts at the log end (a leader's) and is raised by [`Store::raise_visible_limit`]. A
+    /// follower keeps serving everything it has until it is promoted; the commit index then
+    /// starts at its new log end.
+    pub fn enable_commit_visibility(&self) {
+        let inner = &self.inner;
+        inner.commit_visibility.store(true, Ordering::Release);
+        if !inner.is_follower() {
+            let end = inner.log.durable_end.load(Ordering::Acquire);
+            let _ = inner
+                .visible_limit
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                    (v == u64::MAX).then_some(end)
+                });
+        }
+    }
+
+    /// Raises the commit index to `pos` (a record boundary a follower acknowledged as durable;
+    /// never beyond the log end). No-op without commit visibility, or on a follower.
+    pub fn raise_visible_limit(&self, pos: u64) {
+        let inner = &self.inner;
+        if !inner.commit_visibility.load(Ordering::Acquire) || inner.is_follower() {
+            return;
+        }
+        let pos = pos.min(inner.log.durable_end.load(Ordering::Acquire));
+        let _ = inner
+            .visible_limit
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                (v != u64::MAX && pos > v).then_some(pos)
+            });
+    }
+
+    /// Bytes of log records between two positions, not counting the gaps that promotions jumped
+    /// over (a replication lag in bytes).
+    pub fn log_bytes_between(&self, from: u64, to: u64) -> u64 {
         self.inner
-            .role
-            .store(role_byte(Role::Leader), Ordering::Release);
+            .log
+            .segments()
+            .iter()
+            .map(|s| {
+                let end = s.end.load(Ordering::Acquire).min(to);
+                end.saturating_sub(s.base.max(from))
+            })
+            .sum::<u64>()
+            .min(to.saturating_sub(from))
+    }
+
+    /// Readers see entries below this position: the commit index, or the log end without one.
+    pub fn visible_limit(&self) -> u64 {
+        let limit = self.inner.visible_limit.load(Ordering::Acquire);
+        limit.min(self.inner.log.durable_end.load(Ordering::Acquire))
+    }
+
+    /// Withdraws every record from position `from` (the commit index) to the log end: they were
+    /// never confirmed by a follower, and their appends are answered with an error. Each queue
+    /// they touched is set back to its newest entry before `from`, recorded in WITHDRAW records
+    /// that replicate like any other, so followers (and a restart) take them back too. Resolves
+    /// to the position of the first WITHDRAW record: every withdrawn record ends at or before it.
+    pub fn withdraw_unconfirmed(&self, from: u64) -> Ticket<u64> {
+        if self.inner.is_follower() {
+            return Ticket::ready(Err(StoreError::NotLeader));
+        }
+        if let Some(e) = self.inner.poison_error() {
+            return Ticket::ready(Err(e));
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner.submit(Submission::Withdraw { from, tx });
+        Ticket::new(rx)
     }
 
     /// The current role.
@@ -139,6 +252,11 @@ impl ReplicationStream {
             first_available: start,
         })?;
         let seg_end = seg.end.load(Ordering::Acquire).min(end);
+        if self.next >= seg_end {
+            // The end of a sealed segment below the log end: a promotion continued the log
+            // higher up, in a segment that opens with a JUMP from here.
+            return self.across_jump(end);
+        }
         let avail = (seg_end - self.next) as usize;
         let mut want = avail.min(self.max_bytes).max(RECORD_HEADER_LEN.min(avail));
         let mut data = log.read(self.next, want)?;
@@ -177,6 +295,32 @@ impl ReplicationStream {
         };
         self.next += off as u64;
         Ok(Some(batch))
+    }
+
+    /// Moves `next` from the end of a segment to the next segment, whose first record must be a
+    /// JUMP from `next`, and reads from there.
+    fn across_jump(&mut self, end: u64) -> Result<Option<ReplicationBatch>, StoreError> {
+        let log = &self.inner.log;
+        let Some(next_seg) = log.segment_after(self.next).filter(|s| s.base < end) else {
+            return Err(self.bad_record(
+                self.next,
+                format!("the log ends at {} below the log end {end}", self.next),
+            ));
+        };
+        let rec = log.read(next_seg.base, JUMP_RECORD_LEN)?;
+        let ok = matches!(check_record(&rec), RecordCheck::Valid { .. })
+            && jump_from(&rec) == Some(self.next);
+        if !ok {
+            return Err(self.bad_record(
+                next_seg.base,
+                format!(
+                    "segment at {} follows a log ending at {} without a JUMP from there",
+                    next_seg.base, self.next
+                ),
+            ));
+        }
+        self.next = next_seg.base;
+        self.try_next()
     }
 
     fn bad_record(&self, pos: u64, why: String) -> StoreError {

@@ -18,7 +18,7 @@ use crate::format::{decode_segment_header, SEGMENT_HEADER_LEN};
 use crate::lock::DirLock;
 use crate::log::{list_segments, sync_dir};
 use crate::queue::{Head, QueueHasherBuilder, QueueMap};
-use crate::recovery::{analyze_tail, replay_record, scan_file, ScanStop, Tail};
+use crate::recovery::{analyze_tail, replay_record, scan_file, segment_jump_from, ScanStop, Tail};
 
 /// One segment as found by [`check`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,10 +206,17 @@ fn check_locked(dir: &Path) -> Result<CheckReport, StoreError> {
             match decode_segment_header(&h) {
                 Err(r) => Some(r),
                 Ok(b) if b != base => Some(format!("header says base {b}, the name says {base}")),
-                Ok(_) if base != report.valid_end => Some(format!(
-                    "segment starts at position {base}, the log before it ends at {}",
-                    report.valid_end
-                )),
+                Ok(_)
+                    if base != report.valid_end
+                        && (i == 0
+                            || segment_jump_from(&file, &path, file_len)?
+                                != Some(report.valid_end)) =>
+                {
+                    Some(format!(
+                        "segment starts at position {base}, the log before it ends at {}",
+                        report.valid_end
+                    ))
+                }
                 Ok(_) => None,
             }
         };
@@ -236,7 +243,9 @@ fn check_locked(dir: &Path) -> Result<CheckReport, StoreError> {
                 return Err(StoreError::Closed); // stop the scan
             }
             records += 1;
-            entries += crate::format::u32_at(rec, crate::format::RECORD_HEADER_LEN + 24) as u64;
+            if rec[8] == crate::format::RECORD_MESSAGE {
+                entries += crate::format::u32_at(rec, crate::format::RECORD_HEADER_LEN + 24) as u64;
+            }
             Ok(())
         });
         seg.records = records;

@@ -10,6 +10,13 @@
 //! So the next batch is encoded and written while the previous one is being fsynced, and one
 //! fsync covers every append that arrived meanwhile. Nothing is visible to readers or
 //! acknowledged before it is durable. A failed write or fsync poisons the store.
+//!
+//! Two submissions are processed alone in a writer turn (`process_control`): a promotion, which
+//! seals the log and opens a segment at a higher position with a JUMP record, and a withdrawal,
+//! which reads back the unconfirmed records (written, maybe not yet durable), walks each touched
+//! queue back to its newest entry before them and writes WITHDRAW records with those heads. A
+//! replicated batch that opens with a JUMP is also processed alone, so the follower can open the
+//! same segment first. Both control records then go through the sync thread like any batch.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -20,8 +27,9 @@ use std::time::Instant;
 use crate::engine::{Active, AppendResult, Inner, Submission, WriterState};
 use crate::error::StoreError;
 use crate::format::{
-    check_record, encode_segment_header, queue_parts, segment_file_name, Entry, MessageEncoder,
-    MessageView, RecordCheck, ENTRY_FLAG_GROUP_CONTENT, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
+    check_record, decode_withdraw, encode_segment_header, queue_parts, segment_file_name, Entry,
+    MessageEncoder, MessageView, RecordCheck, ENTRY_FLAG_GROUP_CONTENT, RECORD_HEADER_LEN,
+    RECORD_JUMP, RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
 };
 use crate::log::{sync_dir, Segment};
 use crate::options::Durability;
@@ -90,12 +98,20 @@ pub(crate) fn writer_loop(inner: Arc<Inner>) {
                 }
             }
             let mut bytes = 0usize;
-            while let Some(s) = p.queue.pop_front() {
+            // An exclusive submission (promotion, withdrawal, a replicated jump) is processed on
+            // its own: it ends the batch before it, and nothing joins it.
+            while p
+                .queue
+                .front()
+                .is_some_and(|s| batch.is_empty() || !s.exclusive())
+            {
+                let Some(s) = p.queue.pop_front() else { break };
                 let b = s.bytes();
+                let exclusive = s.exclusive();
                 bytes += b;
                 p.bytes -= b;
                 batch.push(s);
-                if bytes >= inner.opts.max_batch_bytes {
+                if exclusive || bytes >= inner.opts.max_batch_bytes {
                     break;
                 }
             }
@@ -123,16 +139,16 @@ pub(crate) fn writer_loop(inner: Arc<Inner>) {
 
 /// A written batch waiting to become durable and visible.
 pub(crate) struct Written {
-    start: u64,
-    end: u64,
-    buf: Vec<u8>,
-    updates: Vec<(QueueId, Published)>,
-    outcomes: Vec<Outcome>,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) updates: Vec<(QueueId, Published)>,
+    pub(crate) outcomes: Vec<Outcome>,
     /// The submitted messages, dropped by the sync thread after the tickets are completed (off
     /// the writer's path).
-    spent: Vec<Vec<NewMessage>>,
+    pub(crate) spent: Vec<Vec<NewMessage>>,
     /// The segment the batch ended in (earlier segments were fsynced when they were sealed).
-    file: Option<Arc<std::fs::File>>,
+    pub(crate) file: Option<Arc<std::fs::File>>,
 }
 
 #[derive(Default)]
@@ -260,14 +276,43 @@ impl Inner {
         Ok(())
     }
 
-    fn process(&self, batch: Vec<Submission>) {
+    fn process(&self, mut batch: Vec<Submission>) {
         if let Some(e) = self.poison_error() {
             for s in batch {
                 s.fail(e.duplicate());
             }
             return;
         }
+        if batch.len() == 1
+            && matches!(
+                batch[0],
+                Submission::Jump { .. } | Submission::Withdraw { .. }
+            )
+        {
+            if let Some(sub) = batch.pop() {
+                self.process_control(sub);
+            }
+            return;
+        }
         let mut st = self.state.lock();
+        // A replicated batch opening with a JUMP from this log's end continues in a new segment
+        // at the batch's start (it is alone in this call: see `Submission::exclusive`).
+        let mut jumped = false;
+        if let [Submission::Replicate { batch: b, .. }] = &batch[..] {
+            if self.is_follower() && b.start > st.end && b.jump_from() == Some(st.end) {
+                let (from, to) = (st.end, b.start);
+                if let Err(e) = self.roll_at(&mut st, from, to) {
+                    self.set_poison(e.to_string());
+                    drop(st);
+                    for s in batch {
+                        s.fail(e.duplicate());
+                    }
+                    return;
+                }
+                st.end = to;
+                jumped = true;
+            }
+        }
         let start = st.end;
         let mut buf = self.log.take_buffer(batch.iter().map(|s| s.bytes()).sum());
         let mut bounds: Vec<usize> = Vec::new();
@@ -307,6 +352,7 @@ impl Inner {
                             pos,
                             &batch.data,
                             batch.start,
+                            jumped,
                             &mut st.heads,
                             &mut updates,
                         )
@@ -314,6 +360,12 @@ impl Inner {
                         Err(StoreError::NotFollower)
                     };
                     outcomes.push(Outcome::Replicate(tx, r));
+                }
+                // Exclusive: dispatched to `process_control` before this loop.
+                other @ (Submission::Jump { .. } | Submission::Withdraw { .. }) => {
+                    other.fail(StoreError::InvalidArgument(
+                        "a control submission in a group commit".into(),
+                    ));
                 }
             }
         }
@@ -376,7 +428,7 @@ impl Inner {
 
     /// Writes `buf` (records ending at `bounds`) at position `start`, rolling segments at record
     /// boundaries. Durability is the sync thread's job.
-    fn write_batch(
+    pub(crate) fn write_batch(
         &self,
         st: &mut WriterState,
         start: u64,
@@ -420,12 +472,23 @@ impl Inner {
     /// Seals the active segment (trimmed to its records, fsynced) and starts a new one whose
     /// first record is at `base`, from the preallocated spare when one is ready.
     fn roll(&self, st: &mut WriterState, base: u64) -> Result<(), StoreError> {
+        self.roll_at(st, base, base)
+    }
+
+    /// [`Self::roll`] for a log that ends at `end` and continues at `base` (above `end` after
+    /// a promotion: the new segment then opens with a JUMP record).
+    pub(crate) fn roll_at(
+        &self,
+        st: &mut WriterState,
+        end: u64,
+        base: u64,
+    ) -> Result<(), StoreError> {
         let sync = self.opts.durability != Durability::None;
         if sync {
             self.sync_active(st)?;
         }
         if let Some(old) = st.active.as_ref() {
-            let len = SEGMENT_HEADER_LEN + (base - old.seg.base);
+            let len = SEGMENT_HEADER_LEN + (end - old.seg.base);
             old.file
                 .set_len(len)
                 .map_err(|e| StoreError::io_at("trim segment", &old.seg.path, len, e))?;
@@ -486,7 +549,7 @@ impl Inner {
     }
 
     /// Asks the preallocator for a spare once the active segment is half full.
-    fn maybe_request_spare(&self, st: &mut WriterState) {
+    pub(crate) fn maybe_request_spare(&self, st: &mut WriterState) {
         if !self.opts.preallocate || st.spare_requested {
             return;
         }
@@ -554,12 +617,14 @@ fn encode_message(
 /// Validates replicated records that continue the log at `pos` and stages them in `buf`.
 /// Records already present (before `pos`) are skipped; a gap is refused. Queue heads change only
 /// if every record is valid and continues its queues.
+#[allow(clippy::too_many_arguments)]
 fn apply_replicated(
     buf: &mut Vec<u8>,
     bounds: &mut Vec<usize>,
     pos: u64,
     data: &[u8],
     start: u64,
+    jumped: bool,
     heads: &mut QueueMap<Head>,
     updates: &mut Vec<(QueueId, Published)>,
 ) -> Result<u64, StoreError> {
@@ -580,10 +645,35 @@ fn apply_replicated(
             RecordCheck::Incomplete { .. } => return Err(bad(p, "incomplete record".into())),
             RecordCheck::Bad(why) => return Err(bad(p, why)),
         };
+        let kind = data[off + 8];
         if p < pos {
             if p + len as u64 > pos {
                 return Err(bad(p, "does not end where this log ends".into()));
             }
+        } else if kind == RECORD_JUMP {
+            // Only as the first record of a segment this call just opened after a gap.
+            if !(jumped && p == start && off == 0) {
+                return Err(bad(p, "a JUMP record that does not open a segment".into()));
+            }
+            records.push((off, off + len));
+        } else if kind == RECORD_WITHDRAW {
+            let w = decode_withdraw(&data[off + RECORD_HEADER_LEN..off + len])
+                .map_err(|e| bad(p, e))?;
+            if w.to != p {
+                return Err(bad(p, format!("withdraw record says it is at {}", w.to)));
+            }
+            for h in &w.heads {
+                let head = Head::from_state(h).unwrap_or_default();
+                staged.push((
+                    h.queue,
+                    Published {
+                        last_key: head.last_key(),
+                        last_seq: head.last_seq,
+                    },
+                ));
+                overlay.insert(h.queue, head);
+            }
+            records.push((off, off + len));
         } else {
             let view = MessageView::decode(&data[off + RECORD_HEADER_LEN..off + len])
                 .map_err(|e| bad(p, e.to_string()))?;
@@ -612,7 +702,11 @@ fn apply_replicated(
         p += len as u64;
     }
     for (q, h) in overlay {
-        heads.insert(q, h);
+        if h.last_seq == 0 {
+            heads.remove(&q);
+        } else {
+            heads.insert(q, h);
+        }
     }
     for (a, b) in records {
         buf.extend_from_slice(&data[a..b]);

@@ -126,12 +126,15 @@ fn follower_catches_up_and_follows_live_with_identical_positions() {
         follower.append_blocking(vec![msg(&[queues()[0]], "x")]),
         Err(StoreError::NotLeader)
     ));
-    follower.promote();
+    let end = follower.promote().wait().unwrap();
     assert_eq!(follower.role(), Role::Leader);
+    // positions continue above everything the old leader could have used
+    assert!(end >= store::format::jump_target(leader.log_end()));
     let r = follower
         .append_blocking(vec![msg(&[queues()[0]], "after promotion")])
         .unwrap();
     assert_eq!(r[0][0].prev_key, leader.last_key(queues()[0]));
+    assert!(r[0][0].key as u64 > end);
 }
 
 #[test]

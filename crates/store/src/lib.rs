@@ -32,6 +32,7 @@ mod checkpoint;
 mod engine;
 mod error;
 pub mod format;
+mod health;
 mod lock;
 mod log;
 mod options;
@@ -40,6 +41,8 @@ mod queue;
 mod read;
 mod recovery;
 mod replication;
+mod resources;
+mod resume;
 pub mod tools;
 mod writer;
 
@@ -51,6 +54,7 @@ use bytes::Bytes;
 
 pub use engine::{Store, StoreStats};
 pub use error::StoreError;
+pub use health::{StoreHealth, StoreState};
 pub use options::{Durability, Retention, Role, StoreOptions};
 pub use replication::{ReplicationBatch, ReplicationStream};
 

@@ -1,14 +1,14 @@
 //! Opening a store: lock the directory, check the segment headers and that segments follow each
 //! other without a gap, load the newest usable checkpoint, replay only the records after it,
 //! truncate a torn tail, refuse to start on corruption anywhere else (naming the file and
-//! offset), then start the writer and checkpointer threads.
+//! offset), then start the writer, sync, checkpointer and preallocator threads.
 //!
 //! Also hosts the record scanner shared with `tools`.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +18,8 @@ use crate::checkpoint::{checkpointer_loop, read_checkpoints};
 use crate::engine::{
     role_byte, Active, CkptState, Inner, Pending, PreallocState, Stats, Store, WriterState,
 };
+use crate::health::Health;
+use crate::resources::FdReserve;
 use crate::error::StoreError;
 use crate::format::{
     check_record, decode_segment_header, encode_segment_header, segment_file_name, MessageView,
@@ -241,7 +243,8 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         .canonicalize()
         .map_err(|e| StoreError::io("resolve directory", dir, e))?;
     let lock = DirLock::acquire(&dir)?;
-    let spare_ready = crate::prealloc::check_spare(&dir, opts.segment_bytes)?;
+    let dir_file = File::open(&dir).map_err(|e| StoreError::io("open directory", &dir, e))?;
+    let spare = crate::prealloc::check_spare(&dir, opts.segment_bytes)?;
 
     // 1. segments: headers and continuity
     let mut segs: Vec<SegInfo> = Vec::new();
@@ -377,18 +380,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
     let mut heads: QueueMap<Head> = QueueMap::with_hasher(hasher);
     let (replay_from, ck_state) = match &best {
         Some((slot, c)) => {
-            heads.reserve(c.queues.len());
-            for q in &c.queues {
-                let seqs = crate::format::jump_chain_seqs(q.last_seq);
-                heads.insert(
-                    q.queue,
-                    Head {
-                        last_seq: q.last_seq,
-                        last_peer_key: q.last_peer_key,
-                        chain: seqs.into_iter().zip(q.chain_keys.iter().copied()).collect(),
-                    },
-                );
-            }
+            heads = heads_from_checkpoint(c);
             (
                 c.position,
                 CkptState {
@@ -492,9 +484,12 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         let seg = Arc::new(Segment::new(s.base, s.path, seg_end));
         log.add_segment(seg.clone());
         if i + 1 == nsegs {
+            // a zero tail after the records: the segment was made from a preallocated spare
+            let preallocated = s.len > SEGMENT_HEADER_LEN + (end - s.base);
             active = Some(Active {
                 file: Arc::new(s.file),
                 seg,
+                preallocated,
             });
         }
     }
@@ -518,6 +513,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         active = Some(Active {
             file: Arc::new(file),
             seg,
+            preallocated: false,
         });
     }
     let published = PublishedHeads::new();
@@ -556,8 +552,11 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         end_lock: Mutex::new(()),
         end_cv: Condvar::new(),
         end_watch,
-        poison: Mutex::new(None),
-        poisoned: AtomicBool::new(false),
+        sync_idle_cv: Condvar::new(),
+        health: Health::new(),
+        fsync_failures: AtomicU64::new(0),
+        dir_file,
+        reserve: FdReserve::new(),
         closed: AtomicBool::new(false),
         stopped: AtomicBool::new(false),
         inject_fsync_failure: AtomicBool::new(false),
@@ -565,7 +564,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         ckpt_signal: Mutex::new(false),
         ckpt_cv: Condvar::new(),
         prealloc: Mutex::new(PreallocState {
-            ready: spare_ready,
+            spare,
             ..PreallocState::default()
         }),
         prealloc_cv: Condvar::new(),
@@ -589,16 +588,12 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         .name("store-sync".into())
         .spawn(move || crate::writer::sync_loop(sy))
         .map_err(|e| StoreError::io("spawn sync thread", &dir, e))?;
-    let mut threads = vec![writer, syncer, ckpt];
-    if inner.opts.preallocate {
-        let p = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("store-prealloc".into())
-                .spawn(move || crate::prealloc::prealloc_loop(p))
-                .map_err(|e| StoreError::io("spawn preallocation thread", &dir, e))?,
-        );
-    }
+    let p = inner.clone();
+    let prealloc = std::thread::Builder::new()
+        .name("store-prealloc".into())
+        .spawn(move || crate::prealloc::prealloc_loop(p))
+        .map_err(|e| StoreError::io("spawn preallocation thread", &dir, e))?;
+    let threads = vec![writer, syncer, ckpt, prealloc];
     tracing::info!(
         dir = %dir.display(),
         log_start,
@@ -612,6 +607,24 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         threads: Mutex::new(threads),
         close_result: Mutex::new(None),
     })
+}
+
+/// The queue heads a checkpoint records.
+pub(crate) fn heads_from_checkpoint(c: &crate::format::Checkpoint) -> QueueMap<Head> {
+    let mut heads: QueueMap<Head> = QueueMap::with_hasher(QueueHasherBuilder::new());
+    heads.reserve(c.queues.len());
+    for q in &c.queues {
+        let seqs = crate::format::jump_chain_seqs(q.last_seq);
+        heads.insert(
+            q.queue,
+            Head {
+                last_seq: q.last_seq,
+                last_peer_key: q.last_peer_key,
+                chain: seqs.into_iter().zip(q.chain_keys.iter().copied()).collect(),
+            },
+        );
+    }
+    heads
 }
 
 /// Applies one record found during replay to the queue heads.

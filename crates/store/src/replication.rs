@@ -78,7 +78,7 @@ impl Store {
         if !self.inner.is_follower() {
             return Ticket::ready(Err(StoreError::NotFollower));
         }
-        if let Some(e) = self.inner.poison_error() {
+        if let Some(e) = self.inner.health.refusal() {
             return Ticket::ready(Err(e));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();

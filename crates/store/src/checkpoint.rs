@@ -100,6 +100,7 @@ impl Inner {
         self.health.clear(Degradation::Checkpoint);
         ck.generation = generation;
         ck.position = position;
+        self.ckpt_position.store(position, Ordering::Release);
         ck.has = true;
         ck.next_slot = 1 - slot;
         ck.last_at = Instant::now();
@@ -247,7 +248,6 @@ impl Inner {
         Ok(dropped)
     }
 }
-
 
 /// Body of the checkpointer thread.
 pub(crate) fn checkpointer_loop(inner: Arc<Inner>) {

@@ -187,6 +187,8 @@ pub(crate) struct Inner {
     /// The writer thread has exited (after `close`).
     pub stopped: AtomicBool,
     pub ckpt: Mutex<CkptState>,
+    /// `ckpt.position`, readable without waiting for a checkpoint in progress.
+    pub ckpt_position: AtomicU64,
     pub ckpt_signal: Mutex<bool>,
     pub ckpt_cv: Condvar,
     pub role: AtomicU8,
@@ -249,11 +251,7 @@ impl Inner {
     }
 
     /// Opens a file, using the descriptor reserve if the process has run out.
-    pub fn open_file(
-        &self,
-        opts: &std::fs::OpenOptions,
-        path: &Path,
-    ) -> std::io::Result<File> {
+    pub fn open_file(&self, opts: &std::fs::OpenOptions, path: &Path) -> std::io::Result<File> {
         self.reserve.open_with(|| opts.open(path))
     }
 
@@ -453,7 +451,7 @@ impl Store {
     /// Counters and sizes.
     pub fn stats(&self) -> StoreStats {
         let i = &self.inner;
-        let ck = i.ckpt.lock().position;
+        let ck = i.ckpt_position.load(Ordering::Acquire);
         StoreStats {
             messages: i.stats.messages.load(Ordering::Relaxed),
             entries: i.stats.entries.load(Ordering::Relaxed),

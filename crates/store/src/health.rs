@@ -147,9 +147,9 @@ impl Health {
                     format!("{why}; restart to recover")
                 } else {
                     match &h.waiting {
-                        Some(w) => format!(
-                            "recovering from an earlier failure ({why}); waiting for: {w}"
-                        ),
+                        Some(w) => {
+                            format!("recovering from an earlier failure ({why}); waiting for: {w}")
+                        }
                         None => format!("recovering from an earlier failure ({why})"),
                     }
                 }))
@@ -231,9 +231,7 @@ impl Health {
         let mut h = self.inner.lock();
         h.attempts = h.attempts.saturating_add(1);
         let shift = h.attempts.saturating_sub(1).min(16);
-        let delay = FIRST_BACKOFF
-            .saturating_mul(1u32 << shift)
-            .min(MAX_BACKOFF);
+        let delay = FIRST_BACKOFF.saturating_mul(1u32 << shift).min(MAX_BACKOFF);
         if h.waiting.as_deref() != Some(waiting.as_str()) {
             tracing::warn!(waiting_for = %waiting, attempt = h.attempts, "store recovery not finished; retrying");
         }

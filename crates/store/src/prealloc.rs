@@ -110,7 +110,12 @@ fn write_spare(inner: &Inner, zero_fill: bool) -> Result<Made, StoreError> {
     }
 }
 
-fn fill_and_place(inner: &Inner, f: &File, tmp: &Path, zero_fill: bool) -> Result<bool, StoreError> {
+fn fill_and_place(
+    inner: &Inner,
+    f: &File,
+    tmp: &Path,
+    zero_fill: bool,
+) -> Result<bool, StoreError> {
     if zero_fill {
         let chunk = vec![0u8; 1 << 20];
         let total = inner.opts.segment_bytes;

@@ -18,17 +18,17 @@ use crate::checkpoint::{checkpointer_loop, read_checkpoints};
 use crate::engine::{
     role_byte, Active, CkptState, Inner, Pending, PreallocState, Stats, Store, WriterState,
 };
-use crate::health::Health;
-use crate::resources::FdReserve;
 use crate::error::StoreError;
 use crate::format::{
     check_record, decode_segment_header, encode_segment_header, segment_file_name, MessageView,
     RecordCheck, RECORD_HEADER_LEN, SEGMENT_HEADER_LEN,
 };
+use crate::health::Health;
 use crate::lock::DirLock;
 use crate::log::{list_segments, sync_dir, LogView, Segment};
 use crate::options::StoreOptions;
 use crate::queue::{Head, Published, PublishedHeads, QueueHasherBuilder, QueueMap};
+use crate::resources::FdReserve;
 use crate::writer::writer_loop;
 
 /// Why a scan stopped.
@@ -560,6 +560,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         closed: AtomicBool::new(false),
         stopped: AtomicBool::new(false),
         inject_fsync_failure: AtomicBool::new(false),
+        ckpt_position: AtomicU64::new(ck_state.position),
         ckpt: Mutex::new(ck_state),
         ckpt_signal: Mutex::new(false),
         ckpt_cv: Condvar::new(),

@@ -77,12 +77,11 @@ impl Inner {
                 }
                 _ => {}
             },
-            Some(Cause::NoDescriptors) => {
-                if !self.reserve.replenish() {
-                    return Some(self.health.retry_later(
-                        "a free file descriptor (the process is at its limit)".into(),
-                    ));
-                }
+            Some(Cause::NoDescriptors) if !self.reserve.replenish() => {
+                return Some(
+                    self.health
+                        .retry_later("a free file descriptor (the process is at its limit)".into()),
+                );
             }
             _ => {}
         }

@@ -105,8 +105,7 @@ pub(crate) fn writer_loop(inner: Arc<Inner>) {
                     return;
                 }
                 if let Some(at) = next_attempt {
-                    if inner.pending_cv.wait_until(&mut p, at).timed_out() && p.queue.is_empty()
-                    {
+                    if inner.pending_cv.wait_until(&mut p, at).timed_out() && p.queue.is_empty() {
                         attempt_due = true;
                         break;
                     }
@@ -258,7 +257,9 @@ pub(crate) fn sync_loop(inner: Arc<Inner>) {
                 let e = match failure.take() {
                     Some(e) => e,
                     None => inner.health.refusal().unwrap_or_else(|| {
-                        StoreError::Poisoned("an fsync failed before this append was durable".into())
+                        StoreError::Poisoned(
+                            "an fsync failed before this append was durable".into(),
+                        )
                     }),
                 };
                 fail_all(w.outcomes, e);
@@ -286,7 +287,8 @@ pub(crate) fn sync_loop(inner: Arc<Inner>) {
         }
         drop(spent);
         if published {
-            let ck = inner.ckpt.lock().position;
+            // not the checkpoint's lock: a checkpoint in progress waits for this thread
+            let ck = inner.ckpt_position.load(Ordering::Acquire);
             if end.saturating_sub(ck) >= inner.opts.checkpoint_bytes {
                 inner.wake_checkpointer();
             }

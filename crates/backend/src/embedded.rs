@@ -14,8 +14,8 @@
 //! leave its connection inside a transaction that still holds the database's write lock; every
 //! other connection would then wait for it and fail with "database is locked" long after the disk
 //! has room again. So every write goes through `settle`: after a failure the connection is
-//! rolled back and discarded. The table `health_probe` (one row) is written only to find out
-//! whether a failing database accepts writes again.
+//! rolled back and discarded. The table `health_probe` (one row of 16 KiB) is written only to find
+//! out whether a failing database accepts writes again.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -41,6 +41,8 @@ const TOKEN_CACHE_ENTRIES: usize = 1 << 16;
 const DEVICE_CACHE_ENTRIES: usize = 1 << 16;
 /// Rows per multi-row upsert in a flush (4 parameters each, well under SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 200;
+/// Bytes the health probe writes (a few pages).
+const PROBE_BYTES: i64 = 16 << 10;
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -76,7 +78,8 @@ const SCHEMA: &[&str] = &[
     )",
     "CREATE TABLE IF NOT EXISTS health_probe (
         id INTEGER PRIMARY KEY,
-        at INTEGER NOT NULL
+        at INTEGER NOT NULL,
+        pad BLOB
     )",
 ];
 
@@ -128,11 +131,14 @@ impl Sink for SqliteSink {
 
     async fn probe(&self) -> Result<(), BackendError> {
         let mut conn = self.pool.acquire().await?;
+        // Several pages, not one row: a nearly full disk can still take a tiny write into space
+        // SQLite already holds, which would call the backend healthy while grants still fail.
         let r = sqlx::query(
-            "INSERT INTO health_probe (id, at) VALUES (1, ?1)
-             ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            "INSERT INTO health_probe (id, at, pad) VALUES (1, ?1, zeroblob(?2))
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at, pad = excluded.pad",
         )
         .bind(now_secs())
+        .bind(PROBE_BYTES)
         .execute(&mut *conn)
         .await;
         settle(conn, r).await.map(|_| ())

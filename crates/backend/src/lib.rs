@@ -104,7 +104,7 @@ impl Backend {
             Backend::Embedded(b) => b.authenticate(token).await,
             Backend::Redis(b) => b.authenticate(token).await,
         };
-        self.observe(r)
+        self.observe_read(r)
     }
 
     /// Issue a random token (256 bits, 64 hex characters) for `(appid, uid, user_name)` and store it.
@@ -119,7 +119,7 @@ impl Backend {
             Backend::Embedded(b) => b.grant(appid, uid, user_name).await,
             Backend::Redis(b) => b.grant(appid, uid, user_name).await,
         };
-        self.observe(r)
+        self.observe_write(r)
     }
 
     /// Revoke a stored token; `Ok(true)` if it existed. It stops authenticating at once.
@@ -128,7 +128,7 @@ impl Backend {
             Backend::Embedded(b) => b.revoke(token).await,
             Backend::Redis(b) => b.revoke(token).await,
         };
-        self.observe(r)
+        self.observe_write(r)
     }
 
     /// The user's flags; both false when never set.
@@ -137,7 +137,7 @@ impl Backend {
             Backend::Embedded(b) => b.user_flags(appid, uid).await,
             Backend::Redis(b) => b.user_flags(appid, uid).await,
         };
-        self.observe(r)
+        self.observe_read(r)
     }
 
     /// Set or clear the room speak-ban flag. In Redis mode this also publishes `speak_forbidden`;
@@ -153,7 +153,7 @@ impl Backend {
             Backend::Embedded(b) => b.set_forbidden(appid, uid, forbidden).await,
             Backend::Redis(b) => b.set_forbidden(appid, uid, forbidden).await,
         };
-        self.observe(r)
+        self.observe_write(r)
     }
 
     /// Live speak-ban changes (spec §16.2), for sessions already logged in: in Redis mode every
@@ -179,7 +179,7 @@ impl Backend {
             Backend::Embedded(b) => b.set_notification_on(appid, uid, on).await,
             Backend::Redis(b) => b.set_notification_on(appid, uid, on).await,
         };
-        self.observe(r)
+        self.observe_write(r)
     }
 
     /// The server-side integer device id (≥ 1) for (device string, platform): the same pair gives the
@@ -197,12 +197,21 @@ impl Backend {
             Backend::Embedded(b) => b.device_id(device, platform).await,
             Backend::Redis(b) => b.device_id(device, platform).await,
         };
-        self.observe(r)
+        self.observe_read(r)
     }
 
-    /// Records an operation's outcome in the backend's health.
-    fn observe<T>(&self, r: Result<T, BackendError>) -> Result<T, BackendError> {
+    /// Records a write's outcome in the backend's health: a success shows that it works again.
+    fn observe_write<T>(&self, r: Result<T, BackendError>) -> Result<T, BackendError> {
         self.write_behind().health.observe(&r);
+        r
+    }
+
+    /// Records a read's outcome: a failure counts, a success proves nothing about writes (a full
+    /// disk still serves reads) and leaves a failing backend failing.
+    fn observe_read<T>(&self, r: Result<T, BackendError>) -> Result<T, BackendError> {
+        if let Err(e) = &r {
+            self.write_behind().health.failed(e);
+        }
         r
     }
 
@@ -238,7 +247,7 @@ impl Backend {
             Backend::Embedded(b) => b.sync_key(appid, uid).await,
             Backend::Redis(b) => b.sync_key(appid, uid).await,
         };
-        self.observe(r)
+        self.observe_read(r)
     }
 
     /// The super-group sync-key hint (0 when none), including reports not yet persisted.
@@ -252,7 +261,7 @@ impl Backend {
             Backend::Embedded(b) => b.group_sync_key(appid, uid, gid).await,
             Backend::Redis(b) => b.group_sync_key(appid, uid, gid).await,
         };
-        self.observe(r)
+        self.observe_read(r)
     }
 
     /// Record the unread count (spec §8.7), last value wins. No I/O: persisted in the background.
@@ -266,7 +275,7 @@ impl Backend {
             Backend::Embedded(b) => b.unread(appid, uid).await,
             Backend::Redis(b) => b.unread(appid, uid).await,
         };
-        self.observe(r)
+        self.observe_read(r)
     }
 
     /// Reports dropped since start because the write-behind buffer was full (for metrics).

@@ -163,17 +163,19 @@ impl Inner {
 
     /// Periodic look at the resources the store needs: free space and the descriptor reserve.
     fn watch_resources(&self) {
+        let seg = self.opts.segment_bytes;
         match free_bytes(&self.dir_file) {
-            Ok(free) if free < self.opts.segment_bytes => self.health.degrade(
+            Ok(free) if free < seg => self.health.degrade(
                 Degradation::LowSpace,
                 format!(
                     "{} MiB free on the store's filesystem, less than one segment ({} MiB)",
                     free >> 20,
-                    self.opts.segment_bytes >> 20
+                    seg >> 20
                 ),
             ),
-            Ok(_) => self.health.clear(Degradation::LowSpace),
-            Err(_) => {}
+            // a margin, so that a volume hovering at the threshold does not flap
+            Ok(free) if free >= seg + seg / 4 => self.health.clear(Degradation::LowSpace),
+            _ => {}
         }
         if self.reserve.replenish() {
             self.health.clear(Degradation::NoDescriptorReserve);

@@ -71,8 +71,8 @@ impl Inner {
             Some(Cause::NoSpace) => match free_bytes(&self.dir_file) {
                 Ok(free) if free < RESUME_FREE_BYTES => {
                     return Some(self.health.retry_later(format!(
-                        "free space on the store's filesystem ({free} bytes free, \
-                         {RESUME_FREE_BYTES} needed)"
+                        "free space on the store's filesystem (at least {} KiB)",
+                        RESUME_FREE_BYTES >> 10
                     )));
                 }
                 _ => {}

@@ -219,16 +219,25 @@ pub(crate) fn sync_loop(inner: Arc<Inner>) {
         }
         if failure.is_none() && !failing && inner.opts.durability == Durability::Always {
             if let Some(f) = items.last().and_then(|w| w.file.as_ref()) {
-                let path = inner
-                    .log
-                    .segment_for(items[items.len() - 1].start)
-                    .map(|s| s.path.clone())
-                    .unwrap_or_else(|| inner.dir.clone());
-                match inner.fsync(f, &path, true) {
+                match inner.fsync(f, &inner.dir, true) {
                     Ok(()) => {
                         inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(err) => {
+                        // name the segment rather than the directory
+                        let err = match err {
+                            StoreError::Io { op, source, .. } => StoreError::Io {
+                                op,
+                                path: inner
+                                    .log
+                                    .segment_for(items[items.len() - 1].start)
+                                    .map(|s| s.path.clone())
+                                    .unwrap_or_else(|| inner.dir.clone()),
+                                offset: None,
+                                source,
+                            },
+                            e => e,
+                        };
                         inner.enter_recovery(&err);
                         failure = Some(err);
                     }

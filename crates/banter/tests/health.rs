@@ -10,6 +10,12 @@ use common::*;
 use proto::{cmd, AckStatus, Body};
 use serde_json::Value;
 
+/// `ok`, or `degraded` when the machine's disk happens to be nearly full (the test cannot control
+/// that); never `recovering` or `failed`.
+fn accepting_state(v: &Value) -> bool {
+    v["accepting"] == true && (v["state"] == "ok" || v["state"] == "degraded")
+}
+
 async fn get_json(s: &TestServer, path: &str) -> (u16, Value) {
     let (st, body) = http(s.http, "GET", path, &[], b"").await;
     (
@@ -35,10 +41,10 @@ async fn health_and_readiness_follow_a_store_failure_and_its_recovery() {
     let s = TestServer::start().await.unwrap();
     let (st, v) = get_json(&s, "/healthz").await;
     assert_eq!(st, 200);
-    assert_eq!(v["status"], "ok", "{v}");
+    assert_ne!(v["status"], "failing", "{v}");
     assert_eq!(v["store"]["mode"], "local", "{v}");
-    assert_eq!(v["store"]["state"], "ok", "{v}");
-    assert_eq!(v["store"]["accepting"], true, "{v}");
+    assert!(accepting_state(&v["store"]), "{v}");
+    assert_eq!(v["store"]["recoveries"], 0, "{v}");
     assert_eq!(v["backend"]["kind"], "embedded", "{v}");
     assert_eq!(v["backend"]["state"], "ok", "{v}");
     let (st, v) = get_json(&s, "/readyz").await;
@@ -88,7 +94,7 @@ async fn health_and_readiness_follow_a_store_failure_and_its_recovery() {
         assert!(Instant::now() < deadline, "never ready again: {v}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(v["store"]["state"], "ok", "{v}");
+    assert!(accepting_state(&v["store"]), "{v}");
     assert_eq!(v["store"]["recoveries"], 1, "{v}");
     assert!(v["store"]["last_failure"]["error"].is_string(), "{v}");
     assert_eq!(ack_status(&mut a, 2, "after").await, AckStatus::SUCCESS);

@@ -104,7 +104,7 @@ impl Default for SyncConfig {
 pub struct ApiConfig {
     /// Address of the HTTP API (GoBelieve's `http_listen_address`). Empty disables it.
     pub listen: String,
-    /// When set, every request must carry `Authorization: Bearer <secret>` (except `/healthz`). When empty,
+    /// When set, every request must carry `Authorization: Bearer <secret>` (except `/healthz` and `/readyz`). When empty,
     /// the API refuses to listen on anything but a loopback address.
     pub secret: String,
     /// Largest accepted request body in bytes; a larger one is answered 413 with a JSON error.

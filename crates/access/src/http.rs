@@ -1,13 +1,13 @@
 //! The HTTP API (spec §15.1) for app servers and operators, plus banter's token endpoints, `/metrics`
-//! (Prometheus text format) and `/healthz`.
+//! (Prometheus text format), `/healthz` and `/readyz` (see [`crate::health`]).
 //!
 //! Every parameter is validated: a bad request gets a 4xx whose JSON body names the problem, in
 //! GoBelieve's error shape `{"meta":{"code":N,"message":"…"}}`. Integer parameters are plain decimal
 //! (an optional `-` and digits, nothing else: no spaces, no `+`), as strict as GoBelieve's; when a
 //! query parameter is repeated, the first one counts, as in GoBelieve. Posting endpoints answer 200
 //! only once the message is durably stored (the original answers 200 even when storage failed). When
-//! `api.secret` is set, every request except `/healthz` must carry `Authorization: Bearer <secret>`
-//! (the scheme in any case), checked before the body is read.
+//! `api.secret` is set, every request except `/healthz` and `/readyz` must carry
+//! `Authorization: Bearer <secret>` (the scheme in any case), checked before the body is read.
 //!
 //! Request bodies are read whole before a handler runs: at most `api.max_body` bytes (413 otherwise)
 //! within `api.body_timeout_secs` (408 and the connection closed otherwise), both with JSON errors.
@@ -724,17 +724,13 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-async fn healthz() -> Response {
-    Json(json!({"status": "ok"})).into_response()
-}
-
 async fn require_secret(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
     req: Request,
     next: Next,
 ) -> Response {
-    if app.api.secret.is_empty() || req.uri().path() == "/healthz" {
+    if app.api.secret.is_empty() || matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
     }
     let given = headers
@@ -845,7 +841,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/get_offline_count", any(get_offline_count))
         .route("/summary", any(summary))
         .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(crate::health::healthz))
+        .route("/readyz", get(crate::health::readyz))
         .merge(crate::admin::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), read_body))

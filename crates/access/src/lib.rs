@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod customer;
 pub mod group;
+mod health;
 pub mod http;
 mod listener;
 mod offline;

@@ -9,21 +9,30 @@
 //! entry, and a lookup racing with a revoke never re-inserts it (see [`crate::cache`]). Device ids
 //! never change once allocated, so they are cached too. Sync-key hints and unread counts go through
 //! the write-behind buffer and are written in one transaction per flush.
+//!
+//! **Failed writes.** A write that fails (`SQLITE_FULL` when the disk is full, an I/O error) can
+//! leave its connection inside a transaction that still holds the database's write lock; every
+//! other connection would then wait for it and fail with "database is locked" long after the disk
+//! has room again. So every write goes through `settle`: after a failure the connection is
+//! rolled back and discarded. The table `health_probe` (one row of 16 KiB) is written only to find
+//! out whether a failing database accepts writes again.
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::cache::BoundedCache;
 use crate::moderation::{forbidden_channel, ForbiddenEvent};
 use crate::token::{self, JwtVerifier};
-use crate::write_behind::{spawn_flusher, Batch, Sink, WriteBehind};
+use crate::write_behind::{spawn_flusher, Backoff, Batch, Sink, WriteBehind};
 use crate::{AuthInfo, BackendError, EmbeddedOptions, UserFlags};
 
 /// Cached valid tokens.
@@ -32,6 +41,8 @@ const TOKEN_CACHE_ENTRIES: usize = 1 << 16;
 const DEVICE_CACHE_ENTRIES: usize = 1 << 16;
 /// Rows per multi-row upsert in a flush (4 parameters each, well under SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 200;
+/// Bytes the health probe writes (a few pages).
+const PROBE_BYTES: i64 = 16 << 10;
 /// Schema version stored in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -65,7 +76,34 @@ const SCHEMA: &[&str] = &[
         platform INTEGER NOT NULL,
         UNIQUE (device, platform)
     )",
+    "CREATE TABLE IF NOT EXISTS health_probe (
+        id INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        pad BLOB
+    )",
 ];
+
+/// The result of a write made on `conn`. When it failed, whatever transaction it left open is
+/// rolled back and the connection is closed rather than returned to the pool, so that no lock
+/// outlives the failure.
+async fn settle<T>(
+    conn: PoolConnection<Sqlite>,
+    r: Result<T, sqlx::Error>,
+) -> Result<T, BackendError> {
+    if let Err(e) = &r {
+        tracing::debug!(error = %e, "SQLite write failed; discarding its connection");
+        discard(conn).await;
+    }
+    Ok(r?)
+}
+
+async fn discard(mut conn: PoolConnection<Sqlite>) {
+    // Fails harmlessly ("no transaction is active") when SQLite already rolled back.
+    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    if let Err(e) = conn.close().await {
+        tracing::debug!(error = %e, "closing a failed SQLite connection");
+    }
+}
 
 /// The SQLite-backed variant.
 pub struct Embedded {
@@ -86,40 +124,62 @@ struct SqliteSink {
 
 impl Sink for SqliteSink {
     async fn persist(&self, batch: &Batch) -> Result<(), BackendError> {
-        // One transaction per flush, multi-row upserts of up to ROWS_PER_STATEMENT rows each.
-        let mut tx = self.pool.begin().await?;
-        for chunk in batch.sync.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO users (appid, uid, sync_key) ");
-            q.push_values(chunk, |mut row, &(appid, uid, key)| {
-                row.push_bind(appid).push_bind(uid).push_bind(key);
-            });
-            q.push(" ON CONFLICT (appid, uid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)");
-            q.build().execute(&mut *tx).await?;
-        }
-        for chunk in batch.group.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO group_sync_keys (appid, uid, gid, sync_key) ",
-            );
-            q.push_values(chunk, |mut row, &(appid, uid, gid, key)| {
-                row.push_bind(appid)
-                    .push_bind(uid)
-                    .push_bind(gid)
-                    .push_bind(key);
-            });
-            q.push(" ON CONFLICT (appid, uid, gid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)");
-            q.build().execute(&mut *tx).await?;
-        }
-        for chunk in batch.unread.chunks(ROWS_PER_STATEMENT) {
-            let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO users (appid, uid, unread) ");
-            q.push_values(chunk, |mut row, &(appid, uid, count)| {
-                row.push_bind(appid).push_bind(uid).push_bind(count);
-            });
-            q.push(" ON CONFLICT (appid, uid) DO UPDATE SET unread = excluded.unread");
-            q.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        let r = persist_batch(&mut conn, batch).await;
+        settle(conn, r).await
     }
+
+    async fn probe(&self) -> Result<(), BackendError> {
+        let mut conn = self.pool.acquire().await?;
+        // Several pages, not one row: a nearly full disk can still take a tiny write into space
+        // SQLite already holds, which would call the backend healthy while grants still fail.
+        let r = sqlx::query(
+            "INSERT INTO health_probe (id, at, pad) VALUES (1, ?1, zeroblob(?2))
+             ON CONFLICT (id) DO UPDATE SET at = excluded.at, pad = excluded.pad",
+        )
+        .bind(now_secs())
+        .bind(PROBE_BYTES)
+        .execute(&mut *conn)
+        .await;
+        settle(conn, r).await.map(|_| ())
+    }
+}
+
+/// One transaction per flush, multi-row upserts of up to ROWS_PER_STATEMENT rows each.
+async fn persist_batch(conn: &mut SqliteConnection, batch: &Batch) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    for chunk in batch.sync.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO users (appid, uid, sync_key) ");
+        q.push_values(chunk, |mut row, &(appid, uid, key)| {
+            row.push_bind(appid).push_bind(uid).push_bind(key);
+        });
+        q.push(
+            " ON CONFLICT (appid, uid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)",
+        );
+        q.build().execute(&mut *tx).await?;
+    }
+    for chunk in batch.group.chunks(ROWS_PER_STATEMENT) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO group_sync_keys (appid, uid, gid, sync_key) ");
+        q.push_values(chunk, |mut row, &(appid, uid, gid, key)| {
+            row.push_bind(appid)
+                .push_bind(uid)
+                .push_bind(gid)
+                .push_bind(key);
+        });
+        q.push(" ON CONFLICT (appid, uid, gid) DO UPDATE SET sync_key = max(sync_key, excluded.sync_key)");
+        q.build().execute(&mut *tx).await?;
+    }
+    for chunk in batch.unread.chunks(ROWS_PER_STATEMENT) {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT INTO users (appid, uid, unread) ");
+        q.push_values(chunk, |mut row, &(appid, uid, count)| {
+            row.push_bind(appid).push_bind(uid).push_bind(count);
+        });
+        q.push(" ON CONFLICT (appid, uid) DO UPDATE SET unread = excluded.unread");
+        q.build().execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }
 
 fn now_secs() -> i64 {
@@ -227,14 +287,16 @@ impl Embedded {
         user_name: &str,
     ) -> Result<String, BackendError> {
         let token = token::generate();
-        sqlx::query("INSERT INTO tokens (token_hash, appid, uid, user_name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        let mut conn = self.pool.acquire().await?;
+        let r = sqlx::query("INSERT INTO tokens (token_hash, appid, uid, user_name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
             .bind(&token::hash(&token)[..])
             .bind(appid)
             .bind(uid)
             .bind(user_name)
             .bind(now_secs())
-            .execute(&self.pool)
-            .await?;
+            .execute(&mut *conn)
+            .await;
+        settle(conn, r).await?;
         Ok(token)
     }
 
@@ -242,10 +304,12 @@ impl Embedded {
         let hash = token::hash(token);
         // Invalidate before and after: no lookup can cache the row across the delete.
         self.tokens.invalidate(&hash);
-        let row = sqlx::query("DELETE FROM tokens WHERE token_hash = ?1 RETURNING appid, uid")
+        let mut conn = self.pool.acquire().await?;
+        let r = sqlx::query("DELETE FROM tokens WHERE token_hash = ?1 RETURNING appid, uid")
             .bind(&hash[..])
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(&mut *conn)
+            .await;
+        let row = settle(conn, r).await?;
         self.tokens.invalidate(&hash);
         Ok(match row {
             Some(row) => Some((row.try_get("appid")?, row.try_get("uid")?)),
@@ -276,15 +340,17 @@ impl Embedded {
         uid: i64,
         forbidden: bool,
     ) -> Result<(), BackendError> {
-        sqlx::query(
+        let mut conn = self.pool.acquire().await?;
+        let r = sqlx::query(
             "INSERT INTO users (appid, uid, forbidden) VALUES (?1, ?2, ?3)
              ON CONFLICT (appid, uid) DO UPDATE SET forbidden = excluded.forbidden",
         )
         .bind(appid)
         .bind(uid)
         .bind(i64::from(forbidden))
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *conn)
+        .await;
+        settle(conn, r).await?;
         // No receiver is not an error.
         let _ = self.forbidden.send(ForbiddenEvent {
             appid,
@@ -304,15 +370,17 @@ impl Embedded {
         uid: i64,
         on: bool,
     ) -> Result<(), BackendError> {
-        sqlx::query(
+        let mut conn = self.pool.acquire().await?;
+        let r = sqlx::query(
             "INSERT INTO users (appid, uid, notification_on) VALUES (?1, ?2, ?3)
              ON CONFLICT (appid, uid) DO UPDATE SET notification_on = excluded.notification_on",
         )
         .bind(appid)
         .bind(uid)
         .bind(i64::from(on))
-        .execute(&self.pool)
-        .await?;
+        .execute(&mut *conn)
+        .await;
+        settle(conn, r).await?;
         Ok(())
     }
 
@@ -323,15 +391,17 @@ impl Embedded {
         }
         let ticket = self.devices.ticket(&key);
         // One statement, atomic under SQLite's write lock: concurrent first logins get one id.
-        let id: i64 = sqlx::query_scalar(
+        let mut conn = self.pool.acquire().await?;
+        let r = sqlx::query_scalar(
             "INSERT INTO devices (device, platform) VALUES (?1, ?2)
              ON CONFLICT (device, platform) DO UPDATE SET device = excluded.device
              RETURNING id",
         )
         .bind(device)
         .bind(i64::from(platform))
-        .fetch_one(&self.pool)
-        .await?;
+        .fetch_one(&mut *conn)
+        .await;
+        let id: i64 = settle(conn, r).await?;
         self.devices.insert(key, id, ticket);
         Ok(id)
     }
@@ -380,6 +450,6 @@ impl Embedded {
     }
 
     pub(crate) async fn flush(&self) -> Result<(), BackendError> {
-        self.wb.flush(&self.sink).await
+        self.wb.flush_retrying(&self.sink, Backoff::DEFAULT).await
     }
 }

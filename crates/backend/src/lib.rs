@@ -17,6 +17,7 @@ mod cache;
 pub mod embedded;
 mod error;
 pub mod groups;
+mod health;
 pub mod moderation;
 mod options;
 pub mod push;
@@ -26,6 +27,7 @@ pub mod write_behind;
 
 pub use error::BackendError;
 pub use groups::{Group, GroupChange, GroupDirectory, Member};
+pub use health::BackendHealth;
 pub use moderation::{ForbiddenEvent, SharedWordFilter, WordFilter};
 pub use options::{
     EmbeddedGroupOptions, EmbeddedOptions, JwtOptions, MysqlGroupOptions, RedisOptions,
@@ -99,10 +101,11 @@ impl Backend {
     /// leeway. The key is the per-app secret of the token's `appid` claim, else the global secret.
     /// A `uid` that is not > 0 (or a negative appid) makes the token invalid.
     pub async fn authenticate(&self, token: &str) -> Result<Option<AuthInfo>, BackendError> {
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.authenticate(token).await,
             Backend::Redis(b) => b.authenticate(token).await,
-        }
+        };
+        self.observe_read(r)
     }
 
     /// Issue a random token (256 bits, 64 hex characters) for `(appid, uid, user_name)` and store it.
@@ -113,27 +116,30 @@ impl Backend {
         user_name: &str,
     ) -> Result<String, BackendError> {
         check_ids(appid, uid)?;
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.grant(appid, uid, user_name).await,
             Backend::Redis(b) => b.grant(appid, uid, user_name).await,
-        }
+        };
+        self.observe_write(r)
     }
 
     /// Revoke a stored token; `Ok(Some((appid, uid)))`, whose token it was, if it existed. It stops
     /// authenticating at once; ending the sessions that logged in with it is the caller's part.
     pub async fn revoke(&self, token: &str) -> Result<Option<(i64, i64)>, BackendError> {
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.revoke(token).await,
             Backend::Redis(b) => b.revoke(token).await,
-        }
+        };
+        self.observe_write(r)
     }
 
     /// The user's flags; both false when never set.
     pub async fn user_flags(&self, appid: i64, uid: i64) -> Result<UserFlags, BackendError> {
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.user_flags(appid, uid).await,
             Backend::Redis(b) => b.user_flags(appid, uid).await,
-        }
+        };
+        self.observe_read(r)
     }
 
     /// Set or clear the room speak-ban flag. In Redis mode this also publishes `speak_forbidden`;
@@ -145,10 +151,11 @@ impl Backend {
         forbidden: bool,
     ) -> Result<(), BackendError> {
         check_ids(appid, uid)?;
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.set_forbidden(appid, uid, forbidden).await,
             Backend::Redis(b) => b.set_forbidden(appid, uid, forbidden).await,
-        }
+        };
+        self.observe_write(r)
     }
 
     /// Live speak-ban changes (spec §16.2), for sessions already logged in: in Redis mode every
@@ -170,10 +177,11 @@ impl Backend {
         on: bool,
     ) -> Result<(), BackendError> {
         check_ids(appid, uid)?;
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.set_notification_on(appid, uid, on).await,
             Backend::Redis(b) => b.set_notification_on(appid, uid, on).await,
-        }
+        };
+        self.observe_write(r)
     }
 
     /// The server-side integer device id (≥ 1) for (device string, platform): the same pair gives the
@@ -187,10 +195,33 @@ impl Backend {
                 device.len()
             )));
         }
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.device_id(device, platform).await,
             Backend::Redis(b) => b.device_id(device, platform).await,
+        };
+        self.observe_read(r)
+    }
+
+    /// Records a write's outcome in the backend's health: a success shows that it works again.
+    fn observe_write<T>(&self, r: Result<T, BackendError>) -> Result<T, BackendError> {
+        self.write_behind().health.observe(&r);
+        r
+    }
+
+    /// Records a read's outcome: a failure counts, a success proves nothing about writes (a full
+    /// disk still serves reads) and leaves a failing backend failing.
+    fn observe_read<T>(&self, r: Result<T, BackendError>) -> Result<T, BackendError> {
+        if let Err(e) = &r {
+            self.write_behind().health.failed(e);
         }
+        r
+    }
+
+    /// The backend's health: failing since the first operation that failed because of the
+    /// storage service, with the last error, until one succeeds again (probed in the background
+    /// while failing). For health and readiness endpoints.
+    pub fn health(&self) -> BackendHealth {
+        self.write_behind().health.snapshot()
     }
 
     fn write_behind(&self) -> &write_behind::WriteBehind {
@@ -214,10 +245,11 @@ impl Backend {
 
     /// The peer sync-key hint (0 when none), including reports not yet persisted.
     pub async fn sync_key(&self, appid: i64, uid: i64) -> Result<i64, BackendError> {
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.sync_key(appid, uid).await,
             Backend::Redis(b) => b.sync_key(appid, uid).await,
-        }
+        };
+        self.observe_read(r)
     }
 
     /// The super-group sync-key hint (0 when none), including reports not yet persisted.
@@ -227,10 +259,11 @@ impl Backend {
         uid: i64,
         gid: i64,
     ) -> Result<i64, BackendError> {
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.group_sync_key(appid, uid, gid).await,
             Backend::Redis(b) => b.group_sync_key(appid, uid, gid).await,
-        }
+        };
+        self.observe_read(r)
     }
 
     /// Record the unread count (spec §8.7), last value wins. No I/O: persisted in the background.
@@ -240,10 +273,11 @@ impl Backend {
 
     /// The unread count (0 when none), including a value not yet persisted.
     pub async fn unread(&self, appid: i64, uid: i64) -> Result<i32, BackendError> {
-        match self {
+        let r = match self {
             Backend::Embedded(b) => b.unread(appid, uid).await,
             Backend::Redis(b) => b.unread(appid, uid).await,
-        }
+        };
+        self.observe_read(r)
     }
 
     /// Reports dropped since start because the write-behind buffer was full (for metrics).
@@ -251,7 +285,8 @@ impl Backend {
         self.write_behind().dropped()
     }
 
-    /// Persist everything write-behind now (call at shutdown).
+    /// Persist everything write-behind now (call at shutdown); a failing flush is retried a few
+    /// times with back-off before its entries are given up.
     pub async fn flush(&self) -> Result<(), BackendError> {
         match self {
             Backend::Embedded(b) => b.flush().await,

@@ -24,7 +24,7 @@ use tokio::task::AbortHandle;
 
 use crate::moderation::{forbidden_channel, spawn_forbidden_subscriber, ForbiddenEvent};
 use crate::token::{self, JwtVerifier};
-use crate::write_behind::{spawn_flusher, Batch, Sink, WriteBehind};
+use crate::write_behind::{spawn_flusher, Backoff, Batch, Sink, WriteBehind};
 use crate::{AuthInfo, BackendError, RedisOptions, UserFlags};
 
 /// Entries per pipeline when flushing.
@@ -131,6 +131,12 @@ impl Sink for RedisSink {
             }
             pipe.query_async::<()>(&mut conn).await?;
         }
+        Ok(())
+    }
+
+    async fn probe(&self) -> Result<(), BackendError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING").query_async::<()>(&mut conn).await?;
         Ok(())
     }
 }
@@ -392,6 +398,6 @@ impl RedisBackend {
     }
 
     pub(crate) async fn flush(&self) -> Result<(), BackendError> {
-        self.wb.flush(&self.sink).await
+        self.wb.flush_retrying(&self.sink, Backoff::DEFAULT).await
     }
 }

@@ -4,10 +4,13 @@
 //! Two slots, `checkpoint-a` and `checkpoint-b`, alternate; each is written to
 //! `checkpoint.tmp`, fsynced, renamed over its slot and the directory fsynced, so a crash at any
 //! moment leaves at least one valid checkpoint. The heads are snapshotted under the writer's lock
-//! at a batch boundary, after fsyncing the log up to that point, so a checkpoint never refers to
-//! log data that could be lost.
+//! at a batch boundary, after fsyncing the log up to that point, and the checkpoint is written only
+//! once the log is acknowledged up to there, so a checkpoint never refers to log data that could
+//! be lost or that an in-process recovery (`resume`) would remove. A checkpoint that cannot be
+//! written (no space, no descriptor) leaves no temporary file behind; the store is reported
+//! degraded and the checkpointer tries again later.
 
-use std::fs::File;
+use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -19,7 +22,8 @@ use crate::error::StoreError;
 use crate::format::{
     begin_checkpoint, decode_checkpoint, encode_checkpoint_queue, finish_checkpoint, Checkpoint,
 };
-use crate::log::sync_dir;
+use crate::health::Degradation;
+use crate::resources::free_bytes;
 
 pub(crate) const SLOT_NAMES: [&str; 2] = ["checkpoint-a", "checkpoint-b"];
 const TMP_NAME: &str = "checkpoint.tmp";
@@ -53,17 +57,20 @@ impl Inner {
     /// Writes a checkpoint if the log moved since the last one.
     pub(crate) fn checkpoint(&self) -> Result<(), StoreError> {
         let mut ck = self.ckpt.lock();
-        if let Some(e) = self.poison_error() {
+        if let Some(e) = self.health.refusal() {
             return Err(e);
         }
         let generation = ck.generation + 1;
         let (position, data) = {
             let mut st = self.state.lock();
+            if let Some(e) = self.health.refusal() {
+                return Err(e);
+            }
             if ck.has && st.end == ck.position {
                 return Ok(());
             }
             if let Err(e) = self.sync_active(&mut st) {
-                self.set_poison(e.to_string());
+                self.enter_recovery(&e);
                 return Err(e);
             }
             let mut data = Vec::with_capacity(64 + st.heads.len() * 80);
@@ -79,12 +86,21 @@ impl Inner {
             }
             (st.end, data)
         };
+        self.wait_acknowledged(position)?;
         let mut data = data;
         finish_checkpoint(&mut data);
         let slot = ck.next_slot;
-        write_atomically(&self.dir, SLOT_NAMES[slot as usize], &data)?;
+        if let Err(e) = self.write_checkpoint_file(SLOT_NAMES[slot as usize], &data) {
+            self.health.degrade(
+                Degradation::Checkpoint,
+                format!("checkpoints fail (restart replay grows): {e}"),
+            );
+            return Err(e);
+        }
+        self.health.clear(Degradation::Checkpoint);
         ck.generation = generation;
         ck.position = position;
+        self.ckpt_position.store(position, Ordering::Release);
         ck.has = true;
         ck.next_slot = 1 - slot;
         ck.last_at = Instant::now();
@@ -96,6 +112,80 @@ impl Inner {
             "checkpoint written"
         );
         Ok(())
+    }
+
+    /// Waits until the log is acknowledged up to `position` (the sync thread is at most one fsync
+    /// behind the writer); fails if the store starts refusing appends or has stopped first.
+    fn wait_acknowledged(&self, position: u64) -> Result<(), StoreError> {
+        let mut g = self.end_lock.lock();
+        loop {
+            if self.log.durable_end.load(Ordering::Acquire) >= position {
+                return Ok(());
+            }
+            if let Some(e) = self.health.refusal() {
+                return Err(e);
+            }
+            if self.stopped.load(Ordering::Acquire) {
+                return Err(StoreError::Poisoned(format!(
+                    "the log is not acknowledged up to position {position}"
+                )));
+            }
+            self.end_cv.wait_for(&mut g, Duration::from_millis(20));
+        }
+    }
+
+    /// [`write_atomically`] with the store's open directory and descriptor reserve; removes the
+    /// temporary file if the checkpoint could not be completed.
+    fn write_checkpoint_file(&self, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        let tmp = self.dir.join(TMP_NAME);
+        let path = self.dir.join(name);
+        let r = (|| {
+            let mut f = self
+                .open_file(
+                    OpenOptions::new().write(true).create(true).truncate(true),
+                    &tmp,
+                )
+                .map_err(|e| StoreError::io("create checkpoint", &tmp, e))?;
+            f.write_all(data)
+                .map_err(|e| StoreError::io("write checkpoint", &tmp, e))?;
+            f.sync_all()
+                .map_err(|e| StoreError::io("fsync checkpoint", &tmp, e))?;
+            drop(f);
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| StoreError::io("rename checkpoint", &path, e))?;
+            self.sync_dir()
+        })();
+        if r.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        r
+    }
+
+    /// Periodic look at the resources the store needs: free space and the descriptor reserve.
+    fn watch_resources(&self) {
+        let seg = self.opts.segment_bytes;
+        match free_bytes(&self.dir_file) {
+            Ok(free) if free < seg => self.health.degrade(
+                Degradation::LowSpace,
+                format!(
+                    "{} MiB free on the store's filesystem, less than one segment ({} MiB)",
+                    free >> 20,
+                    seg >> 20
+                ),
+            ),
+            // a margin, so that a volume hovering at the threshold does not flap
+            Ok(free) if free >= seg + seg / 4 => self.health.clear(Degradation::LowSpace),
+            _ => {}
+        }
+        if self.reserve.replenish() {
+            self.health.clear(Degradation::NoDescriptorReserve);
+        } else {
+            self.health.degrade(
+                Degradation::NoDescriptorReserve,
+                "the descriptor reserve is in use and cannot be restored (the process is at its                  open-file limit)"
+                    .into(),
+            );
+        }
     }
 
     /// Drops sealed segments wholly covered by the newest checkpoint, oldest first, while the
@@ -152,27 +242,13 @@ impl Inner {
             tracing::info!(segment = %s.path.display(), "retention dropped segment");
         }
         if dropped > 0 {
-            sync_dir(&self.dir)?;
+            self.sync_dir()?;
             self.stats
                 .segments_dropped
                 .fetch_add(dropped as u64, Ordering::Relaxed);
         }
         Ok(dropped)
     }
-}
-
-/// Writes `name` in `dir` via a temporary file, fsync, rename and directory fsync.
-pub(crate) fn write_atomically(dir: &Path, name: &str, data: &[u8]) -> Result<(), StoreError> {
-    let tmp = dir.join(TMP_NAME);
-    let path = dir.join(name);
-    let mut f = File::create(&tmp).map_err(|e| StoreError::io("create checkpoint", &tmp, e))?;
-    f.write_all(data)
-        .map_err(|e| StoreError::io("write checkpoint", &tmp, e))?;
-    f.sync_all()
-        .map_err(|e| StoreError::io("fsync checkpoint", &tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(|e| StoreError::io("rename checkpoint", &path, e))?;
-    sync_dir(dir)
 }
 
 /// Body of the checkpointer thread.
@@ -190,7 +266,8 @@ pub(crate) fn checkpointer_loop(inner: Arc<Inner>) {
                 return;
             }
         }
-        if inner.poisoned.load(Ordering::Acquire) {
+        inner.watch_resources();
+        if inner.health.is_refusing() {
             continue;
         }
         let end = inner.log.durable_end.load(Ordering::Acquire);

@@ -56,7 +56,7 @@ impl Inner {
                 return;
             }
             Err(Failed::Io(e)) => {
-                self.set_poison(e.to_string());
+                self.enter_recovery(&e);
                 drop(st);
                 let _ = tx.send(Err(e));
                 return;
@@ -71,8 +71,9 @@ impl Inner {
             result,
             promote,
         } = plan;
+        let fsync_epoch = self.fsync_failures.load(Ordering::Acquire);
         if let Err(e) = self.write_batch(&mut st, start, &buf, &bounds) {
-            self.set_poison(e.to_string());
+            self.enter_recovery(&e);
             drop(st);
             let _ = tx.send(Err(e));
             return;
@@ -114,6 +115,7 @@ impl Inner {
             outcomes: vec![Outcome::Replicate(tx, Ok(result))],
             spent: Vec::new(),
             file,
+            fsync_epoch,
         });
         drop(q);
         self.sync_cv.notify_one();

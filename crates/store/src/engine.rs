@@ -1,6 +1,7 @@
 //! The [`Store`] handle and the state its threads share: submission queue, writer state, reader
-//! views, poison flag and statistics. `Store::open` lives in `recovery`, the writer loop in
-//! `writer`, reads in `read`, replication in `replication`.
+//! views, health and statistics. `Store::open` lives in `recovery`, the writer loop in `writer`,
+//! the in-process recovery after a failed write in `resume`, reads in `read`, replication in
+//! `replication`.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -14,17 +15,21 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::StoreError;
 use crate::format::message_record_len;
+use crate::health::{Health, StoreHealth};
 use crate::lock::DirLock;
 use crate::log::{LogView, Segment};
 use crate::options::{Role, StoreOptions};
 use crate::queue::{Head, PublishedHeads, QueueMap};
 use crate::replication::ReplicationBatch;
+use crate::resources::FdReserve;
 use crate::{AppendTicket, Appended, NewMessage, QueueId, SyncPage, Ticket};
 
 /// The segment being appended to.
 pub(crate) struct Active {
     pub file: Arc<File>,
     pub seg: Arc<Segment>,
+    /// Made from a zero-filled spare: writes overwrite allocated blocks and never need space.
+    pub preallocated: bool,
 }
 
 /// State owned by the writer thread (the checkpointer reads it between batches).
@@ -111,13 +116,24 @@ pub(crate) struct Pending {
     pub closing: bool,
 }
 
+/// The next segment's file (`segment.spare`), opened ahead of need so a roll needs no new
+/// descriptor.
+pub(crate) struct Spare {
+    pub file: File,
+    /// Zero-filled to `segment_bytes` and fsynced; otherwise empty (the segment grows as written).
+    pub zero_filled: bool,
+}
+
 /// The preallocator thread's state.
 #[derive(Default)]
 pub(crate) struct PreallocState {
-    /// `segment.spare` exists, zero-filled and durable.
-    pub ready: bool,
+    /// The spare, ready for the next roll.
+    pub spare: Option<Spare>,
     /// The writer wants a spare.
     pub wanted: bool,
+    /// Bytes the active segment may still grow by (0 when it is preallocated), so a zero-filled
+    /// spare is only written when both fit.
+    pub active_growth: u64,
     pub stop: bool,
 }
 
@@ -181,14 +197,25 @@ pub(crate) struct Inner {
     pub end_lock: Mutex<()>,
     pub end_cv: Condvar,
     pub end_watch: tokio::sync::watch::Sender<u64>,
-    pub poison: Mutex<Option<String>>,
-    pub poisoned: AtomicBool,
+    /// The sync thread finished a round with nothing queued (waited for by recovery).
+    pub sync_idle_cv: Condvar,
+    /// Accepting appends, recovering, or failed; and what degrades the store.
+    pub health: Health,
+    /// fsync failures since open. A written batch records it; if it changed before the batch is
+    /// acknowledged, a failed fsync may have covered the batch, which is therefore refused.
+    pub fsync_failures: AtomicU64,
+    /// The store's directory, open for fsyncs of it and `fstatvfs` (no descriptor needed then).
+    pub dir_file: File,
+    /// A descriptor held in reserve for the store's own opens.
+    pub reserve: FdReserve,
     pub closed: AtomicBool,
     /// Test hook: make the next fsyncs fail.
     pub inject_fsync_failure: AtomicBool,
     /// The writer thread has exited (after `close`).
     pub stopped: AtomicBool,
     pub ckpt: Mutex<CkptState>,
+    /// `ckpt.position`, readable without waiting for a checkpoint in progress.
+    pub ckpt_position: AtomicU64,
     pub ckpt_signal: Mutex<bool>,
     pub ckpt_cv: Condvar,
     pub role: AtomicU8,
@@ -219,22 +246,46 @@ impl Inner {
         self.role.load(Ordering::Acquire) == ROLE_FOLLOWER
     }
 
-    pub fn poison_error(&self) -> Option<StoreError> {
-        if self.poisoned.load(Ordering::Acquire) {
-            let why = self.poison.lock().clone().unwrap_or_default();
-            Some(StoreError::Poisoned(why))
-        } else {
-            None
-        }
+    /// A write or fsync failed: refuse appends and have the writer thread recover.
+    pub fn enter_recovery(&self, e: &StoreError) {
+        self.health.fail(e);
+        // the writer may be waiting for submissions: it runs the recovery
+        self.pending_cv.notify_all();
     }
 
-    pub fn set_poison(&self, why: String) {
-        let mut p = self.poison.lock();
-        if p.is_none() {
-            tracing::error!(reason = %why, "store poisoned; refusing further writes");
-            *p = Some(why);
-        }
-        self.poisoned.store(true, Ordering::Release);
+    /// fsyncs `file` (its data only, or also its metadata such as a changed length). A failure
+    /// is counted so that batches written before it are not acknowledged.
+    pub fn fsync(&self, file: &File, path: &Path, data_only: bool) -> Result<(), StoreError> {
+        let r = if self.inject_fsync_failure.load(Ordering::Acquire) {
+            Err(std::io::Error::other("injected fsync failure"))
+        } else if data_only {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        };
+        r.map_err(|e| {
+            self.fsync_failures.fetch_add(1, Ordering::AcqRel);
+            StoreError::io("fsync", path, e)
+        })
+    }
+
+    /// fsyncs the store's directory so that creations, renames and removals in it are durable.
+    pub fn sync_dir(&self) -> Result<(), StoreError> {
+        self.fsync(&self.dir_file, &self.dir, false)
+            .map_err(|e| match e {
+                StoreError::Io { path, source, .. } => StoreError::Io {
+                    op: "fsync directory",
+                    path,
+                    offset: None,
+                    source,
+                },
+                e => e,
+            })
+    }
+
+    /// Opens a file, using the descriptor reserve if the process has run out.
+    pub fn open_file(&self, opts: &std::fs::OpenOptions, path: &Path) -> std::io::Result<File> {
+        self.reserve.open_with(|| opts.open(path))
     }
 
     /// Wakes replication readers after `durable_end` moved (or the store closed).
@@ -319,7 +370,7 @@ impl Store {
         if inner.is_follower() {
             return Ticket::ready(Err(StoreError::NotLeader));
         }
-        if let Some(e) = inner.poison_error() {
+        if let Some(e) = inner.health.refusal() {
             return Ticket::ready(Err(e));
         }
         let mut bytes = 0usize;
@@ -440,7 +491,7 @@ impl Store {
     /// Counters and sizes.
     pub fn stats(&self) -> StoreStats {
         let i = &self.inner;
-        let ck = i.ckpt.lock().position;
+        let ck = i.ckpt_position.load(Ordering::Acquire);
         StoreStats {
             messages: i.stats.messages.load(Ordering::Relaxed),
             entries: i.stats.entries.load(Ordering::Relaxed),
@@ -465,9 +516,30 @@ impl Store {
             .store(true, Ordering::Release);
     }
 
-    /// Whether an earlier write failure made the store refuse appends.
+    /// Ends [`Store::inject_fsync_failure`]: fsyncs work again (as after a disk was replaced).
+    #[doc(hidden)]
+    pub fn clear_injected_fsync_failure(&self) {
+        self.inner
+            .inject_fsync_failure
+            .store(false, Ordering::Release);
+    }
+
+    /// Whether the store refuses appends now: it is recovering from a failed write or fsync
+    /// (and resumes by itself), or it failed for good. See [`Store::health`].
     pub fn is_poisoned(&self) -> bool {
-        self.inner.poisoned.load(Ordering::Acquire)
+        self.inner.health.is_refusing()
+    }
+
+    /// Whether appends are accepted now.
+    pub fn accepts_appends(&self) -> bool {
+        !self.inner.health.is_refusing()
+    }
+
+    /// The store's health: accepting appends or not, the failure it is recovering from and since
+    /// when, and what degrades it (little free space, no descriptor in reserve, failing
+    /// checkpoints or preallocation). For health and readiness endpoints.
+    pub fn health(&self) -> StoreHealth {
+        self.inner.health.snapshot()
     }
 
     /// Flushes pending appends, fsyncs, writes a final checkpoint and stops the store's threads.
@@ -524,7 +596,11 @@ impl Store {
         }
         inner.stopped.store(true, Ordering::Release);
         inner.notify_end();
-        match inner.poison_error() {
+        if inner.health.is_recovering() {
+            // one last attempt, so that a store whose disk came back closes cleanly
+            inner.recovery_step(true);
+        }
+        match inner.health.refusal() {
             Some(e) => Err(e),
             None => Ok(()),
         }

@@ -1,5 +1,6 @@
 //! The store's error type. Each variant says whose fault it is: the disk or OS (`Io`), the data on
-//! disk (`Corrupt`), an earlier failure that made the store refuse writes (`Poisoned`), the caller
+//! disk (`Corrupt`), an earlier failure that makes the store refuse writes while it recovers, or for
+//! good after a bug or corruption (`Poisoned`), the caller
 //! (`InvalidArgument`, `Closed`, `Overloaded`, `NotLeader`/`NotFollower`), or a replication peer
 //! (`Truncated`, `ReplicationGap`).
 
@@ -24,8 +25,11 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
-    /// An earlier write or fsync failed; the store no longer accepts appends.
-    #[error("store is poisoned and refuses writes (earlier failure: {0}); restart to recover")]
+    /// An earlier write or fsync failed and the store refuses appends: while it re-establishes its
+    /// state from disk and waits for the resource that ran out (it then resumes by itself), or for
+    /// good after a bug or corruption that only a restart (or `banter store repair`) can address.
+    /// The message says which (see [`crate::Store::health`]).
+    #[error("store refuses appends: {0}")]
     Poisoned(String),
     /// The store was closed.
     #[error("store is closed")]

@@ -36,6 +36,7 @@ mod control;
 mod engine;
 mod error;
 pub mod format;
+mod health;
 mod lock;
 mod log;
 mod options;
@@ -44,6 +45,8 @@ mod queue;
 mod read;
 mod recovery;
 mod replication;
+mod resources;
+mod resume;
 pub mod tools;
 mod writer;
 
@@ -55,6 +58,7 @@ use bytes::Bytes;
 
 pub use engine::{Store, StoreStats};
 pub use error::StoreError;
+pub use health::{StoreHealth, StoreState};
 pub use options::{Durability, Retention, Role, StoreOptions};
 pub use replication::{ReplicationBatch, ReplicationStream};
 

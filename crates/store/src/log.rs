@@ -142,6 +142,21 @@ impl LogView {
         Some(seg)
     }
 
+    /// The segment whose base is `base`.
+    pub fn segment_at(&self, base: u64) -> Option<Arc<Segment>> {
+        self.segments.read().get(&base).cloned()
+    }
+
+    /// Closes every cached read handle, so later reads re-open the files (after an in-process
+    /// recovery). Reads in progress keep theirs.
+    pub fn drop_handles(&self) {
+        for s in self.segments.read().values() {
+            if s.handle.lock().take().is_some() {
+                self.open_handles.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     pub fn segment_for(&self, pos: u64) -> Option<Arc<Segment>> {
         self.segments
             .read()

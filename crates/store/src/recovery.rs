@@ -1,7 +1,7 @@
 //! Opening a store: lock the directory, check the segment headers and that segments follow each
 //! other without a gap, load the newest usable checkpoint, replay only the records after it,
 //! truncate a torn tail, refuse to start on corruption anywhere else (naming the file and
-//! offset), then start the writer and checkpointer threads.
+//! offset), then start the writer, sync, checkpointer and preallocator threads.
 //!
 //! Also hosts the record scanner shared with `tools`.
 
@@ -25,10 +25,12 @@ use crate::format::{
     CONTROL_TRAILER_LEN, JUMP_RECORD_LEN, RECORD_HEADER_LEN, RECORD_JUMP, RECORD_MESSAGE,
     RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
 };
+use crate::health::Health;
 use crate::lock::DirLock;
 use crate::log::{list_segments, sync_dir, LogView, Segment};
 use crate::options::StoreOptions;
 use crate::queue::{Head, Published, PublishedHeads, QueueHasherBuilder, QueueMap};
+use crate::resources::FdReserve;
 use crate::writer::writer_loop;
 
 /// Why a scan stopped.
@@ -294,7 +296,8 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         .canonicalize()
         .map_err(|e| StoreError::io("resolve directory", dir, e))?;
     let lock = DirLock::acquire(&dir)?;
-    let spare_ready = crate::prealloc::check_spare(&dir, opts.segment_bytes)?;
+    let dir_file = File::open(&dir).map_err(|e| StoreError::io("open directory", &dir, e))?;
+    let spare = crate::prealloc::check_spare(&dir, opts.segment_bytes)?;
 
     // 1. segments: headers and continuity
     let mut segs: Vec<SegInfo> = Vec::new();
@@ -444,18 +447,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
     let mut heads: QueueMap<Head> = QueueMap::with_hasher(hasher);
     let (replay_from, ck_state) = match &best {
         Some((slot, c)) => {
-            heads.reserve(c.queues.len());
-            for q in &c.queues {
-                let seqs = crate::format::jump_chain_seqs(q.last_seq);
-                heads.insert(
-                    q.queue,
-                    Head {
-                        last_seq: q.last_seq,
-                        last_peer_key: q.last_peer_key,
-                        chain: seqs.into_iter().zip(q.chain_keys.iter().copied()).collect(),
-                    },
-                );
-            }
+            heads = heads_from_checkpoint(c);
             (
                 c.position,
                 CkptState {
@@ -559,9 +551,12 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         let seg = Arc::new(Segment::new(s.base, s.path, seg_end));
         log.add_segment(seg.clone());
         if i + 1 == nsegs {
+            // a zero tail after the records: the segment was made from a preallocated spare
+            let preallocated = s.len > SEGMENT_HEADER_LEN + (end - s.base);
             active = Some(Active {
                 file: Arc::new(s.file),
                 seg,
+                preallocated,
             });
         }
     }
@@ -585,6 +580,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         active = Some(Active {
             file: Arc::new(file),
             seg,
+            preallocated: false,
         });
     }
     let published = PublishedHeads::new();
@@ -623,16 +619,20 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         end_lock: Mutex::new(()),
         end_cv: Condvar::new(),
         end_watch,
-        poison: Mutex::new(None),
-        poisoned: AtomicBool::new(false),
+        sync_idle_cv: Condvar::new(),
+        health: Health::new(),
+        fsync_failures: AtomicU64::new(0),
+        dir_file,
+        reserve: FdReserve::new(),
         closed: AtomicBool::new(false),
         stopped: AtomicBool::new(false),
         inject_fsync_failure: AtomicBool::new(false),
+        ckpt_position: AtomicU64::new(ck_state.position),
         ckpt: Mutex::new(ck_state),
         ckpt_signal: Mutex::new(false),
         ckpt_cv: Condvar::new(),
         prealloc: Mutex::new(PreallocState {
-            ready: spare_ready,
+            spare,
             ..PreallocState::default()
         }),
         prealloc_cv: Condvar::new(),
@@ -658,16 +658,12 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         .name("store-sync".into())
         .spawn(move || crate::writer::sync_loop(sy))
         .map_err(|e| StoreError::io("spawn sync thread", &dir, e))?;
-    let mut threads = vec![writer, syncer, ckpt];
-    if inner.opts.preallocate {
-        let p = inner.clone();
-        threads.push(
-            std::thread::Builder::new()
-                .name("store-prealloc".into())
-                .spawn(move || crate::prealloc::prealloc_loop(p))
-                .map_err(|e| StoreError::io("spawn preallocation thread", &dir, e))?,
-        );
-    }
+    let p = inner.clone();
+    let prealloc = std::thread::Builder::new()
+        .name("store-prealloc".into())
+        .spawn(move || crate::prealloc::prealloc_loop(p))
+        .map_err(|e| StoreError::io("spawn preallocation thread", &dir, e))?;
+    let threads = vec![writer, syncer, ckpt, prealloc];
     tracing::info!(
         dir = %dir.display(),
         log_start,
@@ -681,6 +677,24 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         threads: Mutex::new(threads),
         close_result: Mutex::new(None),
     })
+}
+
+/// The queue heads a checkpoint records.
+pub(crate) fn heads_from_checkpoint(c: &crate::format::Checkpoint) -> QueueMap<Head> {
+    let mut heads: QueueMap<Head> = QueueMap::with_hasher(QueueHasherBuilder::new());
+    heads.reserve(c.queues.len());
+    for q in &c.queues {
+        let seqs = crate::format::jump_chain_seqs(q.last_seq);
+        heads.insert(
+            q.queue,
+            Head {
+                last_seq: q.last_seq,
+                last_peer_key: q.last_peer_key,
+                chain: seqs.into_iter().zip(q.chain_keys.iter().copied()).collect(),
+            },
+        );
+    }
+    heads
 }
 
 /// Applies one record found during replay to the queue heads. A JUMP changes no queue (the

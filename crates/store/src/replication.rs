@@ -105,7 +105,7 @@ impl Store {
         if !self.inner.is_follower() {
             return Ticket::ready(Err(StoreError::NotFollower));
         }
-        if let Some(e) = self.inner.poison_error() {
+        if let Some(e) = self.inner.health.refusal() {
             return Ticket::ready(Err(e));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -125,7 +125,7 @@ impl Store {
         if !self.inner.is_follower() {
             return Ticket::ready(Err(StoreError::NotFollower));
         }
-        if let Some(e) = self.inner.poison_error() {
+        if let Some(e) = self.inner.health.refusal() {
             return Ticket::ready(Err(e));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -198,7 +198,7 @@ impl Store {
         if self.inner.is_follower() {
             return Ticket::ready(Err(StoreError::NotLeader));
         }
-        if let Some(e) = self.inner.poison_error() {
+        if let Some(e) = self.inner.health.refusal() {
             return Ticket::ready(Err(e));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();

@@ -9,7 +9,7 @@
 //!
 //! So the next batch is encoded and written while the previous one is being fsynced, and one
 //! fsync covers every append that arrived meanwhile. Nothing is visible to readers or
-//! acknowledged before it is durable. A failed write or fsync poisons the store.
+//! acknowledged before it is durable.
 //!
 //! Two submissions are processed alone in a writer turn (`process_control`): a promotion, which
 //! seals the log and opens a segment at a higher position with a JUMP record, and a withdrawal,
@@ -17,6 +17,15 @@
 //! queue back to its newest entry before them and writes WITHDRAW records with those heads. A
 //! replicated batch that opens with a JUMP is also processed alone, so the follower can open the
 //! same segment first. Both control records then go through the sync thread like any batch.
+//!
+//! **Failures.** A failed write (no space, no descriptor for the next segment, an I/O error) fails
+//! the batch being written; batches written before it are still fsynced and acknowledged. A failed
+//! fsync fails every batch written before it that is not yet acknowledged (the page cache can no
+//! longer be trusted for them), and every later one until recovery. Either way the store then
+//! refuses appends while the writer re-establishes its state from disk (`resume`), retrying with
+//! back-off, and resumes by itself. When the active segment grows and the disk is full but a
+//! zero-filled spare is ready, the writer seals the segment early and continues in the spare
+//! instead of failing.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -31,7 +40,8 @@ use crate::format::{
     MessageEncoder, MessageView, RecordCheck, ENTRY_FLAG_GROUP_CONTENT, RECORD_HEADER_LEN,
     RECORD_JUMP, RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
 };
-use crate::log::{sync_dir, Segment};
+use crate::health::Cause;
+use crate::log::Segment;
 use crate::options::Durability;
 use crate::prealloc::spare_path;
 use crate::queue::{Head, Published, QueueMap};
@@ -69,11 +79,28 @@ impl Outcome {
     }
 }
 
+/// Fails `outcomes`: the first gets `first`, the others a copy of it.
+fn fail_all(outcomes: impl IntoIterator<Item = Outcome>, first: StoreError) {
+    let copy = first.duplicate();
+    let mut first = Some(first);
+    for o in outcomes {
+        o.fail(first.take().unwrap_or_else(|| copy.duplicate()));
+    }
+}
+
 /// Body of the writer thread.
 pub(crate) fn writer_loop(inner: Arc<Inner>) {
     loop {
+        // While recovering, an attempt is made whenever one is due; submissions arriving
+        // meanwhile are refused at once (never left waiting).
+        let next_attempt = if inner.health.is_recovering() {
+            inner.recovery_step(false)
+        } else {
+            None
+        };
         let mut batch = Vec::new();
         let mut periodic_sync = false;
+        let mut attempt_due = false;
         {
             let mut p = inner.pending.lock();
             loop {
@@ -84,6 +111,18 @@ pub(crate) fn writer_loop(inner: Arc<Inner>) {
                     inner.syncq.lock().closing = true;
                     inner.sync_cv.notify_all();
                     return;
+                }
+                if let Some(at) = next_attempt {
+                    if inner.pending_cv.wait_until(&mut p, at).timed_out() && p.queue.is_empty() {
+                        attempt_due = true;
+                        break;
+                    }
+                    continue;
+                }
+                if inner.health.is_recovering() {
+                    // a failure was reported by another thread (sync thread, checkpointer)
+                    attempt_due = true;
+                    break;
                 }
                 match inner.opts.durability {
                     Durability::Interval(every) if inner_unsynced(&inner) => {
@@ -116,15 +155,20 @@ pub(crate) fn writer_loop(inner: Arc<Inner>) {
                 }
             }
         }
+        if attempt_due {
+            continue;
+        }
         if periodic_sync {
             inner.interval_sync();
             continue;
         }
         // A bug must not leave waiters hanging or the log half-written without anyone noticing:
-        // poison the store and stop.
+        // fail the store for good and stop.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.process(batch)));
         if r.is_err() {
-            inner.set_poison("the writer thread panicked".into());
+            inner
+                .health
+                .fail_for_good("the writer thread panicked".into());
             inner.syncq.lock().closing = true;
             inner.sync_cv.notify_all();
             let mut p = inner.pending.lock();
@@ -149,73 +193,103 @@ pub(crate) struct Written {
     pub(crate) spent: Vec<Vec<NewMessage>>,
     /// The segment the batch ended in (earlier segments were fsynced when they were sealed).
     pub(crate) file: Option<Arc<std::fs::File>>,
+    /// `Inner::fsync_failures` when the batch was written.
+    pub(crate) fsync_epoch: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct SyncQueue {
     pub items: std::collections::VecDeque<Written>,
     pub closing: bool,
+    /// The sync thread is working on items it took from the queue.
+    pub busy: bool,
+    /// A batch was refused after a failed fsync: every later one is refused too (the log end is
+    /// cumulative) until the writer has recovered.
+    pub failing: bool,
 }
 
 /// Body of the sync thread: fsyncs once for everything written so far (durability `Always`),
 /// then publishes the batches in order — cache, log end, queue heads — and completes their
-/// tickets. A failed fsync poisons the store and fails every waiting ticket.
+/// tickets. A failed fsync refuses every batch it may have covered and starts a recovery.
 pub(crate) fn sync_loop(inner: Arc<Inner>) {
     loop {
-        let items: Vec<Written> = {
+        let (items, mut failing) = {
             let mut q = inner.syncq.lock();
+            q.busy = false;
+            if q.items.is_empty() {
+                inner.sync_idle_cv.notify_all();
+            }
             while q.items.is_empty() && !q.closing {
                 inner.sync_cv.wait(&mut q);
             }
             if q.items.is_empty() {
+                inner.sync_idle_cv.notify_all();
                 return;
             }
-            q.items.drain(..).collect()
+            q.busy = true;
+            (q.items.drain(..).collect::<Vec<Written>>(), q.failing)
         };
-        let mut failure = inner.poison_error();
-        if failure.is_none() && inner.opts.durability == Durability::Always {
+        let mut failure: Option<StoreError> = None;
+        if inner.health.is_failed() {
+            failure = inner.health.refusal();
+        }
+        if failure.is_none() && !failing && inner.opts.durability == Durability::Always {
             if let Some(f) = items.last().and_then(|w| w.file.as_ref()) {
-                let r = if inner.inject_fsync_failure.load(Ordering::Acquire) {
-                    Err(std::io::Error::other("injected fsync failure"))
-                } else {
-                    f.sync_data()
-                };
-                match r {
+                match inner.fsync(f, &inner.dir, true) {
                     Ok(()) => {
                         inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(e) => {
-                        let path = inner
-                            .log
-                            .segment_for(items[0].start)
-                            .map(|s| s.path.clone())
-                            .unwrap_or_else(|| inner.dir.clone());
-                        let err = StoreError::io("fsync", path, e);
-                        inner.set_poison(err.to_string());
+                    Err(err) => {
+                        // name the segment rather than the directory
+                        let err = match err {
+                            StoreError::Io { op, source, .. } => StoreError::Io {
+                                op,
+                                path: inner
+                                    .log
+                                    .segment_for(items[items.len() - 1].start)
+                                    .map(|s| s.path.clone())
+                                    .unwrap_or_else(|| inner.dir.clone()),
+                                offset: None,
+                                source,
+                            },
+                            e => e,
+                        };
+                        inner.enter_recovery(&err);
                         failure = Some(err);
                     }
                 }
             }
         }
-        if let Some(err) = failure {
-            let mut first = Some(err);
-            for w in items {
-                for o in w.outcomes {
-                    let e = match first.take() {
-                        Some(e) => e,
-                        None => inner
-                            .poison_error()
-                            .unwrap_or(StoreError::Poisoned("fsync failed".into())),
-                    };
-                    o.fail(e);
-                }
-            }
-            continue;
-        }
-        let end = items.last().map_or(0, |w| w.end);
+        // A failed fsync anywhere (here, at a roll, in a checkpoint) since a batch was written
+        // may have covered it: refuse it, and everything after it.
+        let epoch = inner.fsync_failures.load(Ordering::Acquire);
         let mut done = Vec::with_capacity(items.len());
         let mut spent = Vec::with_capacity(items.len());
+        let mut end = 0;
+        let mut published = false;
         for w in items {
+            if failing || failure.is_some() || w.fsync_epoch != epoch {
+                if !failing {
+                    failing = true;
+                    inner.syncq.lock().failing = true;
+                    if !inner.health.is_refusing() {
+                        let e = StoreError::Poisoned(
+                            "an fsync failed before this append was durable".into(),
+                        );
+                        inner.enter_recovery(&e);
+                    }
+                }
+                let e = match failure.take() {
+                    Some(e) => e,
+                    None => inner.health.refusal().unwrap_or_else(|| {
+                        StoreError::Poisoned(
+                            "an fsync failed before this append was durable".into(),
+                        )
+                    }),
+                };
+                fail_all(w.outcomes, e);
+                continue;
+            }
             // Order matters: readers do not take the writer's locks. They look up a queue head
             // first and then read the log up to `durable_end`, so the log end must cover a
             // batch before any of its queue heads is published. (Publishing the heads first let
@@ -225,17 +299,24 @@ pub(crate) fn sync_loop(inner: Arc<Inner>) {
             inner.log.cache_push(w.start, w.buf);
             inner.log.durable_end.store(w.end, Ordering::Release);
             inner.heads.set_many(&w.updates);
+            end = w.end;
+            published = true;
             done.push(w.outcomes);
             spent.push(w.spent);
         }
-        inner.notify_end();
+        if published {
+            inner.notify_end();
+        }
         for o in done.into_iter().flatten() {
             o.complete();
         }
         drop(spent);
-        let ck = inner.ckpt.lock().position;
-        if end.saturating_sub(ck) >= inner.opts.checkpoint_bytes {
-            inner.wake_checkpointer();
+        if published {
+            // not the checkpoint's lock: a checkpoint in progress waits for this thread
+            let ck = inner.ckpt_position.load(Ordering::Acquire);
+            if end.saturating_sub(ck) >= inner.opts.checkpoint_bytes {
+                inner.wake_checkpointer();
+            }
         }
     }
 }
@@ -249,7 +330,7 @@ impl Inner {
     fn interval_sync(&self) {
         let mut st = self.state.lock();
         if let Err(e) = self.sync_active(&mut st) {
-            self.set_poison(e.to_string());
+            self.enter_recovery(&e);
         }
     }
 
@@ -259,16 +340,7 @@ impl Inner {
             return Ok(());
         }
         if let Some(a) = st.active.as_ref() {
-            if self.inject_fsync_failure.load(Ordering::Acquire) {
-                return Err(StoreError::io(
-                    "fsync",
-                    &a.seg.path,
-                    std::io::Error::other("injected fsync failure"),
-                ));
-            }
-            a.file
-                .sync_data()
-                .map_err(|e| StoreError::io("fsync", &a.seg.path, e))?;
+            self.fsync(&a.file, &a.seg.path, true)?;
             self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
         }
         st.unsynced = false;
@@ -277,7 +349,7 @@ impl Inner {
     }
 
     fn process(&self, mut batch: Vec<Submission>) {
-        if let Some(e) = self.poison_error() {
+        if let Some(e) = self.health.refusal() {
             for s in batch {
                 s.fail(e.duplicate());
             }
@@ -302,7 +374,7 @@ impl Inner {
             if self.is_follower() && b.start > st.end && b.jump_from() == Some(st.end) {
                 let (from, to) = (st.end, b.start);
                 if let Err(e) = self.roll_at(&mut st, from, to) {
-                    self.set_poison(e.to_string());
+                    self.enter_recovery(&e);
                     drop(st);
                     for s in batch {
                         s.fail(e.duplicate());
@@ -314,6 +386,7 @@ impl Inner {
             }
         }
         let start = st.end;
+        let fsync_epoch = self.fsync_failures.load(Ordering::Acquire);
         let mut buf = self.log.take_buffer(batch.iter().map(|s| s.bytes()).sum());
         let mut bounds: Vec<usize> = Vec::new();
         let mut updates: Vec<(QueueId, Published)> = Vec::new();
@@ -377,18 +450,10 @@ impl Inner {
             return;
         }
         if let Err(e) = self.write_batch(&mut st, start, &buf, &bounds) {
-            self.set_poison(e.to_string());
+            // The queue heads already count this batch: the recovery rebuilds them from disk.
+            self.enter_recovery(&e);
             drop(st);
-            let mut first = Some(e);
-            for o in outcomes {
-                let err = match first.take() {
-                    Some(e) => e,
-                    None => self
-                        .poison_error()
-                        .unwrap_or(StoreError::Poisoned("write failed".into())),
-                };
-                o.fail(err);
-            }
+            fail_all(outcomes, e);
             return;
         }
         let end = start + buf.len() as u64;
@@ -398,7 +463,10 @@ impl Inner {
             // under continuous load the idle-time sync in the loop never fires
             if st.last_sync.elapsed() >= every {
                 if let Err(e) = self.sync_active(&mut st) {
-                    self.set_poison(e.to_string());
+                    self.enter_recovery(&e);
+                    drop(st);
+                    fail_all(outcomes, e);
+                    return;
                 }
             }
         }
@@ -421,6 +489,7 @@ impl Inner {
             outcomes,
             spent,
             file,
+            fsync_epoch,
         });
         drop(q);
         self.sync_cv.notify_one();
@@ -438,6 +507,7 @@ impl Inner {
         let seg_limit = self.opts.segment_bytes.saturating_sub(SEGMENT_HEADER_LEN);
         let mut off = 0usize;
         let mut bi = 0usize; // first bound > off
+        let mut early_roll_tried = false;
         while off < buf.len() {
             let pos = start + off as u64;
             let active = st
@@ -457,10 +527,29 @@ impl Inner {
                 continue;
             };
             let file_off = SEGMENT_HEADER_LEN + used;
-            active
-                .file
-                .write_all_at(&buf[off..cut], file_off)
-                .map_err(|e| StoreError::io_at("write", &active.seg.path, file_off, e))?;
+            if let Err(e) = active.file.write_all_at(&buf[off..cut], file_off) {
+                let err = StoreError::io_at("write", &active.seg.path, file_off, e);
+                // Out of space while the segment grows, with zero-filled space waiting in the
+                // spare: seal this segment here and continue in the spare. Positions do not
+                // depend on where segments end, so the batch stays as encoded.
+                if !early_roll_tried
+                    && used > 0
+                    && !active.preallocated
+                    && Cause::of(&err) == Cause::NoSpace
+                    && self
+                        .prealloc
+                        .lock()
+                        .spare
+                        .as_ref()
+                        .is_some_and(|s| s.zero_filled)
+                {
+                    early_roll_tried = true;
+                    tracing::warn!(error = %err, "disk full: continuing in the preallocated spare segment");
+                    self.roll(st, pos)?;
+                    continue;
+                }
+                return Err(err);
+            }
             active.seg.end.store(start + cut as u64, Ordering::Release);
             bi = bounds.partition_point(|&b| b <= cut);
             off = cut;
@@ -470,7 +559,7 @@ impl Inner {
     }
 
     /// Seals the active segment (trimmed to its records, fsynced) and starts a new one whose
-    /// first record is at `base`, from the preallocated spare when one is ready.
+    /// first record is at `base`, from the spare prepared ahead when one is ready.
     fn roll(&self, st: &mut WriterState, base: u64) -> Result<(), StoreError> {
         self.roll_at(st, base, base)
     }
@@ -493,70 +582,73 @@ impl Inner {
                 .set_len(len)
                 .map_err(|e| StoreError::io_at("trim segment", &old.seg.path, len, e))?;
             if sync {
-                old.file
-                    .sync_all()
-                    .map_err(|e| StoreError::io("fsync", &old.seg.path, e))?;
+                self.fsync(&old.file, &old.seg.path, false)?;
             }
         }
         let path = self.dir.join(segment_file_name(base));
-        let spare_ready = {
-            let mut p = self.prealloc.lock();
-            std::mem::replace(&mut p.ready, false)
-        };
-        let file = if spare_ready {
-            // header first, then the rename: a segment under its final name always has one
-            let spare = spare_path(&self.dir);
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&spare)
-                .map_err(|e| StoreError::io("open spare segment", &spare, e))?;
-            file.write_all_at(&encode_segment_header(base), 0)
-                .map_err(|e| StoreError::io_at("write segment header", &spare, 0, e))?;
-            if sync {
-                file.sync_data()
-                    .map_err(|e| StoreError::io("fsync", &spare, e))?;
+        let spare = self.prealloc.lock().spare.take();
+        let (file, preallocated) = match spare {
+            Some(spare) => {
+                // header first, then the rename: a segment under its final name always has one
+                let sp = spare_path(&self.dir);
+                spare
+                    .file
+                    .write_all_at(&encode_segment_header(base), 0)
+                    .map_err(|e| StoreError::io_at("write segment header", &sp, 0, e))?;
+                if sync {
+                    self.fsync(&spare.file, &sp, spare.zero_filled)?;
+                }
+                std::fs::rename(&sp, &path)
+                    .map_err(|e| StoreError::io("rename spare segment", &path, e))?;
+                (spare.file, spare.zero_filled)
             }
-            std::fs::rename(&spare, &path)
-                .map_err(|e| StoreError::io("rename spare segment", &path, e))?;
-            file
-        } else {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .open(&path)
-                .map_err(|e| StoreError::io("create segment", &path, e))?;
-            file.write_all_at(&encode_segment_header(base), 0)
-                .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
-            if sync {
-                file.sync_data()
-                    .map_err(|e| StoreError::io("fsync", &path, e))?;
+            None => {
+                let file = self
+                    .open_file(
+                        OpenOptions::new().read(true).write(true).create_new(true),
+                        &path,
+                    )
+                    .map_err(|e| StoreError::io("create segment", &path, e))?;
+                file.write_all_at(&encode_segment_header(base), 0)
+                    .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
+                if sync {
+                    self.fsync(&file, &path, true)?;
+                }
+                (file, false)
             }
-            file
         };
         if sync {
-            sync_dir(&self.dir)?;
+            self.sync_dir()?;
         }
         let seg = Arc::new(Segment::new(base, path, base));
         self.log.add_segment(seg.clone());
         st.active = Some(Active {
             file: Arc::new(file),
             seg,
+            preallocated,
         });
         st.spare_requested = false;
         Ok(())
     }
 
-    /// Asks the preallocator for a spare once the active segment is half full.
+    /// Asks the preallocator for the next segment once the active one is half full.
     pub(crate) fn maybe_request_spare(&self, st: &mut WriterState) {
-        if !self.opts.preallocate || st.spare_requested {
+        if st.spare_requested {
             return;
         }
         let Some(a) = st.active.as_ref() else { return };
-        if (st.end - a.seg.base) * 2 >= self.opts.segment_bytes {
+        let used = st.end - a.seg.base;
+        if used * 2 >= self.opts.segment_bytes {
             st.spare_requested = true;
-            self.prealloc.lock().wanted = true;
+            let growth = if a.preallocated {
+                0
+            } else {
+                self.opts.segment_bytes.saturating_sub(used)
+            };
+            let mut p = self.prealloc.lock();
+            p.wanted = true;
+            p.active_growth = growth;
+            drop(p);
             self.prealloc_cv.notify_one();
         }
     }

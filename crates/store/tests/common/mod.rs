@@ -77,3 +77,114 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
         std::thread::park();
     }
 }
+
+/// Waits for a ticket at most `limit`; panics if it is not resolved by then (a hang).
+pub fn wait_bounded<T>(
+    mut t: store::Ticket<T>,
+    limit: std::time::Duration,
+) -> Result<T, store::StoreError> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(r) = t.try_take() {
+            return r;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an append was neither acknowledged nor refused within {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Every entry of `q`, oldest first (syncing from key 0 until caught up).
+pub fn read_queue(s: &store::Store, q: QueueId) -> Vec<store::StoredMessage> {
+    let mut out = Vec::new();
+    let mut key = 0;
+    loop {
+        let p = s.sync(q, key, 1000).unwrap();
+        key = p.last_key;
+        out.extend(p.messages);
+        if !p.has_more {
+            return out;
+        }
+    }
+}
+
+/// Waits (at most `limit`) until the store accepts appends again.
+pub fn wait_accepting(s: &store::Store, limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    while !s.accepts_appends() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not resume within {limit:?}: {:?}",
+            s.health()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A tmpfs of a given size mounted on a fresh temporary directory, unmounted on drop. Mounting
+/// needs root (the CI runs the tests as root); without it the test fails saying so.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size_mb: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount(8)");
+        assert!(
+            out.status.success(),
+            "this test mounts a {size_mb} MiB tmpfs to fill a real filesystem and needs root \
+             (the CI runs the tests as root): mount said {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem with `ballast` until no space is left; returns its size.
+    pub fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path().join("ballast")).unwrap();
+        let chunk = vec![0x5au8; 64 << 10];
+        let mut n = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(w) => n += w as u64,
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        n
+    }
+
+    /// Frees what [`Tmpfs::fill`] took.
+    pub fn free(&self) {
+        std::fs::remove_file(self.path().join("ballast")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // still busy (a store not yet closed): detach it so the directory can go
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+}

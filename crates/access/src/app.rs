@@ -196,6 +196,8 @@ pub struct Services {
     pub push: PushSink,
     /// The sensitive-word filter, when a word file is configured.
     pub words: Option<SharedWordFilter>,
+    /// The app API (media, device binding, supporters), unless disabled.
+    pub app_api: Option<Arc<crate::app_api::AppApi>>,
 }
 
 /// Everything a handler needs.
@@ -208,6 +210,8 @@ pub struct App {
     pub groups: GroupDirectory,
     pub push: PushSink,
     pub words: Option<SharedWordFilter>,
+    /// The app API the SDKs call (media, device binding, supporters), unless disabled.
+    pub app_api: Option<Arc<crate::app_api::AppApi>>,
     /// Links to the routers: presence and cross-node delivery (no-ops on a single node).
     pub links: Arc<RouteLinks>,
     routed: parking_lot::Mutex<Option<RoutedDispatch>>,
@@ -248,6 +252,7 @@ impl App {
                 groups: services.groups,
                 push: services.push,
                 words: services.words,
+                app_api: services.app_api,
                 route: RouteTable::default(),
                 rooms: RoomTable::default(),
                 stats: Stats::default(),

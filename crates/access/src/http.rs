@@ -844,6 +844,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(crate::health::healthz))
         .route("/readyz", get(crate::health::readyz))
         .merge(crate::admin::routes())
+        .merge(crate::app_api::admin_routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), require_secret))

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod app_api;
 pub mod config;
 pub mod customer;
 pub mod group;
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use app::{App, Routers, Services, StoreClient, StoreFailure};
+pub use app_api::{AppApi, AppApiConfig};
 pub use config::{ApiConfig, ServerConfig, SyncConfig};
 
 /// Why the node could not start. The operator's fault (configuration) or the environment's (ports).
@@ -54,6 +56,8 @@ pub struct Addrs {
     pub ws: Option<SocketAddr>,
     pub wss: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
+    /// The app API's own listener (`app_api.listen`), when configured.
+    pub app_api: Option<SocketAddr>,
 }
 
 /// A running access node.
@@ -137,12 +141,17 @@ impl AccessNode {
         let ws = bind("server.ws", &cfg.ws).await?;
         let wss = bind("server.wss", &cfg.wss).await?;
         let http = bind("api.listen", &api_listen).await?;
+        let app_api_listener = match &app.app_api {
+            Some(api) => bind("app_api.listen", api.config.listen.trim()).await?,
+            None => None,
+        };
         let addrs = Addrs {
             tcp: local(&tcp),
             tls: local(&tls),
             ws: local(&ws),
             wss: local(&wss),
             http: local(&http),
+            app_api: local(&app_api_listener),
         };
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
@@ -175,7 +184,21 @@ impl AccessNode {
             tracker.spawn(listener::serve_ws(l, ctx.clone(), Some(a)));
         }
         if let Some(l) = http {
-            let router = http::router(app.clone());
+            let mut router = http::router(app.clone());
+            if let Some(api) = app.app_api.as_ref().filter(|a| a.config.on_api_listener) {
+                router = router.merge(app_api::router(app.clone(), api.clone(), false));
+            }
+            tracker.spawn(listener::serve_api(
+                l,
+                app.clone(),
+                router,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+        }
+        if let (Some(l), Some(api)) = (app_api_listener, app.app_api.clone()) {
+            // The same admission as the API listener: connection limit and header timeout.
+            let router = app_api::router(app.clone(), api, true);
             tracker.spawn(listener::serve_api(
                 l,
                 app.clone(),

@@ -3,7 +3,8 @@
 //!
 //! Tables: `tokens` (SHA-256 of the token → appid, uid, user name; the token itself is never stored),
 //! `users` (flags, peer sync-key hint, unread count), `group_sync_keys`, `devices` (device string and
-//! platform → integer id from an AUTOINCREMENT key, so ids start at 1 and are never reused).
+//! platform → integer id from an AUTOINCREMENT key, so ids start at 1 and are never reused),
+//! `push_devices` and `supporters` (used by [`crate::devices`] and [`crate::supporters`]).
 //!
 //! Valid stored tokens are cached in a bounded in-memory map in front of SQLite; `revoke` removes the
 //! entry, and a lookup racing with a revoke never re-inserts it (see [`crate::cache`]). Device ids
@@ -81,6 +82,25 @@ const SCHEMA: &[&str] = &[
         at INTEGER NOT NULL,
         pad BLOB
     )",
+    // Push device tokens bound through the app API (see `crate::devices`).
+    "CREATE TABLE IF NOT EXISTS push_devices (
+        appid INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        provider TEXT NOT NULL,
+        token TEXT NOT NULL,
+        bound_at INTEGER NOT NULL,
+        PRIMARY KEY (appid, uid, provider, token)
+    ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS push_devices_by_token ON push_devices (appid, provider, token)",
+    // Customer-service supporters managed with the admin API (see `crate::supporters`).
+    "CREATE TABLE IF NOT EXISTS supporters (
+        store_id INTEGER NOT NULL,
+        seller_id INTEGER NOT NULL,
+        appid INTEGER NOT NULL,
+        name TEXT NOT NULL,
+        appname TEXT NOT NULL,
+        PRIMARY KEY (store_id, seller_id)
+    ) WITHOUT ROWID",
 ];
 
 /// The result of a write made on `conn`. When it failed, whatever transaction it left open is
@@ -247,6 +267,11 @@ impl Embedded {
 
     pub(crate) fn write_behind(&self) -> &WriteBehind {
         &self.wb
+    }
+
+    /// The connection pool, for the tables other modules own (`push_devices`, `supporters`).
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
     }
 
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Option<AuthInfo>, BackendError> {

@@ -1,5 +1,6 @@
 //! The backend: everything the access server needs that is not messages — stored tokens and JWTs,
-//! user flags (`forbidden`, `notification_on`), device ids, sync-key hints and unread counts.
+//! user flags (`forbidden`, `notification_on`), device ids, sync-key hints and unread counts, push
+//! device tokens ([`devices`]) and customer-service supporters ([`supporters`]).
 //!
 //! [`Backend`] is one type with two variants chosen at start-up:
 //! * [`Backend::open_embedded`]: a SQLite file (zero setup, the default of `banter serve`);
@@ -14,6 +15,7 @@
 use std::sync::Arc;
 
 mod cache;
+pub mod devices;
 pub mod embedded;
 mod error;
 pub mod groups;
@@ -22,9 +24,11 @@ pub mod moderation;
 mod options;
 pub mod push;
 pub mod redis_backend;
+pub mod supporters;
 mod token;
 pub mod write_behind;
 
+pub use devices::{BoundDevice, PushProvider};
 pub use error::BackendError;
 pub use groups::{Group, GroupChange, GroupDirectory, Member};
 pub use health::BackendHealth;
@@ -35,6 +39,7 @@ pub use options::{
     DEFAULT_MAX_MEMBERS, DEFAULT_MAX_RECEIVERS_PER_JOB, DEFAULT_PUSH_QUEUE_CAPACITY,
 };
 pub use push::{PushJob, PushSink};
+pub use supporters::Supporter;
 pub use token::fingerprint as token_fingerprint;
 
 /// Who a token belongs to.
@@ -291,6 +296,67 @@ impl Backend {
         match self {
             Backend::Embedded(b) => b.flush().await,
             Backend::Redis(b) => b.flush().await,
+        }
+    }
+
+    /// Binds push device tokens to the user (`POST /device/bind`); a token bound to another user of
+    /// the app before is moved. See [`devices`] for where they are kept.
+    pub async fn bind_devices(
+        &self,
+        appid: i64,
+        uid: i64,
+        tokens: &[(PushProvider, String)],
+    ) -> Result<(), BackendError> {
+        check_ids(appid, uid)?;
+        devices::check_tokens(tokens)?;
+        match self {
+            Backend::Embedded(b) => b.bind_devices(appid, uid, tokens).await,
+            Backend::Redis(b) => b.bind_devices(appid, uid, tokens).await,
+        }
+    }
+
+    /// Unbinds push device tokens from the user (`POST /device/unbind`); returns how many were bound.
+    pub async fn unbind_devices(
+        &self,
+        appid: i64,
+        uid: i64,
+        tokens: &[(PushProvider, String)],
+    ) -> Result<u64, BackendError> {
+        check_ids(appid, uid)?;
+        devices::check_tokens(tokens)?;
+        match self {
+            Backend::Embedded(b) => b.unbind_devices(appid, uid, tokens).await,
+            Backend::Redis(b) => b.unbind_devices(appid, uid, tokens).await,
+        }
+    }
+
+    /// The user's bound devices, most recently bound first: what offline push sends to.
+    pub async fn devices(&self, appid: i64, uid: i64) -> Result<Vec<BoundDevice>, BackendError> {
+        check_ids(appid, uid)?;
+        match self {
+            Backend::Embedded(b) => b.devices(appid, uid).await,
+            Backend::Redis(b) => b.devices(appid, uid).await,
+        }
+    }
+
+    /// Replaces the supporters of a store (admin API).
+    pub async fn set_supporters(
+        &self,
+        store_id: i64,
+        list: &[Supporter],
+    ) -> Result<(), BackendError> {
+        supporters::check(store_id, list)?;
+        match self {
+            Backend::Embedded(b) => b.set_supporters(store_id, list).await,
+            Backend::Redis(b) => b.set_supporters(store_id, list).await,
+        }
+    }
+
+    /// The supporters of a store set through the admin API.
+    pub async fn supporters(&self, store_id: i64) -> Result<Vec<Supporter>, BackendError> {
+        match self {
+            Backend::Embedded(b) => b.supporters(store_id).await,
+            Backend::Redis(b) => b.supporters(store_id).await,
         }
     }
 

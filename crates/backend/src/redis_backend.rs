@@ -205,6 +205,12 @@ impl RedisBackend {
         &self.wb
     }
 
+    /// A handle on the shared connection, for the keys other modules own (`crate::devices`,
+    /// `crate::supporters`).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
     pub(crate) async fn authenticate(&self, token: &str) -> Result<Option<AuthInfo>, BackendError> {
         if let Some(jwt) = &self.jwt {
             if token::looks_like_jwt(token) {

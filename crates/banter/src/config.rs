@@ -7,8 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use access::{ApiConfig, ServerConfig, SyncConfig};
+use access::{ApiConfig, AppApiConfig, ServerConfig, SyncConfig};
 use backend::{JwtOptions, MysqlGroupOptions, RedisPushOptions, WebhookOptions};
+use media::MediaConfig;
 use serde::{Deserialize, Serialize};
 
 /// The documented default configuration. `banter serve` without a config file behaves exactly as if
@@ -24,6 +25,10 @@ pub struct Config {
     pub server: ServerConfig,
     pub sync: SyncConfig,
     pub api: ApiConfig,
+    /// The app API the SDKs call (uploads, device binding, supporters).
+    pub app_api: AppApiConfig,
+    /// Where uploads are kept and their limits.
+    pub media: MediaConfig,
     pub store: StoreConfig,
     pub auth: AuthConfig,
     pub groups: GroupsConfig,
@@ -368,6 +373,8 @@ impl Config {
                 proto::MAX_BODY_LEN
             ));
         }
+        errors.extend(self.app_api.validate());
+        errors.extend(self.media.validate());
         if self.sync.batch_messages == 0 {
             errors.push("sync.batch_messages must be > 0".into());
         }
@@ -418,6 +425,26 @@ mod tests {
         assert!(e.contains("store.durability"), "{e}");
         assert!(e.contains("auth.backend"), "{e}");
         assert!(e.contains("log.format"), "{e}");
+    }
+
+    #[test]
+    fn media_and_app_api_sections_are_validated() {
+        let text = "[media]\nbackend = \"ftp\"\naccess = \"everyone\"\nthumbnail_sizes = []\n[app_api]\nprefix = \"/v{x}\"\npublic_url = \"im.example.com\"\n";
+        let e = Config::from_parts(text, std::iter::empty()).unwrap_err();
+        for key in [
+            "media.backend",
+            "media.access",
+            "media.thumbnail_sizes",
+            "app_api.prefix",
+            "app_api.public_url",
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
+        let e = Config::from_parts("[media]\nbackend = \"s3\"\n", std::iter::empty()).unwrap_err();
+        assert!(e.contains("media.s3.bucket"), "{e}");
+        let env = vec![("BANTER_MEDIA__S3__BUCKET".to_string(), "photos".to_string())];
+        let c = Config::from_parts("[media]\nbackend = \"s3\"\n", env.into_iter()).expect("valid");
+        assert_eq!(c.media.s3.bucket, "photos");
     }
 
     #[test]

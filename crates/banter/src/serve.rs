@@ -34,6 +34,8 @@ pub enum ServeError {
     Access(#[from] access::StartError),
     #[error("store nodes: {0}")]
     Remote(#[from] cluster::store_client::RemoteStoreError),
+    #[error("media storage: {0}")]
+    Media(#[from] media::MediaError),
 }
 
 /// A running access node (a whole single-node server, or one access node of a cluster).
@@ -124,6 +126,19 @@ pub fn open_words(config: &Config) -> Result<Option<SharedWordFilter>, ServeErro
     Ok(Some(WordFilter::try_watch(&m.words_file, interval)?))
 }
 
+/// Opens the app API and its media storage, unless `app_api.enabled` is false.
+pub fn open_app_api(config: &Config) -> Result<Option<Arc<access::AppApi>>, ServeError> {
+    if !config.app_api.enabled {
+        return Ok(None);
+    }
+    let media = Arc::new(media::Media::open(&config.media, &config.data.dir)?);
+    info!(backend = media.storage().kind(), "media storage ready");
+    Ok(Some(Arc::new(access::AppApi::new(
+        config.app_api.clone(),
+        media,
+    ))))
+}
+
 /// An access node that shares routers with others but keeps tokens or groups in its own embedded
 /// databases would disagree with its peers (a token granted on one node unknown on the next, a group
 /// created on one node refused on the others): say so at start-up.
@@ -133,6 +148,9 @@ fn warn_unshared_state(config: &Config) {
     }
     if config.auth.backend == "embedded" {
         warn!("cluster mode with auth.backend = \"embedded\": tokens granted on this node are unknown to the other access nodes (JWTs work everywhere); use auth.backend = \"redis\" to share them");
+    }
+    if config.app_api.enabled && config.media.backend == "local" {
+        warn!("cluster mode with media.backend = \"local\": files uploaded to this node can only be downloaded from it; use media.backend = \"s3\" to share them");
     }
     if config.groups.backend == "embedded" {
         warn!("cluster mode with groups.backend = \"embedded\": groups managed on this node are unknown to the other access nodes; use groups.backend = \"mysql\" to share them");
@@ -152,6 +170,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
     let groups = open_groups(config).await?;
     let push = open_push(config).await?;
     let words = open_words(config)?;
+    let app_api = open_app_api(config)?;
     let app = App::new(
         config.server.clone(),
         config.sync.clone(),
@@ -166,6 +185,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
             groups,
             push: push.clone(),
             words,
+            app_api,
         },
     );
     follow_forbidden(&app, &backend);

@@ -15,6 +15,8 @@ pub struct TestServer {
     /// Raw TLS and WSS listeners, when configured.
     pub tls: Option<SocketAddr>,
     pub wss: Option<SocketAddr>,
+    /// The app API's own listener, when `app_api.listen` is set.
+    pub app_api: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub config: Config,
     /// The running node (its app, store and backend), for tests that look inside.
@@ -63,6 +65,7 @@ impl TestServer {
             http: a.http.ok_or_else(|| missing("http"))?,
             tls: a.tls,
             wss: a.wss,
+            app_api: a.app_api,
             data_dir: config.data.dir.clone(),
             config,
             running: Some(running),
@@ -97,6 +100,9 @@ impl TestServer {
         config.server.tcp = "127.0.0.1:0".into();
         config.server.ws = "127.0.0.1:0".into();
         config.api.listen = "127.0.0.1:0".into();
+        if !config.app_api.listen.is_empty() {
+            config.app_api.listen = "127.0.0.1:0".into();
+        }
         let mut s = TestServer::start_config(config).await?;
         s._tmp = tmp;
         Ok(s)

@@ -538,3 +538,54 @@ async fn group_withheld_message_fails_the_run() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn media_uploads_and_downloads_every_byte() {
+    let s = TestServer::start().await.unwrap();
+    let env = env_for(&s, false);
+    let o = bench::scenario::media::MediaOptions {
+        clients: 4,
+        images: 12,
+        image_size: 20_000,
+        voices: 6,
+        voice_size: 50_000,
+        prefix: "/v2".into(),
+    };
+    let r = bench::scenario::media::run(&env, &o).await.unwrap();
+    assert!(r.ok, "{:?}", r.failures);
+    let v = json_of(&r);
+    for phase in [
+        "image_upload",
+        "image_download",
+        "voice_upload",
+        "voice_download",
+    ] {
+        assert!(
+            v[phase]["ops_per_sec"].as_f64().is_some_and(|x| x > 0.0),
+            "{v}"
+        );
+        assert!(
+            v[phase]["mib_per_sec"].as_f64().is_some_and(|x| x > 0.0),
+            "{v}"
+        );
+        assert_eq!(v[phase]["failed"], 0, "{v}");
+    }
+    assert_eq!(v["image_upload"]["ops"], 12);
+    assert_eq!(v["voice_download"]["ops"], 6);
+    assert_eq!(v["voice_download"]["bytes"], 6 * 50_000);
+    // A server that refuses the uploads fails the run.
+    let refusing = TestServer::start_with(|c| c.media.max_image_bytes = 1024)
+        .await
+        .unwrap();
+    let r = bench::scenario::media::run(&env_for(&refusing, false), &o)
+        .await
+        .unwrap();
+    assert!(!r.ok);
+    assert!(
+        r.failures.iter().any(|f| f.contains("413")),
+        "{:?}",
+        r.failures
+    );
+    s.stop().await;
+    refusing.stop().await;
+}

@@ -49,6 +49,9 @@ pub enum ScenarioCmd {
     Connections(ConnectionsArgs),
     /// The in-process message store benchmark.
     Store(StoreArgs),
+    /// The app API: concurrent clients upload and download images and voice clips; requests/s,
+    /// MB/s, latency, server memory.
+    Media(MediaArgs),
 }
 
 /// Transport for client connections.
@@ -290,6 +293,35 @@ pub struct ConnectionsArgs {
     /// Wait this long after the ramp before reading the server's memory.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub settle: Duration,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `media` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct MediaArgs {
+    /// Concurrent clients (one user and one keep-alive HTTP connection each).
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    /// Image uploads in all (each downloaded once afterwards).
+    #[arg(long, default_value_t = 2_000)]
+    pub images: u64,
+    /// Bytes per image.
+    #[arg(long, default_value_t = 100_000)]
+    pub image_size: usize,
+    /// Voice uploads in all (each downloaded once afterwards).
+    #[arg(long, default_value_t = 500)]
+    pub voices: u64,
+    /// Bytes per voice clip.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub voice_size: usize,
+    /// Path prefix of the app API.
+    #[arg(long, default_value = "/v2")]
+    pub prefix: String,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
@@ -644,6 +676,17 @@ pub async fn run_scenario(args: &BenchArgs) -> anyhow::Result<Report> {
             };
             with_target!(a, |env| scenario::connections::run(&env, &o))
         }
+        ScenarioCmd::Media(a) => {
+            let o = scenario::media::MediaOptions {
+                clients: a.clients,
+                images: a.images,
+                image_size: a.image_size,
+                voices: a.voices,
+                voice_size: a.voice_size,
+                prefix: a.prefix.clone(),
+            };
+            with_target!(a, |env| scenario::media::run(&env, &o))
+        }
         ScenarioCmd::Store(a) => {
             let o = scenario::store::StoreOptions {
                 messages: a.messages,
@@ -666,6 +709,7 @@ fn run_args(args: &BenchArgs) -> &RunArgs {
         ScenarioCmd::Room(a) => &a.run,
         ScenarioCmd::Connections(a) => &a.run,
         ScenarioCmd::Store(a) => &a.run,
+        ScenarioCmd::Media(a) => &a.run,
     }
 }
 

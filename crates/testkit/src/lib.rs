@@ -4,8 +4,9 @@
 //!
 //! * [`RedisServer`]: `redis-server` without persistence.
 //! * [`MariaDb`]: `mariadbd` on a fresh data directory, with an empty database `test`.
+//! * [`S3Server`]: an S3-compatible server (moto's `moto_server`, from PyPI `moto[server]`).
 //!
-//! A missing binary fails with a message naming the Debian package to install.
+//! A missing binary fails with a message naming the package to install.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -34,6 +35,13 @@ fn find_binary(name: &str, package: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
+    let mut extra_dirs = Vec::new();
+    if let Some(home) = std::env::var_os("HOME") {
+        // Where `pip install --user` and pyenv put console scripts.
+        extra_dirs.push(PathBuf::from(&home).join(".local/bin"));
+        extra_dirs.push(PathBuf::from(&home).join(".pyenv/shims"));
+    }
+    dirs.extend(extra_dirs);
     for extra in [
         "/usr/sbin",
         "/usr/local/sbin",
@@ -47,9 +55,7 @@ fn find_binary(name: &str, package: &str) -> PathBuf {
         .map(|d| d.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
-            panic!(
-                "testkit: `{name}` not found on PATH; install it (Debian/Ubuntu: `apt-get install -y {package}`) to run these tests"
-            )
+            panic!("testkit: `{name}` not found on PATH; install it ({package}) to run these tests")
         })
 }
 
@@ -80,7 +86,10 @@ pub struct RedisServer {
 impl RedisServer {
     /// Start `redis-server` and wait until it answers `PING` (panics with its log on failure).
     pub fn start() -> RedisServer {
-        let bin = find_binary("redis-server", "redis-server");
+        let bin = find_binary(
+            "redis-server",
+            "Debian/Ubuntu: `apt-get install -y redis-server`",
+        );
         let mut last_error = String::new();
         for _ in 0..START_ATTEMPTS {
             let dir = tempfile::tempdir().expect("testkit: cannot create a temporary directory");
@@ -189,8 +198,14 @@ impl MariaDb {
     /// Initialise a data directory, start `mariadbd`, wait until it accepts connections.
     /// Panics with the server's log on failure.
     pub fn start() -> MariaDb {
-        let server = find_binary("mariadbd", "mariadb-server");
-        let install = find_binary("mariadb-install-db", "mariadb-server");
+        let server = find_binary(
+            "mariadbd",
+            "Debian/Ubuntu: `apt-get install -y mariadb-server`",
+        );
+        let install = find_binary(
+            "mariadb-install-db",
+            "Debian/Ubuntu: `apt-get install -y mariadb-server`",
+        );
         let dir = tempfile::tempdir().expect("testkit: cannot create a temporary directory");
         let data = dir.path().join("data");
         let install_log = dir.path().join("install.log");
@@ -299,4 +314,94 @@ fn mysql_greeting(port: u16) -> bool {
     let mut buf = [0u8; 5];
     // 3-byte length, sequence id, then the protocol version 10 (0xff would be an error packet).
     stream.read_exact(&mut buf).is_ok() && buf[4] == 10
+}
+
+/// A private S3-compatible server (moto's `moto_server`) on a free loopback port, killed on drop.
+/// It keeps everything in memory and accepts any credentials; create buckets with
+/// [`S3Server::create_bucket`].
+pub struct S3Server {
+    child: Child,
+    port: u16,
+    _dir: TempDir,
+}
+
+impl S3Server {
+    /// Start `moto_server` and wait until it answers (panics with its log on failure).
+    pub fn start() -> S3Server {
+        let bin = find_binary("moto_server", "`pip install 'moto[server]'`");
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("testkit: cannot create a temporary directory");
+            let port = free_port();
+            let log = dir.path().join("moto.log");
+            let mut child = Command::new(&bin)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .current_dir(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(
+                    File::create(&log).expect("testkit: cannot create moto.log"),
+                ))
+                .stderr(Stdio::from(
+                    File::options()
+                        .append(true)
+                        .open(&log)
+                        .expect("testkit: cannot open moto.log"),
+                ))
+                .spawn()
+                .unwrap_or_else(|e| panic!("testkit: cannot spawn {}: {e}", bin.display()));
+            match wait_until(&mut child, Duration::from_secs(60), || {
+                http_status(port, "GET", "/") == Some(200)
+            }) {
+                Ok(()) => {
+                    return S3Server {
+                        child,
+                        port,
+                        _dir: dir,
+                    }
+                }
+                Err(why) => {
+                    stop(&mut child);
+                    last_error = format!("{why}; log:\n{}", log_tail(&log));
+                }
+            }
+        }
+        panic!("testkit: moto_server did not start: {last_error}");
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Creates bucket `name` (panics when the server refuses).
+    pub fn create_bucket(&self, name: &str) {
+        let status = http_status(self.port, "PUT", &format!("/{name}"));
+        assert_eq!(status, Some(200), "testkit: creating bucket {name} failed");
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+    }
+}
+
+/// The status of a body-less HTTP/1.1 request to the loopback port, `None` when it fails.
+fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(req.as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
 }

@@ -72,3 +72,25 @@ fn mariadb_starts_creates_test_db_and_stops() {
         "mariadb still listening after drop"
     );
 }
+
+#[test]
+fn s3_server_starts_creates_buckets_and_stops() {
+    let s3 = testkit::S3Server::start();
+    let port = s3.port();
+    assert_eq!(s3.endpoint(), format!("http://127.0.0.1:{port}"));
+    s3.create_bucket("testkit-bucket");
+    // The bucket is listed by the service.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to s3");
+    s.write_all(
+        format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    assert!(out.contains("<Name>testkit-bucket</Name>"), "{out}");
+    drop(s3);
+    assert!(
+        TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "s3 server still listening after drop"
+    );
+}

@@ -10,6 +10,7 @@
 
 pub mod connections;
 pub mod group;
+pub mod media;
 pub mod peer;
 pub mod room;
 pub mod store;

@@ -1,0 +1,159 @@
+//! Operator endpoints of the app API's data, on the API listener behind `api.secret` like the rest
+//! of the admin API (merged by `crate::http::router`):
+//!
+//! | Method and path | Body / query | Answer |
+//! |---|---|---|
+//! | `POST /admin/media/delete_user` | `{"appid", "uid"}` | `{"deleted_objects", "deleted_bytes"}` |
+//! | `GET /admin/media/usage` | `?appid=&uid=` | `{"bytes"}` |
+//! | `GET /admin/users/devices` | `?appid=&uid=` | `{"devices": [{"provider", "token", "bound_at"}]}` |
+//! | `POST /admin/supporters` | `{"store_id", "supporters": [{"seller_id", "appid", "name"?, "appname"?}]}` | `{}` |
+//! | `GET /admin/supporters` | `?store_id=` | `{"supporters": [...], "configured": [...]}` |
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use backend::Supporter;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppApi;
+use crate::app::App;
+use crate::http::{id, json_body, ApiError, Params};
+
+type ApiResult = Result<Response, ApiError>;
+
+fn app_api(app: &App) -> Result<&Arc<AppApi>, ApiError> {
+    app.app_api
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("the app API is disabled (app_api.enabled = false)"))
+}
+
+fn media_error(e: media::MediaError) -> ApiError {
+    node::warn_throttled!(error = %e, "media storage error in the admin API");
+    ApiError {
+        status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        message: format!("media storage error: {e}"),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserRef {
+    appid: i64,
+    uid: i64,
+}
+
+async fn delete_user(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: UserRef = json_body(&body)?;
+    if r.appid <= 0 || r.uid <= 0 {
+        return Err(ApiError::bad("`appid` and `uid` must be > 0"));
+    }
+    let removed = app_api(&app)?
+        .media
+        .delete_user(r.appid, r.uid)
+        .await
+        .map_err(media_error)?;
+    tracing::info!(
+        appid = r.appid,
+        uid = r.uid,
+        objects = removed.objects,
+        bytes = removed.bytes,
+        "deleted a user's media"
+    );
+    Ok(
+        Json(json!({"deleted_objects": removed.objects, "deleted_bytes": removed.bytes}))
+            .into_response(),
+    )
+}
+
+async fn usage(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let uid = id(&q, "uid")?;
+    let bytes = app_api(&app)?
+        .media
+        .usage(appid, uid)
+        .await
+        .map_err(media_error)?;
+    Ok(Json(json!({ "bytes": bytes })).into_response())
+}
+
+async fn devices(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let uid = id(&q, "uid")?;
+    let list: Vec<_> = app
+        .backend
+        .devices(appid, uid)
+        .await?
+        .into_iter()
+        .map(|d| json!({"provider": d.provider.name(), "token": d.token, "bound_at": d.bound_at}))
+        .collect();
+    Ok(Json(json!({ "devices": list })).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SupporterEntry {
+    seller_id: i64,
+    appid: i64,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    appname: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetSupporters {
+    store_id: i64,
+    supporters: Vec<SupporterEntry>,
+}
+
+async fn set_supporters(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: SetSupporters = json_body(&body)?;
+    let list: Vec<Supporter> = r
+        .supporters
+        .into_iter()
+        .map(|s| Supporter {
+            store_id: r.store_id,
+            seller_id: s.seller_id,
+            appid: s.appid,
+            name: s.name,
+            appname: s.appname,
+        })
+        .collect();
+    app.backend.set_supporters(r.store_id, &list).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn get_supporters(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+    let store_id = id(&q, "store_id")?;
+    let stored = app.backend.supporters(store_id).await?;
+    let configured: Vec<&Supporter> = app
+        .app_api
+        .as_ref()
+        .map(|a| {
+            a.config
+                .supporters
+                .iter()
+                .filter(|s| s.store_id == store_id)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok(Json(json!({"supporters": stored, "configured": configured})).into_response())
+}
+
+/// The routes, merged into the API router (behind `api.secret`).
+pub fn routes() -> Router<Arc<App>> {
+    Router::new()
+        .route("/admin/media/delete_user", post(delete_user))
+        .route("/admin/media/usage", get(usage))
+        .route("/admin/users/devices", get(devices))
+        .route(
+            "/admin/supporters",
+            post(set_supporters).get(get_supporters),
+        )
+}

@@ -400,10 +400,7 @@ async fn handle(req: Request<Incoming>, st: &Mutex<State>, keys: &Keys) -> Respo
         tokio::time::sleep(delay).await;
     }
     match reply {
-        Some(Reply::Hang) => {
-            std::future::pending::<()>().await;
-            unreachable!()
-        }
+        Some(Reply::Hang) => return std::future::pending().await,
         Some(Reply::Status {
             status,
             body,

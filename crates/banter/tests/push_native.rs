@@ -235,7 +235,7 @@ struct Child {
 
 async fn spawn_binary(config: &std::path::Path, data: &std::path::Path) -> Child {
     let (tcp, ws, http) = (free_port(), free_port(), free_port());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_banter"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_banter"))
         .args(["serve", "--config"])
         .arg(config)
         .arg("--data")
@@ -257,6 +257,8 @@ async fn spawn_binary(config: &std::path::Path, data: &std::path::Path) -> Child
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not become healthy");
 }
 

@@ -166,6 +166,8 @@ pub struct PushConfig {
     pub backend: String,
     pub redis: RedisPushOptions,
     pub webhook: WebhookOptions,
+    /// `backend = "native"`: banter's own APNs and FCM senders (`docs/push.md`).
+    pub native: push::NativeOptions,
 }
 
 impl Default for PushConfig {
@@ -174,6 +176,7 @@ impl Default for PushConfig {
             backend: "none".into(),
             redis: RedisPushOptions::default(),
             webhook: WebhookOptions::default(),
+            native: push::NativeOptions::default(),
         }
     }
 }
@@ -355,9 +358,12 @@ impl Config {
                 self.groups.backend
             ));
         }
-        if !matches!(self.push.backend.as_str(), "none" | "redis" | "webhook") {
+        if !matches!(
+            self.push.backend.as_str(),
+            "none" | "redis" | "webhook" | "native"
+        ) {
             errors.push(format!(
-                "push.backend must be \"none\", \"redis\" or \"webhook\", got {:?}",
+                "push.backend must be \"none\", \"redis\", \"webhook\" or \"native\", got {:?}",
                 self.push.backend
             ));
         }

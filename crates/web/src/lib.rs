@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
+use axum::Extension;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -102,7 +103,7 @@ struct Asset {
 }
 
 macro_rules! asset {
-    ($path:literal, $mime:literal) => {
+    ($path:literal, $mime:expr) => {
         Asset {
             path: $path,
             mime: $mime,
@@ -342,11 +343,11 @@ fn signin_refusal(ctx: &WebContext, peer: Option<SocketAddr>, headers: &HeaderMa
 
 async fn dev_signin(
     State(ctx): State<Arc<WebContext>>,
-    peer: Option<ConnectInfo<SocketAddr>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Some(why) = signin_refusal(&ctx, peer.map(|ConnectInfo(p)| p), &headers) {
+    if let Some(why) = signin_refusal(&ctx, peer.map(|Extension(ConnectInfo(p))| p), &headers) {
         return error(StatusCode::FORBIDDEN, why);
     }
     let r: SigninReq = match serde_json::from_slice(&body) {

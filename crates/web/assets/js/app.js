@@ -75,6 +75,7 @@ function signIn(message) {
   root.className = 'app signin';
   root.replaceChildren(h('main.signin-page', h('h1', 'banter'), err, h('div.cards', forms),
     cfg.admin_api ? h('p', h('a', { href: '/admin' }, 'Admin console')) : null));
+  performance.mark('banter-ready');
 }
 
 // ---------------------------------------------------------------- chat
@@ -385,6 +386,7 @@ function startChat(session) {
   window.banter = { model, client, openConv, uploadAndSend };
   renderList();
   client.start();
+  performance.mark('banter-ready');
 }
 
 boot();

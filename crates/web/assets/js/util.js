@@ -9,7 +9,7 @@ export function h(spec, attrs, ...children) {
     if (r[0] === '.') el.classList.add(r.slice(1));
     else el.id = r.slice(1);
   }
-  if (attrs && (typeof attrs !== 'object' || attrs instanceof Node)) { children.unshift(attrs); attrs = null; }
+  if (attrs && (typeof attrs !== 'object' || attrs instanceof Node || Array.isArray(attrs))) { children.unshift(attrs); attrs = null; }
   for (const [k, v] of Object.entries(attrs || {})) {
     if (v === undefined || v === null || v === false) continue;
     if (k.startsWith('on')) el.addEventListener(k.slice(2), v);

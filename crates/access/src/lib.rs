@@ -88,7 +88,12 @@ fn local(l: &Option<TcpListener>) -> Option<SocketAddr> {
 }
 
 /// The web client's router for one listener (`admin`: the operator API is served there too).
-fn web_router(app: &Arc<App>, addrs: &Addrs, api: Option<&Arc<AppApi>>, admin: bool) -> axum::Router {
+fn web_router(
+    app: &Arc<App>,
+    addrs: &Addrs,
+    api: Option<&Arc<AppApi>>,
+    admin: bool,
+) -> axum::Router {
     web::router(Arc::new(web::WebContext {
         config: app.web.clone(),
         backend: app.backend.clone(),

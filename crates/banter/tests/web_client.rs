@@ -67,7 +67,10 @@ impl Serve {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("banter serve did not become ready; log: {}", self.log_text());
+        panic!(
+            "banter serve did not become ready; log: {}",
+            self.log_text()
+        );
     }
 
     /// SIGKILL: no graceful shutdown, as a crash.
@@ -94,8 +97,7 @@ fn readyz(port: u16) -> bool {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s
-        .write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .is_err()
     {
         return false;
@@ -137,7 +139,10 @@ fn web_client_in_chromium() {
     let mut node = Command::new("node")
         .arg("web_client.mjs")
         .current_dir(&dir)
-        .env("BANTER_URL", format!("http://127.0.0.1:{}", server.ports[2]))
+        .env(
+            "BANTER_URL",
+            format!("http://127.0.0.1:{}", server.ports[2]),
+        )
         .env("BANTER_SCREENSHOTS", &shots)
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::piped())
@@ -219,14 +224,22 @@ async fn pages_carry_a_strict_csp_and_assets_are_served() {
         assert!(r.starts_with("HTTP/1.1 200"), "{path}: {r}");
         let csp = header(&r, "content-security-policy").expect("CSP");
         assert!(csp.contains("script-src 'self'"), "{csp}");
-        assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
         assert!(
             csp.contains(&format!("ws://127.0.0.1:{}", s.ws.port())),
             "connect-src names the WebSocket endpoint: {csp}"
         );
         assert_eq!(header(&r, "x-content-type-options"), Some("nosniff"));
     }
-    let r = raw(s.http, &format!("GET /assets/js/app.js HTTP/1.1\r\n{host}"), "").await;
+    let r = raw(
+        s.http,
+        &format!("GET /assets/js/app.js HTTP/1.1\r\n{host}"),
+        "",
+    )
+    .await;
     assert_eq!(
         header(&r, "content-type"),
         Some("text/javascript; charset=utf-8")
@@ -272,9 +285,8 @@ async fn dev_signin_only_from_loopback_with_json() {
     assert_eq!(c.auth(&token, 2, 3, "").await, 0, "the token logs in");
 
     let req = |host: &str, ctype: &str, origin: Option<&str>| {
-        let mut head = format!(
-            "POST /web/dev-signin HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}"
-        );
+        let mut head =
+            format!("POST /web/dev-signin HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}");
         if let Some(o) = origin {
             head.push_str(&format!("\r\nOrigin: {o}"));
         }
@@ -283,29 +295,69 @@ async fn dev_signin_only_from_loopback_with_json() {
     let json = r#"{"appid":7,"uid":502}"#;
     let local = s.http.to_string();
     // A page reached through a non-loopback name (DNS rebinding) is refused.
-    let r = raw(s.http, &req("evil.example:80", "application/json", None), json).await;
-    assert!(r.starts_with("HTTP/1.1 403") && r.contains("only available from this machine"), "{r}");
+    let r = raw(
+        s.http,
+        &req("evil.example:80", "application/json", None),
+        json,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("only available from this machine"),
+        "{r}"
+    );
     // A form post (no CORS preflight) is refused.
     let r = raw(s.http, &req(&local, "text/plain", None), json).await;
-    assert!(r.starts_with("HTTP/1.1 403") && r.contains("must be JSON"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("must be JSON"),
+        "{r}"
+    );
     // Another origin is refused.
-    let r = raw(s.http, &req(&local, "application/json", Some("http://evil.example")), json).await;
-    assert!(r.starts_with("HTTP/1.1 403") && r.contains("cross-origin"), "{r}");
+    let r = raw(
+        s.http,
+        &req(&local, "application/json", Some("http://evil.example")),
+        json,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("cross-origin"),
+        "{r}"
+    );
     // The page's own origin is fine.
     let origin = format!("http://{local}");
-    let r = raw(s.http, &req(&local, "application/json", Some(&origin)), json).await;
+    let r = raw(
+        s.http,
+        &req(&local, "application/json", Some(&origin)),
+        json,
+    )
+    .await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     // Bad input: a clear 400.
-    let r = raw(s.http, &req(&local, "application/json", None), r#"{"appid":7,"uid":0}"#).await;
-    assert!(r.starts_with("HTTP/1.1 400") && r.contains(r#""error""#), "{r}");
+    let r = raw(
+        s.http,
+        &req(&local, "application/json", None),
+        r#"{"appid":7,"uid":0}"#,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains(r#""error""#),
+        "{r}"
+    );
     let r = raw(s.http, &req(&local, "application/json", None), "{nope").await;
-    assert!(r.starts_with("HTTP/1.1 400") && r.contains("invalid json"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("invalid json"),
+        "{r}"
+    );
     s.stop().await;
 
     let s = TestServer::start_with(|c| c.web.dev_signin = "off".into())
         .await
         .expect("server");
-    let (st, body) = post_json(s.http, "/web/dev-signin", &serde_json::json!({"appid": 7, "uid": 1})).await;
+    let (st, body) = post_json(
+        s.http,
+        "/web/dev-signin",
+        &serde_json::json!({"appid": 7, "uid": 1}),
+    )
+    .await;
     assert_eq!(st, 403, "{body}");
     assert!(body["error"].as_str().unwrap_or("").contains("disabled"));
     s.stop().await;
@@ -314,7 +366,8 @@ async fn dev_signin_only_from_loopback_with_json() {
 async fn ws_status(s: &TestServer, origin: Option<&str>) -> u16 {
     let mut req = s.ws_url().into_client_request().expect("request");
     if let Some(o) = origin {
-        req.headers_mut().insert("Origin", o.parse().expect("origin"));
+        req.headers_mut()
+            .insert("Origin", o.parse().expect("origin"));
     }
     match tokio_tungstenite::connect_async(req).await {
         Ok((_, resp)) => resp.status().as_u16(),
@@ -329,7 +382,11 @@ async fn websocket_origin_allow_list() {
     let page = format!("http://127.0.0.1:{}", s.http.port());
     assert_eq!(ws_status(&s, None).await, 101, "SDKs send no Origin");
     assert_eq!(ws_status(&s, Some(&page)).await, 101, "the page's own host");
-    assert_eq!(ws_status(&s, Some("http://localhost:9999")).await, 101, "loopback pages");
+    assert_eq!(
+        ws_status(&s, Some("http://localhost:9999")).await,
+        101,
+        "loopback pages"
+    );
     assert_eq!(ws_status(&s, Some("https://evil.example")).await, 403);
     assert_eq!(ws_status(&s, Some("null")).await, 403);
     s.stop().await;
@@ -341,7 +398,11 @@ async fn websocket_origin_allow_list() {
     .expect("server");
     assert_eq!(ws_status(&s, Some("https://app.example.com")).await, 101);
     assert_eq!(ws_status(&s, Some("https://evil.example")).await, 403);
-    assert_eq!(ws_status(&s, Some("http://127.0.0.1:1")).await, 403, "an explicit list replaces the default");
+    assert_eq!(
+        ws_status(&s, Some("http://127.0.0.1:1")).await,
+        403,
+        "an explicit list replaces the default"
+    );
     assert_eq!(ws_status(&s, None).await, 101);
     s.stop().await;
 }
@@ -355,10 +416,20 @@ async fn with_a_secret_the_pages_load_but_the_admin_api_needs_it() {
     .await
     .expect("server");
     let (st, _) = http(s.http, "GET", "/admin", &[], b"").await;
-    assert_eq!(st, 200, "the console page itself is public; its data is not");
+    assert_eq!(
+        st, 200,
+        "the console page itself is public; its data is not"
+    );
     let (st, _) = http(s.http, "GET", "/metrics", &[], b"").await;
     assert_eq!(st, 401);
-    let (st, _) = http(s.http, "GET", "/metrics", &[("Authorization", "Bearer s3cret")], b"").await;
+    let (st, _) = http(
+        s.http,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer s3cret")],
+        b"",
+    )
+    .await;
     assert_eq!(st, 200);
     let (_, body) = http(s.http, "GET", "/web/config", &[], b"").await;
     let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");

@@ -22,10 +22,10 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Path, State};
-use axum::Extension;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::Extension;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -67,7 +67,7 @@ impl WebConfig {
             ));
         }
         let u = self.ws_url.trim();
-        if !u.is_empty() && !(u.starts_with("ws://") || u.starts_with("wss://")) {
+        if !u.is_empty() && !u.starts_with("ws://") && !u.starts_with("wss://") {
             errors.push(format!(
                 "web.ws_url must start with ws:// or wss://, got {u:?}"
             ));
@@ -302,7 +302,11 @@ struct SigninReq {
 }
 
 /// Why a dev sign-in request is refused here, if it is.
-fn signin_refusal(ctx: &WebContext, peer: Option<SocketAddr>, headers: &HeaderMap) -> Option<String> {
+fn signin_refusal(
+    ctx: &WebContext,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Option<String> {
     match ctx.config.dev_signin.as_str() {
         "on" => {}
         "loopback" => {
@@ -322,7 +326,11 @@ fn signin_refusal(ctx: &WebContext, peer: Option<SocketAddr>, headers: &HeaderMa
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
     if !json {
         return Some("the body must be JSON (Content-Type: application/json)".into());
     }
@@ -444,7 +452,10 @@ mod tests {
         assert!(is_loopback_host("localhost"));
         h.insert(header::HOST, HeaderValue::from_static("evil.com\"; x"));
         assert_eq!(request_host(&h), None);
-        assert_eq!(origin_of("wss://im.example.com:443/ws?x"), "wss://im.example.com:443");
+        assert_eq!(
+            origin_of("wss://im.example.com:443/ws?x"),
+            "wss://im.example.com:443"
+        );
         assert_eq!(origin_of("https://a.b/v2"), "https://a.b");
     }
 
@@ -452,16 +463,52 @@ mod tests {
     fn websocket_origins() {
         let none: Vec<String> = Vec::new();
         assert!(ws_origin_allowed(&none, None, Some("im.example.com:13891")));
-        assert!(ws_origin_allowed(&none, Some("http://127.0.0.1:6666"), Some("im.example.com:13891")));
-        assert!(ws_origin_allowed(&none, Some("http://localhost:6666"), Some("localhost:13891")));
-        assert!(ws_origin_allowed(&none, Some("https://im.example.com"), Some("im.example.com:13891")));
-        assert!(!ws_origin_allowed(&none, Some("https://evil.example"), Some("im.example.com:13891")));
-        assert!(!ws_origin_allowed(&none, Some("null"), Some("im.example.com:13891")));
-        assert!(!ws_origin_allowed(&none, Some("https://evil.example"), None));
+        assert!(ws_origin_allowed(
+            &none,
+            Some("http://127.0.0.1:6666"),
+            Some("im.example.com:13891")
+        ));
+        assert!(ws_origin_allowed(
+            &none,
+            Some("http://localhost:6666"),
+            Some("localhost:13891")
+        ));
+        assert!(ws_origin_allowed(
+            &none,
+            Some("https://im.example.com"),
+            Some("im.example.com:13891")
+        ));
+        assert!(!ws_origin_allowed(
+            &none,
+            Some("https://evil.example"),
+            Some("im.example.com:13891")
+        ));
+        assert!(!ws_origin_allowed(
+            &none,
+            Some("null"),
+            Some("im.example.com:13891")
+        ));
+        assert!(!ws_origin_allowed(
+            &none,
+            Some("https://evil.example"),
+            None
+        ));
         let list = vec!["https://app.example.com".to_string()];
-        assert!(ws_origin_allowed(&list, Some("https://app.example.com"), None));
-        assert!(!ws_origin_allowed(&list, Some("http://127.0.0.1:6666"), None));
-        assert!(ws_origin_allowed(&["*".to_string()], Some("https://x.y"), None));
+        assert!(ws_origin_allowed(
+            &list,
+            Some("https://app.example.com"),
+            None
+        ));
+        assert!(!ws_origin_allowed(
+            &list,
+            Some("http://127.0.0.1:6666"),
+            None
+        ));
+        assert!(ws_origin_allowed(
+            &["*".to_string()],
+            Some("https://x.y"),
+            None
+        ));
     }
 
     #[test]

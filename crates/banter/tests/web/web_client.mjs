@@ -225,14 +225,6 @@ try {
   await send(C.page, 'muted message');
   await C.page.waitForSelector('.msg.mine[data-state=failed] .state:text("muted in this group")', { timeout: 5000 });
   result('admin_mute', 'refused with GROUP_MUTED');
-  await admin.waitForTimeout(2500); // two samples for the charts
-  if (SHOTS) {
-    mkdirSync(SHOTS, { recursive: true });
-    await admin.screenshot({ path: join(SHOTS, 'admin-1280x800.png') });
-    await admin.setViewportSize({ width: 390, height: 844 });
-    await admin.screenshot({ path: join(SHOTS, 'admin-390x844.png') });
-  }
-
   // ---- kill and restart banter serve: both pages reconnect, nothing lost or shown twice
   step('restart');
   await openConv(A.page, 'peer:1002');
@@ -312,12 +304,24 @@ try {
 
   // ---- screenshots of the chat
   if (SHOTS) {
+    mkdirSync(SHOTS, { recursive: true });
     await openConv(A.page, 'peer:1002');
+    await A.page.bringToFront();
     await A.page.screenshot({ path: join(SHOTS, 'chat-1280x800.png') });
     const phone = await newUser(1002, { width: 390, height: 844 });
     await openConv(phone.page, 'peer:1001');
     await seen(phone.page, 'B while down', 5000);
     await phone.page.screenshot({ path: join(SHOTS, 'chat-390x844.png') });
+  }
+
+  // ---- screenshots of the admin console, its charts showing the bulk traffic
+  if (SHOTS) {
+    await admin.bringToFront();
+    await admin.waitForTimeout(2500);
+    await admin.evaluate(() => window.scrollTo(0, 0));
+    await admin.screenshot({ path: join(SHOTS, 'admin-1280x800.png') });
+    await admin.setViewportSize({ width: 390, height: 844 });
+    await admin.screenshot({ path: join(SHOTS, 'admin-390x844.png') });
   }
 
   check(external.length === 0, `external requests: ${external.join(', ')}`);

@@ -69,7 +69,7 @@ async function fetchMetrics() {
 function console_() {
   const tiles = h('div.tiles#tiles');
   const charts = {
-    conns: chart('Connections'), msgs: chart('Messages in / s'), deliveries: chart('Deliveries / s'),
+    conns: chart('Connections'), msgs: chart('Messages stored / s'), deliveries: chart('Deliveries / s'),
   };
   const health = h('pre.out#health');
   const storeInfo = h('p.out#store-info');
@@ -107,7 +107,7 @@ function console_() {
     charts.conns.push(m.banter_connections ?? 0);
     if (prev) {
       const dt = (t - prev.t) / 1000;
-      charts.msgs.push(Math.max(0, (m.banter_messages_in_total - prev.m.banter_messages_in_total) / dt));
+      charts.msgs.push(Math.max(0, (m.banter_messages_stored_total - prev.m.banter_messages_stored_total) / dt));
       charts.deliveries.push(Math.max(0, (m.banter_deliveries_total - prev.m.banter_deliveries_total) / dt));
     }
     prev = { t, m };
@@ -142,8 +142,9 @@ function chart(title) {
     ctx.strokeStyle = '#2f6fde';
     ctx.lineWidth = 2;
     ctx.beginPath();
+    const offset = POINTS - data.length; // the newest sample at the right edge
     data.forEach((v, i) => {
-      const x = (i / (POINTS - 1)) * w, y = hgt - 4 - (v / max) * (hgt - 20);
+      const x = ((offset + i) / (POINTS - 1)) * w, y = hgt - 4 - (v / max) * (hgt - 20);
       if (i) ctx.lineTo(x, y); else ctx.moveTo(x, y);
     });
     ctx.stroke();

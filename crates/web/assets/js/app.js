@@ -129,12 +129,12 @@ function startChat(session) {
     EMOJI.map((e) => h('button', { type: 'button', role: 'menuitem', onclick: () => { insert(e); } }, e)));
   const fileInput = h('input', { type: 'file', hidden: true, 'aria-label': 'Attach a file' });
   const progress = h('div.progress#upload-progress', { hidden: true });
-  const recordBtn = h('button.icon#record', { type: 'button', title: 'Record voice', 'aria-label': 'Record voice' }, '🎤');
+  const recordBtn = h('button.icon#record', { type: 'button', title: 'Record voice', 'aria-label': 'Record voice' }, 'Voice');
   const composer = h('form.composer#composer-form',
     h('button.icon', { type: 'button', title: 'Emoji', 'aria-label': 'Emoji', 'aria-haspopup': 'menu',
       onclick: () => { emojiBox.hidden = !emojiBox.hidden; } }, '☺'),
     h('button.icon#attach', { type: 'button', title: 'Attach an image or file', 'aria-label': 'Attach',
-      onclick: () => fileInput.click(), disabled: !media.available }, '📎'),
+      onclick: () => fileInput.click(), disabled: !media.available }, 'Attach'),
     recordBtn, fileInput, input, h('button#send', { type: 'submit' }, 'Send'));
   const chat = h('section.chat', h('header.chat-head', back, title, typing), banner, msgs, progress, emojiBox, composer);
   root.className = 'app';
@@ -299,10 +299,10 @@ function startChat(session) {
 
   function renderFile(p) {
     if (!media.trusted(p.url)) return untrusted(p.url, 'file');
-    return h('button.file', { type: 'button', onclick: () => media.blobUrl(p.url).then((u) => {
+    return h('button.file', { type: 'button', title: 'Download', onclick: () => media.blobUrl(p.url).then((u) => {
       const a = h('a', { href: u, download: p.name });
       document.body.append(a); a.click(); a.remove();
-    }).catch((e) => alert(e.message)) }, `📄 ${p.name} (${fmtBytes(p.size)})`);
+    }).catch((e) => alert(e.message)) }, `${p.name} (${fmtBytes(p.size)})`);
   }
 
   // --- composer

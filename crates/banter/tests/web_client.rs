@@ -22,12 +22,16 @@ use common::{http, post_json, TestServer, APPID};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+/// A free port below the usual ephemeral range (32768–60999), so the outgoing connections of other
+/// tests running meanwhile cannot take it while the server is down between a kill and a restart.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos()) as usize;
+    (0..12_000)
+        .map(|i| 20_000 + ((seed + i * 7919) % 12_000) as u16)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port")
 }
 
 /// One `banter serve` process on fixed ports (so a restarted server is found by the same pages).
@@ -40,7 +44,27 @@ struct Serve {
 }
 
 impl Serve {
-    fn start(&mut self) {
+    /// Starts the server; `fresh_ports`: if it cannot bind its ports, try other ones (before the
+    /// pages know them), else retry the same ones a few times.
+    fn start(&mut self, fresh_ports: bool) {
+        for attempt in 0..5 {
+            if self.try_start() {
+                return;
+            }
+            self.kill();
+            if fresh_ports {
+                self.ports = [free_port(), free_port(), free_port()];
+            }
+            println!("banter serve did not start (attempt {attempt}); retrying");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!(
+            "banter serve did not become ready; log: {}",
+            self.log_text()
+        );
+    }
+
+    fn try_start(&mut self) -> bool {
         let [tcp, ws, api] = self.ports;
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -54,6 +78,7 @@ impl Serve {
             .env("BANTER_SERVER__WS", format!("127.0.0.1:{ws}"))
             .env("BANTER_API__LISTEN", format!("127.0.0.1:{api}"))
             .env("BANTER_LOG__LEVEL", "warn")
+            .env("BANTER_SERVER__KEFU_APPID", "100")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -63,14 +88,18 @@ impl Serve {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if readyz(api) {
-                return;
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "banter serve did not become ready; log: {}",
-            self.log_text()
-        );
+        false
     }
 
     /// SIGKILL: no graceful shutdown, as a crash.
@@ -132,7 +161,7 @@ fn web_client_in_chromium() {
         log: tmp.path().join("banter.log"),
         child: None,
     };
-    server.start();
+    server.start(true);
     let shots = std::env::var("BANTER_SCREENSHOTS")
         .map(PathBuf::from)
         .unwrap_or_else(|_| Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots"));
@@ -167,7 +196,7 @@ fn web_client_in_chromium() {
                 writeln!(to_node, "ok").expect("answer node");
             }
             Some("start") => {
-                server.start();
+                server.start(false);
                 writeln!(to_node, "ok").expect("answer node");
             }
             Some(other) => panic!("unknown control command {other:?}"),

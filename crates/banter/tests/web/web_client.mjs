@@ -38,6 +38,17 @@ async function api(path, body) {
   return text ? JSON.parse(text) : null;
 }
 
+/** A short valid WAV clip (8 kHz, 8-bit mono, a square wave). */
+function wav(ms) {
+  const n = 8 * ms, b = Buffer.alloc(44 + n);
+  b.write('RIFF', 0); b.writeUInt32LE(36 + n, 4); b.write('WAVE', 8); b.write('fmt ', 12);
+  b.writeUInt32LE(16, 16); b.writeUInt16LE(1, 20); b.writeUInt16LE(1, 22); b.writeUInt32LE(8000, 24);
+  b.writeUInt32LE(8000, 28); b.writeUInt16LE(1, 32); b.writeUInt16LE(8, 34); b.write('data', 36);
+  b.writeUInt32LE(n, 40);
+  for (let i = 0; i < n; i++) b[44 + i] = (i >> 4) & 1 ? 200 : 56;
+  return b;
+}
+
 /** A small valid PNG (w×h, one colour), made here so the test needs no image files. */
 function png(w, h, [r, g, b]) {
   const row = Buffer.alloc(1 + 3 * w);
@@ -66,12 +77,12 @@ const launched = await chromium.launch({
 const dialogs = [];
 const external = [];
 const pageErrors = [];
-async function newUser(uid, viewport = { width: 1280, height: 800 }) {
+async function newUser(uid, viewport = { width: 1280, height: 800 }, app = APP) {
   const ctx = await launched.newContext({ viewport });
   const page = await ctx.newPage();
   watch(page);
   await page.goto(`${BASE}/`);
-  await page.fill('#dev-signin input[name=appid]', String(APP));
+  await page.fill('#dev-signin input[name=appid]', String(app));
   await page.fill('#dev-signin input[name=uid]', String(uid));
   await page.fill('#dev-signin input[name=name]', `User ${uid}`);
   await page.click('#dev-signin button[type=submit]');
@@ -162,6 +173,15 @@ try {
   const natural = await A.page.$$eval('#messages img.thumb', (els) => els.map((e) => [e.naturalWidth, e.naturalHeight]));
   result('image_thumbnails', natural);
   check(natural.length === 2 && natural.every(([w, h]) => w > 0 && h > 0), 'both thumbnails decoded');
+  // A voice clip and a file, through /audios and /files.
+  await A.page.setInputFiles('#composer-form input[type=file]', { name: 'hello.wav', mimeType: 'audio/wav', buffer: wav(300) });
+  await B.page.waitForFunction(() => [...document.querySelectorAll('#messages audio')].some((a) => a.src.startsWith('blob:')), null, { timeout: 10000 });
+  await A.page.setInputFiles('#composer-form input[type=file]', { name: 'notes <b>.txt', mimeType: 'text/plain', buffer: Buffer.from('some notes\n') });
+  await B.page.waitForSelector('#messages button.file:text("notes <b>.txt (11 B)")', { timeout: 10000 });
+  const [download] = await Promise.all([B.page.waitForEvent('download'), B.page.click('#messages button.file')]);
+  // (chromium replaces characters a file name may not hold: "notes _b_.txt")
+  check(/^notes .b.\.txt$/.test(download.suggestedFilename()), `download named ${download.suggestedFilename()}`);
+  result('voice_and_file', 'uploaded, played from a blob, downloaded');
 
   // ---- hostile content renders as text
   step('hostile content');
@@ -225,6 +245,19 @@ try {
   await send(C.page, 'muted message');
   await C.page.waitForSelector('.msg.mine[data-state=failed] .state:text("muted in this group")', { timeout: 5000 });
   result('admin_mute', 'refused with GROUP_MUTED');
+  // ---- customer service: a user of app 7 and a supporter of the service app (100)
+  step('customer service');
+  const D = await newUser(1, { width: 1280, height: 800 }, 100);
+  await openConv(A.page, 'cs:100:1');
+  await send(A.page, 'I need help');
+  await D.page.waitForSelector('#conv-list [data-conv="cs:7:1001"]', { timeout: 5000 });
+  await openConv(D.page, 'cs:7:1001');
+  await seen(D.page, 'I need help', 2000);
+  await send(D.page, 'How can I help?');
+  await seen(A.page, 'How can I help?', 2000);
+  await A.page.waitForSelector('.msg.mine[data-state=stored] .text:text("I need help")', { timeout: 5000 });
+  result('customer_service', 'both ways');
+
   // ---- kill and restart banter serve: both pages reconnect, nothing lost or shown twice
   step('restart');
   await openConv(A.page, 'peer:1002');

@@ -382,7 +382,8 @@ function startChat(session) {
     recordBtn.classList.add('recording');
   });
 
-  // Test and automation hook: the page's state, read-only (no token in it).
+  // For tests and the browser console: the page's model and connection (nothing a script on this page
+  // could not reach anyway; the page runs no script but its own).
   window.banter = { model, client, openConv, uploadAndSend };
   renderList();
   client.start();

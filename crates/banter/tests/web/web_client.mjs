@@ -258,6 +258,30 @@ try {
   await A.page.waitForSelector('.msg.mine[data-state=stored] .text:text("I need help")', { timeout: 5000 });
   result('customer_service', 'both ways');
 
+  // ---- more of the console: create a group, speak ban, revoke a token (the kick the admin API has)
+  step('admin users');
+  await admin.fill('#group-create input[name=appid]', String(APP));
+  await admin.fill('#group-create input[name=name]', 'made in the console');
+  await admin.fill('#group-create input[name=members]', '1001, 1003');
+  await admin.click('#group-create button[type=submit]');
+  await admin.waitForSelector('#group-detail p:text("made in the console")', { timeout: 5000 });
+  await admin.fill('#user-ban input[name=appid]', String(APP));
+  await admin.fill('#user-ban input[name=uid]', '1003');
+  await admin.click('#user-ban button[value=on]');
+  await admin.waitForSelector('#users .out.ok:text("Speak ban set.")', { timeout: 5000 });
+  await openConv(C.page, 'room:77');
+  await send(C.page, 'banned in the room');
+  await C.page.waitForSelector('.msg.mine[data-state=failed] .state:text("speak-banned")', { timeout: 5000 });
+  await admin.click('#user-ban button[value=off]');
+  await admin.waitForSelector('#users .out.ok:text("Speak ban lifted.")', { timeout: 5000 });
+  const dToken = await D.page.evaluate(() => JSON.parse(localStorage.getItem('banter.session')).token);
+  await admin.fill('#user-revoke input[name=token]', dToken);
+  await admin.click('#user-revoke button[type=submit]');
+  await admin.waitForSelector('#users .out.ok:text("Token revoked; 1 session(s) closed.")', { timeout: 5000 });
+  await D.page.waitForSelector('#dev-signin', { timeout: 15000 });
+  await D.page.waitForSelector('p.error:text("Signed out")', { timeout: 1000 });
+  result('admin_users', 'group created, speak ban refused a room message, revoked token signed the page out');
+
   // ---- kill and restart banter serve: both pages reconnect, nothing lost or shown twice
   step('restart');
   await openConv(A.page, 'peer:1002');

@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -432,7 +432,8 @@ pub fn router(ctx: Arc<WebContext>) -> Router {
     if ctx.admin_api {
         r = r.route("/admin", get(admin));
     }
-    r.with_state(ctx)
+    // The only body is dev sign-in's small JSON.
+    r.layer(DefaultBodyLimit::max(4096)).with_state(ctx)
 }
 
 #[cfg(test)]

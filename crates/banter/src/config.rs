@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use access::{ApiConfig, AppApiConfig, ServerConfig, SyncConfig};
+use access::{ApiConfig, AppApiConfig, ServerConfig, SyncConfig, WebConfig};
 use backend::{JwtOptions, MysqlGroupOptions, RedisPushOptions, WebhookOptions};
 use media::MediaConfig;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The app API the SDKs call (uploads, device binding, supporters).
     pub app_api: AppApiConfig,
+    /// The web chat client and admin console.
+    pub web: WebConfig,
     /// Where uploads are kept and their limits.
     pub media: MediaConfig,
     pub store: StoreConfig,
@@ -380,6 +382,7 @@ impl Config {
             ));
         }
         errors.extend(self.app_api.validate());
+        errors.extend(self.web.validate());
         errors.extend(self.media.validate());
         if self.sync.batch_messages == 0 {
             errors.push("sync.batch_messages must be > 0".into());

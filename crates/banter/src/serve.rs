@@ -193,6 +193,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
             push: push.clone(),
             words,
             app_api,
+            web: config.web.clone(),
         },
     );
     follow_forbidden(&app, &backend);

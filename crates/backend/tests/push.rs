@@ -423,7 +423,7 @@ async fn dead_webhook_gives_up_and_bad_options_are_refused() {
 
     for bad in [
         WebhookOptions {
-            url: "https://example.com/push".into(),
+            url: "ftp://example.com/push".into(),
             ..WebhookOptions::default()
         },
         WebhookOptions {

@@ -14,16 +14,15 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::checkpoint::{checkpointer_loop, read_checkpoints};
+use crate::checkpoint::read_checkpoints;
 use crate::engine::{
-    role_byte, Active, CkptState, Inner, Pending, PreallocState, Stats, Store, WriterState,
+    role_byte, Active, CkptState, Inner, Pending, PreallocState, Stats, WriterState,
 };
 use crate::error::StoreError;
 use crate::format::{
-    check_record, control_record_len_before, decode_segment_header, decode_withdraw,
-    encode_segment_header, jump_from, segment_file_name, MessageView, RecordCheck,
-    CONTROL_TRAILER_LEN, JUMP_RECORD_LEN, RECORD_HEADER_LEN, RECORD_JUMP, RECORD_MESSAGE,
-    RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
+    check_record, control_record_len_before, decode_segment_header, decode_withdraw, jump_from,
+    MessageView, RecordCheck, CONTROL_TRAILER_LEN, JUMP_RECORD_LEN, RECORD_HEADER_LEN, RECORD_JUMP,
+    RECORD_MESSAGE, RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
 };
 use crate::health::Health;
 use crate::lock::DirLock;
@@ -31,7 +30,6 @@ use crate::log::{list_segments, sync_dir, LogView, Segment};
 use crate::options::StoreOptions;
 use crate::queue::{Head, Published, PublishedHeads, QueueHasherBuilder, QueueMap};
 use crate::resources::FdReserve;
-use crate::writer::writer_loop;
 
 /// Why a scan stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,7 +286,20 @@ struct SegInfo {
     len: u64,
 }
 
-pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+/// What recovery re-established: the engine state, ready for its threads
+/// ([`crate::engine::Store::open`] starts them), and figures for the opening log line.
+pub(crate) struct Recovered {
+    pub inner: Arc<Inner>,
+    pub log_start: u64,
+    pub end: u64,
+    /// Log records replayed after the checkpoint.
+    pub replayed: u64,
+    /// When recovery started.
+    pub started: Instant,
+}
+
+/// Re-establishes the store in `dir` from its files; starts nothing.
+pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Recovered, StoreError> {
     opts.validate().map_err(StoreError::InvalidArgument)?;
     let t0 = Instant::now();
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
@@ -562,19 +573,11 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
     }
     if active.is_none() {
         let base = end;
-        let path = dir.join(segment_file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("create segment", &path, e))?;
-        file.write_all_at(&encode_segment_header(base), 0)
-            .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
+        let (seg, file) = Segment::create(&dir, base, |o, p| o.open(p))?;
         file.sync_all()
-            .map_err(|e| StoreError::io("fsync", &path, e))?;
+            .map_err(|e| StoreError::io("fsync", &seg.path, e))?;
         sync_dir(&dir)?;
-        let seg = Arc::new(Segment::new(base, path, base));
+        let seg = Arc::new(seg);
         log.add_segment(seg.clone());
         log.log_start.store(base, Ordering::Release);
         active = Some(Active {
@@ -643,39 +646,12 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         _lock: lock,
         opts,
     });
-    let w = inner.clone();
-    let writer = std::thread::Builder::new()
-        .name("store-writer".into())
-        .spawn(move || writer_loop(w))
-        .map_err(|e| StoreError::io("spawn writer thread", &dir, e))?;
-    let c = inner.clone();
-    let ckpt = std::thread::Builder::new()
-        .name("store-checkpoint".into())
-        .spawn(move || checkpointer_loop(c))
-        .map_err(|e| StoreError::io("spawn checkpoint thread", &dir, e))?;
-    let sy = inner.clone();
-    let syncer = std::thread::Builder::new()
-        .name("store-sync".into())
-        .spawn(move || crate::writer::sync_loop(sy))
-        .map_err(|e| StoreError::io("spawn sync thread", &dir, e))?;
-    let p = inner.clone();
-    let prealloc = std::thread::Builder::new()
-        .name("store-prealloc".into())
-        .spawn(move || crate::prealloc::prealloc_loop(p))
-        .map_err(|e| StoreError::io("spawn preallocation thread", &dir, e))?;
-    let threads = vec![writer, syncer, ckpt, prealloc];
-    tracing::info!(
-        dir = %dir.display(),
-        log_start,
-        log_end = end,
-        replayed_records = replayed,
-        elapsed_ms = t0.elapsed().as_millis() as u64,
-        "store opened"
-    );
-    Ok(Store {
+    Ok(Recovered {
         inner,
-        threads: Mutex::new(threads),
-        close_result: Mutex::new(None),
+        log_start,
+        end,
+        replayed,
+        started: t0,
     })
 }
 

@@ -125,14 +125,9 @@ impl AccessNode {
             ));
         }
         let api_listen = app.api.listen.trim().to_string();
-        node::admin::check_exposure(
-            &api_listen,
-            &app.api.secret,
-            "api.listen",
-            "api.secret",
-        )
-        .await
-        .map_err(StartError::Config)?;
+        node::admin::check_exposure(&api_listen, &app.api.secret, "api.listen", "api.secret")
+            .await
+            .map_err(StartError::Config)?;
         let tcp = bind("server.tcp", &cfg.tcp).await?;
         let tls = bind("server.tls", &cfg.tls).await?;
         let ws = bind("server.ws", &cfg.ws).await?;

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use node::frame::encode_frame;
 use cluster::store_client::{RemoteStore, RemoteStoreError, StorePool, StorePoolOptions};
 use cluster::store_proto::{self as sp, ErrorCode, Request};
 use common::*;
 use ims::replication::ReplicationHub;
 use ims::server::{StoreServerOptions, SyncReplication};
+use node::frame::encode_frame;
 use store::{QueueId, Role, StoreError};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};

@@ -224,7 +224,7 @@ pub struct App {
     pub stats: Stats,
     /// Syncs that could not be answered (store or group directory failing), logged once per
     /// episode.
-    pub(crate) sync_failures: cluster::log_limit::Episode,
+    pub(crate) sync_failures: node::episode::Episode,
     next_conn: AtomicU64,
 }
 
@@ -261,7 +261,7 @@ impl App {
                 route: RouteTable::default(),
                 rooms: RoomTable::default(),
                 stats: Stats::default(),
-                sync_failures: cluster::log_limit::Episode::new(std::time::Duration::from_secs(60)),
+                sync_failures: node::episode::Episode::new(std::time::Duration::from_secs(60)),
                 next_conn: AtomicU64::new(1),
             }
         })

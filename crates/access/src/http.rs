@@ -733,12 +733,7 @@ async fn require_secret(
     if app.api.secret.is_empty() || matches!(req.uri().path(), "/healthz" | "/readyz") {
         return next.run(req).await;
     }
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), app.api.secret.as_bytes()) {
+    if node::admin::authorized(&headers, &app.api.secret) {
         next.run(req).await
     } else {
         ApiError {
@@ -747,15 +742,6 @@ async fn require_secret(
         }
         .into_response()
     }
-}
-
-/// The credentials of an `Authorization: Bearer <token>` value; the scheme is case-insensitive and
-/// may be followed by several spaces (RFC 9110 §11.1, §11.4).
-fn bearer_token(v: &str) -> Option<&str> {
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim_start_matches(' '))
 }
 
 /// Reads the whole request body, at most `api.max_body` bytes within `api.body_timeout_secs`, before
@@ -807,13 +793,6 @@ async fn read_body(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
     };
     next.run(Request::from_parts(parts, axum::body::Body::from(body)))
         .await
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn not_found() -> ApiError {

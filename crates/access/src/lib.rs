@@ -146,17 +146,9 @@ impl AccessNode {
             ));
         }
         let api_listen = app.api.listen.trim().to_string();
-        if !api_listen.is_empty() && app.api.secret.is_empty() {
-            let loopback = tokio::net::lookup_host(&api_listen)
-                .await
-                .map(|mut it| it.all(|a| a.ip().is_loopback()))
-                .unwrap_or(false);
-            if !loopback {
-                return Err(StartError::Config(format!(
-                    "api.listen = {api_listen:?} is not a loopback address; set api.secret to expose the HTTP API"
-                )));
-            }
-        }
+        node::admin::check_exposure(&api_listen, &app.api.secret, "api.listen", "api.secret")
+            .await
+            .map_err(StartError::Config)?;
         let tcp = bind("server.tcp", &cfg.tcp).await?;
         let tls = bind("server.tls", &cfg.tls).await?;
         let ws = bind("server.ws", &cfg.ws).await?;

@@ -14,7 +14,7 @@
 
 use std::time::Duration;
 
-use cluster::log_limit::FailureLog;
+use node::episode::FailureLog;
 use proto::{cmd, Body, GroupSyncKey};
 use store::{QueueId, StoredMessage, SyncPage};
 use tokio::time::Instant;

@@ -212,8 +212,7 @@ impl Default for RedisPushOptions {
 #[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WebhookOptions {
-    /// `http://host:port/path` receiving `POST`s of JSON arrays of jobs. Plain HTTP only: put a
-    /// TLS-terminating proxy in front of an `https` endpoint.
+    /// `http(s)://host[:port]/path` receiving `POST`s of JSON arrays of jobs.
     pub url: String,
     /// Sent as `Authorization: Bearer <secret>` when set.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -227,7 +226,8 @@ pub struct WebhookOptions {
     /// Attempts per batch (the first included) before it is dropped and counted. Connection
     /// errors, timeouts, 408, 429 and 5xx are retried; other non-2xx answers drop the batch at once.
     pub max_attempts: u32,
-    /// Wait before the first retry, in milliseconds; doubled on each further retry (at most 30 s).
+    /// Wait before the first retry, in milliseconds (plus jitter); doubled on each further retry
+    /// (at most 30 s).
     pub backoff_ms: u64,
     /// Group jobs with more receivers are split into several jobs of at most this many.
     pub max_receivers_per_job: usize,

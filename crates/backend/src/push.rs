@@ -5,8 +5,8 @@
 //!   `push_queue`, `group_push_queue`, `system_push_queue` and `customer_push_queue_v2`, up to
 //!   `batch` jobs per MULTI/EXEC. A failed batch is retried with backoff until it is written.
 //! * [`PushSink::webhook`]: HTTP `POST` of a JSON array of jobs, each with a `type` field
-//!   (`peer`, `group`, `system`, `customer`), with a timeout, bounded retries with exponential
-//!   backoff, and an optional bearer token.
+//!   (`peer`, `group`, `system`, `customer`), over `http` or `https` (`node::http_client`), with a
+//!   timeout, bounded retries with exponential backoff and jitter, and an optional bearer token.
 //!
 //! * [`PushSink::Native`]: the jobs go to a [`NativePush`] implementation — banter's own APNs and
 //!   FCM senders (crate `push`), which resolve devices, render the notification and send it.
@@ -21,14 +21,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use node::backoff::Backoff;
+use node::reqwest::{self, StatusCode};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::Serialize;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -362,8 +359,9 @@ impl PushSink {
         Ok(PushSink::Redis(Arc::new(queue)))
     }
 
-    /// Check the options and start the webhook task (inside a tokio runtime). Only `http://`
-    /// URLs: put a TLS-terminating proxy in front of an `https` endpoint.
+    /// Check the options and start the webhook task (inside a tokio runtime). `http://` or
+    /// `https://` URLs (rustls, the platform's roots), through the project's HTTP client
+    /// (`node::http_client`).
     pub fn webhook(opts: WebhookOptions) -> Result<PushSink, BackendError> {
         check_nonzero("queue_capacity", opts.queue_capacity)?;
         check_nonzero("batch", opts.batch)?;
@@ -373,12 +371,12 @@ impl PushSink {
                 "push option max_attempts must be > 0".into(),
             ));
         }
-        let uri: Uri = opts.url.parse().map_err(|e| {
+        let url = reqwest::Url::parse(&opts.url).map_err(|e| {
             BackendError::InvalidArgument(format!("push webhook url {:?}: {e}", opts.url))
         })?;
-        if uri.scheme_str() != Some("http") || uri.host().is_none() {
+        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
             return Err(BackendError::InvalidArgument(format!(
-                "push webhook url {:?} must be http://host[:port]/path (put a TLS-terminating proxy in front of https endpoints)",
+                "push webhook url {:?} must be http(s)://host[:port]/path",
                 opts.url
             )));
         }
@@ -394,11 +392,9 @@ impl PushSink {
             }
             None => None,
         };
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(opts.timeout_ms.max(1))));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
+        let timeout = Duration::from_millis(opts.timeout_ms.max(1));
+        let client = node::http_client::client(timeout)
+            .map_err(|e| BackendError::InvalidArgument(format!("push webhook HTTP client: {e}")))?;
         let queue = PushQueue::start(
             "webhook",
             opts.queue_capacity,
@@ -406,9 +402,9 @@ impl PushSink {
             opts.max_receivers_per_job,
             Transport::Webhook(Box::new(WebhookTransport {
                 client,
-                uri,
+                url,
                 authorization,
-                timeout: Duration::from_millis(opts.timeout_ms.max(1)),
+                timeout,
                 max_attempts: opts.max_attempts,
                 backoff: Duration::from_millis(opts.backoff_ms),
             })),
@@ -647,8 +643,8 @@ impl RedisTransport {
 }
 
 struct WebhookTransport {
-    client: Client<HttpConnector, Full<Bytes>>,
-    uri: Uri,
+    client: reqwest::Client,
+    url: reqwest::Url,
     authorization: Option<HeaderValue>,
     timeout: Duration,
     max_attempts: u32,
@@ -675,7 +671,7 @@ impl WebhookTransport {
                 return;
             }
         };
-        let mut backoff = self.backoff;
+        let mut backoff = Backoff::new(self.backoff, WEBHOOK_BACKOFF_MAX);
         for attempt in 1..=self.max_attempts {
             match self.post(body.clone()).await {
                 Attempt::Delivered => {
@@ -702,36 +698,43 @@ impl WebhookTransport {
                         stats.finished(jobs.len(), false);
                         return;
                     }
-                    tracing::debug!(why, attempt, ?backoff, "push webhook failed; retrying");
+                    let delay = backoff.next_delay();
+                    tracing::debug!(why, attempt, ?delay, "push webhook failed; retrying");
                     stats.failed_attempt(why);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(WEBHOOK_BACKOFF_MAX);
+                    tokio::time::sleep(delay).await;
                 }
             }
         }
     }
 
     async fn post(&self, body: Bytes) -> Attempt {
-        let mut req = Request::new(Full::new(body));
-        *req.method_mut() = Method::POST;
-        *req.uri_mut() = self.uri.clone();
-        req.headers_mut()
-            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let mut req = self
+            .client
+            .post(self.url.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
         if let Some(auth) = &self.authorization {
-            req.headers_mut().insert(AUTHORIZATION, auth.clone());
+            req = req.header(AUTHORIZATION, auth.clone());
         }
         let exchange = async {
-            let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+            let mut resp = req.send().await?;
             let status = resp.status();
             // Read (a bounded amount of) the answer so the connection can be reused.
-            let _ = Limited::new(resp.into_body(), MAX_RESPONSE_BODY)
-                .collect()
-                .await;
-            Ok::<StatusCode, String>(status)
+            let mut read = 0;
+            while read < MAX_RESPONSE_BODY {
+                match resp.chunk().await? {
+                    Some(c) => read += c.len(),
+                    None => break,
+                }
+            }
+            Ok::<StatusCode, reqwest::Error>(status)
         };
         match tokio::time::timeout(self.timeout, exchange).await {
             Err(_) => Attempt::Retry(format!("no answer within {:?}", self.timeout)),
-            Ok(Err(e)) => Attempt::Retry(e),
+            Ok(Err(e)) if e.is_timeout() => {
+                Attempt::Retry(format!("no answer within {:?}", self.timeout))
+            }
+            Ok(Err(e)) => Attempt::Retry(e.to_string()),
             Ok(Ok(status)) if status.is_success() => Attempt::Delivered,
             Ok(Ok(status))
                 if status.is_server_error()

@@ -177,7 +177,7 @@ fn ims(path: Option<PathBuf>, command: Option<ImsCommand>) -> anyhow::Result<()>
             let secret = match secret {
                 Some(s) => Some(s),
                 None if path.is_some() => {
-                    let config: cluster::store_node::StoreNodeConfig =
+                    let config: ims::service::StoreNodeConfig =
                         load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
                     Some(config.http_secret)
                 }
@@ -188,7 +188,7 @@ fn ims(path: Option<PathBuf>, command: Option<ImsCommand>) -> anyhow::Result<()>
             Ok(())
         }
         None => {
-            let config: cluster::store_node::StoreNodeConfig =
+            let config: ims::service::StoreNodeConfig =
                 load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
             banter::logging::init("info", "text", &config.node_id);
             runtime()?.block_on(banter::roles::run_store_node(config))
@@ -200,7 +200,7 @@ fn print_config(role: &str) -> anyhow::Result<()> {
     match role {
         "serve" | "im" => print!("{DEFAULT_TOML}"),
         "imr" => print!("{}", route::default_toml()),
-        "ims" => print!("{}", cluster::store_node::default_toml()),
+        "ims" => print!("{}", ims::service::default_toml()),
         other => anyhow::bail!("unknown role {other:?}: use serve, im, imr or ims"),
     }
     Ok(())

@@ -1,10 +1,8 @@
 //! The cluster roles besides the access node: `banter imr` (router) and `banter ims` (store node), and
 //! `banter ims promote`. Each runs until SIGINT/SIGTERM and stops cleanly.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -31,9 +29,9 @@ pub async fn run_router(config: route::RouterConfig) -> anyhow::Result<()> {
 }
 
 /// Runs a store node until a stop signal.
-pub async fn run_store_node(config: cluster::store_node::StoreNodeConfig) -> anyhow::Result<()> {
+pub async fn run_store_node(config: ims::StoreNodeConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    let running = cluster::store_node::run(config, shutdown.clone()).await?;
+    let running = ims::run(config, shutdown.clone()).await?;
     info!(listen = %running.listen_addr, replication = ?running.replication_addr, http = ?running.http_addr, role = ?running.role(), "store node ready");
     wait_for_stop().await?;
     info!("store node shutting down");
@@ -42,41 +40,30 @@ pub async fn run_store_node(config: cluster::store_node::StoreNodeConfig) -> any
     Ok(())
 }
 
-/// Asks a follower store node to become the leader (`POST /promote` on its HTTP API), with
-/// `Authorization: Bearer <secret>` when a secret is given (the node's `http_secret`).
+/// Asks a follower store node to become the leader (`POST /promote` on its HTTP API at `http`,
+/// `http://host:port` or `host:port`), with `Authorization: Bearer <secret>` when a secret is given
+/// (the node's `http_secret`). Returns the node's JSON answer.
 pub async fn promote(http: &str, secret: Option<&str>) -> anyhow::Result<String> {
-    let hostport = http
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_string();
-    let addr: SocketAddr = tokio::net::lookup_host(&hostport)
-        .await?
-        .next()
-        .ok_or_else(|| anyhow::anyhow!("cannot resolve {hostport}"))?;
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
-        .await??;
-    let auth = match secret.filter(|s| !s.is_empty()) {
-        Some(s) => {
-            if s.contains(['\r', '\n']) {
-                anyhow::bail!("the secret must not contain line breaks");
-            }
-            format!("Authorization: Bearer {s}\r\n")
-        }
-        None => String::new(),
+    let base = http.trim_end_matches('/');
+    let url = if base.contains("://") {
+        base.to_string()
+    } else {
+        format!("http://{base}")
     };
-    let req = format!("POST /promote HTTP/1.1\r\nHost: {hostport}\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await?;
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out)).await??;
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text.split_whitespace().nth(1).unwrap_or("");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    if status == "200" {
+    let client = node::http_client::client(Duration::from_secs(30))?;
+    let mut req = client.post(format!("{url}/promote"));
+    if let Some(s) = secret.filter(|s| !s.is_empty()) {
+        req = req.bearer_auth(s);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| anyhow::anyhow!("POST {url}/promote: {e}"))?;
+    let status = resp.status();
+    let body = resp.text().await?;
+    if status.is_success() {
         Ok(body)
     } else {
-        anyhow::bail!("promotion refused (HTTP {status}): {body}")
+        anyhow::bail!("promotion refused (HTTP {}): {body}", status.as_u16())
     }
 }

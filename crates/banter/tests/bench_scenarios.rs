@@ -6,9 +6,9 @@
 use std::time::Duration;
 
 use banter::testing::TestServer;
+use bench::api::BaseUrl;
 use bench::client::Endpoint;
 use bench::env::Env;
-use bench::http::BaseUrl;
 use bench::scenario::connections::ConnectionsOptions;
 use bench::scenario::group::GroupOptions;
 use bench::scenario::peer::PeerOptions;

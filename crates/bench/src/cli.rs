@@ -13,9 +13,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 
+use crate::api::BaseUrl;
 use crate::client::Endpoint;
 use crate::env::{loopback_sources, random_uid_base, ClientProfile, Env};
-use crate::http::BaseUrl;
 use crate::report::Report;
 use crate::scenario::{self, Fault};
 use crate::server::{ChildOptions, ChildServer, MemorySource};

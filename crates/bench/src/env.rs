@@ -10,8 +10,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use crate::api::{BaseUrl, HttpClient};
 use crate::client::{ConnectOptions, Endpoint};
-use crate::http::{BaseUrl, HttpClient};
 use crate::server::MemorySource;
 use crate::tokens::TokenSource;
 

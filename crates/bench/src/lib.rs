@@ -7,17 +7,17 @@
 //! * [`accounting`]: the exactly-once / in-order checker; [`content`]: the numbered, timestamped payload.
 //! * [`env`]: the target and client profile of a run; [`server`]: a `banter serve` child process and server
 //!   memory readings; [`tokens`]: login tokens over banter's HTTP API or GoBelieve's Redis keys;
-//!   [`http`]: the small HTTP client for those.
+//!   [`api`]: their calls to the HTTP API (the project's one HTTP client, `node::http_client`).
 //! * [`report`] and [`svg`]: the human summary, the one-line JSON and the SVG plot.
 //! * [`cli`]: the `banter bench` command line ([`cli::BenchArgs`], [`cli::run`]).
 #![forbid(unsafe_code)]
 
 pub mod accounting;
+pub mod api;
 pub mod cli;
 pub mod client;
 pub mod content;
 pub mod env;
-pub mod http;
 pub mod report;
 pub mod scenario;
 pub mod server;

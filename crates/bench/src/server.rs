@@ -14,7 +14,7 @@ use std::time::Duration;
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::http::{BaseUrl, HttpClient};
+use crate::api::{BaseUrl, HttpClient};
 
 /// Why a child server could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -136,7 +136,7 @@ impl ChildServer {
             (Some(dir), data_dir, log)
         };
         let deadline = Instant::now() + opts.ready_timeout;
-        let mut api =
+        let api =
             HttpClient::new(BaseUrl::from_addr(http), None).with_timeout(Duration::from_secs(2));
         loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -271,7 +271,7 @@ impl MemorySource {
         match self {
             MemorySource::Pid(pid) => rss_of_pid(*pid),
             MemorySource::Summary { base, path, secret } => {
-                let mut c = HttpClient::new(base.clone(), secret.clone());
+                let c = HttpClient::new(base.clone(), secret.clone());
                 let v = c.get_json(path).await.ok()?;
                 v.get("rss_bytes").and_then(|r| r.as_u64())
             }
@@ -282,7 +282,7 @@ impl MemorySource {
     pub fn summary_url(
         url: &str,
         secret: Option<String>,
-    ) -> Result<MemorySource, crate::http::HttpError> {
+    ) -> Result<MemorySource, crate::api::HttpError> {
         let full = BaseUrl::parse(url)?;
         Ok(MemorySource::Summary {
             base: BaseUrl {

@@ -12,7 +12,7 @@ use std::str::FromStr;
 
 use rand::distr::{Alphanumeric, SampleString};
 
-use crate::http::{BaseUrl, HttpClient, HttpError};
+use crate::api::{BaseUrl, HttpClient, HttpError};
 
 /// Parallel HTTP connections used to grant tokens.
 const GRANT_CONNECTIONS: usize = 4;
@@ -95,7 +95,7 @@ async fn grant_http(
     let mut tasks = Vec::new();
     for part in uids.chunks(chunk) {
         let part = part.to_vec();
-        let mut client = HttpClient::new(base.clone(), secret.map(str::to_string));
+        let client = HttpClient::new(base.clone(), secret.map(str::to_string));
         tasks.push(tokio::spawn(async move {
             let mut out = Vec::with_capacity(part.len());
             for uid in part {

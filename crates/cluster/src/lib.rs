@@ -1,13 +1,16 @@
-//! Internal links between banter nodes.
+//! The links between banter nodes, on the common 12-byte frame:
+//!
+//! * the store link, access node → store node: `store_proto` (layouts), `store_client` (pipelined
+//!   requests over a small pool, timeouts, `RemoteStore` sharding queues over the store list);
+//! * the route link, access node → router: `route_proto` (bodies), `route_link` (per-router links
+//!   with bounded queues, reconnect and full re-subscription, reference-counted presence);
+//! * `notify_backlog`: sync notifications owed for persistent route messages dropped on a full
+//!   queue (access nodes and routers).
+//!
+//! The store node's side of the store link and replication live in the `ims` crate.
 
-pub mod frame_io;
-pub mod log_limit;
 pub mod notify_backlog;
 pub mod route_link;
 pub mod route_proto;
 pub mod store_client;
-pub mod store_commit;
-pub mod store_node;
 pub mod store_proto;
-pub mod store_replication;
-pub mod store_server;

@@ -43,9 +43,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use node::backoff::Backoff;
+use node::frame::{frame_reader, FrameError};
 use parking_lot::{Mutex, RwLock};
-use proto::Frame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -76,7 +78,7 @@ pub struct RouteLinkConfig {
     pub connect_timeout: Duration,
     /// TCP keepalive idle time and probe interval.
     pub keepalive: Duration,
-    /// First wait after a failed dial.
+    /// First wait after a failed dial (plus jitter); doubles up to `backoff_max`.
     pub backoff_min: Duration,
     /// Longest wait between dials.
     pub backoff_max: Duration,
@@ -482,7 +484,7 @@ const HELD: Duration = Duration::from_secs(1);
 
 async fn run_link(shared: Arc<Shared>) {
     let cfg = shared.config.clone();
-    let mut backoff = cfg.backoff_min;
+    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     let mut failures: u64 = 0;
     loop {
         if shared.cancel.is_cancelled() {
@@ -493,10 +495,10 @@ async fn run_link(shared: Arc<Shared>) {
             _ = shared.cancel.cancelled() => break,
             r = dial => r,
         };
-        match stream {
+        let delay = match stream {
             Ok(Ok(stream)) => {
                 failures = 0;
-                set_socket_options(&stream, cfg.keepalive);
+                node::net::set_socket_options(&stream, Some(cfg.keepalive));
                 shared.counters.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(addr = %shared.addr, "route link connected");
                 let started = Instant::now();
@@ -512,23 +514,27 @@ async fn run_link(shared: Arc<Shared>) {
                 }
                 tracing::warn!(addr = %shared.addr, why, "route link lost; redialling");
                 if started.elapsed() >= HELD {
-                    backoff = cfg.backoff_min;
+                    backoff.reset();
                     continue; // redial at once
                 }
+                backoff.next_delay()
             }
             Ok(Err(e)) => {
                 failures += 1;
-                log_dial_failure(&shared.addr, failures, &e.to_string(), backoff);
+                let delay = backoff.next_delay();
+                log_dial_failure(&shared.addr, failures, &e.to_string(), delay);
+                delay
             }
             Err(_) => {
                 failures += 1;
-                log_dial_failure(&shared.addr, failures, "dial timed out", backoff);
+                let delay = backoff.next_delay();
+                log_dial_failure(&shared.addr, failures, "dial timed out", delay);
+                delay
             }
-        }
-        if !pause(&shared.cancel, backoff).await {
+        };
+        if !pause(&shared.cancel, delay).await {
             break;
         }
-        backoff = (backoff * 2).min(cfg.backoff_max);
     }
     shared.state.lock().connected = false;
 }
@@ -538,19 +544,6 @@ fn log_dial_failure(addr: &str, failures: u64, error: &str, backoff: Duration) {
         tracing::warn!(addr, failures, error, retry_in = ?backoff, "cannot reach router");
     } else {
         tracing::debug!(addr, failures, error, retry_in = ?backoff, "cannot reach router");
-    }
-}
-
-/// TCP_NODELAY and keepalive; failures are only logged (the link works without them).
-pub(crate) fn set_socket_options(stream: &TcpStream, keepalive: Duration) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(keepalive)
-        .with_interval(keepalive);
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
-        tracing::debug!(error = %e, "cannot set TCP keepalive");
     }
 }
 
@@ -573,45 +566,36 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) -> &'static str {
     }
 }
 
-async fn read_loop(shared: &Shared, mut rd: OwnedReadHalf) -> &'static str {
-    let mut buf = BytesMut::with_capacity(4096);
+async fn read_loop(shared: &Shared, rd: OwnedReadHalf) -> &'static str {
+    let mut frames = frame_reader(rd, shared.config.max_body);
     loop {
-        match Frame::decode(&mut buf, shared.config.max_body) {
-            Err(e) => {
+        let frame = match frames.next().await {
+            None => return "closed by the router",
+            Some(Ok(frame)) => frame,
+            Some(Err(FrameError::Io(e))) => {
+                tracing::debug!(addr = %shared.addr, error = %e, "route link read failed");
+                return "read error";
+            }
+            Some(Err(e)) => {
                 shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(addr = %shared.addr, error = %e, "malformed frame from router; closing the link");
                 return "malformed frame";
             }
-            Ok(Some(frame)) => {
-                if RouteKind::from_cmd(frame.cmd).is_none() {
-                    tracing::debug!(addr = %shared.addr, cmd = frame.cmd, "ignoring command from router");
-                    continue;
-                }
-                match RouteBody::decode(frame.cmd, &frame.body) {
-                    Ok(RouteBody::Publish(m)) => {
-                        shared.counters.received.fetch_add(1, Ordering::Relaxed);
-                        shared.handler.on_publish(m);
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(addr = %shared.addr, error = %e, "malformed route message from router; closing the link");
-                        return "malformed route message";
-                    }
-                }
+        };
+        if RouteKind::from_cmd(frame.cmd).is_none() {
+            tracing::debug!(addr = %shared.addr, cmd = frame.cmd, "ignoring command from router");
+            continue;
+        }
+        match RouteBody::decode(frame.cmd, &frame.body) {
+            Ok(RouteBody::Publish(m)) => {
+                shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                shared.handler.on_publish(m);
             }
-            Ok(None) => {
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(4096);
-                }
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) => return "closed by the router",
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(addr = %shared.addr, error = %e, "route link read failed");
-                        return "read error";
-                    }
-                }
+            Ok(_) => {}
+            Err(e) => {
+                shared.counters.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(addr = %shared.addr, error = %e, "malformed route message from router; closing the link");
+                return "malformed route message";
             }
         }
     }

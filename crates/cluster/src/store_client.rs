@@ -44,9 +44,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::frame_io::{self, FrameIoError, MAX_COALESCE};
-use crate::log_limit::{Episode, FailureLog};
 use crate::store_proto::{self as sp, BodyError, ErrorCode, PingInfo, Request};
+use futures_util::StreamExt;
+use node::backoff::Backoff as Delays;
+use node::episode::{Episode, FailureLog};
+use node::frame::{frame_reader, FrameError, MAX_COALESCE};
 
 /// What went wrong talking to a store node. Says whose fault it was: the network or the node
 /// being down (`Timeout`, `Unavailable`), the store itself (`Remote`, with the store's error
@@ -147,7 +149,7 @@ pub struct StorePoolOptions {
     pub max_frame_bytes: usize,
     /// Most requests waiting for a reply on one connection. Default 1024.
     pub max_in_flight_per_conn: usize,
-    /// First wait before re-dialling after a failed dial; doubles up to `backoff_max`.
+    /// First wait before re-dialling after a failed dial (plus jitter); doubles up to `backoff_max`.
     /// Default 100 ms.
     pub backoff_min: Duration,
     /// Longest wait between dials. Default 5 s.
@@ -160,7 +162,7 @@ impl Default for StorePoolOptions {
             connections: 4,
             request_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
-            max_frame_bytes: crate::store_server::DEFAULT_MAX_FRAME_BYTES,
+            max_frame_bytes: crate::store_proto::DEFAULT_MAX_FRAME_BYTES,
             max_in_flight_per_conn: 1024,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
@@ -250,7 +252,7 @@ impl Drop for WaiterGuard<'_> {
 
 struct Backoff {
     next_attempt: Option<Instant>,
-    delay: Duration,
+    delays: Delays,
     last_error: String,
 }
 
@@ -277,7 +279,7 @@ impl StorePool {
             dialing: tokio::sync::Mutex::new(()),
             backoff: Mutex::new(Backoff {
                 next_attempt: None,
-                delay: opts.backoff_min,
+                delays: Delays::new(opts.backoff_min, opts.backoff_max),
                 last_error: String::new(),
             }),
             episode: Episode::new(FAILURE_SUMMARY_EVERY),
@@ -334,7 +336,7 @@ impl StorePool {
                     Ok(c) => {
                         let mut b = self.backoff.lock();
                         b.next_attempt = None;
-                        b.delay = self.opts.backoff_min;
+                        b.delays.reset();
                         drop(b);
                         *self.slots[i].lock() = Some(c.clone());
                         return Ok(c);
@@ -342,8 +344,7 @@ impl StorePool {
                     Err(why) => {
                         tracing::debug!(addr = %self.addr, error = %why, "store dial failed");
                         let mut b = self.backoff.lock();
-                        b.next_attempt = Some(Instant::now() + b.delay);
-                        b.delay = (b.delay * 2).min(self.opts.backoff_max);
+                        b.next_attempt = Some(Instant::now() + b.delays.next_delay());
                         b.last_error = why;
                     }
                 }
@@ -382,8 +383,8 @@ impl StorePool {
                     ))
                 }
             };
-        let _ = stream.set_nodelay(true);
-        let (mut rd, wr) = stream.into_split();
+        node::net::set_socket_options(&stream, None);
+        let (rd, wr) = stream.into_split();
         let (tx, rx) = mpsc::unbounded_channel::<(i32, Bytes)>();
         let pending = Arc::new(Mutex::new(Pending {
             waiters: HashMap::new(),
@@ -411,9 +412,9 @@ impl StorePool {
         // the sender, which ends the writer and with it this task and the socket.
         tokio::spawn(async move {
             let reader = async {
-                let mut buf = BytesMut::with_capacity(8192);
+                let mut frames = frame_reader(rd, max);
                 loop {
-                    match frame_io::read_frame(&mut rd, &mut buf, max).await {
+                    match frames.next().await.transpose() {
                         Ok(Some(f)) => {
                             received.fetch_add(1, Ordering::Relaxed);
                             window.reply_received();
@@ -427,7 +428,7 @@ impl StorePool {
                             }
                         }
                         Ok(None) => return "connection closed by the store".to_string(),
-                        Err(FrameIoError::Io(e)) => return format!("connection lost: {e}"),
+                        Err(FrameError::Io(e)) => return format!("connection lost: {e}"),
                         Err(e) => return format!("bad reply stream: {e}"),
                     }
                 }

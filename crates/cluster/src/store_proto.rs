@@ -12,6 +12,9 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use store::{Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage};
 
+/// Default frame body limit on the store link (both directions).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+
 /// Version byte of every store link frame.
 pub const LINK_VERSION: u8 = 1;
 
@@ -565,12 +568,12 @@ pub fn decode_error(body: Bytes) -> Result<(ErrorCode, String), BodyError> {
 }
 
 /// A bounds-checked big-endian reader over a body.
-pub(crate) struct Reader {
+pub struct Reader {
     buf: Bytes,
 }
 
 impl Reader {
-    pub(crate) fn new(buf: Bytes) -> Reader {
+    pub fn new(buf: Bytes) -> Reader {
         Reader { buf }
     }
 
@@ -585,39 +588,39 @@ impl Reader {
         }
     }
 
-    pub(crate) fn u8(&mut self) -> Result<u8, BodyError> {
+    pub fn u8(&mut self) -> Result<u8, BodyError> {
         self.need(1)?;
         Ok(self.buf.get_u8())
     }
 
-    pub(crate) fn u16(&mut self) -> Result<u16, BodyError> {
+    pub fn u16(&mut self) -> Result<u16, BodyError> {
         self.need(2)?;
         Ok(self.buf.get_u16())
     }
 
-    pub(crate) fn u32(&mut self) -> Result<u32, BodyError> {
+    pub fn u32(&mut self) -> Result<u32, BodyError> {
         self.need(4)?;
         Ok(self.buf.get_u32())
     }
 
-    pub(crate) fn u64(&mut self) -> Result<u64, BodyError> {
+    pub fn u64(&mut self) -> Result<u64, BodyError> {
         self.need(8)?;
         Ok(self.buf.get_u64())
     }
 
-    pub(crate) fn i64(&mut self) -> Result<i64, BodyError> {
+    pub fn i64(&mut self) -> Result<i64, BodyError> {
         self.need(8)?;
         Ok(self.buf.get_i64())
     }
 
-    pub(crate) fn bytes(&mut self, n: usize) -> Result<Bytes, BodyError> {
+    pub fn bytes(&mut self, n: usize) -> Result<Bytes, BodyError> {
         self.need(n)?;
         Ok(self.buf.split_to(n))
     }
 
     /// Reads a u32 element count and checks that `count × min_each` bytes can still follow, so a
     /// hostile count never makes us reserve memory.
-    pub(crate) fn count(&mut self, min_each: usize) -> Result<usize, BodyError> {
+    pub fn count(&mut self, min_each: usize) -> Result<usize, BodyError> {
         let n = self.u32()? as usize;
         if n.saturating_mul(min_each) > self.buf.remaining() {
             return Err(bad(format!(
@@ -628,7 +631,7 @@ impl Reader {
         Ok(n)
     }
 
-    pub(crate) fn queue(&mut self) -> Result<QueueId, BodyError> {
+    pub fn queue(&mut self) -> Result<QueueId, BodyError> {
         let kind = self.u8()?;
         let appid = self.i64()?;
         let id = self.i64()?;
@@ -639,11 +642,11 @@ impl Reader {
         }
     }
 
-    pub(crate) fn rest(&mut self) -> Bytes {
+    pub fn rest(&mut self) -> Bytes {
         self.buf.split_off(0)
     }
 
-    pub(crate) fn finish(&self) -> Result<(), BodyError> {
+    pub fn finish(&self) -> Result<(), BodyError> {
         if self.buf.has_remaining() {
             Err(bad(format!("{} trailing bytes", self.buf.remaining())))
         } else {

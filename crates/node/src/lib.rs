@@ -1,4 +1,20 @@
-//! Plumbing every node role (access, router, store node) shares, so each is written once.
+//! Plumbing every node role (access, router, store node) shares, so each is written once:
+//!
+//! * [`net`]: the accept loop and socket options;
+//! * [`frame`]: the framed codec of the node links and their coalescing writer;
+//! * [`backoff`]: reconnect back-off with jitter;
+//! * [`admin`]: bearer authentication and the loopback rule of the HTTP admin APIs;
+//! * [`http_client`]: the one HTTP client;
+//! * [`throttle`] (`warn_throttled!`, `error_throttled!`) and [`episode`]: logging of failures that
+//!   repeat per request, at most one line per interval or per failure episode.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod backoff;
+pub mod episode;
+pub mod frame;
+pub mod http_client;
+pub mod net;
 pub mod throttle;
+
+pub use reqwest;

@@ -19,6 +19,9 @@ pub struct RouterConfig {
     pub listen: String,
     /// HTTP API listener; empty disables it.
     pub http_listen: String,
+    /// When set, every HTTP request but `/healthz` must carry `Authorization: Bearer <secret>`.
+    /// When empty, the HTTP API refuses to listen on anything but a loopback address.
+    pub http_secret: String,
     /// Offline push.
     pub push: PushConfig,
     /// Bounds.
@@ -31,6 +34,7 @@ impl Default for RouterConfig {
             node_id: String::new(),
             listen: "0.0.0.0:4444".to_owned(),
             http_listen: "127.0.0.1:4445".to_owned(),
+            http_secret: String::new(),
             push: PushConfig::default(),
             limits: LimitsConfig::default(),
         }

@@ -13,8 +13,10 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use cluster::route_proto::{cmd, write_frame, RouteBody, RouteKind};
+use futures_util::StreamExt;
+use node::frame::{frame_reader, FrameError};
 use proto::Frame;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -24,8 +26,6 @@ use tokio_util::task::TaskTracker;
 use crate::table::Conn;
 use crate::Router;
 
-/// Wait after a failed accept.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Bytes coalesced into one write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -36,48 +36,42 @@ pub(crate) async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let permits = Arc::new(Semaphore::new(router.config.limits.max_connections));
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        let (stream, peer) = match accepted {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
-                }
-            }
-        };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            router.metrics.rejected.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, max = router.config.limits.max_connections, "too many access-node connections; refusing");
-            continue;
-        };
-        router.metrics.accepted.fetch_add(1, Ordering::Relaxed);
-        let limits = &router.config.limits;
-        let id = router.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
-        let conn = Arc::new(Conn::new(
-            id,
-            peer,
-            (
-                limits.outbox_frames,
-                limits.outbox_bytes,
-                limits.notify_backlog,
-            ),
-            router.metrics.clone(),
-        ));
-        // Registered here, so connections are listed in accept order.
-        router.table.add_conn(conn.clone());
-        let r = router.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            serve(r, conn, stream, shutdown).await;
-            drop(permit);
-        });
-    }
+    let keepalive = Duration::from_secs(router.config.limits.keepalive_secs);
+    node::net::accept_loop(
+        &listener,
+        "access nodes",
+        Some(keepalive),
+        &shutdown,
+        |stream, peer| {
+            let Ok(permit) = permits.clone().try_acquire_owned() else {
+                router.metrics.rejected.fetch_add(1, Ordering::Relaxed);
+                node::warn_throttled!(%peer, max = router.config.limits.max_connections, "too many access-node connections; refusing");
+                return;
+            };
+            router.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+            let limits = &router.config.limits;
+            let id = router.next_conn.fetch_add(1, Ordering::Relaxed) + 1;
+            let conn = Arc::new(Conn::new(
+                id,
+                peer,
+                (
+                    limits.outbox_frames,
+                    limits.outbox_bytes,
+                    limits.notify_backlog,
+                ),
+                router.metrics.clone(),
+            ));
+            // Registered here, so connections are listed in accept order.
+            router.table.add_conn(conn.clone());
+            let r = router.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                serve(r, conn, stream, shutdown).await;
+                drop(permit);
+            });
+        },
+    )
+    .await;
 }
 
 async fn serve(
@@ -86,10 +80,6 @@ async fn serve(
     stream: TcpStream,
     shutdown: CancellationToken,
 ) {
-    set_socket_options(
-        &stream,
-        Duration::from_secs(router.config.limits.keepalive_secs),
-    );
     let (id, peer) = (conn.id, conn.peer);
     tracing::info!(conn = id, %peer, "access node connected");
     let (rd, wr) = stream.into_split();
@@ -109,46 +99,25 @@ async fn serve(
     );
 }
 
-fn set_socket_options(stream: &TcpStream, keepalive: Duration) {
-    if let Err(e) = stream.set_nodelay(true) {
-        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-    }
-    let ka = socket2::TcpKeepalive::new()
-        .with_time(keepalive)
-        .with_interval(keepalive);
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&ka) {
-        tracing::debug!(error = %e, "cannot set TCP keepalive");
-    }
-}
-
-async fn read_loop(router: &Router, conn: &Arc<Conn>, mut rd: OwnedReadHalf) -> &'static str {
-    let max_body = router.config.limits.max_body;
-    let mut buf = BytesMut::with_capacity(8192);
+async fn read_loop(router: &Router, conn: &Arc<Conn>, rd: OwnedReadHalf) -> &'static str {
+    let mut frames = frame_reader(rd, router.config.limits.max_body);
     loop {
-        match Frame::decode(&mut buf, max_body) {
-            Err(e) => {
-                router.metrics.malformed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(conn = conn.id, peer = %conn.peer, error = %e, "malformed frame from access node; closing its connection");
-                return "malformed frame";
-            }
-            Ok(Some(frame)) => {
+        match frames.next().await {
+            None => return "closed by the access node",
+            Some(Ok(frame)) => {
                 conn.received.fetch_add(1, Ordering::Relaxed);
                 if let Err(why) = handle(router, conn, frame) {
                     return why;
                 }
             }
-            Ok(None) => {
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(8192);
-                }
-                match rd.read_buf(&mut buf).await {
-                    Ok(0) => return "closed by the access node",
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::debug!(conn = conn.id, error = %e, "read from access node failed");
-                        return "read error";
-                    }
-                }
+            Some(Err(FrameError::Io(e))) => {
+                tracing::debug!(conn = conn.id, error = %e, "read from access node failed");
+                return "read error";
+            }
+            Some(Err(e)) => {
+                router.metrics.malformed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(conn = conn.id, peer = %conn.peer, error = %e, "malformed frame from access node; closing its connection");
+                return "malformed frame";
             }
         }
     }

@@ -16,6 +16,9 @@
 //! is disconnected; it never stalls forwarding between the others (defect #33). A closed
 //! connection's state is forgotten. A malformed frame closes only its connection.
 //!
+//! The HTTP API is protected by `node::admin`: with `http_secret` set every request but `/healthz`
+//! needs `Authorization: Bearer <secret>`; without one it may only listen on loopback.
+//!
 //! [`run`] binds the listeners and returns at once with their addresses; cancelling the shutdown
 //! token stops accepting, closes the connections and flushes the push sink
 //! ([`RunningRouter::wait`]).
@@ -35,6 +38,7 @@ use std::time::Duration;
 
 use backend::push::PushSink;
 use backend::BackendError;
+use node::admin::{require_bearer, BearerAuth};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,6 +58,9 @@ pub enum RouterError {
         addr: String,
         source: std::io::Error,
     },
+    /// The HTTP API would be exposed without a secret.
+    #[error("invalid router configuration: {0}")]
+    Exposed(String),
     /// The push sink could not be set up (e.g. Redis unreachable).
     #[error("offline push: {0}")]
     Push(#[from] BackendError),
@@ -121,6 +128,14 @@ pub async fn run(
     if !problems.is_empty() {
         return Err(RouterError::Config(problems));
     }
+    node::admin::check_exposure(
+        &config.http_listen,
+        &config.http_secret,
+        "http_listen",
+        "http_secret",
+    )
+    .await
+    .map_err(RouterError::Exposed)?;
     let push = match config.push.backend {
         PushBackend::None => PushSink::Disabled,
         PushBackend::Redis => PushSink::redis(config.push.redis.clone()).await?,
@@ -165,7 +180,9 @@ pub async fn run(
         tracker.clone(),
     ));
     if let Some(l) = http_listener {
-        let app = http::router(router.clone());
+        let auth = BearerAuth::new(&router.config.http_secret, &["/healthz"], "http_secret");
+        let app = http::router(router.clone())
+            .layer(axum::middleware::from_fn_with_state(auth, require_bearer));
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
             if let Err(e) = axum::serve(l, app)

@@ -355,9 +355,39 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if missing) the store in `dir`. See `recovery` for what happens.
+    /// Opens (creating if missing) the store in `dir`: recovery (see `recovery`) re-establishes
+    /// the state from the files, then the engine's threads start — the writer, the syncer, the
+    /// checkpointer and the preallocator.
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store, StoreError> {
-        crate::recovery::open(dir.as_ref(), opts)
+        let r = crate::recovery::open(dir.as_ref(), opts)?;
+        let inner = r.inner;
+        let dir = inner.dir.clone();
+        let spawn = |name: &str, f: fn(Arc<Inner>)| {
+            let i = inner.clone();
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || f(i))
+                .map_err(|e| StoreError::io("spawn a store thread", &dir, e))
+        };
+        let threads = vec![
+            spawn("store-writer", crate::writer::writer_loop)?,
+            spawn("store-sync", crate::writer::sync_loop)?,
+            spawn("store-checkpoint", crate::checkpoint::checkpointer_loop)?,
+            spawn("store-prealloc", crate::prealloc::prealloc_loop)?,
+        ];
+        tracing::info!(
+            dir = %dir.display(),
+            log_start = r.log_start,
+            log_end = r.end,
+            replayed_records = r.replayed,
+            elapsed_ms = r.started.elapsed().as_millis() as u64,
+            "store opened"
+        );
+        Ok(Store {
+            inner,
+            threads: Mutex::new(threads),
+            close_result: Mutex::new(None),
+        })
     }
 
     /// Submits messages; they become durable together with every other concurrent submission

@@ -10,7 +10,7 @@
 //! `base..base + (len − 32)`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -20,7 +20,9 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use crate::error::StoreError;
-use crate::format::{parse_segment_file_name, SEGMENT_HEADER_LEN};
+use crate::format::{
+    encode_segment_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
+};
 
 /// One segment file.
 pub(crate) struct Segment {
@@ -41,6 +43,25 @@ impl Segment {
             handle: Mutex::new(None),
             last_used: AtomicU64::new(0),
         }
+    }
+
+    /// Creates the file of a new, empty segment starting at `base` in `dir` (it must not exist yet)
+    /// through `open` (e.g. with the descriptor reserve) and writes its header. Nothing is synced:
+    /// the caller fsyncs the file and the directory as its durability requires.
+    pub fn create(
+        dir: &Path,
+        base: u64,
+        open: impl FnOnce(&OpenOptions, &Path) -> std::io::Result<File>,
+    ) -> Result<(Segment, File), StoreError> {
+        let path = dir.join(segment_file_name(base));
+        let file = open(
+            OpenOptions::new().read(true).write(true).create_new(true),
+            &path,
+        )
+        .map_err(|e| StoreError::io("create segment", &path, e))?;
+        file.write_all_at(&encode_segment_header(base), 0)
+            .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
+        Ok((Segment::new(base, path, base), file))
     }
 
     /// File offset of a position in this segment.

@@ -1,7 +1,8 @@
 //! Opening a store: lock the directory, check the segment headers and that segments follow each
 //! other without a gap, load the newest usable checkpoint, replay only the records after it,
 //! truncate a torn tail, refuse to start on corruption anywhere else (naming the file and
-//! offset), then start the writer, sync, checkpointer and preallocator threads.
+//! offset), and return the state as a [`Recovered`]; `Store::open` (`engine`) then starts the
+//! writer, sync, checkpointer and preallocator threads.
 //!
 //! Also hosts the record scanner shared with `tools`.
 
@@ -14,16 +15,15 @@ use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::checkpoint::{checkpointer_loop, read_checkpoints};
+use crate::checkpoint::read_checkpoints;
 use crate::engine::{
-    role_byte, Active, CkptState, Inner, Pending, PreallocState, Stats, Store, WriterState,
+    role_byte, Active, CkptState, Inner, Pending, PreallocState, Stats, WriterState,
 };
 use crate::error::StoreError;
 use crate::format::{
-    check_record, control_record_len_before, decode_segment_header, decode_withdraw,
-    encode_segment_header, jump_from, segment_file_name, MessageView, RecordCheck,
-    CONTROL_TRAILER_LEN, JUMP_RECORD_LEN, RECORD_HEADER_LEN, RECORD_JUMP, RECORD_MESSAGE,
-    RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
+    check_record, control_record_len_before, decode_segment_header, decode_withdraw, jump_from,
+    MessageView, RecordCheck, CONTROL_TRAILER_LEN, JUMP_RECORD_LEN, RECORD_HEADER_LEN, RECORD_JUMP,
+    RECORD_MESSAGE, RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
 };
 use crate::health::Health;
 use crate::lock::DirLock;
@@ -31,7 +31,6 @@ use crate::log::{list_segments, sync_dir, LogView, Segment};
 use crate::options::StoreOptions;
 use crate::queue::{Head, Published, PublishedHeads, QueueHasherBuilder, QueueMap};
 use crate::resources::FdReserve;
-use crate::writer::writer_loop;
 
 /// Why a scan stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -288,20 +287,12 @@ struct SegInfo {
     len: u64,
 }
 
-pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-    opts.validate().map_err(StoreError::InvalidArgument)?;
-    let t0 = Instant::now();
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
-    let dir = dir
-        .canonicalize()
-        .map_err(|e| StoreError::io("resolve directory", dir, e))?;
-    let lock = DirLock::acquire(&dir)?;
-    let dir_file = File::open(&dir).map_err(|e| StoreError::io("open directory", &dir, e))?;
-    let spare = crate::prealloc::check_spare(&dir, opts.segment_bytes)?;
-
-    // 1. segments: headers and continuity
+/// Phase 1: the segment files, in order, with their headers and continuity checked (a last
+/// segment that was created but never got a header, or the empty segment of an unfinished
+/// promotion, is removed).
+fn scan_segments(dir: &Path) -> Result<Vec<SegInfo>, StoreError> {
     let mut segs: Vec<SegInfo> = Vec::new();
-    let listed = list_segments(&dir)?;
+    let listed = list_segments(dir)?;
     let count = listed.len();
     for (i, (base, path)) in listed.into_iter().enumerate() {
         let file = OpenOptions::new()
@@ -327,7 +318,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
                 drop(file);
                 std::fs::remove_file(&path)
                     .map_err(|e| StoreError::io("remove segment", &path, e))?;
-                sync_dir(&dir)?;
+                sync_dir(dir)?;
                 continue;
             }
             return Err(StoreError::corrupt(
@@ -347,7 +338,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
                 drop(file);
                 std::fs::remove_file(&path)
                     .map_err(|e| StoreError::io("remove segment", &path, e))?;
-                sync_dir(&dir)?;
+                sync_dir(dir)?;
                 continue;
             }
             Err(r) => return Err(StoreError::corrupt(&path, 0, r)),
@@ -373,7 +364,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
                     drop(file);
                     std::fs::remove_file(&path)
                         .map_err(|e| StoreError::io("remove segment", &path, e))?;
-                    sync_dir(&dir)?;
+                    sync_dir(dir)?;
                     continue;
                 }
                 return Err(StoreError::corrupt(
@@ -393,14 +384,23 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
             len,
         });
     }
+    Ok(segs)
+}
+
+/// Phase 2: the newest valid checkpoint that fits the segments, as the queue heads to replay
+/// from, the position replay starts at, the checkpointer's state, and whether replay may rebase
+/// queues whose first entries were removed by retention (no checkpoint, log start above 0).
+fn load_checkpoint(
+    dir: &Path,
+    segs: &[SegInfo],
+) -> Result<(QueueMap<Head>, u64, CkptState, bool), StoreError> {
     let log_start = segs.first().map_or(0, |s| s.base);
     let files_end = segs
         .last()
         .map_or(0, |s| s.base + (s.len - SEGMENT_HEADER_LEN));
 
-    // 2. checkpoint
     let mut best: Option<(u8, crate::format::Checkpoint)> = None;
-    for found in read_checkpoints(&dir)? {
+    for found in read_checkpoints(dir)? {
         match found.result {
             Ok(c) => {
                 if best
@@ -419,7 +419,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         if c.position > files_end {
             let (file, offset) = match segs.last() {
                 Some(s) => (s.path.clone(), s.len),
-                None => (dir.clone(), 0),
+                None => (dir.to_path_buf(), 0),
             };
             return Err(StoreError::corrupt(
                 file,
@@ -432,7 +432,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
             ));
         }
         if c.position > log_start {
-            checkpoint_end_plausible(&segs, c.position)?;
+            checkpoint_end_plausible(segs, c.position)?;
         }
         if c.position < log_start {
             tracing::warn!(
@@ -472,7 +472,17 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
     };
     let allow_rebase = best.is_none() && log_start > 0;
 
-    // 3. replay the tail
+    Ok((heads, replay_from, ck_state, allow_rebase))
+}
+
+/// Phase 3: replays the records after `replay_from` into `heads`, zeroing a torn tail of the last
+/// segment; returns the log end and the number of records replayed.
+fn replay_tail(
+    segs: &mut [SegInfo],
+    heads: &mut QueueMap<Head>,
+    replay_from: u64,
+    allow_rebase: bool,
+) -> Result<(u64, u64), StoreError> {
     let mut end = replay_from;
     let nsegs = segs.len();
     let mut replayed = 0u64;
@@ -487,7 +497,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         let base = s.base;
         let stop = scan_file(&s.file, &path, from_off, |off, rec| {
             let pos = base + (off - SEGMENT_HEADER_LEN);
-            replay_record(&mut heads, pos, rec, allow_rebase)
+            replay_record(heads, pos, rec, allow_rebase)
                 .map_err(|why| StoreError::corrupt(&path, off, why))?;
             replayed += 1;
             Ok(())
@@ -540,6 +550,41 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         end = replay_from;
     }
 
+    Ok((end, replayed))
+}
+
+/// What recovery re-established: the engine state, ready for its threads
+/// ([`crate::engine::Store::open`] starts them), and figures for the opening log line.
+pub(crate) struct Recovered {
+    pub inner: Arc<Inner>,
+    pub log_start: u64,
+    pub end: u64,
+    /// Log records replayed after the checkpoint.
+    pub replayed: u64,
+    /// When recovery started.
+    pub started: Instant,
+}
+
+/// Re-establishes the store in `dir` from its files, in four phases — the segments
+/// ([`scan_segments`]), the checkpoint ([`load_checkpoint`]), the replay of the tail
+/// ([`replay_tail`]), then the reader views, the active segment and the engine state — and starts
+/// nothing.
+pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Recovered, StoreError> {
+    opts.validate().map_err(StoreError::InvalidArgument)?;
+    let t0 = Instant::now();
+    std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(|e| StoreError::io("resolve directory", dir, e))?;
+    let lock = DirLock::acquire(&dir)?;
+    let dir_file = File::open(&dir).map_err(|e| StoreError::io("open directory", &dir, e))?;
+    let spare = crate::prealloc::check_spare(&dir, opts.segment_bytes)?;
+
+    let mut segs = scan_segments(&dir)?;
+    let log_start = segs.first().map_or(0, |s| s.base);
+    let (mut heads, replay_from, ck_state, allow_rebase) = load_checkpoint(&dir, &segs)?;
+    let (end, replayed) = replay_tail(&mut segs, &mut heads, replay_from, allow_rebase)?;
+
     // 4. reader views
     let log = LogView::new(dir.clone(), opts.cache_bytes, opts.max_open_files);
     log.log_start.store(log_start, Ordering::Release);
@@ -562,19 +607,11 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
     }
     if active.is_none() {
         let base = end;
-        let path = dir.join(segment_file_name(base));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .map_err(|e| StoreError::io("create segment", &path, e))?;
-        file.write_all_at(&encode_segment_header(base), 0)
-            .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
+        let (seg, file) = Segment::create(&dir, base, |o, p| o.open(p))?;
         file.sync_all()
-            .map_err(|e| StoreError::io("fsync", &path, e))?;
+            .map_err(|e| StoreError::io("fsync", &seg.path, e))?;
         sync_dir(&dir)?;
-        let seg = Arc::new(Segment::new(base, path, base));
+        let seg = Arc::new(seg);
         log.add_segment(seg.clone());
         log.log_start.store(base, Ordering::Release);
         active = Some(Active {
@@ -643,39 +680,12 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         _lock: lock,
         opts,
     });
-    let w = inner.clone();
-    let writer = std::thread::Builder::new()
-        .name("store-writer".into())
-        .spawn(move || writer_loop(w))
-        .map_err(|e| StoreError::io("spawn writer thread", &dir, e))?;
-    let c = inner.clone();
-    let ckpt = std::thread::Builder::new()
-        .name("store-checkpoint".into())
-        .spawn(move || checkpointer_loop(c))
-        .map_err(|e| StoreError::io("spawn checkpoint thread", &dir, e))?;
-    let sy = inner.clone();
-    let syncer = std::thread::Builder::new()
-        .name("store-sync".into())
-        .spawn(move || crate::writer::sync_loop(sy))
-        .map_err(|e| StoreError::io("spawn sync thread", &dir, e))?;
-    let p = inner.clone();
-    let prealloc = std::thread::Builder::new()
-        .name("store-prealloc".into())
-        .spawn(move || crate::prealloc::prealloc_loop(p))
-        .map_err(|e| StoreError::io("spawn preallocation thread", &dir, e))?;
-    let threads = vec![writer, syncer, ckpt, prealloc];
-    tracing::info!(
-        dir = %dir.display(),
-        log_start,
-        log_end = end,
-        replayed_records = replayed,
-        elapsed_ms = t0.elapsed().as_millis() as u64,
-        "store opened"
-    );
-    Ok(Store {
+    Ok(Recovered {
         inner,
-        threads: Mutex::new(threads),
-        close_result: Mutex::new(None),
+        log_start,
+        end,
+        replayed,
+        started: t0,
     })
 }
 

@@ -27,7 +27,6 @@
 //! zero-filled spare is ready, the writer seals the segment early and continues in the spare
 //! instead of failing.
 
-use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -603,16 +602,9 @@ impl Inner {
                 (spare.file, spare.zero_filled)
             }
             None => {
-                let file = self
-                    .open_file(
-                        OpenOptions::new().read(true).write(true).create_new(true),
-                        &path,
-                    )
-                    .map_err(|e| StoreError::io("create segment", &path, e))?;
-                file.write_all_at(&encode_segment_header(base), 0)
-                    .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
+                let (seg, file) = Segment::create(&self.dir, base, |o, p| self.open_file(o, p))?;
                 if sync {
-                    self.fsync(&file, &path, true)?;
+                    self.fsync(&file, &seg.path, true)?;
                 }
                 (file, false)
             }

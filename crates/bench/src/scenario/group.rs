@@ -12,9 +12,9 @@ use serde::Serialize;
 
 use super::{connect_all, run_members, BenchError, ConnSpec, Fault, Role, SendPlan, Verify};
 use crate::accounting::Book;
+use crate::api::HttpClient;
 use crate::client::Kind;
 use crate::env::Env;
-use crate::http::HttpClient;
 use crate::report::Report;
 
 /// Parameters of the `group` scenario.
@@ -77,7 +77,7 @@ pub async fn create_group(
     });
     match api.post_json_ok("/admin/groups", &body).await {
         Ok(_) => Ok(()),
-        Err(crate::http::HttpError::Status { status: 404, .. }) => Err(BenchError::Setup(format!(
+        Err(crate::api::HttpError::Status { status: 404, .. }) => Err(BenchError::Setup(format!(
             "{} has no group admin API (POST /admin/groups answered 404); the group scenario needs it",
             api.base()
         ))),

@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::Bytes;
+use node::reqwest;
 use serde::Serialize;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -59,7 +58,7 @@ impl Default for MediaOptions {
 #[derive(Debug, thiserror::Error)]
 enum MediaReqError {
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Http(String),
     #[error("malformed HTTP answer")]
     Malformed,
     #[error("HTTP {status}: {body}")]
@@ -70,141 +69,65 @@ enum MediaReqError {
     Timeout,
 }
 
+impl From<reqwest::Error> for MediaReqError {
+    fn from(e: reqwest::Error) -> Self {
+        if e.is_timeout() {
+            MediaReqError::Timeout
+        } else {
+            MediaReqError::Http(e.to_string())
+        }
+    }
+}
+
 /// Bound on one request (upload or download).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A keep-alive HTTP/1.1 connection for binary bodies.
+/// One client's keep-alive HTTP/1.1 connection, as an SDK holds it: a client of the project's HTTP
+/// client (`node::http_client`) of its own, keeping at most one idle connection.
 struct Conn {
-    addr: std::net::SocketAddr,
-    authority: String,
-    stream: Option<TcpStream>,
-    buf: BytesMut,
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+    client: reqwest::Client,
+    base: String,
+    auth: String,
 }
 
 impl Conn {
-    fn new(addr: std::net::SocketAddr) -> Conn {
-        Conn {
-            addr,
-            authority: addr.to_string(),
-            stream: None,
-            buf: BytesMut::with_capacity(64 * 1024),
-        }
+    fn new(addr: std::net::SocketAddr, token: &str) -> Result<Conn, MediaReqError> {
+        let client = node::http_client::builder(REQUEST_TIMEOUT)
+            .pool_max_idle_per_host(1)
+            .user_agent("banter-bench")
+            .build()?;
+        Ok(Conn {
+            client,
+            base: format!("http://{addr}"),
+            auth: format!("Bearer {token}"),
+        })
     }
 
+    /// One request with the client's bearer token; a 2xx answer's body, or the error.
     async fn send(
-        &mut self,
-        method: &str,
+        &self,
+        method: reqwest::Method,
         path: &str,
-        headers: &str,
-        body: &[u8],
-    ) -> Result<(u16, BytesMut), MediaReqError> {
-        let reused = self.stream.is_some();
-        match self.bounded(method, path, headers, body).await {
-            Err(MediaReqError::Io(_) | MediaReqError::Malformed) if reused => {
-                self.stream = None;
-                self.bounded(method, path, headers, body).await
-            }
-            other => other,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<Bytes, MediaReqError> {
+        let mut req = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .header(reqwest::header::AUTHORIZATION, &self.auth);
+        if let Some(ct) = content_type {
+            req = req.header(reqwest::header::CONTENT_TYPE, ct).body(body);
         }
-    }
-
-    async fn bounded(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &str,
-        body: &[u8],
-    ) -> Result<(u16, BytesMut), MediaReqError> {
-        match tokio::time::timeout(REQUEST_TIMEOUT, self.send_once(method, path, headers, body))
-            .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                self.stream = None;
-                Err(MediaReqError::Timeout)
-            }
-        }
-    }
-
-    async fn send_once(
-        &mut self,
-        method: &str,
-        path: &str,
-        headers: &str,
-        body: &[u8],
-    ) -> Result<(u16, BytesMut), MediaReqError> {
-        if self.stream.is_none() {
-            let s = TcpStream::connect(self.addr).await?;
-            s.set_nodelay(true)?;
-            self.stream = Some(s);
-            self.buf.clear();
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(MediaReqError::Malformed);
-        };
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: banter-bench\r\n{headers}Content-Length: {}\r\n\r\n",
-            self.authority,
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        if !body.is_empty() {
-            stream.write_all(body).await?;
-        }
-        let head_end = loop {
-            if let Some(i) = find(&self.buf, b"\r\n\r\n") {
-                break i;
-            }
-            if self.buf.len() > 64 * 1024 || stream.read_buf(&mut self.buf).await? == 0 {
-                self.stream = None;
-                return Err(MediaReqError::Malformed);
-            }
-        };
-        let head =
-            std::str::from_utf8(&self.buf[..head_end]).map_err(|_| MediaReqError::Malformed)?;
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or(MediaReqError::Malformed)?;
-        let mut len = 0usize;
-        let mut close = false;
-        for line in lines {
-            if let Some((k, v)) = line.split_once(':') {
-                let k = k.trim();
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().map_err(|_| MediaReqError::Malformed)?;
-                } else if k.eq_ignore_ascii_case("connection") {
-                    close = v.trim().eq_ignore_ascii_case("close");
-                } else if k.eq_ignore_ascii_case("transfer-encoding") {
-                    // Every answer of the app API has a length.
-                    return Err(MediaReqError::Malformed);
-                }
-            }
-        }
-        self.buf.advance(head_end + 4);
-        while self.buf.len() < len {
-            if stream.read_buf(&mut self.buf).await? == 0 {
-                self.stream = None;
-                return Err(MediaReqError::Malformed);
-            }
-        }
-        let body = self.buf.split_to(len);
-        if close {
-            self.stream = None;
-        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await?;
         if !(200..300).contains(&status) {
             return Err(MediaReqError::Status {
                 status,
                 body: String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
             });
         }
-        Ok((status, body))
+        Ok(body)
     }
 }
 
@@ -320,19 +243,21 @@ async fn phase(
         let share = total / clients as u64 + u64::from((c as u64) < total % clients as u64);
         let (sh, base, paths, done) = (sh.clone(), base.clone(), paths.clone(), done.clone());
         set.spawn(async move {
-            let mut conn = Conn::new(sh.addr);
+            let conn = Conn::new(sh.addr, &sh.tokens[c]);
             let mut hist = new_histogram();
             let mut bytes = 0u64;
             let mut failed = 0u64;
             let mut first_err = None;
             let mut uploaded = Vec::new();
-            let auth = format!("Authorization: Bearer {}\r\n", sh.tokens[c]);
             for seq in 0..share {
                 if Instant::now() >= deadline {
                     break;
                 }
                 let t0 = Instant::now();
                 let r: Result<u64, MediaReqError> = async {
+                    let conn = conn
+                        .as_ref()
+                        .map_err(|e| MediaReqError::Http(e.to_string()))?;
                     match op {
                         Op::UploadImage | Op::UploadVoice => {
                             let (path, ctype) = match op {
@@ -340,21 +265,25 @@ async fn phase(
                                 _ => ("audios", "audio/amr"),
                             };
                             let data = payload(&base, c, seq);
-                            let headers = format!("{auth}Content-Type: {ctype}\r\n");
+                            let len = data.len() as u64;
                             let url = format!("{}/{path}", sh.prefix);
-                            let (_, body) = conn.send("POST", &url, &headers, &data).await?;
+                            let body = conn
+                                .send(reqwest::Method::POST, &url, Some(ctype), data)
+                                .await?;
                             let v: serde_json::Value = serde_json::from_slice(&body)
                                 .map_err(|_| MediaReqError::Malformed)?;
                             let src = v["src"].as_str().ok_or(MediaReqError::Malformed)?;
                             uploaded.push(format!("{}{src}", sh.prefix));
-                            Ok(data.len() as u64)
+                            Ok(len)
                         }
                         Op::DownloadImage | Op::DownloadVoice => {
                             let mine = &paths[c];
                             let Some(path) = mine.get(seq as usize) else {
                                 return Ok(0);
                             };
-                            let (_, body) = conn.send("GET", path, &auth, b"").await?;
+                            let body = conn
+                                .send(reqwest::Method::GET, path, None, Vec::new())
+                                .await?;
                             if body[..] != payload(&base, c, seq)[..] {
                                 return Err(MediaReqError::Mismatch);
                             }

@@ -47,7 +47,7 @@ pub enum BenchError {
         first: String,
     },
     #[error("server API: {0}")]
-    Http(#[from] crate::http::HttpError),
+    Http(#[from] crate::api::HttpError),
     #[error("server: {0}")]
     Server(#[from] crate::server::ServerError),
     #[error("{0}")]

@@ -37,8 +37,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::frame_io::{self, encode_frame};
-use crate::store_proto::{self as sp, ErrorCode, Reader};
+use cluster::store_proto::{self as sp, ErrorCode, Reader};
+use node::backoff::Backoff;
+use node::frame::{encode_frame, FrameCodec};
+use tokio_util::codec::FramedRead;
 
 /// Version byte of every replication frame.
 pub const REPL_VERSION: u8 = 1;
@@ -218,34 +220,19 @@ pub async fn serve_replication(
 ) {
     let tracker = TaskTracker::new();
     let opts = Arc::new(opts);
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                opts.hub.connections_total.fetch_add(1, Ordering::Relaxed);
-                let store = store.clone();
-                let opts = opts.clone();
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    match serve_follower(stream, peer, store, &opts, shutdown).await {
-                        Ok(()) => tracing::info!(%peer, "replication follower disconnected"),
-                        Err(e) => tracing::warn!(%peer, error = %e, "replication follower dropped"),
-                    }
-                });
+    node::net::accept_loop(&listener, "replication", None, &shutdown, |stream, peer| {
+        opts.hub.connections_total.fetch_add(1, Ordering::Relaxed);
+        let store = store.clone();
+        let opts = opts.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            match serve_follower(stream, peer, store, &opts, shutdown).await {
+                Ok(()) => tracing::info!(%peer, "replication follower disconnected"),
+                Err(e) => tracing::warn!(%peer, error = %e, "replication follower dropped"),
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "replication accept failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-        }
-    }
+        });
+    })
+    .await;
     tracker.close();
     tracker.wait().await;
 }
@@ -269,16 +256,14 @@ async fn serve_follower(
     opts: &ReplicationServerOptions,
     shutdown: CancellationToken,
 ) -> Result<(), String> {
-    let (mut rd, mut wr) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(64);
-    let first = tokio::time::timeout(
-        opts.handshake_timeout,
-        frame_io::read_frame(&mut rd, &mut buf, LEADER_READ_LIMIT),
-    )
-    .await
-    .map_err(|_| "no start position within the handshake timeout".to_string())?
-    .map_err(|e| format!("handshake: {e}"))?
-    .ok_or_else(|| "closed before the handshake".to_string())?;
+    let (rd, mut wr) = stream.into_split();
+    let mut frames = FramedRead::with_capacity(rd, FrameCodec::new(LEADER_READ_LIMIT), 64);
+    let first = tokio::time::timeout(opts.handshake_timeout, frames.next())
+        .await
+        .map_err(|_| "no start position within the handshake timeout".to_string())?
+        .transpose()
+        .map_err(|e| format!("handshake: {e}"))?
+        .ok_or_else(|| "closed before the handshake".to_string())?;
     if first.cmd != CMD_REPL_BEGIN || first.version != REPL_VERSION {
         let why = format!(
             "expected REPL_BEGIN version {REPL_VERSION}, got command {} version {}",
@@ -308,8 +293,7 @@ async fn serve_follower(
     let id = hub.register(peer, pos, sent.clone());
     let conn = shutdown.child_token();
     let acks = tokio::spawn(read_acks(
-        rd,
-        buf,
+        frames,
         hub.clone(),
         id,
         sent.clone(),
@@ -330,8 +314,7 @@ async fn serve_follower(
 
 /// Reads acknowledgements until the connection ends, is idle too long, or `conn` is cancelled.
 async fn read_acks(
-    mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
+    mut frames: FramedRead<OwnedReadHalf, FrameCodec>,
     hub: Arc<ReplicationHub>,
     id: u64,
     sent: Arc<AtomicU64>,
@@ -342,7 +325,7 @@ async fn read_acks(
         loop {
             let f = tokio::select! {
                 _ = conn.cancelled() => return Ok(()),
-                f = tokio::time::timeout(idle, frame_io::read_frame(&mut rd, &mut buf, LEADER_READ_LIMIT)) => f,
+                f = tokio::time::timeout(idle, frames.next()) => f.map(Option::transpose),
             };
             let f = match f {
                 Err(_) => return Err(format!("no acknowledgement for {} ms", idle.as_millis())),
@@ -457,7 +440,7 @@ async fn write_timed(
 pub struct FollowOptions {
     /// Largest batch frame accepted. Must exceed the leader's largest log record. Default 64 MiB.
     pub max_frame_bytes: usize,
-    /// First wait before re-dialling; doubles up to `backoff_max`. Default 200 ms.
+    /// First wait before re-dialling (plus jitter); doubles up to `backoff_max`. Default 200 ms.
     pub backoff_min: Duration,
     /// Default 30 s.
     pub backoff_max: Duration,
@@ -531,28 +514,29 @@ pub async fn follow(
     opts: FollowOptions,
     shutdown: CancellationToken,
 ) {
-    let mut delay = opts.backoff_min;
+    let mut backoff = Backoff::new(opts.backoff_min, opts.backoff_max);
     loop {
         if shutdown.is_cancelled() || store.role() != Role::Follower {
             break;
         }
         let end = session(&leader_addr, &store, &opts, &shutdown).await;
         opts.status.connected.store(false, Ordering::Release);
-        match end {
+        let delay = match end {
             SessionEnd::Stop => break,
             SessionEnd::Retry { progressed, why } => {
                 if progressed {
-                    delay = opts.backoff_min;
+                    backoff.reset();
                 }
+                let delay = backoff.next_delay();
                 tracing::warn!(leader = %leader_addr, error = %why, retry_in_ms = delay.as_millis() as u64, "replication from leader interrupted");
                 *opts.status.last_error.lock() = why;
+                delay
             }
-        }
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(delay) => {}
         }
-        delay = (delay * 2).min(opts.backoff_max);
     }
     tracing::info!(leader = %leader_addr, "replication follower stopped");
 }
@@ -572,15 +556,16 @@ async fn session(
             Err(_) => return retry(false, "connect timed out".into()),
         },
     };
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
+    node::net::set_socket_options(&stream, None);
+    let (rd, mut wr) = stream.into_split();
     let mut expected = store.log_end();
     opts.status.applied.store(expected, Ordering::Release);
     let begin = encode_frame(1, CMD_REPL_BEGIN, REPL_VERSION, 0, &u64_body(expected));
     if let Err(e) = wr.write_all(&begin).await {
         return retry(false, format!("sending the start position: {e}"));
     }
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut frames =
+        FramedRead::with_capacity(rd, FrameCodec::new(opts.max_frame_bytes), 64 * 1024);
     let mut inflight: FuturesOrdered<store::Ticket<u64>> = FuturesOrdered::new();
     let mut progressed = false;
     let max_in_flight = opts.max_in_flight.max(1);
@@ -603,8 +588,8 @@ async fn session(
                     None => {}
                 }
             }
-            f = tokio::time::timeout(opts.idle_timeout, frame_io::read_frame(&mut rd, &mut buf, opts.max_frame_bytes)), if inflight.len() < max_in_flight => {
-                let f = match f {
+            f = tokio::time::timeout(opts.idle_timeout, frames.next()), if inflight.len() < max_in_flight => {
+                let f = match f.map(Option::transpose) {
                     Err(_) => break retry(progressed, format!("nothing from the leader for {} ms", opts.idle_timeout.as_millis())),
                     Ok(Ok(Some(f))) => f,
                     Ok(Ok(None)) => break retry(progressed, "leader closed the connection".into()),

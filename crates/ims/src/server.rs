@@ -35,13 +35,13 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::frame_io::{self, FrameIoError, Outgoing};
-use crate::store_commit::{CommitError, CommitTracker};
-use crate::store_proto::{self as sp, ErrorCode, PingInfo, Request};
-use crate::store_replication::ReplicationHub;
+use crate::commit::{CommitError, CommitTracker};
+use crate::replication::ReplicationHub;
+use cluster::store_proto::{self as sp, ErrorCode, PingInfo, Request};
+use futures_util::StreamExt;
+use node::frame::{self, frame_reader, FrameError, Outgoing};
 
-/// Default frame body limit on the store link (both directions).
-pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
+pub use cluster::store_proto::DEFAULT_MAX_FRAME_BYTES;
 
 /// `sync` replication: appends wait for a follower's acknowledgement, and reads see only what a
 /// follower confirmed.
@@ -148,36 +148,20 @@ pub async fn serve(
         opts,
         commit: commit.as_ref().map(|c| c.0.clone()),
     });
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let store = store.clone();
-                let opts = opts.clone();
-                let shutdown = shutdown.clone();
-                tracker.spawn(async move {
-                    opts.metrics.connections.fetch_add(1, Ordering::Relaxed);
-                    opts.metrics
-                        .connections_total
-                        .fetch_add(1, Ordering::Relaxed);
-                    connection(stream, peer, store, opts.clone(), shutdown).await;
-                    opts.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-                });
-            }
-            Err(e) => {
-                // e.g. EMFILE: keep serving (spec §20 #31), but do not spin.
-                tracing::warn!(error = %e, "store link accept failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-            }
-        }
-    }
+    node::net::accept_loop(&listener, "store link", None, &shutdown, |stream, peer| {
+        let store = store.clone();
+        let opts = opts.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            opts.metrics.connections.fetch_add(1, Ordering::Relaxed);
+            opts.metrics
+                .connections_total
+                .fetch_add(1, Ordering::Relaxed);
+            connection(stream, peer, store, opts.clone(), shutdown).await;
+            opts.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    })
+    .await;
     tracker.close();
     tracker.wait().await;
     commit_stop.cancel();
@@ -208,11 +192,11 @@ async fn connection(
     shutdown: CancellationToken,
 ) {
     tracing::debug!(%peer, "store link connection");
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Reply>();
-    let writer = tokio::spawn(frame_io::write_loop(wr, rx));
+    let writer = tokio::spawn(frame::write_loop(wr, rx));
     let sem = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
-    let mut buf = BytesMut::with_capacity(8192);
+    let mut frames = frame_reader(rd, opts.max_frame_bytes);
     loop {
         let permit = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -223,12 +207,12 @@ async fn connection(
         };
         let frame = tokio::select! {
             _ = shutdown.cancelled() => break,
-            f = frame_io::read_frame(&mut rd, &mut buf, opts.max_frame_bytes) => f,
+            f = frames.next() => f.transpose(),
         };
         let frame = match frame {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(FrameIoError::Io(e)) => {
+            Err(FrameError::Io(e)) => {
                 tracing::debug!(%peer, error = %e, "store link read failed");
                 break;
             }
@@ -338,7 +322,7 @@ async fn handle(frame: Frame, store: &Arc<Store>, opts: &Server) -> Bytes {
 fn reply(seq: i32, cmd: u8, result: Result<BytesMut, Failure>, opts: &Server) -> Bytes {
     let m = &opts.metrics;
     match result {
-        Ok(body) => frame_io::encode_frame(seq, cmd, sp::LINK_VERSION, sp::FLAG_REPLY, &body),
+        Ok(body) => frame::encode_frame(seq, cmd, sp::LINK_VERSION, sp::FLAG_REPLY, &body),
         Err(f) => {
             m.errors.fetch_add(1, Ordering::Relaxed);
             if f.code == ErrorCode::ReplicationTimeout {
@@ -347,7 +331,7 @@ fn reply(seq: i32, cmd: u8, result: Result<BytesMut, Failure>, opts: &Server) ->
             tracing::debug!(cmd, code = %f.code, error = %f.message, "store request failed");
             let mut body = BytesMut::new();
             sp::encode_error(f.code, &f.message, &mut body);
-            frame_io::encode_frame(
+            frame::encode_frame(
                 seq,
                 cmd,
                 sp::LINK_VERSION,

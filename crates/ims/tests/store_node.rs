@@ -4,16 +4,16 @@
 //! the leader's queues above every key the leader handed out; the API's bearer secret and its
 //! loopback-only rule without one.
 
-mod store_common;
+mod common;
 
 use std::time::Duration;
 
 use cluster::store_client::{StorePool, StorePoolOptions};
-use cluster::store_node::{
+use common::*;
+use ims::service::{
     default_toml, run, PromoteError, ReplicationMode, StoreNodeConfig, StoreNodeError,
 };
 use store::{QueueId, Role};
-use store_common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;

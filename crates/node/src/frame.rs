@@ -1,17 +1,19 @@
-//! Framed I/O shared by the internal links: reading whole frames with a body-size limit that is
-//! checked before anything is reserved, and a writer task that coalesces everything queued into
+//! Framed I/O of the node links (store link, replication, route link): a `tokio_util::codec`
+//! decoder for the 12-byte-header frames with a body-size limit that is checked before anything is
+//! reserved, a one-buffer frame encoder, and a writer task that coalesces everything queued into
 //! as few `write` calls as possible.
 
 use std::io;
 
 use bytes::{Bytes, BytesMut};
 use proto::{DecodeError, Frame};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_util::codec::{Decoder, FramedRead};
 
 /// Why reading a frame failed.
 #[derive(Debug, thiserror::Error)]
-pub enum FrameIoError {
+pub enum FrameError {
     #[error("i/o error: {0}")]
     Io(#[from] io::Error),
     #[error("bad frame: {0}")]
@@ -20,29 +22,40 @@ pub enum FrameIoError {
     Truncated,
 }
 
-/// Reads the next whole frame from `r`, keeping partial input in `buf` (so it is cancel-safe when
-/// `buf` outlives the call). `Ok(None)` on a clean end of stream at a frame boundary. A declared
-/// body length above `max_body` fails before any memory is reserved.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut BytesMut,
+/// Decodes whole frames; a declared body longer than `max_body` is an error before any memory is
+/// reserved for it. At the end of the stream, leftover bytes are [`FrameError::Truncated`].
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
     max_body: usize,
-) -> Result<Option<Frame>, FrameIoError> {
-    loop {
-        if let Some(f) = Frame::decode(buf, max_body)? {
-            return Ok(Some(f));
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(8192);
-        }
-        if r.read_buf(buf).await? == 0 {
-            return if buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(FrameIoError::Truncated)
-            };
+}
+
+impl FrameCodec {
+    pub fn new(max_body: usize) -> FrameCodec {
+        FrameCodec { max_body }
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        Ok(Frame::decode(src, self.max_body)?)
+    }
+
+    fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        match self.decode(src)? {
+            Some(f) => Ok(Some(f)),
+            None if src.is_empty() => Ok(None),
+            None => Err(FrameError::Truncated),
         }
     }
+}
+
+/// A stream of frames read from `r` (`StreamExt::next` is cancel-safe: partial input stays in the
+/// reader's buffer). It ends (`None`) on a clean end of stream at a frame boundary.
+pub fn frame_reader<R: AsyncRead>(r: R, max_body: usize) -> FramedRead<R, FrameCodec> {
+    FramedRead::with_capacity(r, FrameCodec::new(max_body), 8192)
 }
 
 /// Encodes a frame header plus `body` into one buffer.
@@ -75,7 +88,7 @@ impl Outgoing for Bytes {
 /// Items at least this large are written directly instead of being copied into the batch buffer.
 const DIRECT_WRITE: usize = 64 * 1024;
 /// Most bytes gathered into one write.
-pub(crate) const MAX_COALESCE: usize = 256 * 1024;
+pub const MAX_COALESCE: usize = 256 * 1024;
 
 /// Writes everything received on `rx` to `w`, draining all queued items into one buffer per
 /// `write` call. Returns when every sender is gone (after shutting down the write side) or on the

@@ -3,7 +3,7 @@
 //! `sync` mode acknowledging only what a follower holds, and losing the leader mid-traffic in
 //! `sync` mode without losing an acknowledged append.
 
-mod store_common;
+mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 
 use cluster::store_client::{StorePool, StorePoolOptions};
 use cluster::store_proto::ErrorCode;
-use cluster::store_replication::{
+use common::*;
+use ims::replication::{
     follow, serve_replication, FollowOptions, ReplicationHub, ReplicationServerOptions,
     CMD_REPL_BEGIN, REPL_VERSION,
 };
-use cluster::store_server::{StoreServerOptions, SyncReplication};
+use ims::server::{StoreServerOptions, SyncReplication};
 use store::{QueueId, Role, Store, StoreOptions};
-use store_common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -228,7 +228,7 @@ async fn a_stalled_follower_does_not_block_the_leader() {
     // A follower that announces position 0 and then never reads a byte.
     let mut stalled = TcpStream::connect(leader.repl_addr).await.unwrap();
     stalled
-        .write_all(&cluster::frame_io::encode_frame(
+        .write_all(&node::frame::encode_frame(
             1,
             CMD_REPL_BEGIN,
             REPL_VERSION,

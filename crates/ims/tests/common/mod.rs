@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cluster::store_server::{serve, StoreServerOptions};
+use ims::server::{serve, StoreServerOptions};
 use store::{Durability, NewMessage, QueueId, Role, Store, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -156,5 +156,25 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
         self.task.abort();
+    }
+}
+
+/// Reads the next whole frame from `r` with the links' codec, keeping partial input in `buf`;
+/// `Ok(None)` at a clean end of stream.
+pub async fn read_frame<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut bytes::BytesMut,
+    max_body: usize,
+) -> Result<Option<proto::Frame>, node::frame::FrameError> {
+    use tokio::io::AsyncReadExt;
+    use tokio_util::codec::Decoder;
+    let mut codec = node::frame::FrameCodec::new(max_body);
+    loop {
+        if let Some(f) = codec.decode(buf)? {
+            return Ok(Some(f));
+        }
+        if r.read_buf(buf).await? == 0 {
+            return codec.decode_eof(buf);
+        }
     }
 }

@@ -2,19 +2,19 @@
 //! operation against an in-process store, sharded appends over two stores, timeouts,
 //! unavailability and reconnection, frame limits, follower refusal and run-time address swaps.
 
-mod store_common;
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
-use cluster::frame_io::{encode_frame, read_frame};
 use cluster::store_client::{RemoteStore, RemoteStoreError, StorePool, StorePoolOptions};
 use cluster::store_proto::{self as sp, ErrorCode, Request};
-use cluster::store_replication::ReplicationHub;
-use cluster::store_server::{StoreServerOptions, SyncReplication};
+use common::*;
+use ims::replication::ReplicationHub;
+use ims::server::{StoreServerOptions, SyncReplication};
+use node::frame::encode_frame;
 use store::{QueueId, Role, StoreError};
-use store_common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

@@ -16,7 +16,7 @@
 //!   follower acknowledges it a moment later. An append whose ticket completes after its
 //!   records were withdrawn fails the same way.
 //!
-//! Failures are logged once per episode (`log_limit`), not once per refused append.
+//! Failures are logged once per episode (`node::episode`), not once per refused append.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -28,8 +28,8 @@ use tokio::sync::{oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::log_limit::{Episode, FailureLog};
-use crate::store_replication::ReplicationHub;
+use crate::replication::ReplicationHub;
+use node::episode::{Episode, FailureLog};
 
 /// Why a `sync` append was not confirmed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

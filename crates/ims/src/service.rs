@@ -16,8 +16,9 @@
 //! it a follower again: update the config after a fail-over. Every node also serves
 //! replication, so followers can be chained.
 //!
-//! The HTTP API is protected like the access node's: with `http_secret` set every request but
-//! `/healthz` needs `Authorization: Bearer <secret>`; without one it only listens on loopback.
+//! The HTTP API is protected by `node::admin`, like the access node's and the router's: with
+//! `http_secret` set every request but `/healthz` (so `POST /promote` too) needs
+//! `Authorization: Bearer <secret>`; without one it may only listen on loopback.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,17 +31,18 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use node::admin::{self, require_bearer, BearerAuth};
 use serde::{Deserialize, Serialize};
 use store::{Durability, Retention, Role, Store, StoreError, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::store_replication::{
+use crate::replication::{
     follow, serve_replication, FollowOptions, FollowStatus, ReplicationHub,
     ReplicationServerOptions,
 };
-use crate::store_server::{serve, StoreServerMetrics, StoreServerOptions, SyncReplication};
+use crate::server::{serve, StoreServerMetrics, StoreServerOptions, SyncReplication};
 
 /// When an append is acknowledged, relative to replication.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -269,7 +271,7 @@ impl StoreNodeConfig {
                     ));
                 }
                 let request = o.max_body_bytes
-                    + o.max_queues_per_message * crate::store_proto::QUEUE_LEN
+                    + o.max_queues_per_message * cluster::store_proto::QUEUE_LEN
                     + 64;
                 if (self.max_frame_mb << 20) < request {
                     errs.push(format!(
@@ -695,17 +697,14 @@ pub async fn run(
     config.validate().map_err(StoreNodeError::Config)?;
     let opts = config.store_options().map_err(StoreNodeError::Config)?;
     let http_listen = config.http_listen.trim().to_string();
-    if !http_listen.is_empty() && config.http_secret.is_empty() {
-        let loopback = tokio::net::lookup_host(&http_listen)
-            .await
-            .map(|mut it| it.all(|a| a.ip().is_loopback()))
-            .unwrap_or(false);
-        if !loopback {
-            return Err(StoreNodeError::Config(format!(
-                "http_listen = {http_listen:?} is not a loopback address; set http_secret to expose the HTTP API (it can promote this node)"
-            )));
-        }
-    }
+    admin::check_exposure(
+        &http_listen,
+        &config.http_secret,
+        "http_listen",
+        "http_secret",
+    )
+    .await
+    .map_err(|e| StoreNodeError::Config(format!("{e} (it can promote this node)")))?;
     let dir = config.data_dir.clone();
     let store = {
         let open_dir = dir.clone();
@@ -813,13 +812,13 @@ pub async fn run(
         *state.follower.lock().await = Some((token, task));
     }
     if let Some(l) = http {
-        let secret = Arc::new(config.http_secret.clone());
+        let auth = BearerAuth::new(&config.http_secret, &["/healthz"], "http_secret");
         let app = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .route("/summary", get(summary))
             .route("/promote", post(promote))
-            .layer(axum::middleware::from_fn_with_state(secret, require_secret))
+            .layer(axum::middleware::from_fn_with_state(auth, require_bearer))
             .with_state(state.clone());
         let token = shutdown.clone();
         tasks.push(tokio::spawn(async move {
@@ -883,49 +882,4 @@ async fn promote(State(s): State<Arc<NodeState>>) -> Response {
         )
             .into_response(),
     }
-}
-
-/// With `http_secret` set, every request but `/healthz` needs `Authorization: Bearer <secret>`
-/// (the scheme is case-insensitive).
-async fn require_secret(
-    State(secret): State<Arc<String>>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    if secret.is_empty() || req.uri().path() == "/healthz" {
-        return next.run(req).await;
-    }
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(bearer_token)
-        .unwrap_or("");
-    if constant_time_eq(given.as_bytes(), secret.as_bytes()) {
-        next.run(req).await
-    } else {
-        (
-            StatusCode::UNAUTHORIZED,
-            axum::Json(serde_json::json!({
-                "error": "missing or wrong `Authorization: Bearer <http_secret>` header"
-            })),
-        )
-            .into_response()
-    }
-}
-
-/// The token of an `Authorization: Bearer <token>` value; the scheme is case-insensitive
-/// (RFC 9110 §11.1).
-pub fn bearer_token(value: &str) -> Option<&str> {
-    let (scheme, token) = value.trim().split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(token.trim_start())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -33,11 +33,12 @@ fn new_message(c: &Customer, device_id: i64, flags: u8, body: Bytes) -> NewMessa
     }
 }
 
-/// Stores a customer message posted over HTTP (no kefu check, as in GoBelieve) and notifies both sides.
+/// Stores a customer message posted over HTTP (no kefu check, as in GoBelieve) and notifies both
+/// sides; the receiver's and the sender's keys.
 pub async fn post_customer(
     app: &Arc<App>,
     mut c: Customer,
-) -> Result<(), crate::app::StoreFailure> {
+) -> Result<Option<(i64, i64)>, crate::app::StoreFailure> {
     c.timestamp = now_secs();
     let body = Body::Customer(c.clone()).to_bytes(proto::STORAGE_VERSION);
     let body_copy = body.clone();
@@ -48,8 +49,9 @@ pub async fn post_customer(
         crate::offline::customer(app, &c, &body_copy);
         notify_sync(app, c.receiver_appid, c.receiver, rk.key);
         notify_sync(app, c.sender_appid, c.sender, sk.key);
+        return Ok(Some((rk.key, sk.key)));
     }
-    Ok(())
+    Ok(None)
 }
 
 impl Session {

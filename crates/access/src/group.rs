@@ -109,6 +109,9 @@ pub enum GroupPostError {
     NoSuchGroup(i64),
     #[error("the group has no members")]
     NoMembers,
+    /// `enforce` was asked for and the sender may not post (not a member, muted, speak-banned).
+    #[error("{0}")]
+    Refused(&'static str),
     #[error("group directory: {0}")]
     Backend(#[from] backend::BackendError),
     #[error("message store: {0}")]
@@ -123,12 +126,30 @@ pub async fn post_group_message(
     sender: i64,
     gid: i64,
     content: Bytes,
-) -> Result<(), GroupPostError> {
+    enforce: bool,
+) -> Result<Vec<(QueueId, i64)>, GroupPostError> {
     let group = app
         .groups
         .get(appid, gid)
         .await?
         .ok_or(GroupPostError::NoSuchGroup(gid))?;
+    if enforce {
+        // The checks a client's GROUP_IM gets (`on_group_im`), when the app server asks for them.
+        match group.member(sender) {
+            None => {
+                return Err(GroupPostError::Refused(
+                    "the sender is not a member of the group",
+                ))
+            }
+            Some(m) if m.mute => {
+                return Err(GroupPostError::Refused("the sender is muted in the group"))
+            }
+            Some(_) => {}
+        }
+        if app.backend.user_flags(appid, sender).await?.forbidden {
+            return Err(GroupPostError::Refused("the sender is speak-banned"));
+        }
+    }
     let ts = now_secs();
     let body = Body::GroupIm(Im {
         sender,
@@ -163,7 +184,33 @@ pub async fn post_group_message(
         deliver_normal(app, &group, &uids, &entries, &msg, 0);
     }
     offline::group(app, &group, sender, &body);
-    Ok(())
+    Ok(stored_keys(&queues_of(&group, &uids), &entries))
+}
+
+/// The queues a group post went to, in the order of its append.
+fn queues_of(group: &Group, uids: &[i64]) -> Vec<QueueId> {
+    if group.super_group {
+        vec![QueueId::Group {
+            appid: group.appid,
+            gid: group.gid,
+        }]
+    } else {
+        uids.iter()
+            .map(|&uid| QueueId::User {
+                appid: group.appid,
+                uid,
+            })
+            .collect()
+    }
+}
+
+/// Each queue with the key its entry got.
+fn stored_keys(queues: &[QueueId], entries: &[Appended]) -> Vec<(QueueId, i64)> {
+    queues
+        .iter()
+        .copied()
+        .zip(entries.iter().map(|e| e.key))
+        .collect()
 }
 
 /// Posts a group notification (`/post_group_notification`): one GROUP_NOTIFICATION per member queue
@@ -176,7 +223,7 @@ pub async fn post_group_notification(
     notification: Bytes,
     members: &[i64],
     super_group: bool,
-) -> Result<(), GroupPostError> {
+) -> Result<Vec<(QueueId, i64)>, GroupPostError> {
     let mut group = match app.groups.get(appid, gid).await? {
         Some(g) => (*g).clone(),
         None => Group {
@@ -216,7 +263,7 @@ pub async fn post_group_notification(
     Stats::inc(&app.stats.messages_stored);
     let entries = r.into_iter().next().unwrap_or_default();
     notify_members(app, &group, &uids, &entries);
-    Ok(())
+    Ok(stored_keys(&queues_of(&group, &uids), &entries))
 }
 
 impl Session {

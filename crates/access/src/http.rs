@@ -89,6 +89,10 @@ impl From<crate::group::GroupPostError> for ApiError {
         match e {
             E::NoSuchGroup(_) => ApiError::not_found(e.to_string()),
             E::NoMembers => ApiError::bad("group no member"),
+            E::Refused(why) => ApiError {
+                status: StatusCode::FORBIDDEN,
+                message: why.into(),
+            },
             E::Backend(b) => b.into(),
             E::Store(s) => s.into(),
         }
@@ -125,7 +129,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Params {
 
 impl Params {
     /// The value of the first parameter called `name` (GoBelieve reads the first one too).
-    fn get(&self, name: &str) -> Option<&str> {
+    pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
@@ -168,7 +172,7 @@ pub(crate) fn id(q: &Params, name: &str) -> Result<i64, ApiError> {
 
 /// An optional integer query parameter. Missing and empty are the same (as in GoBelieve, whose
 /// query lookup cannot tell them apart); any other value must be an integer.
-fn opt_int(q: &Params, name: &str) -> Result<Option<i64>, ApiError> {
+pub(crate) fn opt_int(q: &Params, name: &str) -> Result<Option<i64>, ApiError> {
     match q.get(name) {
         None | Some("") => Ok(None),
         Some(_) => int(q, name).map(Some),
@@ -193,8 +197,39 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<
     serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid json: {e}")))
 }
 
-fn ok_empty() -> ApiResult {
-    Ok(StatusCode::OK.into_response())
+/// The answer of a post whose message is not stored (nothing has a key).
+fn delivered() -> ApiResult {
+    Ok(Json(json!({"data": {}})).into_response())
+}
+
+/// `enforce=1`: a server post gets the checks a client's message would (membership, mute,
+/// speak ban). Missing, empty, `0` or `false`: it does not (server posts are trusted, as in GoBelieve).
+fn enforce(q: &Params) -> Result<bool, ApiError> {
+    match q.get("enforce") {
+        None | Some("" | "0" | "false") => Ok(false),
+        Some("1" | "true") => Ok(true),
+        Some(v) => Err(ApiError::bad(format!(
+            "query parameter `enforce` must be 1 or 0, got {v:?}"
+        ))),
+    }
+}
+
+/// The keys a group post's entries got: `{"id"}` for a super group's one queue, `{"ids": {uid: key}}`
+/// for a normal group's member queues.
+fn group_keys(keys: &[(QueueId, i64)]) -> Value {
+    match keys {
+        [(QueueId::Group { .. }, key)] => json!({ "id": key }),
+        _ => {
+            let ids: Map<String, Value> = keys
+                .iter()
+                .filter_map(|(q, key)| match q {
+                    QueueId::User { uid, .. } => Some((uid.to_string(), json!(key))),
+                    _ => None,
+                })
+                .collect();
+            json!({ "ids": ids })
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -204,6 +239,9 @@ struct GrantReq {
     uid: i64,
     #[serde(default)]
     user_name: String,
+    /// Seconds the token lives; absent = until revoked.
+    #[serde(default)]
+    expires_in: Option<u64>,
 }
 
 async fn grant(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
@@ -211,8 +249,15 @@ async fn grant(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     if r.appid <= 0 || r.uid <= 0 {
         return Err(ApiError::bad("`appid` and `uid` must be > 0"));
     }
-    let token = app.backend.grant(r.appid, r.uid, &r.user_name).await?;
-    Ok(Json(json!({ "token": token })).into_response())
+    let token = app
+        .backend
+        .grant_expiring(r.appid, r.uid, &r.user_name, r.expires_in)
+        .await?;
+    let mut answer = json!({ "token": token });
+    if let Some(secs) = r.expires_in {
+        answer["expires_in"] = json!(secs);
+    }
+    Ok(Json(answer).into_response())
 }
 
 #[derive(Deserialize)]
@@ -239,8 +284,9 @@ async fn post_peer_message(State(app): State<Arc<App>>, q: Params, body: Bytes) 
     let sender = id(&q, "sender")?;
     let receiver = id(&q, "receiver")?;
     let content = content_of(&app, &body)?;
-    peer::post_peer(&app, appid, sender, receiver, content).await?;
-    ok_empty()
+    let (receiver_key, sender_key) =
+        peer::post_peer(&app, appid, sender, receiver, content).await?;
+    Ok(Json(json!({"data": {"id": receiver_key, "sender_id": sender_key}})).into_response())
 }
 
 #[derive(Deserialize)]
@@ -264,8 +310,8 @@ async fn post_system_message(State(app): State<Arc<App>>, body: Bytes) -> ApiRes
         return Err(ApiError::bad("at most 10000 receivers per request"));
     }
     let content = content_of(&app, &Bytes::from(r.content))?;
-    peer::post_system(&app, r.appid, &r.receivers, content).await?;
-    ok_empty()
+    let ids = peer::post_system(&app, r.appid, &r.receivers, content).await?;
+    Ok(Json(json!({"data": {"ids": ids}})).into_response())
 }
 
 async fn post_notification(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
@@ -273,7 +319,7 @@ async fn post_notification(State(app): State<Arc<App>>, q: Params, body: Bytes) 
     let uid = id(&q, "uid")?;
     let content = content_of(&app, &body)?;
     peer::post_notification(&app, appid, uid, content);
-    ok_empty()
+    delivered()
 }
 
 async fn post_realtime_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
@@ -287,7 +333,7 @@ async fn post_realtime_message(State(app): State<Arc<App>>, q: Params, body: Byt
         content,
     };
     peer::deliver_rt(&app, appid, &rt, 0);
-    ok_empty()
+    delivered()
 }
 
 async fn post_room_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
@@ -295,8 +341,14 @@ async fn post_room_message(State(app): State<Arc<App>>, q: Params, body: Bytes) 
     let uid = id(&q, "uid")?;
     let room = id(&q, "room")?;
     let content = content_of(&app, &body)?;
+    if enforce(&q)? && app.backend.user_flags(appid, uid).await?.forbidden {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: "the sender is speak-banned".into(),
+        });
+    }
     crate::room::post_room(&app, appid, uid, room, content);
-    ok_empty()
+    delivered()
 }
 
 #[derive(Deserialize)]
@@ -321,7 +373,7 @@ async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiR
         }
     }
     let content = content_of(&app, &Bytes::from(r.content))?;
-    crate::customer::post_customer(
+    let keys = crate::customer::post_customer(
         &app,
         proto::Customer {
             sender_appid: r.sender_appid,
@@ -333,16 +385,21 @@ async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiR
         },
     )
     .await?;
-    Ok(Json(json!({"data": {}})).into_response())
+    let data = match keys {
+        Some((receiver_key, sender_key)) => json!({"id": receiver_key, "sender_id": sender_key}),
+        None => json!({}),
+    };
+    Ok(Json(json!({ "data": data })).into_response())
 }
 
 async fn post_group_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let sender = id(&q, "sender")?;
     let gid = id(&q, "receiver")?;
+    let enforce = enforce(&q)?;
     let content = content_of(&app, &body)?;
-    crate::group::post_group_message(&app, appid, sender, gid, content).await?;
-    ok_empty()
+    let keys = crate::group::post_group_message(&app, appid, sender, gid, content, enforce).await?;
+    Ok(Json(json!({ "data": group_keys(&keys) })).into_response())
 }
 
 #[derive(Deserialize)]
@@ -364,7 +421,7 @@ async fn post_group_notification(State(app): State<Arc<App>>, body: Bytes) -> Ap
     // As in GoBelieve, non-numeric members are ignored.
     let members: Vec<i64> = r.members.iter().filter_map(|v| v.as_i64()).collect();
     let content = content_of(&app, &Bytes::from(r.notification))?;
-    crate::group::post_group_notification(
+    let keys = crate::group::post_group_notification(
         &app,
         r.appid,
         r.group_id,
@@ -373,11 +430,11 @@ async fn post_group_notification(State(app): State<Arc<App>>, body: Bytes) -> Ap
         r.super_group,
     )
     .await?;
-    ok_empty()
+    Ok(Json(json!({ "data": group_keys(&keys) })).into_response())
 }
 
 /// One stored message in the JSON shape of spec §15.1.4; `None` for kinds the API does not show.
-fn message_json(m: &StoredMessage) -> Option<Value> {
+pub(crate) fn message_json(m: &StoredMessage) -> Option<Value> {
     let body = Body::decode(m.cmd, proto::STORAGE_VERSION, &m.body).ok()?;
     let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
     match body {
@@ -824,6 +881,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(crate::health::readyz))
         .merge(crate::admin::routes())
         .merge(crate::app_api::admin_routes())
+        .merge(crate::server_api::router())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), require_secret))

@@ -17,6 +17,7 @@ pub mod peer;
 pub mod room;
 pub mod route;
 mod routed;
+mod server_api;
 mod session;
 mod sync;
 pub mod transport;

@@ -101,13 +101,14 @@ pub async fn post_peer(
     Ok((rk.key, sk.key))
 }
 
-/// Stores a system message for each receiver (device id 0) and notifies them (spec §8.6).
+/// Stores a system message for each receiver (device id 0) and notifies them (spec §8.6); the key
+/// of each receiver's entry, in the order of `receivers`.
 pub async fn post_system(
     app: &Arc<App>,
     appid: i64,
     receivers: &[i64],
     content: Bytes,
-) -> Result<(), crate::app::StoreFailure> {
+) -> Result<Vec<i64>, crate::app::StoreFailure> {
     let ts = now_secs() as i64;
     let content_copy = content.clone();
     let msg = NewMessage {
@@ -124,12 +125,11 @@ pub async fn post_system(
     let r = app.store.append(vec![msg]).await?;
     Stats::inc(&app.stats.messages_stored);
     crate::offline::system(app, appid, receivers, &content_copy);
-    if let Some(entries) = r.first() {
-        for (uid, at) in receivers.iter().zip(entries) {
-            notify_sync(app, appid, *uid, at.key);
-        }
+    let entries = r.first().map(Vec::as_slice).unwrap_or_default();
+    for (uid, at) in receivers.iter().zip(entries) {
+        notify_sync(app, appid, *uid, at.key);
     }
-    Ok(())
+    Ok(entries.iter().map(|e| e.key).collect())
 }
 
 /// Delivers a non-persistent NOTIFICATION to the user's online sessions (spec §8.6).

@@ -45,7 +45,8 @@ const ROWS_PER_STATEMENT: usize = 200;
 /// Bytes the health probe writes (a few pages).
 const PROBE_BYTES: i64 = 16 << 10;
 /// Schema version stored in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+/// Version 2 added `tokens.expires_at`.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS tokens (
@@ -53,8 +54,10 @@ const SCHEMA: &[&str] = &[
         appid INTEGER NOT NULL,
         uid INTEGER NOT NULL,
         user_name TEXT NOT NULL,
-        created_at INTEGER NOT NULL
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER
     ) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (appid, uid)",
     "CREATE TABLE IF NOT EXISTS users (
         appid INTEGER NOT NULL,
         uid INTEGER NOT NULL,
@@ -138,7 +141,8 @@ async fn discard(mut conn: PoolConnection<Sqlite>) {
 pub struct Embedded {
     pool: SqlitePool,
     jwt: Option<JwtVerifier>,
-    tokens: BoundedCache<[u8; 32], AuthInfo>,
+    /// Valid tokens and when they expire (unix seconds; `None` = never).
+    tokens: BoundedCache<[u8; 32], (AuthInfo, Option<i64>)>,
     devices: BoundedCache<(String, u8), i64>,
     wb: Arc<WriteBehind>,
     sink: SqliteSink,
@@ -247,12 +251,32 @@ impl Embedded {
                 opts.path.display()
             )));
         }
+        // Version 1 files have `tokens` without `expires_at`; add it before the indexes are made.
+        let has_tokens: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'tokens'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        if has_tokens {
+            let has_expiry: bool = sqlx::query_scalar(
+                "SELECT count(*) > 0 FROM pragma_table_info('tokens') WHERE name = 'expires_at'",
+            )
+            .fetch_one(&pool)
+            .await?;
+            if !has_expiry {
+                sqlx::query("ALTER TABLE tokens ADD COLUMN expires_at INTEGER")
+                    .execute(&pool)
+                    .await?;
+            }
+        }
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await?;
         }
-        sqlx::query("PRAGMA user_version = 1")
-            .execute(&pool)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA user_version = {SCHEMA_VERSION}"
+        )))
+        .execute(&pool)
+        .await?;
 
         let wb = WriteBehind::new();
         let (shutdown, shutdown_rx) = oneshot::channel();
@@ -293,25 +317,29 @@ impl Embedded {
             return Ok(None);
         }
         let hash = token::hash(token);
-        if let Some(info) = self.tokens.get(&hash) {
-            return Ok(Some(info));
+        let live = |expires_at: Option<i64>| expires_at.is_none_or(|at| now_secs() < at);
+        if let Some((info, expires_at)) = self.tokens.get(&hash) {
+            return Ok(live(expires_at).then_some(info));
         }
         let ticket = self.tokens.ticket(&hash);
-        let row = sqlx::query("SELECT appid, uid, user_name FROM tokens WHERE token_hash = ?1")
-            .bind(&hash[..])
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT appid, uid, user_name, expires_at FROM tokens WHERE token_hash = ?1",
+        )
+        .bind(&hash[..])
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let info = AuthInfo {
             appid: row.try_get("appid")?,
             uid: row.try_get("uid")?,
             user_name: row.try_get("user_name")?,
         };
+        let expires_at: Option<i64> = row.try_get("expires_at")?;
         if info.uid <= 0 {
             return Ok(None);
         }
-        self.tokens.insert(hash, info.clone(), ticket);
-        Ok(Some(info))
+        self.tokens.insert(hash, (info.clone(), expires_at), ticket);
+        Ok(live(expires_at).then_some(info))
     }
 
     pub(crate) async fn grant(
@@ -319,15 +347,20 @@ impl Embedded {
         appid: i64,
         uid: i64,
         user_name: &str,
+        expires_in: Option<u64>,
     ) -> Result<String, BackendError> {
         let token = token::generate();
+        let now = now_secs();
+        let expires_at =
+            expires_in.map(|s| now.saturating_add(i64::try_from(s).unwrap_or(i64::MAX)));
         let mut conn = self.pool.acquire().await?;
-        let r = sqlx::query("INSERT INTO tokens (token_hash, appid, uid, user_name, created_at) VALUES (?1, ?2, ?3, ?4, ?5)")
+        let r = sqlx::query("INSERT INTO tokens (token_hash, appid, uid, user_name, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")
             .bind(&token::hash(&token)[..])
             .bind(appid)
             .bind(uid)
             .bind(user_name)
-            .bind(now_secs())
+            .bind(now)
+            .bind(expires_at)
             .execute(&mut *conn)
             .await;
         settle(conn, r).await?;
@@ -349,6 +382,25 @@ impl Embedded {
             Some(row) => Some((row.try_get("appid")?, row.try_get("uid")?)),
             None => None,
         })
+    }
+
+    /// Deletes every stored token of the user (expired ones too); how many there were.
+    pub(crate) async fn revoke_user(&self, appid: i64, uid: i64) -> Result<u64, BackendError> {
+        let mut conn = self.pool.acquire().await?;
+        let r =
+            sqlx::query("DELETE FROM tokens WHERE appid = ?1 AND uid = ?2 RETURNING token_hash")
+                .bind(appid)
+                .bind(uid)
+                .fetch_all(&mut *conn)
+                .await;
+        let rows = settle(conn, r).await?;
+        for row in &rows {
+            let hash: Vec<u8> = row.try_get("token_hash")?;
+            if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                self.tokens.invalidate(&hash);
+            }
+        }
+        Ok(rows.len() as u64)
     }
 
     pub(crate) async fn user_flags(&self, appid: i64, uid: i64) -> Result<UserFlags, BackendError> {

@@ -31,7 +31,7 @@ pub mod write_behind;
 
 pub use devices::{BoundDevice, PushProvider};
 pub use error::BackendError;
-pub use groups::{Group, GroupChange, GroupDirectory, Member};
+pub use groups::{Group, GroupChange, GroupDirectory, GroupSummary, Member};
 pub use health::BackendHealth;
 pub use moderation::{ForbiddenEvent, SharedWordFilter, WordFilter};
 pub use options::{
@@ -115,17 +115,47 @@ impl Backend {
         self.observe_read(r)
     }
 
-    /// Issue a random token (256 bits, 64 hex characters) for `(appid, uid, user_name)` and store it.
+    /// Issue a random token (256 bits, 64 hex characters) for `(appid, uid, user_name)` and store it;
+    /// it lives until revoked.
     pub async fn grant(
         &self,
         appid: i64,
         uid: i64,
         user_name: &str,
     ) -> Result<String, BackendError> {
+        self.grant_expiring(appid, uid, user_name, None).await
+    }
+
+    /// [`Backend::grant`], and with `expires_in` (seconds, > 0) the token stops authenticating that long from now; without
+    /// it the token lives until revoked.
+    pub async fn grant_expiring(
+        &self,
+        appid: i64,
+        uid: i64,
+        user_name: &str,
+        expires_in: Option<u64>,
+    ) -> Result<String, BackendError> {
+        check_ids(appid, uid)?;
+        if expires_in == Some(0) {
+            return Err(BackendError::InvalidArgument(
+                "expires_in must be > 0 seconds (leave it out for a token that does not expire)"
+                    .into(),
+            ));
+        }
+        let r = match self {
+            Backend::Embedded(b) => b.grant(appid, uid, user_name, expires_in).await,
+            Backend::Redis(b) => b.grant(appid, uid, user_name, expires_in).await,
+        };
+        self.observe_write(r)
+    }
+
+    /// Revoke every stored token of the user; how many were removed. JWTs are not stored and stay
+    /// valid until their `exp`; ending the user's sessions is the caller's part.
+    pub async fn revoke_user(&self, appid: i64, uid: i64) -> Result<u64, BackendError> {
         check_ids(appid, uid)?;
         let r = match self {
-            Backend::Embedded(b) => b.grant(appid, uid, user_name).await,
-            Backend::Redis(b) => b.grant(appid, uid, user_name).await,
+            Backend::Embedded(b) => b.revoke_user(appid, uid).await,
+            Backend::Redis(b) => b.revoke_user(appid, uid).await,
         };
         self.observe_write(r)
     }

@@ -254,6 +254,7 @@ impl RedisBackend {
         appid: i64,
         uid: i64,
         user_name: &str,
+        expires_in: Option<u64>,
     ) -> Result<String, BackendError> {
         let token = token::generate();
         let key = format!("access_token_{token}");
@@ -262,11 +263,60 @@ impl RedisBackend {
             ("app_id", appid.to_string()),
             ("user_name", user_name.to_owned()),
         ];
-        self.conn
-            .clone()
-            .hset_multiple::<_, _, _, ()>(&key, &items)
-            .await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().hset_multiple(&key, &items).ignore();
+        if let Some(secs) = expires_in {
+            // Redis removes the key when it expires, as it does for GoBelieve's own expiring tokens.
+            pipe.expire(&key, i64::try_from(secs).unwrap_or(i64::MAX))
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
         Ok(token)
+    }
+
+    /// Deletes every `access_token_*` hash of the user. Redis has no index from a user to their
+    /// tokens (GoBelieve's app server writes them), so this walks the token keys with `SCAN`, a
+    /// batch at a time: an operator's call, not a hot path.
+    pub(crate) async fn revoke_user(&self, appid: i64, uid: i64) -> Result<u64, BackendError> {
+        let mut conn = self.conn.clone();
+        let (uid_s, appid_s) = (uid.to_string(), appid.to_string());
+        let mut cursor: u64 = 0;
+        let mut removed = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg("access_token_*")
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.cmd("HMGET").arg(k).arg("user_id").arg("app_id");
+                }
+                let owners: Vec<(Option<String>, Option<String>)> =
+                    pipe.query_async(&mut conn).await?;
+                let mine: Vec<&String> = keys
+                    .iter()
+                    .zip(&owners)
+                    .filter(|(_, (u, a))| {
+                        u.as_deref() == Some(uid_s.as_str())
+                            && a.as_deref() == Some(appid_s.as_str())
+                    })
+                    .map(|(k, _)| k)
+                    .collect();
+                if !mine.is_empty() {
+                    let n: u64 = conn.del(&mine).await?;
+                    removed += n;
+                }
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
     }
 
     pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(i64, i64)>, BackendError> {

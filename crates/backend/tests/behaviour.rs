@@ -111,7 +111,61 @@ both!(
     sync_keys_concurrent,
     unread_counts,
     background_flush,
+    expiring_tokens,
+    revoke_every_token_of_a_user,
 );
+
+async fn expiring_tokens(kind: Kind) {
+    let (b, _fx) = open(kind).await;
+    let short = b.grant_expiring(7, 1, "s", Some(1)).await.expect("grant");
+    let long = b
+        .grant_expiring(7, 1, "l", Some(3600))
+        .await
+        .expect("grant");
+    assert!(b.authenticate(&short).await.expect("auth").is_some());
+    // Twice, so the embedded cache holds it when it expires.
+    assert!(b.authenticate(&short).await.expect("auth").is_some());
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(b.authenticate(&short).await.expect("auth"), None, "expired");
+    assert!(b.authenticate(&long).await.expect("auth").is_some());
+    assert!(matches!(
+        b.grant_expiring(7, 1, "z", Some(0)).await,
+        Err(BackendError::InvalidArgument(_))
+    ));
+}
+
+async fn revoke_every_token_of_a_user(kind: Kind) {
+    let (b, _fx) = open(kind).await;
+    let mine: Vec<String> = grant_n(&b, 7, 41, 3).await;
+    let same_uid_other_app = b.grant(8, 41, "").await.expect("grant");
+    let other_user = b.grant(7, 42, "").await.expect("grant");
+    for t in &mine {
+        assert!(b.authenticate(t).await.expect("auth").is_some());
+    }
+    assert_eq!(b.revoke_user(7, 41).await.expect("revoke_user"), 3);
+    for t in &mine {
+        assert_eq!(b.authenticate(t).await.expect("auth"), None);
+    }
+    assert!(b
+        .authenticate(&same_uid_other_app)
+        .await
+        .expect("auth")
+        .is_some());
+    assert!(b.authenticate(&other_user).await.expect("auth").is_some());
+    assert_eq!(b.revoke_user(7, 41).await.expect("again"), 0);
+    assert!(matches!(
+        b.revoke_user(7, 0).await,
+        Err(BackendError::InvalidArgument(_))
+    ));
+}
+
+async fn grant_n(b: &Backend, appid: i64, uid: i64, n: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(b.grant(appid, uid, &format!("t{i}")).await.expect("grant"));
+    }
+    out
+}
 
 async fn grant_authenticate_revoke(kind: Kind) {
     let (b, _fx) = open(kind).await;

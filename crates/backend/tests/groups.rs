@@ -99,8 +99,67 @@ async fn suite(d: &GroupDirectory) {
     appid_scoping(d, 108, 109).await;
     change_events(d, 110).await;
     snapshots_are_immutable(d, 111).await;
+    listings(d, 113, 114).await;
     // Last: it leaves the automatic ids above 2^53.
     explicit_id_bounds(d, 112).await;
+}
+
+async fn listings(d: &GroupDirectory, app: i64, other: i64) {
+    let mut gids = Vec::new();
+    for i in 0..5i64 {
+        let members: &[i64] = if i % 2 == 0 { &[1, 2] } else { &[2, 3, 4] };
+        gids.push(
+            d.create(app, None, &format!("g{i}"), 1, i == 4, members)
+                .await
+                .expect("create"),
+        );
+    }
+    d.create(other, None, "elsewhere", 1, false, &[1])
+        .await
+        .expect("create");
+    let first = d.list(app, 0, 2).await.expect("list");
+    assert_eq!(
+        first.iter().map(|g| g.group_id).collect::<Vec<_>>(),
+        gids[..2]
+    );
+    assert_eq!(
+        (first[0].name.as_str(), first[0].members, first[0].master),
+        ("g0", 2, 1)
+    );
+    assert_eq!(first[1].members, 3);
+    let rest = d.list(app, gids[1], 10).await.expect("list");
+    assert_eq!(
+        rest.iter().map(|g| g.group_id).collect::<Vec<_>>(),
+        gids[2..]
+    );
+    assert!(rest[2].super_group);
+    let of_1 = d.groups_of(app, 1, 0, 10).await.expect("groups_of");
+    assert_eq!(
+        of_1.iter().map(|g| g.group_id).collect::<Vec<_>>(),
+        vec![gids[0], gids[2], gids[4]]
+    );
+    // Removed members and disbanded groups are not listed.
+    d.remove_members(app, gids[0], &[1]).await.expect("remove");
+    assert!(d.disband(app, gids[2]).await.expect("disband"));
+    let of_1 = d.groups_of(app, 1, 0, 10).await.expect("groups_of");
+    assert_eq!(
+        of_1.iter().map(|g| g.group_id).collect::<Vec<_>>(),
+        vec![gids[4]]
+    );
+    assert_eq!(d.list(app, 0, 10).await.expect("list").len(), 4);
+    for (after, limit) in [(-1, 10), (0, 0), (0, 1001)] {
+        assert!(
+            matches!(
+                d.list(app, after, limit).await,
+                Err(BackendError::InvalidArgument(_))
+            ),
+            "after {after}, limit {limit}"
+        );
+    }
+    assert!(matches!(
+        d.groups_of(app, 0, 0, 10).await,
+        Err(BackendError::InvalidArgument(_))
+    ));
 }
 
 async fn create_and_get(d: &GroupDirectory, app: i64) {

@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 use super::cache::GroupCache;
 use super::{
     changes_channel, ids_exhausted, not_found, now_secs, too_many, with_added, with_removed, Group,
-    GroupChange, Member, NewGroup,
+    GroupChange, GroupSummary, Member, NewGroup,
 };
 use crate::{BackendError, EmbeddedGroupOptions};
 
@@ -44,6 +44,7 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (gid, uid)
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS group_members_uid ON group_members (uid)",
+    "CREATE INDEX IF NOT EXISTS groups_appid ON groups (appid, gid)",
 ];
 
 /// The SQLite-backed variant.
@@ -121,6 +122,53 @@ impl EmbeddedGroups {
 
     pub(crate) fn cached(&self, gid: i64) -> Option<Option<Arc<Group>>> {
         self.cache.lookup(gid)
+    }
+
+    /// The app's groups (or those `member` belongs to) with ids above `after`, in id order.
+    pub(crate) async fn list(
+        &self,
+        appid: i64,
+        member: Option<i64>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<GroupSummary>, BackendError> {
+        const COLUMNS: &str = "SELECT g.gid, g.name, g.master, g.super, \
+            (SELECT count(*) FROM group_members c WHERE c.gid = g.gid) AS members FROM groups g ";
+        let rows = match member {
+            None => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{COLUMNS} WHERE g.appid = ?1 AND g.gid > ?2 ORDER BY g.gid LIMIT ?3"
+                )))
+                .bind(appid)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            Some(uid) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{COLUMNS} JOIN group_members m ON m.gid = g.gid \
+                     WHERE m.uid = ?1 AND g.appid = ?2 AND g.gid > ?3 ORDER BY g.gid LIMIT ?4"
+                )))
+                .bind(uid)
+                .bind(appid)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(GroupSummary {
+                    group_id: r.try_get("gid")?,
+                    name: r.try_get("name")?,
+                    master: r.try_get("master")?,
+                    super_group: r.try_get::<i64, _>("super")? != 0,
+                    members: r.try_get("members")?,
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn get(&self, gid: i64) -> Result<Option<Arc<Group>>, BackendError> {

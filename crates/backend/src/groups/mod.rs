@@ -78,6 +78,40 @@ impl Group {
     }
 }
 
+/// One group in a listing ([`GroupDirectory::list`], [`GroupDirectory::groups_of`]): the group
+/// without its member list.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupSummary {
+    /// The group id.
+    pub group_id: i64,
+    /// Display name.
+    pub name: String,
+    /// The owner's uid (0 when unknown).
+    pub master: i64,
+    /// Whether it is a super group.
+    #[serde(rename = "super")]
+    pub super_group: bool,
+    /// How many members it has.
+    pub members: i64,
+}
+
+/// The most groups one listing call returns.
+pub const MAX_LIST_LIMIT: i64 = 1000;
+
+fn check_page(after: i64, limit: i64) -> Result<(), BackendError> {
+    if after < 0 {
+        return Err(BackendError::InvalidArgument(format!(
+            "`after` must be ≥ 0 (got {after})"
+        )));
+    }
+    if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+        return Err(BackendError::InvalidArgument(format!(
+            "`limit` must be between 1 and {MAX_LIST_LIMIT} (got {limit})"
+        )));
+    }
+    Ok(())
+}
+
 /// "Group `gid` of app `appid` changed (or was created or disbanded)": re-read it with
 /// [`GroupDirectory::get`]. A receiver that lags (`RecvError::Lagged`) missed events and should
 /// treat every group it caches as changed.
@@ -183,6 +217,39 @@ impl GroupDirectory {
         match self {
             GroupDirectory::Embedded(d) => d.create(spec).await,
             GroupDirectory::Mysql(d) => d.create(spec).await,
+        }
+    }
+
+    /// The groups of app `appid` with ids above `after`, in id order, at most `limit`
+    /// (1 ..= [`MAX_LIST_LIMIT`]). Page on by passing the last id returned as `after`.
+    pub async fn list(
+        &self,
+        appid: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<GroupSummary>, BackendError> {
+        check_positive("appid", appid)?;
+        check_page(after, limit)?;
+        match self {
+            GroupDirectory::Embedded(d) => d.list(appid, None, after, limit).await,
+            GroupDirectory::Mysql(d) => d.list(appid, None, after, limit).await,
+        }
+    }
+
+    /// The groups of app `appid` that `uid` is a member of, paged like [`GroupDirectory::list`].
+    pub async fn groups_of(
+        &self,
+        appid: i64,
+        uid: i64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<GroupSummary>, BackendError> {
+        check_positive("appid", appid)?;
+        check_positive("uid", uid)?;
+        check_page(after, limit)?;
+        match self {
+            GroupDirectory::Embedded(d) => d.list(appid, Some(uid), after, limit).await,
+            GroupDirectory::Mysql(d) => d.list(appid, Some(uid), after, limit).await,
         }
     }
 

@@ -28,8 +28,8 @@ use tokio::task::AbortHandle;
 use super::cache::GroupCache;
 use super::stream::{self, EventKind, GroupEvent, StreamPos, StreamWriter, STREAM_KEY};
 use super::{
-    changes_channel, ids_exhausted, not_found, now_secs, too_many, Group, GroupChange, Member,
-    NewGroup,
+    changes_channel, ids_exhausted, not_found, now_secs, too_many, Group, GroupChange,
+    GroupSummary, Member, NewGroup,
 };
 use crate::{BackendError, MysqlGroupOptions};
 
@@ -169,6 +169,55 @@ impl MysqlGroups {
 
     pub(crate) fn cached(&self, gid: i64) -> Option<Option<Arc<Group>>> {
         self.core.cache.lookup(gid)
+    }
+
+    /// The app's live groups (or those `member` is a live member of) with ids above `after`, in id
+    /// order.
+    pub(crate) async fn list(
+        &self,
+        appid: i64,
+        member: Option<i64>,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<GroupSummary>, BackendError> {
+        const COLUMNS: &str = "SELECT CAST(g.id AS SIGNED) AS gid, COALESCE(g.name, '') AS name, \
+            CAST(COALESCE(g.master, 0) AS SIGNED) AS master, CAST(g.super AS SIGNED) AS super, \
+            (SELECT CAST(count(*) AS SIGNED) FROM group_member c WHERE c.group_id = g.id AND c.deleted = 0) AS members \
+            FROM `group` g ";
+        let pool = &self.core.pool;
+        let rows = match member {
+            None => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLUMNS} WHERE g.appid = ? AND g.deleted = 0 AND g.id > ? ORDER BY g.id LIMIT ?"
+            )))
+            .bind(appid)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .my()?,
+            Some(uid) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLUMNS} JOIN group_member m ON m.group_id = g.id AND m.deleted = 0 \
+                 WHERE m.uid = ? AND g.appid = ? AND g.deleted = 0 AND g.id > ? ORDER BY g.id LIMIT ?"
+            )))
+            .bind(uid)
+            .bind(appid)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .my()?,
+        };
+        rows.iter()
+            .map(|r| {
+                Ok(GroupSummary {
+                    group_id: r.try_get("gid").my()?,
+                    name: r.try_get("name").my()?,
+                    master: r.try_get("master").my()?,
+                    super_group: r.try_get::<i64, _>("super").my()? != 0,
+                    members: r.try_get("members").my()?,
+                })
+            })
+            .collect()
     }
 
     pub(crate) async fn get(&self, gid: i64) -> Result<Option<Arc<Group>>, BackendError> {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::BenchError;
 use crate::client::{Client, Event, Kind};
 use crate::env::Env;
-use crate::http::HttpClient;
+use crate::api::HttpClient;
 use crate::report::Report;
 
 /// Parameters of the `push` scenario.
@@ -71,11 +71,9 @@ pub async fn run(
         let base = api.clone();
         tasks.spawn(async move {
             for (uid, token) in part {
-                let mut c = HttpClient::new(base.clone(), Some(token));
-                let body = json!({ "apns_device_token": device(uid) }).to_string();
-                let (st, resp) = c
-                    .request("POST", "/v2/device/bind", Some(body.as_bytes()))
-                    .await?;
+                let c = HttpClient::new(base.clone(), Some(token));
+                let body = json!({ "apns_device_token": device(uid) });
+                let (st, resp) = c.post_json("/v2/device/bind", &body).await?;
                 if st != 200 {
                     return Err(BenchError::Setup(format!(
                         "binding a device answered {st}: {}",

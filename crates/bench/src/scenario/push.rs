@@ -16,9 +16,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::BenchError;
+use crate::api::HttpClient;
 use crate::client::{Client, Event, Kind};
 use crate::env::Env;
-use crate::api::HttpClient;
 use crate::report::Report;
 
 /// Parameters of the `push` scenario.

@@ -231,6 +231,9 @@ pub struct WebhookOptions {
     pub backoff_ms: u64,
     /// Group jobs with more receivers are split into several jobs of at most this many.
     pub max_receivers_per_job: usize,
+    /// A PEM file of extra certificate authorities to trust for an `https://` URL (a private CA);
+    /// empty = the platform's roots only.
+    pub ca_file: String,
 }
 
 impl Default for WebhookOptions {
@@ -244,6 +247,7 @@ impl Default for WebhookOptions {
             max_attempts: 5,
             backoff_ms: 200,
             max_receivers_per_job: DEFAULT_MAX_RECEIVERS_PER_JOB,
+            ca_file: String::new(),
         }
     }
 }
@@ -260,6 +264,7 @@ impl std::fmt::Debug for WebhookOptions {
             .field("max_attempts", &self.max_attempts)
             .field("backoff_ms", &self.backoff_ms)
             .field("max_receivers_per_job", &self.max_receivers_per_job)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }

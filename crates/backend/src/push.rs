@@ -360,7 +360,7 @@ impl PushSink {
     }
 
     /// Check the options and start the webhook task (inside a tokio runtime). `http://` or
-    /// `https://` URLs (rustls, the platform's roots), through the project's HTTP client
+    /// `https://` URLs (rustls, the platform's roots plus `ca_file`'s), through the project's HTTP client
     /// (`node::http_client`).
     pub fn webhook(opts: WebhookOptions) -> Result<PushSink, BackendError> {
         check_nonzero("queue_capacity", opts.queue_capacity)?;
@@ -393,7 +393,27 @@ impl PushSink {
             None => None,
         };
         let timeout = Duration::from_millis(opts.timeout_ms.max(1));
-        let client = node::http_client::client(timeout)
+        let mut builder = node::http_client::builder(timeout);
+        if !opts.ca_file.is_empty() {
+            let pem = std::fs::read(&opts.ca_file).map_err(|source| BackendError::Io {
+                path: opts.ca_file.clone().into(),
+                source,
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                BackendError::InvalidArgument(format!("push webhook ca_file {}: {e}", opts.ca_file))
+            })?;
+            if certs.is_empty() {
+                return Err(BackendError::InvalidArgument(format!(
+                    "push webhook ca_file {} holds no certificate",
+                    opts.ca_file
+                )));
+            }
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
+            .build()
             .map_err(|e| BackendError::InvalidArgument(format!("push webhook HTTP client: {e}")))?;
         let queue = PushQueue::start(
             "webhook",

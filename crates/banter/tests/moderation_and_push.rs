@@ -261,3 +261,105 @@ async fn offline_push_jobs_are_posted_to_the_webhook() {
     );
     s.stop().await;
 }
+
+/// A webhook receiver over HTTPS with a private CA: a TLS accept loop answering each HTTP/1.1 POST
+/// with 200 and keeping the JSON bodies. Returns its URL, the CA file and the bodies.
+async fn https_hook(dir: &std::path::Path) -> (String, String, Arc<Mutex<Vec<serde_json::Value>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let ca = dir.join("hook-ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![ck.cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}/push", listener.local_addr().unwrap());
+    let received: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                loop {
+                    let mut chunk = [0u8; 4096];
+                    let Ok(n) = s.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    // One request at a time: head, then Content-Length bytes of body.
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            break;
+                        }
+                        let body: Vec<u8> = buf[end + 4..end + 4 + len].to_vec();
+                        buf.drain(..end + 4 + len);
+                        sink.lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap_or_default());
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (url, ca.display().to_string(), received)
+}
+
+#[tokio::test]
+async fn offline_push_jobs_are_posted_to_an_https_webhook() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, ca, received) = https_hook(dir.path()).await;
+    let s = TestServer::start_with(move |c| {
+        c.push.backend = "webhook".into();
+        c.push.webhook.url = hook;
+        c.push.webhook.ca_file = ca;
+    })
+    .await
+    .unwrap();
+    let mut a = Client::login(&s, 1, 2, false, "a").await;
+    a.send_im(1, 2, "{\"text\":\"over tls\"}").await;
+    a.recv_until(cmd::ACK).await;
+    let mut jobs = Vec::new();
+    for _ in 0..200 {
+        jobs = received
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b.as_array().cloned().unwrap_or_default())
+            .collect::<Vec<_>>();
+        if !jobs.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0]["type"], "peer");
+    assert_eq!(jobs[0]["receiver"], 2);
+    assert_eq!(jobs[0]["content"], "{\"text\":\"over tls\"}");
+    s.stop().await;
+}

@@ -672,10 +672,26 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Store, StoreError> 
         elapsed_ms = t0.elapsed().as_millis() as u64,
         "store opened"
     );
+    let legacy_keys = match crate::gobelieve::KeyMap::open(&dir) {
+        Ok(m) => m,
+        Err(why) => {
+            // the messages are all there; only the translation of GoBelieve keys is missing
+            tracing::error!(error = %why, "the GoBelieve key map cannot be read: clients still holding GoBelieve sync keys get their history again from the start");
+            None
+        }
+    };
+    if let Some(m) = &legacy_keys {
+        tracing::info!(
+            pairs = m.len(),
+            base = m.base(),
+            "GoBelieve sync keys below the base are translated"
+        );
+    }
     Ok(Store {
         inner,
         threads: Mutex::new(threads),
         close_result: Mutex::new(None),
+        legacy_keys,
     })
 }
 

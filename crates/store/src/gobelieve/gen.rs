@@ -188,9 +188,23 @@ pub fn generate(dir: &Path, o: &GenOptions) -> std::io::Result<Generated> {
     Ok(g)
 }
 
-/// The MySQL rows of the generated groups (GoBelieve's `group` and `group_member` tables), as
-/// SQL statements.
+/// GoBelieve's `group` and `group_member` tables (its `db.sql`, spec of the MySQL schema).
+pub const GROUP_TABLES_SQL: &str = "CREATE TABLE IF NOT EXISTS `group` (
+  `id` BIGINT NOT NULL AUTO_INCREMENT, `appid` BIGINT DEFAULT NULL, `master` BIGINT DEFAULT NULL,
+  `super` TINYINT NOT NULL DEFAULT 0, `name` VARCHAR(255) DEFAULT NULL,
+  `notice` VARCHAR(255) DEFAULT NULL, `deleted` TINYINT(1) NOT NULL, PRIMARY KEY (`id`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8;
+CREATE TABLE IF NOT EXISTS `group_member` (
+  `group_id` BIGINT NOT NULL DEFAULT 0, `uid` BIGINT NOT NULL DEFAULT 0, `timestamp` INT DEFAULT NULL,
+  `nickname` VARCHAR(255) DEFAULT NULL, `mute` TINYINT(1) DEFAULT 0, `deleted` TINYINT(1) NOT NULL,
+  PRIMARY KEY (`group_id`, `uid`), KEY `idx_group_member_uid` (`uid`)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8;
+";
+
+/// The MySQL tables and rows of the generated groups (GoBelieve's `group` and `group_member`),
+/// as SQL statements.
 pub fn groups_sql(appid: i64, groups: &[GenGroup], out: &mut impl Write) -> std::io::Result<()> {
+    out.write_all(GROUP_TABLES_SQL.as_bytes())?;
     for grp in groups {
         writeln!(
             out,

@@ -306,3 +306,27 @@ fn refuses_a_store_with_other_data_and_a_directory_without_blocks() {
     let e = import(&empty, &t.path().join("s2"), ImportOptions::default()).unwrap_err();
     assert!(e.to_string().contains("no GoBelieve block files"), "{e}");
 }
+
+/// The CI-sized version of the measured run (`docs/benchmarks.md`, "GoBelieve import"): 20,000
+/// messages for 1,000 users and 20 groups, at GoBelieve's real block size, import completely.
+#[test]
+fn twenty_thousand_messages_import_completely() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("gb"), t.path().join("store"));
+    let g = generate(
+        &src,
+        &GenOptions {
+            messages: 20_000,
+            users: 1000,
+            groups: 20,
+            seed: 3,
+            keep_truth: true,
+            ..GenOptions::default()
+        },
+    )
+    .unwrap();
+    let r = run(&src, &dst, ImportOptions::default());
+    assert_eq!(r.messages, g.entries);
+    assert_eq!(r.users + r.groups, g.queues.len() as u64);
+    check_all(&dst, &g);
+}

@@ -30,14 +30,19 @@ use super::reader::{GbEntry, GbQueue, Item, Pos, Problem, Source};
 use crate::format::{jump_target, message_record_len, JUMP_RECORD_LEN};
 use crate::{NewMessage, QueueId, Role, Store, StoreError, StoreOptions, FLAG_GROUP};
 
+/// A progress callback.
+pub type ProgressFn = Box<dyn FnMut(&Progress)>;
+/// A callback for each problem found.
+pub type ProblemFn = Box<dyn FnMut(&Problem)>;
+
 /// Import settings.
 pub struct ImportOptions {
     /// Messages per store append (one group commit and one state update each).
     pub batch_messages: usize,
     /// Called with the progress after every batch and at the end.
-    pub progress: Option<Box<dyn FnMut(&Progress)>>,
+    pub progress: Option<ProgressFn>,
     /// Called with every problem found (the report keeps only the first [`KEEP_PROBLEMS`]).
-    pub on_problem: Option<Box<dyn FnMut(&Problem)>>,
+    pub on_problem: Option<ProblemFn>,
     /// Stop after this many messages (tests of resumption).
     pub stop_after: Option<u64>,
 }

@@ -20,6 +20,7 @@ pub mod embedded;
 mod error;
 pub mod groups;
 mod health;
+pub mod import;
 pub mod moderation;
 mod options;
 pub mod push;

@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod migrate;
 pub mod roles;
 pub mod serve;
 pub mod testing;

@@ -95,6 +95,55 @@ enum StoreCommand {
         #[arg(long)]
         yes: bool,
     },
+    /// Import a GoBelieve deployment: the messages of an ims data directory (its `storage_root`),
+    /// optionally its MySQL groups and its Redis tokens and user state (docs/migration.md).
+    /// Resumable and idempotent: run it again to continue or to pick up what is new.
+    ImportGobelieve {
+        /// The GoBelieve ims `storage_root` (with message_0, message_1, …). Stop GoBelieve's ims
+        /// first, or run again after stopping it to import what it wrote meanwhile.
+        #[arg(long)]
+        from: PathBuf,
+        /// banter's data directory (the store goes to DIR/store); use a new one.
+        #[arg(long, default_value = "./banter-data")]
+        data: PathBuf,
+        /// GoBelieve's MySQL (e.g. mysql://user:pass@host/gobelieve): its groups and members go to
+        /// the embedded group directory (DIR/groups.db). Leave out when banter will use that
+        /// MySQL itself (`[groups] mode = "mysql"`).
+        #[arg(long)]
+        mysql: Option<String>,
+        /// GoBelieve's Redis (e.g. redis://host:6379): tokens, user flags, sync-key hints and
+        /// device ids go to the embedded backend (DIR/banter.db). Leave out when banter will use
+        /// that Redis itself (`[backend] mode = "redis"`).
+        #[arg(long)]
+        redis: Option<String>,
+        /// Redis database number.
+        #[arg(long, default_value_t = 0)]
+        redis_db: i64,
+        /// Messages per store write.
+        #[arg(long, default_value_t = 4096)]
+        batch: usize,
+    },
+    /// Write a GoBelieve ims data directory of generated messages (tests, benchmarks, rehearsals
+    /// of a migration), plus groups.sql with the MySQL rows of its groups.
+    GenGobelieve {
+        /// Directory to write (must not hold block files yet).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 10_000)]
+        messages: u64,
+        #[arg(long, default_value_t = 1_000)]
+        users: i64,
+        /// Groups (every other one a super group).
+        #[arg(long, default_value_t = 10)]
+        groups: i64,
+        #[arg(long, default_value_t = 7)]
+        appid: i64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Roll block files over at this many bytes (GoBelieve: 134217728).
+        #[arg(long, default_value_t = 134_217_728)]
+        block_bytes: u64,
+    },
 }
 
 /// The store directory inside a data directory (or the directory itself if it is a store).
@@ -141,6 +190,46 @@ fn store_command(cmd: StoreCommand) -> anyhow::Result<()> {
             println!("{done}");
             Ok(())
         }
+        StoreCommand::ImportGobelieve {
+            from,
+            data,
+            mysql,
+            redis,
+            redis_db,
+            batch,
+        } => {
+            banter::migrate::import_gobelieve(banter::migrate::ImportArgs {
+                from,
+                data,
+                mysql,
+                redis,
+                redis_db,
+                batch,
+                quiet: false,
+            })?;
+            Ok(())
+        }
+        StoreCommand::GenGobelieve {
+            out,
+            messages,
+            users,
+            groups,
+            appid,
+            seed,
+            block_bytes,
+        } => banter::migrate::gen_gobelieve(
+            &out,
+            &store::gobelieve::gen::GenOptions {
+                appid,
+                messages,
+                users,
+                groups,
+                seed,
+                block_limit: block_bytes,
+                legacy_records: true,
+                keep_truth: false,
+            },
+        ),
     }
 }
 

@@ -352,6 +352,8 @@ pub struct Store {
     pub(crate) inner: Arc<Inner>,
     pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
     pub(crate) close_result: Mutex<Option<Result<(), String>>>,
+    /// Translation of GoBelieve sync keys, when the store was written by an import.
+    pub(crate) legacy_keys: Option<crate::gobelieve::KeyMap>,
 }
 
 impl Store {
@@ -383,10 +385,26 @@ impl Store {
             elapsed_ms = r.started.elapsed().as_millis() as u64,
             "store opened"
         );
+        let legacy_keys = match crate::gobelieve::KeyMap::open(&dir) {
+            Ok(m) => m,
+            Err(why) => {
+                // The messages are all there; only the translation of GoBelieve keys is missing.
+                tracing::error!(error = %why, "the GoBelieve key map cannot be read: clients still holding GoBelieve sync keys get their history again from the start");
+                None
+            }
+        };
+        if let Some(m) = &legacy_keys {
+            tracing::info!(
+                pairs = m.len(),
+                base = m.base(),
+                "GoBelieve sync keys below the base are translated"
+            );
+        }
         Ok(Store {
             inner,
             threads: Mutex::new(threads),
             close_result: Mutex::new(None),
+            legacy_keys,
         })
     }
 
@@ -441,6 +459,7 @@ impl Store {
         after_key: i64,
         limit: usize,
     ) -> Result<SyncPage, StoreError> {
+        let after_key = self.translate_legacy_key(queue, after_key)?;
         self.inner.sync_page(queue, after_key, limit, None)
     }
 
@@ -454,6 +473,7 @@ impl Store {
         limit: usize,
         join_ts: i64,
     ) -> Result<SyncPage, StoreError> {
+        let after_key = self.translate_legacy_key(queue, after_key)?;
         self.inner.sync_page(queue, after_key, limit, Some(join_ts))
     }
 
@@ -478,7 +498,30 @@ impl Store {
 
     /// How many entries of `queue` are newer than `after_key`: O(log n) reads, no scan.
     pub fn new_count(&self, queue: QueueId, after_key: i64) -> Result<u64, StoreError> {
+        let after_key = self.translate_legacy_key(queue, after_key)?;
         self.inner.new_count(queue, after_key)
+    }
+
+    /// The banter key equivalent to `key` for `queue`: `key` itself, unless the store was
+    /// written by a GoBelieve import and `key` is a GoBelieve sync key (`1..base`), which is
+    /// translated through the import's key map (`gobelieve::keymap`): to the newest entry of
+    /// `queue` the client already had, or to the base when it had none. [`Store::sync`],
+    /// [`Store::sync_since`] and [`Store::new_count`] apply it themselves.
+    pub fn translate_legacy_key(&self, queue: QueueId, key: i64) -> Result<i64, StoreError> {
+        let Some(map) = &self.legacy_keys else {
+            return Ok(key);
+        };
+        if key <= 0 || key >= map.base() {
+            return Ok(key);
+        }
+        let paired = map
+            .lookup(key)
+            .map_err(|e| StoreError::io("read the GoBelieve key map", self.dir(), e))?;
+        let found = match paired {
+            Some(b) => self.inner.key_at_or_before(queue, b)?,
+            None => None,
+        };
+        Ok(found.unwrap_or(map.base()))
     }
 
     /// Newest visible key of `queue` (see [`Store::try_last_key`]); 0 if empty, or if the queue

@@ -25,6 +25,8 @@
 //!   out twice across fail-overs; in `sync` replication a commit index bounds what readers see and
 //!   unconfirmed records can be withdrawn (WITHDRAW records set their queues back).
 //! * **Tools** ([`tools`]) and the **benchmark** ([`bench`]).
+//! * **Migration from GoBelieve** ([`gobelieve`]): reading its `ims` data directories, the
+//!   import, and the translation of GoBelieve sync keys on a client's first sync.
 //!
 //! The API is synchronous and thread-safe; [`AppendTicket`] can also be awaited from tokio.
 
@@ -36,6 +38,7 @@ mod control;
 mod engine;
 mod error;
 pub mod format;
+pub mod gobelieve;
 mod health;
 mod lock;
 mod log;

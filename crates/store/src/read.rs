@@ -346,6 +346,23 @@ impl Inner {
         })
     }
 
+    /// The key of the newest entry of `q` at or below `k`, `None` if there is none.
+    pub(crate) fn key_at_or_before(&self, q: QueueId, k: i64) -> Result<Option<i64>, StoreError> {
+        self.retrying(|| {
+            let Some(head) = self.visible_head(q)? else {
+                return Ok(None);
+            };
+            if k >= head.last_key {
+                return Ok(Some(head.last_key));
+            }
+            let seq = self.seq_at_or_before(q, head, k)?;
+            if seq == 0 {
+                return Ok(None);
+            }
+            Ok(Some(self.key_of_seq(q, head, seq)?))
+        })
+    }
+
     pub(crate) fn new_count(&self, q: QueueId, after_key: i64) -> Result<u64, StoreError> {
         self.retrying(|| {
             let Some(head) = self.visible_head(q)? else {

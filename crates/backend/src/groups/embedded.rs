@@ -295,6 +295,53 @@ impl EmbeddedGroups {
         Ok(gid)
     }
 
+    /// Writes a group exactly as given (an import from GoBelieve's MySQL): replaces the group
+    /// row and its members, keeping their join times and mute bits. Idempotent.
+    pub(crate) async fn import_group(
+        &self,
+        appid: i64,
+        gid: i64,
+        name: &str,
+        master: i64,
+        super_group: bool,
+        members: &[(i64, i64, bool)],
+    ) -> Result<(), BackendError> {
+        let _admin = self.admin.lock().await;
+        let mut tx = self.write_tx().await?;
+        sqlx::query(
+            "INSERT INTO groups (gid, appid, name, master, super, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, strftime('%s','now'))
+             ON CONFLICT (gid) DO UPDATE SET appid = excluded.appid, name = excluded.name,
+                master = excluded.master, super = excluded.super",
+        )
+        .bind(gid)
+        .bind(appid)
+        .bind(name)
+        .bind(master)
+        .bind(i64::from(super_group))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM group_members WHERE gid = ?1")
+            .bind(gid)
+            .execute(&mut *tx)
+            .await?;
+        for chunk in members.chunks(ROWS_PER_STATEMENT) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO group_members (gid, uid, joined_at, mute) ",
+            );
+            q.push_values(chunk, |mut row, &(uid, joined_at, mute)| {
+                row.push_bind(gid)
+                    .push_bind(uid)
+                    .push_bind(joined_at)
+                    .push_bind(i64::from(mute));
+            });
+            q.build().execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        self.cache.invalidate(gid);
+        Ok(())
+    }
+
     pub(crate) async fn disband(&self, appid: i64, gid: i64) -> Result<bool, BackendError> {
         let _admin = self.admin.lock().await;
         let mut tx = self.write_tx().await?;

@@ -33,7 +33,7 @@ use store::{QueueId, StoredMessage};
 use tracing::debug;
 
 use crate::app::{App, Stats};
-use crate::peer;
+use crate::handlers::peer;
 
 /// An API error: HTTP status plus a message naming the problem.
 #[derive(Debug)]
@@ -83,9 +83,9 @@ impl From<crate::app::StoreFailure> for ApiError {
     }
 }
 
-impl From<crate::group::GroupPostError> for ApiError {
-    fn from(e: crate::group::GroupPostError) -> Self {
-        use crate::group::GroupPostError as E;
+impl From<crate::handlers::group::GroupPostError> for ApiError {
+    fn from(e: crate::handlers::group::GroupPostError) -> Self {
+        use crate::handlers::group::GroupPostError as E;
         match e {
             E::NoSuchGroup(_) => ApiError::not_found(e.to_string()),
             E::NoMembers => ApiError::bad("group no member"),
@@ -286,7 +286,7 @@ async fn post_realtime_message(State(app): State<Arc<App>>, q: Params, body: Byt
         receiver,
         content,
     };
-    peer::deliver_rt(&app, appid, &rt, 0);
+    crate::handlers::rt::deliver_rt(&app, appid, &rt, 0);
     ok_empty()
 }
 
@@ -295,7 +295,7 @@ async fn post_room_message(State(app): State<Arc<App>>, q: Params, body: Bytes) 
     let uid = id(&q, "uid")?;
     let room = id(&q, "room")?;
     let content = content_of(&app, &body)?;
-    crate::room::post_room(&app, appid, uid, room, content);
+    crate::handlers::room::post_room(&app, appid, uid, room, content);
     ok_empty()
 }
 
@@ -321,7 +321,7 @@ async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiR
         }
     }
     let content = content_of(&app, &Bytes::from(r.content))?;
-    crate::customer::post_customer(
+    crate::handlers::customer::post_customer(
         &app,
         proto::Customer {
             sender_appid: r.sender_appid,
@@ -341,7 +341,7 @@ async fn post_group_message(State(app): State<Arc<App>>, q: Params, body: Bytes)
     let sender = id(&q, "sender")?;
     let gid = id(&q, "receiver")?;
     let content = content_of(&app, &body)?;
-    crate::group::post_group_message(&app, appid, sender, gid, content).await?;
+    crate::handlers::group::post_group_message(&app, appid, sender, gid, content).await?;
     ok_empty()
 }
 
@@ -364,7 +364,7 @@ async fn post_group_notification(State(app): State<Arc<App>>, body: Bytes) -> Ap
     // As in GoBelieve, non-numeric members are ignored.
     let members: Vec<i64> = r.members.iter().filter_map(|v| v.as_i64()).collect();
     let content = content_of(&app, &Bytes::from(r.notification))?;
-    crate::group::post_group_notification(
+    crate::handlers::group::post_group_notification(
         &app,
         r.appid,
         r.group_id,

@@ -7,18 +7,16 @@ pub mod admin;
 pub mod app;
 pub mod app_api;
 pub mod config;
-pub mod customer;
-pub mod group;
+mod handlers;
 mod health;
 pub mod http;
 mod listener;
 mod offline;
-pub mod peer;
-pub mod room;
 pub mod route;
 mod routed;
 mod session;
-mod sync;
+mod stats;
+mod store_client;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -156,12 +154,11 @@ impl AccessNode {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Some((inbox, rx)) = app.take_routed() {
-            let app = app.clone();
             let sd = shutdown.clone();
             tracker.spawn(async move {
                 tokio::select! {
                     _ = sd.cancelled() => {}
-                    _ = routed::dispatch(app.clone(), inbox, rx) => {}
+                    _ = routed::dispatch(inbox, rx) => {}
                 }
             });
         }

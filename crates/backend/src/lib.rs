@@ -23,6 +23,7 @@ mod health;
 pub mod moderation;
 mod options;
 pub mod push;
+mod push_job;
 pub mod redis_backend;
 pub mod supporters;
 mod token;

@@ -147,15 +147,16 @@ impl Client {
             flag,
             body: body.to_bytes(self.out.version()),
         };
-        let append = match dispatch(&mut self.conn, &mut self.out, frame).expect("dispatch") {
-            Step::Done => None,
-            Step::Append(a) => Some(a),
-            Step::Sync(key) => {
-                sync::on_sync(&mut self.conn, &mut self.out, key).await;
-                None
-            }
-            Step::Wait(f) => f.await,
-        };
+        let (append, sync_key) =
+            match dispatch(&mut self.conn, &mut self.out, frame).expect("dispatch") {
+                Step::Done => (None, None),
+                Step::Append(a) => (Some(a), None),
+                Step::Sync(key) => (None, Some(key)),
+                Step::Wait(f) => (f.await, None),
+            };
+        if let Some(key) = sync_key {
+            sync::on_sync(&mut self.conn, &mut self.out, key).await;
+        }
         if let Some(a) = append {
             let result = self.conn.app.store.append(a.batch).await;
             complete(&self.conn, &mut self.out, a.then, result);

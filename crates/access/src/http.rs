@@ -823,8 +823,9 @@ async fn not_found() -> ApiError {
     }
 }
 
-/// The API router. GoBelieve's endpoints accept any method, as the original does.
-pub fn router(app: Arc<App>) -> Router {
+/// The API router, with `admin`'s routes (the admin API, defined beside it) behind the same
+/// authentication and body limits. GoBelieve's endpoints accept any method, as the original does.
+pub fn router(app: Arc<App>, admin: Router<Arc<App>>) -> Router {
     Router::new()
         .route("/auth/grant", post(grant))
         .route("/auth/revoke", post(revoke))
@@ -843,8 +844,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(crate::health::healthz))
         .route("/readyz", get(crate::health::readyz))
-        .merge(crate::admin::routes())
-        .merge(crate::app_api::admin_routes())
+        .merge(admin)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), require_secret))

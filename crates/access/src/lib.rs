@@ -181,7 +181,10 @@ impl AccessNode {
             tracker.spawn(listener::serve_ws(l, ctx.clone(), Some(a)));
         }
         if let Some(l) = http {
-            let mut router = http::router(app.clone());
+            // The admin endpoints (groups, speak bans, the app API's) share the API's
+            // authentication and body limits.
+            let admin = admin::routes().merge(app_api::admin_routes());
+            let mut router = http::router(app.clone(), admin);
             if let Some(api) = app.app_api.as_ref().filter(|a| a.config.on_api_listener) {
                 router = router.merge(app_api::router(app.clone(), api.clone(), false));
             }

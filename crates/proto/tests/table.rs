@@ -9,7 +9,8 @@ use proto::{body, flag, Body, Customer, Frame, Im, Metadata, Sender};
 fn minimal(layout: Layout) -> Option<Bytes> {
     let len = match layout {
         Layout::Empty | Layout::Raw => 0,
-        Layout::I32 | Layout::Ack => 4,
+        Layout::I32 => 4,
+        Layout::Ack => 5,
         Layout::AuthToken => return Some(Bytes::from_static(&[1, 0, 0, 0])),
         Layout::Key => 8,
         Layout::GroupKey | Layout::Rt => 16,

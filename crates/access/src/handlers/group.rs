@@ -1,5 +1,5 @@
-//! Group messages (GROUP_IM), super-group sync (SYNC_GROUP, GROUP_SYNC_KEY) and the server-side
-//! group posts (HTTP API).
+//! Group messages (GROUP_IM) and the server-side group posts (HTTP API). Super-group sync is in
+//! [`super::sync`].
 //!
 //! Every GROUP_IM is checked — the group exists in the sender's app, the sender is a member, not muted and
 //! not speak-banned — and refusals are answered with an ACK status in version-2 sessions.
@@ -11,19 +11,14 @@
 //! * **Super groups**: one append to the group's queue; members' sessions get
 //!   `METADATA + GROUP_IM(PUSH|SUPER_GROUP)` and `SYNC_GROUP_NOTIFY`; the sender's ACK carries the
 //!   SUPER_GROUP flag and the group queue's METADATA.
-//!
-//! Super-group sync returns the next entries after the member's key in bounded batches, never entries
-//! from before the member joined, and asks the client to continue (SYNC_GROUP_NOTIFY) until caught up.
 
 use std::sync::Arc;
 
 use backend::groups::Group;
 use bytes::Bytes;
-use proto::{cmd, flag, Body, GroupSyncKey, Im, Metadata};
+use proto::{cmd, flag, Body, Im, Metadata};
 use store::{Appended, NewMessage, QueueId};
-use tracing::warn;
 
-use super::sync::{emit_synced, end_key, owe_sync, synced, Owed};
 use super::{Append, Completion, Conn, Handled, Refusal, Refused, Reply};
 use crate::app::{now_secs, App, AppendResult, Stats, StoreFailure};
 use crate::offline;
@@ -214,101 +209,6 @@ impl Completion for Stored {
         };
         out.ack_stored(self.seq, ack_flag, own);
         Ok(())
-    }
-}
-
-/// SYNC_GROUP(gid, key): the member's next super-group entries after `key`.
-pub(crate) async fn on_sync_group(conn: &mut Conn, out: &mut Reply, req: GroupSyncKey) {
-    let Some(h) = conn.handle.clone() else { return };
-    let app = conn.app.clone();
-    Stats::inc(&app.stats.syncs);
-    let gid = req.group_id;
-    let empty = |conn: &mut Conn, out: &mut Reply, key: i64| {
-        synced(conn, Some(gid));
-        let g = GroupSyncKey {
-            group_id: gid,
-            sync_key: key,
-        };
-        out.emit(&Body::SyncGroupBegin(g), 0);
-        out.emit(&Body::SyncGroupEnd(g), 0);
-    };
-    let group = match app.groups.get(h.appid, gid).await {
-        Ok(Some(g)) => g,
-        Ok(None) => return empty(conn, out, req.sync_key),
-        Err(e) => {
-            // An empty answer would claim the client is caught up: answer later.
-            Stats::inc(&app.stats.backend_errors);
-            owe_sync(conn, Owed::Group(req), &e);
-            return;
-        }
-    };
-    let Some(member) = group.member(h.uid) else {
-        return empty(conn, out, req.sync_key);
-    };
-    if !group.super_group {
-        // Normal groups have no group queue: their messages are in members' personal queues.
-        return empty(conn, out, req.sync_key);
-    }
-    let mut key = req.sync_key;
-    if key == 0 {
-        key = match app.backend.group_sync_key(h.appid, h.uid, gid).await {
-            Ok(k) => k,
-            Err(e) => {
-                Stats::inc(&app.stats.backend_errors);
-                warn!(error = %e, "reading the stored group sync key failed; syncing from the start");
-                0
-            }
-        };
-    }
-    let queue = QueueId::Group {
-        appid: h.appid,
-        gid,
-    };
-    let page = match app
-        .store
-        .sync_since(queue, key, app.sync.batch_messages, member.joined_at)
-        .await
-    {
-        Ok(p) => p,
-        Err(e) => {
-            Stats::inc(&app.stats.store_errors);
-            owe_sync(conn, Owed::Group(req), &e);
-            return;
-        }
-    };
-    synced(conn, Some(gid));
-    let begin = GroupSyncKey {
-        group_id: gid,
-        sync_key: key,
-    };
-    out.emit(&Body::SyncGroupBegin(begin), 0);
-    let (last, truncated) = emit_synced(conn, out, &page.messages);
-    let k_end = end_key(&page, last, key);
-    Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
-    let end = GroupSyncKey {
-        group_id: gid,
-        sync_key: k_end,
-    };
-    out.emit(&Body::SyncGroupEnd(end), 0);
-    if page.has_more || truncated {
-        out.emit(
-            &Body::SyncGroupNotify(GroupSyncKey {
-                group_id: gid,
-                sync_key: k_end + 1,
-            }),
-            0,
-        );
-    }
-}
-
-/// GROUP_SYNC_KEY: the client reports how far it synced a super group.
-pub(crate) fn on_group_sync_key(conn: &mut Conn, g: GroupSyncKey) {
-    if let Some(h) = &conn.handle {
-        if g.sync_key > 0 {
-            conn.app
-                .backend
-                .report_group_sync_key(h.appid, h.uid, g.group_id, g.sync_key);
-        }
     }
 }
 

@@ -14,10 +14,10 @@
 //! | AUTH_TOKEN, PING, UNREAD_COUNT | [`auth`] |
 //! | IM; server-side peer, system and notification posts | [`peer`] |
 //! | RT | [`rt`] |
-//! | GROUP_IM, SYNC_GROUP, GROUP_SYNC_KEY; server-side group posts | [`group`] |
+//! | GROUP_IM; server-side group posts | [`group`] |
 //! | ENTER_ROOM, LEAVE_ROOM, ROOM_IM | [`room`] |
 //! | CUSTOMER_V2 | [`customer`] |
-//! | SYNC, SYNC_KEY, syncs owed to the client | [`sync`] |
+//! | SYNC, SYNC_GROUP, SYNC_KEY, GROUP_SYNC_KEY, syncs owed to the client | [`sync`] |
 
 pub(crate) mod auth;
 pub(crate) mod customer;
@@ -349,11 +349,11 @@ pub(crate) fn dispatch<'a>(
             }
         })),
         Body::SyncGroup(g) => Step::Wait(Box::pin(async move {
-            group::on_sync_group(conn, out, g).await;
+            sync::on_sync_group(conn, out, g).await;
             None
         })),
         Body::GroupSyncKey(g) => {
-            group::on_group_sync_key(conn, g);
+            sync::on_group_sync_key(conn, g);
             Step::Done
         }
         Body::AuthStatus(_)

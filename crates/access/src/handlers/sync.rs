@@ -1,9 +1,12 @@
-//! Peer sync (SYNC) and sync-key reports (SYNC_KEY), and the syncs a session owes its client.
+//! Peer sync (SYNC), super-group sync (SYNC_GROUP), sync-key reports (SYNC_KEY, GROUP_SYNC_KEY),
+//! and the syncs a session owes its client.
 //!
 //! `SYNC(k)` is answered with `SYNC_BEGIN(k)`, the next entries after `k` oldest first (flag 0 or SELF,
 //! never PUSH, never METADATA) and `SYNC_END(k_end)`, in one ordered batch bounded by message count and
 //! bytes. When more remain, `SYNC_NOTIFY(k_end + 1)` follows, so the client syncs again until it is caught
-//! up; the store never skips an entry, whatever the backlog.
+//! up; the store never skips an entry, whatever the backlog. `SYNC_GROUP(gid, k)` works the same on
+//! a super group's queue and never returns entries from before the member joined; other groups
+//! have no group queue (their messages are in the members' own queues) and get an empty answer.
 //!
 //! A sync the server cannot answer now (its store shard is down, the group directory fails) is
 //! never answered as caught up and never ends the session: it is owed ([`owe_sync`])
@@ -166,7 +169,7 @@ pub(crate) async fn answer_owed_syncs(conn: &mut Conn, out: &mut Reply) {
         on_sync(conn, out, key).await;
     }
     for g in groups {
-        super::group::on_sync_group(conn, out, g).await;
+        on_sync_group(conn, out, g).await;
     }
     if conn
         .owed
@@ -174,6 +177,101 @@ pub(crate) async fn answer_owed_syncs(conn: &mut Conn, out: &mut Reply) {
         .is_some_and(|o| o.peer.is_none() && o.groups.is_empty())
     {
         conn.owed = None;
+    }
+}
+
+/// SYNC_GROUP(gid, key): the member's next super-group entries after `key`.
+pub(crate) async fn on_sync_group(conn: &mut Conn, out: &mut Reply, req: GroupSyncKey) {
+    let Some(h) = conn.handle.clone() else { return };
+    let app = conn.app.clone();
+    Stats::inc(&app.stats.syncs);
+    let gid = req.group_id;
+    let empty = |conn: &mut Conn, out: &mut Reply, key: i64| {
+        synced(conn, Some(gid));
+        let g = GroupSyncKey {
+            group_id: gid,
+            sync_key: key,
+        };
+        out.emit(&Body::SyncGroupBegin(g), 0);
+        out.emit(&Body::SyncGroupEnd(g), 0);
+    };
+    let group = match app.groups.get(h.appid, gid).await {
+        Ok(Some(g)) => g,
+        Ok(None) => return empty(conn, out, req.sync_key),
+        Err(e) => {
+            // An empty answer would claim the client is caught up: answer later.
+            Stats::inc(&app.stats.backend_errors);
+            owe_sync(conn, Owed::Group(req), &e);
+            return;
+        }
+    };
+    let Some(member) = group.member(h.uid) else {
+        return empty(conn, out, req.sync_key);
+    };
+    if !group.super_group {
+        // Normal groups have no group queue: their messages are in members' personal queues.
+        return empty(conn, out, req.sync_key);
+    }
+    let mut key = req.sync_key;
+    if key == 0 {
+        key = match app.backend.group_sync_key(h.appid, h.uid, gid).await {
+            Ok(k) => k,
+            Err(e) => {
+                Stats::inc(&app.stats.backend_errors);
+                warn!(error = %e, "reading the stored group sync key failed; syncing from the start");
+                0
+            }
+        };
+    }
+    let queue = QueueId::Group {
+        appid: h.appid,
+        gid,
+    };
+    let page = match app
+        .store
+        .sync_since(queue, key, app.sync.batch_messages, member.joined_at)
+        .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            Stats::inc(&app.stats.store_errors);
+            owe_sync(conn, Owed::Group(req), &e);
+            return;
+        }
+    };
+    synced(conn, Some(gid));
+    let begin = GroupSyncKey {
+        group_id: gid,
+        sync_key: key,
+    };
+    out.emit(&Body::SyncGroupBegin(begin), 0);
+    let (last, truncated) = emit_synced(conn, out, &page.messages);
+    let k_end = end_key(&page, last, key);
+    Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
+    let end = GroupSyncKey {
+        group_id: gid,
+        sync_key: k_end,
+    };
+    out.emit(&Body::SyncGroupEnd(end), 0);
+    if page.has_more || truncated {
+        out.emit(
+            &Body::SyncGroupNotify(GroupSyncKey {
+                group_id: gid,
+                sync_key: k_end + 1,
+            }),
+            0,
+        );
+    }
+}
+
+/// GROUP_SYNC_KEY: the client reports how far it synced a super group.
+pub(crate) fn on_group_sync_key(conn: &mut Conn, g: GroupSyncKey) {
+    if let Some(h) = &conn.handle {
+        if g.sync_key > 0 {
+            conn.app
+                .backend
+                .report_group_sync_key(h.appid, h.uid, g.group_id, g.sync_key);
+        }
     }
 }
 

@@ -12,9 +12,9 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use backend::groups::Group;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use backend::groups::Group;
 use proto::{cmd, Body, GroupSyncKey, Metadata};
 use tokio::sync::Notify;
 

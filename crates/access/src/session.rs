@@ -295,7 +295,8 @@ impl Session {
             last_frame = Instant::now();
             Stats::inc(&self.conn.app.stats.frames_in);
             // What the frame's handler left to do, taken out of its borrow of the session first.
-            let (append, sync_key) = match handlers::dispatch(&mut self.conn, &mut self.out, frame) {
+            let (append, sync_key) = match handlers::dispatch(&mut self.conn, &mut self.out, frame)
+            {
                 Ok(Step::Done) => continue,
                 Ok(Step::Append(append)) => (Some(append), None),
                 Ok(Step::Sync(key)) => (None, Some(key)),

@@ -83,7 +83,10 @@ fn stored_bodies_are_relaid_for_version_0_only() {
     })
     .to_stored();
     assert_eq!(body::relayout(cmd::RT, 0, &rt), (&rt[..], &[][..]));
-    assert_eq!(body::relayout(cmd::IM, 0, &[1, 2, 3]), (&[1u8, 2, 3][..], &[][..]));
+    assert_eq!(
+        body::relayout(cmd::IM, 0, &[1, 2, 3]),
+        (&[1u8, 2, 3][..], &[][..])
+    );
 }
 
 #[test]
@@ -99,9 +102,14 @@ fn the_stored_frame_writer_matches_the_typed_encoding() {
     }
     let inner = proto::stored_frame(cmd::SYNC_NOTIFY, 0, &Body::SyncNotify(5).to_stored());
     let mut buf = BytesMut::from(&inner[..]);
-    let f = Frame::decode(&mut buf, proto::MAX_BODY_LEN).unwrap().unwrap();
+    let f = Frame::decode(&mut buf, proto::MAX_BODY_LEN)
+        .unwrap()
+        .unwrap();
     assert_eq!((f.seq, f.cmd, f.version), (0, cmd::SYNC_NOTIFY, 2));
-    assert_eq!(Body::decode(f.cmd, 2, &f.body).unwrap(), Body::SyncNotify(5));
+    assert_eq!(
+        Body::decode(f.cmd, 2, &f.body).unwrap(),
+        Body::SyncNotify(5)
+    );
 }
 
 #[test]
@@ -129,7 +137,10 @@ fn senders_of_stored_bodies() {
             uid: 12
         })
     );
-    assert_eq!(body::stored_sender(cmd::SYSTEM, b"0123456789abcdefghijklmnopqrstuvwxyz"), None);
+    assert_eq!(
+        body::stored_sender(cmd::SYSTEM, b"0123456789abcdefghijklmnopqrstuvwxyz"),
+        None
+    );
     assert_eq!(body::stored_sender(cmd::IM, &stored[..23]), None);
     assert_eq!(body::stored_sender(cmd::CUSTOMER_V2, &c[..35]), None);
 }

@@ -240,7 +240,13 @@ pub(crate) fn refuse(app: &App, out: &mut Reply, r: Refusal) {
     }
     Stats::inc(&stats.messages_refused);
     let status = r.why.status();
-    debug!(command, seq = r.seq, status, what = r.why.what(), "message refused");
+    debug!(
+        command,
+        seq = r.seq,
+        status,
+        what = r.why.what(),
+        "message refused"
+    );
     if let Some(seq) = r.seq {
         if out.version() >= 2 {
             out.ack(seq, status, 0, None);

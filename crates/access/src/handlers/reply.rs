@@ -129,7 +129,8 @@ impl Reply {
         let mut buf = std::mem::take(&mut self.buf);
         self.ends.clear();
         let mut frames = Vec::new();
-        while let Some(f) = proto::Frame::decode(&mut buf, proto::MAX_BODY_LEN).expect("valid frames")
+        while let Some(f) =
+            proto::Frame::decode(&mut buf, proto::MAX_BODY_LEN).expect("valid frames")
         {
             frames.push(f);
         }

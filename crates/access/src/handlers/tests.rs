@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use backend::{EmbeddedGroupOptions, GroupDirectory};
 use backend::push::PushSink;
 use backend::Backend;
+use backend::{EmbeddedGroupOptions, GroupDirectory};
 use bytes::Bytes;
 use proto::{cmd, flag, AckStatus, Body, Customer, Frame, GroupSyncKey, Im, Rt};
 use store::{Durability, Store, StoreOptions};
@@ -210,7 +210,9 @@ async fn a_peer_message_is_stored_pushed_and_acked() {
     let mut a = login(&n.app, APP, 10, 100);
     let a2 = login(&n.app, APP, 10, 101);
     let b = login(&n.app, APP, 20, 200);
-    let frames = a.send(7, flag::TEXT | flag::PUSH, Body::Im(im(10, 20, "hi"))).await;
+    let frames = a
+        .send(7, flag::TEXT | flag::PUSH, Body::Im(im(10, 20, "hi")))
+        .await;
     // METADATA (the sender's copy) + ACK.
     assert_eq!(frames.len(), 2);
     assert_eq!(frames[0].cmd, cmd::METADATA);
@@ -297,7 +299,13 @@ async fn a_failed_append_is_refused_as_storage_failed() {
     let (refused_before, errors_before) = (refused(&n.app), Stats::get(&n.app.stats.store_errors));
     complete(&a.conn, &mut a.out, append.then, Err(failure));
     let frames = a.out.take_frames();
-    assert_refused(&n.app, &frames, 9, AckStatus::STORAGE_FAILED, refused_before);
+    assert_refused(
+        &n.app,
+        &frames,
+        9,
+        AckStatus::STORAGE_FAILED,
+        refused_before,
+    );
     assert_eq!(Stats::get(&n.app.stats.store_errors), errors_before + 1);
     assert!(b.pushed().is_empty(), "nothing is delivered");
 }
@@ -449,7 +457,10 @@ async fn a_super_group_message_goes_to_the_group_queue() {
     let mut b = login(&n.app, APP, 20, 200);
     let frames = a.send(1, flag::TEXT, group_im(10, gid)).await;
     let (ack, ack_flag) = ack_of(&frames);
-    assert_eq!((ack.status, ack_flag), (AckStatus::SUCCESS, flag::SUPER_GROUP));
+    assert_eq!(
+        (ack.status, ack_flag),
+        (AckStatus::SUCCESS, flag::SUPER_GROUP)
+    );
     let pushed = b.pushed();
     assert_eq!(pushed.len(), 2);
     assert_eq!(
@@ -542,7 +553,10 @@ async fn customer_messages_cross_apps_through_the_service_app() {
     assert_eq!(ack_of(&frames).0.status, AckStatus::SUCCESS);
     let pushed = staff.pushed();
     assert_eq!(pushed.len(), 2);
-    assert_eq!((pushed[0].cmd, pushed[0].flag), (cmd::CUSTOMER_V2, flag::PUSH));
+    assert_eq!(
+        (pushed[0].cmd, pushed[0].flag),
+        (cmd::CUSTOMER_V2, flag::PUSH)
+    );
     let before = refused(&n.app);
     let frames = user.send(2, 0, customer(APP, 10, 2, 1)).await;
     assert_refused(&n.app, &frames, 2, AckStatus::NOT_ALLOWED, before);
@@ -572,7 +586,13 @@ async fn sync_pages_mark_self_and_continue_until_caught_up() {
     let cmds: Vec<u8> = frames.iter().map(|f| f.cmd).collect();
     assert_eq!(
         cmds,
-        [cmd::SYNC_BEGIN, cmd::IM, cmd::IM, cmd::SYNC_END, cmd::SYNC_NOTIFY]
+        [
+            cmd::SYNC_BEGIN,
+            cmd::IM,
+            cmd::IM,
+            cmd::SYNC_END,
+            cmd::SYNC_NOTIFY
+        ]
     );
     assert!(frames[1..3].iter().all(|f| f.flag == flag::SELF));
     let Body::SyncEnd(end) = Body::decode(cmd::SYNC_END, 2, &frames[3].body).unwrap() else {

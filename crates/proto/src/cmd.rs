@@ -118,6 +118,8 @@ pub const COMMANDS: &[Command] = &[
     c(ROOM_IM,            "ROOM_IM",            true,  false, false, Layout::Rt),
     c(SYSTEM,             "SYSTEM",             false, false, true,  Layout::Raw),
     c(UNREAD_COUNT,       "UNREAD_COUNT",       true,  false, false, Layout::I32),
+    c(CUSTOMER_DEPRECATED, "CUSTOMER(deprecated)", true, true, false, Layout::Raw),
+    c(CUSTOMER_SUPPORT_DEPRECATED, "CUSTOMER_SUPPORT(deprecated)", true, true, false, Layout::Raw),
     c(SYNC,               "SYNC",               true,  false, false, Layout::Key),
     c(SYNC_BEGIN,         "SYNC_BEGIN",         false, false, false, Layout::Key),
     c(SYNC_END,           "SYNC_END",           false, false, false, Layout::Key),
@@ -131,6 +133,7 @@ pub const COMMANDS: &[Command] = &[
     c(NOTIFICATION,       "NOTIFICATION",       false, false, false, Layout::Raw),
     c(METADATA,           "METADATA",           true,  true,  false, Layout::Metadata),
     c(CUSTOMER_V2,        "CUSTOMER_V2",        true,  false, true,  Layout::Customer),
+    c(KICK,               "KICK(internal)",     false, false, false, Layout::Internal),
 ];
 
 /// Position of each command number in [`COMMANDS`], or `NONE`.

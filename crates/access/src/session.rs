@@ -1,5 +1,8 @@
-//! One client session (spec §7): a single task that reads frames, runs their handlers, drains the
-//! session's outbox and writes everything it produced in one coalesced write per wake-up.
+//! One client session (docs/protocol.md §8): the connection loop only — a single task that reads
+//! frames, hands each to [`handlers::dispatch`], submits the appends handlers return and completes
+//! them in order, drains the session's outbox, writes everything it produced in one coalesced write
+//! per wake-up, and keeps the login, idle and owed-sync timers. What a command does is in
+//! [`crate::handlers`].
 //!
 //! Ordering: every frame this session sends — its own replies, sync batches and what others pushed to
 //! it — goes through one writer with one per-connection seq, so METADATA is always immediately followed

@@ -49,6 +49,8 @@ pub struct Services {
     pub words: Option<SharedWordFilter>,
     /// The app API (media, device binding, supporters), unless disabled.
     pub app_api: Option<Arc<crate::app_api::AppApi>>,
+    /// `[web]`: the web chat client and admin console.
+    pub web: web::WebConfig,
 }
 
 /// Everything a handler needs.
@@ -63,6 +65,8 @@ pub struct App {
     pub words: Option<SharedWordFilter>,
     /// The app API the SDKs call (media, device binding, supporters), unless disabled.
     pub app_api: Option<Arc<crate::app_api::AppApi>>,
+    /// `[web]`: the web chat client and admin console.
+    pub web: web::WebConfig,
     /// Links to the routers: presence and cross-node delivery (no-ops on a single node).
     pub links: Arc<RouteLinks>,
     routed: parking_lot::Mutex<Option<RoutedDispatch>>,
@@ -112,6 +116,7 @@ impl App {
             push: services.push,
             words: services.words,
             app_api: services.app_api,
+            web: services.web,
             route,
             rooms,
             stats,

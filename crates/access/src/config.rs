@@ -49,6 +49,10 @@ pub struct ServerConfig {
     /// Messages per second one connection may send (IM, RT); 0 disables the limit. Refused messages
     /// get an ACK with status 69 in protocol version 2 sessions.
     pub rate_limit_per_sec: u32,
+    /// Browser origins allowed to open a WebSocket (the upgrade's `Origin` header). Empty: the same
+    /// host as the WebSocket endpoint and loopback pages; `"*"`: any; otherwise exact origins. Requests
+    /// without `Origin` (SDKs that are not browser pages) are always allowed.
+    pub ws_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +75,7 @@ impl Default for ServerConfig {
             max_inflight: 256,
             max_body: proto::MAX_BODY_LEN,
             rate_limit_per_sec: 0,
+            ws_allowed_origins: Vec::new(),
         }
     }
 }

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 pub use app::{App, Routers, Services, StoreClient, StoreFailure};
 pub use app_api::{AppApi, AppApiConfig};
 pub use config::{ApiConfig, ServerConfig, SyncConfig};
+pub use web::WebConfig;
 
 /// Why the node could not start. The operator's fault (configuration) or the environment's (ports).
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,26 @@ async fn bind(what: &'static str, addr: &str) -> Result<Option<TcpListener>, Sta
 
 fn local(l: &Option<TcpListener>) -> Option<SocketAddr> {
     l.as_ref().and_then(|l| l.local_addr().ok())
+}
+
+/// The web client's router for one listener (`admin`: the operator API is served there too).
+fn web_router(
+    app: &Arc<App>,
+    addrs: &Addrs,
+    api: Option<&Arc<AppApi>>,
+    admin: bool,
+) -> axum::Router {
+    web::router(Arc::new(web::WebContext {
+        config: app.web.clone(),
+        backend: app.backend.clone(),
+        ws: addrs.ws,
+        wss: addrs.wss,
+        app_api_prefix: api.map(|a| a.config.normalized_prefix()),
+        app_api_public_url: api.map_or_else(String::new, |a| a.config.public_url.clone()),
+        admin_api: admin,
+        admin_secret_required: !app.api.secret.is_empty(),
+        kefu_appid: app.server.kefu_appid,
+    }))
 }
 
 impl AccessNode {
@@ -185,8 +206,12 @@ impl AccessNode {
             // authentication and body limits.
             let admin = admin::routes().merge(app_api::admin_routes());
             let mut router = http::router(app.clone(), admin);
-            if let Some(api) = app.app_api.as_ref().filter(|a| a.config.on_api_listener) {
+            let on_api = app.app_api.as_ref().filter(|a| a.config.on_api_listener);
+            if let Some(api) = on_api {
                 router = router.merge(app_api::router(app.clone(), api.clone(), false));
+            }
+            if app.web.enabled {
+                router = router.merge(web_router(&app, &addrs, on_api, true));
             }
             tracker.spawn(listener::serve_api(
                 l,
@@ -198,7 +223,11 @@ impl AccessNode {
         }
         if let (Some(l), Some(api)) = (app_api_listener, app.app_api.clone()) {
             // The same admission as the API listener: connection limit and header timeout.
-            let router = app_api::router(app.clone(), api, true);
+            let web = web_router(&app, &addrs, Some(&api), false);
+            let mut router = app_api::router(app.clone(), api, true);
+            if app.web.enabled {
+                router = router.merge(web);
+            }
             tracker.spawn(listener::serve_api(
                 l,
                 app.clone(),

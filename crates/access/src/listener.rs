@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{Extension, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Extension, State};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -280,8 +280,24 @@ struct WsConn {
 async fn ws_upgrade(
     State(ctx): State<Ctx>,
     Extension(conn): Extension<WsConn>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    // Browser pages may open a session only from allowed origins (`server.ws_allowed_origins`).
+    let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
+    if !web::ws_origin_allowed(
+        &ctx.app.server.ws_allowed_origins,
+        text(header::ORIGIN),
+        text(header::HOST),
+    ) {
+        debug!(peer = %conn.peer, origin = ?text(header::ORIGIN), "websocket origin refused");
+        return (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"error":"this page's origin may not connect (server.ws_allowed_origins)"}"#,
+        )
+            .into_response();
+    }
     let Some(permit) = conn.permit.lock().take() else {
         // A connection upgrades once; this cannot happen, but must not run a session without a permit.
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
@@ -406,7 +422,9 @@ pub(crate) async fn serve_api(
         let router = router.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                // The web client's dev sign-in is allowed by peer address.
+                req.extensions_mut().insert(ConnectInfo(peer));
                 router.clone().call(req)
             });
             let http = http1::Builder::new()

@@ -92,6 +92,15 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (appid, uid, provider, token)
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS push_devices_by_token ON push_devices (appid, provider, token)",
+    // Offline-push do-not-disturb settings (see `crate::push_prefs`); gid 0 = the whole user.
+    "CREATE TABLE IF NOT EXISTS push_dnd (
+        appid INTEGER NOT NULL,
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        PRIMARY KEY (appid, uid, gid)
+    ) WITHOUT ROWID",
+    // The sender's name of a push title (`crate::push_prefs`).
+    "CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (appid, uid)",
     // Customer-service supporters managed with the admin API (see `crate::supporters`).
     "CREATE TABLE IF NOT EXISTS supporters (
         store_id INTEGER NOT NULL,

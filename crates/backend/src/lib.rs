@@ -23,6 +23,7 @@ mod health;
 pub mod moderation;
 mod options;
 pub mod push;
+pub mod push_prefs;
 mod push_job;
 pub mod redis_backend;
 pub mod supporters;
@@ -39,7 +40,8 @@ pub use options::{
     RedisPushOptions, WebhookOptions, DEFAULT_CACHE_GROUPS, DEFAULT_FLUSH_INTERVAL_MS,
     DEFAULT_MAX_MEMBERS, DEFAULT_MAX_RECEIVERS_PER_JOB, DEFAULT_PUSH_QUEUE_CAPACITY,
 };
-pub use push::{PushJob, PushSink};
+pub use push::{NativePush, PushJob, PushSink};
+pub use push_prefs::{DndScope, DndSettings};
 pub use supporters::Supporter;
 pub use token::fingerprint as token_fingerprint;
 
@@ -338,6 +340,49 @@ impl Backend {
             Backend::Embedded(b) => b.devices(appid, uid).await,
             Backend::Redis(b) => b.devices(appid, uid).await,
         }
+    }
+
+    /// Turns offline push off (`on` = true) or back on for the user, or for one group's messages.
+    pub async fn set_dnd(
+        &self,
+        appid: i64,
+        uid: i64,
+        scope: DndScope,
+        on: bool,
+    ) -> Result<(), BackendError> {
+        check_ids(appid, uid)?;
+        if let DndScope::Group(g) = scope {
+            if g <= 0 {
+                return Err(BackendError::InvalidArgument(format!(
+                    "group id must be > 0 (got {g})"
+                )));
+            }
+        }
+        let r = match self {
+            Backend::Embedded(b) => b.set_dnd(appid, uid, scope, on).await,
+            Backend::Redis(b) => b.set_dnd(appid, uid, scope, on).await,
+        };
+        self.observe_write(r)
+    }
+
+    /// The user's do-not-disturb settings (none when never set).
+    pub async fn dnd(&self, appid: i64, uid: i64) -> Result<DndSettings, BackendError> {
+        check_ids(appid, uid)?;
+        let r = match self {
+            Backend::Embedded(b) => b.dnd(appid, uid).await,
+            Backend::Redis(b) => b.dnd(appid, uid).await,
+        };
+        self.observe_read(r)
+    }
+
+    /// The user's display name if known (embedded: from their newest named token; Redis: the
+    /// `name` field of `users_<appid>_<uid>`), else empty.
+    pub async fn user_name(&self, appid: i64, uid: i64) -> Result<String, BackendError> {
+        let r = match self {
+            Backend::Embedded(b) => b.user_name(appid, uid).await,
+            Backend::Redis(b) => b.user_name(appid, uid).await,
+        };
+        self.observe_read(r)
     }
 
     /// Replaces the supporters of a store (admin API).

@@ -8,6 +8,9 @@
 //!   (`peer`, `group`, `system`, `customer`), with a timeout, bounded retries with exponential
 //!   backoff, and an optional bearer token.
 //!
+//! * [`PushSink::Native`]: the jobs go to a [`NativePush`] implementation — banter's own APNs and
+//!   FCM senders (crate `push`), which resolve devices, render the notification and send it.
+//!
 //! [`PushSink::push`] never blocks and does no I/O: it puts the job on a bounded in-memory queue
 //! drained by one background task. When the queue is full the job is dropped and counted
 //! ([`PushSink::dropped`], plus a warning), never silently (defect #39). Group jobs are split into
@@ -290,7 +293,23 @@ pub struct PushQueue {
     kind: &'static str,
 }
 
-/// The push seam: off, GoBelieve Redis lists, or a webhook. Cheap to clone.
+/// An offline-push sender living outside this crate (the `push` crate's APNs/FCM senders), so the
+/// backend does not depend on it. `push` must not block or do I/O, like [`PushSink::push`].
+pub trait NativePush: Send + Sync + 'static {
+    /// Queue a job; when the sender's queue is full it is dropped and counted.
+    fn push(&self, job: PushJob);
+    /// Jobs dropped since start.
+    fn dropped(&self) -> u64;
+    /// Device notifications accepted by a provider since start.
+    fn delivered(&self) -> u64;
+    /// Wait (bounded) until what was queued before the call is sent or given up.
+    fn flush(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), BackendError>> + Send + '_>>;
+}
+
+/// The push seam: off, GoBelieve Redis lists, a webhook, or the built-in APNs/FCM senders. Cheap
+/// to clone.
 #[derive(Clone)]
 pub enum PushSink {
     /// No offline push: jobs are discarded (not counted as dropped).
@@ -299,6 +318,8 @@ pub enum PushSink {
     Redis(Arc<PushQueue>),
     /// HTTP POSTs of JSON batches.
     Webhook(Arc<PushQueue>),
+    /// banter's own APNs/FCM senders (crate `push`).
+    Native(Arc<dyn NativePush>),
 }
 
 fn check_nonzero(what: &str, v: usize) -> Result<(), BackendError> {
@@ -401,6 +422,7 @@ impl PushSink {
         match self {
             PushSink::Disabled => {}
             PushSink::Redis(q) | PushSink::Webhook(q) => q.push(job),
+            PushSink::Native(n) => n.push(job),
         }
     }
 
@@ -409,6 +431,7 @@ impl PushSink {
         match self {
             PushSink::Disabled => 0,
             PushSink::Redis(q) | PushSink::Webhook(q) => q.stats.dropped.load(Ordering::Relaxed),
+            PushSink::Native(n) => n.dropped(),
         }
     }
 
@@ -417,6 +440,7 @@ impl PushSink {
         match self {
             PushSink::Disabled => 0,
             PushSink::Redis(q) | PushSink::Webhook(q) => q.stats.delivered.load(Ordering::Relaxed),
+            PushSink::Native(n) => n.delivered(),
         }
     }
 
@@ -427,14 +451,16 @@ impl PushSink {
         match self {
             PushSink::Disabled => Ok(()),
             PushSink::Redis(q) | PushSink::Webhook(q) => q.flush().await,
+            PushSink::Native(n) => n.flush().await,
         }
     }
 
-    /// `"disabled"`, `"redis"` or `"webhook"`, for logs.
+    /// `"disabled"`, `"redis"`, `"webhook"` or `"native"`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
             PushSink::Disabled => "disabled",
             PushSink::Redis(q) | PushSink::Webhook(q) => q.kind,
+            PushSink::Native(_) => "native",
         }
     }
 }

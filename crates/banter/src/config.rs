@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use access::{ApiConfig, AppApiConfig, ServerConfig, SyncConfig};
+use access::{ApiConfig, AppApiConfig, ServerConfig, SyncConfig, WebConfig};
 use backend::{JwtOptions, MysqlGroupOptions, RedisPushOptions, WebhookOptions};
 use media::MediaConfig;
 use serde::{Deserialize, Serialize};
@@ -27,6 +27,8 @@ pub struct Config {
     pub api: ApiConfig,
     /// The app API the SDKs call (uploads, device binding, supporters).
     pub app_api: AppApiConfig,
+    /// The web chat client and admin console.
+    pub web: WebConfig,
     /// Where uploads are kept and their limits.
     pub media: MediaConfig,
     pub store: StoreConfig,
@@ -166,6 +168,8 @@ pub struct PushConfig {
     pub backend: String,
     pub redis: RedisPushOptions,
     pub webhook: WebhookOptions,
+    /// `backend = "native"`: banter's own APNs and FCM senders (`docs/push.md`).
+    pub native: push::NativeOptions,
 }
 
 impl Default for PushConfig {
@@ -174,6 +178,7 @@ impl Default for PushConfig {
             backend: "none".into(),
             redis: RedisPushOptions::default(),
             webhook: WebhookOptions::default(),
+            native: push::NativeOptions::default(),
         }
     }
 }
@@ -355,9 +360,12 @@ impl Config {
                 self.groups.backend
             ));
         }
-        if !matches!(self.push.backend.as_str(), "none" | "redis" | "webhook") {
+        if !matches!(
+            self.push.backend.as_str(),
+            "none" | "redis" | "webhook" | "native"
+        ) {
             errors.push(format!(
-                "push.backend must be \"none\", \"redis\" or \"webhook\", got {:?}",
+                "push.backend must be \"none\", \"redis\", \"webhook\" or \"native\", got {:?}",
                 self.push.backend
             ));
         }
@@ -374,6 +382,7 @@ impl Config {
             ));
         }
         errors.extend(self.app_api.validate());
+        errors.extend(self.web.validate());
         errors.extend(self.media.validate());
         if self.sync.batch_messages == 0 {
             errors.push("sync.batch_messages must be > 0".into());

@@ -36,6 +36,8 @@ pub enum ServeError {
     Remote(#[from] cluster::store_client::RemoteStoreError),
     #[error("media storage: {0}")]
     Media(#[from] media::MediaError),
+    #[error("offline push: {0}")]
+    Push(#[from] push::PushError),
 }
 
 /// A running access node (a whole single-node server, or one access node of a cluster).
@@ -106,12 +108,17 @@ pub async fn open_groups(config: &Config) -> Result<GroupDirectory, ServeError> 
     })
 }
 
-/// Opens the configured offline-push sink.
-pub async fn open_push(config: &Config) -> Result<PushSink, ServeError> {
+/// Opens the configured offline-push sink (the native senders read devices, unread counts and
+/// do-not-disturb settings from `backend` and keep their journal in the data directory).
+pub async fn open_push(config: &Config, backend: &Backend) -> Result<PushSink, ServeError> {
     let p = &config.push;
     Ok(match p.backend.as_str() {
         "redis" => PushSink::redis(p.redis.clone()).await?,
         "webhook" => PushSink::webhook(p.webhook.clone())?,
+        "native" => {
+            let pusher = push::Pusher::start(&p.native, &config.data.dir, backend.clone()).await?;
+            PushSink::Native(pusher)
+        }
         _ => PushSink::Disabled,
     })
 }
@@ -168,7 +175,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
     let (store, store_client) = open_store(config).await?;
     let backend = open_backend(config).await?;
     let groups = open_groups(config).await?;
-    let push = open_push(config).await?;
+    let push = open_push(config, &backend).await?;
     let words = open_words(config)?;
     let app_api = open_app_api(config)?;
     let app = App::new(
@@ -186,6 +193,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
             push: push.clone(),
             words,
             app_api,
+            web: config.web.clone(),
         },
     );
     follow_forbidden(&app, &backend);

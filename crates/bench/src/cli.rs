@@ -52,6 +52,8 @@ pub enum ScenarioCmd {
     /// The app API: concurrent clients upload and download images and voice clips; requests/s,
     /// MB/s, latency, server memory.
     Media(MediaArgs),
+    /// Offline push: pushes/s to a local APNs stand-in for N offline users, and the IM rate beside it.
+    Push(PushArgs),
 }
 
 /// Transport for client connections.
@@ -322,6 +324,29 @@ pub struct MediaArgs {
     /// Path prefix of the app API.
     #[arg(long, default_value = "/v2")]
     pub prefix: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// `push` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct PushArgs {
+    /// Offline users, one APNs device each; each gets one message.
+    #[arg(long, default_value_t = 10_000)]
+    pub users: usize,
+    /// Online senders sharing the messages.
+    #[arg(long, default_value_t = 20)]
+    pub senders: usize,
+    /// Un-ACKed messages per sender.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+    /// `push.native.concurrency` of the child server.
+    #[arg(long, default_value_t = 64)]
+    pub push_concurrency: usize,
     #[command(flatten)]
     pub target: TargetArgs,
     #[command(flatten)]
@@ -687,6 +712,31 @@ pub async fn run_scenario(args: &BenchArgs) -> anyhow::Result<Report> {
             };
             with_target!(a, |env| scenario::media::run(&env, &o))
         }
+        ScenarioCmd::Push(a) => {
+            if !a.target.addr.is_empty() || !a.target.ws.is_empty() {
+                bail!("bench push starts its own server (configured to push to a local APNs); do not give --addr or --ws");
+            }
+            let mock = push::mock::MockProvider::start().await;
+            let creds = tempfile::tempdir().context("temporary directory")?;
+            let (ca, apns, _) = mock.write_credentials(creds.path(), "com.example.bench");
+            let mut a = a.clone();
+            let apps = format!(
+                "[{{appid = 7, apns = {{key_file = {:?}, key_id = {:?}, team_id = {:?}, topic = {:?}, endpoint = {:?}}}}}]",
+                apns.key_file, apns.key_id, apns.team_id, apns.topic, apns.endpoint
+            );
+            a.target.server_env.extend([
+                "BANTER_PUSH__BACKEND=native".to_string(),
+                format!("BANTER_PUSH__NATIVE__CA_FILE={ca}"),
+                format!("BANTER_PUSH__NATIVE__CONCURRENCY={}", a.push_concurrency),
+                format!("BANTER_PUSH__NATIVE__APPS={apps}"),
+            ]);
+            let o = scenario::push::PushOptions {
+                users: a.users,
+                senders: a.senders,
+                window: a.window,
+            };
+            with_target!(a, |env| scenario::push::run(&env, &o, &mock))
+        }
         ScenarioCmd::Store(a) => {
             let o = scenario::store::StoreOptions {
                 messages: a.messages,
@@ -710,6 +760,7 @@ fn run_args(args: &BenchArgs) -> &RunArgs {
         ScenarioCmd::Connections(a) => &a.run,
         ScenarioCmd::Store(a) => &a.run,
         ScenarioCmd::Media(a) => &a.run,
+        ScenarioCmd::Push(a) => &a.run,
     }
 }
 

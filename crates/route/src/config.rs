@@ -55,10 +55,12 @@ pub enum PushBackend {
     Redis,
     /// JSON batches POSTed to a webhook.
     Webhook,
+    /// banter's own APNs/FCM senders (`docs/push.md`), reading devices from `push.native_backend`.
+    Native,
 }
 
 /// `[push]`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PushConfig {
     /// `none`, `redis` or `webhook`.
@@ -67,6 +69,26 @@ pub struct PushConfig {
     pub redis: RedisPushOptions,
     /// Used when `backend = "webhook"`.
     pub webhook: WebhookOptions,
+    /// Used when `backend = "native"`.
+    pub native: push::NativeOptions,
+    /// `backend = "native"`: the GoBelieve Redis the access nodes use (`auth.redis_url`), where
+    /// devices, unread counts, names and do-not-disturb settings are read.
+    pub native_redis_url: String,
+    /// `backend = "native"`: the directory of the push journal (jobs survive a restart).
+    pub native_data_dir: String,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            backend: PushBackend::None,
+            redis: RedisPushOptions::default(),
+            webhook: WebhookOptions::default(),
+            native: push::NativeOptions::default(),
+            native_redis_url: "redis://127.0.0.1:6379/0".to_owned(),
+            native_data_dir: "data".to_owned(),
+        }
+    }
 }
 
 /// `[limits]`.

@@ -125,6 +125,18 @@ pub async fn run(
         PushBackend::None => PushSink::Disabled,
         PushBackend::Redis => PushSink::redis(config.push.redis.clone()).await?,
         PushBackend::Webhook => PushSink::webhook(config.push.webhook.clone())?,
+        PushBackend::Native => {
+            let backend = backend::Backend::open_redis(backend::RedisOptions {
+                url: config.push.native_redis_url.clone(),
+                ..backend::RedisOptions::default()
+            })
+            .await?;
+            let dir = std::path::PathBuf::from(&config.push.native_data_dir);
+            let pusher = ::push::Pusher::start(&config.push.native, &dir, backend)
+                .await
+                .map_err(|e| BackendError::InvalidArgument(e.to_string()))?;
+            PushSink::Native(pusher)
+        }
     };
     let listener = bind("access nodes", &config.listen).await?;
     let addr = listener.local_addr().map_err(|source| RouterError::Bind {

@@ -8,6 +8,8 @@
 //! | `GET /admin/users/devices` | `?appid=&uid=` | `{"devices": [{"provider", "token", "bound_at"}]}` |
 //! | `POST /admin/supporters` | `{"store_id", "supporters": [{"seller_id", "appid", "name"?, "appname"?}]}` | `{}` |
 //! | `GET /admin/supporters` | `?store_id=` | `{"supporters": [...], "configured": [...]}` |
+//! | `POST /admin/push/dnd` | `{"appid", "uid", "group_id"?, "on"}` | `{}` |
+//! | `GET /admin/push/dnd` | `?appid=&uid=` | `{"user": bool, "groups": [gid…]}` |
 
 use std::sync::Arc;
 
@@ -146,6 +148,39 @@ async fn get_supporters(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     Ok(Json(json!({"supporters": stored, "configured": configured})).into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetDnd {
+    appid: i64,
+    uid: i64,
+    /// Absent or 0: the whole user.
+    #[serde(default)]
+    group_id: i64,
+    on: bool,
+}
+
+async fn set_dnd(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    let r: SetDnd = json_body(&body)?;
+    if r.appid <= 0 || r.uid <= 0 || r.group_id < 0 {
+        return Err(ApiError::bad(
+            "`appid` and `uid` must be > 0, `group_id` >= 0",
+        ));
+    }
+    let scope = match r.group_id {
+        0 => backend::DndScope::User,
+        g => backend::DndScope::Group(g),
+    };
+    app.backend.set_dnd(r.appid, r.uid, scope, r.on).await?;
+    Ok(Json(json!({})).into_response())
+}
+
+async fn get_dnd(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+    let appid = id(&q, "appid")?;
+    let uid = id(&q, "uid")?;
+    let d = app.backend.dnd(appid, uid).await?;
+    Ok(Json(json!({"user": d.user, "groups": d.groups})).into_response())
+}
+
 /// The routes, merged into the API router (behind `api.secret`).
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -156,4 +191,5 @@ pub fn routes() -> Router<Arc<App>> {
             "/admin/supporters",
             post(set_supporters).get(get_supporters),
         )
+        .route("/admin/push/dnd", post(set_dnd).get(get_dnd))
 }

@@ -3,6 +3,9 @@
 //! `xg_device_token`, `xm_device_token`, `hw_device_token`, `gcm_device_token`, `jp_device_token`
 //! (Android) — any non-empty subset. They are stored where offline push reads them
 //! ([`backend::devices`]). Answer: `{"success": true}` (unbind adds `"removed"`).
+//!
+//! `POST /push/dnd` (`{"group_id"?, "on"}`: do-not-disturb for the user, or for one group's
+//! messages) and `GET /push/dnd` (`{"user", "groups"}`): the user's offline-push settings.
 
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -62,4 +65,35 @@ pub(crate) async fn unbind(State(ctx): State<Ctx>, headers: HeaderMap, body: Byt
         .unbind_devices(user.appid, user.uid, &tokens)
         .await?;
     Ok(Json(json!({"success": true, "removed": removed})).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DndBody {
+    /// Absent or 0: every message.
+    #[serde(default)]
+    group_id: i64,
+    on: bool,
+}
+
+pub(crate) async fn set_dnd(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
+    let user = authenticate(&ctx.app, &headers).await?;
+    let r: DndBody =
+        serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("invalid json: {e}")))?;
+    let scope = match r.group_id {
+        0 => backend::DndScope::User,
+        g if g > 0 => backend::DndScope::Group(g),
+        _ => return Err(AppError::bad("`group_id` must be >= 0")),
+    };
+    ctx.app
+        .backend
+        .set_dnd(user.appid, user.uid, scope, r.on)
+        .await?;
+    Ok(Json(json!({"success": true})).into_response())
+}
+
+pub(crate) async fn get_dnd(State(ctx): State<Ctx>, headers: HeaderMap) -> AppResult {
+    let user = authenticate(&ctx.app, &headers).await?;
+    let d = ctx.app.backend.dnd(user.appid, user.uid).await?;
+    Ok(Json(json!({"user": d.user, "groups": d.groups})).into_response())
 }

@@ -9,7 +9,7 @@
 //! | `mod.rs` | configuration, shared state, the router, authentication, errors, CORS |
 //! | `upload.rs` | `POST /images`, `/audios`, `/files`: streaming into a spool, limits, the answer |
 //! | `download.rs` | `GET`/`HEAD` of media URLs: access rules, signed URLs, ETag, ranges |
-//! | `device.rs` | `POST /device/bind`, `/device/unbind` |
+//! | `device.rs` | `POST /device/bind`, `/device/unbind`; `POST`/`GET /push/dnd` (do-not-disturb) |
 //! | `supporters.rs` | `GET /supporters` |
 //! | `admin.rs` | operator endpoints on the API listener (`/admin/media/…`, devices, supporters) |
 //!
@@ -370,6 +370,7 @@ pub fn router(app: Arc<App>, api: Arc<AppApi>, standalone: bool) -> Router {
         .route("/files", post(upload::files))
         .route("/device/bind", post(device::bind))
         .route("/device/unbind", post(device::unbind))
+        .route("/push/dnd", post(device::set_dnd).get(device::get_dnd))
         .route("/supporters", get(supporters::get_one))
         .route("/media/sign", post(download::sign))
         .route(

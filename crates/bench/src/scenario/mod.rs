@@ -12,6 +12,7 @@ pub mod connections;
 pub mod group;
 pub mod media;
 pub mod peer;
+pub mod push;
 pub mod room;
 pub mod store;
 

@@ -1,0 +1,477 @@
+//! The web chat client and admin console (`docs/web-client.md`).
+//!
+//! `web_client_in_chromium` runs the built `banter serve` binary and drives Debian's chromium through
+//! playwright-core (`tests/web/web_client.mjs`): text and images both ways, a group of three, a super
+//! group, a room, delivery within 1 s, typing, a second tab, hostile content, the admin console's
+//! connection count and mute, a SIGKILL and restart of the server with nothing lost or duplicated,
+//! 1,000 messages in one conversation, page load time and screenshots. `scripts/test` installs
+//! chromium and playwright-core when they are missing.
+//!
+//! The other tests check the HTTP side without a browser: security headers, the WebSocket origin
+//! allow-list, where dev sign-in is allowed, and what each listener serves.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{http, post_json, TestServer, APPID};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A free port below the usual ephemeral range (32768–60999), so the outgoing connections of other
+/// tests running meanwhile cannot take it while the server is down between a kill and a restart.
+fn free_port() -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos()) as usize;
+    (0..12_000)
+        .map(|i| 20_000 + ((seed + i * 7919) % 12_000) as u16)
+        .find(|&p| TcpListener::bind(("127.0.0.1", p)).is_ok())
+        .expect("a free port")
+}
+
+/// One `banter serve` process on fixed ports (so a restarted server is found by the same pages).
+struct Serve {
+    bin: PathBuf,
+    data: PathBuf,
+    ports: [u16; 3],
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Serve {
+    /// Starts the server; `fresh_ports`: if it cannot bind its ports, try other ones (before the
+    /// pages know them), else retry the same ones a few times.
+    fn start(&mut self, fresh_ports: bool) {
+        for attempt in 0..5 {
+            if self.try_start() {
+                return;
+            }
+            self.kill();
+            if fresh_ports {
+                self.ports = [free_port(), free_port(), free_port()];
+            }
+            println!("banter serve did not start (attempt {attempt}); retrying");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!(
+            "banter serve did not become ready; log: {}",
+            self.log_text()
+        );
+    }
+
+    fn try_start(&mut self) -> bool {
+        let [tcp, ws, api] = self.ports;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .args(["serve", "--data"])
+            .arg(&self.data)
+            .env("BANTER_SERVER__TCP", format!("127.0.0.1:{tcp}"))
+            .env("BANTER_SERVER__WS", format!("127.0.0.1:{ws}"))
+            .env("BANTER_API__LISTEN", format!("127.0.0.1:{api}"))
+            .env("BANTER_LOG__LEVEL", "warn")
+            .env("BANTER_SERVER__KEFU_APPID", "100")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start banter serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if readyz(api) {
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_some_and(|c| matches!(c.try_wait(), Ok(Some(_))));
+            if exited {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// SIGKILL: no graceful shutdown, as a crash.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn readyz(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.starts_with("HTTP/1.1 200")
+}
+
+fn web_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web")
+}
+
+#[test]
+fn web_client_in_chromium() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    assert!(
+        Path::new(&chromium).exists(),
+        "{chromium} is missing: scripts/test installs Debian's chromium (apt-get install chromium)"
+    );
+    let dir = web_dir();
+    assert!(
+        dir.join("node_modules/playwright-core").exists(),
+        "playwright-core is missing: scripts/test installs it (npm ci in {})",
+        dir.display()
+    );
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut server = Serve {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_banter")),
+        data: tmp.path().join("data"),
+        ports: [free_port(), free_port(), free_port()],
+        log: tmp.path().join("banter.log"),
+        child: None,
+    };
+    server.start(true);
+    let shots = std::env::var("BANTER_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots"));
+    let mut node = Command::new("node")
+        .arg("web_client.mjs")
+        .current_dir(&dir)
+        .env(
+            "BANTER_URL",
+            format!("http://127.0.0.1:{}", server.ports[2]),
+        )
+        .env("BANTER_SCREENSHOTS", &shots)
+        .env("CHROMIUM", &chromium)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("run node (scripts/test installs nodejs)");
+    let mut to_node = node.stdin.take().expect("stdin");
+    let from_node = BufReader::new(node.stdout.take().expect("stdout"));
+    let mut results = Vec::new();
+    let started = Instant::now();
+    for line in from_node.lines() {
+        let line = line.expect("read node output");
+        println!("{line}");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the browser test ran for 10 minutes"
+        );
+        match line.strip_prefix("CONTROL ") {
+            Some("kill") => {
+                server.kill();
+                writeln!(to_node, "ok").expect("answer node");
+            }
+            Some("start") => {
+                server.start(false);
+                writeln!(to_node, "ok").expect("answer node");
+            }
+            Some(other) => panic!("unknown control command {other:?}"),
+            None => {
+                if let Some(r) = line.strip_prefix("RESULT ") {
+                    results.push(r.to_string());
+                }
+            }
+        }
+    }
+    let status = node.wait().expect("node exit");
+    assert!(
+        status.success(),
+        "the browser test failed ({status}); server log:\n{}",
+        server.log_text()
+    );
+    assert!(
+        results.iter().any(|r| r == r#"{"ok":true}"#),
+        "the browser test did not finish: {results:?}"
+    );
+    println!("screenshots in {}", shots.display());
+}
+
+/// A raw HTTP/1.1 request with exactly these headers (Host included); returns the whole response.
+async fn raw(addr: SocketAddr, head: &str, body: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!(
+        "{head}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(common::WAIT, s.read_to_end(&mut out))
+        .await
+        .expect("timeout")
+        .expect("read");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
+    let head = resp.split("\r\n\r\n").next()?;
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+#[tokio::test]
+async fn pages_carry_a_strict_csp_and_assets_are_served() {
+    let s = TestServer::start().await.expect("server");
+    let host = format!("Host: {}", s.http);
+    for path in ["/", "/admin", "/assets/js/app.js", "/assets/css/app.css"] {
+        let r = raw(s.http, &format!("GET {path} HTTP/1.1\r\n{host}"), "").await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{path}: {r}");
+        let csp = header(&r, "content-security-policy").expect("CSP");
+        assert!(csp.contains("script-src 'self'"), "{csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
+        assert!(
+            csp.contains(&format!("ws://127.0.0.1:{}", s.ws.port())),
+            "connect-src names the WebSocket endpoint: {csp}"
+        );
+        assert_eq!(header(&r, "x-content-type-options"), Some("nosniff"));
+    }
+    let r = raw(
+        s.http,
+        &format!("GET /assets/js/app.js HTTP/1.1\r\n{host}"),
+        "",
+    )
+    .await;
+    assert_eq!(
+        header(&r, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    let tag = header(&r, "etag").expect("etag").to_string();
+    let r = raw(
+        s.http,
+        &format!("GET /assets/js/app.js HTTP/1.1\r\n{host}\r\nIf-None-Match: {tag}"),
+        "",
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 304"), "{r}");
+    // No inline script in the pages themselves.
+    let (st, index) = http(s.http, "GET", "/", &[], b"").await;
+    assert_eq!(st, 200);
+    assert!(index.contains(r#"<script type="module" src="/assets/js/app.js"></script>"#));
+    assert_eq!(index.matches("<script").count(), 1);
+    let (st, body) = http(s.http, "GET", "/assets/nope.js", &[], b"").await;
+    assert_eq!(st, 404);
+    assert!(body.contains(r#""error""#), "{body}");
+    let (st, body) = http(s.http, "GET", "/web/config", &[], b"").await;
+    assert_eq!(st, 200);
+    let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(cfg["ws_url"], format!("ws://127.0.0.1:{}/ws", s.ws.port()));
+    assert_eq!(cfg["app_api"], "/v2");
+    assert_eq!(cfg["dev_signin"], true);
+    assert_eq!(cfg["admin_api"], true);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn dev_signin_only_from_loopback_with_json() {
+    let s = TestServer::start().await.expect("server");
+    let (st, body) = post_json(
+        s.http,
+        "/web/dev-signin",
+        &serde_json::json!({"appid": APPID, "uid": 501, "name": "Ann"}),
+    )
+    .await;
+    assert_eq!(st, 200, "{body}");
+    let token = body["token"].as_str().expect("token").to_string();
+    let mut c = common::Client::ws(&s).await;
+    assert_eq!(c.auth(&token, 2, 3, "").await, 0, "the token logs in");
+
+    let req = |host: &str, ctype: &str, origin: Option<&str>| {
+        let mut head =
+            format!("POST /web/dev-signin HTTP/1.1\r\nHost: {host}\r\nContent-Type: {ctype}");
+        if let Some(o) = origin {
+            head.push_str(&format!("\r\nOrigin: {o}"));
+        }
+        head
+    };
+    let json = r#"{"appid":7,"uid":502}"#;
+    let local = s.http.to_string();
+    // A page reached through a non-loopback name (DNS rebinding) is refused.
+    let r = raw(
+        s.http,
+        &req("evil.example:80", "application/json", None),
+        json,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("only available from this machine"),
+        "{r}"
+    );
+    // A form post (no CORS preflight) is refused.
+    let r = raw(s.http, &req(&local, "text/plain", None), json).await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("must be JSON"),
+        "{r}"
+    );
+    // Another origin is refused.
+    let r = raw(
+        s.http,
+        &req(&local, "application/json", Some("http://evil.example")),
+        json,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 403") && r.contains("cross-origin"),
+        "{r}"
+    );
+    // The page's own origin is fine.
+    let origin = format!("http://{local}");
+    let r = raw(
+        s.http,
+        &req(&local, "application/json", Some(&origin)),
+        json,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    // Bad input: a clear 400.
+    let r = raw(
+        s.http,
+        &req(&local, "application/json", None),
+        r#"{"appid":7,"uid":0}"#,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains(r#""error""#),
+        "{r}"
+    );
+    let r = raw(s.http, &req(&local, "application/json", None), "{nope").await;
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("invalid json"),
+        "{r}"
+    );
+    s.stop().await;
+
+    let s = TestServer::start_with(|c| c.web.dev_signin = "off".into())
+        .await
+        .expect("server");
+    let (st, body) = post_json(
+        s.http,
+        "/web/dev-signin",
+        &serde_json::json!({"appid": 7, "uid": 1}),
+    )
+    .await;
+    assert_eq!(st, 403, "{body}");
+    assert!(body["error"].as_str().unwrap_or("").contains("disabled"));
+    s.stop().await;
+}
+
+async fn ws_status(s: &TestServer, origin: Option<&str>) -> u16 {
+    let mut req = s.ws_url().into_client_request().expect("request");
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("Origin", o.parse().expect("origin"));
+    }
+    match tokio_tungstenite::connect_async(req).await {
+        Ok((_, resp)) => resp.status().as_u16(),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+#[tokio::test]
+async fn websocket_origin_allow_list() {
+    let s = TestServer::start().await.expect("server");
+    let page = format!("http://127.0.0.1:{}", s.http.port());
+    assert_eq!(ws_status(&s, None).await, 101, "SDKs send no Origin");
+    assert_eq!(ws_status(&s, Some(&page)).await, 101, "the page's own host");
+    assert_eq!(
+        ws_status(&s, Some("http://localhost:9999")).await,
+        101,
+        "loopback pages"
+    );
+    assert_eq!(ws_status(&s, Some("https://evil.example")).await, 403);
+    assert_eq!(ws_status(&s, Some("null")).await, 403);
+    s.stop().await;
+
+    let s = TestServer::start_with(|c| {
+        c.server.ws_allowed_origins = vec!["https://app.example.com".into()]
+    })
+    .await
+    .expect("server");
+    assert_eq!(ws_status(&s, Some("https://app.example.com")).await, 101);
+    assert_eq!(ws_status(&s, Some("https://evil.example")).await, 403);
+    assert_eq!(
+        ws_status(&s, Some("http://127.0.0.1:1")).await,
+        403,
+        "an explicit list replaces the default"
+    );
+    assert_eq!(ws_status(&s, None).await, 101);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn with_a_secret_the_pages_load_but_the_admin_api_needs_it() {
+    let s = TestServer::start_with(|c| {
+        c.api.secret = "s3cret".into();
+        c.app_api.listen = "127.0.0.1:0".into();
+    })
+    .await
+    .expect("server");
+    let (st, _) = http(s.http, "GET", "/admin", &[], b"").await;
+    assert_eq!(
+        st, 200,
+        "the console page itself is public; its data is not"
+    );
+    let (st, _) = http(s.http, "GET", "/metrics", &[], b"").await;
+    assert_eq!(st, 401);
+    let (st, _) = http(
+        s.http,
+        "GET",
+        "/metrics",
+        &[("Authorization", "Bearer s3cret")],
+        b"",
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (_, body) = http(s.http, "GET", "/web/config", &[], b"").await;
+    let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(cfg["admin_secret_required"], true);
+    // The public app-API listener serves the client, not the console.
+    let public = s.app_api.expect("app api listener");
+    let (st, _) = http(public, "GET", "/", &[], b"").await;
+    assert_eq!(st, 200);
+    let (st, _) = http(public, "GET", "/admin", &[], b"").await;
+    assert_eq!(st, 404);
+    let (_, body) = http(public, "GET", "/web/config", &[], b"").await;
+    let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(cfg["admin_api"], false);
+    assert_eq!(cfg["app_api"], "/v2");
+    s.stop().await;
+}

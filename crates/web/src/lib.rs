@@ -1,0 +1,528 @@
+//! The web chat client and the admin console served by banter (`docs/web-client.md`).
+//!
+//! This crate owns the browser assets — plain ES modules and CSS under `assets/`, embedded into the
+//! binary with `include_bytes!`, so `cargo build` stays the only build step — and the small router
+//! that serves them:
+//!
+//! | Path | What |
+//! |---|---|
+//! | `GET /` | the chat client (`assets/index.html`) |
+//! | `GET /admin` | the admin console (`assets/admin.html`), on the API listener only |
+//! | `GET /assets/…` | the modules, styles and icon |
+//! | `GET /web/config` | what the page needs to connect: the WebSocket URL, the app API prefix, whether dev sign-in and the admin API are available |
+//! | `POST /web/dev-signin` | `{"appid", "uid", "name"?}` → `{"token"}` through the grant path, only where [`WebConfig::dev_signin`] allows it |
+//!
+//! Every answer carries a Content-Security-Policy without inline script (scripts and styles only from
+//! this origin; `connect-src` names the WebSocket endpoint), `X-Content-Type-Options: nosniff`,
+//! `Referrer-Policy: no-referrer` and `X-Frame-Options: DENY`. Errors are JSON `{"error": "…"}`.
+//! Tokens never travel in URLs: the page sends them in WebSocket frames and `Authorization` headers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Extension;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::debug;
+
+/// `[web]`: the web chat client and admin console.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebConfig {
+    /// Serve the chat client at `/` (and the admin console at `/admin` on the API listener).
+    pub enabled: bool,
+    /// The client's "dev sign-in" (app id + uid → token through the grant path, no password):
+    /// `"loopback"` (only for a browser on this machine: the peer address and the `Host` header must
+    /// both be loopback), `"on"` (anyone who reaches the page: demos only) or `"off"`.
+    pub dev_signin: String,
+    /// The WebSocket URL the page connects to, e.g. `wss://im.example.com/ws` behind a TLS proxy.
+    /// Empty: `ws://<host of the page>:<server.ws port>/ws` (or `wss://` with `server.wss` only).
+    pub ws_url: String,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            enabled: true,
+            dev_signin: "loopback".into(),
+            ws_url: String::new(),
+        }
+    }
+}
+
+impl WebConfig {
+    /// Problems with the section, one message each.
+    pub fn validate(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if !matches!(self.dev_signin.as_str(), "loopback" | "on" | "off") {
+            errors.push(format!(
+                "web.dev_signin must be \"loopback\", \"on\" or \"off\", got {:?}",
+                self.dev_signin
+            ));
+        }
+        let u = self.ws_url.trim();
+        if !u.is_empty() && !u.starts_with("ws://") && !u.starts_with("wss://") {
+            errors.push(format!(
+                "web.ws_url must start with ws:// or wss://, got {u:?}"
+            ));
+        }
+        errors
+    }
+}
+
+/// Everything the router needs to know about the node it is served by.
+pub struct WebContext {
+    pub config: WebConfig,
+    /// Issues dev sign-in tokens (the same grant as `POST /auth/grant`).
+    pub backend: backend::Backend,
+    /// The bound WebSocket and WSS listeners (the page connects to one of them).
+    pub ws: Option<SocketAddr>,
+    pub wss: Option<SocketAddr>,
+    /// The app API's prefix on this listener (uploads and downloads), when it is served here.
+    pub app_api_prefix: Option<String>,
+    /// `app_api.public_url`, when set: downloads may come from there (allowed in `connect-src`).
+    pub app_api_public_url: String,
+    /// Whether the operator API (`/summary`, `/metrics`, `/admin/…`) is on this listener, and whether
+    /// it needs `Authorization: Bearer <api.secret>`.
+    pub admin_api: bool,
+    pub admin_secret_required: bool,
+    /// `server.kefu_appid`: the customer-service app (0 = none).
+    pub kefu_appid: i64,
+}
+
+struct Asset {
+    path: &'static str,
+    mime: &'static str,
+    bytes: &'static [u8],
+}
+
+macro_rules! asset {
+    ($path:literal, $mime:expr) => {
+        Asset {
+            path: $path,
+            mime: $mime,
+            bytes: include_bytes!(concat!("../assets/", $path)),
+        }
+    };
+}
+
+const JS: &str = "text/javascript; charset=utf-8";
+
+static ASSETS: &[Asset] = &[
+    asset!("index.html", "text/html; charset=utf-8"),
+    asset!("admin.html", "text/html; charset=utf-8"),
+    asset!("css/app.css", "text/css; charset=utf-8"),
+    asset!("icon.svg", "image/svg+xml"),
+    asset!("js/proto.js", JS),
+    asset!("js/client.js", JS),
+    asset!("js/store.js", JS),
+    asset!("js/media.js", JS),
+    asset!("js/app.js", JS),
+    asset!("js/admin.js", JS),
+    asset!("js/util.js", JS),
+];
+
+fn find(path: &str) -> Option<&'static Asset> {
+    ASSETS.iter().find(|a| a.path == path)
+}
+
+/// A strong validator for an embedded asset (FNV-1a of its bytes; assets change only with the binary).
+fn etag(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("\"{h:016x}\"")
+}
+
+/// The page's host as the browser addressed it (without the port), from the `Host` header.
+fn request_host(headers: &HeaderMap) -> Option<String> {
+    let host = headers.get(header::HOST)?.to_str().ok()?.trim();
+    if host.is_empty() {
+        return None;
+    }
+    // "[::1]:6666" → "[::1]"; "example.com:6666" → "example.com".
+    let name = if let Some(end) = host.find(']') {
+        &host[..=end]
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let ok = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b".-[]:".contains(&b));
+    ok.then(|| name.to_ascii_lowercase())
+}
+
+fn is_loopback_host(name: &str) -> bool {
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    name.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl WebContext {
+    /// The WebSocket URL the page should use.
+    fn ws_url(&self, headers: &HeaderMap) -> Option<String> {
+        let configured = self.config.ws_url.trim();
+        if !configured.is_empty() {
+            return Some(configured.to_string());
+        }
+        let host = request_host(headers).unwrap_or_else(|| "127.0.0.1".into());
+        match (self.ws, self.wss) {
+            (Some(a), _) => Some(format!("ws://{host}:{}/ws", a.port())),
+            (None, Some(a)) => Some(format!("wss://{host}:{}/ws", a.port())),
+            (None, None) => None,
+        }
+    }
+
+    fn csp(&self, headers: &HeaderMap) -> String {
+        let mut connect = String::from("'self'");
+        if let Some(ws) = self.ws_url(headers) {
+            connect.push(' ');
+            connect.push_str(&origin_of(&ws));
+        }
+        let public = self.app_api_public_url.trim();
+        if !public.is_empty() {
+            connect.push(' ');
+            connect.push_str(&origin_of(public));
+        }
+        format!(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; \
+             media-src 'self' blob:; connect-src {connect}; base-uri 'none'; form-action 'none'; \
+             frame-ancestors 'none'"
+        )
+    }
+}
+
+/// `scheme://host[:port]` of a URL (CSP source expressions take no path).
+fn origin_of(url: &str) -> String {
+    match url.find("://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            format!("{}{}", &url[..i + 3], &rest[..end])
+        }
+        None => url.to_string(),
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn secure_headers(ctx: &WebContext, req: &HeaderMap, resp: &mut Response) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&ctx.csp(req)) {
+        h.insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+}
+
+fn serve(ctx: &WebContext, headers: &HeaderMap, asset: &Asset) -> Response {
+    let tag = etag(asset.bytes);
+    let fresh = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
+    let mut resp = if fresh {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        ([(header::CONTENT_TYPE, asset.mime)], asset.bytes).into_response()
+    };
+    let h = resp.headers_mut();
+    // Revalidated on every load (a 304 costs one round trip): a new binary is seen at once.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        h.insert(header::ETAG, v);
+    }
+    secure_headers(ctx, headers, &mut resp);
+    resp
+}
+
+async fn index(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    serve(&ctx, &headers, find("index.html").expect("embedded"))
+}
+
+async fn admin(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    serve(&ctx, &headers, find("admin.html").expect("embedded"))
+}
+
+async fn asset(
+    State(ctx): State<Arc<WebContext>>,
+    Path(path): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match find(&path).filter(|a| !a.path.ends_with(".html")) {
+        Some(a) => serve(&ctx, &headers, a),
+        None => error(StatusCode::NOT_FOUND, format!("no asset {path:?}")),
+    }
+}
+
+async fn config(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    let body = json!({
+        "ws_url": ctx.ws_url(&headers),
+        "app_api": ctx.app_api_prefix,
+        "dev_signin": ctx.config.dev_signin != "off",
+        "admin_api": ctx.admin_api,
+        "admin_secret_required": ctx.admin_secret_required,
+        "kefu_appid": ctx.kefu_appid,
+    });
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    secure_headers(&ctx, &headers, &mut resp);
+    resp
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SigninReq {
+    appid: i64,
+    uid: i64,
+    #[serde(default)]
+    name: String,
+}
+
+/// Why a dev sign-in request is refused here, if it is.
+fn signin_refusal(
+    ctx: &WebContext,
+    peer: Option<SocketAddr>,
+    headers: &HeaderMap,
+) -> Option<String> {
+    match ctx.config.dev_signin.as_str() {
+        "on" => {}
+        "loopback" => {
+            let peer_ok = peer.is_some_and(|p| p.ip().is_loopback());
+            let host_ok = request_host(headers).is_some_and(|h| is_loopback_host(&h));
+            if !peer_ok || !host_ok {
+                return Some(
+                    "dev sign-in is only available from this machine (web.dev_signin = \"loopback\")"
+                        .into(),
+                );
+            }
+        }
+        _ => return Some("dev sign-in is disabled (web.dev_signin = \"off\")".into()),
+    }
+    // A cross-site page cannot send JSON without a CORS preflight (which this router never grants),
+    // and a browser names the page's origin: it must be this very host.
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("application/json")
+        });
+    if !json {
+        return Some("the body must be JSON (Content-Type: application/json)".into());
+    }
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        let host = headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let same = origin
+            .split_once("://")
+            .is_some_and(|(_, h)| h.eq_ignore_ascii_case(host));
+        if !same {
+            return Some(format!("cross-origin sign-in from {origin:?} refused"));
+        }
+    }
+    None
+}
+
+async fn dev_signin(
+    State(ctx): State<Arc<WebContext>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(why) = signin_refusal(&ctx, peer.map(|Extension(ConnectInfo(p))| p), &headers) {
+        return error(StatusCode::FORBIDDEN, why);
+    }
+    let r: SigninReq = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid json: {e}")),
+    };
+    if r.appid <= 0 || r.uid <= 0 {
+        return error(StatusCode::BAD_REQUEST, "`appid` and `uid` must be > 0");
+    }
+    if r.name.len() > 255 {
+        return error(StatusCode::BAD_REQUEST, "`name` is longer than 255 bytes");
+    }
+    match ctx.backend.grant(r.appid, r.uid, &r.name).await {
+        Ok(token) => {
+            debug!(appid = r.appid, uid = r.uid, "web dev sign-in");
+            let mut resp = Json(json!({ "token": token })).into_response();
+            resp.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(backend::BackendError::InvalidArgument(m)) => error(StatusCode::BAD_REQUEST, m),
+        Err(e) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot issue a token: {e}"),
+        ),
+    }
+}
+
+/// Whether a WebSocket upgrade may proceed, given `server.ws_allowed_origins` (`allowed`), the
+/// request's `Origin` header and its `Host` header. A request without `Origin` is not from a browser
+/// page and is always allowed (SDKs on phones and servers send none). An empty list allows the same
+/// host as the WebSocket endpoint (any port: the page comes from the API port) and loopback pages;
+/// `"*"` allows every origin; other entries are exact origins (`https://app.example.com`).
+pub fn ws_origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<&str>) -> bool {
+    let Some(origin) = origin.map(str::trim) else {
+        return true;
+    };
+    if allowed.is_empty() {
+        let Some((_, rest)) = origin.split_once("://") else {
+            return false;
+        };
+        let mut hm = HeaderMap::new();
+        let Ok(v) = HeaderValue::from_str(rest) else {
+            return false;
+        };
+        hm.insert(header::HOST, v);
+        let Some(origin_host) = request_host(&hm) else {
+            return false;
+        };
+        if is_loopback_host(&origin_host) {
+            return true;
+        }
+        let mut hm = HeaderMap::new();
+        let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) else {
+            return false;
+        };
+        hm.insert(header::HOST, v);
+        return request_host(&hm).is_some_and(|h| h == origin_host);
+    }
+    allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// The router serving the client (and, with `ctx.admin_api`, the admin console). Mount it beside the
+/// API routers: it has no fallback of its own and none of its paths collide with theirs.
+pub fn router(ctx: Arc<WebContext>) -> Router {
+    let mut r = Router::new()
+        .route("/", get(index))
+        .route("/index.html", get(index))
+        .route("/assets/{*path}", get(asset))
+        .route("/web/config", get(config))
+        .route("/web/dev-signin", post(dev_signin));
+    if ctx.admin_api {
+        r = r.route("/admin", get(admin));
+    }
+    // The only body is dev sign-in's small JSON.
+    r.layer(DefaultBodyLimit::max(4096)).with_state(ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_and_origins() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("[::1]:6666"));
+        assert_eq!(request_host(&h).as_deref(), Some("[::1]"));
+        assert!(is_loopback_host("[::1]"));
+        h.insert(header::HOST, HeaderValue::from_static("Example.com:6666"));
+        assert_eq!(request_host(&h).as_deref(), Some("example.com"));
+        assert!(!is_loopback_host("example.com"));
+        assert!(is_loopback_host("127.0.0.2"));
+        assert!(is_loopback_host("localhost"));
+        h.insert(header::HOST, HeaderValue::from_static("evil.com\"; x"));
+        assert_eq!(request_host(&h), None);
+        assert_eq!(
+            origin_of("wss://im.example.com:443/ws?x"),
+            "wss://im.example.com:443"
+        );
+        assert_eq!(origin_of("https://a.b/v2"), "https://a.b");
+    }
+
+    #[test]
+    fn websocket_origins() {
+        let none: Vec<String> = Vec::new();
+        assert!(ws_origin_allowed(&none, None, Some("im.example.com:13891")));
+        assert!(ws_origin_allowed(
+            &none,
+            Some("http://127.0.0.1:6666"),
+            Some("im.example.com:13891")
+        ));
+        assert!(ws_origin_allowed(
+            &none,
+            Some("http://localhost:6666"),
+            Some("localhost:13891")
+        ));
+        assert!(ws_origin_allowed(
+            &none,
+            Some("https://im.example.com"),
+            Some("im.example.com:13891")
+        ));
+        assert!(!ws_origin_allowed(
+            &none,
+            Some("https://evil.example"),
+            Some("im.example.com:13891")
+        ));
+        assert!(!ws_origin_allowed(
+            &none,
+            Some("null"),
+            Some("im.example.com:13891")
+        ));
+        assert!(!ws_origin_allowed(
+            &none,
+            Some("https://evil.example"),
+            None
+        ));
+        let list = vec!["https://app.example.com".to_string()];
+        assert!(ws_origin_allowed(
+            &list,
+            Some("https://app.example.com"),
+            None
+        ));
+        assert!(!ws_origin_allowed(
+            &list,
+            Some("http://127.0.0.1:6666"),
+            None
+        ));
+        assert!(ws_origin_allowed(
+            &["*".to_string()],
+            Some("https://x.y"),
+            None
+        ));
+    }
+
+    #[test]
+    fn every_asset_is_embedded_and_config_is_validated() {
+        for a in ASSETS {
+            assert!(!a.bytes.is_empty(), "{} is empty", a.path);
+        }
+        assert!(WebConfig::default().validate().is_empty());
+        let bad = WebConfig {
+            dev_signin: "yes".into(),
+            ws_url: "http://x".into(),
+            ..WebConfig::default()
+        };
+        assert_eq!(bad.validate().len(), 2);
+    }
+}

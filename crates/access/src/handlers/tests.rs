@@ -84,6 +84,7 @@ async fn node_with(server: ServerConfig, sync: SyncConfig) -> Node {
             push: PushSink::Disabled,
             words: None,
             app_api: None,
+            web: web::WebConfig::default(),
         },
     );
     Node { app, _dir: dir }

@@ -1,9 +1,8 @@
 //! Shared state of one access node: configuration, the store and backend seams, the local route table
-//! and the node's counters. Handlers receive an `Arc<App>` and never know whether the store or the
-//! backend is in-process or remote.
+//! and the node's counters, and delivery to a user's, a group's or a room's sessions here and on
+//! other nodes. Handlers receive an `Arc<App>` and never know whether the store or the backend is
+//! in-process or remote.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -12,169 +11,21 @@ use backend::groups::{Group, GroupDirectory};
 use backend::moderation::SharedWordFilter;
 use backend::push::PushSink;
 use backend::Backend;
-use bytes::{Bytes, BytesMut};
 use cluster::route_link::RouteLinkConfig;
 use cluster::route_link::RouteLinks;
 use cluster::route_proto::RoutedMessage;
-use cluster::store_client::{RemoteStore, RemoteStoreError};
-use store::{Appended, NewMessage, QueueId, Store, StoreError, StoredMessage, SyncPage};
+use proto::{flag, Metadata};
+use store::Appended;
 use tokio::sync::mpsc;
 
 use crate::config::{ApiConfig, ServerConfig, SyncConfig};
 use crate::route::{Push, RoomTable, RouteTable};
-use crate::routed::RoutedInbox;
+use crate::routed::{Local, RoutedInbox};
+pub use crate::stats::Stats;
+pub use crate::store_client::{AppendResult, StoreClient, StoreFailure};
 
 /// The routed-message inbox and the receiving end of its group queue (see [`crate::routed`]).
 pub(crate) type RoutedDispatch = (Arc<RoutedInbox>, mpsc::Receiver<RoutedMessage>);
-
-/// The message-store seam (DESIGN.md §1): the store in this process, or store nodes over the network
-/// (sharded by uid / group id, spec §1.2).
-#[derive(Clone)]
-pub enum StoreClient {
-    Local(Arc<Store>),
-    Remote(Arc<RemoteStore>),
-}
-
-/// Why a store operation failed, whichever variant of the seam was used.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreFailure {
-    #[error(transparent)]
-    Local(#[from] StoreError),
-    #[error(transparent)]
-    Remote(#[from] RemoteStoreError),
-}
-
-/// Result of appending one batch: for each message, where each of its queue entries landed.
-pub type AppendResult = Result<Vec<Vec<Appended>>, StoreFailure>;
-
-impl StoreClient {
-    /// Submits `batch`; the future resolves once the store has made it durable (per its durability mode).
-    pub fn append(
-        &self,
-        batch: Vec<NewMessage>,
-    ) -> Pin<Box<dyn Future<Output = AppendResult> + Send>> {
-        match self {
-            StoreClient::Local(s) => {
-                let ticket = s.append(batch);
-                Box::pin(async move { Ok(ticket.await?) })
-            }
-            StoreClient::Remote(r) => {
-                let r = r.clone();
-                Box::pin(async move { Ok(r.append(batch).await?) })
-            }
-        }
-    }
-
-    pub async fn sync(
-        &self,
-        queue: QueueId,
-        after_key: i64,
-        limit: usize,
-    ) -> Result<SyncPage, StoreFailure> {
-        match self {
-            StoreClient::Local(s) => Ok(s.sync(queue, after_key, limit)?),
-            // Boxed: the remote request's future is several hundred bytes, and every session task
-            // that syncs inline would carry that much while idle, local store or not.
-            StoreClient::Remote(r) => Ok(Box::pin(r.sync(queue, after_key, limit)).await?),
-        }
-    }
-
-    pub async fn sync_since(
-        &self,
-        queue: QueueId,
-        after_key: i64,
-        limit: usize,
-        join_ts: i64,
-    ) -> Result<SyncPage, StoreFailure> {
-        match self {
-            StoreClient::Local(s) => Ok(s.sync_since(queue, after_key, limit, join_ts)?),
-            StoreClient::Remote(r) => {
-                // Boxed for the same reason as in `sync`.
-                Ok(Box::pin(r.sync_since(queue, after_key, limit, join_ts)).await?)
-            }
-        }
-    }
-
-    pub async fn latest(
-        &self,
-        queue: QueueId,
-        n: usize,
-    ) -> Result<Vec<StoredMessage>, StoreFailure> {
-        match self {
-            StoreClient::Local(s) => Ok(s.latest(queue, n)?),
-            StoreClient::Remote(r) => Ok(r.latest(queue, n).await?),
-        }
-    }
-
-    pub async fn new_count(&self, queue: QueueId, after_key: i64) -> Result<u64, StoreFailure> {
-        match self {
-            StoreClient::Local(s) => Ok(s.new_count(queue, after_key)?),
-            StoreClient::Remote(r) => Ok(r.new_count(queue, after_key).await?),
-        }
-    }
-
-    pub async fn last_key(&self, queue: QueueId) -> Result<i64, StoreFailure> {
-        match self {
-            StoreClient::Local(s) => Ok(s.try_last_key(queue)?),
-            StoreClient::Remote(r) => Ok(r.last_key(queue).await?),
-        }
-    }
-}
-
-/// Node counters, exported by `/summary` and `/metrics`.
-#[derive(Default)]
-pub struct Stats {
-    pub connections: AtomicU64,
-    pub connections_total: AtomicU64,
-    pub connections_rejected: AtomicU64,
-    /// Client sockets holding a connection permit: sessions plus connections still in their TLS
-    /// handshake or WebSocket upgrade (what `server.max_connections` bounds).
-    pub client_sockets: AtomicU64,
-    /// Open HTTP API connections (what `api.max_connections` bounds).
-    pub api_connections: AtomicU64,
-    /// HTTP API connections refused at `api.max_connections`.
-    pub api_connections_rejected: AtomicU64,
-    /// HTTP API requests refused for their body: over `api.max_body` or slower than
-    /// `api.body_timeout_secs`.
-    pub api_bodies_refused: AtomicU64,
-    pub auth_ok: AtomicU64,
-    pub auth_failed: AtomicU64,
-    pub frames_in: AtomicU64,
-    pub frames_out: AtomicU64,
-    pub messages_in: AtomicU64,
-    pub messages_stored: AtomicU64,
-    pub messages_refused: AtomicU64,
-    pub deliveries: AtomicU64,
-    pub syncs: AtomicU64,
-    pub synced_messages: AtomicU64,
-    /// Syncs that could not be answered at once (store or group directory failing) and are
-    /// answered later, the session kept.
-    pub syncs_deferred: AtomicU64,
-    pub store_errors: AtomicU64,
-    pub backend_errors: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub slow_consumers: AtomicU64,
-    pub room_dropped: AtomicU64,
-    pub route_dropped: AtomicU64,
-    pub routed_rejected: AtomicU64,
-    /// Routed group messages dropped on a full dispatch queue whose members are owed a sync
-    /// notification instead.
-    pub routed_coalesced: AtomicU64,
-    /// Routed group messages dropped with nobody told (queue and notification backlog full).
-    pub routed_dropped: AtomicU64,
-}
-
-impl Stats {
-    pub fn inc(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn add(c: &AtomicU64, n: u64) {
-        c.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
 
 /// The services an access node works with, chosen at start-up.
 #[derive(Clone, Default)]
@@ -219,9 +70,9 @@ pub struct App {
     /// Links to the routers: presence and cross-node delivery (no-ops on a single node).
     pub links: Arc<RouteLinks>,
     routed: parking_lot::Mutex<Option<RoutedDispatch>>,
-    pub route: RouteTable,
-    pub rooms: RoomTable,
-    pub stats: Stats,
+    pub route: Arc<RouteTable>,
+    pub rooms: Arc<RoomTable>,
+    pub stats: Arc<Stats>,
     /// Syncs that could not be answered (store or group directory failing), logged once per
     /// episode.
     pub(crate) sync_failures: node::episode::Episode,
@@ -236,34 +87,41 @@ impl App {
         api: ApiConfig,
         services: Services,
     ) -> Arc<App> {
-        Arc::new_cyclic(|me| {
-            let (inbox, rx) = RoutedInbox::new(me.clone());
-            let inbox = Arc::new(inbox);
-            let links = Arc::new(RouteLinks::new(
-                services.routers.route_addrs.clone(),
-                services.routers.group_route_addrs.clone(),
-                RouteLinkConfig::default(),
-                inbox.clone(),
-            ));
-            App {
-                links,
-                routed: parking_lot::Mutex::new(Some((inbox, rx))),
-                server,
-                sync,
-                api,
-                store: services.store,
-                backend: services.backend,
-                groups: services.groups,
-                push: services.push,
-                words: services.words,
-                app_api: services.app_api,
-                web: services.web,
-                route: RouteTable::default(),
-                rooms: RoomTable::default(),
-                stats: Stats::default(),
-                sync_failures: node::episode::Episode::new(std::time::Duration::from_secs(60)),
-                next_conn: AtomicU64::new(1),
-            }
+        let route = Arc::new(RouteTable::default());
+        let rooms = Arc::new(RoomTable::default());
+        let stats = Arc::new(Stats::default());
+        let (inbox, rx) = RoutedInbox::new(Local {
+            route: route.clone(),
+            rooms: rooms.clone(),
+            groups: services.groups.clone(),
+            store: services.store.clone(),
+            stats: stats.clone(),
+        });
+        let inbox = Arc::new(inbox);
+        let links = Arc::new(RouteLinks::new(
+            services.routers.route_addrs.clone(),
+            services.routers.group_route_addrs.clone(),
+            RouteLinkConfig::default(),
+            inbox.clone(),
+        ));
+        Arc::new(App {
+            links,
+            routed: parking_lot::Mutex::new(Some((inbox, rx))),
+            server,
+            sync,
+            api,
+            store: services.store,
+            backend: services.backend,
+            groups: services.groups,
+            push: services.push,
+            words: services.words,
+            app_api: services.app_api,
+            web: services.web,
+            route,
+            rooms,
+            stats,
+            sync_failures: node::episode::Episode::new(std::time::Duration::from_secs(60)),
+            next_conn: AtomicU64::new(1),
         })
     }
 
@@ -297,18 +155,8 @@ impl App {
     /// that is down or full drops it (counted in `route_dropped`).
     pub fn kick(&self, appid: i64, uid: i64, token_fp: u64) -> usize {
         if self.links.is_enabled() {
-            let body = token_fp.to_be_bytes();
-            let mut b = BytesMut::with_capacity(proto::HEADER_LEN + body.len());
-            proto::Header {
-                len: body.len(),
-                seq: 0,
-                cmd: proto::cmd::KICK,
-                version: proto::STORAGE_VERSION,
-                flag: 0,
-            }
-            .write(&mut b);
-            b.extend_from_slice(&body);
-            if !self.links.publish(appid, uid, 0, 0, &b) {
+            let frame = proto::stored_frame(proto::cmd::KICK, 0, &token_fp.to_be_bytes());
+            if !self.links.publish(appid, uid, 0, 0, &frame) {
                 Stats::inc(&self.stats.route_dropped);
             }
         }
@@ -327,15 +175,7 @@ impl App {
                 Stats::inc(&self.stats.route_dropped);
             }
         }
-        self.deliver_group_local(group, push, except)
-    }
-
-    pub(crate) fn deliver_group_local(&self, group: &Group, push: &Push, except: u64) -> usize {
-        group
-            .members
-            .keys()
-            .map(|&uid| self.route.deliver(group.appid, uid, push, except))
-            .sum()
+        self.route.deliver_group(group, push, except)
     }
 
     /// Delivers a room message to everyone in the room, here (except `except`) and on other nodes.
@@ -348,25 +188,48 @@ impl App {
     }
 }
 
+impl App {
+    /// Pushes a stored message (`msg`: command, client flags, body) to the sessions of user
+    /// `(appid, uid)` except connection `except`: METADATA + the message with PUSH, then
+    /// SYNC_NOTIFY. Returns how many sessions got it.
+    pub fn deliver_stored(
+        &self,
+        (appid, uid): (i64, i64),
+        at: Appended,
+        msg: &Push,
+        except: u64,
+    ) -> usize {
+        let push = Push {
+            cmd: msg.cmd,
+            flag: msg.flag | flag::PUSH,
+            body: msg.body.clone(),
+            meta: Some(Metadata {
+                sync_key: at.key,
+                prev_sync_key: at.prev_key,
+            }),
+        };
+        let n = self.deliver_user(appid, uid, &push, except);
+        self.deliver_user(appid, uid, &Push::sync_notify(at.key), except);
+        Stats::add(&self.stats.deliveries, n as u64);
+        n
+    }
+
+    /// Tells the user's sessions that their queue has new entries up to `key` (they sync to fetch
+    /// them).
+    pub fn notify_sync(&self, appid: i64, uid: i64, key: i64) {
+        self.deliver_user(appid, uid, &Push::sync_notify(key), 0);
+    }
+}
+
 fn meta_of(push: &Push) -> (i64, i64) {
     push.meta
         .map(|m| (m.sync_key, m.prev_sync_key))
         .unwrap_or((0, 0))
 }
 
-/// The frame a client would receive (seq 0, version 2 bodies), as routers carry it (spec §10.3).
-pub(crate) fn inner_frame(push: &Push) -> Bytes {
-    let mut b = BytesMut::with_capacity(proto::HEADER_LEN + push.body.len());
-    proto::Header {
-        len: push.body.len(),
-        seq: 0,
-        cmd: push.cmd,
-        version: proto::STORAGE_VERSION,
-        flag: push.flag,
-    }
-    .write(&mut b);
-    b.extend_from_slice(&push.body);
-    b.freeze()
+/// The frame a client would receive (seq 0, stored bodies), as routers carry it.
+pub(crate) fn inner_frame(push: &Push) -> bytes::Bytes {
+    proto::stored_frame(push.cmd, push.flag, &push.body)
 }
 
 /// Unix seconds, as the protocol's i32 timestamps.

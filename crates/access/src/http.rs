@@ -33,7 +33,7 @@ use store::{QueueId, StoredMessage};
 use tracing::debug;
 
 use crate::app::{App, Stats};
-use crate::peer;
+use crate::handlers::peer;
 
 /// An API error: HTTP status plus a message naming the problem.
 #[derive(Debug)]
@@ -83,9 +83,9 @@ impl From<crate::app::StoreFailure> for ApiError {
     }
 }
 
-impl From<crate::group::GroupPostError> for ApiError {
-    fn from(e: crate::group::GroupPostError) -> Self {
-        use crate::group::GroupPostError as E;
+impl From<crate::handlers::group::GroupPostError> for ApiError {
+    fn from(e: crate::handlers::group::GroupPostError) -> Self {
+        use crate::handlers::group::GroupPostError as E;
         match e {
             E::NoSuchGroup(_) => ApiError::not_found(e.to_string()),
             E::NoMembers => ApiError::bad("group no member"),
@@ -332,7 +332,7 @@ async fn post_realtime_message(State(app): State<Arc<App>>, q: Params, body: Byt
         receiver,
         content,
     };
-    peer::deliver_rt(&app, appid, &rt, 0);
+    crate::handlers::rt::deliver_rt(&app, appid, &rt, 0);
     delivered()
 }
 
@@ -347,7 +347,7 @@ async fn post_room_message(State(app): State<Arc<App>>, q: Params, body: Bytes) 
             message: "the sender is speak-banned".into(),
         });
     }
-    crate::room::post_room(&app, appid, uid, room, content);
+    crate::handlers::room::post_room(&app, appid, uid, room, content);
     delivered()
 }
 
@@ -373,7 +373,7 @@ async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiR
         }
     }
     let content = content_of(&app, &Bytes::from(r.content))?;
-    let keys = crate::customer::post_customer(
+    let keys = crate::handlers::customer::post_customer(
         &app,
         proto::Customer {
             sender_appid: r.sender_appid,
@@ -398,7 +398,9 @@ async fn post_group_message(State(app): State<Arc<App>>, q: Params, body: Bytes)
     let gid = id(&q, "receiver")?;
     let enforce = enforce(&q)?;
     let content = content_of(&app, &body)?;
-    let keys = crate::group::post_group_message(&app, appid, sender, gid, content, enforce).await?;
+    let keys =
+        crate::handlers::group::post_group_message(&app, appid, sender, gid, content, enforce)
+            .await?;
     Ok(Json(json!({ "data": group_keys(&keys) })).into_response())
 }
 
@@ -421,7 +423,7 @@ async fn post_group_notification(State(app): State<Arc<App>>, body: Bytes) -> Ap
     // As in GoBelieve, non-numeric members are ignored.
     let members: Vec<i64> = r.members.iter().filter_map(|v| v.as_i64()).collect();
     let content = content_of(&app, &Bytes::from(r.notification))?;
-    let keys = crate::group::post_group_notification(
+    let keys = crate::handlers::group::post_group_notification(
         &app,
         r.appid,
         r.group_id,
@@ -859,8 +861,9 @@ async fn not_found() -> ApiError {
     }
 }
 
-/// The API router. GoBelieve's endpoints accept any method, as the original does.
-pub fn router(app: Arc<App>) -> Router {
+/// The API router, with `admin`'s routes (the admin API, defined beside it) behind the same
+/// authentication and body limits. GoBelieve's endpoints accept any method, as the original does.
+pub fn router(app: Arc<App>, admin: Router<Arc<App>>) -> Router {
     Router::new()
         .route("/auth/grant", post(grant))
         .route("/auth/revoke", post(revoke))
@@ -879,9 +882,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(crate::health::healthz))
         .route("/readyz", get(crate::health::readyz))
-        .merge(crate::admin::routes())
-        .merge(crate::app_api::admin_routes())
-        .merge(crate::server_api::router())
+        .merge(admin)
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), require_secret))

@@ -7,19 +7,17 @@ pub mod admin;
 pub mod app;
 pub mod app_api;
 pub mod config;
-pub mod customer;
-pub mod group;
+mod handlers;
 mod health;
 pub mod http;
 mod listener;
 mod offline;
-pub mod peer;
-pub mod room;
 pub mod route;
 mod routed;
 mod server_api;
 mod session;
-mod sync;
+mod stats;
+mod store_client;
 pub mod transport;
 
 use std::net::SocketAddr;
@@ -170,12 +168,11 @@ impl AccessNode {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Some((inbox, rx)) = app.take_routed() {
-            let app = app.clone();
             let sd = shutdown.clone();
             tracker.spawn(async move {
                 tokio::select! {
                     _ = sd.cancelled() => {}
-                    _ = routed::dispatch(app.clone(), inbox, rx) => {}
+                    _ = routed::dispatch(inbox, rx) => {}
                 }
             });
         }
@@ -198,7 +195,12 @@ impl AccessNode {
             tracker.spawn(listener::serve_ws(l, ctx.clone(), Some(a)));
         }
         if let Some(l) = http {
-            let mut router = http::router(app.clone());
+            // The admin endpoints (groups, speak bans, the app API's) share the API's
+            // authentication and body limits.
+            let admin = admin::routes()
+                .merge(app_api::admin_routes())
+                .merge(server_api::router());
+            let mut router = http::router(app.clone(), admin);
             let on_api = app.app_api.as_ref().filter(|a| a.config.on_api_listener);
             if let Some(api) = on_api {
                 router = router.merge(app_api::router(app.clone(), api.clone(), false));

@@ -1,25 +1,17 @@
 //! Offline push: a receiver without an online session gets an offline-push job.
 //!
-//! On a single node the decision is made here and the job goes to the backend's push sink (GoBelieve's
-//! Redis push queues, or a webhook). In cluster mode only the routers know whether a user is online on
-//! some node, so the message is sent to them as a PUSH (spec §10.3) and they decide. Neither path ever
-//! blocks the message path; full queues drop and count (see `/metrics`).
+//! On a single node the decision is made here and the job ([`PushJob::for_message`], the mapping the
+//! router uses too) goes to the backend's push sink (GoBelieve's Redis push queues, or a webhook). In
+//! cluster mode only the routers know whether a user is online on some node, so the message is sent
+//! to them as a PUSH and they decide. Neither path ever blocks the message path; full queues drop
+//! and count (see `/metrics`).
 
 use backend::groups::Group;
 use backend::push::{PushJob, PushSink};
 use bytes::Bytes;
-use proto::{cmd, Body};
+use proto::cmd;
 
-use crate::app::{inner_frame, App};
-use crate::route::Push;
-
-fn local_enabled(app: &App) -> bool {
-    !matches!(app.push, PushSink::Disabled)
-}
-
-fn text(content: &[u8]) -> String {
-    String::from_utf8_lossy(content).into_owned()
-}
+use crate::app::App;
 
 /// Hands the message to the routers as a PUSH for `receivers`; true when in cluster mode.
 fn via_routers(app: &App, appid: i64, receivers: &[i64], cmd: u8, body: &Bytes) -> bool {
@@ -27,27 +19,32 @@ fn via_routers(app: &App, appid: i64, receivers: &[i64], cmd: u8, body: &Bytes) 
         return false;
     }
     if !receivers.is_empty() {
-        let inner = inner_frame(&Push::plain(cmd, 0, body.clone()));
-        app.links.push(appid, receivers, &inner);
+        app.links
+            .push(appid, receivers, &proto::stored_frame(cmd, 0, body));
     }
     true
 }
 
-/// A stored peer message (`body`: v2 IM body) for `receiver`, if they are not online.
-pub fn peer(app: &App, appid: i64, sender: i64, receiver: i64, body: &Bytes) {
+/// Queues the job for a stored message (`body`) whose receivers `offline` are offline here.
+fn push_local(app: &App, appid: i64, cmd: u8, body: &Bytes, offline: Vec<i64>) {
+    if let Some(job) = PushJob::for_message(appid, cmd, proto::STORAGE_VERSION, body, offline) {
+        app.push.push(job);
+    }
+}
+
+/// Whether single-node offline push is on, and so worth deciding.
+fn local_enabled(app: &App) -> bool {
+    !matches!(app.push, PushSink::Disabled)
+}
+
+/// A stored peer message (`body`) for `receiver`, if they are not online.
+pub fn peer(app: &App, appid: i64, receiver: i64, body: &Bytes) {
     if via_routers(app, appid, &[receiver], cmd::IM, body) {
         return;
     }
-    if !local_enabled(app) || app.route.is_online(appid, receiver) {
-        return;
+    if local_enabled(app) && !app.route.is_online(appid, receiver) {
+        push_local(app, appid, cmd::IM, body, vec![receiver]);
     }
-    let content = body.get(24..).unwrap_or_default();
-    app.push.push(PushJob::Peer {
-        appid,
-        sender,
-        receiver,
-        content: text(content),
-    });
 }
 
 /// A system message for each receiver that is not online.
@@ -57,34 +54,23 @@ pub fn system(app: &App, appid: i64, receivers: &[i64], content: &Bytes) {
     }
     for &receiver in receivers {
         if !app.route.is_online(appid, receiver) {
-            app.push.push(PushJob::System {
-                appid,
-                receiver,
-                content: text(content),
-            });
+            push_local(app, appid, cmd::SYSTEM, content, vec![receiver]);
         }
     }
 }
 
-/// A customer message (`body`: v2 CUSTOMER_V2 body) for its receiver, if not online.
-pub fn customer(app: &App, c: &proto::Customer, body: &Bytes) {
-    if via_routers(app, c.receiver_appid, &[c.receiver], cmd::CUSTOMER_V2, body) {
+/// A stored customer message (`body`) for its receiver, if not online.
+pub fn customer(app: &App, receiver_appid: i64, receiver: i64, body: &Bytes) {
+    if via_routers(app, receiver_appid, &[receiver], cmd::CUSTOMER_V2, body) {
         return;
     }
-    if !local_enabled(app) || app.route.is_online(c.receiver_appid, c.receiver) {
-        return;
+    if local_enabled(app) && !app.route.is_online(receiver_appid, receiver) {
+        push_local(app, receiver_appid, cmd::CUSTOMER_V2, body, vec![receiver]);
     }
-    app.push.push(PushJob::Customer {
-        sender_appid: c.sender_appid,
-        sender: c.sender,
-        receiver_appid: c.receiver_appid,
-        receiver: c.receiver,
-        content: text(&c.content),
-    });
 }
 
-/// A group message (`body`: v2 GROUP_IM body) for every offline member but the sender. The sink (or
-/// the router link) splits large receiver lists into bounded jobs.
+/// A stored group message (`body`) for every offline member but the sender. The sink (or the
+/// router link) splits large receiver lists into bounded jobs.
 pub fn group(app: &App, group: &Group, sender: i64, body: &Bytes) {
     if app.links.is_enabled() {
         let receivers: Vec<i64> = group
@@ -105,18 +91,7 @@ pub fn group(app: &App, group: &Group, sender: i64, body: &Bytes) {
         .copied()
         .filter(|&uid| uid != sender && !app.route.is_online(group.appid, uid))
         .collect();
-    if receivers.is_empty() {
-        return;
+    if !receivers.is_empty() {
+        push_local(app, group.appid, cmd::GROUP_IM, body, receivers);
     }
-    let content = match Body::decode(cmd::GROUP_IM, proto::STORAGE_VERSION, body) {
-        Ok(Body::GroupIm(im)) => text(&im.content),
-        _ => return,
-    };
-    app.push.push(PushJob::Group {
-        appid: group.appid,
-        sender,
-        group_id: group.gid,
-        receivers,
-        content,
-    });
 }

@@ -12,9 +12,10 @@ use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use backend::groups::Group;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use proto::Metadata;
+use proto::{cmd, Body, GroupSyncKey, Metadata};
 use tokio::sync::Notify;
 
 /// A frame handed to a session by someone else. Bodies are shared (`Bytes`), encoded once for every
@@ -39,8 +40,23 @@ impl Push {
         }
     }
 
-    fn cost(&self) -> usize {
-        self.body.len() + if self.meta.is_some() { 44 } else { 12 }
+    /// A SYNC_NOTIFY: the user's queue has entries up to `key`.
+    pub fn sync_notify(key: i64) -> Push {
+        Push::plain(cmd::SYNC_NOTIFY, 0, Body::SyncNotify(key).to_stored())
+    }
+
+    /// A SYNC_GROUP_NOTIFY: the super group's queue has entries up to `key`.
+    pub fn group_sync_notify(group_id: i64, sync_key: i64) -> Push {
+        Push::plain(
+            cmd::SYNC_GROUP_NOTIFY,
+            0,
+            Body::SyncGroupNotify(GroupSyncKey { group_id, sync_key }).to_stored(),
+        )
+    }
+
+    /// The bytes it takes on the wire (with its METADATA frame, when it has one).
+    pub fn wire_len(&self) -> usize {
+        proto::pushed_len(self.body.len(), self.meta.is_some())
     }
 }
 
@@ -161,7 +177,7 @@ impl SessionHandle {
         if ob.closed.is_some() {
             return false;
         }
-        let cost = push.cost();
+        let cost = push.wire_len();
         if ob.queue.len() >= self.max_frames || ob.bytes + cost > self.max_bytes {
             ob.closed = Some(OUTBOX_FULL);
             ob.queue = VecDeque::new();
@@ -309,6 +325,16 @@ impl RouteTable {
             }
         });
         n
+    }
+
+    /// Queues `push` for every session of every member of `group` except connection `except`;
+    /// returns how many got it.
+    pub fn deliver_group(&self, group: &Group, push: &Push, except: u64) -> usize {
+        group
+            .members
+            .keys()
+            .map(|&uid| self.deliver(group.appid, uid, push, except))
+            .sum()
     }
 
     /// Whether the user has a session here that counts as online.

@@ -17,8 +17,10 @@
 //! with a SYNC_NOTIFY; clients that missed something sync, the others ignore it (spec §9.6).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
+
+use backend::groups::GroupDirectory;
 
 use cluster::notify_backlog::{Noted, NotifyBacklog};
 use cluster::route_link::RouteHandler;
@@ -28,8 +30,9 @@ use parking_lot::Mutex;
 use store::QueueId;
 use tokio::sync::mpsc::{self, error::TrySendError};
 
-use crate::app::{App, Stats};
-use crate::route::Push;
+use crate::route::{Push, RoomTable, RouteTable};
+use crate::stats::Stats;
+use crate::store_client::StoreClient;
 
 /// Group messages waiting for the dispatch task; beyond this their receivers are owed a sync
 /// notification.
@@ -42,9 +45,19 @@ const RESUBSCRIBE_SETTLE: Duration = Duration::from_millis(500);
 /// Store lookups at once when notifying re-subscribed users.
 const RESUBSCRIBE_LOOKUPS: usize = 32;
 
+/// What routed messages are delivered with: the node's sessions, its group directory and store.
+#[derive(Clone)]
+pub(crate) struct Local {
+    pub route: Arc<RouteTable>,
+    pub rooms: Arc<RoomTable>,
+    pub groups: GroupDirectory,
+    pub store: StoreClient,
+    pub stats: Arc<Stats>,
+}
+
 /// The handler the route links call (see the module docs).
 pub(crate) struct RoutedInbox {
-    app: Weak<App>,
+    app: Local,
     tx: mpsc::Sender<RoutedMessage>,
     /// Group messages handed to the dispatch task and not yet delivered.
     waiting: AtomicUsize,
@@ -52,8 +65,8 @@ pub(crate) struct RoutedInbox {
 }
 
 impl RoutedInbox {
-    /// The inbox of `app` and the receiving end for [`dispatch`].
-    pub(crate) fn new(app: Weak<App>) -> (RoutedInbox, mpsc::Receiver<RoutedMessage>) {
+    /// The inbox delivering to `app` and the receiving end for [`dispatch`].
+    pub(crate) fn new(app: Local) -> (RoutedInbox, mpsc::Receiver<RoutedMessage>) {
         let (tx, rx) = mpsc::channel(GROUP_QUEUE);
         let inbox = RoutedInbox {
             app,
@@ -64,7 +77,7 @@ impl RoutedInbox {
         (inbox, rx)
     }
 
-    fn to_dispatcher(&self, app: &App, m: RoutedMessage) {
+    fn to_dispatcher(&self, app: &Local, m: RoutedMessage) {
         self.waiting.fetch_add(1, Ordering::AcqRel);
         let m = match self.tx.try_send(m) {
             Ok(()) => return,
@@ -97,9 +110,7 @@ impl RoutedInbox {
 
 impl RouteHandler for RoutedInbox {
     fn on_publish(&self, m: RoutedMessage) {
-        let Some(app) = self.app.upgrade() else {
-            return;
-        };
+        let app = &self.app;
         if m.kind == RouteKind::User {
             if let Some(f) = m.inner_frame().filter(|f| f.cmd == proto::cmd::KICK) {
                 // Another node ended a revoked token's or a kicked user's sessions: end them here too.
@@ -122,7 +133,7 @@ impl RouteHandler for RoutedInbox {
                 return;
             }
         }
-        let Some(push) = checked_push(&app, &m) else {
+        let Some(push) = checked_push(app, &m) else {
             return;
         };
         let n = match m.kind {
@@ -135,10 +146,10 @@ impl RouteHandler for RoutedInbox {
                     None
                 };
                 match cached {
-                    Some(Some(g)) => app.deliver_group_local(&g, &push, 0),
+                    Some(Some(g)) => app.route.deliver_group(&g, &push, 0),
                     Some(None) => 0,
                     None => {
-                        self.to_dispatcher(&app, m);
+                        self.to_dispatcher(app, m);
                         return;
                     }
                 }
@@ -148,15 +159,12 @@ impl RouteHandler for RoutedInbox {
     }
 
     fn on_resubscribed(&self, users: Vec<(i64, i64)>) {
-        let Some(app) = self.app.upgrade() else {
-            return;
-        };
-        tokio::spawn(notify_resubscribed(app, users));
+        tokio::spawn(notify_resubscribed(self.app.clone(), users));
     }
 }
 
 /// Tells every session of `users` its personal queue's newest key (see the module docs).
-async fn notify_resubscribed(app: Arc<App>, users: Vec<(i64, i64)>) {
+async fn notify_resubscribed(app: Local, users: Vec<(i64, i64)>) {
     tokio::time::sleep(RESUBSCRIBE_SETTLE).await;
     let total = users.len();
     // (sessions notified, the lookup's error): failures are summed up in one line at the end.
@@ -169,7 +177,7 @@ async fn notify_resubscribed(app: Arc<App>, users: Vec<(i64, i64)>) {
                 }
                 match app.store.last_key(QueueId::user(appid, uid)).await {
                     Ok(key) if key > 0 => (
-                        app.route.deliver(appid, uid, &crate::peer::sync_notify_push(key), 0),
+                        app.route.deliver(appid, uid, &Push::sync_notify(key), 0),
                         None,
                     ),
                     Ok(_) => (0, None),
@@ -204,7 +212,7 @@ async fn notify_resubscribed(app: Arc<App>, users: Vec<(i64, i64)>) {
     }
 }
 
-fn has_session(app: &App, appid: i64, uid: i64) -> bool {
+fn has_session(app: &Local, appid: i64, uid: i64) -> bool {
     let mut any = false;
     app.route.for_each(appid, uid, |_| any = true);
     any
@@ -213,7 +221,7 @@ fn has_session(app: &App, appid: i64, uid: i64) -> bool {
 /// The push a routed message makes, or `None` (counted, logged) when its inner frame or flags are
 /// inconsistent: a message without PUSH that carries a sync key would make clients mis-track their
 /// keys; GoBelieve's im aborts on it, banter drops it.
-fn checked_push(app: &App, m: &RoutedMessage) -> Option<Push> {
+fn checked_push(app: &Local, m: &RoutedMessage) -> Option<Push> {
     let frame = match m.inner_frame() {
         Some(f) if m.flags_consistent() => f,
         _ => {
@@ -240,12 +248,12 @@ fn checked_push(app: &App, m: &RoutedMessage) -> Option<Push> {
 }
 
 /// Delivers one group message (no sender exclusion: the sender is on another node).
-async fn deliver_group(app: &App, m: &RoutedMessage) {
+async fn deliver_group(app: &Local, m: &RoutedMessage) {
     let Some(push) = checked_push(app, m) else {
         return;
     };
     let n = match app.groups.get(m.appid, m.receiver).await {
-        Ok(Some(g)) => app.deliver_group_local(&g, &push, 0),
+        Ok(Some(g)) => app.route.deliver_group(&g, &push, 0),
         Ok(None) => 0,
         Err(e) => {
             Stats::inc(&app.stats.backend_errors);
@@ -258,13 +266,10 @@ async fn deliver_group(app: &App, m: &RoutedMessage) {
 
 /// The dispatch task: delivers the group messages the inbox could not deliver on the link's task,
 /// in order, then the notifications owed for those it had to drop.
-pub(crate) async fn dispatch(
-    app: Arc<App>,
-    inbox: Arc<RoutedInbox>,
-    mut rx: mpsc::Receiver<RoutedMessage>,
-) {
+pub(crate) async fn dispatch(inbox: Arc<RoutedInbox>, mut rx: mpsc::Receiver<RoutedMessage>) {
+    let app = &inbox.app;
     while let Some(m) = rx.recv().await {
-        deliver_group(&app, &m).await;
+        deliver_group(app, &m).await;
         inbox.waiting.fetch_sub(1, Ordering::AcqRel);
         if !rx.is_empty() {
             continue;
@@ -275,7 +280,7 @@ pub(crate) async fn dispatch(
                 break;
             };
             if let Ok(RouteBody::Publish(n)) = RouteBody::decode(c, &body) {
-                deliver_group(&app, &n).await;
+                deliver_group(app, &n).await;
             }
         }
     }

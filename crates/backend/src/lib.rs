@@ -24,6 +24,7 @@ pub mod import;
 pub mod moderation;
 mod options;
 pub mod push;
+mod push_job;
 pub mod push_prefs;
 pub mod redis_backend;
 pub mod supporters;

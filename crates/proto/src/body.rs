@@ -403,7 +403,7 @@ impl Body {
             | Body::SyncGroupEnd(_)
             | Body::SyncGroupNotify(_)
             | Body::GroupSyncKey(_) => 16,
-            Body::Metadata(_) => 32,
+            Body::Metadata(_) => crate::METADATA_LEN,
             Body::Customer(c) => 36 + c.content.len(),
         }
     }
@@ -494,6 +494,12 @@ impl Body {
         b.freeze()
     }
 
+    /// The body in the layout messages are stored and passed between server roles in
+    /// ([`crate::STORAGE_VERSION`]).
+    pub fn to_stored(&self) -> Bytes {
+        self.to_bytes(crate::STORAGE_VERSION)
+    }
+
     /// Appends a whole frame (header with `seq`, `version`, `flag`, then this body) to `dst`.
     pub fn encode_frame(&self, seq: i32, version: u8, flag: u8, dst: &mut BytesMut) {
         let len = self.encoded_len(version);
@@ -510,8 +516,45 @@ impl Body {
     }
 }
 
-/// Reads the i64 at `at` of a stored v2 IM/GROUP_IM body, if present (used to peek sender/receiver
-/// without a full decode).
+/// Where the timestamp of a stored IM / GROUP_IM body lies: version 0 has none.
+const IM_TIMESTAMP: std::ops::Range<usize> = 16..20;
+
+/// A stored body (version 2 layout) as the two slices to write for a session of `version`: an IM or
+/// GROUP_IM for version 0 loses its timestamp (sender, receiver, msgid, content); everything else is
+/// unchanged (the second slice is then empty).
+pub fn relayout(cmd: u8, version: u8, body: &[u8]) -> (&[u8], &[u8]) {
+    if version == 0 && (cmd == cmd::IM || cmd == cmd::GROUP_IM) && body.len() >= 24 {
+        (&body[..IM_TIMESTAMP.start], &body[IM_TIMESTAMP.end..])
+    } else {
+        (body, &[])
+    }
+}
+
+/// Who sent a stored message, read without decoding its content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender {
+    /// The sender's app, when the body names it (CUSTOMER_V2); else the app of the queue.
+    pub appid: Option<i64>,
+    pub uid: i64,
+}
+
+/// The sender of a stored (version 2) message body, for the commands that have one (IM, GROUP_IM,
+/// CUSTOMER_V2); `None` for other commands and for bodies too short for their layout.
+pub fn stored_sender(cmd: u8, body: &[u8]) -> Option<Sender> {
+    match cmd {
+        cmd::IM | cmd::GROUP_IM if body.len() >= 24 => Some(Sender {
+            appid: None,
+            uid: peek_i64(body, 0)?,
+        }),
+        cmd::CUSTOMER_V2 if body.len() >= 36 => Some(Sender {
+            appid: Some(peek_i64(body, 0)?),
+            uid: peek_i64(body, 8)?,
+        }),
+        _ => None,
+    }
+}
+
+/// Reads the i64 at `at` of a body, if present (used to peek sender/receiver without a full decode).
 pub fn peek_i64(body: &[u8], at: usize) -> Option<i64> {
     let mut s = body.get(at..at.checked_add(8)?)?;
     Some(s.get_i64())

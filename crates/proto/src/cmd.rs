@@ -1,4 +1,5 @@
-//! Command numbers (header byte 8) and the client whitelist (spec §4).
+//! Command numbers (header byte 8) and the command table: name, whitelist, handling before
+//! authentication, persistence and body layout of every command (docs/protocol.md §5).
 
 pub const AUTH_STATUS: u8 = 3;
 pub const IM: u8 = 4;
@@ -34,73 +35,147 @@ pub const CUSTOMER_V2: u8 = 64;
 /// See docs/internal-protocols.md.
 pub const KICK: u8 = 240;
 
-/// Whether a client may send `cmd` (the "C→S allowed" column of spec §4). Any other command closes the
-/// connection before its body is read.
-pub const fn client_allowed(cmd: u8) -> bool {
-    matches!(
-        cmd,
-        IM | ACK
-            | GROUP_IM
-            | PING
-            | PONG
-            | AUTH_TOKEN
-            | RT
-            | ENTER_ROOM
-            | LEAVE_ROOM
-            | ROOM_IM
-            | UNREAD_COUNT
-            | CUSTOMER_DEPRECATED
-            | CUSTOMER_SUPPORT_DEPRECATED
-            | SYNC
-            | SYNC_GROUP
-            | SYNC_KEY
-            | GROUP_SYNC_KEY
-            | METADATA
-            | CUSTOMER_V2
-    )
+/// Which body layout a command carries (see [`crate::Body`] for the fields, `docs/protocol.md` for
+/// the bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// No body (PING, PONG).
+    Empty,
+    /// One i32 (AUTH_STATUS, UNREAD_COUNT).
+    I32,
+    /// One i64 key or id (ENTER_ROOM, LEAVE_ROOM, SYNC*, SYNC_KEY).
+    Key,
+    /// A group id and a key (SYNC_GROUP*, GROUP_SYNC_KEY).
+    GroupKey,
+    /// sender, receiver, timestamp (not in version 0), msgid, content (IM, GROUP_IM).
+    Im,
+    /// sender, receiver, content (RT, ROOM_IM).
+    Rt,
+    /// seq and, from version 2, a status.
+    Ack,
+    /// platform, token and device id.
+    AuthToken,
+    /// Two keys and 16 reserved bytes.
+    Metadata,
+    /// Both apps and users, timestamp, content (CUSTOMER_V2).
+    Customer,
+    /// Opaque content (GROUP_NOTIFICATION, SYSTEM, NOTIFICATION, the deprecated customer commands).
+    Raw,
+    /// banter-internal; never on a client connection.
+    Internal,
 }
 
-/// Whether messages of this command are persisted in queues and returned by sync (spec §9.7).
+/// What the protocol says about one command: its number and name, who may send it, whether it is
+/// handled before authentication, whether it is stored (and so returned by sync), and its body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Command {
+    pub number: u8,
+    pub name: &'static str,
+    /// A client may send it (the whitelist): any other command closes the connection before its body
+    /// is read.
+    pub from_client: bool,
+    /// Handled (or deliberately ignored) before AUTH_TOKEN succeeded; the other client commands are
+    /// ignored until then (docs/protocol.md §8.3).
+    pub before_auth: bool,
+    /// Stored in queues and returned by SYNC / SYNC_GROUP.
+    pub persistent: bool,
+    pub layout: Layout,
+}
+
+const fn c(
+    number: u8,
+    name: &'static str,
+    from_client: bool,
+    before_auth: bool,
+    persistent: bool,
+    layout: Layout,
+) -> Command {
+    Command {
+        number,
+        name,
+        from_client,
+        before_auth,
+        persistent,
+        layout,
+    }
+}
+
+/// Every command banter knows. Columns: number, name, sent by clients, handled before
+/// authentication, persistent, body layout.
+#[rustfmt::skip]
+pub const COMMANDS: &[Command] = &[
+    c(AUTH_STATUS,        "AUTH_STATUS",        false, false, false, Layout::I32),
+    c(IM,                 "IM",                 true,  false, true,  Layout::Im),
+    c(ACK,                "ACK",                true,  true,  false, Layout::Ack),
+    c(GROUP_NOTIFICATION, "GROUP_NOTIFICATION", false, false, true,  Layout::Raw),
+    c(GROUP_IM,           "GROUP_IM",           true,  false, true,  Layout::Im),
+    c(PING,               "PING",               true,  true,  false, Layout::Empty),
+    c(PONG,               "PONG",               true,  true,  false, Layout::Empty),
+    c(AUTH_TOKEN,         "AUTH_TOKEN",         true,  true,  false, Layout::AuthToken),
+    c(RT,                 "RT",                 true,  false, false, Layout::Rt),
+    c(ENTER_ROOM,         "ENTER_ROOM",         true,  false, false, Layout::Key),
+    c(LEAVE_ROOM,         "LEAVE_ROOM",         true,  false, false, Layout::Key),
+    c(ROOM_IM,            "ROOM_IM",            true,  false, false, Layout::Rt),
+    c(SYSTEM,             "SYSTEM",             false, false, true,  Layout::Raw),
+    c(UNREAD_COUNT,       "UNREAD_COUNT",       true,  false, false, Layout::I32),
+    c(CUSTOMER_DEPRECATED, "CUSTOMER(deprecated)", true, true, false, Layout::Raw),
+    c(CUSTOMER_SUPPORT_DEPRECATED, "CUSTOMER_SUPPORT(deprecated)", true, true, false, Layout::Raw),
+    c(SYNC,               "SYNC",               true,  false, false, Layout::Key),
+    c(SYNC_BEGIN,         "SYNC_BEGIN",         false, false, false, Layout::Key),
+    c(SYNC_END,           "SYNC_END",           false, false, false, Layout::Key),
+    c(SYNC_NOTIFY,        "SYNC_NOTIFY",        false, false, false, Layout::Key),
+    c(SYNC_GROUP,         "SYNC_GROUP",         true,  false, false, Layout::GroupKey),
+    c(SYNC_GROUP_BEGIN,   "SYNC_GROUP_BEGIN",   false, false, false, Layout::GroupKey),
+    c(SYNC_GROUP_END,     "SYNC_GROUP_END",     false, false, false, Layout::GroupKey),
+    c(SYNC_GROUP_NOTIFY,  "SYNC_GROUP_NOTIFY",  false, false, false, Layout::GroupKey),
+    c(SYNC_KEY,           "SYNC_KEY",           true,  false, false, Layout::Key),
+    c(GROUP_SYNC_KEY,     "GROUP_SYNC_KEY",     true,  false, false, Layout::GroupKey),
+    c(NOTIFICATION,       "NOTIFICATION",       false, false, false, Layout::Raw),
+    c(METADATA,           "METADATA",           true,  true,  false, Layout::Metadata),
+    c(CUSTOMER_V2,        "CUSTOMER_V2",        true,  false, true,  Layout::Customer),
+    c(KICK,               "KICK(internal)",     false, false, false, Layout::Internal),
+];
+
+/// Position of each command number in [`COMMANDS`], or `NONE`.
+const NONE: u8 = u8::MAX;
+const INDEX: [u8; 256] = {
+    let mut t = [NONE; 256];
+    let mut i = 0;
+    while i < COMMANDS.len() {
+        t[COMMANDS[i].number as usize] = i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// The table entry of `cmd`, if banter knows it.
+pub const fn info(cmd: u8) -> Option<&'static Command> {
+    match INDEX[cmd as usize] {
+        NONE => None,
+        i => Some(&COMMANDS[i as usize]),
+    }
+}
+
+/// Whether a client may send `cmd` (the whitelist). Any other command closes the connection before
+/// its body is read.
+pub const fn client_allowed(cmd: u8) -> bool {
+    matches!(info(cmd), Some(c) if c.from_client)
+}
+
+/// Whether a client command is handled before authentication (the others are ignored until then).
+pub const fn before_auth(cmd: u8) -> bool {
+    matches!(info(cmd), Some(c) if c.before_auth)
+}
+
+/// Whether messages of this command are persisted in queues and returned by sync.
 pub const fn is_persistent(cmd: u8) -> bool {
-    matches!(
-        cmd,
-        IM | GROUP_NOTIFICATION | GROUP_IM | SYSTEM | CUSTOMER_V2
-    )
+    matches!(info(cmd), Some(c) if c.persistent)
 }
 
 /// A human-readable name for logs.
 pub const fn name(cmd: u8) -> &'static str {
-    match cmd {
-        AUTH_STATUS => "AUTH_STATUS",
-        IM => "IM",
-        ACK => "ACK",
-        GROUP_NOTIFICATION => "GROUP_NOTIFICATION",
-        GROUP_IM => "GROUP_IM",
-        PING => "PING",
-        PONG => "PONG",
-        AUTH_TOKEN => "AUTH_TOKEN",
-        RT => "RT",
-        ENTER_ROOM => "ENTER_ROOM",
-        LEAVE_ROOM => "LEAVE_ROOM",
-        ROOM_IM => "ROOM_IM",
-        SYSTEM => "SYSTEM",
-        UNREAD_COUNT => "UNREAD_COUNT",
-        CUSTOMER_DEPRECATED => "CUSTOMER(deprecated)",
-        CUSTOMER_SUPPORT_DEPRECATED => "CUSTOMER_SUPPORT(deprecated)",
-        SYNC => "SYNC",
-        SYNC_BEGIN => "SYNC_BEGIN",
-        SYNC_END => "SYNC_END",
-        SYNC_NOTIFY => "SYNC_NOTIFY",
-        SYNC_GROUP => "SYNC_GROUP",
-        SYNC_GROUP_BEGIN => "SYNC_GROUP_BEGIN",
-        SYNC_GROUP_END => "SYNC_GROUP_END",
-        SYNC_GROUP_NOTIFY => "SYNC_GROUP_NOTIFY",
-        SYNC_KEY => "SYNC_KEY",
-        GROUP_SYNC_KEY => "GROUP_SYNC_KEY",
-        NOTIFICATION => "NOTIFICATION",
-        METADATA => "METADATA",
-        CUSTOMER_V2 => "CUSTOMER_V2",
-        KICK => "KICK(internal)",
-        _ => "UNKNOWN",
+    match info(cmd) {
+        Some(c) => c.name,
+        None => "UNKNOWN",
     }
 }

@@ -12,3 +12,7 @@ pub const SELF: u8 = 0x08;
 pub const PUSH: u8 = 0x10;
 /// Pushed super-group message, or the ACK of a super-group send: METADATA refers to the group queue.
 pub const SUPER_GROUP: u8 = 0x20;
+
+/// The flags a client may set on a message, kept when it is stored and echoed on pushes (TEXT,
+/// UNPERSISTENT); the others are the server's.
+pub const CLIENT: u8 = TEXT | UNPERSISTENT;

@@ -60,6 +60,47 @@ impl Header {
     }
 }
 
+/// Size of a METADATA body.
+pub const METADATA_LEN: usize = 32;
+
+/// The bytes a pushed message takes on the wire: its frame and, when it carries sync keys, the
+/// METADATA frame before it. Used to bound outboxes and to size write buffers.
+pub const fn pushed_len(body_len: usize, with_metadata: bool) -> usize {
+    let meta = if with_metadata {
+        HEADER_LEN + METADATA_LEN
+    } else {
+        0
+    };
+    meta + HEADER_LEN + body_len
+}
+
+/// Writes a frame for a session of `version` whose body is stored (in [`crate::STORAGE_VERSION`]
+/// layout): IM and GROUP_IM bodies are re-laid for version 0, which has no timestamp
+/// ([`crate::body::relayout`]); every other body is written as is. The one frame writer of the
+/// client path, the route link's inner frames (version 2) and pushes.
+pub fn write_stored(dst: &mut BytesMut, seq: i32, version: u8, cmd: u8, flag: u8, body: &[u8]) {
+    let (head, tail) = crate::body::relayout(cmd, version, body);
+    let len = head.len() + tail.len();
+    dst.reserve(HEADER_LEN + len);
+    Header {
+        len,
+        seq,
+        cmd,
+        version,
+        flag,
+    }
+    .write(dst);
+    dst.put_slice(head);
+    dst.put_slice(tail);
+}
+
+/// A whole frame with seq 0 in the storage version: what routers carry inside a publish.
+pub fn stored_frame(cmd: u8, flag: u8, body: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(HEADER_LEN + body.len());
+    write_stored(&mut b, 0, crate::STORAGE_VERSION, cmd, flag, body);
+    b.freeze()
+}
+
 /// One protocol message: header fields plus the raw body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {

@@ -14,8 +14,13 @@ pub mod frame;
 
 pub use body::{
     Ack, AckStatus, AuthToken, Body, BodyError, Customer, GroupSyncKey, Im, Metadata, Platform, Rt,
+    Sender,
 };
-pub use frame::{DecodeError, Frame, Header, HEADER_LEN, MAX_BODY_LEN};
+pub use cmd::{Command, Layout};
+pub use frame::{
+    pushed_len, stored_frame, write_stored, DecodeError, Frame, Header, HEADER_LEN, MAX_BODY_LEN,
+    METADATA_LEN,
+};
 
 /// The version in which message bodies are stored and passed between server roles (spec §3).
 pub const STORAGE_VERSION: u8 = 2;

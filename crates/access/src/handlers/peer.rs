@@ -1,0 +1,196 @@
+//! Peer messages: IM from a client, and the server-side posts of peer, system and notification
+//! messages (HTTP API).
+//!
+//! A peer message is stored once, in the receiver's and the sender's queue, and ACKed only after the
+//! store has made it durable. Then the receiver's sessions get `METADATA + IM(PUSH)` and `SYNC_NOTIFY`, the
+//! sender's other sessions the same for the sender's copy, and the sending connection `METADATA + ACK`.
+//! Sender exclusion is by connection, not by device id, so two web tabs of one user (device id 0)
+//! still see each other's messages (docs/compatibility.md).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use proto::{cmd, flag, Body, Im};
+use store::{Appended, NewMessage, QueueId};
+
+use super::{Append, Completion, Conn, Handled, Refusal, Refused, Reply};
+use crate::app::{now_secs, App, AppendResult, Stats, StoreFailure};
+use crate::route::Push;
+
+/// IM from a client: checked, then stored in the receiver's and the sender's queue.
+pub(crate) fn on_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) -> Handled {
+    let Some(h) = conn.handle.clone() else {
+        return Ok(None);
+    };
+    let refused = |why| Err(Refusal::acked(cmd::IM, seq, why));
+    Stats::inc(&conn.app.stats.messages_in);
+    if im.sender != h.uid {
+        return refused(Refused::InvalidSender);
+    }
+    if im.receiver <= 0 {
+        return refused(Refused::InvalidReceiver);
+    }
+    if let Err(why) = conn.rate_check() {
+        return refused(why);
+    }
+    let ts = now_secs();
+    let receiver = im.receiver;
+    let flags = flags & flag::CLIENT;
+    let content = conn.filter_text(flags, im.content.clone());
+    let body = Body::Im(Im {
+        timestamp: ts,
+        content,
+        ..im
+    })
+    .to_stored();
+    let msg = NewMessage {
+        queues: vec![
+            QueueId::User {
+                appid: h.appid,
+                uid: receiver,
+            },
+            QueueId::User {
+                appid: h.appid,
+                uid: h.uid,
+            },
+        ],
+        device_id: h.device_id,
+        cmd: cmd::IM,
+        flag: flags,
+        timestamp: ts as i64,
+        body: body.clone(),
+    };
+    Ok(Some(Append {
+        batch: vec![msg],
+        then: Box::new(Stored {
+            seq,
+            flags,
+            receiver,
+            body,
+        }),
+    }))
+}
+
+/// An IM waiting for its append.
+struct Stored {
+    seq: i32,
+    flags: u8,
+    receiver: i64,
+    body: Bytes,
+}
+
+impl Completion for Stored {
+    fn complete(
+        self: Box<Self>,
+        conn: &Conn,
+        out: &mut Reply,
+        result: AppendResult,
+    ) -> Result<(), Refusal> {
+        let Some(h) = &conn.handle else {
+            return Ok(());
+        };
+        let app = &conn.app;
+        let (r, s) = match result {
+            Ok(r) => keys_of(&r).ok_or(None),
+            Err(e) => Err(Some(e)),
+        }
+        .map_err(|e| Refusal::acked(cmd::IM, self.seq, Refused::Store(e)))?;
+        Stats::inc(&app.stats.messages_stored);
+        crate::offline::peer(app, h.appid, self.receiver, &self.body);
+        let msg = Push::plain(cmd::IM, self.flags, self.body);
+        app.deliver_stored((h.appid, self.receiver), r, &msg, conn.conn_id);
+        // When a user messages themself both entries are in the same queue; push both so their other
+        // devices can follow the queue's METADATA chain without a sync.
+        app.deliver_stored((h.appid, h.uid), s, &msg, conn.conn_id);
+        out.ack_stored(self.seq, 0, s);
+        Ok(())
+    }
+}
+
+/// The receiver's and the sender's entries of a peer message's append.
+fn keys_of(r: &[Vec<Appended>]) -> Option<(Appended, Appended)> {
+    let e = r.first()?;
+    Some((*e.first()?, *e.get(1)?))
+}
+
+/// Stores a peer message from the server side (HTTP `/post_peer_message`): both copies, then
+/// SYNC_NOTIFY to both users; there is no direct push.
+pub async fn post_peer(
+    app: &Arc<App>,
+    appid: i64,
+    sender: i64,
+    receiver: i64,
+    content: Bytes,
+) -> Result<(i64, i64), StoreFailure> {
+    let ts = now_secs();
+    let body = Body::Im(Im {
+        sender,
+        receiver,
+        timestamp: ts,
+        msgid: 0,
+        content,
+    })
+    .to_stored();
+    let msg = NewMessage {
+        queues: vec![
+            QueueId::User {
+                appid,
+                uid: receiver,
+            },
+            QueueId::User { appid, uid: sender },
+        ],
+        device_id: 0,
+        cmd: cmd::IM,
+        flag: 0,
+        timestamp: ts as i64,
+        body: body.clone(),
+    };
+    let r = app.store.append(vec![msg]).await?;
+    let (rk, sk) = keys_of(&r).ok_or_else(|| {
+        StoreFailure::Local(store::StoreError::InvalidArgument(
+            "store returned no positions".into(),
+        ))
+    })?;
+    Stats::inc(&app.stats.messages_stored);
+    app.notify_sync(appid, receiver, rk.key);
+    app.notify_sync(appid, sender, sk.key);
+    crate::offline::peer(app, appid, receiver, &body);
+    Ok((rk.key, sk.key))
+}
+
+/// Stores a system message for each receiver (device id 0) and notifies them; the key of each
+/// receiver's entry, in the order of `receivers`.
+pub async fn post_system(
+    app: &Arc<App>,
+    appid: i64,
+    receivers: &[i64],
+    content: Bytes,
+) -> Result<Vec<i64>, StoreFailure> {
+    let ts = now_secs() as i64;
+    let msg = NewMessage {
+        queues: receivers
+            .iter()
+            .map(|&uid| QueueId::User { appid, uid })
+            .collect(),
+        device_id: 0,
+        cmd: cmd::SYSTEM,
+        flag: 0,
+        timestamp: ts,
+        body: content.clone(),
+    };
+    let r = app.store.append(vec![msg]).await?;
+    Stats::inc(&app.stats.messages_stored);
+    crate::offline::system(app, appid, receivers, &content);
+    let entries = r.first().map(Vec::as_slice).unwrap_or_default();
+    for (uid, at) in receivers.iter().zip(entries) {
+        app.notify_sync(appid, *uid, at.key);
+    }
+    Ok(entries.iter().map(|e| e.key).collect())
+}
+
+/// Delivers a non-persistent NOTIFICATION to the user's online sessions.
+pub fn post_notification(app: &App, appid: i64, uid: i64, content: Bytes) -> usize {
+    let n = app.deliver_user(appid, uid, &Push::plain(cmd::NOTIFICATION, 0, content), 0);
+    Stats::add(&app.stats.deliveries, n as u64);
+    n
+}

@@ -152,7 +152,12 @@ pub struct Stats {
     pub syncs_deferred: AtomicU64,
     pub store_errors: AtomicU64,
     pub backend_errors: AtomicU64,
+    /// Sessions ended by a real protocol violation (not by a client disconnect).
     pub protocol_errors: AtomicU64,
+    /// Sessions the client ended (a close, a reset, a connection cut mid-frame, a failed write).
+    pub client_closes: AtomicU64,
+    /// Sessions closed by the login or idle deadline.
+    pub timeouts: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub room_dropped: AtomicU64,
     pub route_dropped: AtomicU64,
@@ -218,6 +223,8 @@ pub struct App {
     pub route: RouteTable,
     pub rooms: RoomTable,
     pub stats: Stats,
+    /// The node's Prometheus registry and hot-path histograms.
+    pub metrics: crate::metrics::AccessMetrics,
     /// Syncs that could not be answered (store or group directory failing), logged once per
     /// episode.
     pub(crate) sync_failures: cluster::log_limit::Episode,
@@ -256,6 +263,7 @@ impl App {
                 route: RouteTable::default(),
                 rooms: RoomTable::default(),
                 stats: Stats::default(),
+                metrics: crate::metrics::AccessMetrics::default(),
                 sync_failures: cluster::log_limit::Episode::new(std::time::Duration::from_secs(60)),
                 next_conn: AtomicU64::new(1),
             }

@@ -12,6 +12,7 @@ pub mod group;
 mod health;
 pub mod http;
 mod listener;
+pub mod metrics;
 mod offline;
 pub mod peer;
 pub mod room;
@@ -29,7 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use app::{App, Routers, Services, StoreClient, StoreFailure};
 pub use app_api::{AppApi, AppApiConfig};
@@ -207,7 +208,7 @@ impl AccessNode {
                 tracker.clone(),
             ));
         }
-        info!(?addrs, "access node listening");
+        tracing::debug!(?addrs, "access node listening");
         Ok(AccessNode {
             app,
             addrs,

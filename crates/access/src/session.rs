@@ -99,15 +99,24 @@ pub(crate) enum OpCtx {
 pub(crate) struct Op {
     ctx: Option<OpCtx>,
     fut: Pin<Box<dyn Future<Output = AppendResult> + Send>>,
+    /// When the message arrived (its handler submits it at once).
+    arrived: Instant,
+    /// `banter_message_durable_seconds`.
+    durable: metrics::Histogram,
 }
 
 impl Future for Op {
-    type Output = (OpCtx, AppendResult);
+    type Output = (OpCtx, AppendResult, Instant);
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.fut.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => match self.ctx.take() {
-                Some(ctx) => Poll::Ready((ctx, r)),
+                Some(ctx) => {
+                    if r.is_ok() {
+                        self.durable.record(self.arrived.elapsed().as_secs_f64());
+                    }
+                    Poll::Ready((ctx, r, self.arrived))
+                }
                 // Polled after completion: never resolves again (FuturesOrdered does not do this).
                 None => Poll::Pending,
             },
@@ -128,7 +137,7 @@ enum Then<'a> {
 /// The next completed append, in submission order; `None` when nothing is in flight.
 async fn next_completion(
     pending: &mut Option<FuturesOrdered<Op>>,
-) -> Option<(OpCtx, AppendResult)> {
+) -> Option<(OpCtx, AppendResult, Instant)> {
     match pending {
         Some(p) => p.next().await,
         None => None,
@@ -222,7 +231,7 @@ pub fn run<T: Transport>(
     // keep its arguments and the locals they are moved into).
     async move {
         let end = s.run_loop(&mut transport, &shutdown, login_deadline).await;
-        s.finish(end, &mut transport).await;
+        s.finish(end, &mut transport, peer).await;
     }
     .instrument(span)
 }
@@ -243,23 +252,35 @@ impl Session {
     /// that closed right after sending, a failed write, a slow consumer, a protocol error later in the
     /// stream: the store has it, so its receivers must be told. Only the sender's ACKs can be lost with
     /// the connection; they are still written when it is usable.
-    async fn finish<T: Transport>(&mut self, end: End, transport: &mut T) {
+    ///
+    /// Client disconnects (a close, a reset, a connection cut mid-frame), timeouts and protocol
+    /// violations are counted apart; each line names the peer and, once authenticated, the uid.
+    async fn finish<T: Transport>(&mut self, end: End, transport: &mut T, peer: SocketAddr) {
         let app = self.app.clone();
+        let uid = self.handle.as_ref().map(|h| h.uid);
         match &end {
-            End::ClientClosed | End::Shutdown => debug!(reason = %end, "session closed"),
-            End::Timeout(_) | End::WriteFailed(_) | End::Recv(RecvError::Io(_)) => {
-                debug!(reason = %end, "session closed")
+            End::Shutdown => debug!(%peer, ?uid, reason = %end, "session closed"),
+            End::ClientClosed
+            | End::WriteFailed(_)
+            | End::Recv(RecvError::Io(_))
+            | End::Recv(RecvError::Truncated) => {
+                Stats::inc(&app.stats.client_closes);
+                debug!(%peer, ?uid, reason = %end, "session closed by the client")
+            }
+            End::Timeout(_) => {
+                Stats::inc(&app.stats.timeouts);
+                debug!(%peer, ?uid, reason = %end, "session timed out")
             }
             End::Kicked(OUTBOX_FULL) | End::WriteTimeout => {
                 Stats::inc(&app.stats.slow_consumers);
-                info!(reason = %end, "session closed")
+                info!(%peer, ?uid, reason = %end, "session closed")
             }
             // Closed by the server for another reason (a sync it could not answer, a revoked token):
             // counted where the reason arose.
-            End::Kicked(_) => info!(reason = %end, "session closed"),
+            End::Kicked(_) => info!(%peer, ?uid, reason = %end, "session closed"),
             End::Recv(_) | End::Protocol(_) => {
                 Stats::inc(&app.stats.protocol_errors);
-                info!(reason = %end, "closing connection after a protocol error")
+                info!(%peer, ?uid, reason = %end, "closing connection after a protocol violation")
             }
         }
         let writable = match end {
@@ -276,8 +297,8 @@ impl Session {
             };
             // Boxed: this happens once, and inline it would be the largest state of every session.
             let drained = Box::pin(timeout(limit, async {
-                while let Some((ctx, result)) = next_completion(&mut self.pending).await {
-                    self.complete(ctx, result);
+                while let Some((ctx, result, arrived)) = next_completion(&mut self.pending).await {
+                    self.complete(ctx, result, arrived);
                 }
             }))
             .await;
@@ -352,8 +373,8 @@ impl Session {
             let frame = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
-                Some((ctx, result)) = next_completion(&mut self.pending), if self.inflight() > 0 => {
-                    self.complete(ctx, result);
+                Some((ctx, result, arrived)) = next_completion(&mut self.pending), if self.inflight() > 0 => {
+                    self.complete(ctx, result, arrived);
                     continue;
                 }
                 _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => continue,
@@ -543,10 +564,24 @@ impl Session {
             .push_back(Op {
                 ctx: Some(ctx),
                 fut,
+                arrived: Instant::now(),
+                durable: self.app.metrics.durable.clone(),
             });
     }
 
-    fn complete(&mut self, ctx: OpCtx, result: AppendResult) {
+    /// Finishes a completed append and records its arrival → delivered latency.
+    fn complete(&mut self, ctx: OpCtx, result: AppendResult, arrived: Instant) {
+        let ok = result.is_ok();
+        self.complete_op(ctx, result);
+        if ok {
+            self.app
+                .metrics
+                .delivered
+                .record(arrived.elapsed().as_secs_f64());
+        }
+    }
+
+    fn complete_op(&mut self, ctx: OpCtx, result: AppendResult) {
         match ctx {
             OpCtx::Im {
                 seq,

@@ -19,6 +19,7 @@ pub mod devices;
 pub mod embedded;
 mod error;
 pub mod groups;
+mod jwt_hmac;
 mod health;
 pub mod moderation;
 mod options;

@@ -47,6 +47,7 @@ mod recovery;
 mod replication;
 mod resources;
 mod resume;
+pub mod settings;
 pub mod tools;
 mod writer;
 
@@ -60,6 +61,7 @@ pub use engine::{Store, StoreStats};
 pub use error::StoreError;
 pub use health::{StoreHealth, StoreState};
 pub use options::{Durability, Retention, Role, StoreOptions};
+pub use settings::{DurabilityMode, StoreSettings};
 pub use replication::{ReplicationBatch, ReplicationStream};
 
 /// GROUP_IM command number; its content is a group message (not on the peer-only chain).

@@ -1,6 +1,7 @@
-//! Build information for `banter version`: the git commit (`BANTER_GIT_COMMIT`, "unknown" outside a
-//! checkout) and the build date (`BANTER_BUILD_DATE`, UTC, from `SOURCE_DATE_EPOCH` when set so
-//! reproducible builds stay reproducible).
+//! Build information for `banter version`: the git commit (`BUILD_GIT_COMMIT`, "unknown" outside a
+//! checkout) and the build date (`BUILD_DATE_UTC`, UTC, from `SOURCE_DATE_EPOCH` when set so
+//! reproducible builds stay reproducible). Not named `BANTER_*`: cargo also sets them in the
+//! environment of `cargo run` and `cargo test`, where every `BANTER_*` variable is a config key.
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -29,7 +30,7 @@ fn civil(days: i64) -> (i64, u32, u32) {
 
 fn main() {
     let commit = git(&["rev-parse", "--short=12", "HEAD"]).unwrap_or_else(|| "unknown".into());
-    println!("cargo:rustc-env=BANTER_GIT_COMMIT={commit}");
+    println!("cargo:rustc-env=BUILD_GIT_COMMIT={commit}");
     let secs = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|s| s.parse::<i64>().ok())
@@ -40,7 +41,7 @@ fn main() {
                 .unwrap_or(0)
         });
     let (y, m, d) = civil(secs.div_euclid(86_400));
-    println!("cargo:rustc-env=BANTER_BUILD_DATE={y:04}-{m:02}-{d:02}");
+    println!("cargo:rustc-env=BUILD_DATE_UTC={y:04}-{m:02}-{d:02}");
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
     // Rebuild when HEAD moves (a commit or a checkout), in a plain checkout or a worktree.
     if let Some(dir) = git(&["rev-parse", "--git-dir"]) {

@@ -429,9 +429,7 @@ impl Session {
         let (last, truncated) = self.emit_synced(&page.messages);
         let k_end = crate::sync::end_key(&page, last, key);
         Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
-        app.metrics
-            .sync_messages
-            .record(page.messages.len() as f64);
+        app.metrics.sync_messages.record(page.messages.len() as f64);
         let end = GroupSyncKey {
             group_id: gid,
             sync_key: k_end,

@@ -250,18 +250,54 @@ pub fn render(app: &App) -> String {
     if let StoreClient::Local(store) = &app.store {
         let s = store.stats();
         for (name, help, v) in [
-            ("banter_store_messages_total", "Messages appended to the embedded store.", s.messages),
-            ("banter_store_entries_total", "Queue entries appended to the embedded store.", s.entries),
-            ("banter_store_batches_total", "Group commits (writes) of the embedded store.", s.batches),
-            ("banter_store_fsyncs_total", "fsyncs of the embedded store's log.", s.fsyncs),
-            ("banter_store_written_bytes_total", "Bytes written to the embedded store's log.", s.bytes_written),
-            ("banter_store_checkpoints_total", "Checkpoints taken by the embedded store.", s.checkpoints),
-            ("banter_store_segments_dropped_total", "Log segments dropped by retention.", s.segments_dropped),
+            (
+                "banter_store_messages_total",
+                "Messages appended to the embedded store.",
+                s.messages,
+            ),
+            (
+                "banter_store_entries_total",
+                "Queue entries appended to the embedded store.",
+                s.entries,
+            ),
+            (
+                "banter_store_batches_total",
+                "Group commits (writes) of the embedded store.",
+                s.batches,
+            ),
+            (
+                "banter_store_fsyncs_total",
+                "fsyncs of the embedded store's log.",
+                s.fsyncs,
+            ),
+            (
+                "banter_store_written_bytes_total",
+                "Bytes written to the embedded store's log.",
+                s.bytes_written,
+            ),
+            (
+                "banter_store_checkpoints_total",
+                "Checkpoints taken by the embedded store.",
+                s.checkpoints,
+            ),
+            (
+                "banter_store_segments_dropped_total",
+                "Log segments dropped by retention.",
+                s.segments_dropped,
+            ),
         ] {
             r.set_counter(name, help, v);
         }
-        r.set_gauge("banter_store_segments", "Log segment files of the embedded store.", s.segments as f64);
-        r.set_gauge("banter_store_queues", "Queues of the embedded store.", s.queues as f64);
+        r.set_gauge(
+            "banter_store_segments",
+            "Log segment files of the embedded store.",
+            s.segments as f64,
+        );
+        r.set_gauge(
+            "banter_store_queues",
+            "Queues of the embedded store.",
+            s.queues as f64,
+        );
         r.set_gauge(
             "banter_store_log_bytes",
             "Bytes between the oldest retained and the newest acknowledged position of the log.",

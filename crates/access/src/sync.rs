@@ -77,9 +77,7 @@ impl Session {
         let (last, truncated) = self.emit_synced(&page.messages);
         let k_end = end_key(&page, last, key);
         Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
-        app.metrics
-            .sync_messages
-            .record(page.messages.len() as f64);
+        app.metrics.sync_messages.record(page.messages.len() as f64);
         self.emit(&Body::SyncEnd(k_end), 0);
         if page.has_more || truncated {
             self.emit(&Body::SyncNotify(k_end + 1), 0);

@@ -111,8 +111,8 @@ mod tests {
         }
         assert!(HmacKey::new(&Algorithm::RS256, b"secret").is_err());
         // Through the provider's factories, as jsonwebtoken calls them.
-        let signer = (PROVIDER.signer_factory)(&Algorithm::HS384, &EncodingKey::from_secret(b"k"))
-            .unwrap();
+        let signer =
+            (PROVIDER.signer_factory)(&Algorithm::HS384, &EncodingKey::from_secret(b"k")).unwrap();
         let verifier =
             (PROVIDER.verifier_factory)(&Algorithm::HS384, &DecodingKey::from_secret(b"k"))
                 .unwrap();

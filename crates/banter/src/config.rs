@@ -190,7 +190,10 @@ where
 impl Config {
     /// Loads `path` (or the defaults when `None`) with the process environment and command-line
     /// `overrides`, and validates; every problem found is reported in one error.
-    pub fn load(path: Option<&Path>, overrides: &[Override]) -> Result<Loaded<Config>, ConfigError> {
+    pub fn load(
+        path: Option<&Path>,
+        overrides: &[Override],
+    ) -> Result<Loaded<Config>, ConfigError> {
         load::load(path, std::env::vars(), overrides, Config::validate)
     }
 
@@ -306,10 +309,21 @@ mod tests {
         .unwrap_err();
         let s = e.to_string();
         assert_eq!(e.0.len(), 6, "{s}");
-        assert!(s.contains("banter.toml:2: unknown key `server.prot`"), "{s}");
-        assert!(s.contains("banter.toml:3: server.tcp: invalid type: integer `4000`, expected a string"), "{s}");
+        assert!(
+            s.contains("banter.toml:2: unknown key `server.prot`"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "banter.toml:3: server.tcp: invalid type: integer `4000`, expected a string"
+            ),
+            "{s}"
+        );
         assert!(s.contains("banter.toml:5: store.durability: \"alway\" is not one of \"always\", \"interval\", \"none\" (did you mean \"always\"?)"), "{s}");
-        assert!(s.contains("banter.toml:6: store.fsync_interval_ms: invalid type"), "{s}");
+        assert!(
+            s.contains("banter.toml:6: store.fsync_interval_ms: invalid type"),
+            "{s}"
+        );
         assert!(s.contains("banter.toml:8: log.level:"), "{s}");
         assert!(s.contains("environment variable BANTER_SERVER_MAX_BODY: unknown key `server_max_body` (did you mean BANTER_SERVER__MAX_BODY?)"), "{s}");
     }

@@ -288,7 +288,11 @@ where
         for message in validate(v) {
             let source = message
                 .split(|c: char| c.is_whitespace() || c == ',' || c == ':')
-                .find(|w| w.contains('.') && w.chars().all(|c| c.is_ascii_lowercase() || c == '_' || c == '.'))
+                .find(|w| {
+                    w.contains('.')
+                        && w.chars()
+                            .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.')
+                })
                 .map(|k| sources.of(k))
                 .unwrap_or(Source::Default);
             problems.push(Problem { source, message });
@@ -311,7 +315,10 @@ fn describe(key: &str, message: &str, source: &Source, schema: &toml::Table) -> 
             }
         }
         if let Some(best) = closest(&field, &expected(message)) {
-            let parent = key.rsplit_once('.').map(|(p, _)| format!("{p}.")).unwrap_or_default();
+            let parent = key
+                .rsplit_once('.')
+                .map(|(p, _)| format!("{p}."))
+                .unwrap_or_default();
             out.push_str(&format!(" (did you mean `{parent}{best}`?)"));
         } else if let Some(exp) = message.split_once(", expected ") {
             out.push_str(&format!("; expected {}", exp.1));
@@ -322,7 +329,11 @@ fn describe(key: &str, message: &str, source: &Source, schema: &toml::Table) -> 
         let allowed = expected(message);
         let mut out = format!(
             "{key}: {variant:?} is not one of {}",
-            allowed.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+            allowed
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         if let Some(best) = closest(&variant, &allowed) {
             out.push_str(&format!(" (did you mean {best:?}?)"));
@@ -386,7 +397,10 @@ fn env_suggestion(var: &str, schema: &toml::Table) -> Option<String> {
 fn env_path(var: &str) -> Option<Vec<String>> {
     let rest = var.strip_prefix("BANTER_")?;
     let path: Vec<String> = rest.split("__").map(|s| s.to_ascii_lowercase()).collect();
-    (!path.iter().any(|p| p.is_empty() || p.starts_with('_') || p.ends_with('_'))).then_some(path)
+    (!path
+        .iter()
+        .any(|p| p.is_empty() || p.starts_with('_') || p.ends_with('_')))
+    .then_some(path)
 }
 
 fn lookup<'a>(table: &'a toml::Table, path: &[String]) -> Option<&'a toml::Value> {
@@ -559,12 +573,18 @@ mod tests {
     #[test]
     fn every_problem_with_its_line() {
         let text = "name = \"x\"\n[server]\nprot = 1\ntcp = 5\nport = \"high\"\n";
-        let e = load_str::<Demo>(text, Path::new("a.toml"), Vec::new(), &[], |_| vec![])
-            .unwrap_err();
+        let e =
+            load_str::<Demo>(text, Path::new("a.toml"), Vec::new(), &[], |_| vec![]).unwrap_err();
         let s = e.to_string();
         assert_eq!(e.0.len(), 3, "{s}");
-        assert!(s.contains("a.toml:3: unknown key `server.prot` (did you mean `server.port`?)"), "{s}");
-        assert!(s.contains("a.toml:4: server.tcp: invalid type: integer `5`"), "{s}");
+        assert!(
+            s.contains("a.toml:3: unknown key `server.prot` (did you mean `server.port`?)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("a.toml:4: server.tcp: invalid type: integer `5`"),
+            "{s}"
+        );
         assert!(s.contains("a.toml:5: server.port: invalid type"), "{s}");
     }
 
@@ -589,7 +609,10 @@ mod tests {
         assert_eq!(l.value.server.port, 7);
         assert_eq!(l.value.server.secret.as_deref(), Some("123"));
         assert_eq!(l.value.server.list, vec!["a", "b"]);
-        assert_eq!(l.sources.of("server.tcp"), Source::Env("BANTER_SERVER__TCP".into()));
+        assert_eq!(
+            l.sources.of("server.tcp"),
+            Source::Env("BANTER_SERVER__TCP".into())
+        );
     }
 
     #[test]
@@ -604,7 +627,12 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("environment variable BANTER_SERVER_TCP: unknown key `server_tcp` (did you mean BANTER_SERVER__TCP?)"), "{e}");
-        assert!(e.contains("environment variable BANTER_SERVER__PORT: server.port: expected an integer"), "{e}");
+        assert!(
+            e.contains(
+                "environment variable BANTER_SERVER__PORT: server.port: expected an integer"
+            ),
+            "{e}"
+        );
     }
 
     #[test]

@@ -14,9 +14,9 @@ use clap::{Args, CommandFactory, Parser, Subcommand};
 const LONG_VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (commit ",
-    env!("BANTER_GIT_COMMIT"),
+    env!("BUILD_GIT_COMMIT"),
     ", built ",
-    env!("BANTER_BUILD_DATE"),
+    env!("BUILD_DATE_UTC"),
     ")"
 );
 
@@ -245,8 +245,12 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let loaded = Config::load(args.config.as_deref(), &overrides)?;
     banter::serve::preflight_loaded(&loaded)?;
     let config = loaded.value;
-    banter::logging::init(&config.log.level, config.log.format, &config.cluster.node_id)
-        .map_err(anyhow::Error::msg)?;
+    banter::logging::init(
+        &config.log.level,
+        config.log.format,
+        &config.cluster.node_id,
+    )
+    .map_err(anyhow::Error::msg)?;
     runtime()?.block_on(banter::serve::run(config, args.config, overrides))?;
     Ok(())
 }
@@ -326,6 +330,7 @@ fn report(e: &anyhow::Error) -> String {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    node::metrics::set_build_info(env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_COMMIT"));
     let result = match cli.command {
         Command::Serve(args) | Command::Im(args) => serve(*args),
         Command::Config { role } => print_config(&role),
@@ -392,8 +397,12 @@ mod tests {
     #[test]
     fn report_prints_each_cause_once() {
         let io = std::io::Error::from_raw_os_error(13);
-        let e = anyhow::Error::new(io).context("data directory /x: Permission denied (os error 13)");
-        assert_eq!(report(&e), "data directory /x: Permission denied (os error 13)");
+        let e =
+            anyhow::Error::new(io).context("data directory /x: Permission denied (os error 13)");
+        assert_eq!(
+            report(&e),
+            "data directory /x: Permission denied (os error 13)"
+        );
         let e = anyhow::anyhow!("inner").context("outer");
         assert_eq!(report(&e), "outer: inner");
     }

@@ -12,7 +12,7 @@ fn log_version() {
     info!(
         "banter {} (commit {})",
         env!("CARGO_PKG_VERSION"),
-        env!("BANTER_GIT_COMMIT")
+        env!("BUILD_GIT_COMMIT")
     );
 }
 

@@ -178,11 +178,16 @@ pub fn preflight(config: &Config) -> Vec<String> {
             continue;
         }
         if let Err(e) = addr.to_socket_addrs() {
-            errors.push(format!("{key}: {addr:?} is not a usable HOST:PORT address: {e}"));
+            errors.push(format!(
+                "{key}: {addr:?} is not a usable HOST:PORT address: {e}"
+            ));
         }
     }
     if !s.tls.trim().is_empty() || !s.wss.trim().is_empty() {
-        for (key, file) in [("server.cert_file", &s.cert_file), ("server.key_file", &s.key_file)] {
+        for (key, file) in [
+            ("server.cert_file", &s.cert_file),
+            ("server.key_file", &s.key_file),
+        ] {
             if file.trim().is_empty() {
                 errors.push(format!("{key} is required with server.tls or server.wss"));
             } else if let Err(e) = std::fs::File::open(file) {
@@ -204,7 +209,10 @@ pub fn preflight(config: &Config) -> Vec<String> {
         .and_then(|()| std::fs::write(&probe, b"ok"))
         .and_then(|()| std::fs::remove_file(&probe));
     if let Err(e) = writable {
-        errors.push(format!("data.dir: {} is not a writable directory: {e}", dir.display()));
+        errors.push(format!(
+            "data.dir: {} is not a writable directory: {e}",
+            dir.display()
+        ));
     }
     errors
 }
@@ -255,7 +263,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
     info!(
         "banter {} (commit {}), data directory {}",
         env!("CARGO_PKG_VERSION"),
-        env!("BANTER_GIT_COMMIT"),
+        env!("BUILD_GIT_COMMIT"),
         dir.display()
     );
     warn_unshared_state(config);

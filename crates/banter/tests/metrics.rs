@@ -34,6 +34,50 @@ fn histogram_count(s: &Scrape, name: &str) -> u64 {
         .sum()
 }
 
+/// The metric names the Grafana dashboard (`docs/grafana/banter-dashboard.json`) queries.
+fn dashboard_metrics() -> Vec<String> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/grafana/banter-dashboard.json"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut names = HashSet::new();
+    for panel in v["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().unwrap();
+            for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+                if word.starts_with("banter_") || word.starts_with("process_") {
+                    let base = ["_bucket", "_count", "_sum"]
+                        .iter()
+                        .find_map(|s| word.strip_suffix(s))
+                        .unwrap_or(word);
+                    names.insert(base.to_string());
+                }
+            }
+        }
+    }
+    let mut names: Vec<String> = names.into_iter().collect();
+    names.sort();
+    names
+}
+
+/// Every dashboard metric with `prefix` (and not starting with one of `except`) is in `s`.
+fn dashboard_covered(s: &Scrape, prefix: &str, except: &[&str]) {
+    let have: HashSet<&str> = s.samples.iter().map(|x| x.metric.as_str()).collect();
+    let wanted: Vec<String> = dashboard_metrics()
+        .into_iter()
+        .filter(|n| n.starts_with(prefix) && !except.iter().any(|e| n.starts_with(e)))
+        .collect();
+    assert!(!wanted.is_empty());
+    for n in wanted {
+        assert!(
+            have.contains(n.as_str()),
+            "dashboard metric {n} is not exported"
+        );
+    }
+}
+
 fn common_checks(s: &Scrape, role: &str) {
     let info = find(s, "banter_build_info");
     assert_eq!(info.len(), 1);
@@ -64,9 +108,10 @@ async fn single_node_metrics_have_histograms_and_store_figures() {
     assert!(histogram_count(&sc, "banter_sync_messages") >= 1);
     let http = find(&sc, "banter_http_request_duration_seconds");
     assert!(
-        http.iter().any(|x| x.labels.get("route") == Some("/auth/grant")
-            && x.labels.get("status") == Some("200")
-            && x.labels.get("method") == Some("POST")),
+        http.iter()
+            .any(|x| x.labels.get("route") == Some("/auth/grant")
+                && x.labels.get("status") == Some("200")
+                && x.labels.get("method") == Some("POST")),
         "{http:?}"
     );
     let fsyncs = find(&sc, "banter_store_fsyncs_total");
@@ -77,6 +122,8 @@ async fn single_node_metrics_have_histograms_and_store_figures() {
     assert!(!find(&sc, "banter_store_segments").is_empty());
     assert!(!find(&sc, "banter_write_behind_dropped_total").is_empty());
     assert!(!find(&sc, "banter_client_closes_total").is_empty());
+    dashboard_covered(&sc, "banter_", &["banter_ims_", "banter_route_"]);
+    dashboard_covered(&sc, "process_", &[]);
 
     // Unknown paths share one label value: the label set stays bounded.
     for i in 0..5 {
@@ -115,6 +162,11 @@ impl Drop for Killed {
 fn spawn(args: &[&str], env: &[(&str, String)]) -> Killed {
     let mut c = Command::new(env!("CARGO_BIN_EXE_banter"));
     c.args(args).stdout(Stdio::null()).stderr(Stdio::null());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BANTER_") {
+            c.env_remove(k);
+        }
+    }
     for (k, v) in env {
         c.env(k, v);
     }
@@ -174,15 +226,17 @@ async fn router_and_store_node_metrics_have_histograms() {
     assert!(histogram_count(&sc, "banter_ims_append_seconds") >= 1);
     assert!(histogram_count(&sc, "banter_ims_append_messages") >= 1);
     assert!(!find(&sc, "banter_ims_fsyncs_total").is_empty());
+    dashboard_covered(&sc, "banter_ims_", &[]);
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let sc = scrape(route_http).await;
         common_checks(&sc, "router");
-        // Subscriptions are written to the router; its answers are not, so count any write.
         let kinds = find(&sc, "banter_route_publish_in_total");
         assert!(kinds.iter().any(|x| x.labels.get("kind") == Some("user")));
+        // Registered at start (a lone access node gets no forwarded writes, so it may be empty).
         if !find(&sc, "banter_route_write_seconds").is_empty() {
+            dashboard_covered(&sc, "banter_route_", &[]);
             break;
         }
         assert!(Instant::now() < deadline);

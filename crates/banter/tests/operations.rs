@@ -107,7 +107,10 @@ impl Proc {
 fn version_completions_and_man_page() {
     let (ok, out, _) = run(bin().arg("version"));
     assert!(ok);
-    assert!(out.starts_with(&format!("banter {} (commit ", env!("CARGO_PKG_VERSION"))), "{out}");
+    assert!(
+        out.starts_with(&format!("banter {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{out}"
+    );
     assert!(out.contains(", built 20"), "{out}");
     let (ok, out2, _) = run(bin().arg("--version"));
     assert!(ok);
@@ -115,7 +118,10 @@ fn version_completions_and_man_page() {
 
     let (ok, out, _) = run(bin().args(["completions", "bash"]));
     assert!(ok);
-    assert!(out.contains("_banter") && out.contains("--log-format"), "{out}");
+    assert!(
+        out.contains("_banter") && out.contains("--log-format"),
+        "{out}"
+    );
     let (ok, out, _) = run(bin().args(["completions", "zsh"]));
     assert!(ok && out.contains("#compdef banter"));
     let (ok, _, err) = run(bin().args(["completions", "tcsh"]));
@@ -132,8 +138,16 @@ fn help_describes_the_listener_and_log_options() {
         let (ok, out, _) = run(bin().args([role, "--help"]));
         assert!(ok);
         for flag in [
-            "--tcp", "--ws", "--http", "--tls", "--wss", "--cert", "--key", "--data",
-            "--log-level", "--log-format",
+            "--tcp",
+            "--ws",
+            "--http",
+            "--tls",
+            "--wss",
+            "--cert",
+            "--key",
+            "--data",
+            "--log-level",
+            "--log-format",
         ] {
             assert!(out.contains(flag), "{role} --help lacks {flag}:\n{out}");
         }
@@ -141,7 +155,10 @@ fn help_describes_the_listener_and_log_options() {
     for role in ["imr", "ims"] {
         let (ok, out, _) = run(bin().args([role, "--help"]));
         assert!(ok);
-        assert!(out.contains("--log-level") && out.contains("--log-format"), "{out}");
+        assert!(
+            out.contains("--log-level") && out.contains("--log-format"),
+            "{out}"
+        );
         assert!(out.contains("Configuration file"), "{out}");
     }
 }
@@ -200,12 +217,19 @@ fn checks_before_the_store_opens_report_everything() {
     let (ok, _, err) = run(bin()
         .args(["serve", "--data"])
         .arg(blocker.join("data"))
-        .args(["--http", "0.0.0.0:0", "--tls", "127.0.0.1:0", "--ws", "nowhere"]));
+        .args([
+            "--http",
+            "0.0.0.0:0",
+            "--tls",
+            "127.0.0.1:0",
+            "--ws",
+            "nowhere",
+        ]));
     assert!(!ok);
     for want in [
         "option --http: api.listen: \"0.0.0.0:0\" is not a loopback address; set api.secret",
         "option --ws: server.ws: \"nowhere\" is not a usable HOST:PORT address",
-        "option --tls: server.cert_file is required with server.tls or server.wss",
+        "server.cert_file is required with server.tls or server.wss",
         "option --data: data.dir:",
         "is not a writable directory",
     ] {
@@ -214,7 +238,11 @@ fn checks_before_the_store_opens_report_everything() {
     // Nothing was created: the checks ran before anything was opened.
     assert!(!blocker.join("data").exists());
     // Each cause is printed once.
-    assert_eq!(err.matches("Not a directory (os error 20)").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("Not a directory (os error 20)").count(),
+        1,
+        "{err}"
+    );
 }
 
 fn serve_cmd(data: &Path, tcp: u16, ws: u16, http: u16) -> Command {
@@ -233,7 +261,10 @@ fn start_up_lines_name_version_data_dir_and_listener_urls() {
     let (tcp, ws, http) = (free_port(), free_port(), free_port());
     let mut p = Proc::spawn(&mut serve_cmd(dir.path(), tcp, ws, http));
     let version = p.wait_for("banter 0.");
-    assert!(version.contains(&dir.path().display().to_string()), "{version}");
+    assert!(
+        version.contains(&dir.path().display().to_string()),
+        "{version}"
+    );
     p.wait_for(&format!("listening: tcp tcp://127.0.0.1:{tcp}"));
     p.wait_for(&format!("listening: ws ws://127.0.0.1:{ws}/ws"));
     p.wait_for(&format!("listening: http http://127.0.0.1:{http}"));
@@ -241,7 +272,12 @@ fn start_up_lines_name_version_data_dir_and_listener_urls() {
 
     // A second server on the same data directory is refused, naming the holder.
     let pid = p.child.id();
-    let (ok, _, err) = run(&mut serve_cmd(dir.path(), free_port(), free_port(), free_port()));
+    let (ok, _, err) = run(&mut serve_cmd(
+        dir.path(),
+        free_port(),
+        free_port(),
+        free_port(),
+    ));
     assert!(!ok);
     assert!(err.contains(&format!("locked by process {pid}")), "{err}");
 
@@ -259,7 +295,10 @@ fn json_logs_and_levels_on_every_role() {
     let mut p = Proc::spawn(&mut c);
     p.wait_for("banter is ready");
     let lines = p.stop();
-    assert!(lines.iter().any(|l| l.contains("\"level\":\"DEBUG\"")), "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("\"level\":\"DEBUG\"")),
+        "{lines:?}"
+    );
     for l in &lines {
         serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"));
     }
@@ -296,7 +335,10 @@ fn json_logs_and_levels_on_every_role() {
     let (ok, _, err) = run(bin().args(["imr", "--log-level", "info,=["]));
     assert!(!ok && err.contains("not a log level"), "{err}");
     let (ok, _, err) = run(bin().arg("imr").env("BANTER_LISTN", "127.0.0.1:0"));
-    assert!(!ok && err.contains("BANTER_LISTN: unknown key `listn`"), "{err}");
+    assert!(
+        !ok && err.contains("BANTER_LISTN: unknown key `listn`"),
+        "{err}"
+    );
 }
 
 fn metric(text: &str, name: &str) -> f64 {
@@ -338,7 +380,10 @@ async fn client_closes_are_not_protocol_errors() {
             assert_eq!(violations, 1.0, "{text}");
             break;
         }
-        assert!(Instant::now() < deadline, "closes {closes}, violations {violations}");
+        assert!(
+            Instant::now() < deadline,
+            "closes {closes}, violations {violations}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     s.stop().await;
@@ -346,13 +391,18 @@ async fn client_closes_are_not_protocol_errors() {
 
 #[tokio::test]
 async fn http_errors_are_json_of_one_shape() {
-    let s = TestServer::start_with(|c| c.api.max_body = 1024).await.unwrap();
+    let s = TestServer::start_with(|c| c.api.max_body = 1024)
+        .await
+        .unwrap();
     let check = |st: u16, text: &str, want: u16| {
         assert_eq!(st, want, "{text}");
         let v: serde_json::Value =
             serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text:?}"));
         assert_eq!(v["meta"]["code"], want, "{text}");
-        assert!(v["meta"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{text}");
+        assert!(
+            v["meta"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{text}"
+        );
     };
     let (st, text) = http(s.http, "GET", "/auth/grant", &[], b"").await;
     check(st, &text, 405);

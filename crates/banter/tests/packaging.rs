@@ -36,10 +36,10 @@ fn example_configs_load() {
     let router: route::RouterConfig = load_file(&ex.join("cluster/router.toml"), |_| Vec::new());
     let mut stores = Vec::new();
     for n in ["store-1", "store-2"] {
-        let c: cluster::store_node::StoreNodeConfig =
-            load_file(&ex.join(format!("cluster/{n}.toml")), |c: &cluster::store_node::StoreNodeConfig| {
-                c.validate().err().into_iter().collect()
-            });
+        let c: cluster::store_node::StoreNodeConfig = load_file(
+            &ex.join(format!("cluster/{n}.toml")),
+            |c: &cluster::store_node::StoreNodeConfig| c.validate().err().into_iter().collect(),
+        );
         assert_eq!(c.node_id, n);
         stores.push(c);
     }
@@ -70,9 +70,17 @@ fn systemd_units_verify() {
         let reloads = text.contains("ExecReload=/bin/kill -HUP $MAINPID");
         let name = u.file_name().unwrap().to_string_lossy().into_owned();
         // Only the access roles re-read their configuration on SIGHUP.
-        assert_eq!(reloads, name == "banter-serve.service" || name == "banter-im.service", "{name}");
+        assert_eq!(
+            reloads,
+            name == "banter-serve.service" || name == "banter-im.service",
+            "{name}"
+        );
     }
-    if Command::new("systemd-analyze").arg("--version").output().is_err() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         eprintln!("systemd-analyze is not installed: unit verification skipped");
         return;
     }

@@ -539,11 +539,7 @@ impl NodeState {
             "Queues in the store.",
             (st.queues as u64) as f64,
         );
-        reg.set_counter(
-            "banter_ims_fsyncs_total",
-            "fsyncs of the log.",
-            st.fsyncs,
-        );
+        reg.set_counter("banter_ims_fsyncs_total", "fsyncs of the log.", st.fsyncs);
         reg.set_counter(
             "banter_ims_group_commits_total",
             "Group commits (writes) of the log.",

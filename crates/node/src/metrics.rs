@@ -8,7 +8,9 @@
 use std::sync::OnceLock;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// Bucket bounds of latency histograms, in seconds (50 µs … 10 s).
 pub const LATENCY_BUCKETS: &[f64] = &[
@@ -54,8 +56,12 @@ impl Registry {
     pub fn new(role: &'static str) -> Registry {
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_messages".into()), COUNT_BUCKETS))
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_entries".into()), COUNT_BUCKETS))
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Suffix("_messages".into()), COUNT_BUCKETS)
+            })
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Suffix("_entries".into()), COUNT_BUCKETS)
+            })
             .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), BYTES_BUCKETS))
             .expect("bucket lists are not empty");
         let recorder = builder.build_recorder();
@@ -74,7 +80,11 @@ impl Registry {
         r.gauge_with(
             "banter_build_info",
             "Always 1; the labels name the version, the git commit and the role of this node.",
-            &[("version", version), ("commit", commit), ("role", role.to_owned())],
+            &[
+                ("version", version),
+                ("commit", commit),
+                ("role", role.to_owned()),
+            ],
         )
         .set(1.0);
         r
@@ -187,12 +197,24 @@ mod tests {
         r.histogram("banter_batch_messages", "Batches.").record(7.0);
         let _unused = r.histogram("banter_idle_seconds", "Never recorded.");
         let text = r.render();
-        assert!(text.contains("# TYPE banter_idle_seconds histogram"), "{text}");
+        assert!(
+            text.contains("# TYPE banter_idle_seconds histogram"),
+            "{text}"
+        );
         assert!(text.contains("banter_idle_seconds_count 0"), "{text}");
-        assert!(text.contains("# HELP banter_things_total Things."), "{text}");
+        assert!(
+            text.contains("# HELP banter_things_total Things."),
+            "{text}"
+        );
         assert!(text.contains("banter_things_total 5"), "{text}");
-        assert!(text.contains("banter_wait_seconds_bucket{le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("banter_batch_messages_bucket{le=\"10\"} 1"), "{text}");
+        assert!(
+            text.contains("banter_wait_seconds_bucket{le=\"0.005\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("banter_batch_messages_bucket{le=\"10\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("banter_build_info{"), "{text}");
         assert!(text.contains("role=\"test\""), "{text}");
         assert!(text.contains("process_resident_memory_bytes"), "{text}");

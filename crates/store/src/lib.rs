@@ -61,8 +61,8 @@ pub use engine::{Store, StoreStats};
 pub use error::StoreError;
 pub use health::{StoreHealth, StoreState};
 pub use options::{Durability, Retention, Role, StoreOptions};
-pub use settings::{DurabilityMode, StoreSettings};
 pub use replication::{ReplicationBatch, ReplicationStream};
+pub use settings::{DurabilityMode, StoreSettings};
 
 /// GROUP_IM command number; its content is a group message (not on the peer-only chain).
 pub const CMD_GROUP_IM: u8 = 8;

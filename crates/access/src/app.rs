@@ -203,6 +203,8 @@ pub struct Services {
     pub words: Option<SharedWordFilter>,
     /// The app API (media, device binding, supporters), unless disabled.
     pub app_api: Option<Arc<crate::app_api::AppApi>>,
+    /// The node's metrics (made first, so the embedded store can record into them).
+    pub metrics: Arc<crate::metrics::AccessMetrics>,
 }
 
 /// Everything a handler needs.
@@ -224,7 +226,7 @@ pub struct App {
     pub rooms: RoomTable,
     pub stats: Stats,
     /// The node's Prometheus registry and hot-path histograms.
-    pub metrics: crate::metrics::AccessMetrics,
+    pub metrics: Arc<crate::metrics::AccessMetrics>,
     /// Syncs that could not be answered (store or group directory failing), logged once per
     /// episode.
     pub(crate) sync_failures: cluster::log_limit::Episode,
@@ -263,7 +265,7 @@ impl App {
                 route: RouteTable::default(),
                 rooms: RoomTable::default(),
                 stats: Stats::default(),
-                metrics: crate::metrics::AccessMetrics::default(),
+                metrics: services.metrics,
                 sync_failures: cluster::log_limit::Episode::new(std::time::Duration::from_secs(60)),
                 next_conn: AtomicU64::new(1),
             }

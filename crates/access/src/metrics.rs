@@ -44,6 +44,25 @@ impl Default for AccessMetrics {
 }
 
 impl AccessMetrics {
+    /// The embedded store's histograms, recorded into this registry.
+    pub fn store_histograms(&self) -> store::StoreHistograms {
+        let r = &self.registry;
+        store::StoreHistograms {
+            fsync_seconds: r.histogram(
+                "banter_store_fsync_seconds",
+                "Duration of each fsync of the embedded store (log, checkpoints, directories).",
+            ),
+            batch_messages: r.histogram(
+                "banter_store_batch_messages",
+                "Messages per group commit of the embedded store.",
+            ),
+            batch_bytes: r.histogram(
+                "banter_store_batch_bytes",
+                "Bytes per group commit of the embedded store.",
+            ),
+        }
+    }
+
     /// Records one HTTP API request; `route` is the matched route template (bounded).
     pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
         self.registry

@@ -72,7 +72,10 @@ pub async fn open_backend(config: &Config) -> Result<Backend, ServeError> {
 }
 
 /// Opens the embedded store, or connects to the store nodes when `cluster.storage_addrs` is set.
-async fn open_store(config: &Config) -> Result<(Option<Arc<Store>>, StoreClient), ServeError> {
+async fn open_store(
+    config: &Config,
+    metrics: &access::metrics::AccessMetrics,
+) -> Result<(Option<Arc<Store>>, StoreClient), ServeError> {
     let c = &config.cluster;
     if !c.storage_addrs.is_empty() {
         let remote = RemoteStore::new(
@@ -82,7 +85,8 @@ async fn open_store(config: &Config) -> Result<(Option<Arc<Store>>, StoreClient)
         )?;
         return Ok((None, StoreClient::Remote(Arc::new(remote))));
     }
-    let opts = config.store.options();
+    let mut opts = config.store.options();
+    opts.histograms = metrics.store_histograms();
     let store_dir = config.data.dir.join("store");
     let store = tokio::task::spawn_blocking(move || Store::open(store_dir, opts))
         .await
@@ -267,7 +271,8 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
         dir.display()
     );
     warn_unshared_state(config);
-    let (store, store_client) = open_store(config).await?;
+    let metrics = Arc::new(access::metrics::AccessMetrics::default());
+    let (store, store_client) = open_store(config, &metrics).await?;
     let backend = open_backend(config).await?;
     let groups = open_groups(config).await?;
     let push = open_push(config).await?;
@@ -288,6 +293,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
             push: push.clone(),
             words,
             app_api,
+            metrics,
         },
     );
     follow_forbidden(&app, &backend);

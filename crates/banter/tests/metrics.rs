@@ -120,6 +120,9 @@ async fn single_node_metrics_have_histograms_and_store_figures() {
         other => panic!("banter_store_fsyncs_total: {other:?}"),
     }
     assert!(!find(&sc, "banter_store_segments").is_empty());
+    assert!(histogram_count(&sc, "banter_store_fsync_seconds") >= 1);
+    assert!(histogram_count(&sc, "banter_store_batch_messages") >= 1);
+    assert!(histogram_count(&sc, "banter_store_batch_bytes") >= 1);
     assert!(!find(&sc, "banter_write_behind_dropped_total").is_empty());
     assert!(!find(&sc, "banter_client_closes_total").is_empty());
     dashboard_covered(&sc, "banter_", &["banter_ims_", "banter_route_"]);

@@ -60,7 +60,7 @@ use bytes::Bytes;
 pub use engine::{Store, StoreStats};
 pub use error::StoreError;
 pub use health::{StoreHealth, StoreState};
-pub use options::{Durability, Retention, Role, StoreOptions};
+pub use options::{Durability, Retention, Role, StoreHistograms, StoreOptions};
 pub use replication::{ReplicationBatch, ReplicationStream};
 pub use settings::{DurabilityMode, StoreSettings};
 

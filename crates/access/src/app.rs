@@ -51,6 +51,8 @@ pub struct Services {
     pub app_api: Option<Arc<crate::app_api::AppApi>>,
     /// `[web]`: the web chat client and admin console.
     pub web: web::WebConfig,
+    /// The node's metrics (made first, so the embedded store can record into them).
+    pub metrics: Arc<crate::metrics::AccessMetrics>,
 }
 
 /// Everything a handler needs.
@@ -73,6 +75,8 @@ pub struct App {
     pub route: Arc<RouteTable>,
     pub rooms: Arc<RoomTable>,
     pub stats: Arc<Stats>,
+    /// The node's Prometheus registry and hot-path histograms.
+    pub metrics: Arc<crate::metrics::AccessMetrics>,
     /// Syncs that could not be answered (store or group directory failing), logged once per
     /// episode.
     pub(crate) sync_failures: node::episode::Episode,
@@ -120,6 +124,7 @@ impl App {
             route,
             rooms,
             stats,
+            metrics: services.metrics,
             sync_failures: node::episode::Episode::new(std::time::Duration::from_secs(60)),
             next_conn: AtomicU64::new(1),
         })

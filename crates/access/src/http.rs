@@ -13,7 +13,6 @@
 //! within `api.body_timeout_secs` (408 and the connection closed otherwise), both with JSON errors.
 //! Connection limits and header timeouts are the listener's ([`crate::listener`]).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -88,7 +87,8 @@ impl From<crate::handlers::group::GroupPostError> for ApiError {
         use crate::handlers::group::GroupPostError as E;
         match e {
             E::NoSuchGroup(_) => ApiError::not_found(e.to_string()),
-            E::NoMembers => ApiError::bad("group no member"),
+            // A group nobody belongs to is answered like a missing group, on every endpoint.
+            E::NoMembers => ApiError::not_found("group not found or without members"),
             E::Refused(why) => ApiError {
                 status: StatusCode::FORBIDDEN,
                 message: why.into(),
@@ -372,6 +372,12 @@ async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiR
             return Err(ApiError::bad(format!("`{name}` must be > 0")));
         }
     }
+    if app.server.kefu_appid == 0 {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            message: "customer-service messages are disabled (server.kefu_appid = 0)".into(),
+        });
+    }
     let content = content_of(&app, &Bytes::from(r.content))?;
     let keys = crate::handlers::customer::post_customer(
         &app,
@@ -566,221 +572,11 @@ async fn summary(State(app): State<Arc<App>>, q: Params) -> ApiResult {
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
-    let st = &app.stats;
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, v: u64| {
-        out.push_str(&format!(
-            "# HELP banter_{name} {help}\n# TYPE banter_{name} {kind}\nbanter_{name} {v}\n"
-        ));
-    };
-    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-    let (users, clients) = app.route.counts(None);
-    metric(
-        "connections",
-        "gauge",
-        "Open client connections.",
-        g(&st.connections),
-    );
-    metric(
-        "authenticated_sessions",
-        "gauge",
-        "Authenticated sessions.",
-        clients as u64,
-    );
-    metric(
-        "online_users",
-        "gauge",
-        "Distinct users with a session here.",
-        users as u64,
-    );
-    metric(
-        "connections_total",
-        "counter",
-        "Client connections accepted.",
-        g(&st.connections_total),
-    );
-    metric(
-        "connections_rejected_total",
-        "counter",
-        "Connections refused at max_connections.",
-        g(&st.connections_rejected),
-    );
-    metric(
-        "client_sockets",
-        "gauge",
-        "Client sockets counted against server.max_connections (sessions, TLS handshakes and WebSocket upgrades in progress).",
-        g(&st.client_sockets),
-    );
-    metric(
-        "api_connections",
-        "gauge",
-        "Open HTTP API connections (bounded by api.max_connections).",
-        g(&st.api_connections),
-    );
-    metric(
-        "api_connections_rejected_total",
-        "counter",
-        "HTTP API connections refused at api.max_connections.",
-        g(&st.api_connections_rejected),
-    );
-    metric(
-        "api_bodies_refused_total",
-        "counter",
-        "HTTP API requests refused for their body (over api.max_body, or slower than api.body_timeout_secs).",
-        g(&st.api_bodies_refused),
-    );
-    metric(
-        "auth_ok_total",
-        "counter",
-        "Successful authentications.",
-        g(&st.auth_ok),
-    );
-    metric(
-        "auth_failed_total",
-        "counter",
-        "Failed authentications.",
-        g(&st.auth_failed),
-    );
-    metric(
-        "frames_in_total",
-        "counter",
-        "Frames received from clients.",
-        g(&st.frames_in),
-    );
-    metric(
-        "frames_out_total",
-        "counter",
-        "Frames written to clients.",
-        g(&st.frames_out),
-    );
-    metric(
-        "messages_in_total",
-        "counter",
-        "Messages received from clients.",
-        g(&st.messages_in),
-    );
-    metric(
-        "messages_stored_total",
-        "counter",
-        "Messages durably stored.",
-        g(&st.messages_stored),
-    );
-    metric(
-        "messages_refused_total",
-        "counter",
-        "Messages refused (bad sender, rate limit, store failure).",
-        g(&st.messages_refused),
-    );
-    metric(
-        "deliveries_total",
-        "counter",
-        "Frames pushed to sessions.",
-        g(&st.deliveries),
-    );
-    metric(
-        "room_messages_dropped_total",
-        "counter",
-        "Room messages dropped from slow members' bounded backlogs.",
-        g(&st.room_dropped),
-    );
-    metric(
-        "slow_consumers_total",
-        "counter",
-        "Sessions disconnected because their outbox overflowed.",
-        g(&st.slow_consumers),
-    );
-    metric(
-        "syncs_total",
-        "counter",
-        "Sync requests answered.",
-        g(&st.syncs),
-    );
-    metric(
-        "synced_messages_total",
-        "counter",
-        "Messages returned by syncs.",
-        g(&st.synced_messages),
-    );
-    metric(
-        "syncs_deferred_total",
-        "counter",
-        "Syncs that could not be answered at once (store or group directory failing) and were answered later on the same session.",
-        g(&st.syncs_deferred),
-    );
-    metric(
-        "store_errors_total",
-        "counter",
-        "Store operations that failed.",
-        g(&st.store_errors),
-    );
-    metric(
-        "backend_errors_total",
-        "counter",
-        "Backend operations that failed.",
-        g(&st.backend_errors),
-    );
-    metric(
-        "route_dropped_total",
-        "counter",
-        "Publishes to routers dropped with their receivers not told (route link queue and notification backlog full, frame too large, no router).",
-        g(&st.route_dropped),
-    );
-    let links = app.links.stats();
-    metric(
-        "route_coalesced_total",
-        "counter",
-        "Publishes dropped on a full route link queue whose receivers were sent a sync notification instead.",
-        links.iter().map(|l| l.coalesced).sum(),
-    );
-    metric(
-        "route_owed_notifications",
-        "gauge",
-        "Receivers currently owed a sync notification by the route links.",
-        links.iter().map(|l| l.owed as u64).sum(),
-    );
-    metric(
-        "routed_coalesced_total",
-        "counter",
-        "Routed group messages dropped on a full dispatch queue whose members were sent a sync notification instead.",
-        g(&st.routed_coalesced),
-    );
-    metric(
-        "routed_dropped_total",
-        "counter",
-        "Routed group messages dropped with nobody told (dispatch queue and notification backlog full).",
-        g(&st.routed_dropped),
-    );
-    metric(
-        "routed_rejected_total",
-        "counter",
-        "Messages from routers dropped as malformed (inner frame or flags inconsistent).",
-        g(&st.routed_rejected),
-    );
-    metric(
-        "protocol_errors_total",
-        "counter",
-        "Connections closed for protocol violations.",
-        g(&st.protocol_errors),
-    );
-    metric(
-        "offline_push_delivered_total",
-        "counter",
-        "Offline-push jobs handed to the push queue or webhook.",
-        app.push.delivered(),
-    );
-    metric(
-        "offline_push_dropped_total",
-        "counter",
-        "Offline-push jobs dropped (queue full or retries exhausted).",
-        app.push.dropped(),
-    );
-    metric(
-        "process_resident_memory_bytes",
-        "gauge",
-        "Resident set size.",
-        rss_bytes(),
-    );
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    (
+        [(header::CONTENT_TYPE, node::metrics::CONTENT_TYPE)],
+        crate::metrics::render(&app),
+    )
+        .into_response()
 }
 
 async fn require_secret(
@@ -861,6 +657,13 @@ async fn not_found() -> ApiError {
     }
 }
 
+async fn method_not_allowed() -> ApiError {
+    ApiError {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: "method not allowed on this endpoint".into(),
+    }
+}
+
 /// The API router, with `admin`'s routes (the admin API, defined beside it) behind the same
 /// authentication and body limits. GoBelieve's endpoints accept any method, as the original does.
 pub fn router(app: Arc<App>, admin: Router<Arc<App>>) -> Router {
@@ -884,8 +687,39 @@ pub fn router(app: Arc<App>, admin: Router<Arc<App>>) -> Router {
         .route("/readyz", get(crate::health::readyz))
         .merge(admin)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), require_secret))
         .layer(DefaultBodyLimit::max(app.api.max_body))
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
         .with_state(app)
+}
+
+/// Records each request's duration by route template (bounded: unmatched paths are one label),
+/// method and status.
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unmatched", |m| m.as_str())
+        .to_owned();
+    let method: &'static str = match req.method().as_str() {
+        "GET" => "GET",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "HEAD" => "HEAD",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    };
+    let response = next.run(req).await;
+    app.metrics.http_request(
+        &route,
+        method,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
 }

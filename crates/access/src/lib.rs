@@ -11,6 +11,7 @@ mod handlers;
 mod health;
 pub mod http;
 mod listener;
+pub mod metrics;
 mod offline;
 pub mod route;
 mod routed;
@@ -28,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub use app::{App, Routers, Services, StoreClient, StoreFailure};
 pub use app_api::{AppApi, AppApiConfig};
@@ -231,7 +232,7 @@ impl AccessNode {
                 tracker.clone(),
             ));
         }
-        info!(?addrs, "access node listening");
+        tracing::debug!(?addrs, "access node listening");
         Ok(AccessNode {
             app,
             addrs,

@@ -160,23 +160,17 @@ impl Ctx {
 
 /// Loads a certificate chain and private key (PEM) into a TLS acceptor using the ring provider.
 pub fn tls_acceptor(cert_file: &str, key_file: &str) -> Result<TlsAcceptor, String> {
-    let certs = {
-        let f = std::fs::File::open(cert_file)
-            .map_err(|e| format!("cannot open cert_file {cert_file}: {e}"))?;
-        rustls_pemfile::certs(&mut io::BufReader::new(f))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("cannot read certificates from {cert_file}: {e}"))?
-    };
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert_file)
+        .map_err(|e| format!("cannot read cert_file {cert_file}: {e}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("cannot read certificates from {cert_file}: {e}"))?;
     if certs.is_empty() {
         return Err(format!("no certificate found in {cert_file}"));
     }
-    let key = {
-        let f = std::fs::File::open(key_file)
-            .map_err(|e| format!("cannot open key_file {key_file}: {e}"))?;
-        rustls_pemfile::private_key(&mut io::BufReader::new(f))
-            .map_err(|e| format!("cannot read the private key from {key_file}: {e}"))?
-            .ok_or_else(|| format!("no private key found in {key_file}"))?
-    };
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("cannot read the private key from {key_file}: {e}"))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -76,15 +76,24 @@ impl End {
 pub(crate) struct Op {
     ctx: Option<Box<dyn Completion>>,
     fut: Pin<Box<dyn Future<Output = AppendResult> + Send>>,
+    /// When the message arrived (its handler submits it at once).
+    arrived: Instant,
+    /// `banter_message_durable_seconds`.
+    durable: metrics::Histogram,
 }
 
 impl Future for Op {
-    type Output = (Box<dyn Completion>, AppendResult);
+    type Output = (Box<dyn Completion>, AppendResult, Instant);
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.fut.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => match self.ctx.take() {
-                Some(ctx) => Poll::Ready((ctx, r)),
+                Some(ctx) => {
+                    if r.is_ok() {
+                        self.durable.record(self.arrived.elapsed().as_secs_f64());
+                    }
+                    Poll::Ready((ctx, r, self.arrived))
+                }
                 // Polled after completion: never resolves again (FuturesOrdered does not do this).
                 None => Poll::Pending,
             },
@@ -95,7 +104,7 @@ impl Future for Op {
 /// The next completed append, in submission order; `None` when nothing is in flight.
 async fn next_completion(
     pending: &mut Option<FuturesOrdered<Op>>,
-) -> Option<(Box<dyn Completion>, AppendResult)> {
+) -> Option<(Box<dyn Completion>, AppendResult, Instant)> {
     match pending {
         Some(p) => p.next().await,
         None => None,
@@ -144,7 +153,7 @@ pub fn run<T: Transport>(
     // keep its arguments and the locals they are moved into).
     async move {
         let end = s.run_loop(&mut transport, &shutdown, login_deadline).await;
-        s.finish(end, &mut transport).await;
+        s.finish(end, &mut transport, peer).await;
     }
     .instrument(span)
 }
@@ -165,23 +174,35 @@ impl Session {
     /// that closed right after sending, a failed write, a slow consumer, a protocol error later in the
     /// stream: the store has it, so its receivers must be told. Only the sender's ACKs can be lost with
     /// the connection; they are still written when it is usable.
-    async fn finish<T: Transport>(&mut self, end: End, transport: &mut T) {
+    ///
+    /// Client disconnects (a close, a reset, a connection cut mid-frame), timeouts and protocol
+    /// violations are counted apart; each line names the peer and, once authenticated, the uid.
+    async fn finish<T: Transport>(&mut self, end: End, transport: &mut T, peer: SocketAddr) {
         let app = self.conn.app.clone();
+        let uid = self.conn.handle.as_ref().map(|h| h.uid);
         match &end {
-            End::ClientClosed | End::Shutdown => debug!(reason = %end, "session closed"),
-            End::Timeout(_) | End::WriteFailed(_) | End::Recv(RecvError::Io(_)) => {
-                debug!(reason = %end, "session closed")
+            End::Shutdown => debug!(%peer, ?uid, reason = %end, "session closed"),
+            End::ClientClosed
+            | End::WriteFailed(_)
+            | End::Recv(RecvError::Io(_))
+            | End::Recv(RecvError::Truncated) => {
+                Stats::inc(&app.stats.client_closes);
+                debug!(%peer, ?uid, reason = %end, "session closed by the client")
+            }
+            End::Timeout(_) => {
+                Stats::inc(&app.stats.timeouts);
+                debug!(%peer, ?uid, reason = %end, "session timed out")
             }
             End::Kicked(OUTBOX_FULL) | End::WriteTimeout => {
                 Stats::inc(&app.stats.slow_consumers);
-                info!(reason = %end, "session closed")
+                info!(%peer, ?uid, reason = %end, "session closed")
             }
             // Closed by the server for another reason (a sync it could not answer, a revoked token):
             // counted where the reason arose.
-            End::Kicked(_) => info!(reason = %end, "session closed"),
+            End::Kicked(_) => info!(%peer, ?uid, reason = %end, "session closed"),
             End::Recv(_) | End::Protocol(_) => {
                 Stats::inc(&app.stats.protocol_errors);
-                info!(reason = %end, "closing connection after a protocol error")
+                info!(%peer, ?uid, reason = %end, "closing connection after a protocol violation")
             }
         }
         let writable = match end {
@@ -198,8 +219,8 @@ impl Session {
             };
             // Boxed: this happens once, and inline it would be the largest state of every session.
             let drained = Box::pin(timeout(limit, async {
-                while let Some((then, result)) = next_completion(&mut self.pending).await {
-                    handlers::complete(&self.conn, &mut self.out, then, result);
+                while let Some((then, result, arrived)) = next_completion(&mut self.pending).await {
+                    self.complete(then, result, arrived);
                 }
             }))
             .await;
@@ -277,8 +298,8 @@ impl Session {
             let frame = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
-                Some((then, result)) = next_completion(&mut self.pending), if self.inflight() > 0 => {
-                    handlers::complete(&self.conn, &mut self.out, then, result);
+                Some((then, result, arrived)) = next_completion(&mut self.pending), if self.inflight() > 0 => {
+                    self.complete(then, result, arrived);
                     continue;
                 }
                 _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => continue,
@@ -386,7 +407,23 @@ impl Session {
             .push_back(Op {
                 ctx: Some(append.then),
                 fut,
+                arrived: Instant::now(),
+                durable: self.conn.app.metrics.durable.clone(),
             });
+    }
+
+    /// Finishes a completed append (its handler's completion) and records its arrival → delivered
+    /// latency.
+    fn complete(&mut self, then: Box<dyn Completion>, result: AppendResult, arrived: Instant) {
+        let ok = result.is_ok();
+        handlers::complete(&self.conn, &mut self.out, then, result);
+        if ok {
+            self.conn
+                .app
+                .metrics
+                .delivered
+                .record(arrived.elapsed().as_secs_f64());
+        }
     }
 }
 

@@ -33,7 +33,12 @@ pub struct Stats {
     pub syncs_deferred: AtomicU64,
     pub store_errors: AtomicU64,
     pub backend_errors: AtomicU64,
+    /// Sessions ended by a real protocol violation (not by a client disconnect).
     pub protocol_errors: AtomicU64,
+    /// Sessions the client ended (a close, a reset, a connection cut mid-frame, a failed write).
+    pub client_closes: AtomicU64,
+    /// Sessions closed by the login or idle deadline.
+    pub timeouts: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub room_dropped: AtomicU64,
     pub route_dropped: AtomicU64,

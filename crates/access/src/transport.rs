@@ -74,6 +74,15 @@ impl RecvError {
                     RecvError::WebSocketTooBig(e.to_string())
                 }
                 WsError::Utf8(_) => RecvError::WebSocketText,
+                // The client went away without a close handshake: a disconnect, not a violation.
+                WsError::ConnectionClosed
+                | WsError::AlreadyClosed
+                | WsError::Protocol(
+                    tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+                ) => RecvError::Io(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "client closed the connection without a close handshake",
+                )),
                 e => RecvError::WebSocket(e.to_string()),
             },
             Err(e) => RecvError::WebSocket(e.to_string()),

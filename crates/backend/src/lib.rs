@@ -21,6 +21,7 @@ mod error;
 pub mod groups;
 mod health;
 pub mod import;
+mod jwt_hmac;
 pub mod moderation;
 mod options;
 pub mod push;

@@ -84,6 +84,7 @@ impl JwtVerifier {
         if !opts.enabled() {
             return None;
         }
+        crate::jwt_hmac::install();
         Some(JwtVerifier {
             global: opts
                 .secret

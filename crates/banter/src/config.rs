@@ -5,12 +5,15 @@
 //! ignored setting. Loading collects every problem it finds and reports them together.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use access::{ApiConfig, AppApiConfig, ServerConfig, SyncConfig, WebConfig};
 use backend::{JwtOptions, MysqlGroupOptions, RedisPushOptions, WebhookOptions};
 use media::MediaConfig;
 use serde::{Deserialize, Serialize};
+use store::StoreSettings;
+
+use crate::load::{self, ConfigError, Loaded, Override};
+pub use crate::logging::LogFormat;
 
 /// The documented default configuration. `banter serve` without a config file behaves exactly as if
 /// this file were given (a test checks they agree).
@@ -31,7 +34,8 @@ pub struct Config {
     pub web: WebConfig,
     /// Where uploads are kept and their limits.
     pub media: MediaConfig,
-    pub store: StoreConfig,
+    /// The message store (the same section as `banter ims`'s `[store]`).
+    pub store: StoreSettings,
     pub auth: AuthConfig,
     pub groups: GroupsConfig,
     pub push: PushConfig,
@@ -54,76 +58,12 @@ impl Default for DataConfig {
     }
 }
 
-/// `[store]`: the message store.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreConfig {
-    pub durability: String,
-    pub fsync_interval_ms: u64,
-    pub segment_mb: u64,
-    pub checkpoint_interval_secs: u64,
-    pub cache_mb: usize,
-    pub max_body_bytes: usize,
-    pub retention_days: u64,
-    pub retention_max_gb: u64,
-}
-
-impl Default for StoreConfig {
-    fn default() -> Self {
-        StoreConfig {
-            durability: "always".into(),
-            fsync_interval_ms: 100,
-            segment_mb: 64,
-            checkpoint_interval_secs: 10,
-            cache_mb: 64,
-            max_body_bytes: 64 * 1024,
-            retention_days: 0,
-            retention_max_gb: 0,
-        }
-    }
-}
-
-impl StoreConfig {
-    /// The store engine's options for this section.
-    pub fn options(&self) -> Result<store::StoreOptions, String> {
-        let durability = match self.durability.as_str() {
-            "always" => store::Durability::Always,
-            "interval" => {
-                if self.fsync_interval_ms == 0 {
-                    return Err(
-                        "store.fsync_interval_ms must be > 0 with durability \"interval\"".into(),
-                    );
-                }
-                store::Durability::Interval(Duration::from_millis(self.fsync_interval_ms))
-            }
-            "none" => store::Durability::None,
-            other => {
-                return Err(format!(
-                    "store.durability must be \"always\", \"interval\" or \"none\", got {other:?}"
-                ))
-            }
-        };
-        Ok(store::StoreOptions {
-            durability,
-            segment_bytes: self.segment_mb.max(1) << 20,
-            checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs.max(1)),
-            cache_bytes: self.cache_mb << 20,
-            max_body_bytes: self.max_body_bytes,
-            retention: store::Retention {
-                max_age: (self.retention_days > 0)
-                    .then(|| Duration::from_secs(self.retention_days * 86_400)),
-                max_total_bytes: (self.retention_max_gb > 0).then_some(self.retention_max_gb << 30),
-            },
-            ..store::StoreOptions::default()
-        })
-    }
-}
-
 /// `[auth]`: where tokens, user flags, device ids and sync-key hints live.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    pub backend: String,
+    /// Where tokens and user state live.
+    pub backend: AuthBackend,
     pub redis_url: String,
     pub flush_interval_ms: u64,
     pub jwt: JwtOptions,
@@ -132,7 +72,7 @@ pub struct AuthConfig {
 impl Default for AuthConfig {
     fn default() -> Self {
         AuthConfig {
-            backend: "embedded".into(),
+            backend: AuthBackend::Embedded,
             redis_url: "redis://127.0.0.1:6379/0".into(),
             flush_interval_ms: backend::DEFAULT_FLUSH_INTERVAL_MS,
             jwt: JwtOptions::default(),
@@ -144,7 +84,8 @@ impl Default for AuthConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupsConfig {
-    pub backend: String,
+    /// Where the group directory lives.
+    pub backend: GroupsBackend,
     pub cache_groups: usize,
     pub max_members: usize,
     pub mysql: MysqlGroupOptions,
@@ -153,7 +94,7 @@ pub struct GroupsConfig {
 impl Default for GroupsConfig {
     fn default() -> Self {
         GroupsConfig {
-            backend: "embedded".into(),
+            backend: GroupsBackend::Embedded,
             cache_groups: backend::DEFAULT_CACHE_GROUPS,
             max_members: backend::DEFAULT_MAX_MEMBERS,
             mysql: MysqlGroupOptions::default(),
@@ -161,11 +102,36 @@ impl Default for GroupsConfig {
     }
 }
 
+/// `[auth].backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthBackend {
+    /// SQLite in the data directory.
+    #[default]
+    Embedded,
+    /// GoBelieve's Redis keys (`auth.redis_url`).
+    Redis,
+}
+
+/// `[groups].backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupsBackend {
+    /// SQLite in the data directory.
+    #[default]
+    Embedded,
+    /// GoBelieve's MySQL tables (`groups.mysql`).
+    Mysql,
+}
+
+pub use route::PushBackend;
+
 /// `[push]`: offline-push jobs for receivers without an online session.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct PushConfig {
-    pub backend: String,
+    /// `none`, `redis`, `webhook` or `native`.
+    pub backend: PushBackend,
     pub redis: RedisPushOptions,
     pub webhook: WebhookOptions,
     /// `backend = "native"`: banter's own APNs and FCM senders (`docs/push.md`).
@@ -175,7 +141,7 @@ pub struct PushConfig {
 impl Default for PushConfig {
     fn default() -> Self {
         PushConfig {
-            backend: "none".into(),
+            backend: PushBackend::None,
             redis: RedisPushOptions::default(),
             webhook: WebhookOptions::default(),
             native: push::NativeOptions::default(),
@@ -221,159 +187,58 @@ pub struct ClusterConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
+    /// A level (`info`) or filter directives (`info,access=debug`); `RUST_LOG` wins when set.
     pub level: String,
-    pub format: String,
+    /// `text` or `json`.
+    pub format: LogFormat,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
-            format: "text".into(),
+            format: LogFormat::Text,
         }
-    }
-}
-
-/// Applies `BANTER_<SECTION>__<KEY>=value` overrides from `vars` to `table`. Values are read as TOML
-/// (numbers, booleans, quoted strings, arrays) and fall back to a plain string.
-pub fn apply_env(
-    table: &mut toml::Table,
-    vars: impl Iterator<Item = (String, String)>,
-    errors: &mut Vec<String>,
-) {
-    for (name, value) in vars {
-        let Some(rest) = name.strip_prefix("BANTER_") else {
-            continue;
-        };
-        let Some((section, key)) = rest.split_once("__") else {
-            continue;
-        };
-        let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(value.clone()));
-        let path: Vec<&str> = std::iter::once(section.as_str())
-            .chain(key.split("__"))
-            .collect();
-        if let Err(e) = set_path(table, &path, parsed) {
-            errors.push(format!("{name}: {e}"));
-        }
-    }
-}
-
-/// Sets `table[path[0]][path[1]]…` to `value`, creating tables on the way.
-fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) -> Result<(), String> {
-    match path {
-        [] => Err("empty key".into()),
-        [last] => {
-            table.insert(last.to_string(), value);
-            Ok(())
-        }
-        [first, rest @ ..] => match table
-            .entry(first.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-        {
-            toml::Value::Table(t) => set_path(t, rest, value),
-            _ => Err(format!("{first} is not a table")),
-        },
     }
 }
 
 /// Reads a TOML file of any role's configuration (or nothing, for the defaults), applies
-/// `BANTER_<SECTION>__<KEY>` environment overrides and deserializes it.
-pub fn load_role_config<T: serde::de::DeserializeOwned>(path: Option<&Path>) -> Result<T, String> {
-    let text = match path {
-        Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?,
-        None => String::new(),
-    };
-    let mut errors = Vec::new();
-    let mut table: toml::Table = text.parse().map_err(|e| format!("config: {e}"))?;
-    apply_env(&mut table, std::env::vars(), &mut errors);
-    let parsed = toml::Value::Table(table).try_into::<T>();
-    match parsed {
-        Ok(v) if errors.is_empty() => Ok(v),
-        Ok(_) => Err(errors.join("\n")),
-        Err(e) => {
-            errors.push(e.to_string());
-            Err(errors.join("\n"))
-        }
-    }
+/// `BANTER_*` environment variables and `overrides`, and deserializes it; every problem at once.
+pub fn load_role_config<T>(path: Option<&Path>, overrides: &[Override]) -> Result<T, ConfigError>
+where
+    T: serde::de::DeserializeOwned + Serialize + Default,
+{
+    load::load(path, std::env::vars(), overrides, |_: &T| Vec::new()).map(|l| l.value)
 }
 
 impl Config {
-    /// Loads `path` (or the defaults when `None`), applies environment overrides and validates.
-    /// Every problem found is reported in one error.
-    pub fn load(path: Option<&Path>) -> Result<Config, String> {
-        let text = match path {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| format!("cannot read config file {}: {e}", p.display()))?,
-            None => String::new(),
-        };
-        Config::from_parts(&text, std::env::vars())
+    /// Loads `path` (or the defaults when `None`) with the process environment and command-line
+    /// `overrides`, and validates; every problem found is reported in one error.
+    pub fn load(
+        path: Option<&Path>,
+        overrides: &[Override],
+    ) -> Result<Loaded<Config>, ConfigError> {
+        load::load(path, std::env::vars(), overrides, Config::validate)
     }
 
-    /// Parses `text` with the given environment overrides and validates the result.
+    /// Parses `text` with the given environment and validates the result (problems as one string).
     pub fn from_parts(
         text: &str,
         env: impl Iterator<Item = (String, String)>,
     ) -> Result<Config, String> {
-        let mut errors = Vec::new();
-        let mut table: toml::Table = text.parse().map_err(|e| format!("config: {e}"))?;
-        apply_env(&mut table, env, &mut errors);
-        let config: Config = match toml::Value::Table(table).try_into() {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(e.to_string());
-                return Err(errors.join("\n"));
-            }
-        };
-        errors.extend(config.validate());
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(errors.join("\n"))
-        }
+        load::load_str(text, Path::new("<config>"), env, &[], Config::validate)
+            .map(|l| l.value)
+            .map_err(|e| e.to_string())
     }
 
     /// Every semantic problem of the configuration.
     pub fn validate(&self) -> Vec<String> {
-        let mut errors = Vec::new();
-        if let Err(e) = self.store.options() {
-            errors.push(e);
+        let mut errors = self.store.validate("store");
+        if self.auth.backend == AuthBackend::Redis && self.auth.redis_url.is_empty() {
+            errors.push("auth.redis_url is required with auth.backend = \"redis\"".into());
         }
-        match self.auth.backend.as_str() {
-            "embedded" => {}
-            "redis" if !self.auth.redis_url.is_empty() => {}
-            "redis" => {
-                errors.push("auth.redis_url is required with auth.backend = \"redis\"".into())
-            }
-            other => errors.push(format!(
-                "auth.backend must be \"embedded\" or \"redis\", got {other:?}"
-            )),
-        }
-        if !matches!(self.groups.backend.as_str(), "embedded" | "mysql") {
-            errors.push(format!(
-                "groups.backend must be \"embedded\" or \"mysql\", got {:?}",
-                self.groups.backend
-            ));
-        }
-        if !matches!(
-            self.push.backend.as_str(),
-            "none" | "redis" | "webhook" | "native"
-        ) {
-            errors.push(format!(
-                "push.backend must be \"none\", \"redis\", \"webhook\" or \"native\", got {:?}",
-                self.push.backend
-            ));
-        }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            errors.push(format!(
-                "log.format must be \"text\" or \"json\", got {:?}",
-                self.log.format
-            ));
+        if let Err(e) = crate::logging::filter(&self.log.level) {
+            errors.push(format!("log.level: {e}"));
         }
         if self.server.max_body == 0 || self.server.max_body > proto::MAX_BODY_LEN {
             errors.push(format!(
@@ -422,7 +287,7 @@ mod tests {
         ];
         let c = Config::from_parts("", env.into_iter()).expect("valid");
         assert_eq!(c.server.tcp, "127.0.0.1:4000");
-        assert_eq!(c.store.durability, "none");
+        assert_eq!(c.store.durability, store::DurabilityMode::None);
         assert_eq!(c.server.max_inflight, 7);
         assert_eq!(c.auth.jwt.secret.as_deref(), Some("s3cret"));
     }
@@ -454,6 +319,38 @@ mod tests {
         let env = vec![("BANTER_MEDIA__S3__BUCKET".to_string(), "photos".to_string())];
         let c = Config::from_parts("[media]\nbackend = \"s3\"\n", env.into_iter()).expect("valid");
         assert_eq!(c.media.s3.bucket, "photos");
+    }
+
+    #[test]
+    fn several_mistakes_are_reported_with_their_lines() {
+        let text = "[server]\nprot = 1\ntcp = 4000\n[store]\ndurability = \"alway\"\nfsync_interval_ms = \"x\"\n[log]\nlevel = \"info,=[\"\n";
+        let e = load::load_str::<Config>(
+            text,
+            Path::new("banter.toml"),
+            vec![("BANTER_SERVER_MAX_BODY".to_string(), "1".to_string())],
+            &[],
+            Config::validate,
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert_eq!(e.0.len(), 6, "{s}");
+        assert!(
+            s.contains("banter.toml:2: unknown key `server.prot`"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "banter.toml:3: server.tcp: invalid type: integer `4000`, expected a string"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("banter.toml:5: store.durability: \"alway\" is not one of \"always\", \"interval\", \"none\" (did you mean \"always\"?)"), "{s}");
+        assert!(
+            s.contains("banter.toml:6: store.fsync_interval_ms: invalid type"),
+            "{s}"
+        );
+        assert!(s.contains("banter.toml:8: log.level:"), "{s}");
+        assert!(s.contains("environment variable BANTER_SERVER_MAX_BODY: unknown key `server_max_body` (did you mean BANTER_SERVER__MAX_BODY?)"), "{s}");
     }
 
     #[test]

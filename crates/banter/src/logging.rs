@@ -1,8 +1,13 @@
 //! Process-wide logging: an `EnvFilter` (`RUST_LOG` wins over the configured level), text or JSON
 //! lines on stderr, and — when the node has a `node_id` — that id on every line (`node=<id>` first
 //! in text, a `"node"` field in JSON), so the logs of many nodes can be merged and still be told apart.
+//! Colours only when stderr is a terminal, so log files carry no escape codes. Every role (`serve`,
+//! `im`, `imr`, `ims`) logs through [`init`].
 
 use std::fmt;
+use std::io::IsTerminal;
+
+use serde::{Deserialize, Serialize};
 
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
@@ -10,16 +15,46 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. `format` is `"json"` or anything else for text.
-pub fn init(level: &str, format: &str, node_id: &str) {
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+/// `log.format` / `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// The name used in configuration files.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// Parses a level or filter (`info`, `info,access=debug`).
+pub fn filter(level: &str) -> Result<EnvFilter, String> {
+    EnvFilter::builder()
+        .parse(level)
+        .map_err(|e| format!("not a log level or filter ({level:?}): {e}"))
+}
+
+/// Installs the global subscriber. `RUST_LOG`, when set and valid, wins over `level`.
+pub fn init(level: &str, format: LogFormat, node_id: &str) -> Result<(), String> {
+    let filter = match EnvFilter::try_from_default_env() {
+        Ok(f) => f,
+        Err(_) => filter(level)?,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let node = (!node_id.is_empty()).then(|| node_id.to_owned());
-    if format == "json" {
+    if format == LogFormat::Json {
         let fmt = NodeJson {
             node: node.map(|n| serde_json::to_string(&n).unwrap_or_default()),
             inner: Format::default().json(),
@@ -28,14 +63,17 @@ pub fn init(level: &str, format: &str, node_id: &str) {
             .json()
             .event_format(fmt)
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
-            .init();
+            .try_init()
+            .map_err(|e| e.to_string())
     } else {
+        let ansi = std::io::stderr().is_terminal();
         builder
             .event_format(NodeText {
                 node,
-                inner: Format::default(),
+                inner: Format::default().with_ansi(ansi),
             })
-            .init();
+            .try_init()
+            .map_err(|e| e.to_string())
     }
 }
 

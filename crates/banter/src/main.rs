@@ -1,16 +1,29 @@
-//! The `banter` command line: `serve`, `config`, `store`, `bench`. Parses arguments, sets up logging and
-//! hands over to the library; nothing else happens here.
+//! The `banter` command line: `serve`, `im`, `imr`, `ims`, `config`, `version`, `completions`, `man`,
+//! `store`, `bench`. Parses arguments, sets up logging and hands over to the library; nothing else
+//! happens here. Errors are printed once per cause.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use banter::config::{load_role_config, Config, DEFAULT_TOML};
-use clap::{Parser, Subcommand};
+use banter::load::Override;
+use banter::logging::LogFormat;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// `banter --version`: the version, the git commit and the build date.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BUILD_GIT_COMMIT"),
+    ", built ",
+    env!("BUILD_DATE_UTC"),
+    ")"
+);
 
 #[derive(Parser)]
 #[command(
     name = "banter",
-    version,
+    version = LONG_VERSION,
     about = "A fast, durable IM server that GoBelieve clients use unchanged"
 )]
 struct Cli {
@@ -18,43 +31,120 @@ struct Cli {
     command: Command,
 }
 
+/// Log options every server role takes.
+#[derive(Args, Clone, Default)]
+struct LogArgs {
+    /// Log level or filter directives, e.g. `info`, `debug` or `info,access=debug` (overrides
+    /// `log.level`; RUST_LOG, when set, wins over both).
+    #[arg(long, value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log line format (overrides `log.format`).
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+/// Options of `serve` and `im`: the configuration, the data directory and the listeners.
+#[derive(Args, Clone, Default)]
+struct ServeArgs {
+    /// Configuration file (TOML); without it the documented defaults (`banter config`) apply.
+    /// BANTER_<SECTION>__<KEY> environment variables override the file, options override both.
+    #[arg(long, short, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory for the message store and the embedded databases (overrides `data.dir`).
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Plain TCP listener for SDK clients, HOST:PORT (overrides `server.tcp`; "" disables it).
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<String>,
+    /// WebSocket listener; clients connect to ws://ADDR/ws (overrides `server.ws`; "" disables it).
+    #[arg(long, value_name = "ADDR")]
+    ws: Option<String>,
+    /// HTTP API listener (overrides `api.listen`; "" disables it).
+    #[arg(long, value_name = "ADDR")]
+    http: Option<String>,
+    /// Raw TLS listener for SDK clients (overrides `server.tls`; needs --cert and --key).
+    #[arg(long, value_name = "ADDR")]
+    tls: Option<String>,
+    /// WebSocket-over-TLS listener, wss://ADDR/ws (overrides `server.wss`; needs --cert and --key).
+    #[arg(long, value_name = "ADDR")]
+    wss: Option<String>,
+    /// PEM certificate chain for --tls and --wss (overrides `server.cert_file`).
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// PEM private key for --tls and --wss (overrides `server.key_file`).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
+    #[command(flatten)]
+    log: LogArgs,
+}
+
+impl ServeArgs {
+    /// The options given, as configuration overrides.
+    fn overrides(&self) -> Vec<Override> {
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        [
+            ("data.dir", "--data", path(&self.data)),
+            ("server.tcp", "--tcp", self.tcp.clone()),
+            ("server.ws", "--ws", self.ws.clone()),
+            ("api.listen", "--http", self.http.clone()),
+            ("server.tls", "--tls", self.tls.clone()),
+            ("server.wss", "--wss", self.wss.clone()),
+            ("server.cert_file", "--cert", path(&self.cert)),
+            ("server.key_file", "--key", path(&self.key)),
+            ("log.level", "--log-level", self.log.log_level.clone()),
+            (
+                "log.format",
+                "--log-format",
+                self.log.log_format.map(|f| f.name().to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, flag, v)| v.map(|v| Override::string(key, flag, v)))
+        .collect()
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run a single-node server (TCP, WebSocket, HTTP API) on the embedded default or a config file.
-    Serve {
-        /// Configuration file (TOML); without it the documented defaults (`banter config`) apply.
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        /// Data directory (overrides `data.dir`).
-        #[arg(long)]
-        data: Option<PathBuf>,
-    },
+    Serve(Box<ServeArgs>),
     /// An access node of a cluster (the same program as `serve`, with `[cluster]` addresses set).
     /// SIGHUP re-reads the config file and applies new router and store addresses.
-    Im {
-        #[arg(long, short)]
-        config: Option<PathBuf>,
-        #[arg(long)]
-        data: Option<PathBuf>,
-    },
+    Im(Box<ServeArgs>),
     /// A router: presence of users and rooms per access node, cross-node delivery, offline push.
     Imr {
-        #[arg(long, short)]
+        /// Configuration file (TOML, `banter config --role imr`); BANTER_<KEY> variables override it.
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        log: LogArgs,
     },
     /// A store node (message store over the network, with optional replication), or `promote`.
     Ims {
-        #[arg(long, short)]
+        /// Configuration file (TOML, `banter config --role ims`); BANTER_<KEY> variables override it.
+        #[arg(long, short, value_name = "FILE")]
         config: Option<PathBuf>,
+        #[command(flatten)]
+        log: LogArgs,
         #[command(subcommand)]
         command: Option<ImsCommand>,
     },
     /// Print the full documented default configuration of a role.
     Config {
-        /// serve (default), im, imr or ims.
-        #[arg(long, default_value = "serve")]
+        /// The role whose configuration to print.
+        #[arg(long, default_value = "serve", value_parser = ["serve", "im", "imr", "ims"])]
         role: String,
     },
+    /// Print the version, the git commit and the build date.
+    Version,
+    /// Print a shell completion script, e.g. `banter completions bash > /etc/bash_completion.d/banter`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `banter man > banter.1; man ./banter.1`.
+    Man,
     /// Measure a server like real SDK clients would (starts one when no --addr is given).
     Bench(Box<bench::cli::BenchArgs>),
     /// Inspect or repair the message store of a stopped server.
@@ -239,35 +329,47 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn serve(path: Option<PathBuf>, data: Option<PathBuf>) -> anyhow::Result<()> {
-    let mut config = Config::load(path.as_deref()).map_err(anyhow::Error::msg)?;
-    if let Some(d) = data {
-        config.data.dir = d;
-    }
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = args.overrides();
+    let loaded = Config::load(args.config.as_deref(), &overrides)?;
+    banter::serve::preflight_loaded(&loaded)?;
+    let config = loaded.value;
     banter::logging::init(
         &config.log.level,
-        &config.log.format,
+        config.log.format,
         &config.cluster.node_id,
-    );
-    runtime()?.block_on(banter::serve::run(config, path))?;
+    )
+    .map_err(anyhow::Error::msg)?;
+    runtime()?.block_on(banter::serve::run(config, args.config, overrides))?;
     Ok(())
 }
 
-fn imr(path: Option<PathBuf>) -> anyhow::Result<()> {
-    let config: route::RouterConfig =
-        load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
-    banter::logging::init("info", "text", &config.node_id);
+fn init_role_logging(log: &LogArgs, node_id: &str) -> anyhow::Result<()> {
+    banter::logging::init(
+        log.log_level.as_deref().unwrap_or("info"),
+        log.log_format.unwrap_or_default(),
+        node_id,
+    )
+    .map_err(anyhow::Error::msg)
+}
+
+fn imr(path: Option<PathBuf>, log: LogArgs) -> anyhow::Result<()> {
+    if let Some(level) = &log.log_level {
+        banter::logging::filter(level).map_err(anyhow::Error::msg)?;
+    }
+    let config: route::RouterConfig = load_role_config(path.as_deref(), &[])?;
+    init_role_logging(&log, &config.node_id)?;
     runtime()?.block_on(banter::roles::run_router(config))
 }
 
-fn ims(path: Option<PathBuf>, command: Option<ImsCommand>) -> anyhow::Result<()> {
+fn ims(path: Option<PathBuf>, log: LogArgs, command: Option<ImsCommand>) -> anyhow::Result<()> {
     match command {
         Some(ImsCommand::Promote { http, secret }) => {
             let secret = match secret {
                 Some(s) => Some(s),
                 None if path.is_some() => {
                     let config: ims::service::StoreNodeConfig =
-                        load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
+                        load_role_config(path.as_deref(), &[])?;
                     Some(config.http_secret)
                 }
                 None => None,
@@ -277,9 +379,11 @@ fn ims(path: Option<PathBuf>, command: Option<ImsCommand>) -> anyhow::Result<()>
             Ok(())
         }
         None => {
-            let config: ims::service::StoreNodeConfig =
-                load_role_config(path.as_deref()).map_err(anyhow::Error::msg)?;
-            banter::logging::init("info", "text", &config.node_id);
+            if let Some(level) = &log.log_level {
+                banter::logging::filter(level).map_err(anyhow::Error::msg)?;
+            }
+            let config: ims::service::StoreNodeConfig = load_role_config(path.as_deref(), &[])?;
+            init_role_logging(&log, &config.node_id)?;
             runtime()?.block_on(banter::roles::run_store_node(config))
         }
     }
@@ -295,22 +399,99 @@ fn print_config(role: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An error and its causes on one line, each cause once: a cause whose text its parent already
+/// shows ("…: Permission denied (os error 13)") is not repeated.
+fn report(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    node::metrics::set_build_info(env!("CARGO_PKG_VERSION"), env!("BUILD_GIT_COMMIT"));
     let result = match cli.command {
-        Command::Serve { config, data } => serve(config, data),
+        Command::Serve(args) | Command::Im(args) => serve(*args),
         Command::Config { role } => print_config(&role),
-        Command::Im { config, data } => serve(config, data),
-        Command::Imr { config } => imr(config),
-        Command::Ims { config, command } => ims(config, command),
+        Command::Version => {
+            println!("banter {LONG_VERSION}");
+            Ok(())
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "banter", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .map_err(anyhow::Error::from),
+        Command::Imr { config, log } => imr(config, log),
+        Command::Ims {
+            config,
+            log,
+            command,
+        } => ims(config, log, command),
         Command::Store { command } => store_command(command),
         Command::Bench(args) => bench::cli::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("banter: {e:#}");
+            eprintln!("banter: {}", report(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option and argument of every subcommand has a description in `--help`.
+    #[test]
+    fn every_option_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() && sub.get_long_about().is_none() {
+                    missing.push(format!("{path} {} (subcommand)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let cmd = Cli::command();
+        cmd.clone().debug_assert();
+        let mut missing = Vec::new();
+        walk(&cmd, "banter", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:?}");
+    }
+
+    #[test]
+    fn report_prints_each_cause_once() {
+        let io = std::io::Error::from_raw_os_error(13);
+        let e =
+            anyhow::Error::new(io).context("data directory /x: Permission denied (os error 13)");
+        assert_eq!(
+            report(&e),
+            "data directory /x: Permission denied (os error 13)"
+        );
+        let e = anyhow::anyhow!("inner").context("outer");
+        assert_eq!(report(&e), "outer: inner");
     }
 }

@@ -6,6 +6,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+fn log_version() {
+    info!(
+        "banter {} (commit {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("BUILD_GIT_COMMIT")
+    );
+}
+
 async fn wait_for_stop() -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
@@ -20,7 +28,12 @@ async fn wait_for_stop() -> std::io::Result<()> {
 pub async fn run_router(config: route::RouterConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let running = route::run(config, shutdown.clone()).await?;
-    info!(addr = %running.addr, http = ?running.http_addr, "router ready");
+    log_version();
+    info!("listening: route tcp://{}", running.addr);
+    if let Some(http) = running.http_addr {
+        info!("listening: http http://{http}");
+    }
+    info!("router ready");
     wait_for_stop().await?;
     info!("router shutting down");
     shutdown.cancel();
@@ -31,8 +44,18 @@ pub async fn run_router(config: route::RouterConfig) -> anyhow::Result<()> {
 /// Runs a store node until a stop signal.
 pub async fn run_store_node(config: ims::StoreNodeConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    let data = config.data_dir.clone();
     let running = ims::run(config, shutdown.clone()).await?;
-    info!(listen = %running.listen_addr, replication = ?running.replication_addr, http = ?running.http_addr, role = ?running.role(), "store node ready");
+    log_version();
+    info!("data directory {}", data.display());
+    info!("listening: store tcp://{}", running.listen_addr);
+    if let Some(a) = running.replication_addr {
+        info!("listening: replication tcp://{a}");
+    }
+    if let Some(a) = running.http_addr {
+        info!("listening: http http://{a}");
+    }
+    info!(role = ?running.role(), "store node ready");
     wait_for_stop().await?;
     info!("store node shutting down");
     shutdown.cancel();

@@ -14,7 +14,8 @@ use cluster::store_client::{RemoteStore, StorePoolOptions};
 use store::Store;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::config::{AuthBackend, Config, GroupsBackend, PushBackend};
+use crate::load::{ConfigError, Loaded, Override, Problem};
 
 /// Why the server could not start; each variant names the component at fault.
 #[derive(Debug, thiserror::Error)]
@@ -52,8 +53,8 @@ pub struct Running {
 /// Opens the configured backend.
 pub async fn open_backend(config: &Config) -> Result<Backend, ServeError> {
     let auth = &config.auth;
-    Ok(match auth.backend.as_str() {
-        "redis" => {
+    Ok(match auth.backend {
+        AuthBackend::Redis => {
             Backend::open_redis(RedisOptions {
                 url: auth.redis_url.clone(),
                 jwt: auth.jwt.clone(),
@@ -61,7 +62,7 @@ pub async fn open_backend(config: &Config) -> Result<Backend, ServeError> {
             })
             .await?
         }
-        _ => {
+        AuthBackend::Embedded => {
             Backend::open_embedded(EmbeddedOptions {
                 path: config.data.dir.join("banter.db"),
                 jwt: auth.jwt.clone(),
@@ -73,7 +74,10 @@ pub async fn open_backend(config: &Config) -> Result<Backend, ServeError> {
 }
 
 /// Opens the embedded store, or connects to the store nodes when `cluster.storage_addrs` is set.
-async fn open_store(config: &Config) -> Result<(Option<Arc<Store>>, StoreClient), ServeError> {
+async fn open_store(
+    config: &Config,
+    metrics: &access::metrics::AccessMetrics,
+) -> Result<(Option<Arc<Store>>, StoreClient), ServeError> {
     let c = &config.cluster;
     if !c.storage_addrs.is_empty() {
         let remote = RemoteStore::new(
@@ -83,7 +87,8 @@ async fn open_store(config: &Config) -> Result<(Option<Arc<Store>>, StoreClient)
         )?;
         return Ok((None, StoreClient::Remote(Arc::new(remote))));
     }
-    let opts = config.store.options().map_err(ServeError::Config)?;
+    let mut opts = config.store.options();
+    opts.histograms = metrics.store_histograms();
     let store_dir = config.data.dir.join("store");
     let store = tokio::task::spawn_blocking(move || Store::open(store_dir, opts))
         .await
@@ -95,9 +100,9 @@ async fn open_store(config: &Config) -> Result<(Option<Arc<Store>>, StoreClient)
 /// Opens the configured group directory.
 pub async fn open_groups(config: &Config) -> Result<GroupDirectory, ServeError> {
     let g = &config.groups;
-    Ok(match g.backend.as_str() {
-        "mysql" => GroupDirectory::open_mysql(g.mysql.clone()).await?,
-        _ => {
+    Ok(match g.backend {
+        GroupsBackend::Mysql => GroupDirectory::open_mysql(g.mysql.clone()).await?,
+        GroupsBackend::Embedded => {
             GroupDirectory::open_embedded(EmbeddedGroupOptions {
                 path: config.data.dir.join("groups.db"),
                 cache_groups: g.cache_groups,
@@ -112,14 +117,14 @@ pub async fn open_groups(config: &Config) -> Result<GroupDirectory, ServeError> 
 /// do-not-disturb settings from `backend` and keep their journal in the data directory).
 pub async fn open_push(config: &Config, backend: &Backend) -> Result<PushSink, ServeError> {
     let p = &config.push;
-    Ok(match p.backend.as_str() {
-        "redis" => PushSink::redis(p.redis.clone()).await?,
-        "webhook" => PushSink::webhook(p.webhook.clone())?,
-        "native" => {
+    Ok(match p.backend {
+        PushBackend::Redis => PushSink::redis(p.redis.clone()).await?,
+        PushBackend::Webhook => PushSink::webhook(p.webhook.clone())?,
+        PushBackend::Native => {
             let pusher = push::Pusher::start(&p.native, &config.data.dir, backend.clone()).await?;
             PushSink::Native(pusher)
         }
-        _ => PushSink::Disabled,
+        PushBackend::None => PushSink::Disabled,
     })
 }
 
@@ -153,26 +158,128 @@ fn warn_unshared_state(config: &Config) {
     if config.cluster.route_addrs.is_empty() {
         return;
     }
-    if config.auth.backend == "embedded" {
+    if config.auth.backend == AuthBackend::Embedded {
         warn!("cluster mode with auth.backend = \"embedded\": tokens granted on this node are unknown to the other access nodes (JWTs work everywhere); use auth.backend = \"redis\" to share them");
     }
     if config.app_api.enabled && config.media.backend == "local" {
         warn!("cluster mode with media.backend = \"local\": files uploaded to this node can only be downloaded from it; use media.backend = \"s3\" to share them");
     }
-    if config.groups.backend == "embedded" {
+    if config.groups.backend == GroupsBackend::Embedded {
         warn!("cluster mode with groups.backend = \"embedded\": groups managed on this node are unknown to the other access nodes; use groups.backend = \"mysql\" to share them");
+    }
+}
+
+/// Everything that can be checked before the store is opened: listener addresses resolve, TLS files
+/// are readable, the HTTP API is not exposed without a secret, the data directory is writable. Each
+/// message starts with the key it is about.
+pub fn preflight(config: &Config) -> Vec<String> {
+    use std::net::ToSocketAddrs;
+    let mut errors = Vec::new();
+    let s = &config.server;
+    let listeners = [
+        ("server.tcp", &s.tcp),
+        ("server.tls", &s.tls),
+        ("server.ws", &s.ws),
+        ("server.wss", &s.wss),
+        ("api.listen", &config.api.listen),
+        ("app_api.listen", &config.app_api.listen),
+    ];
+    for (key, addr) in listeners {
+        if addr.trim().is_empty() {
+            continue;
+        }
+        if let Err(e) = addr.to_socket_addrs() {
+            errors.push(format!(
+                "{key}: {addr:?} is not a usable HOST:PORT address: {e}"
+            ));
+        }
+    }
+    if !s.tls.trim().is_empty() || !s.wss.trim().is_empty() {
+        for (key, file) in [
+            ("server.cert_file", &s.cert_file),
+            ("server.key_file", &s.key_file),
+        ] {
+            if file.trim().is_empty() {
+                errors.push(format!("{key} is required with server.tls or server.wss"));
+            } else if let Err(e) = std::fs::File::open(file) {
+                errors.push(format!("{key}: cannot read {file}: {e}"));
+            }
+        }
+    }
+    let api = &config.api.listen;
+    if !api.trim().is_empty() && config.api.secret.is_empty() {
+        if let Ok(mut addrs) = api.to_socket_addrs() {
+            if !addrs.all(|a| a.ip().is_loopback()) {
+                errors.push(format!("api.listen: {api:?} is not a loopback address; set api.secret to expose the HTTP API"));
+            }
+        }
+    }
+    let dir = &config.data.dir;
+    let probe = dir.join(".banter-write-test");
+    let writable = std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(&probe, b"ok"))
+        .and_then(|()| std::fs::remove_file(&probe));
+    if let Err(e) = writable {
+        errors.push(format!(
+            "data.dir: {} is not a writable directory: {e}",
+            dir.display()
+        ));
+    }
+    errors
+}
+
+/// [`preflight`]'s problems, each with the source of the key it is about.
+pub fn preflight_loaded(loaded: &Loaded<Config>) -> Result<(), ConfigError> {
+    let problems: Vec<Problem> = preflight(&loaded.value)
+        .into_iter()
+        .map(|message| {
+            let key = message.split([':', ' ']).next().unwrap_or("");
+            Problem {
+                source: loaded.sources.of(key),
+                message,
+            }
+        })
+        .collect();
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigError(problems))
+    }
+}
+
+/// The start-up lines: version, data directory, and each listener as a URL.
+fn log_listeners(addrs: &access::Addrs) {
+    let listeners = [
+        ("tcp", addrs.tcp, "tcp://", ""),
+        ("tls", addrs.tls, "tls://", ""),
+        ("ws", addrs.ws, "ws://", "/ws"),
+        ("wss", addrs.wss, "wss://", "/ws"),
+        ("http", addrs.http, "http://", ""),
+        ("app_api", addrs.app_api, "http://", ""),
+    ];
+    for (name, addr, scheme, path) in listeners {
+        if let Some(a) = addr {
+            info!("listening: {name} {scheme}{a}{path}");
+        }
     }
 }
 
 /// Starts everything; returns once every listener is bound.
 pub async fn start(config: &Config) -> Result<Running, ServeError> {
+    let problems = preflight(config);
+    if !problems.is_empty() {
+        return Err(ServeError::Config(problems.join("; ")));
+    }
     let dir = config.data.dir.clone();
-    std::fs::create_dir_all(&dir).map_err(|source| ServeError::DataDir {
-        path: dir.display().to_string(),
-        source,
-    })?;
+    info!(
+        "banter {} (commit {}), data directory {}",
+        env!("CARGO_PKG_VERSION"),
+        env!("BUILD_GIT_COMMIT"),
+        dir.display()
+    );
     warn_unshared_state(config);
-    let (store, store_client) = open_store(config).await?;
+    let metrics = Arc::new(access::metrics::AccessMetrics::default());
+    let (store, store_client) = open_store(config, &metrics).await?;
     let backend = open_backend(config).await?;
     let groups = open_groups(config).await?;
     let push = open_push(config, &backend).await?;
@@ -194,11 +301,13 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
             words,
             app_api,
             web: config.web.clone(),
+            metrics,
         },
     );
     follow_forbidden(&app, &backend);
     let node = AccessNode::start(app).await?;
-    info!(data = %dir.display(), backend = backend.kind(), "banter is ready");
+    log_listeners(&node.addrs);
+    info!(backend = backend.kind(), "banter is ready");
     Ok(Running {
         node,
         store,
@@ -286,6 +395,7 @@ impl Running {
 pub async fn run(
     config: Config,
     config_path: Option<std::path::PathBuf>,
+    overrides: Vec<Override>,
 ) -> Result<(), ServeError> {
     use tokio::signal::unix::{signal, SignalKind};
     let running = start(&config).await?;
@@ -303,8 +413,8 @@ pub async fn run(
                     warn!("SIGHUP: no config file to reload (started without --config)");
                     continue;
                 };
-                match Config::load(Some(path)) {
-                    Ok(mut new) => {
+                match Config::load(Some(path), &overrides) {
+                    Ok(Loaded { value: mut new, .. }) => {
                         new.data.dir = current.data.dir.clone();
                         running.reload(&current, &new);
                         current = new;

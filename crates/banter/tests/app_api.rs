@@ -417,7 +417,7 @@ async fn device_binding_writes_gobelieves_redis_fields() {
     let redis_server = testkit::RedisServer::start();
     let url = redis_server.url();
     let s = TestServer::start_with(move |c| {
-        c.auth.backend = "redis".into();
+        c.auth.backend = banter::config::AuthBackend::Redis;
         c.auth.redis_url = url;
     })
     .await

@@ -436,7 +436,7 @@ async fn peer_with_gobelieve_tokens_in_redis() {
     let url = redis_server.url();
     let server_url = url.clone();
     let s = TestServer::start_with(move |c| {
-        c.auth.backend = "redis".into();
+        c.auth.backend = banter::config::AuthBackend::Redis;
         c.auth.redis_url = server_url;
     })
     .await

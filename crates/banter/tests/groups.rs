@@ -321,7 +321,8 @@ async fn server_posts(s: &TestServer) {
         &json!({"appid": APPID, "group_id": 999_999, "notification": "x"}),
     )
     .await;
-    assert_eq!(st, 400, "{body}");
+    // A missing group is 404 on every endpoint.
+    assert_eq!(st, 404, "{body}");
     let (st, _) = http(
         s.http,
         "POST",
@@ -352,7 +353,7 @@ async fn groups_with_the_gobelieve_mysql_directory() {
     let redis = testkit::RedisServer::start();
     let (db_url, redis_url) = (db.url(), redis.url());
     let s = TestServer::start_with(move |c| {
-        c.groups.backend = "mysql".into();
+        c.groups.backend = banter::config::GroupsBackend::Mysql;
         c.groups.mysql.url = db_url;
         c.groups.mysql.redis_url = redis_url;
     })

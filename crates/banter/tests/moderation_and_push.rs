@@ -109,7 +109,7 @@ async fn speak_bans_from_redis_pubsub_apply_to_connected_sessions() {
     let url = redis_server.url();
     let url2 = url.clone();
     let s = TestServer::start_with(move |c| {
-        c.auth.backend = "redis".into();
+        c.auth.backend = banter::config::AuthBackend::Redis;
         c.auth.redis_url = url2;
     })
     .await
@@ -153,7 +153,7 @@ async fn offline_push_jobs_land_in_gobelieve_redis_queues() {
     let url = redis_server.url();
     let url2 = url.clone();
     let s = TestServer::start_with(move |c| {
-        c.push.backend = "redis".into();
+        c.push.backend = banter::config::PushBackend::Redis;
         c.push.redis.url = url2;
     })
     .await
@@ -222,7 +222,7 @@ async fn offline_push_jobs_are_posted_to_the_webhook() {
     let hook = format!("http://{}/push", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let s = TestServer::start_with(move |c| {
-        c.push.backend = "webhook".into();
+        c.push.backend = banter::config::PushBackend::Webhook;
         c.push.webhook.url = hook;
         c.push.webhook.batch = 10;
     })
@@ -335,7 +335,7 @@ async fn offline_push_jobs_are_posted_to_an_https_webhook() {
     let dir = tempfile::tempdir().unwrap();
     let (hook, ca, received) = https_hook(dir.path()).await;
     let s = TestServer::start_with(move |c| {
-        c.push.backend = "webhook".into();
+        c.push.backend = banter::config::PushBackend::Webhook;
         c.push.webhook.url = hook;
         c.push.webhook.ca_file = ca;
     })

@@ -19,7 +19,7 @@ fn apns_token(uid: i64) -> String {
 async fn start(mock: &MockProvider, dir: &std::path::Path) -> TestServer {
     let (ca, apns, fcm) = mock.write_credentials(dir, "com.example.chat");
     TestServer::start_with(move |c| {
-        c.push.backend = "native".into();
+        c.push.backend = banter::config::PushBackend::Native;
         c.push.native.ca_file = ca;
         c.push.native.timeout_ms = 60_000;
         c.push.native.apps = vec![push::AppPush {

@@ -41,7 +41,7 @@ async fn gobelieve_tokens_and_user_state_in_redis() {
     }
     let url = redis_server.url();
     let s = TestServer::start_with(move |c| {
-        c.auth.backend = "redis".into();
+        c.auth.backend = banter::config::AuthBackend::Redis;
         c.auth.redis_url = url;
         c.auth.flush_interval_ms = 20;
     })

@@ -201,6 +201,7 @@ pub struct PeerArgs {
     #[arg(long, hide = true)]
     pub withhold: Option<u64>,
     /// Deliberately send message N of the first pair twice (proves the duplicate check).
+    /// Deliberately send message N of the first sender twice (proves the duplicate check).
     #[arg(long, hide = true)]
     pub duplicate: Option<u64>,
     #[command(flatten)]
@@ -214,6 +215,7 @@ pub struct PeerArgs {
 /// `group` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct GroupArgs {
+    /// Groups to create and load.
     #[arg(long, default_value_t = 1)]
     pub groups: usize,
     /// Members per group.
@@ -231,12 +233,16 @@ pub struct GroupArgs {
     /// First group id (default: the uid base).
     #[arg(long)]
     pub group_id_base: Option<i64>,
+    /// Target total send rate (messages/s over all senders); default: as fast as the window allows.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Content bytes per message.
     #[arg(long, default_value_t = 128)]
     pub message_size: usize,
+    /// Most un-ACKed messages per sender.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+    /// Deliberately skip message N of the first sender (proves the loss check; the run must fail).
     #[arg(long, hide = true)]
     pub withhold: Option<u64>,
     #[command(flatten)]
@@ -250,6 +256,7 @@ pub struct GroupArgs {
 /// `room` arguments.
 #[derive(Debug, Clone, Args)]
 pub struct RoomArgs {
+    /// Rooms to load.
     #[arg(long, default_value_t = 1)]
     pub rooms: usize,
     /// Members per room.
@@ -264,12 +271,16 @@ pub struct RoomArgs {
     /// First room id (default: the uid base).
     #[arg(long)]
     pub room_id_base: Option<i64>,
+    /// Target total send rate (messages/s over all senders); default: as fast as the window allows.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// Content bytes per message.
     #[arg(long, default_value_t = 128)]
     pub message_size: usize,
+    /// Most un-ACKed messages per sender.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
+    /// Deliberately send message N of the first sender twice (proves the duplicate check).
     #[arg(long, hide = true)]
     pub duplicate: Option<u64>,
     #[command(flatten)]

@@ -90,9 +90,30 @@ impl Default for StoreServerOptions {
     }
 }
 
+/// A histogram handle: a no-op until the node's registry provides a real one.
+#[derive(Clone)]
+pub struct Hist(pub metrics::Histogram);
+
+impl Default for Hist {
+    fn default() -> Self {
+        Hist(metrics::Histogram::noop())
+    }
+}
+
+impl std::fmt::Debug for Hist {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hist")
+    }
+}
+
 /// Counters of a store server.
 #[derive(Debug, Default)]
 pub struct StoreServerMetrics {
+    /// Time from taking an append request to its reply being ready (durable; in `sync` mode also
+    /// confirmed by a follower).
+    pub append_seconds: Hist,
+    /// Messages per append request.
+    pub append_messages: Hist,
     /// Connections open now.
     pub connections: AtomicU64,
     /// Connections accepted since start.
@@ -350,6 +371,7 @@ async fn finish_append(
     opts: &Server,
 ) -> Result<BytesMut, Failure> {
     let m = &opts.metrics;
+    let started = std::time::Instant::now();
     let res = ticket.await?;
     if let Some(commit) = &opts.commit {
         // A record ends with its queue entries: the last entry of the last message ends them all.
@@ -371,6 +393,8 @@ async fn finish_append(
     sp::encode_appended(&res, &mut out);
     m.appends.fetch_add(1, Ordering::Relaxed);
     m.appended_messages.fetch_add(n, Ordering::Relaxed);
+    m.append_seconds.0.record(started.elapsed().as_secs_f64());
+    m.append_messages.0.record(n as f64);
     Ok(out)
 }
 

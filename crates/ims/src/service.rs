@@ -364,6 +364,8 @@ pub enum PromoteError {
 
 /// State shared by the node's tasks and its HTTP API.
 struct NodeState {
+    /// The node's Prometheus registry.
+    registry: node::metrics::Registry,
     store: Arc<Store>,
     hub: Arc<ReplicationHub>,
     server_metrics: Arc<StoreServerMetrics>,
@@ -469,139 +471,113 @@ impl NodeState {
     }
 
     fn metrics(&self) -> String {
-        use std::fmt::Write;
         let st = self.store.stats();
         let m = &self.server_metrics;
         let leader = self.store.role() == Role::Leader;
-        let mut out = String::with_capacity(2048);
-        let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
-        };
+        let reg = &self.registry;
         let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        metric(
+        reg.set_gauge(
             "banter_ims_leader",
-            "gauge",
             "1 if this store accepts appends (leader), 0 if it is a follower.",
-            u64::from(leader),
+            (u64::from(leader)) as f64,
         );
-        metric(
+        reg.set_counter(
             "banter_ims_appends_total",
-            "counter",
             "Append requests answered successfully.",
             c(&m.appends),
         );
-        metric(
+        reg.set_counter(
             "banter_ims_appended_messages_total",
-            "counter",
             "Messages in successful append requests.",
             c(&m.appended_messages),
         );
-        metric(
+        reg.set_counter(
             "banter_ims_syncs_total",
-            "counter",
             "Sync requests answered successfully.",
             c(&m.syncs),
         );
-        metric(
+        reg.set_counter(
             "banter_ims_reads_total",
-            "counter",
             "Other read requests answered successfully.",
             c(&m.reads),
         );
-        metric(
+        reg.set_counter(
             "banter_ims_errors_total",
-            "counter",
             "Requests answered with an error.",
             c(&m.errors),
         );
-        metric(
+        reg.set_counter(
             "banter_ims_replication_timeouts_total",
-            "counter",
             "Appends not acknowledged by a follower in time (sync mode).",
             c(&m.replication_timeouts),
         );
-        metric(
+        reg.set_counter(
             "banter_ims_protocol_errors_total",
-            "counter",
             "Store link connections closed for a protocol violation.",
             c(&m.protocol_errors),
         );
-        metric(
+        reg.set_gauge(
             "banter_ims_connections",
-            "gauge",
             "Store link connections open.",
-            c(&m.connections),
+            (c(&m.connections)) as f64,
         );
-        metric(
+        reg.set_gauge(
             "banter_ims_log_end_bytes",
-            "gauge",
             "Position after the newest acknowledged record.",
-            st.log_end,
+            (st.log_end) as f64,
         );
-        metric(
+        reg.set_gauge(
             "banter_ims_commit_index_bytes",
-            "gauge",
             "Readers see entries below this position: what a follower confirmed (sync mode), else the log end.",
-            self.store.visible_limit(),
+            (self.store.visible_limit()) as f64,
         );
-        metric(
+        reg.set_gauge(
             "banter_ims_log_start_bytes",
-            "gauge",
             "Oldest retained log position.",
-            st.log_start,
+            (st.log_start) as f64,
         );
-        metric(
+        reg.set_gauge(
             "banter_ims_queues",
-            "gauge",
             "Queues in the store.",
-            st.queues as u64,
+            (st.queues as u64) as f64,
         );
-        metric(
-            "banter_ims_fsyncs_total",
-            "counter",
-            "fsyncs of the log.",
-            st.fsyncs,
-        );
-        metric(
+        reg.set_counter("banter_ims_fsyncs_total", "fsyncs of the log.", st.fsyncs);
+        reg.set_counter(
             "banter_ims_group_commits_total",
-            "counter",
             "Group commits (writes) of the log.",
             st.batches,
         );
-        metric("banter_ims_replication_lag_bytes", "gauge", "Leader: log end minus the best follower acknowledgement. Follower: leader end minus applied.", self.lag());
-        metric(
+        reg.set_gauge(
+            "banter_ims_replication_lag_bytes",
+            "Leader: log end minus the best follower acknowledgement. Follower: leader end minus applied.",
+            (self.lag()) as f64,
+        );
+        reg.set_gauge(
             "banter_ims_replication_followers",
-            "gauge",
             "Followers connected to this node.",
-            self.hub.followers().len() as u64,
+            (self.hub.followers().len() as u64) as f64,
         );
-        metric(
+        reg.set_gauge(
             "banter_ims_replication_acked_bytes",
-            "gauge",
             "Highest position a follower acknowledged durable.",
-            self.hub.acked(),
+            (self.hub.acked()) as f64,
         );
-        metric(
+        reg.set_counter(
             "banter_ims_replication_sent_bytes_total",
-            "counter",
             "Log bytes sent to followers.",
             c(&self.hub.bytes_sent),
         );
-        metric(
+        reg.set_counter(
             "banter_ims_replication_received_bytes_total",
-            "counter",
             "Log bytes received from the leader.",
             c(&self.follow_status.bytes),
         );
-        metric(
+        reg.set_gauge(
             "banter_ims_replication_connected",
-            "gauge",
             "Follower: 1 while connected to its leader.",
-            u64::from(self.follow_status.connected.load(Ordering::Relaxed)),
+            (u64::from(self.follow_status.connected.load(Ordering::Relaxed))) as f64,
         );
-        out
+        reg.render()
     }
 }
 
@@ -747,9 +723,21 @@ pub async fn run(
     };
 
     let hub = ReplicationHub::new();
-    let server_metrics = Arc::new(StoreServerMetrics::default());
+    let registry = node::metrics::Registry::new("store");
+    let server_metrics = Arc::new(StoreServerMetrics {
+        append_seconds: crate::server::Hist(registry.histogram(
+            "banter_ims_append_seconds",
+            "Time from taking an append request to its reply (durable; in sync mode also confirmed by a follower).",
+        )),
+        append_messages: crate::server::Hist(registry.histogram(
+            "banter_ims_append_messages",
+            "Messages per append request.",
+        )),
+        ..StoreServerMetrics::default()
+    });
     let follow_status = Arc::new(FollowStatus::default());
     let state = Arc::new(NodeState {
+        registry,
         store: store.clone(),
         hub: hub.clone(),
         server_metrics: server_metrics.clone(),

@@ -14,6 +14,7 @@ pub mod backoff;
 pub mod episode;
 pub mod frame;
 pub mod http_client;
+pub mod metrics;
 pub mod net;
 pub mod throttle;
 

@@ -11,11 +11,11 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::jws::Signer;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use parking_lot::Mutex;
 use serde_json::json;
 
@@ -31,7 +31,7 @@ const TOKEN_LIFETIME: Duration = Duration::from_secs(50 * 60);
 
 /// The cached ES256 provider token.
 struct ProviderToken {
-    key: EncodingKey,
+    key: Signer,
     key_id: String,
     team_id: String,
     cached: Mutex<Option<(HeaderValue, Instant)>>,
@@ -45,18 +45,17 @@ impl ProviderToken {
                 return Ok(v.clone());
             }
         }
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.key_id.clone());
         let iat = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
             .unwrap_or_default();
-        let jwt = jsonwebtoken::encode(
-            &header,
-            &json!({"iss": self.team_id, "iat": iat}),
-            &self.key,
-        )
-        .map_err(|e| format!("signing the APNs provider token: {e}"))?;
+        let jwt = self
+            .key
+            .sign(
+                &json!({ "kid": self.key_id }),
+                &json!({"iss": self.team_id, "iat": iat}),
+            )
+            .map_err(|e| format!("signing the APNs provider token: {e}"))?;
         let mut v = HeaderValue::from_str(&format!("bearer {jwt}"))
             .map_err(|e| format!("APNs provider token: {e}"))?;
         v.set_sensitive(true);
@@ -112,7 +111,7 @@ impl Apns {
         }
         let pem = std::fs::read(&o.key_file)
             .map_err(|e| PushError::Config(format!("apns.key_file {}: {e}", o.key_file)))?;
-        let key = EncodingKey::from_ec_pem(&pem).map_err(|e| {
+        let key = Signer::es256_pem(&pem).map_err(|e| {
             PushError::Config(format!(
                 "apns.key_file {} is not a PKCS#8 P-256 key: {e}",
                 o.key_file

@@ -13,11 +13,11 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::jws::Signer;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -53,7 +53,7 @@ pub struct Fcm {
     send_url: hyper::Uri,
     token_uri: hyper::Uri,
     client_email: String,
-    key: EncodingKey,
+    key: Signer,
     /// The cached access token and when to replace it; the lock is held while fetching.
     token: tokio::sync::Mutex<Option<(HeaderValue, Instant)>>,
     data_only: bool,
@@ -85,7 +85,7 @@ impl Fcm {
                 e.column()
             ))
         })?;
-        let key = EncodingKey::from_rsa_pem(sa.private_key.as_bytes()).map_err(|_| {
+        let key = Signer::rs256_pem(sa.private_key.as_bytes()).map_err(|_| {
             PushError::Config(format!(
                 "fcm.service_account_file {}: private_key is not an RSA PEM key",
                 o.service_account_file
@@ -143,7 +143,9 @@ impl Fcm {
             "iat": now,
             "exp": now + 3600,
         });
-        let assertion = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &self.key)
+        let assertion = self
+            .key
+            .sign(&serde_json::json!({}), &claims)
             .map_err(|e| Outcome::Failed(format!("signing the FCM token request: {e}")))?;
         let form = format!(
             "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"

@@ -10,6 +10,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::pki_types::pem::PemObject;
 
 use crate::PushError;
 
@@ -27,7 +28,7 @@ pub fn tls_config(ca_file: &str) -> Result<rustls::ClientConfig, PushError> {
     if !ca_file.is_empty() {
         let pem = std::fs::read(ca_file)
             .map_err(|e| PushError::Config(format!("push ca_file {ca_file}: {e}")))?;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
             let cert =
                 cert.map_err(|e| PushError::Config(format!("push ca_file {ca_file}: {e}")))?;
             roots

@@ -26,6 +26,7 @@ pub mod config;
 pub mod fcm;
 pub mod http;
 pub mod journal;
+pub mod jws;
 pub mod mock;
 pub mod render;
 

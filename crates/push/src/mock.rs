@@ -18,12 +18,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::jws::{self, Signer};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -31,8 +31,6 @@ use crate::config::{ApnsOptions, FcmOptions};
 
 /// The FCM service account's private key (RSA, test only).
 pub const FCM_TEST_KEY: &str = include_str!("testdata/fcm_test_key.pem");
-/// Its public key.
-pub const FCM_TEST_PUBLIC_KEY: &str = include_str!("testdata/fcm_test_key.pub.pem");
 /// APNs key id and team id the mock expects.
 pub const APNS_KEY_ID: &str = "TESTKEY123";
 pub const APNS_TEAM_ID: &str = "TEAM123456";
@@ -105,7 +103,6 @@ impl MockProvider {
         ])
         .expect("certificate");
         let apns_key = rcgen::KeyPair::generate().expect("P-256 key");
-        let apns_pub = apns_key.public_key_pem();
         let cert = ck.cert.der().clone();
         let key = rustls::pki_types::PrivateKeyDer::try_from(ck.signing_key.serialize_der())
             .expect("key");
@@ -124,8 +121,12 @@ impl MockProvider {
         let addr = listener.local_addr().expect("addr");
         let state = Arc::new(Mutex::new(State::default()));
         let keys = Arc::new(Keys {
-            apns: DecodingKey::from_ec_pem(apns_pub.as_bytes()).expect("apns public key"),
-            fcm: DecodingKey::from_rsa_pem(FCM_TEST_PUBLIC_KEY.as_bytes()).expect("fcm public key"),
+            apns: Signer::es256_pem(apns_key.serialize_pem().as_bytes())
+                .expect("apns key")
+                .public_key(),
+            fcm: Signer::rs256_pem(FCM_TEST_KEY.as_bytes())
+                .expect("fcm key")
+                .public_key(),
             token_uri: format!("https://{addr}/token"),
         });
         let st = state.clone();
@@ -267,8 +268,10 @@ impl MockProvider {
 }
 
 struct Keys {
-    apns: DecodingKey,
-    fcm: DecodingKey,
+    /// The uncompressed P-256 point of the APNs key.
+    apns: Vec<u8>,
+    /// The FCM key's `RSAPublicKey` DER.
+    fcm: Vec<u8>,
     token_uri: String,
 }
 
@@ -300,20 +303,13 @@ fn check_apns(headers: &HashMap<String, String>, keys: &Keys) -> bool {
     let Some(jwt) = bearer(headers) else {
         return false;
     };
-    let Ok(h) = jsonwebtoken::decode_header(&jwt) else {
+    let Some((h, claims)) = jws::verify(&jwt, "ES256", &keys.apns) else {
         return false;
     };
-    if h.alg != Algorithm::ES256 || h.kid.as_deref() != Some(APNS_KEY_ID) {
-        return false;
-    }
-    let mut v = Validation::new(Algorithm::ES256);
-    v.required_spec_claims.clear();
-    v.validate_exp = false;
-    v.set_issuer(&[APNS_TEAM_ID]);
-    match jsonwebtoken::decode::<Value>(&jwt, &keys.apns, &v) {
-        Ok(d) => d.claims["iat"].as_u64().is_some() && headers.contains_key("apns-topic"),
-        Err(_) => false,
-    }
+    h["kid"] == APNS_KEY_ID
+        && claims["iss"] == APNS_TEAM_ID
+        && claims["iat"].as_u64().is_some()
+        && headers.contains_key("apns-topic")
 }
 
 fn check_grant(body: &str, keys: &Keys) -> bool {
@@ -330,13 +326,17 @@ fn check_grant(body: &str, keys: &Keys) -> bool {
         return false;
     }
     let Some(a) = assertion else { return false };
-    let mut v = Validation::new(Algorithm::RS256);
-    v.set_audience(&[keys.token_uri.as_str()]);
-    v.set_issuer(&[FCM_CLIENT_EMAIL]);
-    match jsonwebtoken::decode::<Value>(&a, &keys.fcm, &v) {
-        Ok(d) => d.claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging",
-        Err(_) => false,
-    }
+    let Some((_, claims)) = jws::verify(&a, "RS256", &keys.fcm) else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    claims["aud"] == keys.token_uri.as_str()
+        && claims["iss"] == FCM_CLIENT_EMAIL
+        && claims["exp"].as_u64().is_some_and(|exp| exp > now)
+        && claims["scope"] == "https://www.googleapis.com/auth/firebase.messaging"
 }
 
 async fn handle(req: Request<Incoming>, st: &Mutex<State>, keys: &Keys) -> Response<Full<Bytes>> {

@@ -200,8 +200,14 @@ async fn write_loop(router: &Router, conn: &Conn, mut wr: OwnedWriteHalf) -> &'s
             seq = seq.wrapping_add(1);
             write_frame(&mut buf, seq, c, &body);
         }
+        let started = std::time::Instant::now();
         match tokio::time::timeout(timeout, wr.write_all(&buf)).await {
             Ok(Ok(())) => {
+                router.metrics.write_batch.record(n as f64);
+                router
+                    .metrics
+                    .write_seconds
+                    .record(started.elapsed().as_secs_f64());
                 conn.sent.fetch_add(n, Ordering::Relaxed);
                 buf.clear();
             }

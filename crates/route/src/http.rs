@@ -111,7 +111,7 @@ async fn summary(State(r): State<Arc<Router>>) -> Response {
 
 async fn metrics(State(r): State<Arc<Router>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, node::metrics::CONTENT_TYPE)],
         crate::metrics::render(&r),
     )
         .into_response()

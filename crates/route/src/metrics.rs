@@ -1,13 +1,20 @@
-//! The router's counters, exported on `/metrics` in the Prometheus text format.
+//! The router's metrics, exported on `/metrics` through its Prometheus registry
+//! ([`node::metrics::Registry`]): counters kept in atomics (copied in at scrape time), gauges, and the
+//! histograms of writes to access nodes.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use node::metrics::Registry;
 
 use crate::Router;
 
-/// Counters since start.
-#[derive(Default)]
+/// Counters since start, and the registry that renders them.
 pub(crate) struct Metrics {
+    pub registry: Registry,
+    /// Frames per write to an access node.
+    pub write_batch: metrics::Histogram,
+    /// Duration of one write to an access node.
+    pub write_seconds: metrics::Histogram,
     pub accepted: AtomicU64,
     pub rejected: AtomicU64,
     pub publish_in_user: AtomicU64,
@@ -26,16 +33,38 @@ pub(crate) struct Metrics {
     pub write_timeouts: AtomicU64,
 }
 
-fn get(a: &AtomicU64) -> u64 {
-    a.load(Ordering::Relaxed)
+impl Default for Metrics {
+    fn default() -> Self {
+        let registry = Registry::new("router");
+        Metrics {
+            write_batch: registry.histogram(
+                "banter_route_write_batch_messages",
+                "Frames per write to an access node.",
+            ),
+            write_seconds: registry.histogram(
+                "banter_route_write_seconds",
+                "Duration of one write to an access node.",
+            ),
+            registry,
+            accepted: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            publish_in_user: AtomicU64::new(0),
+            publish_in_group: AtomicU64::new(0),
+            publish_in_room: AtomicU64::new(0),
+            publish_out: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            coalesced: AtomicU64::new(0),
+            push_requests: AtomicU64::new(0),
+            push_jobs: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            unknown_commands: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
+        }
+    }
 }
 
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(&str, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, v) in samples {
-        let _ = writeln!(out, "{name}{labels} {v}");
-    }
+fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
 }
 
 /// The Prometheus text for `/metrics`.
@@ -45,145 +74,114 @@ pub(crate) fn render(r: &Router) -> String {
     let subscriptions: usize = conns.iter().map(|c| c.users.load(Ordering::Relaxed)).sum();
     let room_subscriptions: usize = conns.iter().map(|c| c.rooms.load(Ordering::Relaxed)).sum();
     let (users, online, rooms) = r.table.counts();
-    let mut out = String::with_capacity(4096);
-    let c = "counter";
-    let g = "gauge";
-    metric(
-        &mut out,
+    let reg = &m.registry;
+    reg.set_gauge(
         "banter_route_connections",
-        g,
         "Access-node connections open.",
-        &[("", conns.len() as u64)],
+        conns.len() as f64,
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_connections_accepted_total",
-        c,
         "Access-node connections accepted.",
-        &[("", get(&m.accepted))],
+        get(&m.accepted),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_connections_rejected_total",
-        c,
         "Access-node connections refused at max_connections.",
-        &[("", get(&m.rejected))],
+        get(&m.rejected),
     );
-    metric(
-        &mut out,
+    reg.set_gauge(
         "banter_route_subscriptions",
-        g,
         "User subscriptions, summed over connections.",
-        &[("", subscriptions as u64)],
+        subscriptions as f64,
     );
-    metric(
-        &mut out,
+    reg.set_gauge(
         "banter_route_room_subscriptions",
-        g,
         "Room subscriptions, summed over connections.",
-        &[("", room_subscriptions as u64)],
+        room_subscriptions as f64,
     );
-    metric(
-        &mut out,
+    reg.set_gauge(
         "banter_route_users",
-        g,
         "Distinct subscribed users.",
-        &[("", users as u64)],
+        users as f64,
     );
-    metric(
-        &mut out,
+    reg.set_gauge(
         "banter_route_online_users",
-        g,
         "Distinct users subscribed online by some connection.",
-        &[("", online as u64)],
+        online as f64,
     );
-    metric(
-        &mut out,
+    reg.set_gauge(
         "banter_route_rooms",
-        g,
         "Distinct subscribed rooms.",
-        &[("", rooms as u64)],
+        rooms as f64,
     );
-    metric(
-        &mut out,
+    reg.set_counter_with(
         "banter_route_publish_in_total",
-        c,
         "Route messages received from access nodes.",
-        &[
-            ("{kind=\"user\"}", get(&m.publish_in_user)),
-            ("{kind=\"group\"}", get(&m.publish_in_group)),
-            ("{kind=\"room\"}", get(&m.publish_in_room)),
-        ],
+        &[("kind", "user".to_owned())],
+        get(&m.publish_in_user),
     );
-    metric(
-        &mut out,
+    reg.set_counter_with(
+        "banter_route_publish_in_total",
+        "Route messages received from access nodes.",
+        &[("kind", "group".to_owned())],
+        get(&m.publish_in_group),
+    );
+    reg.set_counter_with(
+        "banter_route_publish_in_total",
+        "Route messages received from access nodes.",
+        &[("kind", "room".to_owned())],
+        get(&m.publish_in_room),
+    );
+    reg.set_counter(
         "banter_route_publish_out_total",
-        c,
         "Route messages queued for access nodes.",
-        &[("", get(&m.publish_out))],
+        get(&m.publish_out),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_dropped_total",
-        c,
         "Route messages dropped because an access node's outbox was full (receivers not told).",
-        &[("", get(&m.dropped))],
+        get(&m.dropped),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_coalesced_total",
-        c,
         "Persistent messages dropped on a full outbox whose receivers were sent a sync notification instead.",
-        &[("", get(&m.coalesced))],
+        get(&m.coalesced),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_write_timeouts_total",
-        c,
         "Access nodes disconnected for not reading within the write deadline.",
-        &[("", get(&m.write_timeouts))],
+        get(&m.write_timeouts),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_push_requests_total",
-        c,
         "PUSH requests received.",
-        &[("", get(&m.push_requests))],
+        get(&m.push_requests),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_push_jobs_total",
-        c,
         "Offline-push jobs handed to the push sink.",
-        &[("", get(&m.push_jobs))],
+        get(&m.push_jobs),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_push_delivered_total",
-        c,
         "Offline-push jobs written by the push sink.",
-        &[("", r.push.delivered())],
+        r.push.delivered(),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_push_dropped_total",
-        c,
         "Offline-push jobs dropped by the push sink.",
-        &[("", r.push.dropped())],
+        r.push.dropped(),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_malformed_frames_total",
-        c,
         "Malformed frames (each closed its connection).",
-        &[("", get(&m.malformed))],
+        get(&m.malformed),
     );
-    metric(
-        &mut out,
+    reg.set_counter(
         "banter_route_unknown_commands_total",
-        c,
         "Frames with a command the router does not handle (ignored).",
-        &[("", get(&m.unknown_commands))],
+        get(&m.unknown_commands),
     );
-    out
+    reg.render()
 }

@@ -256,6 +256,7 @@ impl Inner {
     /// fsyncs `file` (its data only, or also its metadata such as a changed length). A failure
     /// is counted so that batches written before it are not acknowledged.
     pub fn fsync(&self, file: &File, path: &Path, data_only: bool) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
         let r = if self.inject_fsync_failure.load(Ordering::Acquire) {
             Err(std::io::Error::other("injected fsync failure"))
         } else if data_only {
@@ -263,6 +264,10 @@ impl Inner {
         } else {
             file.sync_all()
         };
+        self.opts
+            .histograms
+            .fsync_seconds
+            .record(started.elapsed().as_secs_f64());
         r.map_err(|e| {
             self.fsync_failures.fetch_add(1, Ordering::AcqRel);
             StoreError::io("fsync", path, e)

@@ -41,7 +41,7 @@ pub enum StoreError {
     #[error("store is overloaded: {0}")]
     Overloaded(String),
     /// The directory is already opened by another store (in this or another process).
-    #[error("store directory {} is locked by another process or instance", .0.display())]
+    #[error("store directory {} is locked by {}", .0.display(), crate::lock::holder(.0))]
     Locked(PathBuf),
     /// Appends go to the leader; this store is a replication follower.
     #[error("store is a replication follower and does not accept appends")]

@@ -50,6 +50,7 @@ mod recovery;
 mod replication;
 mod resources;
 mod resume;
+pub mod settings;
 pub mod tools;
 mod writer;
 
@@ -62,8 +63,9 @@ use bytes::Bytes;
 pub use engine::{Store, StoreStats};
 pub use error::StoreError;
 pub use health::{StoreHealth, StoreState};
-pub use options::{Durability, Retention, Role, StoreOptions};
+pub use options::{Durability, Retention, Role, StoreHistograms, StoreOptions};
 pub use replication::{ReplicationBatch, ReplicationStream};
+pub use settings::{DurabilityMode, StoreSettings};
 
 /// GROUP_IM command number; its content is a group message (not on the peer-only chain).
 pub const CMD_GROUP_IM: u8 = 8;

@@ -1,9 +1,10 @@
 //! Exclusive lock on a store directory (`LOCK`, `flock(2)`), so two stores (in one process or
 //! two) never append to the same log. Released when the lock object is dropped or the process
 //! dies. This is the crate's only `unsafe`: one FFI call, justified because a second writer would
-//! corrupt the log.
+//! corrupt the log. The holder writes its process id into `LOCK`, so a refused opener can name it.
 
 use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
@@ -34,6 +35,27 @@ impl DirLock {
             }
             return Err(StoreError::io("lock", &path, e));
         }
+        let mut file = file;
+        // The pid is informational (for the error of the next opener); failing to write it is not
+        // a reason to refuse the store.
+        if file.set_len(0).is_ok() {
+            let _ = writeln!(file, "{}", std::process::id());
+        }
         Ok(DirLock { _file: file })
+    }
+}
+
+/// Who holds the lock of `dir`, as recorded in its `LOCK` file: "process 1234", or a generic phrase
+/// when no pid was recorded.
+pub(crate) fn holder(dir: &Path) -> String {
+    match std::fs::read_to_string(dir.join("LOCK"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+    {
+        Some(pid) if pid == std::process::id() => {
+            format!("another instance in this process (pid {pid})")
+        }
+        Some(pid) => format!("process {pid}"),
+        None => "another process or instance".into(),
     }
 }

@@ -35,9 +35,39 @@ pub enum Role {
     Follower,
 }
 
+/// Histograms the store records into: no-ops unless the node hands in real ones (from its metrics
+/// registry).
+#[derive(Clone)]
+pub struct StoreHistograms {
+    /// Duration of each fsync of the log, a checkpoint or a directory.
+    pub fsync_seconds: metrics::Histogram,
+    /// Messages per group commit (one write).
+    pub batch_messages: metrics::Histogram,
+    /// Bytes per group commit.
+    pub batch_bytes: metrics::Histogram,
+}
+
+impl Default for StoreHistograms {
+    fn default() -> Self {
+        StoreHistograms {
+            fsync_seconds: metrics::Histogram::noop(),
+            batch_messages: metrics::Histogram::noop(),
+            batch_bytes: metrics::Histogram::noop(),
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreHistograms {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreHistograms")
+    }
+}
+
 /// Store options. `StoreOptions::default()` is a sensible production configuration.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// Where fsync durations and batch sizes are recorded. Default: nowhere.
+    pub histograms: StoreHistograms,
     /// Durability of acknowledged appends. Default `Always`.
     pub durability: Durability,
     /// A segment is sealed and a new one started when the next write would make it larger than
@@ -98,6 +128,7 @@ impl Default for StoreOptions {
             max_batch_bytes: 8 << 20,
             preallocate: true,
             role: Role::Leader,
+            histograms: StoreHistograms::default(),
         }
     }
 }

@@ -474,6 +474,8 @@ impl Inner {
         self.stats.messages.fetch_add(messages, Ordering::Relaxed);
         self.stats.entries.fetch_add(entries, Ordering::Relaxed);
         self.stats.batches.fetch_add(1, Ordering::Relaxed);
+        self.opts.histograms.batch_messages.record(messages as f64);
+        self.opts.histograms.batch_bytes.record(buf.len() as f64);
         self.stats
             .bytes_written
             .fetch_add(buf.len() as u64, Ordering::Relaxed);

@@ -80,6 +80,7 @@ pub(crate) async fn on_sync(conn: &mut Conn, out: &mut Reply, key: i64) {
     let (last, truncated) = emit_synced(conn, out, &page.messages);
     let k_end = end_key(&page, last, key);
     Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
+    app.metrics.sync_messages.record(page.messages.len() as f64);
     out.emit(&Body::SyncEnd(k_end), 0);
     if page.has_more || truncated {
         out.emit(&Body::SyncNotify(k_end + 1), 0);
@@ -248,6 +249,7 @@ pub(crate) async fn on_sync_group(conn: &mut Conn, out: &mut Reply, req: GroupSy
     let (last, truncated) = emit_synced(conn, out, &page.messages);
     let k_end = end_key(&page, last, key);
     Stats::add(&app.stats.synced_messages, page.messages.len() as u64);
+    app.metrics.sync_messages.record(page.messages.len() as f64);
     let end = GroupSyncKey {
         group_id: gid,
         sync_key: k_end,

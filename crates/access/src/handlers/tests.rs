@@ -85,6 +85,7 @@ async fn node_with(server: ServerConfig, sync: SyncConfig) -> Node {
             words: None,
             app_api: None,
             web: web::WebConfig::default(),
+            metrics: Arc::new(crate::metrics::AccessMetrics::default()),
         },
     );
     Node { app, _dir: dir }

@@ -1,0 +1,327 @@
+//! The access node's metrics: its counters (kept in [`Stats`] atomics, copied in at scrape time),
+//! gauges, the message latency histograms (receive → durable, receive → delivered), sync sizes, HTTP
+//! request durations by route and status, and — with the embedded store — the store's own figures,
+//! all rendered by one Prometheus registry per node ([`node::metrics::Registry`]).
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use metrics::Histogram;
+use node::metrics::Registry;
+
+use crate::app::{App, StoreClient};
+
+/// The registry and the histograms recorded on the hot path.
+pub struct AccessMetrics {
+    pub registry: Registry,
+    /// From a message's arrival to its store append being durable.
+    pub durable: Histogram,
+    /// From a message's arrival to its pushes and ACK being queued.
+    pub delivered: Histogram,
+    /// Messages returned by one sync.
+    pub sync_messages: Histogram,
+}
+
+impl Default for AccessMetrics {
+    fn default() -> Self {
+        let registry = Registry::new("access");
+        AccessMetrics {
+            durable: registry.histogram(
+                "banter_message_durable_seconds",
+                "Time from a message's arrival to its append being durable (per the store's durability mode).",
+            ),
+            delivered: registry.histogram(
+                "banter_message_delivered_seconds",
+                "Time from a message's arrival to its pushes, notifications and ACK being queued for the sessions.",
+            ),
+            sync_messages: registry.histogram(
+                "banter_sync_messages",
+                "Messages returned by one SYNC or SYNC_GROUP answer.",
+            ),
+            registry,
+        }
+    }
+}
+
+impl AccessMetrics {
+    /// The embedded store's histograms, recorded into this registry.
+    pub fn store_histograms(&self) -> store::StoreHistograms {
+        let r = &self.registry;
+        store::StoreHistograms {
+            fsync_seconds: r.histogram(
+                "banter_store_fsync_seconds",
+                "Duration of each fsync of the embedded store (log, checkpoints, directories).",
+            ),
+            batch_messages: r.histogram(
+                "banter_store_batch_messages",
+                "Messages per group commit of the embedded store.",
+            ),
+            batch_bytes: r.histogram(
+                "banter_store_batch_bytes",
+                "Bytes per group commit of the embedded store.",
+            ),
+        }
+    }
+
+    /// Records one HTTP API request; `route` is the matched route template (bounded).
+    pub fn http_request(&self, route: &str, method: &str, status: u16, took: Duration) {
+        self.registry
+            .histogram_with(
+                "banter_http_request_duration_seconds",
+                "HTTP API request durations by route template, method and status.",
+                &[
+                    ("route", route.to_owned()),
+                    ("method", method.to_owned()),
+                    ("status", status.to_string()),
+                ],
+            )
+            .record(took.as_secs_f64());
+    }
+}
+
+/// The Prometheus text of the node's `/metrics`.
+pub fn render(app: &App) -> String {
+    let r = &app.metrics.registry;
+    let st = &app.stats;
+    let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (users, clients) = app.route.counts(None);
+    let links = app.links.stats();
+    r.set_gauge(
+        "banter_connections",
+        "Open client connections.",
+        (g(&st.connections)) as f64,
+    );
+    r.set_gauge(
+        "banter_authenticated_sessions",
+        "Authenticated sessions.",
+        clients as f64,
+    );
+    r.set_gauge(
+        "banter_online_users",
+        "Distinct users with a session here.",
+        users as f64,
+    );
+    r.set_counter(
+        "banter_connections_total",
+        "Client connections accepted.",
+        g(&st.connections_total),
+    );
+    r.set_counter(
+        "banter_connections_rejected_total",
+        "Connections refused at max_connections.",
+        g(&st.connections_rejected),
+    );
+    r.set_gauge(
+        "banter_client_sockets",
+        "Client sockets counted against server.max_connections (sessions, TLS handshakes and WebSocket upgrades in progress).",
+        (g(&st.client_sockets)) as f64,
+    );
+    r.set_gauge(
+        "banter_api_connections",
+        "Open HTTP API connections (bounded by api.max_connections).",
+        (g(&st.api_connections)) as f64,
+    );
+    r.set_counter(
+        "banter_api_connections_rejected_total",
+        "HTTP API connections refused at api.max_connections.",
+        g(&st.api_connections_rejected),
+    );
+    r.set_counter(
+        "banter_api_bodies_refused_total",
+        "HTTP API requests refused for their body (over api.max_body, or slower than api.body_timeout_secs).",
+        g(&st.api_bodies_refused),
+    );
+    r.set_counter(
+        "banter_auth_ok_total",
+        "Successful authentications.",
+        g(&st.auth_ok),
+    );
+    r.set_counter(
+        "banter_auth_failed_total",
+        "Failed authentications.",
+        g(&st.auth_failed),
+    );
+    r.set_counter(
+        "banter_frames_in_total",
+        "Frames received from clients.",
+        g(&st.frames_in),
+    );
+    r.set_counter(
+        "banter_frames_out_total",
+        "Frames written to clients.",
+        g(&st.frames_out),
+    );
+    r.set_counter(
+        "banter_messages_in_total",
+        "Messages received from clients.",
+        g(&st.messages_in),
+    );
+    r.set_counter(
+        "banter_messages_stored_total",
+        "Messages durably stored.",
+        g(&st.messages_stored),
+    );
+    r.set_counter(
+        "banter_messages_refused_total",
+        "Messages refused (bad sender, rate limit, store failure).",
+        g(&st.messages_refused),
+    );
+    r.set_counter(
+        "banter_deliveries_total",
+        "Frames pushed to sessions.",
+        g(&st.deliveries),
+    );
+    r.set_counter(
+        "banter_room_messages_dropped_total",
+        "Room messages dropped from slow members' bounded backlogs.",
+        g(&st.room_dropped),
+    );
+    r.set_counter(
+        "banter_slow_consumers_total",
+        "Sessions disconnected because their outbox overflowed.",
+        g(&st.slow_consumers),
+    );
+    r.set_counter(
+        "banter_syncs_total",
+        "Sync requests answered.",
+        g(&st.syncs),
+    );
+    r.set_counter(
+        "banter_synced_messages_total",
+        "Messages returned by syncs.",
+        g(&st.synced_messages),
+    );
+    r.set_counter(
+        "banter_syncs_deferred_total",
+        "Syncs that could not be answered at once (store or group directory failing) and were answered later on the same session.",
+        g(&st.syncs_deferred),
+    );
+    r.set_counter(
+        "banter_store_errors_total",
+        "Store operations that failed.",
+        g(&st.store_errors),
+    );
+    r.set_counter(
+        "banter_backend_errors_total",
+        "Backend operations that failed.",
+        g(&st.backend_errors),
+    );
+    r.set_counter(
+        "banter_route_dropped_total",
+        "Publishes to routers dropped with their receivers not told (route link queue and notification backlog full, frame too large, no router).",
+        g(&st.route_dropped),
+    );
+    r.set_counter(
+        "banter_route_coalesced_total",
+        "Publishes dropped on a full route link queue whose receivers were sent a sync notification instead.",
+        links.iter().map(|l| l.coalesced).sum(),
+    );
+    r.set_gauge(
+        "banter_route_owed_notifications",
+        "Receivers currently owed a sync notification by the route links.",
+        (links.iter().map(|l| l.owed as u64).sum::<u64>()) as f64,
+    );
+    r.set_counter(
+        "banter_routed_coalesced_total",
+        "Routed group messages dropped on a full dispatch queue whose members were sent a sync notification instead.",
+        g(&st.routed_coalesced),
+    );
+    r.set_counter(
+        "banter_routed_dropped_total",
+        "Routed group messages dropped with nobody told (dispatch queue and notification backlog full).",
+        g(&st.routed_dropped),
+    );
+    r.set_counter(
+        "banter_routed_rejected_total",
+        "Messages from routers dropped as malformed (inner frame or flags inconsistent).",
+        g(&st.routed_rejected),
+    );
+    r.set_counter(
+        "banter_protocol_errors_total",
+        "Connections closed for protocol violations.",
+        g(&st.protocol_errors),
+    );
+    r.set_counter(
+        "banter_client_closes_total",
+        "Sessions ended by the client (close, reset, connection cut mid-frame, failed write).",
+        g(&st.client_closes),
+    );
+    r.set_counter(
+        "banter_session_timeouts_total",
+        "Sessions closed by the login or idle deadline.",
+        g(&st.timeouts),
+    );
+    r.set_counter(
+        "banter_offline_push_delivered_total",
+        "Offline-push jobs handed to the push queue or webhook.",
+        app.push.delivered(),
+    );
+    r.set_counter(
+        "banter_offline_push_dropped_total",
+        "Offline-push jobs dropped (queue full or retries exhausted).",
+        app.push.dropped(),
+    );
+    r.set_counter(
+        "banter_write_behind_dropped_total",
+        "Sync-key and unread reports dropped because the backend's write-behind buffer was full.",
+        app.backend.dropped_reports(),
+    );
+    if let StoreClient::Local(store) = &app.store {
+        let s = store.stats();
+        for (name, help, v) in [
+            (
+                "banter_store_messages_total",
+                "Messages appended to the embedded store.",
+                s.messages,
+            ),
+            (
+                "banter_store_entries_total",
+                "Queue entries appended to the embedded store.",
+                s.entries,
+            ),
+            (
+                "banter_store_batches_total",
+                "Group commits (writes) of the embedded store.",
+                s.batches,
+            ),
+            (
+                "banter_store_fsyncs_total",
+                "fsyncs of the embedded store's log.",
+                s.fsyncs,
+            ),
+            (
+                "banter_store_written_bytes_total",
+                "Bytes written to the embedded store's log.",
+                s.bytes_written,
+            ),
+            (
+                "banter_store_checkpoints_total",
+                "Checkpoints taken by the embedded store.",
+                s.checkpoints,
+            ),
+            (
+                "banter_store_segments_dropped_total",
+                "Log segments dropped by retention.",
+                s.segments_dropped,
+            ),
+        ] {
+            r.set_counter(name, help, v);
+        }
+        r.set_gauge(
+            "banter_store_segments",
+            "Log segment files of the embedded store.",
+            s.segments as f64,
+        );
+        r.set_gauge(
+            "banter_store_queues",
+            "Queues of the embedded store.",
+            s.queues as f64,
+        );
+        r.set_gauge(
+            "banter_store_log_bytes",
+            "Bytes between the oldest retained and the newest acknowledged position of the log.",
+            s.log_end.saturating_sub(s.log_start) as f64,
+        );
+    }
+    r.render()
+}

@@ -50,8 +50,9 @@ pub(crate) struct Conn {
     /// Set once authenticated; also this session's entry in the route table.
     pub(crate) handle: Option<Arc<SessionHandle>>,
     /// The chat room this connection is in.
-    pub(crate) room: Option<i64>,
-    rate: Option<RateLimit>,
+    pub(crate) room: Option<std::num::NonZeroI64>,
+    /// Boxed: most nodes run without a rate limit, and every idle connection holds this struct.
+    rate: Option<Box<RateLimit>>,
     /// Syncs that could not be answered yet (their store shard is down): answered once due.
     pub(crate) owed: Option<Box<sync::OwedSyncs>>,
 }
@@ -59,10 +60,12 @@ pub(crate) struct Conn {
 impl Conn {
     pub(crate) fn new(app: Arc<App>, conn_id: u64) -> Conn {
         let per_sec = app.server.rate_limit_per_sec;
-        let rate = (per_sec > 0).then(|| RateLimit {
-            per_sec: per_sec as f64,
-            tokens: per_sec as f64,
-            last: Instant::now(),
+        let rate = (per_sec > 0).then(|| {
+            Box::new(RateLimit {
+                per_sec: per_sec as f64,
+                tokens: per_sec as f64,
+                last: Instant::now(),
+            })
         });
         Conn {
             app,

@@ -3,6 +3,8 @@
 //! user (GoBelieve does not check; docs/compatibility.md), in the room, and not speak-banned;
 //! refusals are answered.
 
+use std::num::NonZeroI64;
+
 use bytes::Bytes;
 use proto::{cmd, AckStatus, Body, Rt};
 
@@ -14,7 +16,10 @@ use crate::route::Push;
 /// ignored).
 pub(crate) fn on_enter_room(conn: &mut Conn, room: i64) {
     let Some(h) = conn.handle.clone() else { return };
-    if room == 0 || conn.room == Some(room) {
+    let Some(id) = NonZeroI64::new(room) else {
+        return;
+    };
+    if conn.room == Some(id) {
         return;
     }
     leave_current_room(conn);
@@ -22,19 +27,19 @@ pub(crate) fn on_enter_room(conn: &mut Conn, room: i64) {
     // (its own presence count is released when it leaves or closes).
     conn.app.rooms.enter(h.appid, room, h.clone());
     conn.app.links.enter_room(h.conn_id, h.appid, room);
-    conn.room = Some(room);
+    conn.room = Some(id);
 }
 
 /// LEAVE_ROOM: leaves `room` if the connection is in it.
 pub(crate) fn on_leave_room(conn: &mut Conn, room: i64) {
-    if conn.room == Some(room) {
+    if conn.room.map(NonZeroI64::get) == Some(room) {
         leave_current_room(conn);
     }
 }
 
 /// Leaves the connection's room, if any (also when the session ends).
 pub(crate) fn leave_current_room(conn: &mut Conn) {
-    if let (Some(h), Some(room)) = (&conn.handle, conn.room.take()) {
+    if let (Some(h), Some(room)) = (&conn.handle, conn.room.take().map(NonZeroI64::get)) {
         conn.app.rooms.leave(h.appid, room, h.conn_id);
         conn.app.links.leave_room(h.conn_id, h.appid, room);
     }
@@ -50,7 +55,7 @@ pub(crate) fn on_room_im(conn: &mut Conn, out: &mut Reply, seq: i32, msg: Rt) ->
     if msg.sender != h.uid {
         return refused(Refused::InvalidSender);
     }
-    let in_room = conn.room == Some(msg.receiver)
+    let in_room = conn.room.map(NonZeroI64::get) == Some(msg.receiver)
         && conn.app.rooms.contains(h.appid, msg.receiver, h.conn_id);
     if !in_room {
         return refused(Refused::NotAllowed("not in this room"));

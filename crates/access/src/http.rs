@@ -1,5 +1,5 @@
-//! The HTTP API (spec §15.1) for app servers and operators, plus banter's token endpoints, `/metrics`
-//! (Prometheus text format), `/healthz` and `/readyz` (see [`crate::health`]).
+//! The HTTP API (docs/http-api.md) for app servers and operators, plus banter's token endpoints,
+//! `/metrics` (Prometheus text format), `/healthz` and `/readyz` (see [`crate::health`]).
 //!
 //! Every parameter is validated: a bad request gets a 4xx whose JSON body names the problem, in
 //! GoBelieve's error shape `{"meta":{"code":N,"message":"…"}}`. Integer parameters are plain decimal
@@ -441,7 +441,8 @@ async fn post_group_notification(State(app): State<Arc<App>>, body: Bytes) -> Ap
     Ok(Json(json!({ "data": group_keys(&keys) })).into_response())
 }
 
-/// One stored message in the JSON shape of spec §15.1.4; `None` for kinds the API does not show.
+/// One stored message in the JSON shape of `/load_history_message` (docs/http-api.md); `None` for
+/// kinds the API does not show.
 pub(crate) fn message_json(m: &StoredMessage) -> Option<Value> {
     let body = Body::decode(m.cmd, proto::STORAGE_VERSION, &m.body).ok()?;
     let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();

@@ -49,7 +49,7 @@ use crate::app::{App, Stats};
 use crate::session;
 use crate::transport::{StreamTransport, WsTransport};
 
-/// Largest WebSocket message accepted (spec §2.5).
+/// Largest WebSocket message accepted (docs/protocol.md §2.3).
 const MAX_WS_MESSAGE: usize = 65536;
 
 /// WebSocket read buffer per connection. tungstenite's default (128 KiB, zero-filled on the first

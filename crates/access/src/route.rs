@@ -99,7 +99,7 @@ pub struct SessionHandle {
     pub uid: i64,
     pub device_id: i64,
     pub platform: u8,
-    /// Counts as online for offline-push suppression (spec §7.2).
+    /// Counts as online for offline-push suppression (docs/protocol.md §9.9).
     pub online: bool,
     /// Speak-banned (rooms and groups); updated live.
     pub forbidden: AtomicBool,

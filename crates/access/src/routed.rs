@@ -14,7 +14,8 @@
 //! start-up, or when a configuration reload moved them to another router — publishes that other nodes made before the router knew those users were dropped
 //! there. So once the link has written its state (and a short settling time has passed, for the
 //! router to apply it), each of those users still here is told its personal queue's newest key
-//! with a SYNC_NOTIFY; clients that missed something sync, the others ignore it (spec §9.6).
+//! with a SYNC_NOTIFY; clients that missed something sync, the others ignore it (docs/protocol.md
+//! §10.4).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

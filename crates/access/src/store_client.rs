@@ -9,7 +9,7 @@ use cluster::store_client::{RemoteStore, RemoteStoreError};
 use store::{Appended, NewMessage, QueueId, Store, StoreError, StoredMessage, SyncPage};
 
 /// The message-store seam (DESIGN.md §1): the store in this process, or store nodes over the network
-/// (sharded by uid / group id, spec §1.2).
+/// (sharded by uid / group id, docs/cluster.md, *Access nodes*).
 #[derive(Clone)]
 pub enum StoreClient {
     Local(Arc<Store>),

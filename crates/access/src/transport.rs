@@ -3,8 +3,8 @@
 //!
 //! Stream transports (TCP, TLS) decode frames incrementally from a read buffer that is allocated only
 //! while bytes are pending: an idle TCP connection holds no read buffer at all. A command outside the
-//! client whitelist is refused from its header, before its body is read (spec §2.3). WebSocket carries
-//! exactly one frame per binary message (spec §2.5).
+//! client whitelist is refused from its header, before its body is read (docs/protocol.md §3.3).
+//! WebSocket carries exactly one frame per binary message (docs/protocol.md §2.3).
 //!
 //! A connection is closed with a [`CloseReason`]; WebSocket transports send it as the close frame's
 //! status code (1002 for a WebSocket protocol violation, 1003 for a text message, 1009 for a message
@@ -41,10 +41,10 @@ pub enum RecvError {
     /// A violation of the WebSocket protocol itself (bad opcode, unmasked frame, …).
     #[error("websocket: {0}")]
     WebSocket(String),
-    /// A WebSocket message or frame larger than the limit (spec §2.5).
+    /// A WebSocket message or frame larger than the limit (docs/protocol.md §2.3).
     #[error("websocket message too big: {0}")]
     WebSocketTooBig(String),
-    /// A text message (only binary messages carry frames, spec §2.5).
+    /// A text message (only binary messages carry frames, docs/protocol.md §2.3).
     #[error("websocket text messages are not accepted")]
     WebSocketText,
 }
@@ -271,7 +271,7 @@ impl Transport for WsTransport {
                     if b.len() < HEADER_LEN + h.len {
                         return Err(RecvError::Truncated);
                     }
-                    // Bytes after the first frame are ignored (spec §2.5).
+                    // Bytes after the first frame are ignored (docs/protocol.md §2.3).
                     let body: Bytes = b.slice(HEADER_LEN..HEADER_LEN + h.len);
                     return Ok(Some(Frame {
                         seq: h.seq,

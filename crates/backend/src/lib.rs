@@ -4,8 +4,8 @@
 //!
 //! [`Backend`] is one type with two variants chosen at start-up:
 //! * [`Backend::open_embedded`]: a SQLite file (zero setup, the default of `banter serve`);
-//! * [`Backend::open_redis`]: the GoBelieve Redis keys (spec §16.1), so an existing GoBelieve API
-//!   server keeps issuing tokens.
+//! * [`Backend::open_redis`]: the GoBelieve Redis keys (docs/compatibility.md, *GoBelieve's shared
+//!   state*), so an existing GoBelieve API server keeps issuing tokens.
 //!
 //! Sync-key reports and unread counts are on the message hot path: they are recorded in memory
 //! (see [`write_behind`]) and persisted in the background in batches. Call [`Backend::flush`] at
@@ -58,12 +58,12 @@ pub struct AuthInfo {
     pub user_name: String,
 }
 
-/// Per-user flags read at login (spec §7.2 step 4).
+/// Per-user flags read at login (docs/protocol.md §8.2).
 #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
 pub struct UserFlags {
     /// Speak-banned in rooms.
     pub forbidden: bool,
-    /// "Notify my phone while I am on the desktop" (spec §7.2 step 6).
+    /// "Notify my phone while I am on the desktop" (docs/protocol.md §9.9).
     pub notification_on: bool,
 }
 
@@ -198,8 +198,8 @@ impl Backend {
         self.observe_write(r)
     }
 
-    /// Live speak-ban changes (spec §16.2), for sessions already logged in: in Redis mode every
-    /// `speak_forbidden` publication (from GoBelieve's API server, other nodes, or
+    /// Live speak-ban changes (docs/protocol.md §9.8), for sessions already logged in: in Redis
+    /// mode every `speak_forbidden` publication (from GoBelieve's API server, other nodes, or
     /// [`Backend::set_forbidden`]); in embedded mode every `set_forbidden`. A receiver that lags
     /// (`RecvError::Lagged`) missed events and should re-read the flags of its users.
     pub fn forbidden_events(&self) -> tokio::sync::broadcast::Receiver<ForbiddenEvent> {
@@ -225,9 +225,9 @@ impl Backend {
     }
 
     /// The server-side integer device id (≥ 1) for (device string, platform): the same pair gives the
-    /// same id for every user, and concurrent first calls agree (spec §7.2 step 5). The caller keeps
-    /// GoBelieve's rule of device id 0 for web (platform 3) or an empty device string.
-    /// A device string longer than [`MAX_DEVICE_LEN`] bytes is an `InvalidArgument`.
+    /// same id for every user, and concurrent first calls agree (docs/protocol.md §8.2). The caller
+    /// keeps GoBelieve's rule of device id 0 for web (platform 3) or an empty device string. A
+    /// device string longer than [`MAX_DEVICE_LEN`] bytes is an `InvalidArgument`.
     pub async fn device_id(&self, device: &str, platform: u8) -> Result<i64, BackendError> {
         if device.len() > MAX_DEVICE_LEN {
             return Err(BackendError::InvalidArgument(format!(
@@ -271,8 +271,8 @@ impl Backend {
         }
     }
 
-    /// Record a peer sync-key report (spec §9.5): kept only if greater; `key <= 0` is ignored.
-    /// No I/O: persisted by the background flusher.
+    /// Record a peer sync-key report (docs/protocol.md §10.5): kept only if greater; `key <= 0` is
+    /// ignored. No I/O: persisted by the background flusher.
     pub fn report_sync_key(&self, appid: i64, uid: i64, key: i64) {
         self.write_behind().report_sync_key(appid, uid, key);
     }
@@ -306,7 +306,8 @@ impl Backend {
         self.observe_read(r)
     }
 
-    /// Record the unread count (spec §8.7), last value wins. No I/O: persisted in the background.
+    /// Record the unread count (docs/protocol.md §12), last value wins. No I/O: persisted in the
+    /// background.
     pub fn set_unread(&self, appid: i64, uid: i64, count: i32) {
         self.write_behind().set_unread(appid, uid, count);
     }

@@ -1,5 +1,6 @@
-//! Moderation: the banned-word filter applied to TEXT messages (spec §8.1 step 1), reloadable
-//! without a restart, and live updates of the room speak-ban flag (`forbidden`, spec §8.3/§16.2).
+//! Moderation: the banned-word filter applied to TEXT messages (docs/protocol.md §9.8), reloadable
+//! without a restart, and live updates of the room speak-ban flag (`forbidden`, docs/protocol.md
+//! §9.8).
 //!
 //! * [`WordFilter`]: one `aho-corasick` automaton over the banned words of a word file. Matching
 //!   ignores ASCII case and "noise" (whitespace, punctuation and symbols between the letters, so
@@ -161,9 +162,9 @@ impl WordFilter {
         Some(out)
     }
 
-    /// Spec §8.1 step 1: when `content` is a JSON object whose string field `"text"` contains a
-    /// banned word, the content re-encoded with that field filtered; `None` otherwise (clean,
-    /// not JSON, no string `text`).
+    /// docs/protocol.md §9.8: when `content` is a JSON object whose string field `"text"` contains
+    /// a banned word, the content re-encoded with that field filtered; `None` otherwise (clean, not
+    /// JSON, no string `text`).
     pub fn filter_content(&self, content: &[u8]) -> Option<Vec<u8>> {
         self.automaton.as_ref()?;
         let mut value: serde_json::Value = serde_json::from_slice(content).ok()?;

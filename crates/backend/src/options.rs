@@ -89,8 +89,8 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// The GoBelieve-compatible Redis backend (keys of spec §16.1), for running beside an existing
-/// GoBelieve API server that issues tokens.
+/// The GoBelieve-compatible Redis backend (docs/compatibility.md, *GoBelieve's shared state*), for
+/// running beside an existing GoBelieve API server that issues tokens.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisOptions {
@@ -146,8 +146,9 @@ impl Default for EmbeddedGroupOptions {
 }
 
 /// The GoBelieve-compatible group directory: the `group` and `group_member` tables of a MySQL or
-/// MariaDB database (spec §17.1), kept current through the Redis stream `group_manager_stream`
-/// (spec §17.3), so GoBelieve's API server and other nodes can change groups.
+/// MariaDB database, kept current through the Redis stream `group_manager_stream`
+/// (docs/compatibility.md, *GoBelieve's shared state*), so GoBelieve's API server and other nodes
+/// can change groups.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MysqlGroupOptions {
@@ -183,7 +184,8 @@ impl Default for MysqlGroupOptions {
 }
 
 /// Offline push through the GoBelieve Redis lists (`push_queue`, `group_push_queue`,
-/// `system_push_queue`, `customer_push_queue_v2`; spec §16.3), read by an external push service.
+/// `system_push_queue`, `customer_push_queue_v2`; docs/compatibility.md, *GoBelieve's shared
+/// state*), read by an external push service.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisPushOptions {

@@ -1,9 +1,10 @@
 //! The offline-push sink: jobs for users who are offline when a message arrives, handed to an
 //! external push service (APNs/FCM senders) in one of two ways:
 //!
-//! * [`PushSink::redis`]: `RPUSH` of GoBelieve's JSON jobs (spec §16.3, keys sorted) onto
-//!   `push_queue`, `group_push_queue`, `system_push_queue` and `customer_push_queue_v2`, up to
-//!   `batch` jobs per MULTI/EXEC. A failed batch is retried with backoff until it is written.
+//! * [`PushSink::redis`]: `RPUSH` of GoBelieve's JSON jobs (docs/compatibility.md, *GoBelieve's
+//!   shared state*; keys sorted) onto `push_queue`, `group_push_queue`, `system_push_queue` and
+//!   `customer_push_queue_v2`, up to `batch` jobs per MULTI/EXEC. A failed batch is retried with
+//!   backoff until it is written.
 //! * [`PushSink::webhook`]: HTTP `POST` of a JSON array of jobs, each with a `type` field
 //!   (`peer`, `group`, `system`, `customer`), over `http` or `https` (`node::http_client`), with a
 //!   timeout, bounded retries with exponential backoff and jitter, and an optional bearer token.
@@ -13,8 +14,9 @@
 //!
 //! [`PushSink::push`] never blocks and does no I/O: it puts the job on a bounded in-memory queue
 //! drained by one background task. When the queue is full the job is dropped and counted
-//! ([`PushSink::dropped`], plus a warning), never silently (defect #39). Group jobs are split into
-//! jobs of at most `max_receivers_per_job` receivers. Call [`PushSink::flush`] at shutdown.
+//! ([`PushSink::dropped`], plus a warning), never silently (docs/compatibility.md, *Groups, rooms
+//! and customer service*: offline push jobs). Group jobs are split into jobs of at most
+//! `max_receivers_per_job` receivers. Call [`PushSink::flush`] at shutdown.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -204,7 +206,7 @@ impl PushJob {
         }
     }
 
-    /// The spec §16.3 job: a JSON object with sorted keys, without `type`.
+    /// GoBelieve's push-queue job: a JSON object with sorted keys, without `type`.
     pub fn to_queue_json(&self) -> String {
         let json = match self.json() {
             JobJson::Peer(j) => serde_json::to_string(&j),
@@ -311,7 +313,7 @@ pub trait NativePush: Send + Sync + 'static {
 pub enum PushSink {
     /// No offline push: jobs are discarded (not counted as dropped).
     Disabled,
-    /// GoBelieve's Redis lists (spec §16.3).
+    /// GoBelieve's Redis lists (docs/compatibility.md, *GoBelieve's shared state*).
     Redis(Arc<PushQueue>),
     /// HTTP POSTs of JSON batches.
     Webhook(Arc<PushQueue>),

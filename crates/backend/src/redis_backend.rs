@@ -1,4 +1,5 @@
-//! The GoBelieve-compatible Redis backend. It reads and writes exactly the keys of spec §16.1, so an
+//! The GoBelieve-compatible Redis backend. It reads and writes exactly GoBelieve's keys
+//! (docs/compatibility.md, *GoBelieve's shared state*), so an
 //! existing GoBelieve API server keeps issuing tokens and setting flags:
 //!
 //! * `access_token_<token>` hash: `user_id`, `app_id`, optional `user_name`. Looked up with a
@@ -6,13 +7,14 @@
 //!   a token deleted by the API server stops working at once.
 //! * `users_<appid>_<uid>` hash: `forbidden`, `notification_on`, `sync_key`,
 //!   `group_sync_key_<gid>`, `unread`. `set_forbidden` also publishes `speak_forbidden`
-//!   (`"<appid>,<uid>,<0|1>"`) so every access node updates its live sessions (§16.2). A task
+//!   (`"<appid>,<uid>,<0|1>"`) so every access node updates its live sessions. A task
 //!   subscribed to that channel on its own connection feeds [`crate::Backend::forbidden_events`].
 //! * `devices_<device>_<platform>` and the counter `devices_id`: allocated by one Lua script
-//!   (GET, else INCR + SET), so concurrent first logins of a device get one id (fixes defect #37).
+//!   (GET, else INCR + SET), so concurrent first logins of a device get one id
+//!   (docs/compatibility.md, *Tokens*).
 //! * Sync keys are written by a Lua "set only if greater" script that compares decimal strings, so
-//!   the check is atomic and exact for every i64 (fixes defect #36); batches are pipelined by the
-//!   write-behind flusher, never inline with a client's report.
+//!   the check is atomic and exact for every i64 (docs/compatibility.md, *Tokens*); batches are
+//!   pipelined by the write-behind flusher, never inline with a client's report.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -497,7 +497,8 @@ async fn snapshots_are_immutable(d: &GroupDirectory, app: i64) {
         .await
         .expect("create");
     let before = get(d, app, gid).await;
-    // Readers hammer the group while admin calls change it (defect #38: no in-place mutation).
+    // Readers hammer the group while admin calls change it (no in-place mutation:
+    // docs/compatibility.md, *Other defects*).
     let reader = {
         let d = d.clone();
         tokio::spawn(async move {
@@ -684,7 +685,7 @@ async fn foreign_events_apply_live(
     let app = 301;
     let mut rx = d.changes();
     // A group created by the app server: rows first, then group_create. It is not cached empty
-    // (defect #23): its members are there.
+    // (docs/compatibility.md, *Groups, rooms and customer service*): its members are there.
     // Cache "no such group" first, so the event must invalidate it.
     assert!(d.get(app, 5001).await.expect("get").is_none());
     sqlx::query("INSERT INTO `group` (id, appid, master, super, name, deleted) VALUES (5001, 301, 1, 0, 'foreign', 0)")
@@ -712,7 +713,8 @@ async fn foreign_events_apply_live(
         "NULL timestamp reads as 0"
     );
 
-    // member_add: the stored join time, not "now" (defect #23).
+    // member_add: the stored join time, not "now" (docs/compatibility.md, *Groups, rooms and
+    // customer service*).
     sqlx::query("INSERT INTO group_member (group_id, uid, timestamp, mute, deleted) VALUES (5001, 3, 1234567, 0, 0)")
         .execute(pool)
         .await

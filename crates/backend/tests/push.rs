@@ -1,5 +1,6 @@
-//! The offline-push sink against real services: a private Redis (the GoBelieve lists of spec
-//! §16.3) and an axum webhook server on 127.0.0.1:0 that can fail on purpose.
+//! The offline-push sink against real services: a private Redis (the GoBelieve lists of
+//! docs/compatibility.md, *GoBelieve's shared state*) and an axum webhook server on 127.0.0.1:0
+//! that can fail on purpose.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,7 +1,7 @@
 //! Store fail-over as an operator performs it (docs/cluster.md), with real `banter ims` processes
 //! killed with `kill -9`, and clients that follow the protocol's rules exactly: a pushed message
 //! is accepted only when its METADATA's previous key equals the client's key, and the client
-//! syncs only when a SYNC_NOTIFY names a key above its own (spec §9.4, §9.6).
+//! syncs only when a SYNC_NOTIFY names a key above its own (docs/protocol.md §10.4, §11).
 //!
 //! One store shard (a leader and a follower) serves one access node (in-process, reconfigured as
 //! a SIGHUP would). Each round reproduces the fault of issue 19: the follower is killed, a

@@ -2,7 +2,8 @@
 //!
 //! [`Client::connect`] dials (optionally from a given source address), authenticates with AUTH_TOKEN and
 //! waits for AUTH_STATUS, then starts the initial SYNC (and SYNC_GROUP for the super groups it knows), as the
-//! SDKs do on every connect. From then on the client keeps the SDKs' sync-key state machine (spec §9):
+//! SDKs do on every connect. From then on the client keeps the SDKs' sync-key state machine
+//! (docs/protocol.md §10.7):
 //!
 //! * **SYNC_NOTIFY(k)** with `k` above the current key sends `SYNC(current)`; at most one sync is in flight
 //!   (the SDKs allow it 4 s), and the highest key announced meanwhile is remembered and synced after
@@ -109,7 +110,7 @@ pub struct ConnectOptions {
     pub token: String,
     /// The SDK's device id string.
     pub device_id: String,
-    /// AUTH_TOKEN platform id (spec §6.2); Android = 2.
+    /// AUTH_TOKEN platform id (docs/protocol.md §7.2); Android = 2.
     pub platform: u8,
     /// Protocol version sent in AUTH_TOKEN; 2 like Android and iOS, 1 like the JS SDK.
     pub version: u8,
@@ -741,7 +742,7 @@ impl Client {
     }
 
     fn handle(&mut self, frame: Frame) -> Result<Option<Event>, ClientError> {
-        // METADATA applies to the very next frame only (spec §2.4).
+        // METADATA applies to the very next frame only (docs/protocol.md §11).
         let meta = self
             .meta
             .take()

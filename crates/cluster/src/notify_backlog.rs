@@ -7,11 +7,11 @@
 //! keeps only the highest key per receiver (per `(kind, appid, receiver)` and, for group
 //! notifications, group id), and [`NotifyBacklog::pop`] later turns each entry into one PUBLISH
 //! (PUBLISH_GROUP) whose inner frame is `SYNC_NOTIFY(key)` (`SYNC_GROUP_NOTIFY(gid, key)`). A
-//! client syncs when a notification's key is above its own (spec §9.6), so one late notification
-//! stands for any number of dropped messages, and a notification that overtakes older pushes only
-//! makes the client discard those pushes and sync once more. Room messages are not stored and owe
-//! nothing. The backlog is bounded by entries: beyond `cap` receivers a drop is lost and the
-//! caller must count and report it.
+//! client syncs when a notification's key is above its own (docs/protocol.md §10.4), so one late
+//! notification stands for any number of dropped messages, and a notification that overtakes older
+//! pushes only makes the client discard those pushes and sync once more. Room messages are not
+//! stored and owe nothing. The backlog is bounded by entries: beyond `cap` receivers a drop is lost
+//! and the caller must count and report it.
 
 use std::collections::{HashMap, VecDeque};
 

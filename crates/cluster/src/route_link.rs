@@ -1,36 +1,39 @@
-//! The access side of the route link (spec §10): connections to router nodes (`banter imr` or
-//! GoBelieve's `imr`), the reference counting that decides what to subscribe (§10.4), and the
-//! sharding of users, rooms and groups over the configured router addresses (§1.2).
+//! The access side of the route link (docs/internal-protocols.md, *route link*): connections to
+//! router nodes (`banter imr` or GoBelieve's `imr`), the reference counting that decides what to
+//! subscribe, and the sharding of users, rooms and groups over the configured router addresses.
 //!
 //! * [`RouteLink`] is one connection to one router address. Every method is a plain `fn` that never
 //!   blocks: frames go onto a bounded outbound queue drained by the link's task; when the queue is
-//!   full a publish or push is dropped and counted (defect #32 froze GoBelieve's im instead), except
-//!   that a dropped persistent message becomes a coalesced sync notification for its receiver
-//!   ([`NotifyBacklog`], sent ahead of the queue as soon as the link can write), so overload costs
-//!   the receiver a sync but never leaves it unaware of a stored message. The link
-//!   keeps the subscription state it has announced (`(appid, uid) → online`, rooms); on every
-//!   (re)connect it first replays that whole state, then sends what is queued, and hands the
-//!   replayed users to [`RouteHandler::on_resubscribed`] (publishes other nodes made for them
-//!   before the router had the state were dropped there; the access node tells them to sync). Subscription changes
-//!   made while disconnected only update the state (the replay carries them). Should a subscription
-//!   change find the queue full while connected, the link reconnects and replays instead of losing
-//!   it. Reconnects back off from 200 ms, doubling to 30 s, reset once a connection has held.
-//!   Writes have a deadline; TCP keepalive is on.
+//!   full a publish or push is dropped and counted (GoBelieve's im froze instead:
+//!   docs/compatibility.md, *Cluster*), except that a dropped persistent message becomes a
+//!   coalesced sync notification for its receiver ([`NotifyBacklog`], sent ahead of the queue as
+//!   soon as the link can write), so overload costs the receiver a sync but never leaves it unaware
+//!   of a stored message. The link keeps the subscription state it has announced (`(appid, uid) →
+//!   online`, rooms); on every (re)connect it first replays that whole state, then sends what is
+//!   queued, and hands the replayed users to [`RouteHandler::on_resubscribed`] (publishes other
+//!   nodes made for them before the router had the state were dropped there; the access node tells
+//!   them to sync). Subscription changes made while disconnected only update the state (the replay
+//!   carries them). Should a subscription change find the queue full while connected, the link
+//!   reconnects and replays instead of losing it. Reconnects back off from 200 ms, doubling to
+//!   30 s, reset once a connection has held. Writes have a deadline; TCP keepalive is on.
 //! * [`Presence`] counts, per `(appid, uid)`, the sessions (by connection id) and the online ones,
 //!   and per `(appid, room)` the sessions in the room. Sessions enter and leave by connection id, so
-//!   a session can never be counted twice or removed by someone else (defect #22).
+//!   a session can never be counted twice or removed by someone else (docs/compatibility.md, *Other
+//!   defects*: room counts).
 //! * [`RouteLinks`] is what an access node holds: the links for `route_addrs` and
-//!   `group_route_addrs`, one [`Presence`], and the routing of §1.2 and §10.4: a user is subscribed
+//!   `group_route_addrs`, one [`Presence`], and the routing: a user is subscribed
 //!   on its own channel `route_addrs[|uid| mod N]` and on every group channel; a room on
 //!   `route_addrs[|room| mod N]`; a super-group publish goes to `group_route_addrs[|gid| mod M]`.
-//!   `|id|` is `unsigned_abs`, so `i64::MIN` does not overflow (defect #52). Links are shared by
-//!   address. [`RouteLinks::set_addrs`] applies a new address list without a restart.
+//!   `|id|` is `unsigned_abs`, so `i64::MIN` does not overflow (docs/compatibility.md, *Other
+//!   defects*: sharding). Links are shared by address. [`RouteLinks::set_addrs`] applies a new
+//!   address list without a restart.
 //!
 //! Incoming PUBLISH / PUBLISH_GROUP / PUBLISH_ROOM are handed to a [`RouteHandler`], called on the
 //! link's task: it must not block (hand the message to bounded session outboxes, or to a bounded
 //! channel: [`RouteHandler`] is implemented for `tokio::sync::mpsc::Sender<RoutedMessage>`).
 //! Other commands from the router are logged and ignored. A malformed frame closes the link with
-//! a log line (and it reconnects); nothing a router sends can panic the node (defect #34).
+//! a log line (and it reconnects); nothing a router sends can panic the node
+//! (docs/compatibility.md, *Cluster*).
 //!
 //! Lock order: the [`RouteLinks`] topology, then a [`Presence`] shard, then a link's state. A
 //! subscription change is queued on the link while the presence shard is held, so changes for
@@ -731,7 +734,7 @@ async fn write_loop(
 }
 
 // ---------------------------------------------------------------------------------------------
-// Presence: reference counting (spec §10.4)
+// Presence: reference counting (docs/internal-protocols.md, *route link*)
 
 /// A change of what the router must know about a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -855,7 +858,7 @@ impl Presence {
     }
 
     /// Session `conn` of `(appid, uid)` logged in (`online`: counts as online for offline push,
-    /// §7.2). Logging the same `conn` in again only updates its online flag.
+    /// docs/protocol.md §9.9). Logging the same `conn` in again only updates its online flag.
     pub fn login(&self, conn: u64, appid: i64, uid: i64, online: bool) -> Option<UserChange> {
         self.login_with(conn, appid, uid, online, |_| {})
     }
@@ -919,7 +922,8 @@ impl Presence {
     }
 
     /// Session `conn` left `(appid, room)` (or closed). A connection that is not in the room changes
-    /// nothing, so a displaced session can never take a newer one's count with it (defect #22).
+    /// nothing, so a displaced session can never take a newer one's count with it
+    /// (docs/compatibility.md, *Other defects*: room counts).
     pub fn leave_room(&self, conn: u64, appid: i64, room: i64) -> Option<RoomChange> {
         self.leave_room_with(conn, appid, room, |_| {})
     }
@@ -1051,7 +1055,7 @@ impl Topology {
         self.route.get(shard_index(uid, self.route.len()))
     }
 
-    /// The user's channel plus every group channel (§10.4).
+    /// The user's channel plus every group channel.
     fn user_links(&self, uid: i64) -> Vec<&Arc<RouteLink>> {
         let mut out: Vec<&Arc<RouteLink>> = Vec::with_capacity(1 + self.group_distinct.len());
         if let Some(l) = self.user_link(uid) {
@@ -1136,7 +1140,7 @@ impl RouteLinks {
         !self.topo.read().route.is_empty()
     }
 
-    /// Session `conn` of `(appid, uid)` logged in; `online` as in §7.2.
+    /// Session `conn` of `(appid, uid)` logged in; `online` as in docs/protocol.md §9.9.
     pub fn login(&self, conn: u64, appid: i64, uid: i64, online: bool) {
         let topo = self.topo.read();
         self.presence.login_with(conn, appid, uid, online, |c| {

@@ -1,15 +1,16 @@
-//! Bodies of the access ↔ router link (GoBelieve's im ↔ imr protocol, spec §10.3), on the common
-//! 12-byte frame header. Wire compatible with GoBelieve in both directions, with three compatible
-//! extensions:
+//! Bodies of the access ↔ router link (GoBelieve's im ↔ imr protocol; layouts in
+//! docs/internal-protocols.md, *route link*), on the common 12-byte frame header. Wire compatible
+//! with GoBelieve in both directions, with three compatible extensions:
 //!
-//! * **prev_msgid (defect #10).** The route message's `device_id` field (offset 24, always 0 and
-//!   ignored by GoBelieve) carries banter's `prev_msgid`: the `prev_sync_key` of the METADATA that
-//!   precedes the inner message. A banter receiver can then send `METADATA(msgid, prev)` and the
-//!   SDK's fast path works across nodes. A Go node writes 0 there, which means "unknown" (as before).
-//! * **Inner frame length (defect #24).** The length of the inner frame is read as a `u16` (GoBelieve
-//!   writes an `i16`, which wraps for inner frames of 32768 bytes or more), so a full 32767-byte
-//!   client body plus its 12-byte header fits. The link's body limit is configurable (banter's default
-//!   is 1 MiB instead of 32 KiB).
+//! * **prev_msgid** (docs/compatibility.md, *Cluster*). The route message's `device_id` field
+//!   (offset 24, always 0 and ignored by GoBelieve) carries banter's `prev_msgid`: the
+//!   `prev_sync_key` of the METADATA that precedes the inner message. A banter receiver can then
+//!   send `METADATA(msgid, prev)` and the SDK's fast path works across nodes. A Go node writes 0
+//!   there, which means "unknown" (as before).
+//! * **Inner frame length** (docs/compatibility.md, *Cluster*). The length of the inner frame is
+//!   read as a `u16` (GoBelieve writes an `i16`, which wraps for inner frames of 32768 bytes or
+//!   more), so a full 32767-byte client body plus its 12-byte header fits. The link's body limit is
+//!   configurable (banter's default is 1 MiB instead of 32 KiB).
 //! * **PUSH chunks.** Senders split receiver lists into chunks of at most [`MAX_PUSH_RECEIVERS`]
 //!   ([`push_bodies`]), also kept under GoBelieve's 32 KiB frame limit when the inner frame allows.
 //!
@@ -125,7 +126,7 @@ impl RouteKind {
     }
 }
 
-/// A route message (PUBLISH, PUBLISH_GROUP, PUBLISH_ROOM), spec §10.3.
+/// A route message (PUBLISH, PUBLISH_GROUP, PUBLISH_ROOM).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutedMessage {
     /// Which command, and what `receiver` is.
@@ -154,8 +155,8 @@ impl RoutedMessage {
 
     /// Whether the inner frame's flags are consistent with a message that carries metadata: with
     /// `msgid > 0` the flag must contain PUSH, plus SUPER_GROUP for a group message. GoBelieve's im
-    /// aborts the process on a mismatch (defect #34); banter receivers should drop such a message
-    /// with a log line instead.
+    /// aborts the process on a mismatch (docs/compatibility.md, *Cluster*); banter receivers should
+    /// drop such a message with a log line instead.
     pub fn flags_consistent(&self) -> bool {
         if self.msgid <= 0 {
             return true;
@@ -473,7 +474,8 @@ pub fn push_bodies(
         .collect()
 }
 
-/// `abs(id) mod n` without overflow for `i64::MIN` (defect #52); `n` must be > 0.
+/// `abs(id) mod n` without overflow for `i64::MIN` (docs/compatibility.md, *Other defects*:
+/// sharding); `n` must be > 0.
 pub fn shard_index(id: i64, n: usize) -> usize {
     (id.unsigned_abs() % n.max(1) as u64) as usize
 }

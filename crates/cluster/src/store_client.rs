@@ -18,7 +18,7 @@
 //! it starts failing, a summary with a count every 30 s, a line when it answers again), never
 //! once per request.
 //!
-//! Sharding follows GoBelieve (spec §1.2): a user's personal queue lives on
+//! Sharding follows GoBelieve (docs/cluster.md, *Access nodes*): a user's personal queue lives on
 //! `storage_addrs[|uid| mod N]`, a super group's queue on `group_storage_addrs[|gid| mod M]`
 //! (which defaults to `storage_addrs`); the app id is not part of the key. `|id|` is
 //! `unsigned_abs`, so `i64::MIN` does not overflow (#52).
@@ -758,8 +758,8 @@ impl Shards {
     }
 }
 
-/// The sharded store as seen from an access node (spec §1.2). Mirrors the in-process `Store`'s
-/// API with `async` methods returning [`RemoteStoreError`].
+/// The sharded store as seen from an access node (docs/cluster.md, *Access nodes*). Mirrors the
+/// in-process `Store`'s API with `async` methods returning [`RemoteStoreError`].
 pub struct RemoteStore {
     opts: StorePoolOptions,
     shards: RwLock<Arc<Shards>>,

@@ -1,4 +1,5 @@
-//! Golden bytes of every route body (spec §10.3 tables) and decoding of odd input.
+//! Golden bytes of every route body (docs/internal-protocols.md, *route link*) and decoding of odd
+//! input.
 
 use bytes::{Bytes, BytesMut};
 use cluster::route_proto::{

@@ -1,4 +1,5 @@
-//! Typed bodies of every client-protocol command and their layouts per protocol version (spec §3, §5).
+//! Typed bodies of every client-protocol command and their layouts per protocol version
+//! (docs/protocol.md §4, §6).
 //!
 //! Decoding is zero-copy for content (`Bytes` slices of the frame body) and tolerant exactly where the
 //! original is (an ACK's missing fields read as 0; trailing bytes of fixed layouts are ignored); anything
@@ -8,7 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::cmd;
 
-/// Platform ids carried by AUTH_TOKEN (spec §6.2).
+/// Platform ids carried by AUTH_TOKEN (docs/protocol.md §7.2).
 pub struct Platform;
 
 impl Platform {
@@ -16,13 +17,14 @@ impl Platform {
     pub const ANDROID: u8 = 2;
     pub const WEB: u8 = 3;
 
-    /// iOS and Android count as mobile for the online flag (spec §7.2).
+    /// iOS and Android count as mobile for the online flag (docs/protocol.md §7.2).
     pub const fn is_mobile(platform: u8) -> bool {
         platform == Self::IOS || platform == Self::ANDROID
     }
 }
 
-/// ACK status codes (spec §6.3), plus banter's own refusal codes, visible to v ≥ 2 sessions.
+/// ACK status codes (docs/protocol.md §7.3), plus banter's own refusal codes, visible to v ≥ 2
+/// sessions.
 pub struct AckStatus;
 
 impl AckStatus {
@@ -65,7 +67,7 @@ pub enum BodyError {
     UnknownCommand(u8),
 }
 
-/// MSG_AUTH_TOKEN (spec §5.1).
+/// MSG_AUTH_TOKEN (docs/protocol.md §6.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthToken {
     pub platform_id: u8,
@@ -73,7 +75,7 @@ pub struct AuthToken {
     pub device_id: Bytes,
 }
 
-/// MSG_IM and MSG_GROUP_IM (spec §5.3). `receiver` is a group id for GROUP_IM.
+/// MSG_IM and MSG_GROUP_IM (docs/protocol.md §6.3). `receiver` is a group id for GROUP_IM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Im {
     pub sender: i64,
@@ -85,14 +87,14 @@ pub struct Im {
     pub content: Bytes,
 }
 
-/// MSG_ACK (spec §5.4).
+/// MSG_ACK (docs/protocol.md §6.4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ack {
     pub seq: i32,
     pub status: i8,
 }
 
-/// MSG_RT and MSG_ROOM_IM (spec §5.6). `receiver` is a room id for ROOM_IM.
+/// MSG_RT and MSG_ROOM_IM (docs/protocol.md §6.6). `receiver` is a room id for ROOM_IM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rt {
     pub sender: i64,
@@ -100,21 +102,21 @@ pub struct Rt {
     pub content: Bytes,
 }
 
-/// Group sync-key bodies (spec §5.10).
+/// Group sync-key bodies (docs/protocol.md §6.10).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroupSyncKey {
     pub group_id: i64,
     pub sync_key: i64,
 }
 
-/// MSG_METADATA (spec §5.11).
+/// MSG_METADATA (docs/protocol.md §6.11).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Metadata {
     pub sync_key: i64,
     pub prev_sync_key: i64,
 }
 
-/// MSG_CUSTOMER_V2 (spec §5.12).
+/// MSG_CUSTOMER_V2 (docs/protocol.md §6.12).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Customer {
     pub sender_appid: i64,
@@ -270,7 +272,8 @@ impl Body {
             cmd::IM => Body::Im(decode_im("IM", version, b)?),
             cmd::ACK => {
                 // The original does not check an ACK's length: a field that is not wholly present reads
-                // as 0 (spec §5.4), so 0–3 bytes give seq 0; the status exists only from version 2.
+                // as 0 (docs/protocol.md §6.4), so 0–3 bytes give seq 0; the status exists only
+                // from version 2.
                 let seq = if b.len() >= 4 { i32_at(b, 0) } else { 0 };
                 let status = if version >= 2 && b.len() >= 5 {
                     b[4] as i8
@@ -388,7 +391,8 @@ impl Body {
             Body::Deprecated { body, .. } => body.len(),
             Body::Ping | Body::Pong => 0,
             // Both fields are truncated to 255 bytes by `encode`, and a body with both empty is padded
-            // to the 4 bytes a decoder requires (spec §5.1); the length must agree with `encode`.
+            // to the 4 bytes a decoder requires (docs/protocol.md §6.1); the length must agree with
+            // `encode`.
             Body::AuthToken(a) => (3 + a.token.len().min(255) + a.device_id.len().min(255)).max(4),
             Body::Rt(r) | Body::RoomIm(r) => 16 + r.content.len(),
             Body::EnterRoom(_)
@@ -412,7 +416,7 @@ impl Body {
     ///
     /// AUTH_TOKEN's token and device id are truncated to 255 bytes (their length fields are one byte); an
     /// AUTH_TOKEN with both empty gets one trailing zero byte, because a body shorter than 4 bytes is
-    /// rejected on decode (spec §5.1).
+    /// rejected on decode (docs/protocol.md §6.1).
     pub fn encode(&self, version: u8, dst: &mut BytesMut) {
         dst.reserve(self.encoded_len(version));
         match self {

@@ -1,4 +1,4 @@
-//! Message flags, header byte 10 (spec §6.1).
+//! Message flags, header byte 10 (docs/protocol.md §7.1).
 
 /// Content is a text message; triggers the sensitive-word filter; echoed on pushes.
 pub const TEXT: u8 = 0x01;

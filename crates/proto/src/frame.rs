@@ -1,10 +1,10 @@
-//! The 12-byte frame header and incremental frame decoding (spec §2.2–§2.3).
+//! The 12-byte frame header and incremental frame decoding (docs/protocol.md §3).
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 12;
-/// Largest body a client may send (spec §2.3: `length >= 32768` closes the connection).
+/// Largest body a client may send (docs/protocol.md §3.2: `length >= 32768` closes the connection).
 pub const MAX_BODY_LEN: usize = 32767;
 
 /// Why a byte stream is not a valid sequence of frames. Every variant is the peer's fault.

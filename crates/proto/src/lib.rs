@@ -1,5 +1,6 @@
 //! The GoBelieve wire protocol, as banter speaks it: the 12-byte frame header, command numbers, flags and
-//! the body layout of every client command in protocol versions 0, 1 and 2 (spec §2–§6).
+//! the body layout of every client command in protocol versions 0, 1 and 2
+//! (docs/protocol.md §3–§7).
 //!
 //! This crate does no I/O. [`Frame::decode`] is incremental: it takes bytes from a `BytesMut` only once a
 //! whole frame is there, checks the declared length against a limit before anything is reserved, and
@@ -22,5 +23,6 @@ pub use frame::{
     METADATA_LEN,
 };
 
-/// The version in which message bodies are stored and passed between server roles (spec §3).
+/// The version in which message bodies are stored and passed between server roles
+/// (docs/protocol.md §4).
 pub const STORAGE_VERSION: u8 = 2;

@@ -1,5 +1,6 @@
 //! Decoding edge cases: minimum lengths, empty bodies, ACK tolerance, AUTH_TOKEN overruns, hostile frame
-//! lengths, byte-at-a-time delivery, long streams and the client whitelist (spec §2.3, §4, §5).
+//! lengths, byte-at-a-time delivery, long streams and the client whitelist
+//! (docs/protocol.md §3.3, §4, §5, §6.13).
 
 use bytes::{BufMut, Bytes, BytesMut};
 use proto::body::peek_i64;
@@ -11,20 +12,20 @@ fn body_of(len: usize) -> Bytes {
     Bytes::from((0..len).map(|i| i as u8 ^ 0x5a).collect::<Vec<u8>>())
 }
 
-/// Minimum body length of each fixed-layout command per version, from the spec §5 tables.
+/// Minimum body length of each fixed-layout command per version, from docs/protocol.md §6.13.
 fn minimum(c: u8, version: u8) -> Option<usize> {
     Some(match c {
-        3 => 4,                      // AUTH_STATUS §5.2
-        4 | 8 if version == 0 => 20, // IM, GROUP_IM v0 §5.3
-        4 | 8 => 24,                 // IM, GROUP_IM v≥1 §5.3
-        15 => 4,                     // AUTH_TOKEN §5.1
-        17 | 20 => 16,               // RT, ROOM_IM §5.6
-        18 | 19 => 8,                // ENTER_ROOM, LEAVE_ROOM §5.7
-        22 => 4,                     // UNREAD_COUNT §5.8
-        26..=29 | 34 => 8,           // peer sync keys §5.9
-        30..=33 | 35 => 16,          // group sync keys §5.10
-        37 => 32,                    // METADATA §5.11
-        64 => 36,                    // CUSTOMER_V2 §5.12
+        3 => 4,                      // AUTH_STATUS §6.2
+        4 | 8 if version == 0 => 20, // IM, GROUP_IM v0 §6.3
+        4 | 8 => 24,                 // IM, GROUP_IM v≥1 §6.3
+        15 => 4,                     // AUTH_TOKEN §6.1
+        17 | 20 => 16,               // RT, ROOM_IM §6.6
+        18 | 19 => 8,                // ENTER_ROOM, LEAVE_ROOM §6.7
+        22 => 4,                     // UNREAD_COUNT §6.8
+        26..=29 | 34 => 8,           // peer sync keys §6.9
+        30..=33 | 35 => 16,          // group sync keys §6.10
+        37 => 32,                    // METADATA §6.11
+        64 => 36,                    // CUSTOMER_V2 §6.12
         _ => return None,
     })
 }
@@ -126,7 +127,7 @@ fn ack(v: u8, bytes: &[u8]) -> Ack {
 
 #[test]
 fn ack_missing_fields_read_as_zero() {
-    // Spec §5.4: the length of a received ACK is not checked; missing fields read as 0.
+    // docs/protocol.md §6.4: the length of a received ACK is not checked; missing fields read as 0.
     for v in VERSIONS {
         for bytes in [&[][..], &[0x12], &[0x12, 0x34], &[0x12, 0x34, 0x56]] {
             assert_eq!(ack(v, bytes), Ack { seq: 0, status: 0 }, "v{v} {bytes:?}");
@@ -230,7 +231,7 @@ fn unknown_commands_have_no_body_layout() {
     }
 }
 
-// ---- frame level (§2.2, §2.3) ----
+// ---- frame level (docs/protocol.md §3.1, §3.2) ----
 
 fn raw_header(len: i32, seq: i32, c: u8) -> BytesMut {
     let mut b = BytesMut::with_capacity(HEADER_LEN);
@@ -454,11 +455,11 @@ fn an_error_after_good_frames_keeps_the_good_ones() {
     );
 }
 
-// ---- §4 whitelist ----
+// ---- docs/protocol.md §5: whitelist ----
 
 #[test]
 fn client_allowed_matches_the_spec_whitelist_for_all_256_values() {
-    // The commands marked "yes" in the "C→S allowed" column of spec §4.
+    // The commands marked "yes" in the "C→S" column of docs/protocol.md §5.
     let allowed: [u8; 19] = [
         4, 5, 8, 13, 14, 15, 17, 18, 19, 20, 22, 24, 25, 26, 30, 34, 35, 37, 64,
     ];
@@ -475,7 +476,8 @@ fn client_allowed_matches_the_spec_whitelist_for_all_256_values() {
 
 #[test]
 fn persistent_commands() {
-    // Spec §9.7 / §12: IM, GROUP_NOTIFICATION, GROUP_IM, SYSTEM and CUSTOMER_V2 are stored.
+    // docs/protocol.md §5, "Stored" column: IM, GROUP_NOTIFICATION, GROUP_IM, SYSTEM and
+    // CUSTOMER_V2 are stored.
     for c in 0..=255u8 {
         assert_eq!(
             cmd::is_persistent(c),

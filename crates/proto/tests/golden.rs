@@ -1,6 +1,6 @@
 //! Golden byte tests: every expected byte string below was written by hand from the layout tables of
-//! spec §2.2 (header) and §5 (bodies), not produced by the code under test. Each case is encoded and
-//! compared with the bytes, and the bytes are decoded and compared with the value.
+//! docs/protocol.md §3.1 (header) and §6 (bodies), not produced by the code under test. Each case
+//! is encoded and compared with the bytes, and the bytes are decoded and compared with the value.
 
 use bytes::{Bytes, BytesMut};
 use proto::{
@@ -61,7 +61,7 @@ fn im(timestamp: i32) -> Im {
     }
 }
 
-// ---- spec §4: command numbers, §6: constants ----
+// ---- docs/protocol.md §5: command numbers, §7: constants ----
 
 #[test]
 fn command_numbers_match_spec_catalogue() {
@@ -104,7 +104,7 @@ fn command_numbers_match_spec_catalogue() {
 
 #[test]
 fn constants_match_spec() {
-    // §6.1 flags
+    // §7.1 flags
     assert_eq!(
         [
             flag::TEXT,
@@ -116,11 +116,11 @@ fn constants_match_spec() {
         ],
         [0x01, 0x02, 0x04, 0x08, 0x10, 0x20]
     );
-    // §6.2 platforms
+    // §7.2 platforms
     assert_eq!((Platform::IOS, Platform::ANDROID, Platform::WEB), (1, 2, 3));
     assert!(Platform::is_mobile(1) && Platform::is_mobile(2));
     assert!(!Platform::is_mobile(3) && !Platform::is_mobile(4) && !Platform::is_mobile(0));
-    // §6.3 ACK status
+    // §7.3 ACK status
     assert_eq!(
         [
             AckStatus::SUCCESS,
@@ -132,13 +132,13 @@ fn constants_match_spec() {
         ],
         [0, 1, 2, 3, 64, 65]
     );
-    // §2.2, §2.3, §3, §6.4
+    // §3.1, §3.2, §4
     assert_eq!(HEADER_LEN, 12);
     assert_eq!(MAX_BODY_LEN, 32767);
     assert_eq!(STORAGE_VERSION, 2);
 }
 
-// ---- §5.1 AUTH_TOKEN ----
+// ---- §6.1 AUTH_TOKEN ----
 
 #[test]
 fn auth_token() {
@@ -177,8 +177,8 @@ fn auth_token() {
 
 #[test]
 fn auth_token_with_empty_fields_is_padded_to_the_minimum_length() {
-    // Spec §5.1: the body must be >= 4 bytes; trailing bytes are ignored. An AUTH_TOKEN with empty token
-    // and device id is written with one trailing zero so that it is accepted.
+    // docs/protocol.md §6.1: the body must be >= 4 bytes; trailing bytes are ignored. An AUTH_TOKEN
+    // with empty token and device id is written with one trailing zero so that it is accepted.
     let body = Body::AuthToken(AuthToken {
         platform_id: Platform::IOS,
         token: Bytes::new(),
@@ -214,7 +214,7 @@ fn auth_token_longer_than_255_is_truncated_and_length_agrees() {
     assert!(stream.is_empty());
 }
 
-// ---- §5.2 AUTH_STATUS ----
+// ---- §6.2 AUTH_STATUS ----
 
 #[test]
 fn auth_status() {
@@ -223,7 +223,7 @@ fn auth_status() {
     golden(&Body::AuthStatus(-2), ALL, "fffffffe");
 }
 
-// ---- §5.3 IM and GROUP_IM ----
+// ---- §6.3 IM and GROUP_IM ----
 
 #[test]
 fn im_version_0_has_a_20_byte_fixed_part_without_timestamp() {
@@ -231,7 +231,7 @@ fn im_version_0_has_a_20_byte_fixed_part_without_timestamp() {
     let v0 = "0102030405060708 1112131415161718 0000002a 6869";
     golden(&Body::Im(im(0)), &[0], v0);
     golden(&Body::GroupIm(im(0)), &[0], v0);
-    // A timestamp is dropped when encoding for v0 (§5.3).
+    // A timestamp is dropped when encoding for v0 (§6.3).
     assert_eq!(&Body::Im(im(TS)).to_bytes(0)[..], &hex(v0)[..]);
     assert_eq!(Body::GroupIm(im(TS)).encoded_len(0), 22);
     // Exactly the fixed part: empty content.
@@ -290,7 +290,7 @@ fn im_same_bytes_read_differently_by_version() {
     );
 }
 
-// ---- §5.4 ACK ----
+// ---- §6.4 ACK ----
 
 #[test]
 fn ack_is_4_bytes_below_version_2_and_5_bytes_from_version_2() {
@@ -314,7 +314,7 @@ fn ack_is_4_bytes_below_version_2_and_5_bytes_from_version_2() {
     golden(&Body::Ack(Ack { seq: -2, status: 3 }), &[2], "fffffffe 03");
 }
 
-// ---- §5.5 raw-content bodies ----
+// ---- §6.5 raw-content bodies ----
 
 #[test]
 fn raw_content_bodies() {
@@ -348,7 +348,7 @@ fn ping_and_pong_are_empty() {
     golden(&Body::Pong, ALL, "");
 }
 
-// ---- §5.6 RT and ROOM_IM ----
+// ---- §6.6 RT and ROOM_IM ----
 
 #[test]
 fn rt_and_room_im() {
@@ -370,7 +370,7 @@ fn rt_and_room_im() {
     );
 }
 
-// ---- §5.7 ENTER/LEAVE_ROOM, §5.8 UNREAD_COUNT ----
+// ---- §6.7 ENTER/LEAVE_ROOM, §6.8 UNREAD_COUNT ----
 
 #[test]
 fn rooms_and_unread_count() {
@@ -388,7 +388,7 @@ fn rooms_and_unread_count() {
     decodes_to(cmd::UNREAD_COUNT, 1, "00000007 0000", &Body::UnreadCount(7));
 }
 
-// ---- §5.9 peer sync-key bodies ----
+// ---- §6.9 peer sync-key bodies ----
 
 #[test]
 fn peer_sync_key_bodies() {
@@ -415,7 +415,7 @@ fn peer_sync_key_bodies() {
     );
 }
 
-// ---- §5.10 group sync-key bodies ----
+// ---- §6.10 group sync-key bodies ----
 
 #[test]
 fn group_sync_key_bodies() {
@@ -445,7 +445,7 @@ fn group_sync_key_bodies() {
     );
 }
 
-// ---- §5.11 METADATA ----
+// ---- §6.11 METADATA ----
 
 #[test]
 fn metadata_is_always_32_bytes_with_16_zero_bytes() {
@@ -467,7 +467,7 @@ fn metadata_is_always_32_bytes_with_16_zero_bytes() {
     );
 }
 
-// ---- §5.12 CUSTOMER_V2 ----
+// ---- §6.12 CUSTOMER_V2 ----
 
 #[test]
 fn customer_v2_has_a_36_byte_fixed_part() {
@@ -488,7 +488,7 @@ fn customer_v2_has_a_36_byte_fixed_part() {
     assert_eq!(c.cmd(), 64);
 }
 
-// ---- §2.2 whole frames ----
+// ---- §3.1 whole frames ----
 
 fn golden_frame(body: &Body, seq: i32, version: u8, fl: u8, expected: &str) {
     let expected = hex(expected);

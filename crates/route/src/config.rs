@@ -55,7 +55,7 @@ pub enum PushBackend {
     /// No jobs (GoBelieve's `push_disabled = true`).
     #[default]
     None,
-    /// GoBelieve's Redis lists (spec §16.3).
+    /// GoBelieve's Redis lists (docs/compatibility.md, *GoBelieve's shared state*).
     Redis,
     /// JSON batches POSTed to a webhook.
     Webhook,

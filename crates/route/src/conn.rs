@@ -5,7 +5,8 @@
 //! per wake-up, each write under the write deadline), its kill switch and shutdown. Whatever ends
 //! first ends the connection, and the table forgets everything the node subscribed. A malformed
 //! frame closes only that connection, with a log line. Accept errors (e.g. out of file
-//! descriptors) are logged and retried, never fatal (defect #31).
+//! descriptors) are logged and retried, never fatal (docs/compatibility.md, *Other defects*: accept
+//! errors).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -1,12 +1,12 @@
-//! The router's HTTP API (spec §15.2, plus banter's additions). Any method is accepted on the
-//! GoBelieve paths, as the original does.
+//! The router's HTTP API (docs/server-api.md, *Presence*, plus banter's additions). Any
+//! method is accepted on the GoBelieve paths, as the original does.
 //!
 //! * `/online?appid=&uid=` → `{"online":bool}`: true when some access node subscribed the user
 //!   with online = 1.
 //! * `/all_online` → `[{"appid":7,"users":[1,2]}, …]`, each user once. Like GoBelieve it lists
 //!   every *subscribed* user, online flag or not (so a user connected only through a session that
 //!   does not count as online is listed); `?online_only=1` (banter) lists only users online on
-//!   some node (defect #50).
+//!   some node (docs/compatibility.md, *Cluster*: `/all_online`).
 //! * `/summary` → connections with their subscription counts and queues, and totals.
 //! * `/metrics` → Prometheus text. `/healthz` → `{"status":"ok"}`.
 //!

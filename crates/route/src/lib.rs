@@ -1,5 +1,6 @@
 //! The router node (`banter imr`, GoBelieve's `imr`): which access node holds which user and room,
-//! cross-node forwarding, offline-push decisions, and online status over HTTP (spec §10, §15.2).
+//! cross-node forwarding, offline-push decisions, and online status over HTTP
+//! (docs/internal-protocols.md, *route link*; docs/server-api.md, *Presence*).
 //!
 //! Access nodes dial [`RouterConfig::listen`] and speak the route protocol of
 //! [`cluster::route_proto`] (GoBelieve's im and banter's access nodes alike). Per connection the
@@ -13,8 +14,9 @@
 //! unchanged (the received body is shared by every receiver). PUSH requests become offline-push
 //! jobs for receivers no connection has online (module `push`). Each connection has a bounded outbox
 //! and a write deadline: a slow access node gets frames dropped (counted) and, if it stops reading,
-//! is disconnected; it never stalls forwarding between the others (defect #33). A closed
-//! connection's state is forgotten. A malformed frame closes only its connection.
+//! is disconnected; it never stalls forwarding between the others (docs/compatibility.md, *Other
+//! defects*: "`imr` writes to each `im`"). A closed connection's state is forgotten. A malformed
+//! frame closes only its connection.
 //!
 //! The HTTP API is protected by `node::admin`: with `http_secret` set every request but `/healthz`
 //! needs `Authorization: Bearer <secret>`; without one it may only listen on loopback.

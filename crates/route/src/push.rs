@@ -1,4 +1,5 @@
-//! PUSH requests (spec §10.5): which receivers are offline, and the offline-push job for them.
+//! PUSH requests (docs/internal-protocols.md, *route link*): which receivers are offline, and the
+//! offline-push job for them.
 //!
 //! A receiver is offline unless some access node subscribed it with online = 1. When at least one
 //! is, the inner message becomes one job on the push sink (which never blocks; a full sink drops

@@ -1,5 +1,6 @@
 //! The routing state: the access-node connections and, for each, the users (with their online
-//! flag) and rooms it subscribed (spec §10.5), plus each connection's bounded outbox.
+//! flag) and rooms it subscribed (docs/internal-protocols.md, *route link*), plus each connection's
+//! bounded outbox.
 //!
 //! The state is kept inverted: `(appid, uid) → [(connection, online)]` and
 //! `(appid, room) → [connection]`, each a fixed number of `RwLock<HashMap>` shards, so a publish

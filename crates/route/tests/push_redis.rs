@@ -1,5 +1,5 @@
-//! PUSH requests become GoBelieve push-queue jobs in Redis (spec §16.3) for offline receivers only,
-//! with a private `redis-server`.
+//! PUSH requests become GoBelieve push-queue jobs in Redis (docs/compatibility.md, *GoBelieve's
+//! shared state*) for offline receivers only, with a private `redis-server`.
 
 mod common;
 

@@ -1,7 +1,8 @@
 //! The group cache: `gid → Arc<Group>` snapshots (or "no such group"), bounded, sharded.
 //!
 //! Snapshots are immutable: a change builds a new [`Group`] and swaps the `Arc`, so a reader never
-//! sees a half-applied change and nothing is mutated in place while others read it (defect #38).
+//! sees a half-applied change and nothing is mutated in place while others read it
+//! (docs/compatibility.md, *Other defects*: mute changes).
 //!
 //! Loads race with changes. Every change bumps its shard's generation; a load takes a [`Ticket`]
 //! before reading the database and its result is inserted only when no change happened in that

@@ -2,16 +2,18 @@
 //! change them, behind one seam type with two variants:
 //!
 //! * [`GroupDirectory::open_embedded`]: its own SQLite file ([`embedded`]);
-//! * [`GroupDirectory::open_mysql`]: GoBelieve's MySQL tables (spec §17.1), followed live through
-//!   the Redis stream `group_manager_stream` (spec §17.3) so changes made by GoBelieve's API server
-//!   or another node reach this one ([`mysql`], [`stream`]).
+//! * [`GroupDirectory::open_mysql`]: GoBelieve's MySQL tables, followed live through the Redis
+//!   stream `group_manager_stream` (docs/compatibility.md, *GoBelieve's shared state*) so changes
+//!   made by GoBelieve's API server or another node reach this one ([`mysql`], [`stream`]).
 //!
 //! Reads go through a bounded cache of immutable snapshots ([`Group`] in an `Arc`); a miss loads
-//! from the database (never "silently nothing", defect #14). Every change is announced on
+//! from the database (never "silently nothing"; docs/compatibility.md, *Groups, rooms and
+//! customer service*: SYNC_GROUP). Every change is announced on
 //! [`GroupDirectory::changes`].
 //!
 //! Group ids are unique across apps (they are the `group.id` primary key), and every lookup and
-//! admin operation is scoped by appid: a group of another app is "not found" (defect #23).
+//! admin operation is scoped by appid: a group of another app is "not found"
+//! (docs/compatibility.md, *Groups, rooms and customer service*: `group_member_add`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -60,7 +62,8 @@ pub struct Group {
     pub name: String,
     /// The owner's uid (0 when unknown; not necessarily a member).
     pub master: i64,
-    /// A super group: messages go to one group queue instead of each member's queue (spec §8.2).
+    /// A super group: messages go to one group queue instead of each member's queue
+    /// (docs/protocol.md §9.3).
     pub super_group: bool,
     /// Members by uid.
     pub members: HashMap<i64, Member>,

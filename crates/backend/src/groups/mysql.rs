@@ -1,6 +1,6 @@
-//! The GoBelieve-compatible group directory: the `group` and `group_member` tables of spec §17.1
+//! The GoBelieve-compatible group directory: the `group` and `group_member` tables
 //! (created when missing, used as they are otherwise; soft deletes through the `deleted` columns),
-//! kept current through `group_manager_stream` (spec §17.3).
+//! kept current through `group_manager_stream` (docs/compatibility.md, *GoBelieve's shared state*).
 //!
 //! * Admin operations write MySQL in one transaction, then append their event(s) to the stream
 //!   (see [`super::stream`]) and wait, briefly, until this directory's own follower has applied
@@ -48,7 +48,7 @@ const APPLY_WAIT: Duration = Duration::from_secs(3);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The GoBelieve schema (spec §17.1), `friend` and `blacklist` included so a fresh database is
+/// The GoBelieve schema, `friend` and `blacklist` included so a fresh database is
 /// complete. `utf8mb4` so names may hold any character; existing tables are left as they are.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS `group` (

@@ -1,5 +1,6 @@
-//! The group event stream of spec §17.3: the Redis stream `group_manager_stream` and the action-id
-//! counter `groups_actions` (`"<previous_action_id>:<action_id>"`).
+//! The group event stream (docs/compatibility.md, *GoBelieve's shared state*): the Redis stream
+//! `group_manager_stream` and the action-id counter `groups_actions`
+//! (`"<previous_action_id>:<action_id>"`).
 //!
 //! This module owns the wire shape of an event (field names and values), parsing entries written by
 //! anyone (GoBelieve's API server, other banter nodes), and appending events: one Lua script reads

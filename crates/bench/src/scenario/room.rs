@@ -1,4 +1,4 @@
-//! `room`: fan-out through chat rooms (MSG_ROOM_IM), which persist nothing (spec §8.3).
+//! `room`: fan-out through chat rooms (MSG_ROOM_IM), which persist nothing (docs/protocol.md §9.4).
 //!
 //! R rooms of K members; member `i` of room `r` is uid `uid_base + r·K + i` and enters room
 //! `room_base + r` (ENTER_ROOM, confirmed by a PING/PONG round trip before the run starts). The first S

@@ -188,7 +188,7 @@ pub fn generate(dir: &Path, o: &GenOptions) -> std::io::Result<Generated> {
     Ok(g)
 }
 
-/// GoBelieve's `group` and `group_member` tables (its `db.sql`, spec of the MySQL schema).
+/// GoBelieve's `group` and `group_member` tables (its `db.sql` schema).
 pub const GROUP_TABLES_SQL: &str = "CREATE TABLE IF NOT EXISTS `group` (
   `id` BIGINT NOT NULL AUTO_INCREMENT, `appid` BIGINT DEFAULT NULL, `master` BIGINT DEFAULT NULL,
   `super` TINYINT NOT NULL DEFAULT 0, `name` VARCHAR(255) DEFAULT NULL,

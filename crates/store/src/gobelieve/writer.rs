@@ -14,7 +14,7 @@ use super::format::{
     BLOCK_SPAN, CMD_GROUP_OFFLINE, CMD_OFFLINE_V4, INDEX_FLAG_GROUP, RECORD_OVERHEAD,
 };
 
-/// In-memory index of one queue (spec names: last_msgid, last_id, last_peer_id, last_batch_id,
+/// In-memory index of one queue (GoBelieve's names: last_msgid, last_id, last_peer_id, last_batch_id,
 /// last_seq_id).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueIndex {

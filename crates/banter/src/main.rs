@@ -219,15 +219,19 @@ enum StoreCommand {
         /// Directory to write (must not hold block files yet).
         #[arg(long)]
         out: PathBuf,
+        /// Messages to generate (peer, group and super-group messages mixed).
         #[arg(long, default_value_t = 10_000)]
         messages: u64,
+        /// Users the messages are between (uids 1 ..= users).
         #[arg(long, default_value_t = 1_000)]
         users: i64,
         /// Groups (every other one a super group).
         #[arg(long, default_value_t = 10)]
         groups: i64,
+        /// The app id of every user and group.
         #[arg(long, default_value_t = 7)]
         appid: i64,
+        /// Seed of the generator: the same seed writes the same files.
         #[arg(long, default_value_t = 1)]
         seed: u64,
         /// Roll block files over at this many bytes (GoBelieve: 134217728).

@@ -1,5 +1,6 @@
 //! The same behaviour checks against both backend variants: embedded (SQLite in a temp dir) and
 //! Redis (a private `redis-server` from testkit). Real files, real sockets.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! dir; MySQL on a private MariaDB with a private Redis for `group_manager_stream`), then the
 //! MySQL-only scenarios: events written by "another app server", action-id gaps, restarts and a
 //! second node following the first.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

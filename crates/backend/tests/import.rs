@@ -1,6 +1,7 @@
 //! Importing a GoBelieve deployment's MySQL groups and Redis user state into the embedded stores,
 //! against real MariaDB and Redis processes: what GoBelieve wrote is what banter serves afterwards,
 //! deleted and malformed rows are left out, and a second run changes nothing.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use backend::import::{groups_from_mysql, users_from_redis};
 use backend::{Backend, EmbeddedGroupOptions, EmbeddedOptions, GroupDirectory};

@@ -1,6 +1,7 @@
 //! The offline-push sink against real services: a private Redis (the GoBelieve lists of
 //! docs/compatibility.md, *GoBelieve's shared state*) and an axum webhook server on 127.0.0.1:0
 //! that can fail on purpose.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,7 @@
 //! The app API against the S3-compatible backend (a private moto server from `testkit`): the same
 //! suite as on local disk, uploads cut short, a multipart upload larger than one part, and two
 //! access nodes sharing one bucket (either serves what the other stored).
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod media_common;
 

@@ -2,6 +2,7 @@
 //! `always`) or the `banter` binary started as a child process. They check the report's JSON fields and
 //! the exactly-once accounting, including runs with a deliberately withheld or duplicated message, which
 //! must fail.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::time::Duration;
 

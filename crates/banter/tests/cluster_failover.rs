@@ -13,6 +13,7 @@
 //!
 //! A second test: a SYNC that reaches a dead shard keeps its session and is answered once the
 //! shard is back.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

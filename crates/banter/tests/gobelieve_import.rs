@@ -4,6 +4,7 @@
 //! imported data then gives clients that synced to a GoBelieve key exactly the messages after it,
 //! over TCP, for personal and super-group queues; a second run changes nothing; damaged block
 //! files are reported and skipped.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

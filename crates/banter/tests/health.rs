@@ -1,6 +1,7 @@
 //! `/healthz` (liveness, 200 with each component's state) and `/readyz` (503 while the node cannot
 //! accept messages) follow the store through a failed fsync and its recovery, without a restart,
 //! and need no API secret.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

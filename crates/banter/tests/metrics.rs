@@ -1,6 +1,7 @@
 //! `/metrics` of every role, read with a Prometheus text-format parser: histograms (message latency,
 //! sync sizes, HTTP durations; store appends; router writes), process metrics, build info, and the
 //! embedded store's figures in single-node mode.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

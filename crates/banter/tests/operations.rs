@@ -2,6 +2,7 @@
 //! errors (all at once, with file:line, environment variable names and "did you mean"), checks made
 //! before the store opens, the start-up lines, log formats, and the split of client disconnects from
 //! protocol violations in logs and metrics.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

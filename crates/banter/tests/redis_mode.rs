@@ -1,5 +1,6 @@
 //! Redis mode: tokens issued by a GoBelieve API server (`access_token_<t>` hashes), sync-key hints,
 //! unread counts and device ids in GoBelieve's keys — as the original project's tests set them up.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

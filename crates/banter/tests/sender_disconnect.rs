@@ -3,6 +3,7 @@
 //! close is stored and delivered to online receivers; only the sender's ACK is lost with the connection.
 //! Peer, customer-service, normal-group and super-group messages, over TCP and WebSocket, with the store
 //! in-process and on a store node (`banter ims`).
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

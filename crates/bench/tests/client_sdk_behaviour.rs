@@ -2,6 +2,7 @@
 //! sync, SYNC on SYNC_NOTIFY with one sync in flight, SYNC_END adoption and SYNC_KEY reports, the METADATA
 //! fast path for personal and super-group queues, ACKs of received messages, PING on idle) over TCP and
 //! WebSocket.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,6 +2,7 @@
 //! subscription state on (re)connect, reference counting on the wire, drops on a full queue without
 //! blocking, publishes handed to the handler, malformed frames, `set_addrs`, and the users handed
 //! to the handler after a replay or a move.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::collections::HashSet;
 use std::sync::Arc;

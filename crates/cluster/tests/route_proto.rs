@@ -1,5 +1,6 @@
 //! Golden bytes of every route body (docs/internal-protocols.md, *route link*) and decoding of odd
 //! input.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use bytes::{Bytes, BytesMut};
 use cluster::route_proto::{

@@ -3,6 +3,7 @@
 //! summary, and promotion after which the old follower accepts appends whose sync keys continue
 //! the leader's queues above every key the leader handed out; the API's bearer secret and its
 //! loopback-only rule without one.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Golden byte tests: every expected byte string below was written by hand from the layout tables of
 //! docs/protocol.md §3.1 (header) and §6 (bodies), not produced by the code under test. Each case
 //! is encoded and compared with the bytes, and the bytes are decoded and compared with the value.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use bytes::{Bytes, BytesMut};
 use proto::{

@@ -1,5 +1,6 @@
 //! Property tests: every body variant survives encode → decode in every version 0..=3 (up to the fields a
 //! version does not carry), and frames survive encode → decode however the byte stream is split.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use bytes::{Bytes, BytesMut};
 use proptest::collection::vec;

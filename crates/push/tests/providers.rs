@@ -1,6 +1,7 @@
 //! The push senders against the local APNs/FCM stand-in (`push::mock`: HTTP/2 over TLS, checking
 //! the ES256 provider token, the OAuth2 JWT-bearer grant and the FCM bearer), with a real embedded
 //! backend holding devices, names, unread counts and do-not-disturb settings.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

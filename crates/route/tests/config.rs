@@ -1,5 +1,6 @@
 //! The router's configuration: the documented default file is the default, unknown keys and bad
 //! values are rejected, and listeners bind to port 0 in tests.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use route::{default_toml, PushBackend, RouterConfig};
 use tokio_util::sync::CancellationToken;

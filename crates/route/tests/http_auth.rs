@@ -1,5 +1,6 @@
 //! The router's HTTP API behind `http_secret` (`node::admin`): `/healthz` open, everything else
 //! needs `Authorization: Bearer <secret>`; without a secret it may only listen on loopback.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

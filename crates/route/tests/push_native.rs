@@ -2,6 +2,7 @@
 //! offline on every node become APNs and FCM requests to the devices bound in the GoBelieve Redis
 //! (a private `redis-server`), sent to the local APNs/FCM stand-in (`push::mock`: HTTP/2 over TLS,
 //! verifying the provider token and the OAuth2 grant) — exactly one per device, none for online users.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! PUSH requests become GoBelieve push-queue jobs in Redis (docs/compatibility.md, *GoBelieve's
 //! shared state*) for offline receivers only, with a private `redis-server`.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

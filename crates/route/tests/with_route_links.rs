@@ -1,6 +1,7 @@
 //! banter access-side route links (`cluster::route_link::RouteLinks`) through a banter router:
 //! presence, publish with prev_msgid, group and room publish, and the full resubscription after the
 //! router restarts.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

@@ -5,6 +5,7 @@
 //!
 //! Its own test binary with a single test: it lowers the process's descriptor limit and exhausts
 //! it, which would disturb other tests running in the same process.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 
@@ -39,6 +40,7 @@ fn lower_fd_limit(to: u64) {
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    #[allow(unsafe_code)]
     unsafe {
         assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
         lim.rlim_cur = to.min(lim.rlim_max);

@@ -3,6 +3,7 @@
 //! restart and passes `check`; a commit index hides entries no follower confirmed; withdrawn
 //! (unconfirmed, refused) records never become visible — on the leader, on followers that
 //! replicate the WITHDRAW records, and after a restart.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! A failed fsync does not stop the store for good: the appends it may have covered are refused
 //! (never acknowledged, never visible), the store re-establishes its state from what is on disk
 //! and accepts appends again once fsyncs work, without a restart.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

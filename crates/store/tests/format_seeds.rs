@@ -1,6 +1,7 @@
 //! The fuzz seeds in `fuzz/seeds/recovery` are written by `fuzz/make_seeds.py` from the format
 //! document, independently of the Rust encoder. Opening them here cross-checks
 //! `docs/storage-format.md` against the code.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::path::Path;
 

@@ -3,6 +3,7 @@
 //! is freed, every acknowledged append is kept and no refused one ever becomes visible; and a
 //! small volume fills almost completely with messages (preallocation checks free space first and
 //! never leaves an unfinished spare behind).
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

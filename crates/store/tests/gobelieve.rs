@@ -2,6 +2,7 @@
 //! entries arrive in order, GoBelieve sync keys translate to exactly "what comes after", a second
 //! run changes nothing, an interrupted run resumes (also after dying between the store append and
 //! its checkpoint), and damaged block files are reported and skipped.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::collections::BTreeMap;
 use std::path::Path;

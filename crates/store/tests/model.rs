@@ -1,6 +1,7 @@
 //! Model test: random sequences of appends, syncs, join-time syncs, latest and new-count
 //! queries, checkpoints, clean restarts and crash restarts, checked against a plain in-memory
 //! model of the queues.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Replication: a follower catches up while the leader keeps appending, switches to live without
 //! a gap or a duplicate, ends with identical positions and answers, survives its own restart,
 //! refuses gaps, ignores repeats, and can be promoted.
+#![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
 

@@ -72,8 +72,8 @@ pub fn check_block_header(h: &[u8]) -> Result<(), String> {
     if h.len() < BLOCK_HEADER_LEN as usize {
         return Err(format!("block header is {} bytes, expected 32", h.len()));
     }
-    let magic = u32::from_be_bytes(h[0..4].try_into().unwrap());
-    let version = u32::from_be_bytes(h[4..8].try_into().unwrap());
+    let magic = u32::from_be_bytes(h[0..4].try_into().expect("a slice of the exact length"));
+    let version = u32::from_be_bytes(h[4..8].try_into().expect("a slice of the exact length"));
     if magic != MAGIC {
         return Err(format!("bad block magic {magic:#010x}"));
     }
@@ -95,11 +95,11 @@ pub struct RecordHead {
 /// Decodes the 16 bytes before a record's body; the reason when they are not a record start.
 /// `max_body` bounds the length a reader is willing to believe.
 pub fn decode_record_head(b: &[u8; 16], max_body: usize) -> Result<RecordHead, String> {
-    let magic = u32::from_be_bytes(b[0..4].try_into().unwrap());
+    let magic = u32::from_be_bytes(b[0..4].try_into().expect("a slice of the exact length"));
     if magic != MAGIC {
         return Err(format!("bad record magic {magic:#010x}"));
     }
-    let len = i32::from_be_bytes(b[4..8].try_into().unwrap());
+    let len = i32::from_be_bytes(b[4..8].try_into().expect("a slice of the exact length"));
     if len < 0 || len as usize > max_body {
         return Err(format!("implausible body length {len}"));
     }
@@ -166,7 +166,13 @@ impl IndexRecord {
                 b.len()
             ));
         }
-        let f = |i: usize| i64::from_be_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
+        let f = |i: usize| {
+            i64::from_be_bytes(
+                b[i * 8..i * 8 + 8]
+                    .try_into()
+                    .expect("a slice of the exact length"),
+            )
+        };
         Ok(IndexRecord {
             appid: f(0),
             receiver: f(1),
@@ -224,7 +230,11 @@ mod tests {
         let mut out = Vec::new();
         encode_record(&mut out, CMD_OFFLINE_V4, 0, INDEX_FLAG_GROUP, &idx.encode());
         assert_eq!(out.len(), RECORD_OVERHEAD + INDEX_BODY_LEN);
-        let head = decode_record_head(out[..16].try_into().unwrap(), 1 << 20).unwrap();
+        let head = decode_record_head(
+            out[..16].try_into().expect("a slice of the exact length"),
+            1 << 20,
+        )
+        .unwrap();
         assert_eq!(
             head,
             RecordHead {

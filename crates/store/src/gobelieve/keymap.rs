@@ -86,8 +86,8 @@ impl KeyMap {
         let mut b = [0u8; PAIR as usize];
         self.file.read_exact_at(&mut b, i * PAIR)?;
         Ok((
-            i64::from_le_bytes(b[0..8].try_into().unwrap()),
-            i64::from_le_bytes(b[8..16].try_into().unwrap()),
+            i64::from_le_bytes(b[0..8].try_into().expect("a slice of the exact length")),
+            i64::from_le_bytes(b[8..16].try_into().expect("a slice of the exact length")),
         ))
     }
 

@@ -292,7 +292,10 @@ impl Cursor {
         if at + RECORD_OVERHEAD as u64 > self.len {
             return Ok(false);
         }
-        let head: [u8; 16] = self.bytes(at, 16)?.try_into().unwrap();
+        let head: [u8; 16] = self
+            .bytes(at, 16)?
+            .try_into()
+            .expect("a slice of the exact length");
         let Ok(h) = decode_record_head(&head, MAX_FRAME_BODY) else {
             return Ok(false);
         };
@@ -420,7 +423,7 @@ impl Scanner<'_> {
                 buf_at: 0,
             });
         }
-        let cur = self.cur.as_mut().unwrap();
+        let cur = self.cur.as_mut().expect("a block file is open");
         if cur.off >= cur.len {
             self.cur = None;
             return true;
@@ -428,7 +431,7 @@ impl Scanner<'_> {
         match self.read_record() {
             Ok(()) => {}
             Err(e) => {
-                let cur = self.cur.take().unwrap();
+                let cur = self.cur.take().expect("a block file is open");
                 let at = cur.pos(cur.off);
                 let end = cur.pos(cur.len);
                 self.problem(at, ProblemKind::BadBlock, format!("read failed: {e}"), end);
@@ -438,7 +441,7 @@ impl Scanner<'_> {
     }
 
     fn read_record(&mut self) -> std::io::Result<()> {
-        let cur = self.cur.as_mut().unwrap();
+        let cur = self.cur.as_mut().expect("a block file is open");
         let off = cur.off;
         let at = cur.pos(off);
         let remaining = cur.len - off;
@@ -456,7 +459,10 @@ impl Scanner<'_> {
             }
             return Ok(());
         }
-        let head: [u8; 16] = cur.bytes(off, 16)?.try_into().unwrap();
+        let head: [u8; 16] = cur
+            .bytes(off, 16)?
+            .try_into()
+            .expect("a slice of the exact length");
         let bad = match decode_record_head(&head, MAX_FRAME_BODY) {
             Err(why) => Some(why),
             Ok(h) => {

@@ -275,6 +275,9 @@ async fn watch_file(
     interval: Duration,
     mut seen: Option<(SystemTime, u64)>,
 ) {
+    // A changed file is loaded once it has stayed the same for one interval: a file being rewritten in
+    // place (truncated, then written) must not be read half-way and an empty list put in force.
+    let mut settling = None;
     loop {
         tokio::time::sleep(interval).await;
         let Some(shared) = shared.upgrade() else {
@@ -282,13 +285,20 @@ async fn watch_file(
         };
         let now = signature(&path);
         if now == seen {
+            settling = None;
             continue;
         }
-        seen = now;
         if now.is_none() {
+            seen = now;
             tracing::warn!(path = %path.display(), "the banned-word file is gone; keeping the current filter");
             continue;
         }
+        if settling != Some(now) {
+            settling = Some(now);
+            continue;
+        }
+        settling = None;
+        seen = now;
         match WordFilter::load(&path) {
             Ok(filter) => {
                 tracing::info!(path = %path.display(), words = filter.len(), "banned-word file reloaded");

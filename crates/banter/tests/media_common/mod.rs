@@ -435,8 +435,6 @@ pub async fn core_suite(server: &TestServer) {
     .assert_error(404);
 
     // Stored once: the voice clip was posted twice, and one copy of each upload is kept.
-    let usage = request(api, "GET", "/admin/media/usage?appid=7&uid=1", &[], b"").await;
-    assert_eq!(usage.status, 200);
     let thumbs = (thumb.body.len() + cropped.body.len()) as u64;
     let bubble = {
         // The JPEG's bubble thumbnail is made in the background; it may or may not exist yet.
@@ -451,9 +449,20 @@ pub async fn core_suite(server: &TestServer) {
         .await;
         small.body.len() as u64
     };
-    let stored = usage.json()["bytes"].as_u64().expect("bytes");
     let expected = (img.len() + voice.len() + blob.len() + photo.len()) as u64 + thumbs + bubble;
-    assert_eq!(stored, expected, "each upload stored once");
+    // A thumbnail made in the background may still be on its way to the storage: wait for it, then
+    // the total must be exact.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let usage = request(api, "GET", "/admin/media/usage?appid=7&uid=1", &[], b"").await;
+        assert_eq!(usage.status, 200);
+        let stored = usage.json()["bytes"].as_u64().expect("bytes");
+        if stored == expected || tokio::time::Instant::now() > deadline {
+            assert_eq!(stored, expected, "each upload stored once");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `f` until it holds (or panics after `WAIT`).

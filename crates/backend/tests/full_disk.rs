@@ -5,57 +5,12 @@
 //! sync-key hints reported meanwhile reach the file.
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
-use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use backend::{Backend, EmbeddedOptions};
 
-/// A tmpfs mounted on a temporary directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size_mb: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount(8)");
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs to fill a real filesystem and needs root (the CI runs the \
-             tests as root): mount said {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn fill(&self) {
-        let mut f = std::fs::File::create(self.path().join("ballast")).unwrap();
-        let chunk = vec![1u8; 16 << 10];
-        while f.write_all(&chunk).is_ok() {}
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path().join("ballast")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
+use testkit::Tmpfs;
 
 async fn open(path: &Path) -> Backend {
     Backend::open_embedded(EmbeddedOptions {

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use banter::testing::test_config;
@@ -19,52 +18,7 @@ use serde_json::Value;
 const A: i64 = 1;
 const B: i64 = 2;
 
-/// A tmpfs mounted on a temporary directory, unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    fn mount(size_mb: u64) -> Tmpfs {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
-            .arg(dir.path())
-            .output()
-            .expect("run mount(8)");
-        assert!(
-            out.status.success(),
-            "this test mounts a tmpfs to fill a real filesystem and needs root (the CI runs the \
-             tests as root): mount said {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        Tmpfs { dir }
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-
-    fn fill(&self) {
-        use std::io::Write;
-        let mut f = std::fs::File::create(self.path().join("ballast")).unwrap();
-        let chunk = vec![1u8; 16 << 10];
-        while f.write_all(&chunk).is_ok() {}
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path().join("ballast")).unwrap();
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
+use testkit::Tmpfs;
 
 fn content(i: usize) -> String {
     format!("m{i}|{}", "x".repeat(2000))

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use store::{Durability, NewMessage, QueueId, Store, StoreError, StoreOptions, StoreState};
+use testkit::Tmpfs;
 
 const LIMIT: Duration = Duration::from_secs(20);
 

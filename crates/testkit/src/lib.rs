@@ -5,6 +5,7 @@
 //! * [`RedisServer`]: `redis-server` without persistence.
 //! * [`MariaDb`]: `mariadbd` on a fresh data directory, with an empty database `test`.
 //! * [`S3Server`]: an S3-compatible server (moto's `moto_server`, from PyPI `moto[server]`).
+//! * [`Tmpfs`]: a small tmpfs to fill for full-disk tests (needs root).
 //!
 //! A missing binary fails with a message naming the package to install.
 
@@ -404,4 +405,73 @@ fn http_status(port: u16, method: &str, path: &str) -> Option<u16> {
     let n = stream.read(&mut buf).ok()?;
     let head = std::str::from_utf8(&buf[..n]).ok()?;
     head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// A tmpfs of a given size mounted on a fresh temporary directory, unmounted on drop. Mounting
+/// needs root (the CI runs the tests as root); without it the test fails saying so.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size_mb` MiB.
+    pub fn mount(size_mb: u64) -> Tmpfs {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount(8)");
+        assert!(
+            out.status.success(),
+            "this test mounts a {size_mb} MiB tmpfs to fill a real filesystem and needs root \
+             (the CI runs the tests as root): mount said {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Tmpfs { dir }
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the filesystem with `ballast` until no space is left; returns its size.
+    pub fn fill(&self) -> u64 {
+        use std::io::Write;
+        let mut f =
+            std::fs::File::create(self.path().join("ballast")).expect("create the ballast file");
+        let chunk = vec![0x5au8; 64 << 10];
+        let mut n = 0u64;
+        loop {
+            match f.write(&chunk) {
+                Ok(0) => break,
+                Ok(w) => n += w as u64,
+                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling the tmpfs: {e}"),
+            }
+        }
+        n
+    }
+
+    /// Frees what [`Tmpfs::fill`] took.
+    pub fn free(&self) {
+        std::fs::remove_file(self.path().join("ballast")).expect("remove the ballast file");
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let ok = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            // still busy (a store not yet closed): detach it so the directory can go
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
 }

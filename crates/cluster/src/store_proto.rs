@@ -129,7 +129,7 @@ impl ErrorCode {
             StoreError::Closed => ErrorCode::Closed,
             StoreError::Io { .. }
             | StoreError::Corrupt { .. }
-            | StoreError::Locked(_)
+            | StoreError::Locked(..)
             | StoreError::NotFollower
             | StoreError::Truncated { .. }
             | StoreError::ReplicationGap { .. } => ErrorCode::Internal,

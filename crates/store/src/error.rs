@@ -40,9 +40,10 @@ pub enum StoreError {
     /// Too many appends are waiting for the writer; try again later.
     #[error("store is overloaded: {0}")]
     Overloaded(String),
-    /// The directory is already opened by another store (in this or another process).
-    #[error("store directory {} is locked by {}", .0.display(), crate::lock::holder(.0))]
-    Locked(PathBuf),
+    /// The directory is already opened by another store (in this or another process): the
+    /// directory and who holds it ("process 1234", as its `LOCK` file records).
+    #[error("store directory {} is locked by {}", .0.display(), .1)]
+    Locked(PathBuf, String),
     /// Appends go to the leader; this store is a replication follower.
     #[error("store is a replication follower and does not accept appends")]
     NotLeader,
@@ -132,7 +133,7 @@ impl StoreError {
             StoreError::Closed => StoreError::Closed,
             StoreError::InvalidArgument(s) => StoreError::InvalidArgument(s.clone()),
             StoreError::Overloaded(s) => StoreError::Overloaded(s.clone()),
-            StoreError::Locked(p) => StoreError::Locked(p.clone()),
+            StoreError::Locked(p, h) => StoreError::Locked(p.clone(), h.clone()),
             StoreError::NotLeader => StoreError::NotLeader,
             StoreError::NotFollower => StoreError::NotFollower,
             StoreError::Truncated {

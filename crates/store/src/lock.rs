@@ -31,7 +31,7 @@ impl DirLock {
         if rc != 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::WouldBlock {
-                return Err(StoreError::Locked(dir.to_path_buf()));
+                return Err(StoreError::Locked(dir.to_path_buf(), holder(dir)));
             }
             return Err(StoreError::io("lock", &path, e));
         }
@@ -47,7 +47,7 @@ impl DirLock {
 
 /// Who holds the lock of `dir`, as recorded in its `LOCK` file: "process 1234", or a generic phrase
 /// when no pid was recorded.
-pub(crate) fn holder(dir: &Path) -> String {
+fn holder(dir: &Path) -> String {
     match std::fs::read_to_string(dir.join("LOCK"))
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())

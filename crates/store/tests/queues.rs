@@ -264,7 +264,7 @@ fn invalid_appends_are_rejected_and_store_is_locked() {
     assert!(s.append_blocking(vec![]).unwrap().is_empty());
     assert!(matches!(
         Store::open(dir.path(), StoreOptions::default()),
-        Err(StoreError::Locked(_))
+        Err(StoreError::Locked(..))
     ));
     s.close().unwrap();
     assert!(matches!(

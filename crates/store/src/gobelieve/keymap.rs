@@ -20,12 +20,12 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::state::{State, STATE_FILE};
+
 /// Directory inside the store directory that holds the import's files.
 pub const IMPORT_DIR: &str = "gobelieve";
 /// The key pairs.
 pub const KEYS_FILE: &str = "keys";
-/// The import's state (checkpoint); see `import`.
-pub const STATE_FILE: &str = "state";
 
 const PAIR: u64 = 16;
 
@@ -45,7 +45,7 @@ impl KeyMap {
         if !state_path.exists() {
             return Ok(None);
         }
-        let state = super::import::State::load(&state_path)?
+        let state = State::load(&state_path)?
             .ok_or_else(|| format!("{} is empty", state_path.display()))?;
         let path = dir.join(KEYS_FILE);
         let file = File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -130,6 +130,21 @@ impl App {
         })
     }
 
+    /// The Prometheus text of the node's `/metrics` (see [`crate::metrics::render`]).
+    pub fn render_metrics(&self) -> String {
+        crate::metrics::render(
+            &self.metrics,
+            crate::metrics::NodeFigures {
+                stats: &self.stats,
+                route: &self.route,
+                links: &self.links,
+                push: &self.push,
+                backend: &self.backend,
+                store: &self.store,
+            },
+        )
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }

@@ -575,7 +575,7 @@ async fn summary(State(app): State<Arc<App>>, q: Params) -> ApiResult {
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, node::metrics::CONTENT_TYPE)],
-        crate::metrics::render(&app),
+        app.render_metrics(),
     )
         .into_response()
 }

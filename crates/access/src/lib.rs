@@ -199,12 +199,20 @@ impl AccessNode {
             // The admin endpoints (groups, speak bans, the app API's) share the API's
             // authentication and body limits.
             let admin = admin::routes()
-                .merge(app_api::admin_routes())
+                .merge(app_api::admin_routes(
+                    app.backend.clone(),
+                    app.app_api.clone(),
+                ))
                 .merge(server_api::router());
             let mut router = http::router(app.clone(), admin);
             let on_api = app.app_api.as_ref().filter(|a| a.config.on_api_listener);
             if let Some(api) = on_api {
-                router = router.merge(app_api::router(app.clone(), api.clone(), false));
+                router = router.merge(app_api::router(
+                    app.backend.clone(),
+                    app.route.clone(),
+                    api.clone(),
+                    false,
+                ));
             }
             if app.web.enabled {
                 router = router.merge(web_router(&app, &addrs, on_api, true));
@@ -220,7 +228,7 @@ impl AccessNode {
         if let (Some(l), Some(api)) = (app_api_listener, app.app_api.clone()) {
             // The same admission as the API listener: connection limit and header timeout.
             let web = web_router(&app, &addrs, Some(&api), false);
-            let mut router = app_api::router(app.clone(), api, true);
+            let mut router = app_api::router(app.backend.clone(), app.route.clone(), api, true);
             if app.web.enabled {
                 router = router.merge(web);
             }

@@ -9,7 +9,13 @@ use std::time::Duration;
 use metrics::Histogram;
 use node::metrics::Registry;
 
-use crate::app::{App, StoreClient};
+use backend::push::PushSink;
+use backend::Backend;
+use cluster::route_link::RouteLinks;
+
+use crate::route::RouteTable;
+use crate::stats::Stats;
+use crate::store_client::StoreClient;
 
 /// The registry and the histograms recorded on the hot path.
 pub struct AccessMetrics {
@@ -79,10 +85,21 @@ impl AccessMetrics {
     }
 }
 
-/// The Prometheus text of the node's `/metrics`.
-pub fn render(app: &App) -> String {
-    let r = &app.metrics.registry;
-    let st = &app.stats;
+/// What a scrape reads of the node besides the registry (`App::render_metrics` lends it).
+pub struct NodeFigures<'a> {
+    pub stats: &'a Stats,
+    pub route: &'a RouteTable,
+    pub links: &'a RouteLinks,
+    pub push: &'a PushSink,
+    pub backend: &'a Backend,
+    pub store: &'a StoreClient,
+}
+
+/// The Prometheus text of the node's `/metrics`: the registry, with the node's counters and
+/// gauges copied in from `app`.
+pub fn render(metrics: &AccessMetrics, app: NodeFigures<'_>) -> String {
+    let r = &metrics.registry;
+    let st = app.stats;
     let g = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (users, clients) = app.route.counts(None);
     let links = app.links.stats();
@@ -266,7 +283,7 @@ pub fn render(app: &App) -> String {
         "Sync-key and unread reports dropped because the backend's write-behind buffer was full.",
         app.backend.dropped_reports(),
     );
-    if let StoreClient::Local(store) = &app.store {
+    if let StoreClient::Local(store) = app.store {
         let s = store.stats();
         for (name, help, v) in [
             (

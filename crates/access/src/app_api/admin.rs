@@ -18,18 +18,24 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use backend::Supporter;
+use backend::{Backend, Supporter};
 use serde::Deserialize;
 use serde_json::json;
 
 use super::AppApi;
-use crate::app::App;
 use crate::http::{id, json_body, ApiError, Params};
 
 type ApiResult = Result<Response, ApiError>;
 
-fn app_api(app: &App) -> Result<&Arc<AppApi>, ApiError> {
-    app.app_api
+/// What the operator endpoints need: the node's backend and the app API, unless disabled.
+#[derive(Clone)]
+struct AdminCtx {
+    backend: Backend,
+    api: Option<Arc<AppApi>>,
+}
+
+fn app_api(app: &AdminCtx) -> Result<&Arc<AppApi>, ApiError> {
+    app.api
         .as_ref()
         .ok_or_else(|| ApiError::not_found("the app API is disabled (app_api.enabled = false)"))
 }
@@ -49,7 +55,7 @@ struct UserRef {
     uid: i64,
 }
 
-async fn delete_user(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+async fn delete_user(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     let r: UserRef = json_body(&body)?;
     if r.appid <= 0 || r.uid <= 0 {
         return Err(ApiError::bad("`appid` and `uid` must be > 0"));
@@ -72,7 +78,7 @@ async fn delete_user(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     )
 }
 
-async fn usage(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+async fn usage(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
     let bytes = app_api(&app)?
@@ -83,7 +89,7 @@ async fn usage(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     Ok(Json(json!({ "bytes": bytes })).into_response())
 }
 
-async fn devices(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+async fn devices(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
     let list: Vec<_> = app
@@ -114,7 +120,7 @@ struct SetSupporters {
     supporters: Vec<SupporterEntry>,
 }
 
-async fn set_supporters(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+async fn set_supporters(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     let r: SetSupporters = json_body(&body)?;
     let list: Vec<Supporter> = r
         .supporters
@@ -131,11 +137,11 @@ async fn set_supporters(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({})).into_response())
 }
 
-async fn get_supporters(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+async fn get_supporters(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     let store_id = id(&q, "store_id")?;
     let stored = app.backend.supporters(store_id).await?;
     let configured: Vec<&Supporter> = app
-        .app_api
+        .api
         .as_ref()
         .map(|a| {
             a.config
@@ -159,7 +165,7 @@ struct SetDnd {
     on: bool,
 }
 
-async fn set_dnd(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+async fn set_dnd(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     let r: SetDnd = json_body(&body)?;
     if r.appid <= 0 || r.uid <= 0 || r.group_id < 0 {
         return Err(ApiError::bad(
@@ -174,15 +180,19 @@ async fn set_dnd(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({})).into_response())
 }
 
-async fn get_dnd(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+async fn get_dnd(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
     let d = app.backend.dnd(appid, uid).await?;
     Ok(Json(json!({"user": d.user, "groups": d.groups})).into_response())
 }
 
-/// The routes, merged into the API router (behind `api.secret`).
-pub fn routes() -> Router<Arc<App>> {
+/// The routes, merged into the API router (behind `api.secret`), working with the node's
+/// `backend` and the app API (`None` when it is disabled: the media endpoints then answer 404).
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    backend: Backend,
+    api: Option<Arc<AppApi>>,
+) -> Router<S> {
     Router::new()
         .route("/admin/media/delete_user", post(delete_user))
         .route("/admin/media/usage", get(usage))
@@ -192,4 +202,5 @@ pub fn routes() -> Router<Arc<App>> {
             post(set_supporters).get(get_supporters),
         )
         .route("/admin/push/dnd", post(set_dnd).get(get_dnd))
+        .with_state(AdminCtx { backend, api })
 }

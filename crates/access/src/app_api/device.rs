@@ -47,20 +47,18 @@ fn tokens_of(body: &Bytes) -> Result<Vec<(PushProvider, String)>, AppError> {
 }
 
 pub(crate) async fn bind(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
-    let user = authenticate(&ctx.app, &headers).await?;
+    let user = authenticate(&ctx.backend, &headers).await?;
     let tokens = tokens_of(&body)?;
-    ctx.app
-        .backend
+    ctx.backend
         .bind_devices(user.appid, user.uid, &tokens)
         .await?;
     Ok(Json(json!({"success": true})).into_response())
 }
 
 pub(crate) async fn unbind(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
-    let user = authenticate(&ctx.app, &headers).await?;
+    let user = authenticate(&ctx.backend, &headers).await?;
     let tokens = tokens_of(&body)?;
     let removed = ctx
-        .app
         .backend
         .unbind_devices(user.appid, user.uid, &tokens)
         .await?;
@@ -77,7 +75,7 @@ struct DndBody {
 }
 
 pub(crate) async fn set_dnd(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
-    let user = authenticate(&ctx.app, &headers).await?;
+    let user = authenticate(&ctx.backend, &headers).await?;
     let r: DndBody =
         serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("invalid json: {e}")))?;
     let scope = match r.group_id {
@@ -85,15 +83,14 @@ pub(crate) async fn set_dnd(State(ctx): State<Ctx>, headers: HeaderMap, body: By
         g if g > 0 => backend::DndScope::Group(g),
         _ => return Err(AppError::bad("`group_id` must be >= 0")),
     };
-    ctx.app
-        .backend
+    ctx.backend
         .set_dnd(user.appid, user.uid, scope, r.on)
         .await?;
     Ok(Json(json!({"success": true})).into_response())
 }
 
 pub(crate) async fn get_dnd(State(ctx): State<Ctx>, headers: HeaderMap) -> AppResult {
-    let user = authenticate(&ctx.app, &headers).await?;
-    let d = ctx.app.backend.dnd(user.appid, user.uid).await?;
+    let user = authenticate(&ctx.backend, &headers).await?;
+    let d = ctx.backend.dnd(user.appid, user.uid).await?;
     Ok(Json(json!({"user": d.user, "groups": d.groups})).into_response())
 }

@@ -119,7 +119,7 @@ async fn authorize(
     if cfg.access == "public" {
         return Ok(true);
     }
-    let user = authenticate(&ctx.app, headers).await?;
+    let user = authenticate(&ctx.backend, headers).await?;
     if user.appid != r.appid {
         return Err(AppError::new(
             StatusCode::FORBIDDEN,
@@ -254,7 +254,7 @@ pub(crate) struct SignReq {
 /// `POST /media/sign {"src", "ttl_secs"?}` → `{"url", "expires"}`: a URL anyone may download until
 /// `expires`, for a user of the media's app.
 pub(crate) async fn sign(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
-    let user = authenticate(&ctx.app, &headers).await?;
+    let user = authenticate(&ctx.backend, &headers).await?;
     let req: SignReq =
         serde_json::from_slice(&body).map_err(|e| AppError::bad(format!("invalid json: {e}")))?;
     let cfg = ctx.api.media.config();

@@ -32,12 +32,12 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use backend::{AuthInfo, Supporter};
+use backend::{AuthInfo, Backend, Supporter};
 use media::Media;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::app::App;
+use crate::route::RouteTable;
 
 pub use admin::routes as admin_routes;
 
@@ -175,10 +175,12 @@ impl AppApi {
     }
 }
 
-/// Handler state: the node and the app API.
+/// Handler state: what the app API needs of the node — the backend (tokens, devices, supporters,
+/// do-not-disturb) and the local route table (who is online) — and the app API itself.
 #[derive(Clone)]
 pub(crate) struct Ctx {
-    pub app: Arc<App>,
+    pub backend: Backend,
+    pub route: Arc<RouteTable>,
     pub api: Arc<AppApi>,
 }
 
@@ -288,14 +290,17 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// The user a request authenticates as: 401 without a valid token.
-pub(crate) async fn authenticate(app: &App, headers: &HeaderMap) -> Result<AuthInfo, AppError> {
+pub(crate) async fn authenticate(
+    backend: &Backend,
+    headers: &HeaderMap,
+) -> Result<AuthInfo, AppError> {
     let Some(token) = bearer(headers) else {
         return Err(AppError::new(
             StatusCode::UNAUTHORIZED,
             "missing `Authorization: Bearer <token>` header",
         ));
     };
-    match app.backend.authenticate(token).await? {
+    match backend.authenticate(token).await? {
         Some(info) if info.appid > 0 => Ok(info),
         _ => Err(AppError::new(
             StatusCode::UNAUTHORIZED,
@@ -359,11 +364,21 @@ fn cors(cfg: &AppApiConfig) -> Option<tower_http::cors::CorsLayer> {
 }
 
 /// The app API router, under the configured prefix. `standalone`: it is the listener's only router
-/// (it then answers unknown paths itself; merged into the API router, that router does).
-pub fn router(app: Arc<App>, api: Arc<AppApi>, standalone: bool) -> Router {
+/// (it then answers unknown paths itself; merged into the API router, that router does). It works
+/// with the node's `backend` and local route table (`route`).
+pub fn router(
+    backend: Backend,
+    route: Arc<RouteTable>,
+    api: Arc<AppApi>,
+    standalone: bool,
+) -> Router {
     let prefix = api.config.normalized_prefix();
     let cors = cors(&api.config);
-    let ctx = Ctx { app, api };
+    let ctx = Ctx {
+        backend,
+        route,
+        api,
+    };
     let mut inner = Router::new()
         .route("/images", post(upload::images))
         .route("/audios", post(upload::audios))

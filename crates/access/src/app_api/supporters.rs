@@ -28,7 +28,7 @@ pub(crate) async fn of_store(ctx: &Ctx, store_id: i64) -> Result<Vec<Supporter>,
         .filter(|s| s.store_id == store_id)
         .map(|s| (s.seller_id, s.clone()))
         .collect();
-    for s in ctx.app.backend.supporters(store_id).await? {
+    for s in ctx.backend.supporters(store_id).await? {
         all.insert(s.seller_id, s);
     }
     Ok(all.into_values().collect())
@@ -39,7 +39,7 @@ pub(crate) async fn get_one(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> AppResult {
-    let user = authenticate(&ctx.app, &headers).await?;
+    let user = authenticate(&ctx.backend, &headers).await?;
     let store_id = q
         .get("store_id")
         .ok_or_else(|| AppError::bad("missing query parameter `store_id`"))?
@@ -55,7 +55,7 @@ pub(crate) async fn get_one(
     }
     let online: Vec<&Supporter> = list
         .iter()
-        .filter(|s| ctx.app.route.is_online(s.appid, s.seller_id))
+        .filter(|s| ctx.route.is_online(s.appid, s.seller_id))
         .collect();
     let candidates: Vec<&Supporter> = if online.is_empty() {
         list.iter().collect()
@@ -63,7 +63,7 @@ pub(crate) async fn get_one(
         online
     };
     let s = candidates[(user.uid.unsigned_abs() % candidates.len() as u64) as usize];
-    let status = if ctx.app.route.is_online(s.appid, s.seller_id) {
+    let status = if ctx.route.is_online(s.appid, s.seller_id) {
         "online"
     } else {
         "offline"

@@ -166,7 +166,7 @@ fn is_multipart(headers: &HeaderMap) -> bool {
 
 async fn upload(ctx: Ctx, kind: Kind, req: Request) -> AppResult {
     let headers = req.headers().clone();
-    let user = authenticate(&ctx.app, &headers).await?;
+    let user = authenticate(&ctx.backend, &headers).await?;
     let media = ctx.api.media.clone();
     let cfg = media.config();
     ctx.api

@@ -8,34 +8,34 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::engine::{Inner, Submission, WriterState};
 use crate::error::StoreError;
 use crate::format::{
     check_record, encode_jump, encode_withdraw, jump_seq, jump_target, Entry, MessageView,
     RecordCheck, Withdraw, ENTRY_LEN, RECORD_HEADER_LEN, RECORD_MESSAGE,
 };
 use crate::queue::{Head, Published};
-use crate::writer::{Outcome, Written};
+use crate::shared::Stats;
+use crate::submit::Submission;
+use crate::syncer::{Outcome, Written};
+use crate::writer::Writer;
 use crate::QueueId;
 
-impl Inner {
+impl Writer {
     /// A promotion or a withdrawal, alone in its writer turn: computes its control record(s),
     /// writes them and hands them to the sync thread like any batch, so they become durable and
     /// visible (and replicate) in log order.
-    pub(crate) fn process_control(&self, sub: Submission) {
-        let mut st = self.state.lock();
+    pub(crate) fn process_control(&mut self, sub: Submission) {
         let (tx, planned) = match sub {
             Submission::Jump { min_end, tx } => {
-                let r = if self.is_follower() {
-                    self.plan_jump(&mut st, min_end)
+                let r = if self.shared.is_follower() {
+                    self.plan_jump(min_end)
                 } else {
                     Err(Failed::Refused(StoreError::NotFollower))
                 };
                 (tx, r)
             }
-            Submission::Withdraw { from, tx } => (tx, self.plan_withdraw(&mut st, from)),
+            Submission::Withdraw { from, tx } => (tx, self.plan_withdraw(from)),
             other => {
-                drop(st);
                 other.fail(StoreError::InvalidArgument(
                     "not a control submission".into(),
                 ));
@@ -45,19 +45,16 @@ impl Inner {
         let plan = match planned {
             Ok(Some(plan)) => plan,
             Ok(None) => {
-                let end = st.end;
-                drop(st);
+                let end = self.end;
                 let _ = tx.send(Ok(end));
                 return;
             }
             Err(Failed::Refused(e)) => {
-                drop(st);
                 let _ = tx.send(Err(e));
                 return;
             }
             Err(Failed::Io(e)) => {
                 self.enter_recovery(&e);
-                drop(st);
                 let _ = tx.send(Err(e));
                 return;
             }
@@ -71,43 +68,32 @@ impl Inner {
             result,
             promote,
         } = plan;
-        let fsync_epoch = self.fsync_failures.load(Ordering::Acquire);
-        if let Err(e) = self.write_batch(&mut st, start, &buf, &bounds) {
+        let fsync_epoch = self.shared.fsync_epoch();
+        if let Err(e) = self.write_batch(start, &buf, &bounds) {
             self.enter_recovery(&e);
-            drop(st);
             let _ = tx.send(Err(e));
             return;
         }
         let end = start + buf.len() as u64;
-        st.end = end;
+        self.end = end;
         for (q, h) in heads {
             if h.last_seq == 0 {
-                st.heads.remove(&q);
+                self.heads.remove(&q);
             } else {
-                st.heads.insert(q, h);
+                self.heads.insert(q, h);
             }
         }
         let result = if promote { end } else { result };
         if promote {
             // Everything this store holds is the truth now: the commit index starts at the new
             // end, then appends are accepted (they queue behind this turn of the writer).
-            if self.commit_visibility.load(Ordering::Acquire) {
-                self.visible_limit.store(end, Ordering::Release);
-            }
-            self.role.store(
-                crate::engine::role_byte(crate::Role::Leader),
-                Ordering::Release,
-            );
+            self.shared.become_leader(end);
         }
-        self.maybe_request_spare(&mut st);
-        let file = st.active.as_ref().map(|a| a.file.clone());
-        drop(st);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.stats
-            .bytes_written
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let mut q = self.syncq.lock();
-        q.items.push_back(Written {
+        self.maybe_request_spare();
+        let file = self.active.as_ref().map(|a| a.file.clone());
+        Stats::add(&self.shared.stats().batches, 1);
+        Stats::add(&self.shared.stats().bytes_written, buf.len() as u64);
+        self.syncq.push(Written {
             start,
             end,
             buf,
@@ -117,17 +103,15 @@ impl Inner {
             file,
             fsync_epoch,
         });
-        drop(q);
-        self.sync_cv.notify_one();
     }
 
     /// Promotion: seal the log at its end and open a segment at `jump_target` of
     /// `max(end, min_end)` with a JUMP record.
-    fn plan_jump(&self, st: &mut WriterState, min_end: u64) -> Result<Option<ControlPlan>, Failed> {
-        let from = st.end;
+    fn plan_jump(&mut self, min_end: u64) -> Result<Option<ControlPlan>, Failed> {
+        let from = self.end;
         let target = jump_target(from.max(min_end));
-        self.roll_at(st, from, target).map_err(Failed::Io)?;
-        st.end = target;
+        self.roll_at(from, target).map_err(Failed::Io)?;
+        self.end = target;
         let mut buf = Vec::with_capacity(crate::format::JUMP_RECORD_LEN);
         encode_jump(&mut buf, from);
         tracing::info!(
@@ -149,17 +133,13 @@ impl Inner {
     /// Withdrawal of the records in `from..end`: every queue they touched goes back to its newest
     /// entry before `from`, recorded in WITHDRAW records (at most [`WITHDRAW_HEADS_PER_RECORD`]
     /// queues each, so each replicates in a frame of ordinary size).
-    fn plan_withdraw(
-        &self,
-        st: &mut WriterState,
-        from: u64,
-    ) -> Result<Option<ControlPlan>, Failed> {
-        let to = st.end;
+    fn plan_withdraw(&mut self, from: u64) -> Result<Option<ControlPlan>, Failed> {
+        let to = self.end;
         if from >= to {
             return Ok(None);
         }
         let touched = self.touched_queues(from, to).map_err(Failed::Refused)?;
-        self.finish_withdraw(st, from, to, touched)
+        self.finish_withdraw(from, to, touched)
     }
 
     /// The queues that the MESSAGE records in `from..to` (written, maybe not durable) append to,
@@ -170,7 +150,8 @@ impl Inner {
         let mut p = from;
         while p < to {
             let avail = self
-                .log
+                .shared
+                .log()
                 .segment_for(p)
                 .map(|s| s.end.load(Ordering::Acquire).min(to).saturating_sub(p))
                 .unwrap_or(0);
@@ -180,7 +161,8 @@ impl Inner {
                 )));
             }
             let mut data = self
-                .log
+                .shared
+                .log()
                 .read_written(p, avail.min(WITHDRAW_READ_CHUNK as u64) as usize)?;
             let mut off = 0usize;
             while off < data.len() {
@@ -191,11 +173,11 @@ impl Inner {
                     }
                     // one record larger than a chunk: read it whole
                     RecordCheck::Incomplete { needed } if off == 0 && needed as u64 <= avail => {
-                        data = self.log.read_written(p, needed)?;
+                        data = self.shared.log().read_written(p, needed)?;
                     }
                     RecordCheck::Incomplete { .. } if off > 0 => break,
                     RecordCheck::Incomplete { .. } => {
-                        let (file, offset) = self.log.locate(p);
+                        let (file, offset) = self.shared.log().locate(p);
                         return Err(StoreError::corrupt(
                             file,
                             offset,
@@ -203,7 +185,7 @@ impl Inner {
                         ));
                     }
                     RecordCheck::Bad(why) => {
-                        let (file, offset) = self.log.locate(p + off as u64);
+                        let (file, offset) = self.shared.log().locate(p + off as u64);
                         return Err(StoreError::corrupt(file, offset, why));
                     }
                 }
@@ -215,15 +197,14 @@ impl Inner {
 
     /// Computes each touched queue's head before `from` and encodes the WITHDRAW records at `to`.
     fn finish_withdraw(
-        &self,
-        st: &mut WriterState,
+        &mut self,
         from: u64,
         to: u64,
         touched: Vec<QueueId>,
     ) -> Result<Option<ControlPlan>, Failed> {
         let mut heads: Vec<(QueueId, Head)> = Vec::new();
         for q in touched {
-            let Some(head) = st.heads.get(&q) else {
+            let Some(head) = self.heads.get(&q) else {
                 continue;
             };
             if (head.last_key() as u64) < from {
@@ -289,7 +270,7 @@ impl Inner {
             return Ok(Head::default());
         }
         // Chain of `seq`, newest first: seq, jump_seq(seq), …; each key from the entry above.
-        let start = self.log.log_start.load(Ordering::Acquire) as i64;
+        let start = self.shared.log().log_start.load(Ordering::Acquire) as i64;
         let mut chain = Vec::new();
         let (mut s, mut k) = (seq, key);
         while s > 0 {
@@ -316,10 +297,10 @@ impl Inner {
     /// Reads the written (possibly not yet durable) entry at `key`, which must be entry `seq`
     /// of `q`.
     fn written_entry(&self, q: QueueId, key: i64, seq: u64) -> Result<Entry, StoreError> {
-        let b = self.log.read_written(key as u64, ENTRY_LEN)?;
+        let b = self.shared.log().read_written(key as u64, ENTRY_LEN)?;
         let e = Entry::decode(&b);
         if e.queue() != Some(q) || e.seq != seq {
-            let (file, offset) = self.log.locate(key as u64);
+            let (file, offset) = self.shared.log().locate(key as u64);
             return Err(StoreError::corrupt(
                 file,
                 offset,

@@ -1,163 +1,27 @@
-//! The [`Store`] handle and the state its threads share: submission queue, writer state, reader
-//! views, health and statistics. `Store::open` lives in `recovery`, the writer loop in `writer`,
-//! the in-process recovery after a failed write in `resume`, reads in `read`, replication in
-//! `replication`.
+//! The [`Store`] handle: `Store::open` takes what recovery re-established (`recovery`), hands
+//! each part to the thread that owns it — the writer (`writer`: queue heads, log end, active
+//! segment), the sync thread (`syncer`), the checkpointer (`checkpoint`) and the preallocator
+//! (`prealloc`) — and starts them; the threads and the handle share only the read side
+//! (`shared`) and the submission queue (`submit`). The handle's API: appends, reads (`read`),
+//! checkpoints, statistics, health and close; replication's part is in `replication`.
 
-use std::collections::VecDeque;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
+use crate::checkpoint::{checkpointer_loop, Checkpoints};
 use crate::error::StoreError;
 use crate::format::message_record_len;
-use crate::health::{Health, StoreHealth};
-use crate::lock::DirLock;
-use crate::log::{LogView, Segment};
-use crate::options::{Role, StoreOptions};
-use crate::queue::{Head, PublishedHeads, QueueMap};
-use crate::replication::ReplicationBatch;
-use crate::resources::FdReserve;
+use crate::health::StoreHealth;
+use crate::options::StoreOptions;
+use crate::prealloc::{prealloc_loop, SpareSlot};
+use crate::shared::{Shared, Stats};
+use crate::submit::{Submission, Submissions};
+use crate::syncer::{SyncQueue, Syncer};
+use crate::writer::Writer;
 use crate::{AppendTicket, Appended, NewMessage, QueueId, SyncPage, Ticket};
-
-/// The segment being appended to.
-pub(crate) struct Active {
-    pub file: Arc<File>,
-    pub seg: Arc<Segment>,
-    /// Made from a zero-filled spare: writes overwrite allocated blocks and never need space.
-    pub preallocated: bool,
-}
-
-/// State owned by the writer thread (the checkpointer reads it between batches).
-pub(crate) struct WriterState {
-    pub heads: QueueMap<Head>,
-    /// Position after the last record written.
-    pub end: u64,
-    pub active: Option<Active>,
-    /// Written but not yet fsynced (Interval / None durability).
-    pub unsynced: bool,
-    /// A spare segment was requested for the next roll.
-    pub spare_requested: bool,
-    pub last_sync: Instant,
-}
-
-pub(crate) type AppendResult = Result<Vec<Vec<Appended>>, StoreError>;
-
-pub(crate) enum Submission {
-    Append {
-        msgs: Vec<NewMessage>,
-        /// Result vectors allocated (with their final capacity) by the submitting thread, so the
-        /// writer does not allocate per message and the caller frees what it allocated.
-        results: Vec<Vec<Appended>>,
-        bytes: usize,
-        tx: tokio::sync::oneshot::Sender<AppendResult>,
-    },
-    Replicate {
-        batch: ReplicationBatch,
-        tx: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
-    },
-    /// Promotion: continue the log at `jump_target(max(end, min_end))` with a JUMP record, then
-    /// become a leader. Resolves to the new log end.
-    Jump {
-        min_end: u64,
-        tx: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
-    },
-    /// Withdraw every record from `from` to the log end (sync replication refused them): write
-    /// WITHDRAW records setting the queues back. Resolves to the position of the first WITHDRAW
-    /// record (every withdrawn record ends at or before it).
-    Withdraw {
-        from: u64,
-        tx: tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
-    },
-}
-
-impl Submission {
-    pub fn bytes(&self) -> usize {
-        match self {
-            Submission::Append { bytes, .. } => *bytes,
-            Submission::Replicate { batch, .. } => batch.data.len(),
-            Submission::Jump { .. } => crate::format::JUMP_RECORD_LEN,
-            Submission::Withdraw { .. } => 0,
-        }
-    }
-
-    /// Processed by the writer on its own (never in a group commit with others): it moves the
-    /// log to another position or reads back what was written.
-    pub fn exclusive(&self) -> bool {
-        match self {
-            Submission::Append { .. } => false,
-            Submission::Replicate { batch, .. } => batch.jump_from().is_some(),
-            Submission::Jump { .. } | Submission::Withdraw { .. } => true,
-        }
-    }
-
-    pub fn fail(self, e: StoreError) {
-        match self {
-            Submission::Append { tx, .. } => {
-                let _ = tx.send(Err(e));
-            }
-            Submission::Replicate { tx, .. }
-            | Submission::Jump { tx, .. }
-            | Submission::Withdraw { tx, .. } => {
-                let _ = tx.send(Err(e));
-            }
-        }
-    }
-}
-
-#[derive(Default)]
-pub(crate) struct Pending {
-    pub queue: VecDeque<Submission>,
-    pub bytes: usize,
-    pub closing: bool,
-}
-
-/// The next segment's file (`segment.spare`), opened ahead of need so a roll needs no new
-/// descriptor.
-pub(crate) struct Spare {
-    pub file: File,
-    /// Zero-filled to `segment_bytes` and fsynced; otherwise empty (the segment grows as written).
-    pub zero_filled: bool,
-}
-
-/// The preallocator thread's state.
-#[derive(Default)]
-pub(crate) struct PreallocState {
-    /// The spare, ready for the next roll.
-    pub spare: Option<Spare>,
-    /// The writer wants a spare.
-    pub wanted: bool,
-    /// Bytes the active segment may still grow by (0 when it is preallocated), so a zero-filled
-    /// spare is only written when both fit.
-    pub active_growth: u64,
-    pub stop: bool,
-}
-
-/// Checkpoint bookkeeping (guarded by its own mutex, which also serialises checkpoints).
-pub(crate) struct CkptState {
-    pub generation: u64,
-    /// Position covered by the newest checkpoint on disk (0 and `has` false if none).
-    pub position: u64,
-    pub has: bool,
-    /// Slot the next checkpoint goes to (0 = a, 1 = b).
-    pub next_slot: u8,
-    pub last_at: Instant,
-}
-
-#[derive(Default)]
-pub(crate) struct Stats {
-    pub messages: AtomicU64,
-    pub entries: AtomicU64,
-    pub batches: AtomicU64,
-    pub fsyncs: AtomicU64,
-    pub bytes_written: AtomicU64,
-    pub checkpoints: AtomicU64,
-    pub segments_dropped: AtomicU64,
-}
 
 /// Counters and sizes, for monitoring and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -183,180 +47,34 @@ pub struct StoreStats {
     pub checkpoint_position: u64,
 }
 
-/// Shared by the store handle and its threads.
-pub(crate) struct Inner {
-    pub opts: StoreOptions,
-    pub dir: PathBuf,
-    pub log: LogView,
-    pub heads: PublishedHeads,
-    pub state: Mutex<WriterState>,
-    pub pending: Mutex<Pending>,
-    pub pending_cv: Condvar,
-    pub syncq: Mutex<crate::writer::SyncQueue>,
-    pub sync_cv: Condvar,
-    pub end_lock: Mutex<()>,
-    pub end_cv: Condvar,
-    pub end_watch: tokio::sync::watch::Sender<u64>,
-    /// The sync thread finished a round with nothing queued (waited for by recovery).
-    pub sync_idle_cv: Condvar,
-    /// Accepting appends, recovering, or failed; and what degrades the store.
-    pub health: Health,
-    /// fsync failures since open. A written batch records it; if it changed before the batch is
-    /// acknowledged, a failed fsync may have covered the batch, which is therefore refused.
-    pub fsync_failures: AtomicU64,
-    /// The store's directory, open for fsyncs of it and `fstatvfs` (no descriptor needed then).
-    pub dir_file: File,
-    /// A descriptor held in reserve for the store's own opens.
-    pub reserve: FdReserve,
-    pub closed: AtomicBool,
-    /// Test hook: make the next fsyncs fail.
-    pub inject_fsync_failure: AtomicBool,
-    /// The writer thread has exited (after `close`).
-    pub stopped: AtomicBool,
-    pub ckpt: Mutex<CkptState>,
-    /// `ckpt.position`, readable without waiting for a checkpoint in progress.
-    pub ckpt_position: AtomicU64,
-    pub ckpt_signal: Mutex<bool>,
-    pub ckpt_cv: Condvar,
-    pub role: AtomicU8,
-    /// Readers see queue entries only below this position (`u64::MAX`: no limit). In `sync`
-    /// replication the store server keeps it at what a follower confirmed (the commit index).
-    pub visible_limit: AtomicU64,
-    /// The commit index is maintained ([`Store::enable_commit_visibility`]): a leader starts at
-    /// its log end, a promotion resets it to the end after the JUMP.
-    pub commit_visibility: AtomicBool,
-    pub prealloc: Mutex<PreallocState>,
-    pub prealloc_cv: Condvar,
-    pub stats: Stats,
-    pub _lock: DirLock,
+/// The store's threads while they run.
+struct Threads {
+    writer: JoinHandle<Writer>,
+    others: Vec<JoinHandle<()>>,
 }
 
-const ROLE_LEADER: u8 = 0;
-const ROLE_FOLLOWER: u8 = 1;
-
-pub(crate) fn role_byte(r: Role) -> u8 {
-    match r {
-        Role::Leader => ROLE_LEADER,
-        Role::Follower => ROLE_FOLLOWER,
-    }
-}
-
-impl Inner {
-    pub fn is_follower(&self) -> bool {
-        self.role.load(Ordering::Acquire) == ROLE_FOLLOWER
-    }
-
-    /// A write or fsync failed: refuse appends and have the writer thread recover.
-    pub fn enter_recovery(&self, e: &StoreError) {
-        self.health.fail(e);
-        // the writer may be waiting for submissions: it runs the recovery
-        self.pending_cv.notify_all();
-    }
-
-    /// fsyncs `file` (its data only, or also its metadata such as a changed length). A failure
-    /// is counted so that batches written before it are not acknowledged.
-    pub fn fsync(&self, file: &File, path: &Path, data_only: bool) -> Result<(), StoreError> {
-        let started = std::time::Instant::now();
-        let r = if self.inject_fsync_failure.load(Ordering::Acquire) {
-            Err(std::io::Error::other("injected fsync failure"))
-        } else if data_only {
-            file.sync_data()
-        } else {
-            file.sync_all()
-        };
-        self.opts
-            .histograms
-            .fsync_seconds
-            .record(started.elapsed().as_secs_f64());
-        r.map_err(|e| {
-            self.fsync_failures.fetch_add(1, Ordering::AcqRel);
-            StoreError::io("fsync", path, e)
-        })
-    }
-
-    /// fsyncs the store's directory so that creations, renames and removals in it are durable.
-    pub fn sync_dir(&self) -> Result<(), StoreError> {
-        self.fsync(&self.dir_file, &self.dir, false)
-            .map_err(|e| match e {
-                StoreError::Io { path, source, .. } => StoreError::Io {
-                    op: "fsync directory",
-                    path,
-                    offset: None,
-                    source,
-                },
-                e => e,
-            })
-    }
-
-    /// Opens a file, using the descriptor reserve if the process has run out.
-    pub fn open_file(&self, opts: &std::fs::OpenOptions, path: &Path) -> std::io::Result<File> {
-        self.reserve.open_with(|| opts.open(path))
-    }
-
-    /// Wakes replication readers after `durable_end` moved (or the store closed).
-    pub fn notify_end(&self) {
-        drop(self.end_lock.lock());
-        self.end_cv.notify_all();
-        self.end_watch
-            .send_replace(self.log.durable_end.load(Ordering::Acquire));
-    }
-
-    pub fn submit(&self, sub: Submission) {
-        let bytes = sub.bytes();
-        let mut p = self.pending.lock();
-        if p.closing {
-            drop(p);
-            sub.fail(StoreError::Closed);
-            return;
-        }
-        if !p.queue.is_empty() && p.bytes + bytes > self.opts.max_pending_bytes {
-            drop(p);
-            sub.fail(StoreError::Overloaded(format!(
-                "more than {} bytes are waiting to be written",
-                self.opts.max_pending_bytes
-            )));
-            return;
-        }
-        p.bytes += bytes;
-        p.queue.push_back(sub);
-        drop(p);
-        self.pending_cv.notify_one();
-    }
-
-    fn validate(&self, m: &NewMessage) -> Result<usize, StoreError> {
-        if m.queues.is_empty() {
-            return Err(StoreError::InvalidArgument(
-                "a message needs at least one queue".into(),
-            ));
-        }
-        if m.queues.len() > self.opts.max_queues_per_message {
-            return Err(StoreError::InvalidArgument(format!(
-                "a message may go to at most {} queues, this one lists {}",
-                self.opts.max_queues_per_message,
-                m.queues.len()
-            )));
-        }
-        if m.body.len() > self.opts.max_body_bytes {
-            return Err(StoreError::InvalidArgument(format!(
-                "message body of {} bytes exceeds the maximum of {}",
-                m.body.len(),
-                self.opts.max_body_bytes
-            )));
-        }
-        Ok(message_record_len(m.body.len(), m.queues.len()))
-    }
-
-    pub fn wake_checkpointer(&self) {
-        drop(self.ckpt_signal.lock());
-        self.ckpt_cv.notify_one();
-    }
+fn spawn<T: Send + 'static>(
+    name: &str,
+    dir: &Path,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<JoinHandle<T>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| StoreError::io("spawn a store thread", dir, e))
 }
 
 /// The message store. `Send + Sync`; share it as `Arc<Store>`.
 pub struct Store {
-    pub(crate) inner: Arc<Inner>,
-    pub(crate) threads: Mutex<Vec<JoinHandle<()>>>,
-    pub(crate) close_result: Mutex<Option<Result<(), String>>>,
+    pub(crate) shared: Arc<Shared>,
+    /// The writer's input.
+    pub(crate) submissions: Arc<Submissions>,
+    checkpoints: Arc<Checkpoints>,
+    spare: Arc<SpareSlot>,
+    threads: Mutex<Option<Threads>>,
+    /// The writer, once its thread has stopped (for the final fsync and checkpoint).
+    stopped_writer: Mutex<Option<Writer>>,
+    close_result: Mutex<Option<Result<(), String>>>,
     /// Translation of GoBelieve sync keys, when the store was written by an import.
     pub(crate) legacy_keys: Option<crate::gobelieve::KeyMap>,
 }
@@ -366,22 +84,47 @@ impl Store {
     /// the state from the files, then the engine's threads start — the writer, the syncer, the
     /// checkpointer and the preallocator.
     pub fn open(dir: impl AsRef<Path>, opts: StoreOptions) -> Result<Store, StoreError> {
-        let r = crate::recovery::open(dir.as_ref(), opts)?;
-        let inner = r.inner;
-        let dir = inner.dir.clone();
-        let spawn = |name: &str, f: fn(Arc<Inner>)| {
-            let i = inner.clone();
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(move || f(i))
-                .map_err(|e| StoreError::io("spawn a store thread", &dir, e))
+        let r = crate::recovery::open(dir.as_ref(), &opts)?;
+        let dir = r.dir.clone();
+        let submissions = Arc::new(Submissions::new(opts.max_pending_bytes));
+        let shared = Arc::new(Shared::new(
+            opts,
+            r.dir,
+            r.dir_file,
+            r.lock,
+            r.log,
+            r.published,
+        ));
+        let checkpoints = Arc::new(Checkpoints::new(r.checkpoint));
+        let spare = Arc::new(SpareSlot::new(r.spare));
+        let syncq = Arc::new(SyncQueue::default());
+        let writer = Writer::new(
+            shared.clone(),
+            submissions.clone(),
+            syncq.clone(),
+            spare.clone(),
+            r.heads,
+            r.end,
+            r.active,
+        );
+        let syncer = Syncer {
+            shared: shared.clone(),
+            syncq,
+            submissions: submissions.clone(),
+            checkpoints: checkpoints.clone(),
         };
-        let threads = vec![
-            spawn("store-writer", crate::writer::writer_loop)?,
-            spawn("store-sync", crate::writer::sync_loop)?,
-            spawn("store-checkpoint", crate::checkpoint::checkpointer_loop)?,
-            spawn("store-prealloc", crate::prealloc::prealloc_loop)?,
-        ];
+        let (sh, ck, sub) = (shared.clone(), checkpoints.clone(), submissions.clone());
+        let (sh2, sp) = (shared.clone(), spare.clone());
+        let threads = Threads {
+            writer: spawn("store-writer", &dir, move || writer.run())?,
+            others: vec![
+                spawn("store-sync", &dir, move || syncer.run())?,
+                spawn("store-checkpoint", &dir, move || {
+                    checkpointer_loop(sh, ck, sub)
+                })?,
+                spawn("store-prealloc", &dir, move || prealloc_loop(sh2, sp))?,
+            ],
+        };
         tracing::info!(
             dir = %dir.display(),
             log_start = r.log_start,
@@ -406,8 +149,12 @@ impl Store {
             );
         }
         Ok(Store {
-            inner,
-            threads: Mutex::new(threads),
+            shared,
+            submissions,
+            checkpoints,
+            spare,
+            threads: Mutex::new(Some(threads)),
+            stopped_writer: Mutex::new(None),
             close_result: Mutex::new(None),
             legacy_keys,
         })
@@ -416,19 +163,19 @@ impl Store {
     /// Submits messages; they become durable together with every other concurrent submission
     /// (group commit). The ticket yields, for each message, one [`Appended`] per queue, in order.
     pub fn append(&self, batch: Vec<NewMessage>) -> AppendTicket {
-        let inner = &self.inner;
+        let shared = &self.shared;
         if batch.is_empty() {
             return Ticket::ready(Ok(Vec::new()));
         }
-        if inner.is_follower() {
+        if shared.is_follower() {
             return Ticket::ready(Err(StoreError::NotLeader));
         }
-        if let Some(e) = inner.health.refusal() {
+        if let Some(e) = shared.health().refusal() {
             return Ticket::ready(Err(e));
         }
         let mut bytes = 0usize;
         for m in &batch {
-            match inner.validate(m) {
+            match validate(shared.opts(), m) {
                 Ok(n) => bytes += n,
                 Err(e) => return Ticket::ready(Err(e)),
             }
@@ -438,7 +185,7 @@ impl Store {
             .iter()
             .map(|m| Vec::with_capacity(m.queues.len()))
             .collect();
-        inner.submit(Submission::Append {
+        self.submissions.submit(Submission::Append {
             msgs: batch,
             results,
             bytes,
@@ -465,7 +212,7 @@ impl Store {
         limit: usize,
     ) -> Result<SyncPage, StoreError> {
         let after_key = self.translate_legacy_key(queue, after_key)?;
-        self.inner.sync_page(queue, after_key, limit, None)
+        self.shared.sync_page(queue, after_key, limit, None)
     }
 
     /// Super-group sync honouring a member's join time: entries with `timestamp < join_ts` are
@@ -479,7 +226,8 @@ impl Store {
         join_ts: i64,
     ) -> Result<SyncPage, StoreError> {
         let after_key = self.translate_legacy_key(queue, after_key)?;
-        self.inner.sync_page(queue, after_key, limit, Some(join_ts))
+        self.shared
+            .sync_page(queue, after_key, limit, Some(join_ts))
     }
 
     /// The newest `n` entries (clamped to `max_latest`), oldest first.
@@ -488,7 +236,7 @@ impl Store {
         queue: QueueId,
         n: usize,
     ) -> Result<Vec<crate::StoredMessage>, StoreError> {
-        self.inner.latest(queue, n)
+        self.shared.latest(queue, n)
     }
 
     /// Newest entries walking the peer-only chain (entries whose content is not a group
@@ -498,13 +246,13 @@ impl Store {
         queue: QueueId,
         n: usize,
     ) -> Result<Vec<crate::StoredMessage>, StoreError> {
-        self.inner.latest_peer(queue, n)
+        self.shared.latest_peer(queue, n)
     }
 
     /// How many entries of `queue` are newer than `after_key`: O(log n) reads, no scan.
     pub fn new_count(&self, queue: QueueId, after_key: i64) -> Result<u64, StoreError> {
         let after_key = self.translate_legacy_key(queue, after_key)?;
-        self.inner.new_count(queue, after_key)
+        self.shared.new_count(queue, after_key)
     }
 
     /// The banter key equivalent to `key` for `queue`: `key` itself, unless the store was
@@ -523,7 +271,7 @@ impl Store {
             .lookup(key)
             .map_err(|e| StoreError::io("read the GoBelieve key map", self.dir(), e))?;
         let found = match paired {
-            Some(b) => self.inner.key_at_or_before(queue, b)?,
+            Some(b) => self.shared.key_at_or_before(queue, b)?,
             None => None,
         };
         Ok(found.unwrap_or(map.base()))
@@ -538,86 +286,92 @@ impl Store {
     /// Newest visible key of `queue`, 0 if empty: the newest acknowledged entry, or with a commit
     /// index (`sync` replication) the newest one below it, found in O(log n) reads.
     pub fn try_last_key(&self, queue: QueueId) -> Result<i64, StoreError> {
-        self.inner.visible_last_key(queue)
+        self.shared.visible_last_key(queue)
     }
 
     /// Writes a checkpoint of the queue heads now (no-op if nothing changed).
     pub fn checkpoint(&self) -> Result<(), StoreError> {
-        self.inner.checkpoint()
+        if let Some(w) = self.stopped_writer.lock().as_mut() {
+            return self.checkpoint_with(w);
+        }
+        self.checkpoints.checkpoint(&self.shared, &self.submissions)
+    }
+
+    /// A checkpoint with the heads of a writer whose thread has stopped.
+    fn checkpoint_with(&self, w: &mut Writer) -> Result<(), StoreError> {
+        self.checkpoints
+            .write(&self.shared, |generation, unchanged_at| {
+                w.snapshot(generation, unchanged_at)
+            })
     }
 
     /// Drops old segments according to the retention options now (also done in the background).
     pub fn apply_retention(&self) -> Result<usize, StoreError> {
-        self.inner.apply_retention()
+        self.checkpoints.apply_retention(&self.shared)
     }
 
     /// Oldest retained log position.
     pub fn log_start(&self) -> u64 {
-        self.inner.log.log_start.load(Ordering::Acquire)
+        self.shared.log_start()
     }
 
     /// Position after the newest acknowledged record.
     pub fn log_end(&self) -> u64 {
-        self.inner.log.durable_end.load(Ordering::Acquire)
+        self.shared.durable_end()
     }
 
     /// The store's directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.shared.dir()
     }
 
     /// Counters and sizes.
     pub fn stats(&self) -> StoreStats {
-        let i = &self.inner;
-        let ck = i.ckpt_position.load(Ordering::Acquire);
+        let s = self.shared.stats();
         StoreStats {
-            messages: i.stats.messages.load(Ordering::Relaxed),
-            entries: i.stats.entries.load(Ordering::Relaxed),
-            batches: i.stats.batches.load(Ordering::Relaxed),
-            fsyncs: i.stats.fsyncs.load(Ordering::Relaxed),
-            bytes_written: i.stats.bytes_written.load(Ordering::Relaxed),
-            checkpoints: i.stats.checkpoints.load(Ordering::Relaxed),
-            segments_dropped: i.stats.segments_dropped.load(Ordering::Relaxed),
+            messages: Stats::get(&s.messages),
+            entries: Stats::get(&s.entries),
+            batches: Stats::get(&s.batches),
+            fsyncs: Stats::get(&s.fsyncs),
+            bytes_written: Stats::get(&s.bytes_written),
+            checkpoints: Stats::get(&s.checkpoints),
+            segments_dropped: Stats::get(&s.segments_dropped),
             log_start: self.log_start(),
             log_end: self.log_end(),
-            segments: i.log.segment_count(),
-            queues: i.heads.len(),
-            checkpoint_position: ck,
+            segments: self.shared.log().segment_count(),
+            queues: self.shared.heads().len(),
+            checkpoint_position: self.checkpoints.position(),
         }
     }
 
     /// Fault injection for tests: every later fsync of the log fails (as if the disk had).
     #[doc(hidden)]
     pub fn inject_fsync_failure(&self) {
-        self.inner
-            .inject_fsync_failure
-            .store(true, Ordering::Release);
+        self.shared.inject_fsync_failure(true);
     }
 
     /// Ends [`Store::inject_fsync_failure`]: fsyncs work again (as after a disk was replaced).
     #[doc(hidden)]
     pub fn clear_injected_fsync_failure(&self) {
-        self.inner
-            .inject_fsync_failure
-            .store(false, Ordering::Release);
+        self.shared.inject_fsync_failure(false);
     }
 
     /// Whether the store refuses appends now: it is recovering from a failed write or fsync
     /// (and resumes by itself), or it failed for good. See [`Store::health`].
     pub fn is_poisoned(&self) -> bool {
-        self.inner.health.is_refusing()
+        self.shared.health().is_refusing()
     }
 
     /// Whether appends are accepted now.
     pub fn accepts_appends(&self) -> bool {
-        !self.inner.health.is_refusing()
+        !self.shared.health().is_refusing()
     }
 
     /// The store's health: accepting appends or not, the failure it is recovering from and since
     /// when, and what degrades it (little free space, no descriptor in reserve, failing
     /// checkpoints or preallocation). For health and readiness endpoints.
     pub fn health(&self) -> StoreHealth {
-        self.inner.health.snapshot()
+        self.shared.health().snapshot()
     }
 
     /// Flushes pending appends, fsyncs, writes a final checkpoint and stops the store's threads.
@@ -642,43 +396,50 @@ impl Store {
         if let Some(r) = res.as_ref() {
             return r.clone().map_err(StoreError::Poisoned);
         }
-        let r = self.stop_threads().and_then(|()| self.inner.final_sync());
+        let r = self.stop_threads().and_then(|()| self.final_sync());
         *res = Some(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         r
     }
 
     fn close_inner(&self) -> Result<(), StoreError> {
         self.stop_threads()?;
-        self.inner.final_sync()?;
-        self.inner.checkpoint()
+        self.final_sync()?;
+        self.checkpoint()
+    }
+
+    /// fsyncs whatever the stopped writer left unsynced.
+    fn final_sync(&self) -> Result<(), StoreError> {
+        match self.stopped_writer.lock().as_mut() {
+            Some(w) => w.sync_active(),
+            None => Err(StoreError::Poisoned(
+                "the writer thread did not stop cleanly".into(),
+            )),
+        }
     }
 
     fn stop_threads(&self) -> Result<(), StoreError> {
-        let inner = &self.inner;
-        inner.closed.store(true, Ordering::Release);
-        {
-            let mut p = inner.pending.lock();
-            p.closing = true;
+        let shared = &self.shared;
+        self.submissions.close();
+        self.checkpoints.stop();
+        self.spare.stop();
+        if let Some(t) = self.threads.lock().take() {
+            let writer = t.writer.join();
+            for o in t.others {
+                let _ = o.join();
+            }
+            if let Ok(w) = writer {
+                *self.stopped_writer.lock() = Some(w);
+            }
         }
-        inner.pending_cv.notify_all();
-        {
-            let mut stop = inner.ckpt_signal.lock();
-            *stop = true;
-        }
-        inner.ckpt_cv.notify_all();
-        inner.prealloc.lock().stop = true;
-        inner.prealloc_cv.notify_all();
-        let threads: Vec<_> = self.threads.lock().drain(..).collect();
-        for t in threads {
-            let _ = t.join();
-        }
-        inner.stopped.store(true, Ordering::Release);
-        inner.notify_end();
-        if inner.health.is_recovering() {
+        shared.set_stopped();
+        shared.notify_end();
+        if shared.health().is_recovering() {
             // one last attempt, so that a store whose disk came back closes cleanly
-            inner.recovery_step(true);
+            if let Some(w) = self.stopped_writer.lock().as_mut() {
+                w.recovery_step(true);
+            }
         }
-        match inner.health.refusal() {
+        match shared.health().refusal() {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -693,10 +454,26 @@ impl Drop for Store {
     }
 }
 
-impl Inner {
-    /// fsyncs whatever the writer left unsynced (used at close).
-    pub fn final_sync(&self) -> Result<(), StoreError> {
-        let mut st = self.state.lock();
-        self.sync_active(&mut st)
+/// Checks a message against the options' limits; its record's size.
+fn validate(opts: &StoreOptions, m: &NewMessage) -> Result<usize, StoreError> {
+    if m.queues.is_empty() {
+        return Err(StoreError::InvalidArgument(
+            "a message needs at least one queue".into(),
+        ));
     }
+    if m.queues.len() > opts.max_queues_per_message {
+        return Err(StoreError::InvalidArgument(format!(
+            "a message may go to at most {} queues, this one lists {}",
+            opts.max_queues_per_message,
+            m.queues.len()
+        )));
+    }
+    if m.body.len() > opts.max_body_bytes {
+        return Err(StoreError::InvalidArgument(format!(
+            "message body of {} bytes exceeds the maximum of {}",
+            m.body.len(),
+            opts.max_body_bytes
+        )));
+    }
+    Ok(message_record_len(m.body.len(), m.queues.len()))
 }

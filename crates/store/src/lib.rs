@@ -10,10 +10,12 @@
 //! * **Navigation** (`read`): each entry links to the previous entry of its queue, to the previous
 //!   non-group entry (the peer-only chain) and to a skew-binary jump target, so `sync(after)`
 //!   reaches any point of a queue in O(log n) reads and then reads only what it returns.
-//! * **Writer** (`writer`): group commit in two pipelined threads. The writer drains every
-//!   pending submission, encodes them into one buffer and writes it; the sync thread issues one
-//!   `fdatasync` covering everything written so far, then publishes the new entries to readers and
-//!   completes every ticket. While one batch is being fsynced the next is already being encoded.
+//! * **Writer** (`writer`, `syncer`): group commit in two pipelined threads. The writer drains
+//!   every pending submission (`submit`), encodes them into one buffer and writes it; the sync
+//!   thread issues one `fdatasync` covering everything written so far, then publishes the new
+//!   entries to readers and completes every ticket. While one batch is being fsynced the next is
+//!   already being encoded. Each thread owns its state; what they share is the read side
+//!   (`shared`), behind methods.
 //!   Segments are preallocated with zeros in the background (`prealloc`) so that an `fdatasync`
 //!   does not also have to commit file-size changes.
 //! * **Recovery** (`recovery`, `checkpoint`): queue heads live in memory and are checkpointed
@@ -51,6 +53,9 @@ mod replication;
 mod resources;
 mod resume;
 pub mod settings;
+mod shared;
+mod submit;
+mod syncer;
 pub mod tools;
 mod writer;
 
@@ -63,8 +68,9 @@ use bytes::Bytes;
 pub use engine::{Store, StoreStats};
 pub use error::StoreError;
 pub use health::{StoreHealth, StoreState};
+pub use log::ReplicationBatch;
 pub use options::{Durability, Retention, Role, StoreHistograms, StoreOptions};
-pub use replication::{ReplicationBatch, ReplicationStream};
+pub use replication::ReplicationStream;
 pub use settings::{DurabilityMode, StoreSettings};
 
 /// GROUP_IM command number; its content is a group message (not on the peer-only chain).

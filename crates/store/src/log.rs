@@ -8,6 +8,9 @@
 //! position — except after a promotion, when the next segment starts higher and opens with a JUMP
 //! record (`docs/storage-format.md` §2). A segment file named `base.seg` holds positions
 //! `base..base + (len − 32)`.
+//!
+//! Also the unit replication moves between stores: [`ReplicationBatch`], whole records at a
+//! position.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -21,7 +24,8 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::error::StoreError;
 use crate::format::{
-    encode_segment_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
+    check_record, encode_segment_header, jump_from, parse_segment_file_name, segment_file_name,
+    RecordCheck, JUMP_RECORD_LEN, SEGMENT_HEADER_LEN,
 };
 
 /// One segment file.
@@ -334,6 +338,31 @@ impl LogView {
         f.read_exact_at(&mut buf, off)
             .map_err(|e| StoreError::io_at("read", &seg.path, off, e))?;
         Ok(Bytes::from(buf))
+    }
+}
+
+/// Whole log records starting at position `start`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicationBatch {
+    pub start: u64,
+    pub data: Bytes,
+}
+
+impl ReplicationBatch {
+    /// Position after the last record.
+    pub fn end(&self) -> u64 {
+        self.start + self.data.len() as u64
+    }
+
+    /// If the batch opens with a JUMP record (the leader was promoted and its log continues
+    /// above a gap), the position the log before it ended at: the batch continues a log that
+    /// ends there.
+    pub fn jump_from(&self) -> Option<u64> {
+        let rec = self.data.get(..JUMP_RECORD_LEN)?;
+        match check_record(rec) {
+            RecordCheck::Valid { .. } => jump_from(rec),
+            _ => None,
+        }
     }
 }
 

@@ -22,10 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::engine::{Inner, Spare};
+use parking_lot::{Condvar, Mutex};
+
 use crate::error::StoreError;
 use crate::health::{Cause, Degradation};
-use crate::resources::free_bytes;
+use crate::shared::Shared;
 
 pub(crate) const SPARE_NAME: &str = "segment.spare";
 const SPARE_TMP_NAME: &str = "segment.spare.tmp";
@@ -35,6 +36,81 @@ pub(crate) const SPARE_HEADROOM: u64 = 8 << 20;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// The next segment's file (`segment.spare`), opened ahead of need so a roll needs no new
+/// descriptor.
+pub(crate) struct Spare {
+    pub file: File,
+    /// Zero-filled to `segment_bytes` and fsynced; otherwise empty (the segment grows as written).
+    pub zero_filled: bool,
+}
+
+/// The preallocator thread's state.
+#[derive(Default)]
+struct PreallocState {
+    /// The spare, ready for the next roll.
+    spare: Option<Spare>,
+    /// The writer wants a spare.
+    wanted: bool,
+    /// Bytes the active segment may still grow by (0 when it is preallocated), so a zero-filled
+    /// spare is only written when both fit.
+    active_growth: u64,
+    stop: bool,
+}
+
+/// Where the preallocator leaves the spare and the writer takes it, and how the writer asks for
+/// one.
+#[derive(Default)]
+pub(crate) struct SpareSlot {
+    state: Mutex<PreallocState>,
+    cv: Condvar,
+}
+
+impl SpareSlot {
+    /// With the spare recovery found (`check_spare`).
+    pub fn new(spare: Option<Spare>) -> SpareSlot {
+        SpareSlot {
+            state: Mutex::new(PreallocState {
+                spare,
+                ..PreallocState::default()
+            }),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// The spare, if one is ready (for a roll).
+    pub fn take(&self) -> Option<Spare> {
+        self.state.lock().spare.take()
+    }
+
+    /// Whether a zero-filled spare is ready.
+    pub fn zero_filled_ready(&self) -> bool {
+        self.state
+            .lock()
+            .spare
+            .as_ref()
+            .is_some_and(|s| s.zero_filled)
+    }
+
+    /// Asks for the next spare; the active segment may still grow by `active_growth` bytes.
+    pub fn want(&self, active_growth: u64) {
+        let mut p = self.state.lock();
+        p.wanted = true;
+        p.active_growth = active_growth;
+        drop(p);
+        self.cv.notify_one();
+    }
+
+    /// Stops the preallocator thread.
+    pub fn stop(&self) {
+        self.state.lock().stop = true;
+        self.cv.notify_all();
+    }
+
+    fn stopped(&self) -> bool {
+        self.state.lock().stop
+    }
+}
 
 pub(crate) fn spare_path(dir: &Path) -> PathBuf {
     dir.join(SPARE_NAME)
@@ -74,10 +150,9 @@ enum Made {
 
 /// Writes `segment.spare.tmp` (zero-filled when `zero_fill`), fsyncs it and renames it into
 /// place. The temporary file is removed on any failure.
-fn write_spare(inner: &Inner, zero_fill: bool) -> Result<Made, StoreError> {
-    let dir = &inner.dir;
-    let tmp = dir.join(SPARE_TMP_NAME);
-    let f = inner
+fn write_spare(shared: &Shared, slot: &SpareSlot, zero_fill: bool) -> Result<Made, StoreError> {
+    let tmp = shared.dir().join(SPARE_TMP_NAME);
+    let f = shared
         .open_file(
             OpenOptions::new()
                 .read(true)
@@ -87,7 +162,7 @@ fn write_spare(inner: &Inner, zero_fill: bool) -> Result<Made, StoreError> {
             &tmp,
         )
         .map_err(|e| StoreError::io("create spare segment", &tmp, e))?;
-    let r = fill_and_place(inner, &f, &tmp, zero_fill);
+    let r = fill_and_place(shared, slot, &f, &tmp, zero_fill);
     match r {
         Ok(true) => Ok(Made::Spare(Spare {
             file: f,
@@ -111,17 +186,18 @@ fn write_spare(inner: &Inner, zero_fill: bool) -> Result<Made, StoreError> {
 }
 
 fn fill_and_place(
-    inner: &Inner,
+    shared: &Shared,
+    slot: &SpareSlot,
     f: &File,
     tmp: &Path,
     zero_fill: bool,
 ) -> Result<bool, StoreError> {
     if zero_fill {
         let chunk = vec![0u8; 1 << 20];
-        let total = inner.opts.segment_bytes;
+        let total = shared.opts().segment_bytes;
         let mut off = 0u64;
         while off < total {
-            if inner.prealloc.lock().stop {
+            if slot.stopped() {
                 return Ok(false);
             }
             let n = (total - off).min(chunk.len() as u64) as usize;
@@ -133,26 +209,23 @@ fn fill_and_place(
     // Not `Inner::fsync`: a failure here says nothing about the log's own pages.
     f.sync_all()
         .map_err(|e| StoreError::io("fsync spare segment", tmp, e))?;
-    let spare = spare_path(&inner.dir);
+    let spare = spare_path(shared.dir());
     std::fs::rename(tmp, &spare).map_err(|e| StoreError::io("rename spare segment", &spare, e))?;
-    inner
-        .dir_file
-        .sync_all()
-        .map_err(|e| StoreError::io("fsync directory", &inner.dir, e))?;
+    shared.sync_dir_uncounted()?;
     Ok(true)
 }
 
 /// Whether a zero-filled spare fits: the spare, what the active segment may still grow by, and
 /// headroom. Degrades the store's health when it does not.
-fn zero_fill_fits(inner: &Inner, active_growth: u64) -> bool {
-    let need = inner
-        .opts
+fn zero_fill_fits(shared: &Shared, active_growth: u64) -> bool {
+    let need = shared
+        .opts()
         .segment_bytes
         .saturating_add(active_growth)
         .saturating_add(SPARE_HEADROOM);
-    match free_bytes(&inner.dir_file) {
+    match shared.free_bytes() {
         Ok(free) if free < need => {
-            inner.health.degrade(
+            shared.health().degrade(
                 Degradation::PreallocSpace,
                 format!(
                     "{} MiB free on the store's filesystem, less than a preallocated segment needs \
@@ -164,7 +237,7 @@ fn zero_fill_fits(inner: &Inner, active_growth: u64) -> bool {
             false
         }
         Ok(_) => {
-            inner.health.clear(Degradation::PreallocSpace);
+            shared.health().clear(Degradation::PreallocSpace);
             true
         }
         // cannot tell: try, and fall back to an empty spare if the space is not there
@@ -173,45 +246,45 @@ fn zero_fill_fits(inner: &Inner, active_growth: u64) -> bool {
 }
 
 /// Body of the preallocator thread.
-pub(crate) fn prealloc_loop(inner: Arc<Inner>) {
+pub(crate) fn prealloc_loop(shared: Arc<Shared>, slot: Arc<SpareSlot>) {
     let mut retry = FIRST_RETRY;
     loop {
         let growth = {
-            let mut st = inner.prealloc.lock();
+            let mut st = slot.state.lock();
             while !st.stop && (!st.wanted || st.spare.is_some()) {
-                inner.prealloc_cv.wait(&mut st);
+                slot.cv.wait(&mut st);
             }
             if st.stop {
                 return;
             }
             st.active_growth
         };
-        let zero_fill = inner.opts.preallocate && zero_fill_fits(&inner, growth);
-        let made = match write_spare(&inner, zero_fill) {
+        let zero_fill = shared.opts().preallocate && zero_fill_fits(&shared, growth);
+        let made = match write_spare(&shared, &slot, zero_fill) {
             Err(e) if zero_fill && Cause::of(&e) == Cause::NoSpace => {
                 tracing::warn!(error = %e, "no space for a preallocated segment; the next segment grows as written");
-                write_spare(&inner, false)
+                write_spare(&shared, &slot, false)
             }
             r => r,
         };
         match made {
             Ok(Made::Spare(spare)) => {
-                inner.health.clear(Degradation::Preallocation);
+                shared.health().clear(Degradation::Preallocation);
                 retry = FIRST_RETRY;
-                let mut st = inner.prealloc.lock();
+                let mut st = slot.state.lock();
                 st.spare = Some(spare);
                 st.wanted = false;
             }
             Ok(Made::Stopped) => return,
             Err(e) => {
                 // Not fatal: without a spare the writer creates the next segment itself.
-                inner.health.degrade(
+                shared.health().degrade(
                     Degradation::Preallocation,
                     format!("cannot prepare the next segment: {e}"),
                 );
-                let mut st = inner.prealloc.lock();
+                let mut st = slot.state.lock();
                 if !st.stop {
-                    inner.prealloc_cv.wait_for(&mut st, retry);
+                    slot.cv.wait_for(&mut st, retry);
                 }
                 retry = (retry * 2).min(MAX_RETRY);
             }

@@ -13,21 +13,19 @@
 //! (`visible_head`, O(log n) reads), so nothing a follower has not confirmed is ever returned. Reads hit the recent-write
 //! cache first, then `pread` the segment files; none takes the writer's lock.
 
-use std::sync::atomic::Ordering;
-
-use crate::engine::Inner;
 use crate::error::StoreError;
 use crate::format::{
     jump_seq, u32_at, Entry, MessageMeta, ENTRY_LEN, MESSAGE_FIXED_LEN, RECORD_HEADER_LEN,
     RECORD_MESSAGE,
 };
 use crate::queue::Published;
+use crate::shared::Shared;
 use crate::{QueueId, StoredMessage, SyncPage};
 
 /// Largest back-distance for which an entry and its record are fetched with one read.
 const ONE_READ_BACK: u64 = 16 * 1024;
 
-impl Inner {
+impl Shared {
     /// Runs a read, retrying a few times if retention dropped what it was reading meanwhile.
     fn retrying<T>(&self, f: impl Fn() -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut tries = 0;
@@ -41,24 +39,24 @@ impl Inner {
 
     /// The first key that may still be read (entries before it were dropped by retention).
     fn min_key(&self) -> i64 {
-        self.log.log_start.load(Ordering::Acquire) as i64
+        self.log_start() as i64
     }
 
     fn corrupt_at(&self, pos: u64, why: impl Into<String>) -> StoreError {
-        let (file, offset) = self.log.locate(pos);
+        let (file, offset) = self.log().locate(pos);
         StoreError::corrupt(file, offset, why)
     }
 
     /// The head readers may see: the published head, or with a commit index (`sync`
     /// replication) the newest entry below it. `None` for an empty (or wholly unconfirmed) queue.
     pub(crate) fn visible_head(&self, q: QueueId) -> Result<Option<Published>, StoreError> {
-        let Some(head) = self.heads.get(&q) else {
+        let Some(head) = self.heads().get(&q) else {
             return Ok(None);
         };
         if head.last_seq == 0 {
             return Ok(None);
         }
-        let limit = self.visible_limit.load(Ordering::Acquire);
+        let limit = self.visible_limit();
         if (head.last_key as u64) < limit {
             return Ok(Some(head));
         }
@@ -85,7 +83,7 @@ impl Inner {
         if key <= 0 {
             return Err(self.corrupt_at(0, format!("queue link to key {key} for seq {seq}")));
         }
-        let b = self.log.read(key as u64, ENTRY_LEN)?;
+        let b = self.log().read(key as u64, ENTRY_LEN)?;
         let e = Entry::decode(&b);
         if e.queue() != Some(q) || e.seq != seq || (e.back as u64) < MESSAGE_FIXED_LEN as u64 {
             return Err(self.corrupt_at(
@@ -104,15 +102,15 @@ impl Inner {
             .checked_sub(back)
             .ok_or_else(|| self.corrupt_at(key_u, "entry points before the log"))?;
         let (head, body) = if back <= ONE_READ_BACK {
-            let b = self.log.read(rec, back as usize)?;
+            let b = self.log().read(rec, back as usize)?;
             let meta = self.decode_meta(rec, &b, back)?;
             let body = b.slice(MESSAGE_FIXED_LEN..MESSAGE_FIXED_LEN + meta.1.body_len);
             (meta, body)
         } else {
-            let b = self.log.read(rec, MESSAGE_FIXED_LEN)?;
+            let b = self.log().read(rec, MESSAGE_FIXED_LEN)?;
             let meta = self.decode_meta(rec, &b, back)?;
             let body = self
-                .log
+                .log()
                 .read(rec + MESSAGE_FIXED_LEN as u64, meta.1.body_len)?;
             (meta, body)
         };
@@ -231,7 +229,7 @@ impl Inner {
         limit: usize,
         join_ts: Option<i64>,
     ) -> Result<SyncPage, StoreError> {
-        let limit = limit.clamp(1, self.opts.max_sync_limit);
+        let limit = limit.clamp(1, self.opts().max_sync_limit);
         let empty = |queue_last_key| SyncPage {
             messages: Vec::new(),
             last_key: after_key,
@@ -253,7 +251,7 @@ impl Inner {
         }
         let before = self.seq_at_or_before(q, head, k)?;
         let window = match join_ts {
-            Some(_) => limit.max(self.opts.max_sync_scan),
+            Some(_) => limit.max(self.opts().max_sync_scan),
             None => limit,
         } as u64;
         let last_seq = (before + window).min(head.last_seq);
@@ -279,7 +277,7 @@ impl Inner {
 
     pub(crate) fn latest(&self, q: QueueId, n: usize) -> Result<Vec<StoredMessage>, StoreError> {
         self.retrying(|| {
-            let n = n.min(self.opts.max_latest) as u64;
+            let n = n.min(self.opts().max_latest) as u64;
             let Some(head) = self.visible_head(q)? else {
                 return Ok(Vec::new());
             };
@@ -309,7 +307,7 @@ impl Inner {
         n: usize,
     ) -> Result<Vec<StoredMessage>, StoreError> {
         self.retrying(|| {
-            let n = n.min(self.opts.max_latest);
+            let n = n.min(self.opts().max_latest);
             let Some(head) = self.visible_head(q)? else {
                 return Ok(Vec::new());
             };
@@ -331,7 +329,7 @@ impl Inner {
                     break;
                 }
                 // the peer chain does not carry sequence numbers: read and check the queue only
-                let b = self.log.read(next as u64, ENTRY_LEN)?;
+                let b = self.log().read(next as u64, ENTRY_LEN)?;
                 let pe = Entry::decode(&b);
                 if pe.queue() != Some(q) || pe.seq >= seq || pe.group_content() {
                     return Err(self.corrupt_at(next as u64, "broken peer-only chain"));

@@ -1,36 +1,32 @@
 //! Opening a store: lock the directory, check the segment headers and that segments follow each
 //! other without a gap, load the newest usable checkpoint, replay only the records after it,
 //! truncate a torn tail, refuse to start on corruption anywhere else (naming the file and
-//! offset), and return the state as a [`Recovered`]; `Store::open` (`engine`) then starts the
-//! writer, sync, checkpointer and preallocator threads.
+//! offset), and return the state as a [`Recovered`] value; `Store::open` (`engine`) then hands
+//! each part to the thread that owns it and starts the writer, sync, checkpointer and
+//! preallocator threads.
 //!
 //! Also hosts the record scanner shared with `tools`.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex};
-
-use crate::checkpoint::read_checkpoints;
-use crate::engine::{
-    role_byte, Active, CkptState, Inner, Pending, PreallocState, Stats, WriterState,
-};
+use crate::checkpoint::{read_checkpoints, CkptState};
 use crate::error::StoreError;
 use crate::format::{
     check_record, control_record_len_before, decode_segment_header, decode_withdraw, jump_from,
     MessageView, RecordCheck, CONTROL_TRAILER_LEN, JUMP_RECORD_LEN, RECORD_HEADER_LEN, RECORD_JUMP,
     RECORD_MESSAGE, RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
 };
-use crate::health::Health;
 use crate::lock::DirLock;
 use crate::log::{list_segments, sync_dir, LogView, Segment};
 use crate::options::StoreOptions;
+use crate::prealloc::{check_spare, Spare};
 use crate::queue::{Head, Published, PublishedHeads, QueueHasherBuilder, QueueMap};
-use crate::resources::FdReserve;
+use crate::writer::Active;
 
 /// Why a scan stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -553,40 +549,82 @@ fn replay_tail(
     Ok((end, replayed))
 }
 
-/// What recovery re-established: the engine state, ready for its threads
-/// ([`crate::engine::Store::open`] starts them), and figures for the opening log line.
+/// What recovery re-established, ready for the engine's threads (`Store::open` starts them),
+/// and figures for the opening log line.
 pub(crate) struct Recovered {
-    pub inner: Arc<Inner>,
-    pub log_start: u64,
+    /// The store's directory (canonical), open as `dir_file`, locked by `lock`.
+    pub dir: PathBuf,
+    pub dir_file: File,
+    pub lock: DirLock,
+    /// The readers' view of the segments, with the log start and the acknowledged end.
+    pub log: LogView,
+    /// The queue heads readers see (as `heads`).
+    pub published: PublishedHeads,
+    /// The writer's queue heads.
+    pub heads: QueueMap<Head>,
+    /// Position after the last record.
     pub end: u64,
+    /// The segment the writer continues in.
+    pub active: Active,
+    /// The newest checkpoint, for the checkpointer.
+    pub checkpoint: CkptState,
+    /// A complete spare segment left by the preallocator.
+    pub spare: Option<Spare>,
+    pub log_start: u64,
     /// Log records replayed after the checkpoint.
     pub replayed: u64,
     /// When recovery started.
     pub started: Instant,
 }
 
-/// Re-establishes the store in `dir` from its files, in four phases — the segments
+/// Re-establishes the store in `dir` from its files, in phases — the segments
 /// ([`scan_segments`]), the checkpoint ([`load_checkpoint`]), the replay of the tail
-/// ([`replay_tail`]), then the reader views, the active segment and the engine state — and starts
-/// nothing.
-pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Recovered, StoreError> {
+/// ([`replay_tail`]), the readers' view and the active segment ([`reader_view`]), the published
+/// heads ([`publish_heads`]) — and starts nothing.
+pub(crate) fn open(dir: &Path, opts: &StoreOptions) -> Result<Recovered, StoreError> {
     opts.validate().map_err(StoreError::InvalidArgument)?;
-    let t0 = Instant::now();
+    let started = Instant::now();
     std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create directory", dir, e))?;
     let dir = dir
         .canonicalize()
         .map_err(|e| StoreError::io("resolve directory", dir, e))?;
     let lock = DirLock::acquire(&dir)?;
     let dir_file = File::open(&dir).map_err(|e| StoreError::io("open directory", &dir, e))?;
-    let spare = crate::prealloc::check_spare(&dir, opts.segment_bytes)?;
+    let spare = check_spare(&dir, opts.segment_bytes)?;
 
     let mut segs = scan_segments(&dir)?;
     let log_start = segs.first().map_or(0, |s| s.base);
-    let (mut heads, replay_from, ck_state, allow_rebase) = load_checkpoint(&dir, &segs)?;
+    let (mut heads, replay_from, checkpoint, allow_rebase) = load_checkpoint(&dir, &segs)?;
     let (end, replayed) = replay_tail(&mut segs, &mut heads, replay_from, allow_rebase)?;
+    let (log, active) = reader_view(&dir, opts, segs, log_start, end)?;
+    let published = publish_heads(&heads);
+    Ok(Recovered {
+        dir,
+        dir_file,
+        lock,
+        log,
+        published,
+        heads,
+        end,
+        active,
+        checkpoint,
+        spare,
+        log_start,
+        replayed,
+        started,
+    })
+}
 
-    // 4. reader views
-    let log = LogView::new(dir.clone(), opts.cache_bytes, opts.max_open_files);
+/// Phase 4: the readers' view of the segments (log start, acknowledged end `end`) and the active
+/// segment — the last one, or a new empty one at `end` when there is none.
+fn reader_view(
+    dir: &Path,
+    opts: &StoreOptions,
+    segs: Vec<SegInfo>,
+    log_start: u64,
+    end: u64,
+) -> Result<(LogView, Active), StoreError> {
+    let log = LogView::new(dir.to_path_buf(), opts.cache_bytes, opts.max_open_files);
     log.log_start.store(log_start, Ordering::Release);
     log.durable_end.store(end, Ordering::Release);
     let mut active = None;
@@ -605,21 +643,28 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Recovered, StoreErr
             });
         }
     }
-    if active.is_none() {
-        let base = end;
-        let (seg, file) = Segment::create(&dir, base, |o, p| o.open(p))?;
-        file.sync_all()
-            .map_err(|e| StoreError::io("fsync", &seg.path, e))?;
-        sync_dir(&dir)?;
-        let seg = Arc::new(seg);
-        log.add_segment(seg.clone());
-        log.log_start.store(base, Ordering::Release);
-        active = Some(Active {
-            file: Arc::new(file),
-            seg,
-            preallocated: false,
-        });
-    }
+    let active = match active {
+        Some(a) => a,
+        None => {
+            let (seg, file) = Segment::create(dir, end, |o, p| o.open(p))?;
+            file.sync_all()
+                .map_err(|e| StoreError::io("fsync", &seg.path, e))?;
+            sync_dir(dir)?;
+            let seg = Arc::new(seg);
+            log.add_segment(seg.clone());
+            log.log_start.store(end, Ordering::Release);
+            Active {
+                file: Arc::new(file),
+                seg,
+                preallocated: false,
+            }
+        }
+    };
+    Ok((log, active))
+}
+
+/// Phase 5: the queue heads readers see, as replay left the writer's.
+fn publish_heads(heads: &QueueMap<Head>) -> PublishedHeads {
     let published = PublishedHeads::new();
     let snapshot: Vec<_> = heads
         .iter()
@@ -634,59 +679,7 @@ pub(crate) fn open(dir: &Path, opts: StoreOptions) -> Result<Recovered, StoreErr
         })
         .collect();
     published.set_many(&snapshot);
-    drop(snapshot);
-
-    let (end_watch, _) = tokio::sync::watch::channel(end);
-    let inner = Arc::new(Inner {
-        dir: dir.clone(),
-        log,
-        heads: published,
-        state: Mutex::new(WriterState {
-            heads,
-            end,
-            active,
-            unsynced: false,
-            spare_requested: false,
-            last_sync: Instant::now(),
-        }),
-        pending: Mutex::new(Pending::default()),
-        pending_cv: Condvar::new(),
-        syncq: Mutex::new(crate::writer::SyncQueue::default()),
-        sync_cv: Condvar::new(),
-        end_lock: Mutex::new(()),
-        end_cv: Condvar::new(),
-        end_watch,
-        sync_idle_cv: Condvar::new(),
-        health: Health::new(),
-        fsync_failures: AtomicU64::new(0),
-        dir_file,
-        reserve: FdReserve::new(),
-        closed: AtomicBool::new(false),
-        stopped: AtomicBool::new(false),
-        inject_fsync_failure: AtomicBool::new(false),
-        ckpt_position: AtomicU64::new(ck_state.position),
-        ckpt: Mutex::new(ck_state),
-        ckpt_signal: Mutex::new(false),
-        ckpt_cv: Condvar::new(),
-        prealloc: Mutex::new(PreallocState {
-            spare,
-            ..PreallocState::default()
-        }),
-        prealloc_cv: Condvar::new(),
-        role: AtomicU8::new(role_byte(opts.role)),
-        visible_limit: AtomicU64::new(u64::MAX),
-        commit_visibility: AtomicBool::new(false),
-        stats: Stats::default(),
-        _lock: lock,
-        opts,
-    });
-    Ok(Recovered {
-        inner,
-        log_start,
-        end,
-        replayed,
-        started: t0,
-    })
+    published
 }
 
 /// The queue heads a checkpoint records.

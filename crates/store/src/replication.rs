@@ -25,42 +25,18 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-use crate::engine::{Inner, Store, Submission};
+use crate::engine::Store;
 use crate::error::StoreError;
 use crate::format::{check_record, jump_from, RecordCheck, JUMP_RECORD_LEN, RECORD_HEADER_LEN};
+use crate::log::ReplicationBatch;
 use crate::options::Role;
+use crate::shared::Shared;
+use crate::submit::Submission;
 use crate::Ticket;
-
-/// Whole log records starting at position `start`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicationBatch {
-    pub start: u64,
-    pub data: Bytes,
-}
-
-impl ReplicationBatch {
-    /// Position after the last record.
-    pub fn end(&self) -> u64 {
-        self.start + self.data.len() as u64
-    }
-
-    /// If the batch opens with a JUMP record (the leader was promoted and its log continues
-    /// above a gap), the position the log before it ended at: the batch continues a log that
-    /// ends there.
-    pub fn jump_from(&self) -> Option<u64> {
-        let rec = self.data.get(..JUMP_RECORD_LEN)?;
-        match check_record(rec) {
-            RecordCheck::Valid { .. } => jump_from(rec),
-            _ => None,
-        }
-    }
-}
 
 /// A position-based reader of the log that follows it as it grows.
 pub struct ReplicationStream {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
     next: u64,
     max_bytes: usize,
     watch: tokio::sync::watch::Receiver<u64>,
@@ -73,8 +49,8 @@ impl Store {
     /// A stream of every record after log position `after_pos` (a record boundary, e.g. a
     /// follower's `log_end()`), first what exists, then live appends.
     pub fn subscribe(&self, after_pos: u64) -> Result<ReplicationStream, StoreError> {
-        let start = self.inner.log.log_start.load(Ordering::Acquire);
-        let end = self.inner.log.durable_end.load(Ordering::Acquire);
+        let start = self.shared.log_start();
+        let end = self.shared.durable_end();
         if after_pos < start {
             return Err(StoreError::Truncated {
                 requested: after_pos,
@@ -86,30 +62,30 @@ impl Store {
                 "replication position {after_pos} is beyond this log's end {end}"
             )));
         }
-        if !self.inner.log.holds_position(after_pos) {
+        if !self.shared.log().holds_position(after_pos) {
             return Err(StoreError::InvalidArgument(format!(
                 "replication position {after_pos} lies in the gap this log jumped over at a \
                  promotion: that log diverged from this one"
             )));
         }
         Ok(ReplicationStream {
-            inner: self.inner.clone(),
+            shared: self.shared.clone(),
             next: after_pos,
             max_bytes: DEFAULT_REPLICATION_BATCH_BYTES,
-            watch: self.inner.end_watch.subscribe(),
+            watch: self.shared.watch_end(),
         })
     }
 
     /// Appends replicated records (follower only). Resolves to the follower's new log end.
     pub fn apply_replicated(&self, batch: ReplicationBatch) -> Ticket<u64> {
-        if !self.inner.is_follower() {
+        if !self.shared.is_follower() {
             return Ticket::ready(Err(StoreError::NotFollower));
         }
-        if let Some(e) = self.inner.health.refusal() {
+        if let Some(e) = self.shared.health().refusal() {
             return Ticket::ready(Err(e));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.submit(Submission::Replicate { batch, tx });
+        self.submissions.submit(Submission::Replicate { batch, tx });
         Ticket::new(rx)
     }
 
@@ -122,14 +98,14 @@ impl Store {
     /// [`Store::promote`], continuing above `leader_end` too: the old leader's end as the
     /// replication stream last reported it.
     pub fn promote_past(&self, leader_end: u64) -> Ticket<u64> {
-        if !self.inner.is_follower() {
+        if !self.shared.is_follower() {
             return Ticket::ready(Err(StoreError::NotFollower));
         }
-        if let Some(e) = self.inner.health.refusal() {
+        if let Some(e) = self.shared.health().refusal() {
             return Ticket::ready(Err(e));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.submit(Submission::Jump {
+        self.submissions.submit(Submission::Jump {
             min_end: leader_end,
             tx,
         });
@@ -141,38 +117,20 @@ impl Store {
     /// follower keeps serving everything it has until it is promoted; the commit index then
     /// starts at its new log end.
     pub fn enable_commit_visibility(&self) {
-        let inner = &self.inner;
-        inner.commit_visibility.store(true, Ordering::Release);
-        if !inner.is_follower() {
-            let end = inner.log.durable_end.load(Ordering::Acquire);
-            let _ = inner
-                .visible_limit
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                    (v == u64::MAX).then_some(end)
-                });
-        }
+        self.shared.enable_commit_visibility();
     }
 
     /// Raises the commit index to `pos` (a record boundary a follower acknowledged as durable;
     /// never beyond the log end). No-op without commit visibility, or on a follower.
     pub fn raise_visible_limit(&self, pos: u64) {
-        let inner = &self.inner;
-        if !inner.commit_visibility.load(Ordering::Acquire) || inner.is_follower() {
-            return;
-        }
-        let pos = pos.min(inner.log.durable_end.load(Ordering::Acquire));
-        let _ = inner
-            .visible_limit
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                (v != u64::MAX && pos > v).then_some(pos)
-            });
+        self.shared.raise_visible_limit(pos);
     }
 
     /// Bytes of log records between two positions, not counting the gaps that promotions jumped
     /// over (a replication lag in bytes).
     pub fn log_bytes_between(&self, from: u64, to: u64) -> u64 {
-        self.inner
-            .log
+        self.shared
+            .log()
             .segments()
             .iter()
             .map(|s| {
@@ -185,8 +143,7 @@ impl Store {
 
     /// Readers see entries below this position: the commit index, or the log end without one.
     pub fn visible_limit(&self) -> u64 {
-        let limit = self.inner.visible_limit.load(Ordering::Acquire);
-        limit.min(self.inner.log.durable_end.load(Ordering::Acquire))
+        self.shared.visible_limit().min(self.shared.durable_end())
     }
 
     /// Withdraws every record from position `from` (the commit index) to the log end: they were
@@ -195,20 +152,20 @@ impl Store {
     /// that replicate like any other, so followers (and a restart) take them back too. Resolves
     /// to the position of the first WITHDRAW record: every withdrawn record ends at or before it.
     pub fn withdraw_unconfirmed(&self, from: u64) -> Ticket<u64> {
-        if self.inner.is_follower() {
+        if self.shared.is_follower() {
             return Ticket::ready(Err(StoreError::NotLeader));
         }
-        if let Some(e) = self.inner.health.refusal() {
+        if let Some(e) = self.shared.health().refusal() {
             return Ticket::ready(Err(e));
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
-        self.inner.submit(Submission::Withdraw { from, tx });
+        self.submissions.submit(Submission::Withdraw { from, tx });
         Ticket::new(rx)
     }
 
     /// The current role.
     pub fn role(&self) -> Role {
-        if self.inner.is_follower() {
+        if self.shared.is_follower() {
             Role::Follower
         } else {
             Role::Leader
@@ -229,17 +186,15 @@ impl ReplicationStream {
 
     /// The next batch if one is available now.
     pub fn try_next(&mut self) -> Result<Option<ReplicationBatch>, StoreError> {
-        let log = &self.inner.log;
-        let end = log.durable_end.load(Ordering::Acquire);
+        let log = self.shared.log();
+        let end = self.shared.durable_end();
         if self.next >= end {
-            if self.inner.stopped.load(Ordering::Acquire)
-                && log.durable_end.load(Ordering::Acquire) <= self.next
-            {
+            if self.shared.is_stopped() && self.shared.durable_end() <= self.next {
                 return Err(StoreError::Closed);
             }
             return Ok(None);
         }
-        let start = log.log_start.load(Ordering::Acquire);
+        let start = self.shared.log_start();
         if self.next < start {
             return Err(StoreError::Truncated {
                 requested: self.next,
@@ -300,7 +255,7 @@ impl ReplicationStream {
     /// Moves `next` from the end of a segment to the next segment, whose first record must be a
     /// JUMP from `next`, and reads from there.
     fn across_jump(&mut self, end: u64) -> Result<Option<ReplicationBatch>, StoreError> {
-        let log = &self.inner.log;
+        let log = self.shared.log();
         let Some(next_seg) = log.segment_after(self.next).filter(|s| s.base < end) else {
             return Err(self.bad_record(
                 self.next,
@@ -324,7 +279,7 @@ impl ReplicationStream {
     }
 
     fn bad_record(&self, pos: u64, why: String) -> StoreError {
-        let (file, offset) = self.inner.log.locate(pos);
+        let (file, offset) = self.shared.log().locate(pos);
         StoreError::corrupt(file, offset, why)
     }
 
@@ -338,15 +293,10 @@ impl ReplicationStream {
             if let Some(b) = self.try_next()? {
                 return Ok(Some(b));
             }
-            let mut g = self.inner.end_lock.lock();
-            if self.inner.log.durable_end.load(Ordering::Acquire) > self.next {
-                continue;
-            }
-            if self.inner.stopped.load(Ordering::Acquire) {
-                drop(g);
+            if self.shared.is_stopped() && self.shared.durable_end() <= self.next {
                 return self.try_next();
             }
-            if self.inner.end_cv.wait_until(&mut g, deadline).timed_out() {
+            if self.shared.wait_end_beyond(self.next, deadline) {
                 return Ok(None);
             }
         }

@@ -22,10 +22,9 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::checkpoint::read_checkpoints;
-use crate::engine::{Active, Inner};
 use crate::error::StoreError;
 use crate::format::{
     encode_segment_header, parse_segment_file_name, segment_file_name, SEGMENT_HEADER_LEN,
@@ -34,73 +33,67 @@ use crate::health::Cause;
 use crate::log::Segment;
 use crate::queue::{Head, QueueHasherBuilder, QueueMap};
 use crate::recovery::{heads_from_checkpoint, replay_record, scan_file, ScanStop};
-use crate::resources::free_bytes;
+use crate::writer::{Active, Writer};
 
 /// Free space needed before a store that ran out of it accepts appends again.
 pub(crate) const RESUME_FREE_BYTES: u64 = 1 << 20;
 
-impl Inner {
+impl Writer {
     /// Makes a recovery attempt if one is due (or at once with `now`). Returns when the next
     /// attempt is due while the store is still recovering, `None` once it accepts appends again
     /// (or has failed for good).
-    pub(crate) fn recovery_step(&self, now: bool) -> Option<Instant> {
-        if !self.health.is_recovering() {
+    pub(crate) fn recovery_step(&mut self, now: bool) -> Option<Instant> {
+        if !self.shared.health().is_recovering() {
             return None;
         }
         if !now {
-            if let Some(at) = self.health.next_attempt() {
+            if let Some(at) = self.shared.health().next_attempt() {
                 if Instant::now() < at {
                     return Some(at);
                 }
             }
         }
-        if !self.health.files_recovered() {
+        if !self.shared.health().files_recovered() {
             match self.reestablish() {
-                Ok(()) => self.health.set_files_recovered(),
+                Ok(()) => self.shared.health().set_files_recovered(),
                 Err(e @ StoreError::Corrupt { .. }) => {
-                    self.health.fail_for_good(format!(
+                    self.shared.health().fail_for_good(format!(
                         "recovery after a failed write found acknowledged data damaged: {e} \
                          (inspect with `banter store check`)"
                     ));
                     return None;
                 }
-                Err(e) => return Some(self.health.retry_later(e.to_string())),
+                Err(e) => return Some(self.shared.health().retry_later(e.to_string())),
             }
         }
-        match self.health.cause() {
-            Some(Cause::NoSpace) => match free_bytes(&self.dir_file) {
+        match self.shared.health().cause() {
+            Some(Cause::NoSpace) => match self.shared.free_bytes() {
                 Ok(free) if free < RESUME_FREE_BYTES => {
-                    return Some(self.health.retry_later(format!(
+                    return Some(self.shared.health().retry_later(format!(
                         "free space on the store's filesystem (at least {} KiB)",
                         RESUME_FREE_BYTES >> 10
                     )));
                 }
                 _ => {}
             },
-            Some(Cause::NoDescriptors) if !self.reserve.replenish() => {
+            Some(Cause::NoDescriptors) if !self.shared.replenish_reserve() => {
                 return Some(
-                    self.health
+                    self.shared
+                        .health()
                         .retry_later("a free file descriptor (the process is at its limit)".into()),
                 );
             }
             _ => {}
         }
-        self.health.recovered();
+        self.shared.health().recovered();
         None
     }
 
     /// Steps 1–3 of the module documentation.
-    fn reestablish(&self) -> Result<(), StoreError> {
-        {
-            let mut q = self.syncq.lock();
-            while q.busy || !q.items.is_empty() {
-                self.sync_idle_cv
-                    .wait_for(&mut q, Duration::from_millis(100));
-            }
-        }
-        let good_end = self.log.durable_end.load(Ordering::Acquire);
-        let log_start = self.log.log_start.load(Ordering::Acquire);
-        let mut st = self.state.lock();
+    fn reestablish(&mut self) -> Result<(), StoreError> {
+        self.syncq.wait_idle();
+        let good_end = self.shared.durable_end();
+        let log_start = self.shared.log_start();
 
         let listed = self.list_segment_files()?;
         let active_base = match listed.iter().rev().find(|(b, _)| *b < good_end) {
@@ -109,7 +102,7 @@ impl Inner {
                 Some((b, _)) if *b == good_end => *b,
                 _ => {
                     return Err(StoreError::corrupt(
-                        &self.dir,
+                        self.shared.dir(),
                         good_end,
                         format!("no segment file holds the log end {good_end}"),
                     ))
@@ -124,13 +117,14 @@ impl Inner {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => return Err(StoreError::io("remove segment", path, e)),
                 }
-                self.log.remove_segment(*base);
+                self.shared.log().remove_segment(*base);
                 removed = true;
                 tracing::info!(segment = %path.display(), "recovery removed a segment holding nothing acknowledged");
             }
         }
-        let path = self.dir.join(segment_file_name(active_base));
+        let path = self.shared.dir().join(segment_file_name(active_base));
         let file = self
+            .shared
             .open_file(OpenOptions::new().read(true).write(true), &path)
             .map_err(|e| StoreError::io("open segment", &path, e))?;
         let len = SEGMENT_HEADER_LEN + (good_end - active_base);
@@ -141,9 +135,9 @@ impl Inner {
             file.write_all_at(&encode_segment_header(active_base), 0)
                 .map_err(|e| StoreError::io_at("write segment header", &path, 0, e))?;
         }
-        self.fsync(&file, &path, false)?;
+        self.shared.fsync(&file, &path, false)?;
         if removed {
-            self.sync_dir()?;
+            self.shared.sync_dir()?;
         }
 
         let segs: Vec<(u64, PathBuf)> = listed
@@ -153,28 +147,27 @@ impl Inner {
         let heads = self.rebuild_heads(&segs, &file, good_end, log_start)?;
         self.check_against_published(&heads)?;
 
-        self.log.drop_handles();
-        let seg = match self.log.segment_at(active_base) {
+        self.shared.log().drop_handles();
+        let seg = match self.shared.log().segment_at(active_base) {
             Some(s) => s,
             None => {
                 let s = Arc::new(Segment::new(active_base, path, good_end));
-                self.log.add_segment(s.clone());
+                self.shared.log().add_segment(s.clone());
                 s
             }
         };
         seg.end.store(good_end, Ordering::Release);
-        st.heads = heads;
-        st.end = good_end;
-        st.active = Some(Active {
+        self.heads = heads;
+        self.end = good_end;
+        self.active = Some(Active {
             file: Arc::new(file),
             seg,
             preallocated: false,
         });
-        st.unsynced = false;
-        st.spare_requested = false;
-        st.last_sync = Instant::now();
-        drop(st);
-        self.syncq.lock().failing = false;
+        self.unsynced = false;
+        self.spare_requested = false;
+        self.last_sync = Instant::now();
+        self.syncq.clear_failing();
         tracing::info!(log_end = good_end, "store state re-established from disk");
         Ok(())
     }
@@ -182,12 +175,12 @@ impl Inner {
     /// Segment files in the directory, sorted by base (using the descriptor reserve if needed).
     fn list_segment_files(&self) -> Result<Vec<(u64, PathBuf)>, StoreError> {
         let rd = self
-            .reserve
-            .open_with(|| std::fs::read_dir(&self.dir))
-            .map_err(|e| StoreError::io("list directory", &self.dir, e))?;
+            .shared
+            .with_reserve(|| std::fs::read_dir(self.shared.dir()))
+            .map_err(|e| StoreError::io("list directory", self.shared.dir(), e))?;
         let mut v = Vec::new();
         for ent in rd {
-            let ent = ent.map_err(|e| StoreError::io("list directory", &self.dir, e))?;
+            let ent = ent.map_err(|e| StoreError::io("list directory", self.shared.dir(), e))?;
             if let Some(base) = ent.file_name().to_str().and_then(parse_segment_file_name) {
                 v.push((base, ent.path()));
             }
@@ -205,7 +198,7 @@ impl Inner {
         good_end: u64,
         log_start: u64,
     ) -> Result<QueueMap<Head>, StoreError> {
-        let best = read_checkpoints(&self.dir)?
+        let best = read_checkpoints(self.shared.dir())?
             .into_iter()
             .filter_map(|f| f.result.ok())
             .filter(|c| c.position <= good_end && c.position >= log_start)
@@ -229,6 +222,7 @@ impl Inner {
                 active
             } else {
                 opened = self
+                    .shared
                     .open_file(OpenOptions::new().read(true), path)
                     .map_err(|e| StoreError::io("open segment", path, e))?;
                 &opened
@@ -261,10 +255,10 @@ impl Inner {
 
     /// The rebuilt heads must be exactly what readers were shown.
     fn check_against_published(&self, heads: &QueueMap<Head>) -> Result<(), StoreError> {
-        let published = self.heads.len();
+        let published = self.shared.heads().len();
         if published != heads.len() {
             return Err(StoreError::corrupt(
-                &self.dir,
+                self.shared.dir(),
                 0,
                 format!(
                     "the log on disk has {} queues but {published} were acknowledged",
@@ -273,10 +267,10 @@ impl Inner {
             ));
         }
         for (q, h) in heads.iter() {
-            let shown = self.heads.get(q).map_or(0, |p| p.last_key);
+            let shown = self.shared.heads().get(q).map_or(0, |p| p.last_key);
             if shown != h.last_key() {
                 return Err(StoreError::corrupt(
-                    &self.dir,
+                    self.shared.dir(),
                     0,
                     format!(
                         "queue {q:?} ends at key {} on disk but {shown} was acknowledged",

@@ -2,10 +2,11 @@
 //!
 //! * The **writer** drains pending submissions (up to `max_batch_bytes`), encodes them into one
 //!   buffer with their keys and queue links, and writes it with one `pwrite` per segment touched.
-//!   It owns the queue heads and rolls segments.
-//! * The **sync thread** takes every batch written so far, issues one `fdatasync` (durability
-//!   `Always`), and only then publishes them in order — recent-write cache, log end, queue heads
-//!   (a head is never visible before the log end covers it) — and completes their tickets.
+//!   It owns the queue heads, the log end and the active segment ([`Writer`]), and rolls segments.
+//! * The **sync thread** (`syncer`) takes every batch written so far, issues one `fdatasync`
+//!   (durability `Always`), and only then publishes them in order — recent-write cache, log end,
+//!   queue heads (a head is never visible before the log end covers it) — and completes their
+//!   tickets.
 //!
 //! So the next batch is encoded and written while the previous one is being fsynced, and one
 //! fsync covers every append that arrived meanwhile. Nothing is visible to readers or
@@ -16,7 +17,9 @@
 //! which reads back the unconfirmed records (written, maybe not yet durable), walks each touched
 //! queue back to its newest entry before them and writes WITHDRAW records with those heads. A
 //! replicated batch that opens with a JUMP is also processed alone, so the follower can open the
-//! same segment first. Both control records then go through the sync thread like any batch.
+//! same segment first. Both control records then go through the sync thread like any batch. A
+//! checkpoint's snapshot of the queue heads (`Submission::Snapshot`) is taken alone too, between
+//! two batches, with the log fsynced up to there.
 //!
 //! **Failures.** A failed write (no space, no descriptor for the next segment, an I/O error) fails
 //! the batch being written; batches written before it are still fsynced and acknowledged. A failed
@@ -27,12 +30,13 @@
 //! zero-filled spare is ready, the writer seals the segment early and continues in the spare
 //! instead of failing.
 
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::engine::{Active, AppendResult, Inner, Submission, WriterState};
+use crate::checkpoint::encode_heads;
 use crate::error::StoreError;
 use crate::format::{
     check_record, decode_withdraw, encode_segment_header, queue_parts, segment_file_name, Entry,
@@ -42,351 +46,215 @@ use crate::format::{
 use crate::health::Cause;
 use crate::log::Segment;
 use crate::options::Durability;
-use crate::prealloc::spare_path;
+use crate::prealloc::{spare_path, SpareSlot};
 use crate::queue::{Head, Published, QueueMap};
+use crate::shared::{Shared, Stats};
+use crate::submit::{Snapshot, Submission, Submissions, Taken, Wait};
+use crate::syncer::{fail_all, Outcome, SyncQueue, Written};
 use crate::{Appended, NewMessage, QueueId};
 
-pub(crate) enum Outcome {
-    Append(tokio::sync::oneshot::Sender<AppendResult>, AppendResult),
-    Replicate(
-        tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
-        Result<u64, StoreError>,
-    ),
+/// The segment being appended to.
+pub(crate) struct Active {
+    pub file: Arc<File>,
+    pub seg: Arc<Segment>,
+    /// Made from a zero-filled spare: writes overwrite allocated blocks and never need space.
+    pub preallocated: bool,
 }
 
-impl Outcome {
-    fn complete(self) {
-        match self {
-            Outcome::Append(tx, r) => {
-                let _ = tx.send(r);
-            }
-            Outcome::Replicate(tx, r) => {
-                let _ = tx.send(r);
-            }
+/// The writer thread and everything it owns: the queue heads as written (ahead of what readers
+/// see), the log end, the active segment and the batch state. In-process recovery (`resume`) and
+/// the control submissions (`control`) run on this thread too; at close the thread hands itself
+/// back to `Store::close`, which fsyncs what is left and writes the final checkpoint with it.
+pub(crate) struct Writer {
+    pub shared: Arc<Shared>,
+    pub submissions: Arc<Submissions>,
+    pub syncq: Arc<SyncQueue>,
+    pub spare: Arc<SpareSlot>,
+    pub heads: QueueMap<Head>,
+    /// Position after the last record written.
+    pub end: u64,
+    pub active: Option<Active>,
+    /// Written but not yet fsynced (Interval / None durability).
+    pub unsynced: bool,
+    /// A spare segment was requested for the next roll.
+    pub spare_requested: bool,
+    pub last_sync: Instant,
+}
+
+impl Writer {
+    /// The writer of a log recovered up to `end` with queue heads `heads`, appending to `active`.
+    pub fn new(
+        shared: Arc<Shared>,
+        submissions: Arc<Submissions>,
+        syncq: Arc<SyncQueue>,
+        spare: Arc<SpareSlot>,
+        heads: QueueMap<Head>,
+        end: u64,
+        active: Active,
+    ) -> Writer {
+        Writer {
+            shared,
+            submissions,
+            syncq,
+            spare,
+            heads,
+            end,
+            active: Some(active),
+            unsynced: false,
+            spare_requested: false,
+            last_sync: Instant::now(),
         }
     }
 
-    fn fail(self, e: StoreError) {
-        match self {
-            Outcome::Append(tx, _) => {
-                let _ = tx.send(Err(e));
-            }
-            Outcome::Replicate(tx, _) => {
-                let _ = tx.send(Err(e));
-            }
-        }
+    /// A write or fsync failed: refuse appends and recover (this thread runs the recovery).
+    pub fn enter_recovery(&self, e: &StoreError) {
+        self.shared.health().fail(e);
+        self.submissions.wake();
     }
-}
 
-/// Fails `outcomes`: the first gets `first`, the others a copy of it.
-fn fail_all(outcomes: impl IntoIterator<Item = Outcome>, first: StoreError) {
-    let copy = first.duplicate();
-    let mut first = Some(first);
-    for o in outcomes {
-        o.fail(first.take().unwrap_or_else(|| copy.duplicate()));
-    }
-}
-
-/// Body of the writer thread.
-pub(crate) fn writer_loop(inner: Arc<Inner>) {
-    loop {
-        // While recovering, an attempt is made whenever one is due; submissions arriving
-        // meanwhile are refused at once (never left waiting).
-        let next_attempt = if inner.health.is_recovering() {
-            inner.recovery_step(false)
-        } else {
-            None
-        };
-        let mut batch = Vec::new();
-        let mut periodic_sync = false;
-        let mut attempt_due = false;
-        {
-            let mut p = inner.pending.lock();
-            loop {
-                if !p.queue.is_empty() {
-                    break;
+    /// Body of the writer thread; returns the writer once the store closes.
+    pub fn run(mut self) -> Writer {
+        loop {
+            // While recovering, an attempt is made whenever one is due; submissions arriving
+            // meanwhile are refused at once (never left waiting).
+            let next_attempt = if self.shared.health().is_recovering() {
+                self.recovery_step(false)
+            } else {
+                None
+            };
+            let idle_sync = match self.shared.opts().durability {
+                Durability::Interval(every) if self.unsynced => Some(every),
+                _ => None,
+            };
+            let shared = self.shared.clone();
+            let recovering = || shared.health().is_recovering();
+            let taken = self.submissions.take(Wait {
+                next_attempt,
+                idle_sync,
+                recovering: &recovering,
+                max_batch_bytes: self.shared.opts().max_batch_bytes,
+            });
+            let batch = match taken {
+                Taken::Batch(b) => b,
+                Taken::Closed => {
+                    self.syncq.close();
+                    return self;
                 }
-                if p.closing {
-                    inner.syncq.lock().closing = true;
-                    inner.sync_cv.notify_all();
-                    return;
-                }
-                if let Some(at) = next_attempt {
-                    if inner.pending_cv.wait_until(&mut p, at).timed_out() && p.queue.is_empty() {
-                        attempt_due = true;
-                        break;
-                    }
+                Taken::AttemptDue => continue,
+                Taken::IdleSync => {
+                    self.interval_sync();
                     continue;
                 }
-                if inner.health.is_recovering() {
-                    // a failure was reported by another thread (sync thread, checkpointer)
-                    attempt_due = true;
-                    break;
-                }
-                match inner.opts.durability {
-                    Durability::Interval(every) if inner_unsynced(&inner) => {
-                        if inner.pending_cv.wait_for(&mut p, every).timed_out()
-                            && p.queue.is_empty()
-                        {
-                            periodic_sync = true;
-                            break;
-                        }
-                    }
-                    _ => inner.pending_cv.wait(&mut p),
-                }
-            }
-            let mut bytes = 0usize;
-            // An exclusive submission (promotion, withdrawal, a replicated jump) is processed on
-            // its own: it ends the batch before it, and nothing joins it.
-            while p
-                .queue
-                .front()
-                .is_some_and(|s| batch.is_empty() || !s.exclusive())
-            {
-                let Some(s) = p.queue.pop_front() else { break };
-                let b = s.bytes();
-                let exclusive = s.exclusive();
-                bytes += b;
-                p.bytes -= b;
-                batch.push(s);
-                if exclusive || bytes >= inner.opts.max_batch_bytes {
-                    break;
-                }
-            }
-        }
-        if attempt_due {
-            continue;
-        }
-        if periodic_sync {
-            inner.interval_sync();
-            continue;
-        }
-        // A bug must not leave waiters hanging or the log half-written without anyone noticing:
-        // fail the store for good and stop.
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.process(batch)));
-        if r.is_err() {
-            inner
-                .health
-                .fail_for_good("the writer thread panicked".into());
-            inner.syncq.lock().closing = true;
-            inner.sync_cv.notify_all();
-            let mut p = inner.pending.lock();
-            p.bytes = 0;
-            for s in p.queue.drain(..) {
-                s.fail(StoreError::Poisoned("the writer thread panicked".into()));
-            }
-            return;
-        }
-    }
-}
-
-/// A written batch waiting to become durable and visible.
-pub(crate) struct Written {
-    pub(crate) start: u64,
-    pub(crate) end: u64,
-    pub(crate) buf: Vec<u8>,
-    pub(crate) updates: Vec<(QueueId, Published)>,
-    pub(crate) outcomes: Vec<Outcome>,
-    /// The submitted messages, dropped by the sync thread after the tickets are completed (off
-    /// the writer's path).
-    pub(crate) spent: Vec<Vec<NewMessage>>,
-    /// The segment the batch ended in (earlier segments were fsynced when they were sealed).
-    pub(crate) file: Option<Arc<std::fs::File>>,
-    /// `Inner::fsync_failures` when the batch was written.
-    pub(crate) fsync_epoch: u64,
-}
-
-#[derive(Default)]
-pub(crate) struct SyncQueue {
-    pub items: std::collections::VecDeque<Written>,
-    pub closing: bool,
-    /// The sync thread is working on items it took from the queue.
-    pub busy: bool,
-    /// A batch was refused after a failed fsync: every later one is refused too (the log end is
-    /// cumulative) until the writer has recovered.
-    pub failing: bool,
-}
-
-/// Body of the sync thread: fsyncs once for everything written so far (durability `Always`),
-/// then publishes the batches in order — cache, log end, queue heads — and completes their
-/// tickets. A failed fsync refuses every batch it may have covered and starts a recovery.
-pub(crate) fn sync_loop(inner: Arc<Inner>) {
-    loop {
-        let (items, mut failing) = {
-            let mut q = inner.syncq.lock();
-            q.busy = false;
-            if q.items.is_empty() {
-                inner.sync_idle_cv.notify_all();
-            }
-            while q.items.is_empty() && !q.closing {
-                inner.sync_cv.wait(&mut q);
-            }
-            if q.items.is_empty() {
-                inner.sync_idle_cv.notify_all();
-                return;
-            }
-            q.busy = true;
-            (q.items.drain(..).collect::<Vec<Written>>(), q.failing)
-        };
-        let mut failure: Option<StoreError> = None;
-        if inner.health.is_failed() {
-            failure = inner.health.refusal();
-        }
-        if failure.is_none() && !failing && inner.opts.durability == Durability::Always {
-            if let Some(f) = items.last().and_then(|w| w.file.as_ref()) {
-                match inner.fsync(f, &inner.dir, true) {
-                    Ok(()) => {
-                        inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(err) => {
-                        // name the segment rather than the directory
-                        let err = match err {
-                            StoreError::Io { op, source, .. } => StoreError::Io {
-                                op,
-                                path: inner
-                                    .log
-                                    .segment_for(items[items.len() - 1].start)
-                                    .map(|s| s.path.clone())
-                                    .unwrap_or_else(|| inner.dir.clone()),
-                                offset: None,
-                                source,
-                            },
-                            e => e,
-                        };
-                        inner.enter_recovery(&err);
-                        failure = Some(err);
-                    }
-                }
-            }
-        }
-        // A failed fsync anywhere (here, at a roll, in a checkpoint) since a batch was written
-        // may have covered it: refuse it, and everything after it.
-        let epoch = inner.fsync_failures.load(Ordering::Acquire);
-        let mut done = Vec::with_capacity(items.len());
-        let mut spent = Vec::with_capacity(items.len());
-        let mut end = 0;
-        let mut published = false;
-        for w in items {
-            if failing || failure.is_some() || w.fsync_epoch != epoch {
-                if !failing {
-                    failing = true;
-                    inner.syncq.lock().failing = true;
-                    if !inner.health.is_refusing() {
-                        let e = StoreError::Poisoned(
-                            "an fsync failed before this append was durable".into(),
-                        );
-                        inner.enter_recovery(&e);
-                    }
-                }
-                let e = match failure.take() {
-                    Some(e) => e,
-                    None => inner.health.refusal().unwrap_or_else(|| {
-                        StoreError::Poisoned(
-                            "an fsync failed before this append was durable".into(),
-                        )
-                    }),
-                };
-                fail_all(w.outcomes, e);
-                continue;
-            }
-            // Order matters: readers do not take the writer's locks. They look up a queue head
-            // first and then read the log up to `durable_end`, so the log end must cover a
-            // batch before any of its queue heads is published. (Publishing the heads first let
-            // a sync that found a new head between the two steps read "beyond the log end" and
-            // fail.) The head map's shard lock then orders the `durable_end` store before any
-            // reader's later load of it.
-            inner.log.cache_push(w.start, w.buf);
-            inner.log.durable_end.store(w.end, Ordering::Release);
-            inner.heads.set_many(&w.updates);
-            end = w.end;
-            published = true;
-            done.push(w.outcomes);
-            spent.push(w.spent);
-        }
-        if published {
-            inner.notify_end();
-        }
-        for o in done.into_iter().flatten() {
-            o.complete();
-        }
-        drop(spent);
-        if published {
-            // not the checkpoint's lock: a checkpoint in progress waits for this thread
-            let ck = inner.ckpt_position.load(Ordering::Acquire);
-            if end.saturating_sub(ck) >= inner.opts.checkpoint_bytes {
-                inner.wake_checkpointer();
+            };
+            // A bug must not leave waiters hanging or the log half-written without anyone
+            // noticing: fail the store for good and stop.
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.process(batch)));
+            if r.is_err() {
+                let why = "the writer thread panicked";
+                self.shared.health().fail_for_good(why.into());
+                self.syncq.close();
+                self.submissions.fail_all(&StoreError::Poisoned(why.into()));
+                return self;
             }
         }
     }
-}
 
-fn inner_unsynced(inner: &Inner) -> bool {
-    // A try_lock keeps the waiting writer from blocking on a checkpoint in progress.
-    inner.state.try_lock().is_none_or(|st| st.unsynced)
-}
-
-impl Inner {
-    fn interval_sync(&self) {
-        let mut st = self.state.lock();
-        if let Err(e) = self.sync_active(&mut st) {
+    fn interval_sync(&mut self) {
+        if let Err(e) = self.sync_active() {
             self.enter_recovery(&e);
         }
     }
 
+    /// The queue heads for checkpoint `generation`, at this batch boundary, with the log fsynced
+    /// up to here; `None` if the log still ends at `unchanged_at` (the last checkpoint's position).
+    pub(crate) fn snapshot(
+        &mut self,
+        generation: u64,
+        unchanged_at: Option<u64>,
+    ) -> Result<Snapshot, StoreError> {
+        if let Some(e) = self.shared.health().refusal() {
+            return Err(e);
+        }
+        if unchanged_at == Some(self.end) {
+            return Ok(None);
+        }
+        if let Err(e) = self.sync_active() {
+            self.enter_recovery(&e);
+            return Err(e);
+        }
+        Ok(Some((
+            self.end,
+            encode_heads(generation, self.end, &self.heads),
+        )))
+    }
+
     /// fsyncs the active segment if anything is unsynced.
-    pub(crate) fn sync_active(&self, st: &mut WriterState) -> Result<(), StoreError> {
-        if !st.unsynced {
+    pub(crate) fn sync_active(&mut self) -> Result<(), StoreError> {
+        if !self.unsynced {
             return Ok(());
         }
-        if let Some(a) = st.active.as_ref() {
-            self.fsync(&a.file, &a.seg.path, true)?;
-            self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        if let Some(a) = self.active.as_ref() {
+            self.shared.fsync(&a.file, &a.seg.path, true)?;
+            Stats::add(&self.shared.stats().fsyncs, 1);
         }
-        st.unsynced = false;
-        st.last_sync = Instant::now();
+        self.unsynced = false;
+        self.last_sync = Instant::now();
         Ok(())
     }
 
-    fn process(&self, mut batch: Vec<Submission>) {
-        if let Some(e) = self.health.refusal() {
+    fn process(&mut self, mut batch: Vec<Submission>) {
+        if let Some(e) = self.shared.health().refusal() {
             for s in batch {
                 s.fail(e.duplicate());
             }
             return;
         }
-        if batch.len() == 1
-            && matches!(
+        if batch.len() == 1 {
+            if let Submission::Snapshot {
+                generation,
+                unchanged_at,
+                ..
+            } = batch[0]
+            {
+                let r = self.snapshot(generation, unchanged_at);
+                if let Some(Submission::Snapshot { tx, .. }) = batch.pop() {
+                    let _ = tx.send(r);
+                }
+                return;
+            }
+            if matches!(
                 batch[0],
                 Submission::Jump { .. } | Submission::Withdraw { .. }
-            )
-        {
-            if let Some(sub) = batch.pop() {
-                self.process_control(sub);
+            ) {
+                if let Some(sub) = batch.pop() {
+                    self.process_control(sub);
+                }
+                return;
             }
-            return;
         }
-        let mut st = self.state.lock();
         // A replicated batch opening with a JUMP from this log's end continues in a new segment
         // at the batch's start (it is alone in this call: see `Submission::exclusive`).
         let mut jumped = false;
         if let [Submission::Replicate { batch: b, .. }] = &batch[..] {
-            if self.is_follower() && b.start > st.end && b.jump_from() == Some(st.end) {
-                let (from, to) = (st.end, b.start);
-                if let Err(e) = self.roll_at(&mut st, from, to) {
+            if self.shared.is_follower() && b.start > self.end && b.jump_from() == Some(self.end) {
+                let (from, to) = (self.end, b.start);
+                if let Err(e) = self.roll_at(from, to) {
                     self.enter_recovery(&e);
-                    drop(st);
                     for s in batch {
                         s.fail(e.duplicate());
                     }
                     return;
                 }
-                st.end = to;
+                self.end = to;
                 jumped = true;
             }
         }
-        let start = st.end;
-        let fsync_epoch = self.fsync_failures.load(Ordering::Acquire);
-        let mut buf = self.log.take_buffer(batch.iter().map(|s| s.bytes()).sum());
+        let start = self.end;
+        let fsync_epoch = self.shared.fsync_epoch();
+        let mut buf = self
+            .shared
+            .log()
+            .take_buffer(batch.iter().map(|s| s.bytes()).sum());
         let mut bounds: Vec<usize> = Vec::new();
         let mut updates: Vec<(QueueId, Published)> = Vec::new();
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -401,13 +269,13 @@ impl Inner {
                     tx,
                     ..
                 } => {
-                    if self.is_follower() {
+                    if self.shared.is_follower() {
                         outcomes.push(Outcome::Append(tx, Err(StoreError::NotLeader)));
                         continue;
                     }
                     for (m, res) in msgs.iter().zip(results.iter_mut()) {
                         let pos = start + buf.len() as u64;
-                        encode_message(&mut buf, pos, m, &mut st.heads, &mut updates, res);
+                        encode_message(&mut buf, pos, m, &mut self.heads, &mut updates, res);
                         bounds.push(buf.len());
                         messages += 1;
                         entries += m.queues.len() as u64;
@@ -416,7 +284,7 @@ impl Inner {
                     spent.push(msgs);
                 }
                 Submission::Replicate { batch, tx } => {
-                    let r = if self.is_follower() {
+                    let r = if self.shared.is_follower() {
                         let pos = start + buf.len() as u64;
                         apply_replicated(
                             &mut buf,
@@ -425,7 +293,7 @@ impl Inner {
                             &batch.data,
                             batch.start,
                             jumped,
-                            &mut st.heads,
+                            &mut self.heads,
                             &mut updates,
                         )
                     } else {
@@ -433,8 +301,10 @@ impl Inner {
                     };
                     outcomes.push(Outcome::Replicate(tx, r));
                 }
-                // Exclusive: dispatched to `process_control` before this loop.
-                other @ (Submission::Jump { .. } | Submission::Withdraw { .. }) => {
+                // Exclusive: dispatched to `process_control` or `snapshot` before this loop.
+                other @ (Submission::Jump { .. }
+                | Submission::Withdraw { .. }
+                | Submission::Snapshot { .. }) => {
                     other.fail(StoreError::InvalidArgument(
                         "a control submission in a group commit".into(),
                     ));
@@ -442,47 +312,48 @@ impl Inner {
             }
         }
         if buf.is_empty() {
-            drop(st);
             for o in outcomes {
                 o.complete();
             }
             return;
         }
-        if let Err(e) = self.write_batch(&mut st, start, &buf, &bounds) {
+        if let Err(e) = self.write_batch(start, &buf, &bounds) {
             // The queue heads already count this batch: the recovery rebuilds them from disk.
             self.enter_recovery(&e);
-            drop(st);
             fail_all(outcomes, e);
             return;
         }
         let end = start + buf.len() as u64;
-        st.end = end;
-        self.maybe_request_spare(&mut st);
-        if let Durability::Interval(every) = self.opts.durability {
+        self.end = end;
+        self.maybe_request_spare();
+        if let Durability::Interval(every) = self.shared.opts().durability {
             // under continuous load the idle-time sync in the loop never fires
-            if st.last_sync.elapsed() >= every {
-                if let Err(e) = self.sync_active(&mut st) {
+            if self.last_sync.elapsed() >= every {
+                if let Err(e) = self.sync_active() {
                     self.enter_recovery(&e);
-                    drop(st);
                     fail_all(outcomes, e);
                     return;
                 }
             }
         }
-        let file = st.active.as_ref().map(|a| a.file.clone());
-        drop(st);
-        self.stats.messages.fetch_add(messages, Ordering::Relaxed);
-        self.stats.entries.fetch_add(entries, Ordering::Relaxed);
-        self.stats.batches.fetch_add(1, Ordering::Relaxed);
-        self.opts.histograms.batch_messages.record(messages as f64);
-        self.opts.histograms.batch_bytes.record(buf.len() as f64);
-        self.stats
-            .bytes_written
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
+        let file = self.active.as_ref().map(|a| a.file.clone());
+        Stats::add(&self.shared.stats().messages, messages);
+        Stats::add(&self.shared.stats().entries, entries);
+        Stats::add(&self.shared.stats().batches, 1);
+        self.shared
+            .opts()
+            .histograms
+            .batch_messages
+            .record(messages as f64);
+        self.shared
+            .opts()
+            .histograms
+            .batch_bytes
+            .record(buf.len() as f64);
+        Stats::add(&self.shared.stats().bytes_written, buf.len() as u64);
         // Durability and publication happen on the sync thread, so the next batch can be
         // encoded and written while this one is being fsynced.
-        let mut q = self.syncq.lock();
-        q.items.push_back(Written {
+        self.syncq.push(Written {
             start,
             end,
             buf,
@@ -492,26 +363,27 @@ impl Inner {
             file,
             fsync_epoch,
         });
-        drop(q);
-        self.sync_cv.notify_one();
     }
 
     /// Writes `buf` (records ending at `bounds`) at position `start`, rolling segments at record
     /// boundaries. Durability is the sync thread's job.
     pub(crate) fn write_batch(
-        &self,
-        st: &mut WriterState,
+        &mut self,
         start: u64,
         buf: &[u8],
         bounds: &[usize],
     ) -> Result<(), StoreError> {
-        let seg_limit = self.opts.segment_bytes.saturating_sub(SEGMENT_HEADER_LEN);
+        let seg_limit = self
+            .shared
+            .opts()
+            .segment_bytes
+            .saturating_sub(SEGMENT_HEADER_LEN);
         let mut off = 0usize;
         let mut bi = 0usize; // first bound > off
         let mut early_roll_tried = false;
         while off < buf.len() {
             let pos = start + off as u64;
-            let active = st
+            let active = self
                 .active
                 .as_ref()
                 .ok_or_else(|| StoreError::Poisoned("no active segment".into()))?;
@@ -524,7 +396,7 @@ impl Inner {
             } else if used == 0 {
                 bounds[bi] // a single record larger than a segment gets a segment of its own
             } else {
-                self.roll(st, pos)?;
+                self.roll(pos)?;
                 continue;
             };
             let file_off = SEGMENT_HEADER_LEN + used;
@@ -537,16 +409,11 @@ impl Inner {
                     && used > 0
                     && !active.preallocated
                     && Cause::of(&err) == Cause::NoSpace
-                    && self
-                        .prealloc
-                        .lock()
-                        .spare
-                        .as_ref()
-                        .is_some_and(|s| s.zero_filled)
+                    && self.spare.zero_filled_ready()
                 {
                     early_roll_tried = true;
                     tracing::warn!(error = %err, "disk full: continuing in the preallocated spare segment");
-                    self.roll(st, pos)?;
+                    self.roll(pos)?;
                     continue;
                 }
                 return Err(err);
@@ -555,95 +422,89 @@ impl Inner {
             bi = bounds.partition_point(|&b| b <= cut);
             off = cut;
         }
-        st.unsynced = true;
+        self.unsynced = true;
         Ok(())
     }
 
     /// Seals the active segment (trimmed to its records, fsynced) and starts a new one whose
     /// first record is at `base`, from the spare prepared ahead when one is ready.
-    fn roll(&self, st: &mut WriterState, base: u64) -> Result<(), StoreError> {
-        self.roll_at(st, base, base)
+    fn roll(&mut self, base: u64) -> Result<(), StoreError> {
+        self.roll_at(base, base)
     }
 
     /// [`Self::roll`] for a log that ends at `end` and continues at `base` (above `end` after
     /// a promotion: the new segment then opens with a JUMP record).
-    pub(crate) fn roll_at(
-        &self,
-        st: &mut WriterState,
-        end: u64,
-        base: u64,
-    ) -> Result<(), StoreError> {
-        let sync = self.opts.durability != Durability::None;
+    pub(crate) fn roll_at(&mut self, end: u64, base: u64) -> Result<(), StoreError> {
+        let sync = self.shared.opts().durability != Durability::None;
         if sync {
-            self.sync_active(st)?;
+            self.sync_active()?;
         }
-        if let Some(old) = st.active.as_ref() {
+        if let Some(old) = self.active.as_ref() {
             let len = SEGMENT_HEADER_LEN + (end - old.seg.base);
             old.file
                 .set_len(len)
                 .map_err(|e| StoreError::io_at("trim segment", &old.seg.path, len, e))?;
             if sync {
-                self.fsync(&old.file, &old.seg.path, false)?;
+                self.shared.fsync(&old.file, &old.seg.path, false)?;
             }
         }
-        let path = self.dir.join(segment_file_name(base));
-        let spare = self.prealloc.lock().spare.take();
+        let path = self.shared.dir().join(segment_file_name(base));
+        let spare = self.spare.take();
         let (file, preallocated) = match spare {
             Some(spare) => {
                 // header first, then the rename: a segment under its final name always has one
-                let sp = spare_path(&self.dir);
+                let sp = spare_path(self.shared.dir());
                 spare
                     .file
                     .write_all_at(&encode_segment_header(base), 0)
                     .map_err(|e| StoreError::io_at("write segment header", &sp, 0, e))?;
                 if sync {
-                    self.fsync(&spare.file, &sp, spare.zero_filled)?;
+                    self.shared.fsync(&spare.file, &sp, spare.zero_filled)?;
                 }
                 std::fs::rename(&sp, &path)
                     .map_err(|e| StoreError::io("rename spare segment", &path, e))?;
                 (spare.file, spare.zero_filled)
             }
             None => {
-                let (seg, file) = Segment::create(&self.dir, base, |o, p| self.open_file(o, p))?;
+                let (seg, file) =
+                    Segment::create(self.shared.dir(), base, |o, p| self.shared.open_file(o, p))?;
                 if sync {
-                    self.fsync(&file, &seg.path, true)?;
+                    self.shared.fsync(&file, &seg.path, true)?;
                 }
                 (file, false)
             }
         };
         if sync {
-            self.sync_dir()?;
+            self.shared.sync_dir()?;
         }
         let seg = Arc::new(Segment::new(base, path, base));
-        self.log.add_segment(seg.clone());
-        st.active = Some(Active {
+        self.shared.log().add_segment(seg.clone());
+        self.active = Some(Active {
             file: Arc::new(file),
             seg,
             preallocated,
         });
-        st.spare_requested = false;
+        self.spare_requested = false;
         Ok(())
     }
 
     /// Asks the preallocator for the next segment once the active one is half full.
-    pub(crate) fn maybe_request_spare(&self, st: &mut WriterState) {
-        if st.spare_requested {
+    pub(crate) fn maybe_request_spare(&mut self) {
+        if self.spare_requested {
             return;
         }
-        let Some(a) = st.active.as_ref() else { return };
-        let used = st.end - a.seg.base;
-        if used * 2 >= self.opts.segment_bytes {
-            st.spare_requested = true;
+        let Some(a) = self.active.as_ref() else {
+            return;
+        };
+        let used = self.end - a.seg.base;
+        if used * 2 >= self.shared.opts().segment_bytes {
+            self.spare_requested = true;
             let growth = if a.preallocated {
                 0
             } else {
-                self.opts.segment_bytes.saturating_sub(used)
+                self.shared.opts().segment_bytes.saturating_sub(used)
             };
-            let mut p = self.prealloc.lock();
-            p.wanted = true;
-            p.active_growth = growth;
-            drop(p);
-            self.prealloc_cv.notify_one();
+            self.spare.want(growth);
         }
     }
 }

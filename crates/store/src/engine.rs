@@ -289,10 +289,15 @@ impl Store {
         self.shared.visible_last_key(queue)
     }
 
-    /// Writes a checkpoint of the queue heads now (no-op if nothing changed).
+    /// Writes a checkpoint of the queue heads now (no-op if nothing changed). Waits for the writer
+    /// to reach the end of its current batch: do not call from an async runtime thread.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         if let Some(w) = self.stopped_writer.lock().as_mut() {
             return self.checkpoint_with(w);
+        }
+        if self.threads.lock().is_none() {
+            // closing, or the writer thread did not stop cleanly: nobody to ask for the heads
+            return Err(StoreError::Closed);
         }
         self.checkpoints.checkpoint(&self.shared, &self.submissions)
     }

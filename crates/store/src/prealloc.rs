@@ -206,7 +206,7 @@ fn fill_and_place(
             off += n as u64;
         }
     }
-    // Not `Inner::fsync`: a failure here says nothing about the log's own pages.
+    // Not `Shared::fsync`: a failure here says nothing about the log's own pages.
     f.sync_all()
         .map_err(|e| StoreError::io("fsync spare segment", tmp, e))?;
     let spare = spare_path(shared.dir());

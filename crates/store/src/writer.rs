@@ -511,7 +511,8 @@ impl Inner {
         // low concurrency the hand-off (waking the sync thread, then this thread again for the
         // next message) cost more than the pipelining saves, and submissions arriving meanwhile
         // gather into the next batch without waking anyone.
-        let alone = submissions <= INLINE_SYNC_MAX_SUBMISSIONS && self.pending.lock().queue.is_empty();
+        let alone =
+            submissions <= INLINE_SYNC_MAX_SUBMISSIONS && self.pending.lock().queue.is_empty();
         let mut q = self.syncq.lock();
         if alone && !q.busy && !q.closing && q.items.is_empty() {
             q.busy = true;

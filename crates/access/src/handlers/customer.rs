@@ -8,7 +8,7 @@ use bytes::Bytes;
 use proto::{cmd, flag, Body, Customer};
 use store::{NewMessage, QueueId};
 
-use super::{Append, Conn, Handled, Refusal, Refused, Stored};
+use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
 use crate::app::{now_secs, App, Stats, StoreFailure};
 
 fn new_message(c: &Customer, device_id: i64, flags: u8, body: Bytes) -> NewMessage {
@@ -60,15 +60,13 @@ pub(crate) fn on_customer(conn: &mut Conn, seq: i32, flags: u8, c: Customer) -> 
     let flags = flags & flag::CLIENT;
     let body = Body::Customer(c.clone()).to_stored();
     let msg = new_message(&c, h.device_id, flags, body.clone());
+    let to = To::Pair {
+        cmd: cmd::CUSTOMER_V2,
+        receiver: (c.receiver_appid, c.receiver),
+    };
     Ok(Some(Append {
         batch: vec![msg],
-        then: Stored::pair(
-            cmd::CUSTOMER_V2,
-            seq,
-            flags,
-            (c.receiver_appid, c.receiver),
-            body,
-        ),
+        then: Stored::new(seq, flags, body, to),
     }))
 }
 

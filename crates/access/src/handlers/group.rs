@@ -19,7 +19,7 @@ use bytes::Bytes;
 use proto::{cmd, flag, Body, Im, Metadata};
 use store::{Appended, NewMessage, QueueId};
 
-use super::{Append, Conn, Handled, Refusal, Refused, Stored};
+use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
 use crate::app::{now_secs, App, Stats, StoreFailure};
 use crate::offline;
 use crate::route::Push;
@@ -149,7 +149,7 @@ pub(crate) async fn on_group_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) ->
     };
     Ok(Some(Append {
         batch: vec![msg],
-        then: Stored::group(seq, flags, group, uids, body),
+        then: Stored::new(seq, flags, body, To::Group { group, uids }),
     }))
 }
 

@@ -43,7 +43,7 @@ use tracing::debug;
 use crate::app::{App, AppendResult, Stats, StoreFailure};
 use crate::route::SessionHandle;
 pub(crate) use reply::Reply;
-pub(crate) use stored::Stored;
+pub(crate) use stored::{Stored, To};
 
 /// The state of one connection that handlers read and change. Owned by the session, lent to a
 /// handler for one frame (or one completion).

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use proto::{cmd, flag, Body, Im};
 use store::{Appended, NewMessage, QueueId};
 
-use super::{Append, Conn, Handled, Refusal, Refused, Stored};
+use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
 use crate::app::{now_secs, App, Stats, StoreFailure};
 use crate::route::Push;
 
@@ -60,9 +60,13 @@ pub(crate) fn on_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) -> Handled {
         timestamp: ts as i64,
         body: body.clone(),
     };
+    let to = To::Pair {
+        cmd: cmd::IM,
+        receiver: (h.appid, receiver),
+    };
     Ok(Some(Append {
         batch: vec![msg],
-        then: Stored::pair(cmd::IM, seq, flags, (h.appid, receiver), body),
+        then: Stored::new(seq, flags, body, to),
     }))
 }
 

@@ -28,8 +28,9 @@ pub(crate) struct Stored {
 }
 
 /// Who a stored message goes to.
-enum To {
-    /// IM or CUSTOMER_V2 (`cmd`): one entry in the receiver's queue, then one in the sender's.
+pub(crate) enum To {
+    /// IM or CUSTOMER_V2 (`cmd`): one entry in the queue of `receiver` (app id, uid), then one in
+    /// the sender's.
     Pair { cmd: u8, receiver: (i64, i64) },
     /// GROUP_IM: one entry per member (normal group, members in the order of `uids`) or one in the
     /// group's queue (super group).
@@ -37,37 +38,13 @@ enum To {
 }
 
 impl Stored {
-    /// An IM or CUSTOMER_V2 (`cmd`) stored in the queue of `receiver` (app id, uid) and then in the
-    /// sender's.
-    pub(crate) fn pair(
-        cmd: u8,
-        seq: i32,
-        flags: u8,
-        receiver: (i64, i64),
-        body: Bytes,
-    ) -> Box<Self> {
+    /// A message for `to`: the client's `seq` and flags, and the stored body.
+    pub(crate) fn new(seq: i32, flags: u8, body: Bytes, to: To) -> Box<Self> {
         Box::new(Stored {
             seq,
             flags,
             body,
-            to: To::Pair { cmd, receiver },
-        })
-    }
-
-    /// A GROUP_IM appended to every member's queue (normal group, `uids` in the order of the
-    /// entries) or to the group's queue (super group).
-    pub(crate) fn group(
-        seq: i32,
-        flags: u8,
-        group: Arc<Group>,
-        uids: Vec<i64>,
-        body: Bytes,
-    ) -> Box<Self> {
-        Box::new(Stored {
-            seq,
-            flags,
-            body,
-            to: To::Group { group, uids },
+            to,
         })
     }
 

@@ -213,7 +213,7 @@ impl Session {
             // Boxed: this happens once, and inline it would be the largest state of every session.
             let drained = Box::pin(timeout(limit, async {
                 while let Some((then, result, arrived)) = next_completion(&mut self.pending).await {
-                    self.complete(then, result, arrived);
+                    self.complete(*then, result, arrived);
                 }
             }))
             .await;
@@ -292,7 +292,7 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
                 Some((then, result, arrived)) = next_completion(&mut self.pending), if self.inflight() > 0 => {
-                    self.complete(then, result, arrived);
+                    self.complete(*then, result, arrived);
                     continue;
                 }
                 _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => continue,
@@ -409,7 +409,7 @@ impl Session {
 
     /// Finishes a completed append (its handler's completion) and records its arrival → durable
     /// and arrival → delivered latencies.
-    fn complete(&mut self, then: Box<Stored>, result: AppendResult, arrived: Instant) {
+    fn complete(&mut self, then: Stored, result: AppendResult, arrived: Instant) {
         let ok = result.is_ok();
         if ok {
             let durable = arrived.elapsed();

@@ -9,9 +9,7 @@
 //!
 //! So the next batch is encoded and written while the previous one is being fsynced, and one
 //! fsync covers every append that arrived meanwhile. Nothing is visible to readers or
-//! acknowledged before it is durable. At low concurrency — a small batch, nothing waiting behind
-//! it and the sync thread idle — the writer fsyncs and publishes the batch itself, sparing two
-//! thread hand-offs per batch; appends arriving meanwhile form the next batch.
+//! acknowledged before it is durable.
 //!
 //! Two submissions are processed alone in a writer turn (`process_control`): a promotion, which
 //! seals the log and opens a segment at a higher position with a JUMP record, and a withdrawal,
@@ -47,10 +45,6 @@ use crate::options::Durability;
 use crate::prealloc::spare_path;
 use crate::queue::{Head, Published, QueueMap};
 use crate::{Appended, NewMessage, QueueId};
-
-/// The most submissions a batch may hold for the writer to fsync and publish it itself (when
-/// nothing else is waiting); larger batches go to the sync thread (see [`Inner::process`]).
-const INLINE_SYNC_MAX_SUBMISSIONS: usize = 16;
 
 pub(crate) enum Outcome {
     Append(tokio::sync::oneshot::Sender<AppendResult>, AppendResult),
@@ -218,7 +212,7 @@ pub(crate) struct SyncQueue {
 /// tickets. A failed fsync refuses every batch it may have covered and starts a recovery.
 pub(crate) fn sync_loop(inner: Arc<Inner>) {
     loop {
-        let (items, failing) = {
+        let (items, mut failing) = {
             let mut q = inner.syncq.lock();
             q.busy = false;
             if q.items.is_empty() {
@@ -234,41 +228,32 @@ pub(crate) fn sync_loop(inner: Arc<Inner>) {
             q.busy = true;
             (q.items.drain(..).collect::<Vec<Written>>(), q.failing)
         };
-        inner.sync_and_publish(items, failing);
-    }
-}
-
-impl Inner {
-    /// fsyncs once for `items` (durability `Always`), then publishes them in order and completes
-    /// their tickets; `failing`: a batch before them was refused after a failed fsync. Called by
-    /// the sync thread, or by the writer for a small batch when the sync thread is idle.
-    fn sync_and_publish(&self, items: Vec<Written>, mut failing: bool) {
         let mut failure: Option<StoreError> = None;
-        if self.health.is_failed() {
-            failure = self.health.refusal();
+        if inner.health.is_failed() {
+            failure = inner.health.refusal();
         }
-        if failure.is_none() && !failing && self.opts.durability == Durability::Always {
+        if failure.is_none() && !failing && inner.opts.durability == Durability::Always {
             if let Some(f) = items.last().and_then(|w| w.file.as_ref()) {
-                match self.fsync(f, &self.dir, true) {
+                match inner.fsync(f, &inner.dir, true) {
                     Ok(()) => {
-                        self.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                        inner.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(err) => {
                         // name the segment rather than the directory
                         let err = match err {
                             StoreError::Io { op, source, .. } => StoreError::Io {
                                 op,
-                                path: self
+                                path: inner
                                     .log
                                     .segment_for(items[items.len() - 1].start)
                                     .map(|s| s.path.clone())
-                                    .unwrap_or_else(|| self.dir.clone()),
+                                    .unwrap_or_else(|| inner.dir.clone()),
                                 offset: None,
                                 source,
                             },
                             e => e,
                         };
-                        self.enter_recovery(&err);
+                        inner.enter_recovery(&err);
                         failure = Some(err);
                     }
                 }
@@ -276,7 +261,7 @@ impl Inner {
         }
         // A failed fsync anywhere (here, at a roll, in a checkpoint) since a batch was written
         // may have covered it: refuse it, and everything after it.
-        let epoch = self.fsync_failures.load(Ordering::Acquire);
+        let epoch = inner.fsync_failures.load(Ordering::Acquire);
         let mut done = Vec::with_capacity(items.len());
         let mut spent = Vec::with_capacity(items.len());
         let mut end = 0;
@@ -285,17 +270,17 @@ impl Inner {
             if failing || failure.is_some() || w.fsync_epoch != epoch {
                 if !failing {
                     failing = true;
-                    self.syncq.lock().failing = true;
-                    if !self.health.is_refusing() {
+                    inner.syncq.lock().failing = true;
+                    if !inner.health.is_refusing() {
                         let e = StoreError::Poisoned(
                             "an fsync failed before this append was durable".into(),
                         );
-                        self.enter_recovery(&e);
+                        inner.enter_recovery(&e);
                     }
                 }
                 let e = match failure.take() {
                     Some(e) => e,
-                    None => self.health.refusal().unwrap_or_else(|| {
+                    None => inner.health.refusal().unwrap_or_else(|| {
                         StoreError::Poisoned(
                             "an fsync failed before this append was durable".into(),
                         )
@@ -310,16 +295,16 @@ impl Inner {
             // a sync that found a new head between the two steps read "beyond the log end" and
             // fail.) The head map's shard lock then orders the `durable_end` store before any
             // reader's later load of it.
-            self.log.cache_push(w.start, w.buf);
-            self.log.durable_end.store(w.end, Ordering::Release);
-            self.heads.set_many(&w.updates);
+            inner.log.cache_push(w.start, w.buf);
+            inner.log.durable_end.store(w.end, Ordering::Release);
+            inner.heads.set_many(&w.updates);
             end = w.end;
             published = true;
             done.push(w.outcomes);
             spent.push(w.spent);
         }
         if published {
-            self.notify_end();
+            inner.notify_end();
         }
         for o in done.into_iter().flatten() {
             o.complete();
@@ -327,9 +312,9 @@ impl Inner {
         drop(spent);
         if published {
             // not the checkpoint's lock: a checkpoint in progress waits for this thread
-            let ck = self.ckpt_position.load(Ordering::Acquire);
-            if end.saturating_sub(ck) >= self.opts.checkpoint_bytes {
-                self.wake_checkpointer();
+            let ck = inner.ckpt_position.load(Ordering::Acquire);
+            if end.saturating_sub(ck) >= inner.opts.checkpoint_bytes {
+                inner.wake_checkpointer();
             }
         }
     }
@@ -404,7 +389,6 @@ impl Inner {
         let mut buf = self.log.take_buffer(batch.iter().map(|s| s.bytes()).sum());
         let mut bounds: Vec<usize> = Vec::new();
         let mut updates: Vec<(QueueId, Published)> = Vec::new();
-        let submissions = batch.len();
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut messages = 0u64;
         let mut entries = 0u64;
@@ -495,7 +479,10 @@ impl Inner {
         self.stats
             .bytes_written
             .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        let written = Written {
+        // Durability and publication happen on the sync thread, so the next batch can be
+        // encoded and written while this one is being fsynced.
+        let mut q = self.syncq.lock();
+        q.items.push_back(Written {
             start,
             end,
             buf,
@@ -504,29 +491,7 @@ impl Inner {
             spent,
             file,
             fsync_epoch,
-        };
-        // Under load, durability and publication happen on the sync thread, so the next batch
-        // can be encoded and written while this one is being fsynced. A small batch with nothing
-        // waiting behind it and nothing before it still to publish is synced here instead: at
-        // low concurrency the hand-off (waking the sync thread, then this thread again for the
-        // next message) cost more than the pipelining saves, and submissions arriving meanwhile
-        // gather into the next batch without waking anyone.
-        let alone =
-            submissions <= INLINE_SYNC_MAX_SUBMISSIONS && self.pending.lock().queue.is_empty();
-        let mut q = self.syncq.lock();
-        if alone && !q.busy && !q.closing && q.items.is_empty() {
-            q.busy = true;
-            let failing = q.failing;
-            drop(q);
-            self.sync_and_publish(vec![written], failing);
-            let mut q = self.syncq.lock();
-            q.busy = false;
-            if q.items.is_empty() {
-                self.sync_idle_cv.notify_all();
-            }
-            return;
-        }
-        q.items.push_back(written);
+        });
         drop(q);
         self.sync_cv.notify_one();
     }

@@ -386,8 +386,8 @@ pub(crate) fn dispatch<'a>(
 }
 
 /// Finishes a completed append: its completion delivers and ACKs, or it is refused.
-pub(crate) fn complete(conn: &Conn, out: &mut Reply, then: Box<Stored>, result: AppendResult) {
-    if let Err(r) = (*then).complete(conn, out, result) {
+pub(crate) fn complete(conn: &Conn, out: &mut Reply, then: Stored, result: AppendResult) {
+    if let Err(r) = then.complete(conn, out, result) {
         refuse(&conn.app, out, r);
     }
 }

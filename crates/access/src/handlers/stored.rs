@@ -67,6 +67,9 @@ impl Stored {
             return Ok(());
         };
         let (cmd, seq) = (self.cmd(), self.seq);
+        let Stored {
+            flags, body, to, ..
+        } = self;
         let refused = |e| Refusal::acked(cmd, seq, Refused::Store(e));
         // One message per append: its entries, one per queue.
         let entries = match result {
@@ -74,8 +77,8 @@ impl Stored {
             Err(e) => return Err(refused(Some(e))),
         };
         let app = &conn.app;
-        let msg = Push::plain(cmd, self.flags, self.body);
-        let (own, ack_flag) = match &self.to {
+        let msg = Push::plain(cmd, flags, body);
+        let (own, ack_flag) = match &to {
             To::Pair { receiver, .. } => {
                 let &[r, s] = entries.as_slice() else {
                     return Err(refused(None));

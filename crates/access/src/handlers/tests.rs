@@ -161,7 +161,7 @@ impl Client {
         }
         if let Some(a) = append {
             let result = self.conn.app.store.append(a.batch).await;
-            complete(&self.conn, &mut self.out, a.then, result);
+            complete(&self.conn, &mut self.out, *a.then, result);
         }
         self.out.take_frames()
     }
@@ -299,7 +299,7 @@ async fn a_failed_append_is_refused_as_storage_failed() {
         "the disk is on fire".into(),
     ));
     let (refused_before, errors_before) = (refused(&n.app), Stats::get(&n.app.stats.store_errors));
-    complete(&a.conn, &mut a.out, append.then, Err(failure));
+    complete(&a.conn, &mut a.out, *append.then, Err(failure));
     let frames = a.out.take_frames();
     assert_refused(
         &n.app,
@@ -345,7 +345,7 @@ async fn an_append_without_positions_is_refused_for_every_family() {
         };
         let append = step.expect("a stored message makes an append");
         let before = refused(&n.app);
-        complete(&client.conn, &mut client.out, append.then, Ok(Vec::new()));
+        complete(&client.conn, &mut client.out, *append.then, Ok(Vec::new()));
         let frames = client.out.take_frames();
         assert_refused(&n.app, &frames, seq, AckStatus::STORAGE_FAILED, before);
     }

@@ -229,7 +229,12 @@ impl App {
             }),
         };
         let n = self.deliver_user(appid, uid, &push, except);
-        self.deliver_user(appid, uid, &Push::sync_notify(at.key), except);
+        // A session here that did not take the message is closing; other nodes' sessions are
+        // reached through the routers. Nobody else needs the notification (the sender's own copy
+        // usually has no other session).
+        if n > 0 || self.links.is_enabled() {
+            self.deliver_user(appid, uid, &Push::sync_notify(at.key), except);
+        }
         Stats::add(&self.stats.deliveries, n as u64);
         n
     }

@@ -37,13 +37,14 @@ fn local_enabled(app: &App) -> bool {
     !matches!(app.push, PushSink::Disabled)
 }
 
-/// A stored peer message (`body`) for `receiver`, if they are not online.
-pub fn peer(app: &App, appid: i64, receiver: i64, body: &Bytes) {
-    if via_routers(app, appid, &[receiver], cmd::IM, body) {
+/// A stored peer or customer message (`cmd`, `body`) for `receiver` (app id, uid), if they are not
+/// online.
+pub fn stored(app: &App, cmd: u8, (appid, receiver): (i64, i64), body: &Bytes) {
+    if via_routers(app, appid, &[receiver], cmd, body) {
         return;
     }
     if local_enabled(app) && !app.route.is_online(appid, receiver) {
-        push_local(app, appid, cmd::IM, body, vec![receiver]);
+        push_local(app, appid, cmd, body, vec![receiver]);
     }
 }
 
@@ -56,16 +57,6 @@ pub fn system(app: &App, appid: i64, receivers: &[i64], content: &Bytes) {
         if !app.route.is_online(appid, receiver) {
             push_local(app, appid, cmd::SYSTEM, content, vec![receiver]);
         }
-    }
-}
-
-/// A stored customer message (`body`) for its receiver, if not online.
-pub fn customer(app: &App, receiver_appid: i64, receiver: i64, body: &Bytes) {
-    if via_routers(app, receiver_appid, &[receiver], cmd::CUSTOMER_V2, body) {
-        return;
-    }
-    if local_enabled(app) && !app.route.is_online(receiver_appid, receiver) {
-        push_local(app, receiver_appid, cmd::CUSTOMER_V2, body, vec![receiver]);
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::app::{App, AppendResult, Stats};
-use crate::handlers::{self, room, sync, Append, Completion, Conn, Reply, Step};
+use crate::handlers::{self, room, sync, Append, Conn, Reply, Step, Stored};
 use crate::route::{Push, OUTBOX_FULL};
 use crate::transport::{CloseReason, RecvError, Transport};
 
@@ -72,28 +72,21 @@ impl End {
     }
 }
 
-/// A pending append and its context.
+/// A pending append and what completes it.
 pub(crate) struct Op {
-    ctx: Option<Box<dyn Completion>>,
+    ctx: Option<Box<Stored>>,
     fut: Pin<Box<dyn Future<Output = AppendResult> + Send>>,
     /// When the message arrived (its handler submits it at once).
     arrived: Instant,
-    /// `banter_message_durable_seconds`.
-    durable: metrics::Histogram,
 }
 
 impl Future for Op {
-    type Output = (Box<dyn Completion>, AppendResult, Instant);
+    type Output = (Box<Stored>, AppendResult, Instant);
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.fut.as_mut().poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(r) => match self.ctx.take() {
-                Some(ctx) => {
-                    if r.is_ok() {
-                        self.durable.record(self.arrived.elapsed().as_secs_f64());
-                    }
-                    Poll::Ready((ctx, r, self.arrived))
-                }
+                Some(ctx) => Poll::Ready((ctx, r, self.arrived)),
                 // Polled after completion: never resolves again (FuturesOrdered does not do this).
                 None => Poll::Pending,
             },
@@ -104,7 +97,7 @@ impl Future for Op {
 /// The next completed append, in submission order; `None` when nothing is in flight.
 async fn next_completion(
     pending: &mut Option<FuturesOrdered<Op>>,
-) -> Option<(Box<dyn Completion>, AppendResult, Instant)> {
+) -> Option<(Box<Stored>, AppendResult, Instant)> {
     match pending {
         Some(p) => p.next().await,
         None => None,
@@ -220,7 +213,7 @@ impl Session {
             // Boxed: this happens once, and inline it would be the largest state of every session.
             let drained = Box::pin(timeout(limit, async {
                 while let Some((then, result, arrived)) = next_completion(&mut self.pending).await {
-                    self.complete(then, result, arrived);
+                    self.complete(*then, result, arrived);
                 }
             }))
             .await;
@@ -299,7 +292,7 @@ impl Session {
                 biased;
                 _ = shutdown.cancelled() => return End::Shutdown,
                 Some((then, result, arrived)) = next_completion(&mut self.pending), if self.inflight() > 0 => {
-                    self.complete(then, result, arrived);
+                    self.complete(*then, result, arrived);
                     continue;
                 }
                 _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => continue,
@@ -328,7 +321,7 @@ impl Session {
                 Err(e) => return End::Protocol(e.0),
             };
             if let Some(append) = append {
-                self.submit(append);
+                self.submit(append, last_frame);
             }
             if let Some(key) = sync_key {
                 sync::on_sync(&mut self.conn, &mut self.out, key).await;
@@ -357,7 +350,9 @@ impl Session {
             let send = timeout(wt, t.send(buf, ends));
             tokio::pin!(send);
             loop {
+                // The write first: it usually completes at once, and then nothing else is polled.
                 tokio::select! {
+                    biased;
                     r = &mut send => break r,
                     _ = async { match shutdown { Some(s) => s.cancelled().await, None => std::future::pending().await } } => {
                         self.torn = true;
@@ -399,23 +394,27 @@ impl Session {
         self.pending = None;
     }
 
-    /// Submits a handler's append; its completion runs once the store has answered, in order.
-    fn submit(&mut self, append: Append) {
+    /// Submits a handler's append, for a message that arrived at `arrived`; its completion runs
+    /// once the store has answered, in order.
+    fn submit(&mut self, append: Append, arrived: Instant) {
         let fut = self.conn.app.store.append(append.batch);
         self.pending
             .get_or_insert_with(FuturesOrdered::new)
             .push_back(Op {
                 ctx: Some(append.then),
                 fut,
-                arrived: Instant::now(),
-                durable: self.conn.app.metrics.durable.clone(),
+                arrived,
             });
     }
 
-    /// Finishes a completed append (its handler's completion) and records its arrival → delivered
-    /// latency.
-    fn complete(&mut self, then: Box<dyn Completion>, result: AppendResult, arrived: Instant) {
+    /// Finishes a completed append (its handler's completion) and records its arrival → durable
+    /// and arrival → delivered latencies.
+    fn complete(&mut self, then: Stored, result: AppendResult, arrived: Instant) {
         let ok = result.is_ok();
+        if ok {
+            let durable = arrived.elapsed();
+            self.conn.app.metrics.durable.record(durable.as_secs_f64());
+        }
         handlers::complete(&self.conn, &mut self.out, then, result);
         if ok {
             self.conn

@@ -57,6 +57,9 @@ pub struct MessageFigures {
     /// CPU seconds used during the run by the load generator, and by the server when its pid is known.
     pub client_cpu_secs: f64,
     pub server_cpu_secs: Option<f64>,
+    /// The server's CPU time per message ACKed, in microseconds (when its pid is known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_us_per_message: Option<f64>,
     /// CPU seconds used during the run by each watched server process (`--cpu-pid NAME=PID`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub process_cpu: Vec<ProcessCpu>,
@@ -240,6 +243,9 @@ impl Report {
             let _ = write!(s, "\n  CPU: load generator {:.2} s", m.client_cpu_secs);
             if let Some(c) = m.server_cpu_secs {
                 let _ = write!(s, ", server {c:.2} s");
+            }
+            if let Some(us) = m.server_cpu_us_per_message {
+                let _ = write!(s, " ({us:.2} µs per message)");
             }
             if !m.process_cpu.is_empty() {
                 let per_msg = |secs: f64| secs * 1e6 / m.deliveries.max(1) as f64;

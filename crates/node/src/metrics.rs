@@ -38,11 +38,18 @@ fn metadata() -> Metadata<'static> {
     Metadata::new(module_path!(), metrics::Level::INFO, None)
 }
 
+/// How often a registry folds the samples recorded into its histograms into their buckets. The
+/// exporter keeps every sample until then, so without it a node that is not scraped would grow by
+/// every message's latencies.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A node's metrics.
 pub struct Registry {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     process: metrics_process::Collector,
+    /// Held while the registry lives; its upkeep thread stops once it is gone.
+    _alive: std::sync::Arc<()>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -68,10 +75,24 @@ impl Registry {
         let handle = recorder.handle();
         let process = metrics_process::Collector::default();
         metrics::with_local_recorder(&recorder, || process.describe());
+        let alive = std::sync::Arc::new(());
+        let watch = std::sync::Arc::downgrade(&alive);
+        let upkeep = handle.clone();
+        // Without the thread the samples are still folded in at every scrape.
+        let _ = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                if watch.strong_count() == 0 {
+                    return;
+                }
+                upkeep.run_upkeep();
+            });
         let r = Registry {
             recorder,
             handle,
             process,
+            _alive: alive,
         };
         let (version, commit) = BUILD
             .get()

@@ -8,9 +8,8 @@ use bytes::Bytes;
 use proto::{cmd, flag, Body, Customer};
 use store::{NewMessage, QueueId};
 
-use super::{Append, Completion, Conn, Handled, Refusal, Refused, Reply};
-use crate::app::{now_secs, App, AppendResult, Stats, StoreFailure};
-use crate::route::Push;
+use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
+use crate::app::{now_secs, App, Stats, StoreFailure};
 
 fn new_message(c: &Customer, device_id: i64, flags: u8, body: Bytes) -> NewMessage {
     NewMessage {
@@ -61,54 +60,14 @@ pub(crate) fn on_customer(conn: &mut Conn, seq: i32, flags: u8, c: Customer) -> 
     let flags = flags & flag::CLIENT;
     let body = Body::Customer(c.clone()).to_stored();
     let msg = new_message(&c, h.device_id, flags, body.clone());
+    let to = To::Pair {
+        cmd: cmd::CUSTOMER_V2,
+        receiver: (c.receiver_appid, c.receiver),
+    };
     Ok(Some(Append {
         batch: vec![msg],
-        then: Box::new(Stored {
-            seq,
-            flags,
-            receiver_appid: c.receiver_appid,
-            receiver: c.receiver,
-            body,
-        }),
+        then: Stored::new(seq, flags, body, to),
     }))
-}
-
-/// A customer message waiting for its append.
-struct Stored {
-    seq: i32,
-    flags: u8,
-    receiver_appid: i64,
-    receiver: i64,
-    body: Bytes,
-}
-
-impl Completion for Stored {
-    fn complete(
-        self: Box<Self>,
-        conn: &Conn,
-        out: &mut Reply,
-        result: AppendResult,
-    ) -> Result<(), Refusal> {
-        let Some(h) = &conn.handle else {
-            return Ok(());
-        };
-        let app = &conn.app;
-        let (r, s) = match result {
-            Ok(r) => match r.first().map(|e| e.as_slice()) {
-                Some(&[r, s]) => Ok((r, s)),
-                _ => Err(None),
-            },
-            Err(e) => Err(Some(e)),
-        }
-        .map_err(|e| Refusal::acked(cmd::CUSTOMER_V2, self.seq, Refused::Store(e)))?;
-        Stats::inc(&app.stats.messages_stored);
-        crate::offline::customer(app, self.receiver_appid, self.receiver, &self.body);
-        let msg = Push::plain(cmd::CUSTOMER_V2, self.flags, self.body);
-        app.deliver_stored((self.receiver_appid, self.receiver), r, &msg, conn.conn_id);
-        app.deliver_stored((h.appid, h.uid), s, &msg, conn.conn_id);
-        out.ack_stored(self.seq, 0, s);
-        Ok(())
-    }
 }
 
 /// Stores a customer message posted over HTTP (no kefu check, as in GoBelieve) and notifies both
@@ -126,7 +85,7 @@ pub async fn post_customer(
     let entries = r.first().map(|e| e.as_slice()).unwrap_or(&[]);
     if let [rk, sk] = entries {
         Stats::inc(&app.stats.messages_stored);
-        crate::offline::customer(app, c.receiver_appid, c.receiver, &body);
+        crate::offline::stored(app, cmd::CUSTOMER_V2, (c.receiver_appid, c.receiver), &body);
         app.notify_sync(c.receiver_appid, c.receiver, rk.key);
         app.notify_sync(c.sender_appid, c.sender, sk.key);
         return Ok(Some((rk.key, sk.key)));

@@ -19,8 +19,8 @@ use bytes::Bytes;
 use proto::{cmd, flag, Body, Im, Metadata};
 use store::{Appended, NewMessage, QueueId};
 
-use super::{Append, Completion, Conn, Handled, Refusal, Refused, Reply};
-use crate::app::{now_secs, App, AppendResult, Stats, StoreFailure};
+use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
+use crate::app::{now_secs, App, Stats, StoreFailure};
 use crate::offline;
 use crate::route::Push;
 
@@ -149,66 +149,26 @@ pub(crate) async fn on_group_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) ->
     };
     Ok(Some(Append {
         batch: vec![msg],
-        then: Box::new(Stored {
-            seq,
-            flags,
-            group,
-            uids,
-            body,
-        }),
+        then: Stored::new(seq, flags, body, To::Group { group, uids }),
     }))
 }
 
-/// A group message waiting for its append.
-struct Stored {
-    seq: i32,
-    flags: u8,
-    group: Arc<Group>,
-    /// Member uids in the order of the append's queues (normal groups).
-    uids: Vec<i64>,
-    body: Bytes,
-}
-
-impl Completion for Stored {
-    fn complete(
-        self: Box<Self>,
-        conn: &Conn,
-        out: &mut Reply,
-        result: AppendResult,
-    ) -> Result<(), Refusal> {
-        let Some(h) = &conn.handle else {
-            return Ok(());
-        };
-        let app = &conn.app;
-        let refused = |e| Refusal::acked(cmd::GROUP_IM, self.seq, Refused::Store(e));
-        let entries = match result {
-            Ok(r) => r.into_iter().next().unwrap_or_default(),
-            Err(e) => return Err(refused(Some(e))),
-        };
-        Stats::inc(&app.stats.messages_stored);
-        let group = &self.group;
-        let msg = Push::plain(cmd::GROUP_IM, self.flags, self.body.clone());
-        let own = if group.super_group {
-            let &at = entries.first().ok_or_else(|| refused(None))?;
-            deliver_super(app, group, at, &msg, conn.conn_id);
-            at
-        } else {
-            deliver_normal(app, group, &self.uids, &entries, &msg, conn.conn_id);
-            *self
-                .uids
-                .iter()
-                .position(|&u| u == h.uid)
-                .and_then(|i| entries.get(i))
-                .ok_or_else(|| refused(None))?
-        };
-        offline::group(app, group, h.uid, &self.body);
-        let ack_flag = if group.super_group {
-            flag::SUPER_GROUP
-        } else {
-            0
-        };
-        out.ack_stored(self.seq, ack_flag, own);
-        Ok(())
+/// Delivers a client's stored group message to the members' sessions but connection `except`:
+/// every member's own entry (normal group) or the group queue's entry (super group).
+pub(super) fn deliver(
+    app: &App,
+    group: &Group,
+    uids: &[i64],
+    entries: &[Appended],
+    msg: &Push,
+    except: u64,
+) {
+    if group.super_group {
+        if let Some(&at) = entries.first() {
+            deliver_super(app, group, at, msg, except);
+        }
+    } else {
+        deliver_normal(app, group, uids, entries, msg, except);
     }
 }
 

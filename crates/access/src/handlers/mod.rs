@@ -4,10 +4,10 @@
 //! A handler sees the connection's state ([`Conn`]) and writes its answers to a [`Reply`]; it never
 //! sees the session loop, the transport or the other appends in flight. A message that must be
 //! stored goes decode → check → append → complete: the handler checks it and returns an [`Append`]
-//! (the store batch and a [`Completion`]); the session submits the batch and, once the store has
-//! made it durable, calls the completion, in submission order, which delivers the message and
-//! writes the ACK. A refused message is a [`Refusal`], answered in one place ([`refuse`]: ACK
-//! status, counter, log line).
+//! (the store batch and a [`Stored`], the one completion of every stored message family); the
+//! session submits the batch and, once the store has made it durable, completes it, in submission
+//! order, which delivers the message and writes the ACK. A refused message is a [`Refusal`],
+//! answered in one place ([`refuse`]: ACK status, counter, log line).
 //!
 //! | Commands | Module |
 //! |---|---|
@@ -18,6 +18,7 @@
 //! | ENTER_ROOM, LEAVE_ROOM, ROOM_IM | [`room`] |
 //! | CUSTOMER_V2 | [`customer`] |
 //! | SYNC, SYNC_GROUP, SYNC_KEY, GROUP_SYNC_KEY, syncs owed to the client | [`sync`] |
+//! | completion of stored IM, CUSTOMER_V2 and GROUP_IM | [`stored`] |
 
 pub(crate) mod auth;
 pub(crate) mod customer;
@@ -26,6 +27,7 @@ pub(crate) mod peer;
 mod reply;
 pub(crate) mod room;
 pub(crate) mod rt;
+mod stored;
 pub(crate) mod sync;
 #[cfg(test)]
 mod tests;
@@ -41,6 +43,7 @@ use tracing::debug;
 use crate::app::{App, AppendResult, Stats, StoreFailure};
 use crate::route::SessionHandle;
 pub(crate) use reply::Reply;
+pub(crate) use stored::{Stored, To};
 
 /// The state of one connection that handlers read and change. Owned by the session, lent to a
 /// handler for one frame (or one completion).
@@ -130,21 +133,12 @@ impl RateLimit {
     }
 }
 
-/// Finishes a message once the store has answered its append: delivers it and ACKs the sender (or
-/// refuses it when the store failed).
-pub(crate) trait Completion: Send {
-    fn complete(
-        self: Box<Self>,
-        conn: &Conn,
-        out: &mut Reply,
-        result: AppendResult,
-    ) -> Result<(), Refusal>;
-}
-
 /// A message to store: the store batch, and what to do once it is durable.
 pub(crate) struct Append {
     pub(crate) batch: Vec<store::NewMessage>,
-    pub(crate) then: Box<dyn Completion>,
+    /// Boxed: an append is held in the session task while a boxed handler runs, and inline its
+    /// completion would add that much to every connection's task.
+    pub(crate) then: Box<Stored>,
 }
 
 /// What a message handler decided: nothing more to do, an append, or a refusal.
@@ -315,7 +309,6 @@ pub(crate) fn dispatch<'a>(
         return Ok(Step::Done);
     }
     let (seq, flags) = (frame.seq, frame.flag);
-    let app = conn.app.clone();
     Ok(match body {
         Body::Ping => {
             out.emit(&Body::Pong, 0);
@@ -330,12 +323,21 @@ pub(crate) fn dispatch<'a>(
             auth::on_unread_count(conn, n);
             Step::Done
         }
-        Body::Im(im) => settle(&app, out, peer::on_im(conn, seq, flags, im)),
-        Body::Rt(rt) => settle(&app, out, rt::on_rt(conn, rt)),
-        Body::Customer(c) => settle(&app, out, customer::on_customer(conn, seq, flags, c)),
+        Body::Im(im) => {
+            let handled = peer::on_im(conn, seq, flags, im);
+            settle(&conn.app, out, handled)
+        }
+        Body::Rt(rt) => {
+            let handled = rt::on_rt(conn, rt);
+            settle(&conn.app, out, handled)
+        }
+        Body::Customer(c) => {
+            let handled = customer::on_customer(conn, seq, flags, c);
+            settle(&conn.app, out, handled)
+        }
         Body::RoomIm(msg) => {
             let handled = room::on_room_im(conn, out, seq, msg);
-            settle(&app, out, handled)
+            settle(&conn.app, out, handled)
         }
         Body::EnterRoom(room) => {
             room::on_enter_room(conn, room);
@@ -352,7 +354,7 @@ pub(crate) fn dispatch<'a>(
         }
         Body::GroupIm(im) => Step::Wait(Box::pin(async move {
             let handled = group::on_group_im(conn, seq, flags, im).await;
-            match settle(&app, out, handled) {
+            match settle(&conn.app, out, handled) {
                 Step::Append(a) => Some(a),
                 _ => None,
             }
@@ -384,12 +386,7 @@ pub(crate) fn dispatch<'a>(
 }
 
 /// Finishes a completed append: its completion delivers and ACKs, or it is refused.
-pub(crate) fn complete(
-    conn: &Conn,
-    out: &mut Reply,
-    then: Box<dyn Completion>,
-    result: AppendResult,
-) {
+pub(crate) fn complete(conn: &Conn, out: &mut Reply, then: Stored, result: AppendResult) {
     if let Err(r) = then.complete(conn, out, result) {
         refuse(&conn.app, out, r);
     }

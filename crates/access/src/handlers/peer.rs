@@ -13,8 +13,8 @@ use bytes::Bytes;
 use proto::{cmd, flag, Body, Im};
 use store::{Appended, NewMessage, QueueId};
 
-use super::{Append, Completion, Conn, Handled, Refusal, Refused, Reply};
-use crate::app::{now_secs, App, AppendResult, Stats, StoreFailure};
+use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
+use crate::app::{now_secs, App, Stats, StoreFailure};
 use crate::route::Push;
 
 /// IM from a client: checked, then stored in the receiver's and the sender's queue.
@@ -60,51 +60,14 @@ pub(crate) fn on_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) -> Handled {
         timestamp: ts as i64,
         body: body.clone(),
     };
+    let to = To::Pair {
+        cmd: cmd::IM,
+        receiver: (h.appid, receiver),
+    };
     Ok(Some(Append {
         batch: vec![msg],
-        then: Box::new(Stored {
-            seq,
-            flags,
-            receiver,
-            body,
-        }),
+        then: Stored::new(seq, flags, body, to),
     }))
-}
-
-/// An IM waiting for its append.
-struct Stored {
-    seq: i32,
-    flags: u8,
-    receiver: i64,
-    body: Bytes,
-}
-
-impl Completion for Stored {
-    fn complete(
-        self: Box<Self>,
-        conn: &Conn,
-        out: &mut Reply,
-        result: AppendResult,
-    ) -> Result<(), Refusal> {
-        let Some(h) = &conn.handle else {
-            return Ok(());
-        };
-        let app = &conn.app;
-        let (r, s) = match result {
-            Ok(r) => keys_of(&r).ok_or(None),
-            Err(e) => Err(Some(e)),
-        }
-        .map_err(|e| Refusal::acked(cmd::IM, self.seq, Refused::Store(e)))?;
-        Stats::inc(&app.stats.messages_stored);
-        crate::offline::peer(app, h.appid, self.receiver, &self.body);
-        let msg = Push::plain(cmd::IM, self.flags, self.body);
-        app.deliver_stored((h.appid, self.receiver), r, &msg, conn.conn_id);
-        // When a user messages themself both entries are in the same queue; push both so their other
-        // devices can follow the queue's METADATA chain without a sync.
-        app.deliver_stored((h.appid, h.uid), s, &msg, conn.conn_id);
-        out.ack_stored(self.seq, 0, s);
-        Ok(())
-    }
 }
 
 /// The receiver's and the sender's entries of a peer message's append.
@@ -154,7 +117,7 @@ pub async fn post_peer(
     Stats::inc(&app.stats.messages_stored);
     app.notify_sync(appid, receiver, rk.key);
     app.notify_sync(appid, sender, sk.key);
-    crate::offline::peer(app, appid, receiver, &body);
+    crate::offline::stored(app, cmd::IM, (appid, receiver), &body);
     Ok((rk.key, sk.key))
 }
 

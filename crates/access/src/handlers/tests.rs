@@ -161,7 +161,7 @@ impl Client {
         }
         if let Some(a) = append {
             let result = self.conn.app.store.append(a.batch).await;
-            complete(&self.conn, &mut self.out, a.then, result);
+            complete(&self.conn, &mut self.out, *a.then, result);
         }
         self.out.take_frames()
     }
@@ -299,7 +299,7 @@ async fn a_failed_append_is_refused_as_storage_failed() {
         "the disk is on fire".into(),
     ));
     let (refused_before, errors_before) = (refused(&n.app), Stats::get(&n.app.stats.store_errors));
-    complete(&a.conn, &mut a.out, append.then, Err(failure));
+    complete(&a.conn, &mut a.out, *append.then, Err(failure));
     let frames = a.out.take_frames();
     assert_refused(
         &n.app,
@@ -310,6 +310,47 @@ async fn a_failed_append_is_refused_as_storage_failed() {
     );
     assert_eq!(Stats::get(&n.app.stats.store_errors), errors_before + 1);
     assert!(b.pushed().is_empty(), "nothing is delivered");
+}
+
+/// The one completion of stored messages refuses, for every family, an append the store answered
+/// without the message's entries, and delivers nothing.
+#[tokio::test]
+async fn an_append_without_positions_is_refused_for_every_family() {
+    let n = node().await;
+    let gid = group(&n.app, false, &[10, 20]).await;
+    let sgid = group(&n.app, true, &[10, 20]).await;
+    let mut a = login(&n.app, APP, 10, 100);
+    let b = login(&n.app, APP, 20, 200);
+    let mut k = login(&n.app, KEFU, 10, 101);
+    let cases = [
+        (false, Body::Im(im(10, 20, "where did it go"))),
+        (false, group_im(10, gid)),
+        (false, group_im(10, sgid)),
+        (true, customer(KEFU, 10, APP, 20)),
+    ];
+    for (i, (kefu, body)) in cases.into_iter().enumerate() {
+        let client = if kefu { &mut k } else { &mut a };
+        let seq = 20 + i as i32;
+        let frame = Frame {
+            seq,
+            cmd: body.cmd(),
+            version: 2,
+            flag: 0,
+            body: body.to_stored(),
+        };
+        let step = match dispatch(&mut client.conn, &mut client.out, frame) {
+            Ok(Step::Append(append)) => Some(append),
+            Ok(Step::Wait(handler)) => handler.await,
+            _ => None,
+        };
+        let append = step.expect("a stored message makes an append");
+        let before = refused(&n.app);
+        complete(&client.conn, &mut client.out, *append.then, Ok(Vec::new()));
+        let frames = client.out.take_frames();
+        assert_refused(&n.app, &frames, seq, AckStatus::STORAGE_FAILED, before);
+    }
+    assert!(b.pushed().is_empty(), "nothing is delivered");
+    assert_eq!(Stats::get(&n.app.stats.messages_stored), 0);
 }
 
 #[tokio::test]

@@ -582,6 +582,9 @@ pub(crate) async fn run_members(
     }
     if let (Some(a), Some(b)) = (cpu_before.1, cpu_after.1) {
         fig.server_cpu_secs = Some(b - a);
+        if fig.messages_acked > 0 {
+            fig.server_cpu_us_per_message = Some((b - a) * 1e6 / fig.messages_acked as f64);
+        }
     }
     fig.process_cpu = env
         .cpu_pids

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::app::{App, AppendResult, Stats};
 use crate::handlers::{self, room, sync, Append, Completion, Conn, Reply, Step};
-use crate::route::{Push, OUTBOX_FULL};
+use crate::route::{Push, OUTBOX_FULL, ROOM_LAG};
 use crate::transport::{CloseReason, RecvError, Transport};
 
 /// Why a session ended.
@@ -193,6 +193,11 @@ impl Session {
                 Stats::inc(&app.stats.timeouts);
                 debug!(%peer, ?uid, reason = %end, "session timed out")
             }
+            // Counted by the room table when it decided.
+            End::Kicked(ROOM_LAG) => {
+                let lost = self.conn.handle.as_ref().map_or(0, |h| h.room_dropped());
+                info!(%peer, ?uid, reason = %end, room_messages_lost = lost, "session closed")
+            }
             End::Kicked(OUTBOX_FULL) | End::WriteTimeout => {
                 Stats::inc(&app.stats.slow_consumers);
                 info!(%peer, ?uid, reason = %end, "session closed")
@@ -207,7 +212,7 @@ impl Session {
         }
         let writable = match end {
             End::Shutdown | End::ClientClosed | End::Timeout(_) => true,
-            End::Kicked(reason) => reason != OUTBOX_FULL,
+            End::Kicked(reason) => reason != OUTBOX_FULL && reason != ROOM_LAG,
             _ => false,
         };
         if self.inflight() > 0 {

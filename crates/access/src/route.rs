@@ -630,7 +630,8 @@ impl RoomTable {
             d.age.fetch_add(out.dropped_age, Ordering::Relaxed);
             d.disconnect
                 .fetch_add(out.dropped_disconnect, Ordering::Relaxed);
-            d.disconnected.fetch_add(out.disconnected, Ordering::Relaxed);
+            d.disconnected
+                .fetch_add(out.disconnected, Ordering::Relaxed);
         }
         out
     }
@@ -801,7 +802,11 @@ mod tests {
         for n in 4..7 {
             h.push_room(msg(n), t0 + Duration::from_secs(30), &policy, &mut out);
         }
-        assert_eq!(h.close_reason(), None, "a new hiccup starts a new lag period");
+        assert_eq!(
+            h.close_reason(),
+            None,
+            "a new hiccup starts a new lag period"
+        );
         assert_eq!(drained(&h), vec![5, 6]);
     }
 

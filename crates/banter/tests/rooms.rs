@@ -245,13 +245,22 @@ async fn a_member_that_never_reads_is_disconnected_and_the_others_get_everything
     assert!(stuck.closed_within(Duration::from_secs(10)).await);
     assert_eq!(metric(&s, "banter_room_lag_disconnects_total").await, 1);
     let bytes = metric(&s, "banter_room_messages_dropped_total{cause=\"bytes\"}").await;
-    let gone = metric(&s, "banter_room_messages_dropped_total{cause=\"disconnect\"}").await;
-    assert!(bytes > 0 && gone > 0, "dropped {bytes} for size, {gone} on disconnect");
+    let gone = metric(
+        &s,
+        "banter_room_messages_dropped_total{cause=\"disconnect\"}",
+    )
+    .await;
+    assert!(
+        bytes > 0 && gone > 0,
+        "dropped {bytes} for size, {gone} on disconnect"
+    );
     let per_room: u64 = {
         let (_, metrics) = http(s.http, "GET", "/metrics", &[], b"").await;
         metrics
             .lines()
-            .filter(|l| l.starts_with("banter_room_top_dropped_messages{") && l.contains("room=\"7\""))
+            .filter(|l| {
+                l.starts_with("banter_room_top_dropped_messages{") && l.contains("room=\"7\"")
+            })
             .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
             .sum()
     };

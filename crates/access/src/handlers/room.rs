@@ -75,7 +75,9 @@ pub(crate) fn on_room_im(conn: &mut Conn, out: &mut Reply, seq: i32, msg: Rt) ->
 /// Delivers a room message to everyone in the room but connection `except`.
 pub fn deliver_room(app: &App, appid: i64, msg: &Rt, except: u64) -> usize {
     let push = Push::plain(cmd::ROOM_IM, 0, Body::RoomIm(msg.clone()).to_stored());
-    let n = app.deliver_room(appid, msg.receiver, &push, except).delivered;
+    let n = app
+        .deliver_room(appid, msg.receiver, &push, except)
+        .delivered;
     Stats::add(&app.stats.deliveries, n as u64);
     n
 }

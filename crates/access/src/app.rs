@@ -19,7 +19,7 @@ use store::Appended;
 use tokio::sync::mpsc;
 
 use crate::config::{ApiConfig, ServerConfig, SyncConfig};
-use crate::route::{Push, RoomTable, RouteTable};
+use crate::route::{Push, RoomDelivery, RoomTable, RouteTable};
 use crate::routed::{Local, RoutedInbox};
 pub use crate::stats::Stats;
 pub use crate::store_client::{AppendResult, StoreClient, StoreFailure};
@@ -92,7 +92,7 @@ impl App {
         services: Services,
     ) -> Arc<App> {
         let route = Arc::new(RouteTable::default());
-        let rooms = Arc::new(RoomTable::default());
+        let rooms = Arc::new(RoomTable::new(server.room_policy()));
         let stats = Arc::new(Stats::default());
         let (inbox, rx) = RoutedInbox::new(Local {
             route: route.clone(),
@@ -199,8 +199,8 @@ impl App {
     }
 
     /// Delivers a room message to everyone in the room, here (except `except`) and on other nodes.
-    /// Returns (local deliveries, slow members that dropped an older room message).
-    pub fn deliver_room(&self, appid: i64, room: i64, push: &Push, except: u64) -> (usize, usize) {
+    /// Returns what the local delivery did (the room table counts what members lost).
+    pub fn deliver_room(&self, appid: i64, room: i64, push: &Push, except: u64) -> RoomDelivery {
         if self.links.is_enabled() && !self.links.publish_room(appid, room, &inner_frame(push)) {
             Stats::inc(&self.stats.route_dropped);
         }

@@ -35,9 +35,16 @@ pub struct ServerConfig {
     pub outbox_frames: usize,
     /// Most bytes queued for one session by others; same policy as `outbox_frames`.
     pub outbox_bytes: usize,
-    /// Most room messages queued for one session; when a slow member's backlog is full its oldest room
-    /// message is dropped (rooms are real-time only and promise no delivery).
-    pub room_backlog: usize,
+    /// Most bytes of room messages queued for one session (their wire size plus 80 bytes of bookkeeping
+    /// each). A member whose backlog is over it loses its oldest room messages (rooms are real-time only
+    /// and promise no delivery); counted in `/metrics`.
+    pub room_backlog_bytes: usize,
+    /// Most seconds of room traffic queued for one session: a queued room message more than this older
+    /// than the newest is dropped (counted). Whichever of the two bounds is smaller applies.
+    pub room_backlog_secs: u64,
+    /// A room member that loses room messages and does not catch up (write out its whole backlog
+    /// without losing one) for this many seconds is disconnected (counted, logged). 0: never.
+    pub room_lag_disconnect_secs: u64,
     /// The customer-service app (GoBelieve's `kefu_appid`): MSG_CUSTOMER_V2 is accepted only between this
     /// app and another. 0 disables customer-service messages.
     pub kefu_appid: i64,
@@ -70,12 +77,27 @@ impl Default for ServerConfig {
             write_timeout_secs: 30,
             outbox_frames: 4096,
             outbox_bytes: 4 << 20,
-            room_backlog: 256,
+            room_backlog_bytes: 1 << 20,
+            room_backlog_secs: 10,
+            room_lag_disconnect_secs: 15,
             kefu_appid: 0,
             max_inflight: 256,
             max_body: proto::MAX_BODY_LEN,
             rate_limit_per_sec: 0,
             ws_allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl ServerConfig {
+    /// The room backlog policy of every session.
+    pub fn room_policy(&self) -> crate::route::RoomPolicy {
+        use std::time::Duration;
+        crate::route::RoomPolicy {
+            bytes: self.room_backlog_bytes,
+            age: Duration::from_secs(self.room_backlog_secs),
+            lag_disconnect: (self.room_lag_disconnect_secs > 0)
+                .then(|| Duration::from_secs(self.room_lag_disconnect_secs)),
         }
     }
 }

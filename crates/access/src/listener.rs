@@ -52,9 +52,12 @@ use crate::transport::{StreamTransport, WsTransport};
 /// Largest WebSocket message accepted (docs/protocol.md §2.3).
 const MAX_WS_MESSAGE: usize = 65536;
 
-/// WebSocket read buffer per connection. tungstenite's default (128 KiB, zero-filled on the first
-/// read) made an idle WebSocket connection cost about 140 KB; larger messages still grow it as needed.
-const WS_READ_BUFFER: usize = 4096;
+/// WebSocket read buffer per connection, which tungstenite keeps for the life of the connection and
+/// also uses as the most it reads per call. tungstenite's default (128 KiB, zero-filled on the first
+/// read) made an idle WebSocket connection cost about 140 KB, 4 KiB about 8 KB; at 512 bytes a read
+/// still takes a few typical frames (clients send one message at a time), and larger messages grow
+/// the buffer as needed (docs/benchmarks.md, Connections).
+const WS_READ_BUFFER: usize = 512;
 
 /// Bytes of outgoing WebSocket messages gathered before they are written (the buffer keeps its
 /// capacity for the life of the connection; tungstenite's default is 128 KiB). A flush writes

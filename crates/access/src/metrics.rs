@@ -188,10 +188,23 @@ pub fn render(metrics: &AccessMetrics, app: NodeFigures<'_>) -> String {
         "Frames pushed to sessions.",
         g(&st.deliveries),
     );
+    let drops = &app.rooms.drops;
+    for (cause, n) in [
+        ("bytes", &drops.bytes),
+        ("age", &drops.age),
+        ("disconnect", &drops.disconnect),
+    ] {
+        r.set_counter_with(
+            "banter_room_messages_dropped_total",
+            "Room messages members lost, by cause: the oldest dropped from a backlog over its byte bound (bytes) or its age bound (age), or discarded with the backlog of a member disconnected for lagging (disconnect).",
+            &[("cause", cause.to_owned())],
+            g(n),
+        );
+    }
     r.set_counter(
-        "banter_room_messages_dropped_total",
-        "Room messages dropped from slow members' bounded backlogs.",
-        g(&st.room_dropped),
+        "banter_room_lag_disconnects_total",
+        "Room members disconnected because they kept losing room messages without catching up (server.room_lag_disconnect_secs).",
+        g(&drops.disconnected),
     );
     r.set_counter(
         "banter_slow_consumers_total",
@@ -340,5 +353,33 @@ pub fn render(metrics: &AccessMetrics, app: NodeFigures<'_>) -> String {
             s.log_end.saturating_sub(s.log_start) as f64,
         );
     }
-    r.render()
+    let mut text = r.render();
+    room_drop_series(app, &mut text);
+    text
+}
+
+/// Rooms exported with their own drop counter: the ones whose members lost the most.
+pub const ROOM_DROP_SERIES: usize = 10;
+
+/// Appends `banter_room_top_dropped_messages{appid,room}` for the [`ROOM_DROP_SERIES`] rooms whose
+/// members lost the most room messages. Room ids are chosen by clients and unbounded, so a series per
+/// room would grow without limit; these series are written at each scrape rather than registered (a
+/// registered series would stay forever), so a room that leaves the top — or empties, which resets
+/// its count — simply stops being exported. The exact total is `banter_room_messages_dropped_total`.
+fn room_drop_series(app: &App, text: &mut String) {
+    use std::fmt::Write as _;
+    let top = app.rooms.top_dropped(ROOM_DROP_SERIES);
+    if top.is_empty() {
+        return;
+    }
+    text.push_str(
+        "# HELP banter_room_top_dropped_messages Room messages lost by the members of the rooms that lost the most (at most 10 rooms; a room's count starts when it is created).\n\
+         # TYPE banter_room_top_dropped_messages gauge\n",
+    );
+    for (appid, room, n) in top {
+        let _ = writeln!(
+            text,
+            "banter_room_top_dropped_messages{{appid=\"{appid}\",room=\"{room}\"}} {n}"
+        );
+    }
 }

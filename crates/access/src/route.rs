@@ -6,11 +6,18 @@
 //! `VecDeque` plus a `Notify`; an idle outbox holds no allocation. When a session cannot keep up (its
 //! outbox exceeds the configured frame or byte bound) it is marked for disconnection: producers never
 //! wait for a slow consumer.
+//!
+//! Room messages have their own backlog per session, allocated on a session's first room message and
+//! bounded by bytes and by age ([`RoomPolicy`], docs/protocol.md §8.6): a member that falls behind
+//! loses its oldest room messages (counted), and one that keeps losing them without ever catching up for
+//! `lag_disconnect` is disconnected (counted). The room table ([`RoomTable`]) keeps these counts, in
+//! total and per room.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use backend::groups::Group;
 use bytes::Bytes;
@@ -64,10 +71,103 @@ impl Push {
 struct Outbox {
     queue: VecDeque<Push>,
     bytes: usize,
-    /// Room messages: bounded separately; the oldest is dropped when full (rooms promise no delivery).
-    room: VecDeque<Push>,
+    /// Room messages: bounded separately by [`RoomPolicy`]; the oldest are dropped when it is exceeded
+    /// (rooms promise no delivery). Boxed and allocated on the first room message: most sessions are
+    /// never in a room.
+    room: Option<Box<RoomBacklog>>,
     /// Set when the session must be closed (overflow or kick); no more frames are accepted.
     closed: Option<&'static str>,
+}
+
+impl Outbox {
+    fn is_empty(&self) -> bool {
+        self.queue.is_empty() && self.room.as_ref().is_none_or(|r| r.queue.is_empty())
+    }
+}
+
+/// How much room traffic a session may have queued, and when a member that is behind is disconnected.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoomPolicy {
+    /// Most bytes of room messages queued for one session: their wire size plus
+    /// [`ROOM_ENTRY_COST`] each (the queue's own memory per message).
+    pub bytes: usize,
+    /// Most time between the oldest and the newest room message queued for one session.
+    pub age: Duration,
+    /// A member that has lost room messages and not caught up since for this long is disconnected;
+    /// `None`: never.
+    pub lag_disconnect: Option<Duration>,
+}
+
+impl Default for RoomPolicy {
+    fn default() -> Self {
+        RoomPolicy {
+            bytes: 1 << 20,
+            age: Duration::from_secs(10),
+            lag_disconnect: Some(Duration::from_secs(15)),
+        }
+    }
+}
+
+/// One queued room message and when it was queued.
+struct RoomEntry {
+    push: Push,
+    at: Instant,
+}
+
+/// What a room backlog counts per queued message besides the frame itself: its queue entry.
+pub const ROOM_ENTRY_COST: usize = std::mem::size_of::<RoomEntry>();
+
+impl RoomEntry {
+    fn cost(&self) -> usize {
+        self.push.wire_len() + ROOM_ENTRY_COST
+    }
+}
+
+/// A session's room messages waiting to be written.
+#[derive(Default)]
+struct RoomBacklog {
+    queue: VecDeque<RoomEntry>,
+    /// Sum of the entries' [`RoomEntry::cost`].
+    bytes: usize,
+    /// Room messages this session lost (dropped from this backlog), in total.
+    dropped: u64,
+    /// Whether a message was dropped since the session last drained its outbox.
+    dropped_since_drain: bool,
+    /// Since when the session has been losing room messages without catching up in between: set by
+    /// the first drop, cleared when the session drains its outbox without having lost any message
+    /// since the drain before.
+    lagging_since: Option<Instant>,
+}
+
+impl RoomBacklog {
+    fn pop_front(&mut self) {
+        if let Some(e) = self.queue.pop_front() {
+            self.bytes -= e.cost();
+        }
+    }
+}
+
+/// What delivering room messages did, summed over members (and messages).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct RoomDelivery {
+    /// Members that got the message queued.
+    pub delivered: usize,
+    /// Older messages dropped because a member's backlog was over its byte bound.
+    pub dropped_bytes: u64,
+    /// Older messages dropped because they were more than the backlog's age bound older than the
+    /// newest.
+    pub dropped_age: u64,
+    /// Messages discarded with the backlogs of members disconnected for lagging (this one included).
+    pub dropped_disconnect: u64,
+    /// Members disconnected because they stayed behind the room for too long.
+    pub disconnected: u64,
+}
+
+impl RoomDelivery {
+    /// Messages any member lost.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_bytes + self.dropped_age + self.dropped_disconnect
+    }
 }
 
 /// Who a session is.
@@ -84,12 +184,11 @@ pub struct SessionId {
     pub token_fp: u64,
 }
 
-/// Bounds of a session's outbox.
+/// Bounds of a session's outbox (room messages: [`RoomPolicy`], kept by the room table).
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxLimits {
     pub frames: usize,
     pub bytes: usize,
-    pub room_frames: usize,
 }
 
 /// One authenticated session as seen by others: its identity and its outbox.
@@ -109,12 +208,14 @@ pub struct SessionHandle {
     notify: Notify,
     max_frames: usize,
     max_bytes: usize,
-    max_room: usize,
-    room_dropped: AtomicU64,
 }
 
 /// The close reason of a session whose outbox overflowed (a slow consumer).
 pub(crate) const OUTBOX_FULL: &str = "outbox full: the client does not read fast enough";
+
+/// The close reason of a room member that kept losing room messages without catching up
+/// ([`RoomPolicy::lag_disconnect`]).
+pub const ROOM_LAG: &str = "room backlog: the client stayed behind its room for too long";
 
 /// The close reason of a session whose token was revoked or whose user the operator disconnected.
 pub const KICKED: &str = "the session's token was revoked or its user disconnected by the operator";
@@ -134,8 +235,6 @@ impl SessionHandle {
             notify: Notify::new(),
             max_frames: limits.frames,
             max_bytes: limits.bytes,
-            max_room: limits.room_frames,
-            room_dropped: AtomicU64::new(0),
         }
     }
 
@@ -143,31 +242,68 @@ impl SessionHandle {
         self.forbidden.load(Ordering::Relaxed)
     }
 
-    /// Room messages dropped because this session's room backlog was full.
+    /// Room messages this session lost (dropped from its room backlog).
     pub fn room_dropped(&self) -> u64 {
-        self.room_dropped.load(Ordering::Relaxed)
+        self.outbox.lock().room.as_ref().map_or(0, |r| r.dropped)
     }
 
-    /// Queues a room message. A slow member's room backlog is bounded: when full, its oldest room message
-    /// is dropped (and counted) instead of growing or stalling the room. Returns (queued, dropped one).
-    pub fn push_room(&self, push: Push) -> (bool, bool) {
+    /// Queues a room message queued by the room at `now`, within `policy`: older messages beyond the
+    /// backlog's bounds are dropped first, and a member that has been losing messages without catching
+    /// up for `policy.lag_disconnect` is closed instead ([`ROOM_LAG`]). Adds what happened to `out`.
+    pub fn push_room(&self, push: Push, now: Instant, policy: &RoomPolicy, out: &mut RoomDelivery) {
         let mut ob = self.outbox.lock();
         if ob.closed.is_some() {
-            return (false, false);
+            return;
         }
-        let was_empty = ob.queue.is_empty() && ob.room.is_empty();
-        let mut dropped = false;
-        if ob.room.len() >= self.max_room {
-            ob.room.pop_front();
-            self.room_dropped.fetch_add(1, Ordering::Relaxed);
-            dropped = true;
+        let was_empty = ob.is_empty();
+        let r = ob.room.get_or_insert_with(Box::default);
+        let entry = RoomEntry { push, at: now };
+        let cost = entry.cost();
+        let mut dropped = 0;
+        while r
+            .queue
+            .front()
+            .is_some_and(|e| now.saturating_duration_since(e.at) > policy.age)
+        {
+            r.pop_front();
+            out.dropped_age += 1;
+            dropped += 1;
         }
-        ob.room.push_back(push);
+        // The newest message is always kept, even when it alone is over the bound.
+        while !r.queue.is_empty() && r.bytes + cost > policy.bytes {
+            r.pop_front();
+            out.dropped_bytes += 1;
+            dropped += 1;
+        }
+        if dropped > 0 {
+            r.dropped += dropped;
+            r.dropped_since_drain = true;
+            let since = *r.lagging_since.get_or_insert(now);
+            if policy
+                .lag_disconnect
+                .is_some_and(|limit| now.saturating_duration_since(since) >= limit)
+            {
+                let discarded = r.queue.len() as u64 + 1;
+                r.dropped += discarded;
+                r.queue = VecDeque::new();
+                r.bytes = 0;
+                out.dropped_disconnect += discarded;
+                out.disconnected += 1;
+                ob.closed = Some(ROOM_LAG);
+                ob.queue = VecDeque::new();
+                ob.bytes = 0;
+                drop(ob);
+                self.notify.notify_one();
+                return;
+            }
+        }
+        r.bytes += cost;
+        r.queue.push_back(entry);
+        out.delivered += 1;
         drop(ob);
         if was_empty {
             self.notify.notify_one();
         }
-        (true, dropped)
     }
 
     /// Queues `push` for this session. Returns false when the session is closing (the frame is dropped
@@ -187,7 +323,7 @@ impl SessionHandle {
             return false;
         }
         ob.bytes += cost;
-        let was_empty = ob.queue.is_empty() && ob.room.is_empty();
+        let was_empty = ob.is_empty();
         ob.queue.push_back(push);
         drop(ob);
         if was_empty {
@@ -209,7 +345,7 @@ impl SessionHandle {
     /// Whether frames are queued or the session must close.
     pub fn has_pending(&self) -> bool {
         let ob = self.outbox.lock();
-        !ob.queue.is_empty() || !ob.room.is_empty() || ob.closed.is_some()
+        !ob.is_empty() || ob.closed.is_some()
     }
 
     /// Why the session must close, if it must.
@@ -229,13 +365,21 @@ impl SessionHandle {
             return Some(reason);
         }
         into.extend(ob.queue.drain(..));
-        into.extend(ob.room.drain(..));
         ob.bytes = 0;
         if ob.queue.capacity() > 64 {
             ob.queue = VecDeque::new();
         }
-        if ob.room.capacity() > 64 {
-            ob.room = VecDeque::new();
+        if let Some(r) = ob.room.as_mut() {
+            into.extend(r.queue.drain(..).map(|e| e.push));
+            r.bytes = 0;
+            if r.queue.capacity() > 64 {
+                r.queue = VecDeque::new();
+            }
+            // Caught up: nothing was lost since the previous drain.
+            if !r.dropped_since_drain {
+                r.lagging_since = None;
+            }
+            r.dropped_since_drain = false;
         }
         None
     }
@@ -245,13 +389,13 @@ const SHARDS: usize = 64;
 
 type SessionMap<K> = HashMap<K, Vec<Arc<SessionHandle>>>;
 
-/// Sessions by key, in independently locked shards.
-struct Shards<K> {
-    shards: Box<[RwLock<SessionMap<K>>]>,
+/// Values by key, in independently locked shards.
+struct Shards<K, V> {
+    shards: Box<[RwLock<HashMap<K, V>>]>,
     hasher: RandomState,
 }
 
-impl<K: Hash + Eq> Default for Shards<K> {
+impl<K: Hash + Eq, V> Default for Shards<K, V> {
     fn default() -> Self {
         Shards {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
@@ -260,8 +404,8 @@ impl<K: Hash + Eq> Default for Shards<K> {
     }
 }
 
-impl<K: Hash + Eq> Shards<K> {
-    fn shard(&self, key: &K) -> &RwLock<SessionMap<K>> {
+impl<K: Hash + Eq, V> Shards<K, V> {
+    fn shard(&self, key: &K) -> &RwLock<HashMap<K, V>> {
         &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
     }
 }
@@ -271,7 +415,7 @@ type UserKey = (i64, i64);
 /// Sessions by user, sharded.
 #[derive(Default)]
 pub struct RouteTable {
-    map: Shards<UserKey>,
+    map: Shards<UserKey, Vec<Arc<SessionHandle>>>,
 }
 
 impl RouteTable {
@@ -379,14 +523,42 @@ impl RouteTable {
 
 type RoomKey = (i64, i64);
 
-/// Sessions by chat room `(appid, room_id)`, sharded. A connection is in at most one room.
+/// The connections in one room and what they lost.
+#[derive(Default)]
+struct Room {
+    members: Vec<Arc<SessionHandle>>,
+    /// Room messages members lost since the room was created (it goes when its last member leaves).
+    dropped: AtomicU64,
+}
+
+/// Room messages lost by members that fell behind, since the node started (`/metrics`).
+#[derive(Debug, Default)]
+pub struct RoomDrops {
+    pub bytes: AtomicU64,
+    pub age: AtomicU64,
+    pub disconnect: AtomicU64,
+    /// Members disconnected for lagging.
+    pub disconnected: AtomicU64,
+}
+
+/// Sessions by chat room `(appid, room_id)`, sharded. A connection is in at most one room. Also the
+/// room backlog policy of every member and the counts of what members lost.
 #[derive(Default)]
 pub struct RoomTable {
-    map: Shards<RoomKey>,
+    map: Shards<RoomKey, Room>,
+    policy: RoomPolicy,
+    pub drops: RoomDrops,
 }
 
 impl RoomTable {
-    fn shard(&self, key: &RoomKey) -> &RwLock<SessionMap<RoomKey>> {
+    pub fn new(policy: RoomPolicy) -> RoomTable {
+        RoomTable {
+            policy,
+            ..RoomTable::default()
+        }
+    }
+
+    fn shard(&self, key: &RoomKey) -> &RwLock<HashMap<RoomKey, Room>> {
         self.map.shard(key)
     }
 
@@ -395,7 +567,7 @@ impl RoomTable {
     pub fn enter(&self, appid: i64, room: i64, s: Arc<SessionHandle>) -> Option<u64> {
         let key = (appid, room);
         let mut shard = self.shard(&key).write();
-        let members = shard.entry(key).or_default();
+        let members = &mut shard.entry(key).or_default().members;
         let mut displaced = None;
         if s.device_id > 0 {
             if let Some(pos) = members.iter().position(|m| {
@@ -414,13 +586,13 @@ impl RoomTable {
     pub fn leave(&self, appid: i64, room: i64, conn_id: u64) -> bool {
         let key = (appid, room);
         let mut shard = self.shard(&key).write();
-        let Some(members) = shard.get_mut(&key) else {
+        let Some(r) = shard.get_mut(&key) else {
             return false;
         };
-        let before = members.len();
-        members.retain(|m| m.conn_id != conn_id);
-        let removed = members.len() != before;
-        if members.is_empty() {
+        let before = r.members.len();
+        r.members.retain(|m| m.conn_id != conn_id);
+        let removed = r.members.len() != before;
+        if r.members.is_empty() {
             shard.remove(&key);
         }
         removed
@@ -432,42 +604,233 @@ impl RoomTable {
         self.shard(&key)
             .read()
             .get(&key)
-            .is_some_and(|m| m.iter().any(|s| s.conn_id == conn_id))
+            .is_some_and(|r| r.members.iter().any(|s| s.conn_id == conn_id))
     }
 
-    /// Queues `push` for everyone in the room but connection `except`; returns (how many got it, how many
-    /// slow members dropped an older room message for it).
-    pub fn deliver(&self, appid: i64, room: i64, push: &Push, except: u64) -> (usize, usize) {
+    /// Queues `push` for everyone in the room but connection `except`, within each member's backlog
+    /// bounds ([`SessionHandle::push_room`]), and counts what members lost.
+    pub fn deliver(&self, appid: i64, room: i64, push: &Push, except: u64) -> RoomDelivery {
         let key = (appid, room);
         let shard = self.shard(&key).read();
-        let Some(members) = shard.get(&key) else {
-            return (0, 0);
+        let mut out = RoomDelivery::default();
+        let Some(r) = shard.get(&key) else {
+            return out;
         };
-        let (mut n, mut dropped) = (0, 0);
-        for m in members {
+        let now = Instant::now();
+        for m in &r.members {
             if m.conn_id != except {
-                let (queued, d) = m.push_room(push.clone());
-                n += queued as usize;
-                dropped += d as usize;
+                m.push_room(push.clone(), now, &self.policy, &mut out);
             }
         }
-        (n, dropped)
+        let dropped = out.dropped();
+        if dropped > 0 {
+            r.dropped.fetch_add(dropped, Ordering::Relaxed);
+            let d = &self.drops;
+            d.bytes.fetch_add(out.dropped_bytes, Ordering::Relaxed);
+            d.age.fetch_add(out.dropped_age, Ordering::Relaxed);
+            d.disconnect
+                .fetch_add(out.dropped_disconnect, Ordering::Relaxed);
+            d.disconnected
+                .fetch_add(out.disconnected, Ordering::Relaxed);
+        }
+        out
+    }
+
+    /// The `n` rooms whose members lost the most room messages (`(appid, room, lost)`, most first;
+    /// rooms that lost none are left out).
+    pub fn top_dropped(&self, n: usize) -> Vec<(i64, i64, u64)> {
+        let mut all = Vec::new();
+        for shard in self.map.shards.iter() {
+            for (&(appid, room), r) in shard.read().iter() {
+                let d = r.dropped.load(Ordering::Relaxed);
+                if d > 0 {
+                    all.push((appid, room, d));
+                }
+            }
+        }
+        all.sort_unstable_by(|a, b| b.2.cmp(&a.2).then((a.0, a.1).cmp(&(b.0, b.1))));
+        all.truncate(n);
+        all
     }
 
     /// (rooms, connections in rooms) of one app, and rooms with at least `big` connections.
     pub fn stats(&self, appid: i64, big: usize) -> (usize, usize, Vec<(i64, usize)>) {
         let (mut rooms, mut conns, mut large) = (0, 0, Vec::new());
         for shard in self.map.shards.iter() {
-            for ((a, room), members) in shard.read().iter() {
+            for ((a, room), r) in shard.read().iter() {
                 if *a == appid {
                     rooms += 1;
-                    conns += members.len();
-                    if members.len() >= big {
-                        large.push((*room, members.len()));
+                    conns += r.members.len();
+                    if r.members.len() >= big {
+                        large.push((*room, r.members.len()));
                     }
                 }
             }
         }
         (rooms, conns, large)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(conn_id: u64) -> Arc<SessionHandle> {
+        Arc::new(SessionHandle::new(
+            SessionId {
+                conn_id,
+                appid: 1,
+                uid: conn_id as i64,
+                device_id: 0,
+                platform: 0,
+                online: true,
+                forbidden: false,
+                token_fp: 0,
+            },
+            OutboxLimits {
+                frames: 100,
+                bytes: 1 << 20,
+            },
+        ))
+    }
+
+    fn msg(n: u8) -> Push {
+        Push::plain(cmd::ROOM_IM, 0, Bytes::from(vec![n; 100]))
+    }
+
+    fn cost() -> usize {
+        msg(0).wire_len() + ROOM_ENTRY_COST
+    }
+
+    fn drained(h: &SessionHandle) -> Vec<u8> {
+        let mut v = Vec::new();
+        assert_eq!(h.drain(&mut v), None);
+        v.iter().map(|p| p.body[0]).collect()
+    }
+
+    #[test]
+    fn the_byte_bound_drops_the_oldest_room_messages() {
+        let h = handle(1);
+        let policy = RoomPolicy {
+            bytes: 3 * cost(),
+            age: Duration::from_secs(60),
+            lag_disconnect: None,
+        };
+        let now = Instant::now();
+        let mut out = RoomDelivery::default();
+        for n in 0..5 {
+            h.push_room(msg(n), now, &policy, &mut out);
+        }
+        assert_eq!(out.delivered, 5);
+        assert_eq!(out.dropped_bytes, 2);
+        assert_eq!(drained(&h), vec![2, 3, 4]);
+        assert_eq!(h.room_dropped(), 2);
+    }
+
+    #[test]
+    fn the_age_bound_drops_what_is_older_than_it_relative_to_the_newest() {
+        let h = handle(1);
+        let policy = RoomPolicy {
+            bytes: 1 << 20,
+            age: Duration::from_secs(5),
+            lag_disconnect: None,
+        };
+        let t0 = Instant::now();
+        let mut out = RoomDelivery::default();
+        h.push_room(msg(0), t0, &policy, &mut out);
+        h.push_room(msg(1), t0 + Duration::from_secs(3), &policy, &mut out);
+        h.push_room(msg(2), t0 + Duration::from_secs(6), &policy, &mut out);
+        assert_eq!(out.dropped_age, 1);
+        assert_eq!(drained(&h), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_member_losing_messages_without_catching_up_is_disconnected() {
+        let h = handle(1);
+        let policy = RoomPolicy {
+            bytes: 2 * cost(),
+            age: Duration::from_secs(60),
+            lag_disconnect: Some(Duration::from_secs(10)),
+        };
+        let t0 = Instant::now();
+        let mut out = RoomDelivery::default();
+        for n in 0..3 {
+            h.push_room(msg(n), t0, &policy, &mut out);
+        }
+        assert_eq!(out.dropped_bytes, 1);
+        // Drains (so it reads), but keeps losing messages between drains: still lagging.
+        assert_eq!(drained(&h).len(), 2);
+        for n in 3..6 {
+            h.push_room(msg(n), t0 + Duration::from_secs(5), &policy, &mut out);
+        }
+        assert_eq!(drained(&h).len(), 2);
+        assert_eq!(h.close_reason(), None);
+        for n in 6..9 {
+            h.push_room(msg(n), t0 + Duration::from_secs(10), &policy, &mut out);
+        }
+        assert_eq!(h.close_reason(), Some(ROOM_LAG));
+        assert_eq!(out.disconnected, 1);
+        // 8 pushed 6 out (bytes) and came with the decision: 7, still queued, and 8 are discarded.
+        assert_eq!(out.dropped_bytes, 3);
+        assert_eq!(out.dropped_disconnect, 2);
+        assert_eq!(out.delivered, 3 + 3 + 2);
+        // 1, 2, 4 and 5 were written; the other five lost.
+        assert_eq!(h.room_dropped(), 5);
+        // Nothing more is accepted.
+        h.push_room(msg(9), t0 + Duration::from_secs(11), &policy, &mut out);
+        assert_eq!(out.delivered, 8);
+    }
+
+    #[test]
+    fn a_member_that_catches_up_after_a_hiccup_stays() {
+        let h = handle(1);
+        let policy = RoomPolicy {
+            bytes: 2 * cost(),
+            age: Duration::from_secs(60),
+            lag_disconnect: Some(Duration::from_secs(10)),
+        };
+        let t0 = Instant::now();
+        let mut out = RoomDelivery::default();
+        for n in 0..3 {
+            h.push_room(msg(n), t0, &policy, &mut out);
+        }
+        assert_eq!(out.dropped_bytes, 1);
+        drained(&h);
+        // A drain with nothing lost since the one before: caught up.
+        h.push_room(msg(3), t0 + Duration::from_secs(1), &policy, &mut out);
+        drained(&h);
+        for n in 4..7 {
+            h.push_room(msg(n), t0 + Duration::from_secs(30), &policy, &mut out);
+        }
+        assert_eq!(
+            h.close_reason(),
+            None,
+            "a new hiccup starts a new lag period"
+        );
+        assert_eq!(drained(&h), vec![5, 6]);
+    }
+
+    #[test]
+    fn the_room_table_counts_drops_in_total_and_per_room() {
+        let table = RoomTable::new(RoomPolicy {
+            bytes: cost(),
+            age: Duration::from_secs(60),
+            lag_disconnect: None,
+        });
+        let (a, b, c) = (handle(1), handle(2), handle(3));
+        table.enter(1, 10, a.clone());
+        table.enter(1, 10, b.clone());
+        table.enter(1, 20, c.clone());
+        for n in 0..4 {
+            let d = table.deliver(1, 10, &msg(n), 1);
+            assert_eq!(d.delivered, 1);
+        }
+        table.deliver(1, 20, &msg(0), 0);
+        table.deliver(1, 20, &msg(1), 0);
+        assert_eq!(table.drops.bytes.load(Ordering::Relaxed), 4);
+        assert_eq!(table.top_dropped(10), vec![(1, 10, 3), (1, 20, 1)]);
+        assert_eq!(table.top_dropped(1), vec![(1, 10, 3)]);
+        assert_eq!(drained(&a), Vec::<u8>::new());
+        assert_eq!(drained(&b), vec![3]);
     }
 }

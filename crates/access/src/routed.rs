@@ -139,7 +139,7 @@ impl RouteHandler for RoutedInbox {
         };
         let n = match m.kind {
             RouteKind::User => app.route.deliver(m.appid, m.receiver, &push, 0),
-            RouteKind::Room => app.rooms.deliver(m.appid, m.receiver, &push, 0).0,
+            RouteKind::Room => app.rooms.deliver(m.appid, m.receiver, &push, 0).delivered,
             RouteKind::Group => {
                 let cached = if self.waiting.load(Ordering::Acquire) == 0 {
                     app.groups.cached(m.appid, m.receiver)

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::app::{App, AppendResult, Stats};
 use crate::handlers::{self, room, sync, Append, Conn, Reply, Step, Stored};
-use crate::route::{Push, OUTBOX_FULL};
+use crate::route::{Push, OUTBOX_FULL, ROOM_LAG};
 use crate::transport::{CloseReason, RecvError, Transport};
 
 /// Why a session ended.
@@ -96,7 +96,7 @@ impl Future for Op {
 
 /// The next completed append, in submission order; `None` when nothing is in flight.
 async fn next_completion(
-    pending: &mut Option<FuturesOrdered<Op>>,
+    pending: &mut Option<Box<FuturesOrdered<Op>>>,
 ) -> Option<(Box<Stored>, AppendResult, Instant)> {
     match pending {
         Some(p) => p.next().await,
@@ -108,8 +108,9 @@ async fn next_completion(
 pub(crate) struct Session {
     conn: Conn,
     out: Reply,
-    /// Appends in flight, completed in submission order. Allocated only while there are some.
-    pending: Option<FuturesOrdered<Op>>,
+    /// Appends in flight, completed in submission order. Allocated only while there are some, and
+    /// boxed: inline, the empty set would take 64 bytes of every idle session.
+    pending: Option<Box<FuturesOrdered<Op>>>,
     /// What others pushed to this session, taken from its outbox.
     inbox: Vec<Push>,
     /// A write was abandoned part-way (kick or shutdown while the client did not read): what is on the
@@ -186,6 +187,11 @@ impl Session {
                 Stats::inc(&app.stats.timeouts);
                 debug!(%peer, ?uid, reason = %end, "session timed out")
             }
+            // Counted by the room table when it decided.
+            End::Kicked(ROOM_LAG) => {
+                let lost = self.conn.handle.as_ref().map_or(0, |h| h.room_dropped());
+                info!(%peer, ?uid, reason = %end, room_messages_lost = lost, "session closed")
+            }
             End::Kicked(OUTBOX_FULL) | End::WriteTimeout => {
                 Stats::inc(&app.stats.slow_consumers);
                 info!(%peer, ?uid, reason = %end, "session closed")
@@ -200,7 +206,7 @@ impl Session {
         }
         let writable = match end {
             End::Shutdown | End::ClientClosed | End::Timeout(_) => true,
-            End::Kicked(reason) => reason != OUTBOX_FULL,
+            End::Kicked(reason) => reason != OUTBOX_FULL && reason != ROOM_LAG,
             _ => false,
         };
         if self.inflight() > 0 {
@@ -399,7 +405,7 @@ impl Session {
     fn submit(&mut self, append: Append, arrived: Instant) {
         let fut = self.conn.app.store.append(append.batch);
         self.pending
-            .get_or_insert_with(FuturesOrdered::new)
+            .get_or_insert_with(|| Box::new(FuturesOrdered::new()))
             .push_back(Op {
                 ctx: Some(append.then),
                 fut,

@@ -40,7 +40,6 @@ pub struct Stats {
     /// Sessions closed by the login or idle deadline.
     pub timeouts: AtomicU64,
     pub slow_consumers: AtomicU64,
-    pub room_dropped: AtomicU64,
     pub route_dropped: AtomicU64,
     pub routed_rejected: AtomicU64,
     /// Routed group messages dropped on a full dispatch queue whose members are owed a sync

@@ -246,6 +246,12 @@ impl Config {
                 proto::MAX_BODY_LEN
             ));
         }
+        if self.server.room_backlog_bytes == 0 {
+            errors.push("server.room_backlog_bytes must be > 0".into());
+        }
+        if self.server.room_backlog_secs == 0 {
+            errors.push("server.room_backlog_secs must be > 0".into());
+        }
         errors.extend(self.app_api.validate());
         errors.extend(self.web.validate());
         errors.extend(self.media.validate());

@@ -29,7 +29,6 @@ pub(crate) async fn on_auth_token(
                 OutboxLimits {
                     frames: app.server.outbox_frames,
                     bytes: app.server.outbox_bytes,
-                    room_frames: app.server.room_backlog,
                 },
             ));
             app.route.add(handle.clone());

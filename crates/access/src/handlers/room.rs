@@ -1,7 +1,8 @@
 //! Chat rooms: enter and leave (one room per connection), and room messages delivered with flag 0
 //! to everyone in the room but the sender. Nothing is persisted. The sender must be the session's
 //! user (GoBelieve does not check; docs/compatibility.md), in the room, and not speak-banned;
-//! refusals are answered.
+//! refusals are answered. What a member that falls behind loses is the room table's policy
+//! ([`crate::route::RoomPolicy`]).
 
 use std::num::NonZeroI64;
 
@@ -74,9 +75,10 @@ pub(crate) fn on_room_im(conn: &mut Conn, out: &mut Reply, seq: i32, msg: Rt) ->
 /// Delivers a room message to everyone in the room but connection `except`.
 pub fn deliver_room(app: &App, appid: i64, msg: &Rt, except: u64) -> usize {
     let push = Push::plain(cmd::ROOM_IM, 0, Body::RoomIm(msg.clone()).to_stored());
-    let (n, dropped) = app.deliver_room(appid, msg.receiver, &push, except);
+    let n = app
+        .deliver_room(appid, msg.receiver, &push, except)
+        .delivered;
     Stats::add(&app.stats.deliveries, n as u64);
-    Stats::add(&app.stats.room_dropped, dropped as u64);
     n
 }
 

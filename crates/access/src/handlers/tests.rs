@@ -127,7 +127,6 @@ fn login(app: &Arc<App>, appid: i64, uid: i64, device_id: i64) -> Client {
         OutboxLimits {
             frames: 1000,
             bytes: 1 << 20,
-            room_frames: 100,
         },
     ));
     app.route.add(handle.clone());

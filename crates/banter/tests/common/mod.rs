@@ -126,6 +126,20 @@ impl Client {
         }
     }
 
+    /// A TCP client whose socket's receive buffer is asked to be `bytes` (the kernel doubles it), so
+    /// a client that does not read soon stops the server's writes.
+    pub async fn tcp_with_recv_buffer(addr: SocketAddr, bytes: u32) -> Client {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let s = socket.connect(addr).await.expect("connect");
+        s.set_nodelay(true).ok();
+        Client {
+            conn: Conn::Tcp(s, BytesMut::new()),
+            seq: 0,
+            version: 1,
+        }
+    }
+
     pub async fn ws(server: &TestServer) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(server.ws_url())
             .await

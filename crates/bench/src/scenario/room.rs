@@ -4,7 +4,9 @@
 //! `room_base + r` (ENTER_ROOM, confirmed by a PING/PONG round trip before the run starts). The first S
 //! members of each room send M messages each. Deliveries arrive with flag 0 and no sync key; rooms promise
 //! no delivery to a member that cannot keep up, so lost deliveries are counted and reported but do not fail
-//! the run. Duplicates (and messages never sent) do.
+//! the run. Duplicates (and messages never sent) do. With the server's API known, the server's own count
+//! of what members lost (by cause) and of members disconnected for lagging is read from `/metrics` before
+//! and after the run and reported beside the clients' count.
 
 use serde::Serialize;
 
@@ -144,6 +146,38 @@ pub async fn run(env: &Env, o: &RoomOptions) -> Result<Report, BenchError> {
     }
     let planned = total_senders as u64 * o.messages;
     let expected = planned * (o.members as u64 - 1);
+    let before = server_room_drops(env).await;
     run_members(env, &mut report, members, expected, planned, false).await;
+    if let (Some(before), Some(after)) = (before, server_room_drops(env).await) {
+        let d: Vec<u64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+        report.extra.insert(
+            "server_room_drops".into(),
+            serde_json::json!({
+                "bytes": d[0], "age": d[1], "disconnect": d[2], "lag_disconnects": d[3],
+            }),
+        );
+    }
     Ok(report)
+}
+
+/// The server's room drop counters from `/metrics`: lost for size, for age, with a disconnected
+/// member's backlog, and members disconnected for lagging. `None` without an API or when unreadable.
+async fn server_room_drops(env: &Env) -> Option<[u64; 4]> {
+    let (status, body) = env.api_client()?.get("/metrics").await.ok()?;
+    if status != 200 {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&body);
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(0, |v| v as u64)
+    };
+    Some([
+        value("banter_room_messages_dropped_total{cause=\"bytes\"}"),
+        value("banter_room_messages_dropped_total{cause=\"age\"}"),
+        value("banter_room_messages_dropped_total{cause=\"disconnect\"}"),
+        value("banter_room_lag_disconnects_total"),
+    ])
 }

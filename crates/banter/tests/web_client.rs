@@ -4,11 +4,16 @@
 //! playwright-core (`tests/web/web_client.mjs`): text and images both ways, a group of three, a super
 //! group, a room, delivery within 1 s, typing, a second tab, hostile content, the admin console's
 //! connection count and mute, a SIGKILL and restart of the server with nothing lost or duplicated,
-//! 1,000 messages in one conversation, page load time and screenshots. `scripts/test` installs
-//! chromium and playwright-core when they are missing.
+//! 1,000 messages in one conversation, page load time and screenshots; sign-in through an app
+//! server's token URL, contacts' online state, and the console's store figures, kick and revoke.
+//! `scripts/test` installs the browsers and their drivers when they are missing.
+//!
+//! `web_client_in_firefox` runs the main two-user exchange in Debian's Firefox ESR, driven over
+//! WebDriver BiDi by puppeteer-core (`tests/web/web_firefox.mjs`).
 //!
 //! The other tests check the HTTP side without a browser: security headers, the WebSocket origin
-//! allow-list, where dev sign-in is allowed, and what each listener serves.
+//! allow-list, where dev sign-in is allowed, what each listener serves, presence for a signed-in
+//! user, the token URL, and the console's recent errors and node view.
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
@@ -75,6 +80,8 @@ impl Serve {
             .open(&self.log)
             .expect("log file");
         let child = Command::new(&self.bin)
+            // Every other BANTER_… variable would be read as a setting (and refused).
+            .env_remove("BANTER_SCREENSHOTS")
             .args(["serve", "--data"])
             .arg(&self.data)
             .env("BANTER_SERVER__TCP", format!("127.0.0.1:{tcp}"))
@@ -154,13 +161,22 @@ fn one_browser() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-fn node_module(name: &str) {
+/// The browser (`$var`, else Debian's `default` package at `/usr/bin/<default>`) and the node module
+/// driving it, both installed by `scripts/test`; also holds the one-browser-at-a-time lock.
+fn browser(var: &str, default: &str, module: &str) -> (String, std::sync::MutexGuard<'static, ()>) {
+    let one = one_browser();
+    let path = std::env::var(var).unwrap_or_else(|_| format!("/usr/bin/{default}"));
+    assert!(
+        Path::new(&path).exists(),
+        "{path} is missing: scripts/test installs Debian's {default} (apt-get install {default})"
+    );
     let dir = web_dir();
     assert!(
-        dir.join("node_modules").join(name).exists(),
-        "{name} is missing: scripts/test installs it (npm ci in {})",
+        dir.join("node_modules").join(module).exists(),
+        "{module} is missing: scripts/test installs it (npm ci in {})",
         dir.display()
     );
+    (path, one)
 }
 
 /// Runs one of the node drivers against `server`, answering its CONTROL lines; returns its RESULT lines.
@@ -246,13 +262,7 @@ fn serve_in(tmp: &Path, env: Vec<(String, String)>) -> Serve {
 
 #[test]
 fn web_client_in_chromium() {
-    let _one = one_browser();
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: scripts/test installs Debian's chromium (apt-get install chromium)"
-    );
-    node_module("playwright-core");
+    let (chromium, _one) = browser("CHROMIUM", "chromium", "playwright-core");
     let tmp = tempfile::tempdir().expect("tempdir");
     // The app server of the token-URL sign-in is played by the driver on this port.
     let app_server = free_port();
@@ -281,13 +291,7 @@ fn web_client_in_chromium() {
 /// hostile content as text, the online state of the other user.
 #[test]
 fn web_client_in_firefox() {
-    let _one = one_browser();
-    let firefox = std::env::var("FIREFOX").unwrap_or_else(|_| "/usr/bin/firefox-esr".into());
-    assert!(
-        Path::new(&firefox).exists(),
-        "{firefox} is missing: scripts/test installs Debian's firefox-esr (apt-get install firefox-esr)"
-    );
-    node_module("puppeteer-core");
+    let (firefox, _one) = browser("FIREFOX", "firefox-esr", "puppeteer-core");
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut server = serve_in(tmp.path(), Vec::new());
     run_driver(

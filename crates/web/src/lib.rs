@@ -418,12 +418,8 @@ async fn dev_signin(
 
 /// The bearer token of a request, if any.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then(|| token.trim())
-        .filter(|t| !t.is_empty())
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    node::admin::bearer_token(v).filter(|t| !t.is_empty())
 }
 
 /// `uids=1,2,3` → the distinct ids, or why not.

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { deflateSync, crc32 } from 'node:zlib';
 import { createInterface } from 'node:readline';
 import { createServer } from 'node:http';
+import { result, check, step, pageLoad } from './common.mjs';
 
 const BASE = process.env.BANTER_URL;
 const SHOTS = process.env.BANTER_SCREENSHOTS;
@@ -26,10 +27,6 @@ async function control(cmd) {
   if (answer !== 'ok') throw new Error(`control ${cmd}: ${answer}`);
 }
 
-const results = {};
-function result(k, v) { results[k] = v; console.log(`RESULT ${JSON.stringify({ [k]: v })}`); }
-function check(cond, msg) { if (!cond) throw new Error(`check failed: ${msg}`); }
-function step(name) { console.log(`STEP ${name}`); }
 
 async function api(path, body) {
   const r = await fetch(`${BASE}${path}`, body === undefined ? {} : {
@@ -141,23 +138,7 @@ const count = (arr, x) => arr.filter((y) => y === x).length;
 try {
   // ---- page load time (from this local server, fresh context: nothing cached)
   step('page load');
-  const loads = [];
-  for (let i = 0; i < 5; i++) {
-    const ctx = await launched.newContext();
-    const p = await ctx.newPage();
-    await p.goto(`${BASE}/`, { waitUntil: 'load' });
-    await p.waitForSelector('#dev-signin');
-    loads.push(await p.evaluate(() => {
-      const n = performance.getEntriesByType('navigation')[0];
-      return { load: n.loadEventEnd, interactive: performance.getEntriesByName('banter-ready')[0].startTime };
-    }));
-    await ctx.close();
-  }
-  const loadMs = loads.map((l) => Math.round(l.load)).sort((a, b) => a - b);
-  const readyMs = loads.map((l) => Math.round(l.interactive)).sort((a, b) => a - b);
-  result('page_load_ms', loadMs);
-  result('sign_in_form_ready_ms', readyMs); // after /web/config has been fetched and the form drawn
-  check(loadMs[2] < 300, `median page load ${loadMs[2]} ms >= 300 ms`);
+  await pageLoad(() => launched.newContext(), BASE);
 
   // ---- sign in three users; A has a second tab
   step('sign in');
@@ -302,7 +283,8 @@ try {
   check(/ (B|KiB|MiB)$/.test(await admin.textContent('#tile-store-bytes .v')), 'store size shown');
   check(/(µs|ms| s)$/.test(await admin.textContent('#tile-fsync-p99 .v')), 'fsync latency shown');
   result('admin_store', storeTiles);
-  await admin.waitForSelector('#errors-info:text-matches("warnings and errors")', { timeout: 10000 });
+  await admin.waitForSelector('#errors-info:text-matches("warnings (and|or) errors")', { timeout: 10000 });
+  result('admin_errors', await admin.textContent('#errors-info'));
   await admin.waitForSelector('#cluster [data-mode=single]', { timeout: 10000 });
   // Kick by user id: C's sessions close, its page reconnects with the same token.
   await C.page.evaluate(() => {
@@ -454,6 +436,9 @@ try {
     await admin.waitForTimeout(2500);
     await admin.evaluate(() => window.scrollTo(0, 0));
     await admin.screenshot({ path: join(SHOTS, 'admin-1280x800.png') });
+    await admin.evaluate(() => document.querySelector('#users').scrollIntoView());
+    await admin.screenshot({ path: join(SHOTS, 'admin-users-1280x800.png') });
+    await admin.evaluate(() => window.scrollTo(0, 0));
     await admin.setViewportSize({ width: 390, height: 844 });
     await admin.screenshot({ path: join(SHOTS, 'admin-390x844.png') });
   }

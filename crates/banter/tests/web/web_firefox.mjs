@@ -5,14 +5,12 @@
 // Prints "RESULT <json>" lines; exits non-zero on any failure.
 
 import puppeteer from 'puppeteer-core';
+import { result, check, step, pageLoad } from './common.mjs';
 
 const BASE = process.env.BANTER_URL;
 const APP = 7;
 if (!BASE) throw new Error('BANTER_URL is not set');
 
-function result(k, v) { console.log(`RESULT ${JSON.stringify({ [k]: v })}`); }
-function check(cond, msg) { if (!cond) throw new Error(`check failed: ${msg}`); }
-function step(name) { console.log(`STEP ${name}`); }
 
 const browser = await puppeteer.launch({
   browser: 'firefox',
@@ -79,18 +77,7 @@ try {
   result('browser', ua);
 
   step('page load');
-  const loads = [];
-  for (let i = 0; i < 5; i++) {
-    const ctx = await browser.createBrowserContext();
-    const p = await ctx.newPage();
-    await p.goto(`${BASE}/`, { waitUntil: 'load' });
-    await p.waitForSelector('#dev-signin');
-    loads.push(await p.evaluate(() => Math.round(performance.getEntriesByType('navigation')[0].loadEventEnd)));
-    await ctx.close();
-  }
-  loads.sort((a, b) => a - b);
-  result('page_load_ms', loads);
-  check(loads[2] < 300, `median page load ${loads[2]} ms >= 300 ms`);
+  await pageLoad(() => browser.createBrowserContext(), BASE);
 
   step('sign in');
   const A = await newUser(2001), B = await newUser(2002);

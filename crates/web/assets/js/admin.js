@@ -113,7 +113,7 @@ function console_() {
       tile('store errors', m.banter_store_errors_total ?? 0),
       tile('protocol errors', m.banter_protocol_errors_total ?? 0),
       tile('API connections', m.banter_api_connections ?? 0),
-      tile('memory', fmtBytes(m.banter_process_resident_memory_bytes ?? 0)));
+      tile('memory', fmtBytes(m.process_resident_memory_bytes ?? 0)));
     charts.conns.push(m.banter_connections ?? 0);
     if (prev) {
       const dt = (t - prev.t) / 1000;
@@ -290,8 +290,9 @@ function usersSection() {
 function errorsSection() {
   const body = h('tbody');
   const info = h('p.hint#errors-info');
-  const section = h('section#errors', h('h2', 'Recent errors'), info, h('div.scroll', h('table',
-    h('thead', h('tr', h('th', 'time'), h('th', 'level'), h('th', 'where'), h('th', 'what'))), body)));
+  const table = h('div.scroll', { hidden: true }, h('table',
+    h('thead', h('tr', h('th', 'time'), h('th', 'level'), h('th', 'where'), h('th', 'what'))), body));
+  const section = h('section#errors', h('h2', 'Recent errors'), info, table);
   async function load() {
     let r;
     try { r = await get('/admin/errors'); } catch (x) { info.textContent = x.message; return; }
@@ -299,6 +300,7 @@ function errorsSection() {
       ? `The last ${r.events.length} warnings and errors of this process (newest first; the ring keeps ${r.capacity}` +
         `${r.dropped ? `, ${r.dropped} older ones dropped` : ''}). The log has every line.`
       : 'No warnings or errors since the server started.';
+    table.hidden = !r.events.length;
     body.replaceChildren(...r.events.slice().reverse().map((e) => h('tr',
       h('td', new Date(e.at_ms).toLocaleString()), h(`td.lvl-${e.level === 'ERROR' ? 'ERROR' : 'WARN'}`, e.level),
       h('td.mono', e.target), h('td.mono', e.text))));

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod app;
 pub mod app_api;
 pub mod config;
+mod console;
 mod handlers;
 mod health;
 pub mod http;
@@ -104,6 +105,12 @@ fn web_router(
         admin_api: admin,
         admin_secret_required: !app.api.secret.is_empty(),
         kefu_appid: app.server.kefu_appid,
+        // Single-node mode: this node holds every session. In a cluster only the routers do.
+        presence: (!app.links.is_enabled()).then(|| {
+            let route = app.route.clone();
+            let presence: web::Presence = Arc::new(move |appid, uid| route.is_online(appid, uid));
+            presence
+        }),
     }))
 }
 
@@ -203,7 +210,8 @@ impl AccessNode {
                     app.backend.clone(),
                     app.app_api.clone(),
                 ))
-                .merge(server_api::router());
+                .merge(server_api::router())
+                .merge(console::routes());
             let mut router = http::router(app.clone(), admin);
             let on_api = app.app_api.as_ref().filter(|a| a.config.on_api_listener);
             if let Some(api) = on_api {

@@ -2,7 +2,8 @@
 //! lines on stderr, and — when the node has a `node_id` — that id on every line (`node=<id>` first
 //! in text, a `"node"` field in JSON), so the logs of many nodes can be merged and still be told apart.
 //! Colours only when stderr is a terminal, so log files carry no escape codes. Every role (`serve`,
-//! `im`, `imr`, `ims`) logs through [`init`].
+//! `im`, `imr`, `ims`) logs through [`init`], which also copies WARN and ERROR events into the
+//! in-memory ring the admin console shows ([`node::recent`]).
 
 use std::fmt;
 use std::io::IsTerminal;
@@ -12,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// `log.format` / `--log-format`.
@@ -63,6 +66,8 @@ pub fn init(level: &str, format: LogFormat, node_id: &str) -> Result<(), String>
             .json()
             .event_format(fmt)
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .finish()
+            .with(node::recent::layer())
             .try_init()
             .map_err(|e| e.to_string())
     } else {
@@ -72,6 +77,8 @@ pub fn init(level: &str, format: LogFormat, node_id: &str) -> Result<(), String>
                 node,
                 inner: Format::default().with_ansi(ansi),
             })
+            .finish()
+            .with(node::recent::layer())
             .try_init()
             .map_err(|e| e.to_string())
     }

@@ -162,6 +162,28 @@ storage_addrs = [{stores}]
     path
 }
 
+/// `GET /admin/cluster` of an access node, once `ready` holds (within 10 s).
+async fn cluster_view(
+    http_addr: SocketAddr,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, body) = http(http_addr, "GET", "/admin/cluster", &[], b"").await;
+        assert_eq!(st, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        if ready(&v) {
+            assert_eq!(v["mode"], "cluster", "{v}");
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node view never showed the expected state: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn token(con: &mut redis::aio::MultiplexedConnection, uid: i64) -> String {
     let t = format!("cluster-token-{uid}-xxxxxxxxxxxxxxxx");
     let _: () = redis::cmd("HSET")
@@ -313,6 +335,22 @@ async fn a_cluster_survives_router_and_store_failures() {
     wait_healthy("im_a", acc[0].http, d).await;
     wait_healthy("im_b", acc[1].http, d).await;
 
+    // The admin console's node view: A's router link and both store leaders.
+    stage("The admin console's node view");
+    let view = cluster_view(acc[0].http, |v| v["routers"][0]["connected"] == true).await;
+    assert_eq!(view["routers"][0]["addr"], router.to_string(), "{view}");
+    let listed: Vec<&str> = view["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|st| {
+            assert_eq!(st["reachable"], true, "{view}");
+            assert_eq!(st["leader"], true, "{view}");
+            st["addr"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(listed, [s[0].listen.to_string(), s[1].listen.to_string()]);
+
     // --- Cross-node traffic. uid 1 on A, uid 2 on B (uid 2's queue lives on store 1: 2 mod 2 = 0).
     stage("Cross-node traffic");
     let mut u1 = login(&mut con, acc[0].tcp, 1).await;
@@ -424,6 +462,8 @@ async fn a_cluster_survives_router_and_store_failures() {
     stage("The router dies mid-traffic");
     let mut u3 = login(&mut con, acc[0].tcp, 3).await;
     imr.kill9();
+    let view = cluster_view(acc[0].http, |v| v["routers"][0]["connected"] == false).await;
+    assert_eq!(view["mode"], "cluster", "{view}");
     for i in 0..20 {
         u1.send_body(&Body::Im(im(1, 3, &format!("local {i}"))), 0)
             .await;

@@ -4,11 +4,16 @@
 //! playwright-core (`tests/web/web_client.mjs`): text and images both ways, a group of three, a super
 //! group, a room, delivery within 1 s, typing, a second tab, hostile content, the admin console's
 //! connection count and mute, a SIGKILL and restart of the server with nothing lost or duplicated,
-//! 1,000 messages in one conversation, page load time and screenshots. `scripts/test` installs
-//! chromium and playwright-core when they are missing.
+//! 1,000 messages in one conversation, page load time and screenshots; sign-in through an app
+//! server's token URL, contacts' online state, and the console's store figures, kick and revoke.
+//! `scripts/test` installs the browsers and their drivers when they are missing.
+//!
+//! `web_client_in_firefox` runs the main two-user exchange in Debian's Firefox ESR, driven over
+//! WebDriver BiDi by puppeteer-core (`tests/web/web_firefox.mjs`).
 //!
 //! The other tests check the HTTP side without a browser: security headers, the WebSocket origin
-//! allow-list, where dev sign-in is allowed, and what each listener serves.
+//! allow-list, where dev sign-in is allowed, what each listener serves, presence for a signed-in
+//! user, the token URL, and the console's recent errors and node view.
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
@@ -41,6 +46,8 @@ struct Serve {
     data: PathBuf,
     ports: [u16; 3],
     log: PathBuf,
+    /// More `BANTER_…` settings.
+    env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -73,6 +80,8 @@ impl Serve {
             .open(&self.log)
             .expect("log file");
         let child = Command::new(&self.bin)
+            // Every other BANTER_… variable would be read as a setting (and refused).
+            .env_remove("BANTER_SCREENSHOTS")
             .args(["serve", "--data"])
             .arg(&self.data)
             .env("BANTER_SERVER__TCP", format!("127.0.0.1:{tcp}"))
@@ -80,6 +89,7 @@ impl Serve {
             .env("BANTER_API__LISTEN", format!("127.0.0.1:{api}"))
             .env("BANTER_LOG__LEVEL", "warn")
             .env("BANTER_SERVER__KEFU_APPID", "100")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -141,40 +151,50 @@ fn web_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web")
 }
 
-#[test]
-fn web_client_in_chromium() {
-    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+/// The browser tests run one at a time: two browsers at once on a small machine would make the
+/// delivery-time checks measure the machine.
+static ONE_BROWSER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_browser() -> std::sync::MutexGuard<'static, ()> {
+    ONE_BROWSER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The browser (`$var`, else Debian's `default` package at `/usr/bin/<default>`) and the node module
+/// driving it, both installed by `scripts/test`; also holds the one-browser-at-a-time lock.
+fn browser(var: &str, default: &str, module: &str) -> (String, std::sync::MutexGuard<'static, ()>) {
+    let one = one_browser();
+    let path = std::env::var(var).unwrap_or_else(|_| format!("/usr/bin/{default}"));
     assert!(
-        Path::new(&chromium).exists(),
-        "{chromium} is missing: scripts/test installs Debian's chromium (apt-get install chromium)"
+        Path::new(&path).exists(),
+        "{path} is missing: scripts/test installs Debian's {default} (apt-get install {default})"
     );
     let dir = web_dir();
     assert!(
-        dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: scripts/test installs it (npm ci in {})",
+        dir.join("node_modules").join(module).exists(),
+        "{module} is missing: scripts/test installs it (npm ci in {})",
         dir.display()
     );
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let mut server = Serve {
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_banter")),
-        data: tmp.path().join("data"),
-        ports: [free_port(), free_port(), free_port()],
-        log: tmp.path().join("banter.log"),
-        child: None,
-    };
-    server.start(true);
-    let shots = std::env::var("BANTER_SCREENSHOTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots"));
+    (path, one)
+}
+
+/// Runs one of the node drivers against `server`, answering its CONTROL lines; returns its RESULT lines.
+fn run_driver(
+    server: &mut Serve,
+    script: &str,
+    env: &[(&str, String)],
+    shots: &Path,
+) -> Vec<String> {
     let mut node = Command::new("node")
-        .arg("web_client.mjs")
-        .current_dir(&dir)
+        .arg(script)
+        .current_dir(web_dir())
         .env(
             "BANTER_URL",
             format!("http://127.0.0.1:{}", server.ports[2]),
         )
-        .env("BANTER_SCREENSHOTS", &shots)
-        .env("CHROMIUM", &chromium)
+        .env("BANTER_SCREENSHOTS", shots)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -211,14 +231,78 @@ fn web_client_in_chromium() {
     let status = node.wait().expect("node exit");
     assert!(
         status.success(),
-        "the browser test failed ({status}); server log:\n{}",
+        "{script} failed ({status}); server log:\n{}",
         server.log_text()
     );
     assert!(
         results.iter().any(|r| r == r#"{"ok":true}"#),
-        "the browser test did not finish: {results:?}"
+        "{script} did not finish: {results:?}"
+    );
+    results
+}
+
+fn screenshots_dir() -> PathBuf {
+    std::env::var("BANTER_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-screenshots"))
+}
+
+fn serve_in(tmp: &Path, env: Vec<(String, String)>) -> Serve {
+    let mut server = Serve {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_banter")),
+        data: tmp.join("data"),
+        ports: [free_port(), free_port(), free_port()],
+        log: tmp.join("banter.log"),
+        env,
+        child: None,
+    };
+    server.start(true);
+    server
+}
+
+#[test]
+fn web_client_in_chromium() {
+    let (chromium, _one) = browser("CHROMIUM", "chromium", "playwright-core");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The app server of the token-URL sign-in is played by the driver on this port.
+    let app_server = free_port();
+    let mut server = serve_in(
+        tmp.path(),
+        vec![(
+            "BANTER_WEB__TOKEN_URL".into(),
+            format!("http://127.0.0.1:{app_server}/im/token"),
+        )],
+    );
+    let shots = screenshots_dir();
+    run_driver(
+        &mut server,
+        "web_client.mjs",
+        &[
+            ("CHROMIUM", chromium),
+            ("APP_SERVER_PORT", app_server.to_string()),
+        ],
+        &shots,
     );
     println!("screenshots in {}", shots.display());
+}
+
+/// The main exchange in Debian's Firefox ESR, driven over WebDriver BiDi by puppeteer-core
+/// (`tests/web/web_firefox.mjs`): page load time, two users signing in, text both ways within 1 s,
+/// hostile content as text, the online state of the other user.
+#[test]
+fn web_client_in_firefox() {
+    let (firefox, _one) = browser("FIREFOX", "firefox-esr", "puppeteer-core");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut server = serve_in(tmp.path(), Vec::new());
+    run_driver(
+        &mut server,
+        "web_firefox.mjs",
+        &[
+            ("FIREFOX", firefox),
+            ("HOME", tmp.path().display().to_string()),
+        ],
+        &screenshots_dir(),
+    );
 }
 
 /// A raw HTTP/1.1 request with exactly these headers (Host included); returns the whole response.
@@ -474,5 +558,109 @@ async fn with_a_secret_the_pages_load_but_the_admin_api_needs_it() {
     let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");
     assert_eq!(cfg["admin_api"], false);
     assert_eq!(cfg["app_api"], "/v2");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn presence_needs_the_users_own_token_and_is_bounded() {
+    let s = TestServer::start().await.expect("server");
+    let token = common::grant(&s, 601).await;
+    let mut online = common::Client::ws(&s).await;
+    let other = common::grant(&s, 602).await;
+    assert_eq!(online.auth(&other, 2, 3, "").await, 0);
+    let bearer = format!("Bearer {token}");
+    let auth = [("Authorization", bearer.as_str())];
+    let (st, body) = http(s.http, "GET", "/web/presence?uids=602,603", &auth, b"").await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["online"]["602"], true, "{v}");
+    assert_eq!(v["online"]["603"], false, "{v}");
+    // Only with a valid token, never without one (and never in the URL).
+    let (st, body) = http(s.http, "GET", "/web/presence?uids=602", &[], b"").await;
+    assert_eq!(st, 401, "{body}");
+    assert!(body.contains(r#""error""#), "{body}");
+    let (st, _) = http(
+        s.http,
+        "GET",
+        "/web/presence?uids=602",
+        &[("Authorization", "Bearer not-a-token")],
+        b"",
+    )
+    .await;
+    assert_eq!(st, 401);
+    // Bounded: at most 100 users a request; bad ids are a clear 400.
+    let many: Vec<String> = (1..=101).map(|u| u.to_string()).collect();
+    let path = format!("/web/presence?uids={}", many.join(","));
+    let (st, body) = http(s.http, "GET", &path, &auth, b"").await;
+    assert_eq!(st, 400, "{body}");
+    assert!(body.contains("at most 100"), "{body}");
+    let (st, body) = http(s.http, "GET", "/web/presence?uids=x", &auth, b"").await;
+    assert_eq!(st, 400, "{body}");
+    // The page learns whether the server knows presence.
+    let (_, body) = http(s.http, "GET", "/web/config", &[], b"").await;
+    let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(cfg["presence"], true);
+    assert_eq!(cfg["token_url"], "");
+    drop(online);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn token_url_is_offered_and_allowed_by_the_csp() {
+    let s = TestServer::start_with(|c| {
+        c.web.token_url = "https://app.example.com/im/token".into();
+    })
+    .await
+    .expect("server");
+    let (_, body) = http(s.http, "GET", "/web/config", &[], b"").await;
+    let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(cfg["token_url"], "https://app.example.com/im/token");
+    let r = raw(s.http, &format!("GET / HTTP/1.1\r\nHost: {}", s.http), "").await;
+    let csp = header(&r, "content-security-policy").expect("CSP");
+    assert!(
+        csp.contains("connect-src 'self'") && csp.contains(" https://app.example.com;"),
+        "{csp}"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn admin_console_sees_recent_errors_and_the_cluster_state() {
+    use tracing_subscriber::layer::SubscriberExt;
+    // The layer `banter serve` installs beside its log writer (crates/banter/src/logging.rs).
+    let _ = tracing::subscriber::set_global_default(
+        tracing_subscriber::registry().with(node::recent::layer()),
+    );
+    let s = TestServer::start_with(|c| c.api.secret = "s3cret".into())
+        .await
+        .expect("server");
+    tracing::warn!(disk = "/data", "web-console-test: the disk is almost full");
+    let auth = [("Authorization", "Bearer s3cret")];
+    let (st, _) = http(s.http, "GET", "/admin/errors", &[], b"").await;
+    assert_eq!(st, 401, "behind api.secret");
+    let (st, body) = http(s.http, "GET", "/admin/errors", &auth, b"").await;
+    assert_eq!(st, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let events = v["events"].as_array().expect("events");
+    let ours = events
+        .iter()
+        .find(|e| {
+            e["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("web-console-test"))
+        })
+        .unwrap_or_else(|| panic!("the warning is in the ring: {v}"));
+    assert_eq!(ours["level"], "WARN");
+    assert_eq!(
+        ours["text"],
+        "web-console-test: the disk is almost full disk=/data"
+    );
+    assert_eq!(v["capacity"], 200);
+    let (st, body) = http(s.http, "GET", "/admin/cluster", &auth, b"").await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).expect("json")["mode"],
+        "single"
+    );
     s.stop().await;
 }

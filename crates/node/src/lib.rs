@@ -5,6 +5,7 @@
 //! * [`backoff`]: reconnect back-off with jitter;
 //! * [`admin`]: bearer authentication and the loopback rule of the HTTP admin APIs;
 //! * [`http_client`]: the one HTTP client;
+//! * [`recent`]: the bounded in-memory ring of recent WARN and ERROR events (the admin console's view);
 //! * [`throttle`] (`warn_throttled!`, `error_throttled!`) and [`episode`]: logging of failures that
 //!   repeat per request, at most one line per interval or per failure episode.
 #![forbid(unsafe_code)]
@@ -16,6 +17,7 @@ pub mod frame;
 pub mod http_client;
 pub mod metrics;
 pub mod net;
+pub mod recent;
 pub mod throttle;
 
 pub use reqwest;

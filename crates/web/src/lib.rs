@@ -11,6 +11,7 @@
 //! | `GET /assets/…` | the modules, styles and icon |
 //! | `GET /web/config` | what the page needs to connect: the WebSocket URL, the app API prefix, whether dev sign-in and the admin API are available |
 //! | `POST /web/dev-signin` | `{"appid", "uid", "name"?}` → `{"token"}` through the grant path, only where [`WebConfig::dev_signin`] allows it |
+//! | `GET /web/presence?uids=1,2,…` | with `Authorization: Bearer <the user's token>`: `{"online": {"uid": bool…}}` for at most [`PRESENCE_MAX_UIDS`] users of the token's app, where this node knows it ([`WebContext::presence`]), else `{"known": false}` |
 //!
 //! Every answer carries a Content-Security-Policy without inline script (scripts and styles only from
 //! this origin; `connect-src` names the WebSocket endpoint), `X-Content-Type-Options: nosniff`,
@@ -44,6 +45,11 @@ pub struct WebConfig {
     /// The WebSocket URL the page connects to, e.g. `wss://im.example.com/ws` behind a TLS proxy.
     /// Empty: `ws://<host of the page>:<server.ws port>/ws` (or `wss://` with `server.wss` only).
     pub ws_url: String,
+    /// The app server's token URL (absolute `http(s)://…` or a path on this origin): the page offers
+    /// "Sign in with the app", POSTs there with the browser's credentials for that site and expects
+    /// `{"token", "appid", "uid", "name"?}`. Its origin is added to the page's `connect-src`.
+    /// Empty: not offered.
+    pub token_url: String,
 }
 
 impl Default for WebConfig {
@@ -52,6 +58,7 @@ impl Default for WebConfig {
             enabled: true,
             dev_signin: "loopback".into(),
             ws_url: String::new(),
+            token_url: String::new(),
         }
     }
 }
@@ -70,6 +77,15 @@ impl WebConfig {
         if !u.is_empty() && !u.starts_with("ws://") && !u.starts_with("wss://") {
             errors.push(format!(
                 "web.ws_url must start with ws:// or wss://, got {u:?}"
+            ));
+        }
+        let t = self.token_url.trim();
+        let scheme_ok = t.starts_with("http://") || t.starts_with("https://");
+        let path_ok = t.starts_with('/') && !t.starts_with("//");
+        let clean = t.bytes().all(|b| b.is_ascii_graphic());
+        if !t.is_empty() && (!(scheme_ok || path_ok) || !clean) {
+            errors.push(format!(
+                "web.token_url must be an http:// or https:// URL or a path starting with /, got {t:?}"
             ));
         }
         errors
@@ -94,7 +110,16 @@ pub struct WebContext {
     pub admin_secret_required: bool,
     /// `server.kefu_appid`: the customer-service app (0 = none).
     pub kefu_appid: i64,
+    /// Whether `(appid, uid)` has a session, where this node knows every session (single-node
+    /// mode); `None` where it does not (an access node of a cluster: only the routers know).
+    pub presence: Option<Presence>,
 }
+
+/// See [`WebContext::presence`].
+pub type Presence = Arc<dyn Fn(i64, i64) -> bool + Send + Sync>;
+
+/// Users one `/web/presence` request may ask about.
+pub const PRESENCE_MAX_UIDS: usize = 100;
 
 struct Asset {
     path: &'static str,
@@ -196,6 +221,11 @@ impl WebContext {
             connect.push(' ');
             connect.push_str(&origin_of(public));
         }
+        let token_url = self.config.token_url.trim();
+        if token_url.starts_with("http://") || token_url.starts_with("https://") {
+            connect.push(' ');
+            connect.push_str(&origin_of(token_url));
+        }
         format!(
             "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob:; \
              media-src 'self' blob:; connect-src {connect}; base-uri 'none'; form-action 'none'; \
@@ -284,6 +314,8 @@ async fn config(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Respo
         "admin_api": ctx.admin_api,
         "admin_secret_required": ctx.admin_secret_required,
         "kefu_appid": ctx.kefu_appid,
+        "token_url": ctx.config.token_url.trim(),
+        "presence": ctx.presence.is_some(),
     });
     let mut resp = Json(body).into_response();
     resp.headers_mut()
@@ -384,6 +416,87 @@ async fn dev_signin(
     }
 }
 
+/// The bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    node::admin::bearer_token(v).filter(|t| !t.is_empty())
+}
+
+/// `uids=1,2,3` → the distinct ids, or why not.
+fn presence_uids(query: Option<&str>) -> Result<Vec<i64>, String> {
+    let raw = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("uids="))
+        .ok_or("query parameter `uids` (comma-separated user ids) is required")?;
+    let mut uids = Vec::new();
+    for part in raw.split([',', ' ']).filter(|p| !p.is_empty()) {
+        match part.parse::<i64>() {
+            Ok(u) if u > 0 => {
+                if !uids.contains(&u) {
+                    uids.push(u);
+                }
+            }
+            _ => return Err(format!("`uids` must be user ids > 0, got {part:?}")),
+        }
+        if uids.len() > PRESENCE_MAX_UIDS {
+            return Err(format!("at most {PRESENCE_MAX_UIDS} users per request"));
+        }
+    }
+    if uids.is_empty() {
+        return Err("`uids` names no user".into());
+    }
+    Ok(uids)
+}
+
+/// Presence for a signed-in user: only with a valid token, only users of the token's app, at most
+/// [`PRESENCE_MAX_UIDS`] at a time. The token travels in the `Authorization` header only.
+async fn presence(
+    State(ctx): State<Arc<WebContext>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> Response {
+    let Some(token) = bearer(&headers) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing `Authorization: Bearer <token>` header",
+        );
+    };
+    let uids = match presence_uids(uri.query()) {
+        Ok(u) => u,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let me = match ctx.backend.authenticate(token).await {
+        Ok(Some(info)) if info.appid > 0 => info,
+        Ok(_) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "the token is unknown, revoked or expired",
+            )
+        }
+        Err(e) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("cannot check the token: {e}"),
+            )
+        }
+    };
+    let body = match &ctx.presence {
+        Some(online) => {
+            let map: serde_json::Map<String, serde_json::Value> = uids
+                .iter()
+                .map(|&u| (u.to_string(), json!(online(me.appid, u))))
+                .collect();
+            json!({ "online": map })
+        }
+        None => json!({ "known": false }),
+    };
+    let mut resp = Json(body).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// Whether a WebSocket upgrade may proceed, given `server.ws_allowed_origins` (`allowed`), the
 /// request's `Origin` header and its `Host` header. A request without `Origin` is not from a browser
 /// page and is always allowed (SDKs on phones and servers send none). An empty list allows the same
@@ -428,7 +541,8 @@ pub fn router(ctx: Arc<WebContext>) -> Router {
         .route("/index.html", get(index))
         .route("/assets/{*path}", get(asset))
         .route("/web/config", get(config))
-        .route("/web/dev-signin", post(dev_signin));
+        .route("/web/dev-signin", post(dev_signin))
+        .route("/web/presence", get(presence));
     if ctx.admin_api {
         r = r.route("/admin", get(admin));
     }
@@ -521,8 +635,34 @@ mod tests {
         let bad = WebConfig {
             dev_signin: "yes".into(),
             ws_url: "http://x".into(),
+            token_url: "javascript:x".into(),
             ..WebConfig::default()
         };
-        assert_eq!(bad.validate().len(), 2);
+        assert_eq!(bad.validate().len(), 3);
+        for ok in ["https://app.example.com/im/token", "/login/token", ""] {
+            let c = WebConfig {
+                token_url: ok.into(),
+                ..WebConfig::default()
+            };
+            assert!(c.validate().is_empty(), "{ok}");
+        }
+        let c = WebConfig {
+            token_url: "//evil.example/t".into(),
+            ..WebConfig::default()
+        };
+        assert_eq!(c.validate().len(), 1);
+    }
+
+    #[test]
+    fn presence_asks_are_bounded() {
+        assert_eq!(presence_uids(Some("uids=3,1,3")), Ok(vec![3, 1]));
+        assert_eq!(presence_uids(Some("x=1&uids=5")), Ok(vec![5]));
+        assert!(presence_uids(None).is_err());
+        assert!(presence_uids(Some("uids=")).is_err());
+        assert!(presence_uids(Some("uids=1,-2")).is_err());
+        assert!(presence_uids(Some("uids=1,abc")).is_err());
+        let many: Vec<String> = (1..=PRESENCE_MAX_UIDS + 1).map(|u| u.to_string()).collect();
+        let q = format!("uids={}", many.join(","));
+        assert!(presence_uids(Some(&q)).unwrap_err().contains("at most"));
     }
 }

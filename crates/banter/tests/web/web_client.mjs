@@ -10,6 +10,8 @@ import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { deflateSync, crc32 } from 'node:zlib';
 import { createInterface } from 'node:readline';
+import { createServer } from 'node:http';
+import { result, check, step, pageLoad } from './common.mjs';
 
 const BASE = process.env.BANTER_URL;
 const SHOTS = process.env.BANTER_SCREENSHOTS;
@@ -25,10 +27,6 @@ async function control(cmd) {
   if (answer !== 'ok') throw new Error(`control ${cmd}: ${answer}`);
 }
 
-const results = {};
-function result(k, v) { results[k] = v; console.log(`RESULT ${JSON.stringify({ [k]: v })}`); }
-function check(cond, msg) { if (!cond) throw new Error(`check failed: ${msg}`); }
-function step(name) { console.log(`STEP ${name}`); }
 
 async function api(path, body) {
   const r = await fetch(`${BASE}${path}`, body === undefined ? {} : {
@@ -66,6 +64,27 @@ function png(w, h, [r, g, b]) {
     chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
 }
 
+// The app server of the token-URL sign-in (banter's `web.token_url` points here): it knows its users
+// by its own cookie and asks banter's /auth/grant for their IM token.
+const appServerRequests = [];
+const APP_SERVER_PORT = Number(process.env.APP_SERVER_PORT || 0);
+const appServer = createServer(async (req, res) => {
+  appServerRequests.push(req.url);
+  const origin = req.headers.origin;
+  const cors = origin === new URL(BASE).origin
+    ? { 'Access-Control-Allow-Origin': origin, 'Access-Control-Allow-Credentials': 'true', Vary: 'Origin' } : {};
+  const reply = (status, body) => { res.writeHead(status, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store', ...cors }); res.end(JSON.stringify(body)); };
+  if (req.method !== 'POST' || req.url !== '/im/token') return reply(404, { error: 'no such endpoint' });
+  const m = /(?:^|;\s*)demo_user=(\d+)/.exec(req.headers.cookie || '');
+  if (!m) return reply(401, { error: 'not signed in to the app' });
+  try {
+    const uid = Number(m[1]);
+    const g = await api('/auth/grant', { appid: APP, uid, user_name: `App user ${uid}` });
+    reply(200, { token: g.token, appid: APP, uid, name: `App user ${uid}` });
+  } catch (e) { reply(502, { error: e.message }); }
+});
+if (APP_SERVER_PORT) await new Promise((r) => appServer.listen(APP_SERVER_PORT, '127.0.0.1', r));
+
 const launched = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   headless: true,
@@ -76,6 +95,7 @@ const launched = await chromium.launch({
 
 const dialogs = [];
 const external = [];
+const requestUrls = [];
 const pageErrors = [];
 async function newUser(uid, viewport = { width: 1280, height: 800 }, app = APP) {
   const ctx = await launched.newContext({ viewport });
@@ -93,8 +113,9 @@ function watch(page) {
   page.on('dialog', (d) => { dialogs.push(d.message()); d.dismiss(); });
   page.on('pageerror', (e) => pageErrors.push(String(e)));
   page.on('request', (r) => {
+    requestUrls.push(r.url());
     const url = r.url().startsWith('blob:') ? r.url().slice(5) : r.url();
-    if (new URL(url).origin !== new URL(BASE).origin) external.push(r.url());
+    if (new URL(url).origin !== new URL(BASE).origin && !(APP_SERVER_PORT && url.startsWith(`http://127.0.0.1:${APP_SERVER_PORT}/`))) external.push(r.url());
   });
   page.on('websocket', (ws) => { if (!ws.url().startsWith('ws://127.0.0.1:')) external.push(ws.url()); });
 }
@@ -117,23 +138,7 @@ const count = (arr, x) => arr.filter((y) => y === x).length;
 try {
   // ---- page load time (from this local server, fresh context: nothing cached)
   step('page load');
-  const loads = [];
-  for (let i = 0; i < 5; i++) {
-    const ctx = await launched.newContext();
-    const p = await ctx.newPage();
-    await p.goto(`${BASE}/`, { waitUntil: 'load' });
-    await p.waitForSelector('#dev-signin');
-    loads.push(await p.evaluate(() => {
-      const n = performance.getEntriesByType('navigation')[0];
-      return { load: n.loadEventEnd, interactive: performance.getEntriesByName('banter-ready')[0].startTime };
-    }));
-    await ctx.close();
-  }
-  const loadMs = loads.map((l) => Math.round(l.load)).sort((a, b) => a - b);
-  const readyMs = loads.map((l) => Math.round(l.interactive)).sort((a, b) => a - b);
-  result('page_load_ms', loadMs);
-  result('sign_in_form_ready_ms', readyMs); // after /web/config has been fetched and the form drawn
-  check(loadMs[2] < 300, `median page load ${loadMs[2]} ms >= 300 ms`);
+  await pageLoad(() => launched.newContext(), BASE);
 
   // ---- sign in three users; A has a second tab
   step('sign in');
@@ -142,6 +147,33 @@ try {
   watch(A2);
   await A2.goto(`${BASE}/`);
   await online(A2);
+
+  // ---- sign in through the app server's token URL (the app's own cookie session; token in the body)
+  step('token URL sign-in');
+  check(APP_SERVER_PORT, 'APP_SERVER_PORT is set');
+  const E = await (async () => {
+    const ctx = await launched.newContext({ viewport: { width: 1280, height: 800 } });
+    const page = await ctx.newPage();
+    watch(page);
+    await page.goto(`${BASE}/`);
+    await page.click('#app-signin button[type=submit]');
+    await page.waitForSelector('#sign-in-error:text("Sign-in failed: 401: not signed in to the app")', { timeout: 5000 });
+    await ctx.addCookies([{ name: 'demo_user', value: '1004', url: `http://127.0.0.1:${APP_SERVER_PORT}` }]);
+    await page.click('#app-signin button[type=submit]');
+    await online(page);
+    return { ctx, page, uid: 1004 };
+  })();
+  check((await E.page.textContent('#me-name')) === 'App user 1004', 'signed in as the app server\'s user');
+  result('token_url_signin', 'signed in as uid 1004 through the app server');
+
+  // ---- online state of contacts
+  step('presence');
+  await openConv(A.page, 'peer:1099');
+  await openConv(A.page, 'peer:1002');
+  await A.page.waitForSelector('#conv-list [data-conv="peer:1002"] .presence.on', { timeout: 5000 });
+  await A.page.waitForSelector('#conv-list [data-conv="peer:1099"] .presence.off', { timeout: 5000 });
+  await A.page.waitForSelector('#chat-title .presence.on', { timeout: 5000 });
+  result('presence', 'online contact and offline contact shown');
 
   // ---- 1:1 text both ways, receiver within 1 s; typing; second tab in sync
   step('peer text');
@@ -233,7 +265,7 @@ try {
   const admin = await (await launched.newContext({ viewport: { width: 1280, height: 800 } })).newPage();
   watch(admin);
   await admin.goto(`${BASE}/admin`);
-  const conns = 4; // A (two tabs), B, C
+  const conns = 5; // A (two tabs), B, C, E
   await admin.waitForFunction((n) => document.querySelector('#tile-connections .v')?.textContent === String(n), conns, { timeout: 10000 });
   result('admin_connections', conns);
   await admin.fill('#group-show input[name=appid]', String(APP));
@@ -245,6 +277,27 @@ try {
   await send(C.page, 'muted message');
   await C.page.waitForSelector('.msg.mine[data-state=failed] .state:text("muted in this group")', { timeout: 5000 });
   result('admin_mute', 'refused with GROUP_MUTED');
+  // Store size and fsync latency from the node's metrics, recent errors, the node view.
+  await admin.waitForFunction(() => Number(document.querySelector('#tile-fsyncs .v')?.textContent) > 0, null, { timeout: 10000 });
+  const storeTiles = await admin.$$eval('#store-tiles .tile', (els) => els.map((e) => `${e.querySelector('.k').textContent}: ${e.querySelector('.v').textContent}`));
+  check(/ (B|KiB|MiB)$/.test(await admin.textContent('#tile-store-bytes .v')), 'store size shown');
+  check(/(µs|ms| s)$/.test(await admin.textContent('#tile-fsync-p99 .v')), 'fsync latency shown');
+  result('admin_store', storeTiles);
+  await admin.waitForSelector('#errors-info:text-matches("warnings (and|or) errors")', { timeout: 10000 });
+  result('admin_errors', await admin.textContent('#errors-info'));
+  await admin.waitForSelector('#cluster [data-mode=single]', { timeout: 10000 });
+  // Kick by user id: C's sessions close, its page reconnects with the same token.
+  await C.page.evaluate(() => {
+    window.drops = 0;
+    window.banter.client.addEventListener('state', (e) => { if (e.detail !== 'online') window.drops++; });
+  });
+  await admin.fill('#user-kick input[name=appid]', String(APP));
+  await admin.fill('#user-kick input[name=uid]', '1003');
+  await admin.click('#user-kick button[value=kick]');
+  await admin.waitForSelector('#users .out.ok:text("Kicked: 1 session(s) closed.")', { timeout: 5000 });
+  await C.page.waitForFunction(() => window.drops > 0, null, { timeout: 5000 });
+  await online(C.page, 15000);
+  result('admin_kick', 'closed the session; the page reconnected');
   // ---- customer service: a user of app 7 and a supporter of the service app (100)
   step('customer service');
   const D = await newUser(1, { width: 1280, height: 800 }, 100);
@@ -280,7 +333,13 @@ try {
   await admin.waitForSelector('#users .out.ok:text("Token revoked; 1 session(s) closed.")', { timeout: 5000 });
   await D.page.waitForSelector('#dev-signin', { timeout: 15000 });
   await D.page.waitForSelector('p.error:text("Signed out")', { timeout: 1000 });
-  result('admin_users', 'group created, speak ban refused a room message, revoked token signed the page out');
+  // Revoking every token of a user (the token-URL user E) signs the page out.
+  await admin.fill('#user-kick input[name=appid]', String(APP));
+  await admin.fill('#user-kick input[name=uid]', '1004');
+  await admin.click('#user-kick button[value=revoke]');
+  await admin.waitForSelector('#users .out.ok:text("1 token(s) revoked; 1 session(s) closed.")', { timeout: 5000 });
+  await E.page.waitForSelector('p.error:text("Signed out")', { timeout: 15000 });
+  result('admin_users', 'group created, speak ban refused a room message, revoked tokens signed the pages out');
 
   // ---- kill and restart banter serve: both pages reconnect, nothing lost or shown twice
   step('restart');
@@ -377,11 +436,20 @@ try {
     await admin.waitForTimeout(2500);
     await admin.evaluate(() => window.scrollTo(0, 0));
     await admin.screenshot({ path: join(SHOTS, 'admin-1280x800.png') });
+    await admin.evaluate(() => document.querySelector('#users').scrollIntoView());
+    await admin.screenshot({ path: join(SHOTS, 'admin-users-1280x800.png') });
+    await admin.evaluate(() => window.scrollTo(0, 0));
     await admin.setViewportSize({ width: 390, height: 844 });
     await admin.screenshot({ path: join(SHOTS, 'admin-390x844.png') });
   }
 
   check(external.length === 0, `external requests: ${external.join(', ')}`);
+  // Tokens never travel in URLs (so no server or proxy logs them).
+  const tokens = [dToken];
+  for (const u of [A, B, C]) tokens.push(await u.page.evaluate(() => JSON.parse(localStorage.getItem('banter.session')).token));
+  const leaked = [...requestUrls, ...appServerRequests].filter((u) => tokens.some((t) => u.includes(t) || u.includes(encodeURIComponent(t))));
+  check(leaked.length === 0, `tokens in URLs: ${leaked.join(', ')}`);
+  result('tokens_in_urls', 0);
   check(pageErrors.length === 0, `page errors: ${pageErrors.join('; ')}`);
   result('ok', true);
 } catch (e) {
@@ -389,5 +457,6 @@ try {
   process.exitCode = 1;
 } finally {
   await launched.close();
+  appServer.close();
   stdinLines.close();
 }

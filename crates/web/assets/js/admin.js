@@ -1,5 +1,5 @@
-// The admin console: the node's own /metrics, /summary and /healthz, and the admin API for groups and
-// users. Everything goes through the operator API with `Authorization: Bearer <api.secret>` when a
+// The admin console: the node's own /metrics and /healthz, its recent errors (/admin/errors) and what it
+// knows of its cluster (/admin/cluster), and the admin API for groups and users. Everything goes through the operator API with `Authorization: Bearer <api.secret>` when a
 // secret is set; the secret is kept in this tab's sessionStorage only.
 
 import { h, $, fmtBytes, jsonFetch } from './util.js';
@@ -49,16 +49,30 @@ function askSecret(msg) {
   root.replaceChildren(h('h1', 'banter admin'), f);
 }
 
-/** Prometheus text → {name: value} (unlabelled samples only, which is all banter exports). */
+/** Prometheus text → {name: value} for unlabelled samples; histogram buckets as `name` → [[le, count]…]
+ *  under `out.buckets` (the store's fsync latency). */
 function parseMetrics(text) {
-  const out = {};
+  const out = { buckets: {} };
   for (const line of text.split('\n')) {
     if (!line || line[0] === '#') continue;
     const m = /^([a-zA-Z_:][\w:]*)(\{[^}]*\})?\s+(\S+)/.exec(line);
-    if (m && !m[2]) out[m[1]] = Number(m[3]);
+    if (!m) continue;
+    if (!m[2]) { out[m[1]] = Number(m[3]); continue; }
+    const le = /le="([^"]+)"/.exec(m[2]);
+    if (m[1].endsWith('_bucket') && le) (out.buckets[m[1].slice(0, -7)] ||= []).push([Number(le[1]), Number(m[3])]);
   }
   return out;
 }
+
+/** The smallest bucket bound holding fraction `q` of a histogram's samples (an upper estimate). */
+function quantile(buckets, q) {
+  if (!buckets || !buckets.length) return null;
+  const total = buckets[buckets.length - 1][1];
+  if (!total) return null;
+  for (const [le, n] of buckets) if (n >= q * total) return le;
+  return Infinity;
+}
+const fmtSecs = (s) => (s == null ? '–' : !isFinite(s) ? '> 10 s' : s < 0.001 ? `${(s * 1e6).toFixed(0)} µs` : s < 1 ? `${(s * 1000).toFixed(s < 0.01 ? 2 : 1)} ms` : `${s.toFixed(2)} s`);
 
 async function fetchMetrics() {
   const r = await fetch('/metrics', { headers: headers(false) });
@@ -72,7 +86,7 @@ function console_() {
     conns: chart('Connections'), msgs: chart('Messages stored / s'), deliveries: chart('Deliveries / s'),
   };
   const health = h('pre.out#health');
-  const storeInfo = h('p.out#store-info');
+  const storeTiles = h('div.tiles#store-tiles');
   const secretBtn = cfg.admin_secret_required
     ? h('button.link', { type: 'button', onclick: () => { sessionStorage.removeItem(SECRET); askSecret(); } }, 'Forget the secret')
     : null;
@@ -80,12 +94,8 @@ function console_() {
     h('h1', 'banter admin ', h('small.hint', h('a', { href: '/' }, 'chat')), ' ', secretBtn),
     h('section', h('h2', 'Live'), tiles),
     h('section', h('h2', 'Traffic (from /metrics)'), h('div.charts', Object.values(charts).map((c) => c.el))),
-    h('section', h('h2', 'Store and backend (/healthz)'), storeInfo, health),
-    groupsSection(), usersSection(),
-    h('section', h('h2', 'Recent errors and cluster'),
-      h('p.hint', 'This server has no recent-errors endpoint: errors go to its log (throttled). ' +
-        'Error counters are shown above. In cluster mode this console shows the node it is served by; ' +
-        'open each node\'s console for the others.')));
+    h('section#store', h('h2', 'Store and backend'), storeTiles, h('details', h('summary', 'Health (/healthz)'), health)),
+    groupsSection(), usersSection(), errorsSection(), clusterSection());
 
   let prev = null;
   async function tick() {
@@ -103,18 +113,33 @@ function console_() {
       tile('store errors', m.banter_store_errors_total ?? 0),
       tile('protocol errors', m.banter_protocol_errors_total ?? 0),
       tile('API connections', m.banter_api_connections ?? 0),
-      tile('memory', fmtBytes(m.banter_process_resident_memory_bytes ?? 0)));
+      tile('memory', fmtBytes(m.process_resident_memory_bytes ?? 0)));
     charts.conns.push(m.banter_connections ?? 0);
     if (prev) {
       const dt = (t - prev.t) / 1000;
       charts.msgs.push(Math.max(0, (m.banter_messages_stored_total - prev.m.banter_messages_stored_total) / dt));
       charts.deliveries.push(Math.max(0, (m.banter_deliveries_total - prev.m.banter_deliveries_total) / dt));
     }
+    // The embedded store's size and fsync latency (absent with store nodes: see the cluster view).
+    if (m.banter_store_log_bytes !== undefined) {
+      const fs = m.buckets.banter_store_fsync_seconds;
+      const n = m.banter_store_fsync_seconds_count ?? 0, sum = m.banter_store_fsync_seconds_sum ?? 0;
+      let recent = null;
+      if (prev && prev.m.banter_store_fsync_seconds_count !== undefined && n > prev.m.banter_store_fsync_seconds_count) {
+        recent = (sum - prev.m.banter_store_fsync_seconds_sum) / (n - prev.m.banter_store_fsync_seconds_count);
+      }
+      storeTiles.replaceChildren(
+        tile('store log size', fmtBytes(m.banter_store_log_bytes), 'tile-store-bytes'),
+        tile('log segments', m.banter_store_segments ?? 0),
+        tile('queues', m.banter_store_queues ?? 0),
+        tile('fsyncs', n, 'tile-fsyncs'),
+        tile('fsync mean', fmtSecs(n ? sum / n : null), 'tile-fsync-mean'),
+        tile('fsync p99 (≤)', fmtSecs(quantile(fs, 0.99)), 'tile-fsync-p99'),
+        tile('fsync mean, last 2 s', fmtSecs(recent)));
+    } else {
+      storeTiles.replaceChildren(h('p.hint', 'This node uses store nodes: their figures are on their own /metrics (their addresses and state are in the cluster view below).'));
+    }
     prev = { t, m };
-    const storeKeys = Object.keys(m).filter((k) => /store_(bytes|size)|fsync/.test(k));
-    storeInfo.textContent = storeKeys.length
-      ? storeKeys.map((k) => `${k} = ${m[k]}`).join(', ')
-      : 'Store size and fsync latency are not exported by this server\'s /metrics.';
   }
   async function tickHealth() {
     try {
@@ -237,9 +262,78 @@ function usersSection() {
       revoke.token.value = '';
     } catch (x) { say(o, x.message, false); }
   });
-  return h('section#users', h('h2', 'Users'), ban, revoke,
-    h('p.hint', 'Kicking a user means revoking the token their sessions logged in with: the server closes those sessions and refuses the token from then on. There is no kick by user id in the admin API.'),
+  const user = h('form#user-kick', { 'aria-label': 'Kick a user or revoke their tokens' },
+    h('input', { name: 'appid', type: 'number', min: 1, placeholder: 'app id', required: true, 'aria-label': 'App id' }),
+    h('input', { name: 'uid', type: 'number', min: 1, placeholder: 'uid', required: true, 'aria-label': 'User id' }),
+    h('button', { type: 'submit', value: 'kick' }, 'Kick'),
+    h('button', { type: 'submit', value: 'revoke' }, 'Revoke all tokens'));
+  user.addEventListener('submit', async (e) => {
+    e.preventDefault();
+    const revokeAll = e.submitter && e.submitter.value === 'revoke';
+    const body = { appid: Number(user.appid.value), uid: Number(user.uid.value) };
+    try {
+      if (revokeAll) {
+        const r = await post('/auth/revoke_user', body);
+        say(o, `${r.revoked} token(s) revoked; ${r.sessions_closed} session(s) closed.`);
+      } else {
+        const r = await post('/admin/users/kick', body);
+        say(o, `Kicked: ${r.sessions_closed} session(s) closed.`);
+      }
+    } catch (x) { say(o, x.message, false); }
+  });
+  return h('section#users', h('h2', 'Users'), ban, user, revoke,
+    h('p.hint', 'Kick closes the user\'s sessions; their apps may sign in again with the same token. ' +
+      'Revoking tokens also refuses them from then on (all of a user\'s stored tokens, or one token).'),
     o);
+}
+
+function errorsSection() {
+  const body = h('tbody');
+  const info = h('p.hint#errors-info');
+  const table = h('div.scroll', { hidden: true }, h('table',
+    h('thead', h('tr', h('th', 'time'), h('th', 'level'), h('th', 'where'), h('th', 'what'))), body));
+  const section = h('section#errors', h('h2', 'Recent errors'), info, table);
+  async function load() {
+    let r;
+    try { r = await get('/admin/errors'); } catch (x) { info.textContent = x.message; return; }
+    info.textContent = r.events.length
+      ? `The last ${r.events.length} warnings and errors of this process (newest first; the ring keeps ${r.capacity}` +
+        `${r.dropped ? `, ${r.dropped} older ones dropped` : ''}). The log has every line.`
+      : 'No warnings or errors since the server started.';
+    table.hidden = !r.events.length;
+    body.replaceChildren(...r.events.slice().reverse().map((e) => h('tr',
+      h('td', new Date(e.at_ms).toLocaleString()), h(`td.lvl-${e.level === 'ERROR' ? 'ERROR' : 'WARN'}`, e.level),
+      h('td.mono', e.target), h('td.mono', e.text))));
+  }
+  load();
+  setInterval(load, 5000);
+  return section;
+}
+
+function clusterSection() {
+  const out_ = h('div#cluster');
+  const yesNo = (v) => (v == null ? '–' : v ? 'yes' : 'no');
+  async function load() {
+    let r;
+    try { r = await get('/admin/cluster'); } catch (x) { out_.replaceChildren(h('p.error', x.message)); return; }
+    if (r.mode === 'single') {
+      out_.replaceChildren(h('p', { dataset: { mode: 'single' } }, 'Single node: this server holds every session and its own store (figures above).'));
+      return;
+    }
+    out_.replaceChildren(
+      h('p', { dataset: { mode: 'cluster' } }, `Cluster: this access node, ${r.routers.length} router link(s), ${r.stores.length} store node(s).`),
+      h('h3', 'Routers'),
+      h('table', h('thead', h('tr', ...['address', 'link', 'users', 'rooms', 'queued', 'sent', 'received', 'dropped', 'connects'].map((x) => h('th', x)))),
+        h('tbody', r.routers.map((l) => h('tr', { dataset: { addr: l.addr } }, h('td.mono', l.addr),
+          h('td', l.connected ? 'up' : 'down'), ...[l.users, l.rooms, l.queued, l.sent, l.received, l.dropped, l.connects].map((v) => h('td', String(v))))))),
+      h('h3', 'Store nodes'),
+      h('table', h('thead', h('tr', ...['address', 'holds', 'reachable', 'leader', 'log end', 'error'].map((x) => h('th', x)))),
+        h('tbody', r.stores.map((st) => h('tr', { dataset: { addr: st.addr } }, h('td.mono', st.addr), h('td', st.role),
+          h('td', yesNo(st.reachable)), h('td', yesNo(st.leader)), h('td', st.log_end == null ? '–' : fmtBytes(st.log_end)), h('td.mono', st.error || ''))))));
+  }
+  load();
+  setInterval(load, 5000);
+  return h('section#cluster-section', h('h2', 'Nodes'), out_);
 }
 
 boot().catch((e) => root.replaceChildren(h('p.error', e.message)));

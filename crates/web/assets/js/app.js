@@ -31,7 +31,7 @@ async function boot() {
 // ---------------------------------------------------------------- sign-in
 
 function signIn(message) {
-  const err = h('p.error', { role: 'alert' }, message || '');
+  const err = h('p.error#sign-in-error', { role: 'alert' }, message || '');
   const field = (label, attrs) => h('label', label, h('input', attrs));
   const forms = [];
   if (cfg.dev_signin) {
@@ -50,6 +50,29 @@ function signIn(message) {
         const r = await jsonFetch('/web/dev-signin', { method: 'POST',
           headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ appid, uid, name }) });
         const s = { appid, uid, name: name || `user ${uid}`, token: r.token };
+        save(SESSION, s);
+        startChat(s);
+      } catch (x) { err.textContent = `Sign-in failed: ${x.message}`; }
+    });
+    forms.push(f);
+  }
+  if (cfg.token_url) {
+    // The app server knows who this browser is (its own cookie session) and issues the IM token.
+    // The token comes back in the response body, never in a URL.
+    const f = h('form.card#app-signin', { 'aria-label': 'Sign in with the app' },
+      h('h2', 'Sign in with the app'),
+      h('p.hint', `Asks the app server for a token, with this browser's sign-in there (${new URL(cfg.token_url, location.href).origin}).`),
+      h('button', { type: 'submit' }, 'Sign in with the app'));
+    f.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      try {
+        const r = await jsonFetch(cfg.token_url, { method: 'POST', credentials: 'include', cache: 'no-store',
+          headers: { Accept: 'application/json' } });
+        const appid = Number(r && r.appid), uid = Number(r && r.uid);
+        if (!r || typeof r.token !== 'string' || !r.token || !(appid > 0) || !(uid > 0)) {
+          throw new Error('the app server\'s answer has no "token", "appid" and "uid"');
+        }
+        const s = { appid, uid, name: typeof r.name === 'string' && r.name ? r.name : `user ${uid}`, token: r.token };
         save(SESSION, s);
         startChat(s);
       } catch (x) { err.textContent = `Sign-in failed: ${x.message}`; }
@@ -144,6 +167,7 @@ function startChat(session) {
   // --- connection state
   let retryAt = 0;
   client.addEventListener('state', (e) => {
+    if (e.detail === 'online') pollPresence(true);
     stateText.textContent = e.detail;
     stateDot.className = `dot ${e.detail}`;
     root.dataset.conn = e.detail;
@@ -169,6 +193,7 @@ function startChat(session) {
   void retryAt;
 
   function signOut() {
+    clearInterval(presenceTimer);
     client.stop();
     localStorage.removeItem(SESSION);
     signIn();
@@ -190,13 +215,42 @@ function startChat(session) {
       list.replaceChildren(...convs.map((c) => h('li',
         h('button.conv', { type: 'button', 'aria-current': model.active === c.key ? 'true' : null,
           dataset: { conv: c.key }, onclick: () => openConv(c.key) },
-        h('span.conv-title', title_(c)),
+        h('span.conv-title', title_(c), ' ', presenceDot(c)),
         c.unread ? h('span.badge', { 'aria-label': `${c.unread} unread` }, String(c.unread)) : null,
         h('span.conv-last', c.last ? preview(c.last) : ''),
         h('span.conv-time', c.last ? fmtTime(c.last.timestamp) : '')))));
     });
   }
-  model.addEventListener('convs', () => { renderList(); remember(); });
+  model.addEventListener('convs', () => { renderList(); remember(); pollPresence(); });
+
+  // --- online state of the 1:1 contacts, where the server knows it (GET /web/presence)
+  const presence = new Map(); // uid → bool
+  let presenceTimer = 0, presenceAsked = '';
+  async function pollPresence(force = false) {
+    if (!cfg.presence || client.stopped || client.state !== 'online') return;
+    const uids = [...model.convs.values()].filter((c) => c.kind === 'peer').map((c) => c.id).slice(0, 100);
+    const key = uids.join(',');
+    if (!uids.length || (!force && key === presenceAsked)) return;
+    presenceAsked = key;
+    try {
+      const r = await jsonFetch(`/web/presence?uids=${key}`, { headers: { Authorization: `Bearer ${session.token}` }, cache: 'no-store' });
+      if (!r.online) { cfg.presence = false; return; }
+      for (const [u, on] of Object.entries(r.online)) presence.set(Number(u), on === true);
+      renderList();
+      renderTitle();
+    } catch { /* shown again at the next poll */ }
+  }
+  presenceTimer = setInterval(() => pollPresence(true), 10000);
+  function presenceDot(c) {
+    if (c.kind !== 'peer' || !presence.has(c.id)) return null;
+    const on = presence.get(c.id);
+    return h(`span.presence.${on ? 'on' : 'off'}`, { title: on ? 'online' : 'offline', 'aria-label': on ? 'online' : 'offline', dataset: { online: on ? '1' : '0' } });
+  }
+  function renderTitle() {
+    const c = model.active && model.conv(model.active);
+    if (!c) return;
+    title.replaceChildren(title_(c), ' ', presenceDot(c) || '');
+  }
 
   // --- messages (paged: only the newest pages are in the DOM; older ones are added on scroll)
   let shownFrom = 0; // index of the oldest rendered message of the active conversation
@@ -208,7 +262,7 @@ function startChat(session) {
     if (c.kind === 'room') client.enterRoom(c.id);
     if (c.kind === 'group') client.watchGroup(c.id);
     model.open(key);
-    title.textContent = title_(c);
+    renderTitle();
     composer.hidden = c.kind === 'system';
     root.classList.add('show-chat');
     shownFrom = Math.max(0, c.messages.length - PAGE);

@@ -6,6 +6,8 @@
 //! * `server`: the store link's server side (requests of `cluster::store_proto`, pipelined per
 //!   connection, bounded in-flight work).
 //! * `replication`: the leader's hub streaming the log to followers, and the follower loop.
+//! * `election`: etcd mode — registration, the shard's leader election, the fencing of a
+//!   deposed leader, re-seeding a diverged log.
 //! * `commit`: `sync` replication's commit index (what readers may see) and the withdrawal of
 //!   appends no follower confirmed in time.
 //!
@@ -13,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 pub mod commit;
+pub mod election;
 pub mod replication;
 pub mod server;
 pub mod service;

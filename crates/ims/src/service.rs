@@ -114,6 +114,19 @@ pub struct StoreNodeConfig {
     pub replication_heartbeat_ms: u64,
     /// Both sides: drop a replication connection silent for this many ms.
     pub replication_idle_timeout_ms: u64,
+    /// etcd endpoints (`http://host:port`). Set = membership and automatic fail-over: the node
+    /// registers, the shard's leader is elected, followers follow it (`follow` must be empty).
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    pub etcd_prefix: String,
+    /// The shard this node serves (etcd mode): access nodes list shard names in
+    /// `storage_shards` / `group_storage_shards`.
+    pub shard: String,
+    /// etcd lease TTL in seconds: a dead leader is replaced after about this long.
+    pub lease_ttl_secs: u64,
+    /// Host other nodes use to reach this one (etcd mode); "" = the listeners' own addresses,
+    /// which then must not be wildcard addresses.
+    pub advertise_host: String,
 }
 
 impl Default for StoreNodeConfig {
@@ -143,6 +156,11 @@ impl Default for StoreNodeConfig {
             replication_max_frame_mb: 64,
             replication_heartbeat_ms: 5000,
             replication_idle_timeout_ms: 30_000,
+            etcd: Vec::new(),
+            etcd_prefix: "/banter".into(),
+            shard: "0".into(),
+            lease_ttl_secs: 3,
+            advertise_host: String::new(),
         }
     }
 }
@@ -209,6 +227,20 @@ replication_max_frame_mb = 64
 replication_heartbeat_ms = 5000
 # Both sides: drop a replication connection that has been silent this long.
 replication_idle_timeout_ms = 30000
+
+# Automatic fail-over (docs/cluster.md, "etcd"): etcd endpoints, e.g. ["http://10.0.0.5:2379"].
+# When set, this node registers in etcd, the nodes of one shard elect their leader (the leader's
+# lease lapses: the follower with the most log takes over), followers follow whoever leads, and
+# access nodes find the leaders by themselves; `follow` must then be empty.
+etcd = []
+# Key prefix of this cluster in etcd.
+etcd_prefix = "/banter"
+# The shard this node belongs to (access nodes list shard names in storage_shards).
+shard = "0"
+# Lease TTL: a leader that stops renewing its lease is replaced after about this long.
+lease_ttl_secs = 3
+# Host that other nodes use to reach this one; "" = the listen addresses as bound.
+advertise_host = ""
 "#;
 
 /// The documented default configuration file; it parses to `StoreNodeConfig::default()`.
@@ -248,6 +280,39 @@ impl StoreNodeConfig {
         }
         if self.replication_heartbeat_ms == 0 {
             errs.push("replication_heartbeat_ms must be > 0".to_string());
+        }
+        if !self.etcd.is_empty() {
+            if !self.follow.trim().is_empty() {
+                errs.push(
+                    "follow must be empty with etcd: the shard's leader is elected".to_string(),
+                );
+            }
+            if self.shard.trim().is_empty() || self.shard.contains('/') {
+                errs.push("shard must be a non-empty name without '/'".to_string());
+            }
+            if self.node_id.trim().is_empty() || self.node_id.contains('/') {
+                errs.push("node_id must be set (without '/') with etcd".to_string());
+            }
+            if self.replication_listen.trim().is_empty() {
+                errs.push("replication_listen must be set with etcd".to_string());
+            }
+            let wildcard = |a: &str| {
+                a.trim()
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.ip().is_unspecified())
+            };
+            if self.advertise_host.trim().is_empty()
+                && (wildcard(&self.listen) || wildcard(&self.replication_listen))
+            {
+                errs.push(
+                    "with etcd, listen and replication_listen must be specific addresses, or set \
+                     advertise_host: other nodes reach this one at the addresses it registers"
+                        .to_string(),
+                );
+            }
+            if self.lease_ttl_secs == 0 || self.lease_ttl_secs > 60 {
+                errs.push("lease_ttl_secs must be between 1 and 60".to_string());
+            }
         }
         if self.replication_idle_timeout_ms <= self.replication_heartbeat_ms {
             errs.push(
@@ -318,7 +383,8 @@ impl StoreNodeConfig {
                     .then(|| Duration::from_secs(self.retention_days * 86_400)),
                 max_total_bytes: (self.retention_max_gb > 0).then_some(self.retention_max_gb << 30),
             },
-            role: if self.follow.trim().is_empty() {
+            // with etcd every node starts as a follower and the shard elects its leader
+            role: if self.follow.trim().is_empty() && self.etcd.is_empty() {
                 Role::Leader
             } else {
                 Role::Follower
@@ -350,6 +416,10 @@ pub enum StoreNodeError {
     Close(#[source] StoreError),
     #[error("internal task failed: {0}")]
     Task(String),
+    /// etcd mode: the node lost its shard leadership (or its log diverged from the new
+    /// leader's) and stopped; started again, it rejoins as a follower.
+    #[error("{0}")]
+    Deposed(String),
 }
 
 /// Why a promotion was refused.
@@ -363,21 +433,78 @@ pub enum PromoteError {
 }
 
 /// State shared by the node's tasks and its HTTP API.
-struct NodeState {
+pub(crate) struct NodeState {
     /// The node's Prometheus registry.
     registry: node::metrics::Registry,
-    store: Arc<Store>,
-    hub: Arc<ReplicationHub>,
+    pub(crate) store: Arc<Store>,
+    pub(crate) hub: Arc<ReplicationHub>,
     server_metrics: Arc<StoreServerMetrics>,
-    follow_status: Arc<FollowStatus>,
-    follow_addr: String,
-    mode: ReplicationMode,
+    pub(crate) follow_status: Arc<FollowStatus>,
+    /// The leader followed now ("" = none).
+    follow_addr: parking_lot::Mutex<String>,
+    pub(crate) mode: ReplicationMode,
     /// The follow loop and the token that stops it, while following.
     follower: tokio::sync::Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
+    /// Settings of the follow loops this node starts.
+    follow_template: FollowOptions,
+    /// Appends are acknowledged only while this holds (etcd mode: the leadership lease).
+    pub(crate) fence: Arc<crate::election::Fence>,
+    /// Why the node stopped itself (etcd mode), reported by `wait`.
+    pub(crate) deposed: parking_lot::Mutex<Option<String>>,
+    /// Cancels the whole node.
+    pub(crate) shutdown: CancellationToken,
+    /// The leadership epoch this node leads or follows (etcd mode; 0 = none).
+    pub(crate) epoch: std::sync::atomic::AtomicU64,
 }
 
 impl NodeState {
-    async fn promote(&self) -> Result<u64, PromoteError> {
+    /// Follows `addr` (a leader's replication listener) holding leadership `epoch`, stopping the
+    /// loop that followed another one first.
+    pub(crate) async fn follow_leader(&self, addr: &str, epoch: u64) {
+        let mut f = self.follower.lock().await;
+        if let Some((token, task)) = f.take() {
+            token.cancel();
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "follow task ended abnormally");
+            }
+        }
+        if self.store.role() == Role::Leader {
+            return;
+        }
+        let opts = FollowOptions {
+            epoch,
+            ..self.follow_template.clone()
+        };
+        let token = self.shutdown.child_token();
+        let task = tokio::spawn(follow(
+            addr.to_string(),
+            self.store.clone(),
+            opts,
+            token.clone(),
+        ));
+        *f = Some((token, task));
+        *self.follow_addr.lock() = addr.to_string();
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Stops following (after the batches already received are durable).
+    pub(crate) async fn stop_following(&self) {
+        let mut f = self.follower.lock().await;
+        if let Some((token, task)) = f.take() {
+            token.cancel();
+            if let Err(e) = task.await {
+                tracing::warn!(error = %e, "follow task ended abnormally");
+            }
+        }
+        self.follow_addr.lock().clear();
+    }
+
+    /// Leader: the bytes between the best follower and the log end; follower: behind the leader.
+    pub(crate) fn lag_bytes(&self) -> u64 {
+        self.lag()
+    }
+
+    pub(crate) async fn promote(&self) -> Result<u64, PromoteError> {
         let mut f = self.follower.lock().await;
         if self.store.role() == Role::Leader {
             return Err(PromoteError::AlreadyLeader);
@@ -446,9 +573,10 @@ impl NodeState {
             "connections": m.connections.load(Ordering::Relaxed),
             "replication_lag_bytes": self.lag(),
             "followers": followers,
-            "following": if self.follow_addr.is_empty() || leader { serde_json::Value::Null } else {
+            "epoch": self.epoch.load(Ordering::Relaxed),
+            "following": if self.follow_addr.lock().is_empty() || leader { serde_json::Value::Null } else {
                 serde_json::json!({
-                    "leader": self.follow_addr,
+                    "leader": self.follow_addr.lock().clone(),
                     "connected": fs.connected.load(Ordering::Relaxed),
                     "leader_end": fs.leader_end.load(Ordering::Relaxed),
                     "applied": fs.applied.load(Ordering::Relaxed),
@@ -637,9 +765,13 @@ impl RunningStoreNode {
             }
         }
         let store = self.state.store.clone();
+        let deposed = self.state.deposed.lock().take();
         drop(self.state);
         match tokio::task::spawn_blocking(move || store.close()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => match deposed {
+                Some(why) => Err(StoreNodeError::Deposed(why)),
+                None => Ok(()),
+            },
             Ok(Err(e)) => Err(StoreNodeError::Close(e)),
             Err(e) => Err(StoreNodeError::Task(e.to_string())),
         }
@@ -682,6 +814,14 @@ pub async fn run(
     .await
     .map_err(|e| StoreNodeError::Config(format!("{e} (it can promote this node)")))?;
     let dir = config.data_dir.clone();
+    let etcd = if config.etcd.is_empty() {
+        None
+    } else {
+        let client = coord::Etcd::new(&config.etcd, Duration::from_secs(5))
+            .map_err(|e| StoreNodeError::Config(e.to_string()))?;
+        crate::election::reseed_if_diverged(&dir).map_err(StoreNodeError::Config)?;
+        Some(client)
+    };
     let store = {
         let open_dir = dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -736,15 +876,26 @@ pub async fn run(
         ..StoreServerMetrics::default()
     });
     let follow_status = Arc::new(FollowStatus::default());
+    let fence = Arc::new(crate::election::Fence::new(etcd.is_some()));
     let state = Arc::new(NodeState {
         registry,
         store: store.clone(),
         hub: hub.clone(),
         server_metrics: server_metrics.clone(),
         follow_status: follow_status.clone(),
-        follow_addr: config.follow.trim().to_string(),
+        follow_addr: parking_lot::Mutex::new(String::new()),
         mode: config.replication_mode,
         follower: tokio::sync::Mutex::new(None),
+        follow_template: FollowOptions {
+            max_frame_bytes: config.replication_max_frame_mb << 20,
+            idle_timeout: Duration::from_millis(config.replication_idle_timeout_ms),
+            status: follow_status.clone(),
+            ..FollowOptions::default()
+        },
+        fence: fence.clone(),
+        deposed: parking_lot::Mutex::new(None),
+        shutdown: shutdown.clone(),
+        epoch: std::sync::atomic::AtomicU64::new(0),
     });
 
     let mut tasks = Vec::new();
@@ -759,6 +910,7 @@ pub async fn run(
             }
         }),
         metrics: server_metrics,
+        fence: fence.clone(),
         // in-flight `sync` appends may wait up to sync_timeout for a follower
         shutdown_grace: Duration::from_millis(config.sync_timeout_ms) + Duration::from_secs(5),
     };
@@ -783,21 +935,8 @@ pub async fn run(
             shutdown.clone(),
         )));
     }
-    if !state.follow_addr.is_empty() {
-        let token = shutdown.child_token();
-        let fopts = FollowOptions {
-            max_frame_bytes: config.replication_max_frame_mb << 20,
-            idle_timeout: Duration::from_millis(config.replication_idle_timeout_ms),
-            status: follow_status.clone(),
-            ..FollowOptions::default()
-        };
-        let task = tokio::spawn(follow(
-            state.follow_addr.clone(),
-            store.clone(),
-            fopts,
-            token.clone(),
-        ));
-        *state.follower.lock().await = Some((token, task));
+    if !config.follow.trim().is_empty() {
+        state.follow_leader(config.follow.trim(), 0).await;
     }
     if let Some(l) = http {
         let auth = BearerAuth::new(&config.http_secret, &["/healthz"], "http_secret");
@@ -817,6 +956,33 @@ pub async fn run(
                 tracing::error!(error = %e, "ims HTTP API failed");
             }
         }));
+    }
+    if let Some(etcd) = etcd {
+        let advertise = |a: Option<SocketAddr>| match a {
+            Some(a) if !config.advertise_host.trim().is_empty() => {
+                format!("{}:{}", config.advertise_host.trim(), a.port())
+            }
+            Some(a) => a.to_string(),
+            None => String::new(),
+        };
+        let me = coord::LeaderRecord {
+            node_id: config.node_id.trim().to_string(),
+            listen: advertise(Some(listen_addr)),
+            replication: advertise(replication_addr),
+            http: advertise(http_addr),
+        };
+        let settings = crate::election::Settings {
+            etcd,
+            layout: coord::Layout::new(&config.etcd_prefix),
+            shard: config.shard.trim().to_string(),
+            me,
+            ttl: Duration::from_secs(config.lease_ttl_secs),
+            data_dir: config.data_dir.clone(),
+        };
+        tasks.push(tokio::spawn(crate::election::coordinate(
+            state.clone(),
+            settings,
+        )));
     }
     tracing::info!(
         listen = %listen_addr,

@@ -9,7 +9,10 @@
 //!   the follower is elected, the access node switches to it, and every ACKed message is
 //!   readable afterwards exactly once; the time from the kill to the next ACK is printed;
 //! * the old leader, started again, rejoins as a follower of the new one (re-seeding its log
-//!   first when it held records the new leader never got) and catches up.
+//!   first when it held records the new leader never got) and catches up;
+//! * router fail-over: two routers, two access nodes; the receiver's router is killed with
+//!   `kill -9`; its users move to the other router (rendezvous hashing over the live routers)
+//!   and cross-node messages are pushed again; the time from the kill is printed.
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
@@ -21,7 +24,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{body_of, im_of, Client, TestServer, APPID};
-use proto::{cmd, Body, Im};
+use proto::{cmd, flag, Body, Im};
 
 const SECRET: &str = "etcd-test-secret";
 
@@ -194,7 +197,7 @@ async fn send_until_acked(s: &mut Client, text: &str, acked: &mut Vec<String>) -
 async fn discovery_election_and_automatic_failover_in_sync_mode() {
     let etcd_server = testkit::EtcdServer::start();
     let url = etcd_server.url();
-    let etcd = coord::Etcd::new(&[url.clone()], Duration::from_secs(5)).unwrap();
+    let etcd = coord::Etcd::new(std::slice::from_ref(&url), Duration::from_secs(5)).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
 
@@ -365,4 +368,145 @@ async fn discovery_election_and_automatic_failover_in_sync_mode() {
     );
     drop(back);
     server.stop().await;
+}
+
+fn start_router(dir: &Path, name: &str, url: &str) -> (Proc, SocketAddr) {
+    let listen = free_addr();
+    let http = free_addr();
+    let p = Proc::spawn(
+        dir,
+        name,
+        "imr",
+        format!(
+            "node_id = \"{name}\"\nlisten = \"{listen}\"\nhttp_listen = \"{http}\"\n\
+             http_secret = \"{SECRET}\"\n[cluster]\netcd = [\"{url}\"]\netcd_prefix = \"/test\"\n"
+        ),
+    );
+    (p, listen)
+}
+
+async fn access_node(name: &str, url: &str) -> TestServer {
+    let (name, url) = (name.to_string(), url.to_string());
+    TestServer::start_with(move |c| {
+        c.cluster.node_id = name;
+        c.cluster.etcd = vec![url];
+        c.cluster.etcd_prefix = "/test".into();
+        c.cluster.storage_shards = vec!["0".into()];
+    })
+    .await
+    .unwrap()
+}
+
+/// Sends `text` from `s` and reports whether `r` gets it pushed within `within`.
+async fn pushed(s: &mut Client, r: &mut Client, text: &str, within: Duration) -> bool {
+    let mut ignored = Vec::new();
+    assert_eq!(
+        send_until_acked(s, text, &mut ignored).await,
+        format!("{text}#0")
+    );
+    let deadline = Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match r.recv_timeout(left).await {
+            Some(f) if f.cmd == cmd::IM && f.flag & flag::PUSH != 0 => {
+                if im_of(&f).content.as_ref() == format!("{text}#0").as_bytes() {
+                    return true;
+                }
+            }
+            Some(_) => {}
+            None => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_routers_users_move_to_the_live_routers() {
+    let etcd_server = testkit::EtcdServer::start();
+    let url = etcd_server.url();
+    let etcd = coord::Etcd::new(std::slice::from_ref(&url), Duration::from_secs(5)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let _store = start_store(dir, &spec("ims-a"), &url, "async");
+    eventually("a leader", Duration::from_secs(30), || leader(&etcd)).await;
+    let mut routers = vec![
+        start_router(dir, "imr-1", &url),
+        start_router(dir, "imr-2", &url),
+    ];
+    eventually(
+        "both routers registered",
+        Duration::from_secs(30),
+        || async {
+            let (_, kvs) = etcd.get_prefix("/test/routers/").await.ok()?;
+            (kvs.len() == 2).then_some(())
+        },
+    )
+    .await;
+    let node_a = access_node("im-a", &url).await;
+    let node_b = access_node("im-b", &url).await;
+    let mut s = Client::login(&node_a, 1, 2, false, "s").await;
+    let mut r = Client::login(&node_b, 2, 2, false, "r").await;
+
+    // the receiver's router, as every access node computes it
+    let addrs: Vec<u64> = routers
+        .iter()
+        .map(|(_, a)| cluster::route_proto::addr_hash(&a.to_string()))
+        .collect();
+    let victim = cluster::route_proto::rendezvous_index(2, &addrs);
+
+    // cross-node delivery works (both nodes have found both routers)
+    let mut ok = false;
+    for i in 0..60 {
+        if pushed(
+            &mut s,
+            &mut r,
+            &format!("before {i}"),
+            Duration::from_millis(500),
+        )
+        .await
+        {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "no cross-node push before the router kill");
+
+    routers[victim].0.kill9();
+    let killed = Instant::now();
+    let mut moved = false;
+    for i in 0..120 {
+        if pushed(
+            &mut s,
+            &mut r,
+            &format!("after {i}"),
+            Duration::from_millis(500),
+        )
+        .await
+        {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "the receiver's users never moved to the live router");
+    eprintln!(
+        "router fail-over (lease_ttl_secs 3): {} ms from kill -9 to the next cross-node push",
+        killed.elapsed().as_millis()
+    );
+    // nothing was lost meanwhile: everything sent is stored and synced
+    let (frames, _) = r.sync_all(0).await;
+    let texts: BTreeSet<String> = frames
+        .iter()
+        .filter(|f| f.cmd == cmd::IM)
+        .map(|f| String::from_utf8_lossy(&im_of(f).content).into_owned())
+        .collect();
+    assert!(texts.iter().any(|t| t.starts_with("after 0#")), "{texts:?}");
+    let status = cluster_status(&url);
+    assert!(
+        !status.contains(&format!("imr-{}", victim + 1)),
+        "the dead router is still listed:\n{status}"
+    );
+    node_a.stop().await;
+    node_b.stop().await;
 }

@@ -431,7 +431,7 @@ async fn a_dead_routers_users_move_to_the_live_routers() {
     let dir = tmp.path();
     let _store = start_store(dir, &spec("ims-a"), &url, "async");
     eventually("a leader", Duration::from_secs(30), || leader(&etcd)).await;
-    let mut routers = vec![
+    let mut routers = [
         start_router(dir, "imr-1", &url),
         start_router(dir, "imr-2", &url),
     ];

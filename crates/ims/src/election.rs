@@ -12,9 +12,9 @@
 //!   live member of the shard holds more log (ties: the smaller node id): compare-and-swap the
 //!   leader key under a fresh lease. The winner promotes its store (`Store::promote_past`: keys
 //!   continue above every position the old leader could have used) and streams with its epoch.
-//! * **Leading**: appends are acknowledged only while the lease is certainly alive ([`Fence`]:
+//! * **Leading**: appends are acknowledged only while the lease is certainly alive (the fence:
 //!   until the lease TTL minus a margin after the last renewal was sent, so before etcd can
-//!   expire it and let another node win). When the lease is lost or the key is no longer this
+//!   expire it and let another node win; `fence`). When the lease is lost or the key is no longer this
 //!   term's, the node stops acknowledging at once and shuts down with
 //!   [`crate::StoreNodeError::Deposed`]; restarted (by its supervisor), it rejoins as a follower.
 //! * **Diverged log**: a node whose log holds records its new leader's history does not (an old
@@ -27,45 +27,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use coord::{Etcd, KeptLease, Layout, LeaderRecord, LeaseValidity, Registration, StoreRecord};
-use parking_lot::Mutex;
+use coord::{Etcd, KeptLease, Layout, LeaderRecord, Registration, StoreRecord};
 use store::Role;
 use tokio::sync::watch;
 
-use crate::service::{NodeState, ReplicationMode};
+use crate::state::{NodeState, ReplicationMode};
 
 /// How long a leaderless shard waits, from the moment a node sees it leaderless, before that node
 /// campaigns: every live member has refreshed its record (twice a second) with its final log end.
 pub const SETTLE: Duration = Duration::from_millis(1000);
-
-/// Whether appends may be acknowledged (see the module docs).
-pub struct Fence {
-    /// `false` in static configuration: always leading (the store's role decides).
-    elected: bool,
-    lease: Mutex<Option<LeaseValidity>>,
-}
-
-impl Fence {
-    /// `elected`: leadership comes from an etcd election.
-    pub fn new(elected: bool) -> Fence {
-        Fence {
-            elected,
-            lease: Mutex::new(None),
-        }
-    }
-
-    /// True while this node may acknowledge appends.
-    pub fn leading(&self) -> bool {
-        if !self.elected {
-            return true;
-        }
-        self.lease.lock().as_ref().is_some_and(LeaseValidity::valid)
-    }
-
-    fn set(&self, lease: Option<LeaseValidity>) {
-        *self.lease.lock() = lease;
-    }
-}
 
 /// What [`coordinate`] needs.
 pub struct Settings {

@@ -73,7 +73,7 @@ pub struct StoreServerOptions {
     pub metrics: Arc<StoreServerMetrics>,
     /// Appends are acknowledged only while it holds (etcd mode: this node's leadership lease);
     /// otherwise they fail with `not_leader`.
-    pub fence: Arc<crate::election::Fence>,
+    pub fence: Arc<crate::fence::Fence>,
     /// At shutdown, how long a connection may take to finish and write the replies of the
     /// requests it already read (a peer that stops reading cannot hold shutdown longer).
     /// Default 10 s.
@@ -88,7 +88,7 @@ impl Default for StoreServerOptions {
             inline_read_window: 32 << 20,
             sync_replication: None,
             metrics: Arc::default(),
-            fence: Arc::new(crate::election::Fence::new(false)),
+            fence: Arc::new(crate::fence::Fence::new(false)),
             shutdown_grace: Duration::from_secs(10),
         }
     }

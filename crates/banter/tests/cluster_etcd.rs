@@ -12,7 +12,9 @@
 //!   first when it held records the new leader never got) and catches up;
 //! * router fail-over: two routers, two access nodes; the receiver's router is killed with
 //!   `kill -9`; its users move to the other router (rendezvous hashing over the live routers)
-//!   and cross-node messages are pushed again; the time from the kill is printed.
+//!   and cross-node messages are pushed again; the time from the kill is printed;
+//! * fencing: a leader cut off from etcd refuses appends before its lease could have expired,
+//!   stops, and started again (etcd back) removes its stale key and leads a new term.
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
@@ -509,4 +511,70 @@ async fn a_dead_routers_users_move_to_the_live_routers() {
     );
     node_a.stop().await;
     node_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_etcd_stops_acknowledging_and_rejoins() {
+    let mut etcd_server = testkit::EtcdServer::start();
+    let url = etcd_server.url();
+    let etcd = coord::Etcd::new(std::slice::from_ref(&url), Duration::from_secs(5)).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let a = spec("ims-a");
+    let mut store = start_store(dir, &a, &url, "async");
+    let (epoch1, _) = eventually("a leader", Duration::from_secs(30), || leader(&etcd)).await;
+    let server = access_node("im-a", &url).await;
+    let mut s = Client::login(&server, 1, 2, false, "s").await;
+    let mut acked = Vec::new();
+    send_until_acked(&mut s, "before", &mut acked).await;
+
+    // etcd goes away: the leader cannot renew its lease, so it must stop acknowledging before
+    // etcd could have expired the lease (3 s) — and, deposed, stop
+    etcd_server.kill();
+    let cut = Instant::now();
+    let mut first_refusal = None;
+    for i in 0..300 {
+        let sent = cut.elapsed();
+        let status = send(&mut s, &format!("during {i}")).await;
+        if status == 0 {
+            assert!(
+                first_refusal.is_none(),
+                "an ACK after the leader had stopped acknowledging"
+            );
+        } else if first_refusal.is_none() {
+            first_refusal = Some(sent);
+        }
+        if first_refusal.is_some() && store.exited() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first_refusal = first_refusal.expect("the leader kept acknowledging without etcd");
+    eprintln!(
+        "a leader cut off from etcd refused its first append {} ms after the cut (lease TTL 3 s)",
+        first_refusal.as_millis()
+    );
+    assert!(
+        first_refusal < Duration::from_secs(3),
+        "acknowledged appends after its lease could have expired ({first_refusal:?})"
+    );
+    assert!(store.exited(), "the deposed leader did not stop");
+    assert!(
+        store.log_text().contains("no longer this shard's leader"),
+        "{}",
+        store.log_text()
+    );
+
+    // etcd and the node come back: the node removes its stale key, wins again, serves again
+    etcd_server.restart();
+    store = start_store(dir, &a, &url, "async");
+    // (the key of its earlier term may still be there: etcd restarted its lease)
+    let again = eventually("a new term", Duration::from_secs(60), || async {
+        leader(&etcd).await.filter(|(epoch, _)| *epoch > epoch1)
+    })
+    .await;
+    assert_eq!(again.1.node_id, "ims-a");
+    send_until_acked(&mut s, "after", &mut acked).await;
+    drop(store);
+    server.stop().await;
 }

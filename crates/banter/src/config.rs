@@ -167,7 +167,7 @@ impl Default for ModerationConfig {
 }
 
 /// `[cluster]`: when this access node is one of several (`banter im`). Empty lists = single node.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// This node's name in logs and metrics.
@@ -181,6 +181,38 @@ pub struct ClusterConfig {
     pub storage_addrs: Vec<String>,
     /// Store nodes holding super-group queues, sharded by `abs(gid) mod N`; empty = `storage_addrs`.
     pub group_storage_addrs: Vec<String>,
+    /// etcd endpoints (`http://host:port`). Set = discovery: this node registers, follows the
+    /// live routers (in place of `route_addrs`) and each store shard's elected leader.
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    pub etcd_prefix: String,
+    /// etcd lease TTL in seconds for this node's registration.
+    pub lease_ttl_secs: u64,
+    /// With etcd: the store shards holding personal queues, by name (a user's is
+    /// `storage_shards[abs(uid) mod N]`), in place of `storage_addrs`.
+    pub storage_shards: Vec<String>,
+    /// With etcd: the shards holding super-group queues; empty = `storage_shards`.
+    pub group_storage_shards: Vec<String>,
+    /// Host registered for this node's listeners; "" = the addresses as bound.
+    pub advertise_host: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: String::new(),
+            route_addrs: Vec::new(),
+            group_route_addrs: Vec::new(),
+            storage_addrs: Vec::new(),
+            group_storage_addrs: Vec::new(),
+            etcd: Vec::new(),
+            etcd_prefix: "/banter".into(),
+            lease_ttl_secs: 3,
+            storage_shards: Vec::new(),
+            group_storage_shards: Vec::new(),
+            advertise_host: String::new(),
+        }
+    }
 }
 
 /// `[log]`.

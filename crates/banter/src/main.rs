@@ -152,6 +152,25 @@ enum Command {
         #[command(subcommand)]
         command: StoreCommand,
     },
+    /// A cluster coordinated through etcd (docs/cluster.md, "etcd").
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// Print every registered node, each store shard's leader and epoch, and every store node's
+    /// log end and lag.
+    Status {
+        /// etcd endpoint(s), e.g. http://127.0.0.1:2379 (repeat or separate with commas).
+        #[arg(long, required = true, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// The cluster's key prefix (`etcd_prefix`).
+        #[arg(long, default_value = "/banter")]
+        prefix: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -393,6 +412,12 @@ fn ims(path: Option<PathBuf>, log: LogArgs, command: Option<ImsCommand>) -> anyh
     }
 }
 
+fn cluster_status(etcd: &[String], prefix: &str) -> anyhow::Result<()> {
+    let text = runtime()?.block_on(banter::discovery::status(etcd, prefix))?;
+    print!("{text}");
+    Ok(())
+}
+
 fn print_config(role: &str) -> anyhow::Result<()> {
     match role {
         "serve" | "im" => print!("{DEFAULT_TOML}"),
@@ -444,6 +469,9 @@ fn main() -> ExitCode {
             command,
         } => ims(config, log, command),
         Command::Store { command } => store_command(command),
+        Command::Cluster {
+            command: ClusterCommand::Status { etcd, prefix },
+        } => cluster_status(&etcd, &prefix),
         Command::Bench(args) => bench::cli::run(*args),
     };
     match result {

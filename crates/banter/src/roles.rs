@@ -14,12 +14,14 @@ fn log_version() {
     );
 }
 
-async fn wait_for_stop() -> std::io::Result<()> {
+/// Waits for SIGINT, SIGTERM, or `stopped` (the node stopped itself).
+async fn wait_for_stop(stopped: &CancellationToken) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = stopped.cancelled() => {}
     }
     Ok(())
 }
@@ -27,15 +29,27 @@ async fn wait_for_stop() -> std::io::Result<()> {
 /// Runs a router until a stop signal.
 pub async fn run_router(config: route::RouterConfig) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
+    let config_cluster = config.cluster.clone();
+    let node_id = config.node_id.clone();
     let running = route::run(config, shutdown.clone()).await?;
     log_version();
     info!("listening: route tcp://{}", running.addr);
     if let Some(http) = running.http_addr {
         info!("listening: http http://{http}");
     }
+    let registration = crate::discovery::register_router(
+        &config_cluster,
+        &node_id,
+        running.addr,
+        running.http_addr,
+    )?;
     info!("router ready");
-    wait_for_stop().await?;
+    wait_for_stop(&shutdown).await?;
     info!("router shutting down");
+    if let Some((reg, _)) = registration {
+        // deregister first, so access nodes stop sending to this router
+        reg.stop().await;
+    }
     shutdown.cancel();
     running.wait().await;
     Ok(())
@@ -56,7 +70,7 @@ pub async fn run_store_node(config: ims::StoreNodeConfig) -> anyhow::Result<()> 
         info!("listening: http http://{a}");
     }
     info!(role = ?running.role(), "store node ready");
-    wait_for_stop().await?;
+    wait_for_stop(&shutdown).await?;
     info!("store node shutting down");
     shutdown.cancel();
     running.wait().await?;

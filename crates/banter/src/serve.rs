@@ -44,6 +44,8 @@ pub enum ServeError {
 /// A running access node (a whole single-node server, or one access node of a cluster).
 pub struct Running {
     pub node: AccessNode,
+    /// Registration and discovery through etcd (`cluster.etcd`).
+    pub discovery: Option<crate::discovery::AccessDiscovery>,
     /// The embedded store, unless the node uses store nodes (`cluster.storage_addrs`).
     pub store: Option<Arc<Store>>,
     pub backend: Backend,
@@ -79,12 +81,16 @@ async fn open_store(
     metrics: &access::metrics::AccessMetrics,
 ) -> Result<(Option<Arc<Store>>, StoreClient), ServeError> {
     let c = &config.cluster;
-    if !c.storage_addrs.is_empty() {
-        let remote = RemoteStore::new(
-            c.storage_addrs.clone(),
-            c.group_storage_addrs.clone(),
-            StorePoolOptions::default(),
-        )?;
+    if !c.storage_addrs.is_empty() || (!c.etcd.is_empty() && !c.storage_shards.is_empty()) {
+        let (storage, group) = if c.storage_addrs.is_empty() {
+            // the shards' elected leaders (docs/cluster.md, "etcd"); followed afterwards
+            crate::discovery::initial_store_addrs(c, Duration::from_secs(10))
+                .await
+                .map_err(|e| ServeError::Config(format!("cluster.etcd: {e}")))?
+        } else {
+            (c.storage_addrs.clone(), c.group_storage_addrs.clone())
+        };
+        let remote = RemoteStore::new(storage, group, StorePoolOptions::default())?;
         return Ok((None, StoreClient::Remote(Arc::new(remote))));
     }
     let mut opts = config.store.options();
@@ -214,6 +220,27 @@ pub fn preflight(config: &Config) -> Vec<String> {
             }
         }
     }
+    let c = &config.cluster;
+    if !c.etcd.is_empty() {
+        if c.node_id.trim().is_empty() || c.node_id.contains('/') {
+            errors.push("cluster.node_id must be set (without '/') with cluster.etcd".into());
+        }
+        if !c.storage_addrs.is_empty() && !c.storage_shards.is_empty() {
+            errors.push(
+                "cluster.storage_addrs and cluster.storage_shards exclude each other: with etcd, \
+                 list shard names in storage_shards"
+                    .into(),
+            );
+        }
+    } else if !c.storage_shards.is_empty() || !c.group_storage_shards.is_empty() {
+        errors.push(
+            "cluster.storage_shards needs cluster.etcd (the shards' leaders are found there)"
+                .into(),
+        );
+    }
+    if c.storage_shards.is_empty() && !c.group_storage_shards.is_empty() {
+        errors.push("cluster.group_storage_shards needs cluster.storage_shards".into());
+    }
     let dir = &config.data.dir;
     let probe = dir.join(".banter-write-test");
     let writable = std::fs::create_dir_all(dir)
@@ -307,9 +334,33 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
     follow_forbidden(&app, &backend);
     let node = AccessNode::start(app).await?;
     log_listeners(&node.addrs);
+    let discovery = if config.cluster.etcd.is_empty() {
+        None
+    } else {
+        let c = &config.cluster;
+        let adv = |a: Option<std::net::SocketAddr>| {
+            a.map(|a| crate::discovery::advertise(&c.advertise_host, a))
+                .unwrap_or_default()
+        };
+        let record = coord::AccessRecord {
+            node_id: c.node_id.clone(),
+            tcp: adv(node.addrs.tcp),
+            ws: adv(node.addrs.ws),
+            api: adv(node.addrs.http),
+        };
+        let remote = match &node.app.store {
+            StoreClient::Remote(r) => Some(r.clone()),
+            StoreClient::Local(_) => None,
+        };
+        Some(
+            crate::discovery::AccessDiscovery::start(c, record, node.app.links.clone(), remote)
+                .map_err(|e| ServeError::Config(format!("cluster.etcd: {e}")))?,
+        )
+    };
     info!(backend = backend.kind(), "banter is ready");
     Ok(Running {
         node,
+        discovery,
         store,
         backend,
         push,
@@ -339,6 +390,9 @@ fn follow_forbidden(app: &Arc<App>, backend: &Backend) {
 impl Running {
     /// Graceful stop: sessions finish what they are storing and close, then backend and store flush.
     pub async fn stop(self) {
+        if let Some(d) = self.discovery {
+            d.stop().await;
+        }
         self.node.shutdown(Duration::from_secs(10)).await;
         if let Err(e) = self.backend.flush().await {
             warn!(error = %e, "flushing the backend at shutdown failed");

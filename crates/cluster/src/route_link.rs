@@ -1004,6 +1004,9 @@ struct Topology {
     group_distinct: Vec<Arc<RouteLink>>,
     /// Every link, without repeats.
     all: Vec<Arc<RouteLink>>,
+    /// Rendezvous hashing (routers discovered through etcd) instead of `mod N`: the
+    /// address hashes of `route` and `group`.
+    rendezvous: Option<(Vec<u64>, Vec<u64>)>,
 }
 
 fn contains(list: &[&Arc<RouteLink>], l: &Arc<RouteLink>) -> bool {
@@ -1020,6 +1023,7 @@ impl Topology {
     fn build(
         route_addrs: Vec<String>,
         group_addrs: Vec<String>,
+        rendezvous: bool,
         mut link: impl FnMut(&str) -> Arc<RouteLink>,
     ) -> Topology {
         let mut all: Vec<Arc<RouteLink>> = Vec::new();
@@ -1041,18 +1045,31 @@ impl Topology {
         for l in &group {
             push_distinct(&mut group_distinct, l);
         }
+        let hashes = rendezvous.then(|| {
+            let h = |v: &[Arc<RouteLink>]| -> Vec<u64> {
+                v.iter()
+                    .map(|l| crate::route_proto::addr_hash(l.addr()))
+                    .collect()
+            };
+            (h(&route), h(&group))
+        });
         Topology {
             route_addrs,
             group_addrs,
             route,
             group,
+            rendezvous: hashes,
             group_distinct,
             all,
         }
     }
 
     fn user_link(&self, uid: i64) -> Option<&Arc<RouteLink>> {
-        self.route.get(shard_index(uid, self.route.len()))
+        let i = match &self.rendezvous {
+            Some((h, _)) => crate::route_proto::rendezvous_index(uid, h),
+            None => shard_index(uid, self.route.len()),
+        };
+        self.route.get(i)
     }
 
     /// The user's channel plus every group channel.
@@ -1070,11 +1087,19 @@ impl Topology {
     }
 
     fn room_link(&self, room: i64) -> Option<&Arc<RouteLink>> {
-        self.route.get(shard_index(room, self.route.len()))
+        let i = match &self.rendezvous {
+            Some((h, _)) => crate::route_proto::rendezvous_index(room, h),
+            None => shard_index(room, self.route.len()),
+        };
+        self.route.get(i)
     }
 
     fn group_link(&self, gid: i64) -> Option<&Arc<RouteLink>> {
-        self.group.get(shard_index(gid, self.group.len()))
+        let i = match &self.rendezvous {
+            Some((_, h)) => crate::route_proto::rendezvous_index(gid, h),
+            None => shard_index(gid, self.group.len()),
+        };
+        self.group.get(i)
     }
 
     fn has(&self, l: &Arc<RouteLink>) -> bool {
@@ -1109,7 +1134,7 @@ impl RouteLinks {
         config: RouteLinkConfig,
         handler: Arc<dyn RouteHandler>,
     ) -> RouteLinks {
-        let topo = Topology::build(route_addrs, group_route_addrs, |addr| {
+        let topo = Topology::build(route_addrs, group_route_addrs, false, |addr| {
             Arc::new(RouteLink::new(
                 addr.to_owned(),
                 config.clone(),
@@ -1223,20 +1248,42 @@ impl RouteLinks {
     /// subscribed on a kept link are handed to [`RouteHandler::on_resubscribed`] (those on new
     /// links are, when the link has connected and replayed its state).
     pub fn set_addrs(&self, route_addrs: Vec<String>, group_route_addrs: Vec<String>) {
+        self.set_topology(route_addrs, group_route_addrs, false);
+    }
+
+    /// [`RouteLinks::set_addrs`] for the live routers discovered through etcd: users and rooms
+    /// are spread over them by rendezvous hashing, so a router that comes or goes moves only its
+    /// own share of them (re-subscribed elsewhere, and owed a sync notification).
+    pub fn set_live_routers(&self, route_addrs: Vec<String>) {
+        self.set_topology(route_addrs, Vec::new(), true);
+    }
+
+    fn set_topology(
+        &self,
+        route_addrs: Vec<String>,
+        group_route_addrs: Vec<String>,
+        rendezvous: bool,
+    ) {
         let mut topo = self.topo.write();
-        if topo.route_addrs == route_addrs && topo.group_addrs == group_route_addrs {
+        if topo.route_addrs == route_addrs
+            && topo.group_addrs == group_route_addrs
+            && topo.rendezvous.is_some() == rendezvous
+        {
             return;
         }
-        let new = Topology::build(route_addrs, group_route_addrs, |addr| {
-            match topo.all.iter().find(|l| l.addr() == addr) {
+        let new = Topology::build(
+            route_addrs,
+            group_route_addrs,
+            rendezvous,
+            |addr| match topo.all.iter().find(|l| l.addr() == addr) {
                 Some(l) => l.clone(),
                 None => Arc::new(RouteLink::new(
                     addr.to_owned(),
                     self.config.clone(),
                     self.handler.clone(),
                 )),
-            }
-        });
+            },
+        );
         let mut moved = Vec::new();
         self.presence.for_each_user(|appid, uid, online| {
             let old_links = topo.user_links(uid);

@@ -480,6 +480,36 @@ pub fn shard_index(id: i64, n: usize) -> usize {
     (id.unsigned_abs() % n.max(1) as u64) as usize
 }
 
+/// Rendezvous (highest random weight) hashing of `id` over addresses given by their
+/// [`addr_hash`]: the index of the address with the highest score for `id`. Removing an address
+/// moves only the ids it held; adding one moves only the ids it wins (about 1/N). Used for
+/// routers discovered through etcd, whose list changes as routers come and go; static
+/// `route_addrs` keep GoBelieve's `mod N`. Fixed functions, so every access node agrees.
+pub fn rendezvous_index(id: i64, addr_hashes: &[u64]) -> usize {
+    let score = |h: u64| {
+        let mut z = h ^ (id as u64);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    addr_hashes
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, h)| score(**h))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
+/// FNV-1a of an address, for [`rendezvous_index`].
+pub fn addr_hash(addr: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in addr.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -495,6 +525,25 @@ mod tests {
         }
         .encode(&mut b);
         b.freeze()
+    }
+
+    #[test]
+    fn rendezvous_moves_only_the_ids_of_a_removed_address() {
+        let three: Vec<u64> = ["a:1", "b:1", "c:1"].map(addr_hash).to_vec();
+        let two: Vec<u64> = ["a:1", "c:1"].map(addr_hash).to_vec();
+        let mut counts = [0usize; 3];
+        for id in -5000..5000i64 {
+            let i = rendezvous_index(id, &three);
+            counts[i] += 1;
+            let j = rendezvous_index(id, &two);
+            if i != 1 {
+                // not on the removed address: stays where it was
+                assert_eq!(two[j], three[i], "id {id} moved");
+            }
+        }
+        // roughly even
+        assert!(counts.iter().all(|&c| c > 2500), "{counts:?}");
+        assert_eq!(rendezvous_index(7, &[]), 0);
     }
 
     #[test]

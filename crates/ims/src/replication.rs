@@ -42,20 +42,21 @@ use node::backoff::Backoff;
 use node::frame::{encode_frame, FrameCodec};
 use tokio_util::codec::FramedRead;
 
-/// Version byte of every replication frame.
-pub const REPL_VERSION: u8 = 1;
-/// Follower → leader, first frame: start position u64 (the follower's `log_end()`).
+/// Version byte of every replication frame (2: frames carry the leadership epoch).
+pub const REPL_VERSION: u8 = 2;
+/// Follower → leader, first frame: start position u64 (the follower's `log_end()`), the epoch
+/// u64 it expects its leader to hold (0 = any).
 pub const CMD_REPL_BEGIN: u8 = 180;
-/// Leader → follower: start u64, leader_end u64, whole log records.
+/// Leader → follower: start u64, leader_end u64, epoch u64, whole log records.
 pub const CMD_REPL_BATCH: u8 = 181;
-/// Leader → follower when idle: leader_end u64.
+/// Leader → follower when idle: leader_end u64, epoch u64.
 pub const CMD_REPL_HEARTBEAT: u8 = 182;
 /// Follower → leader: durable position u64.
 pub const CMD_REPL_ACK: u8 = 183;
 /// Leader → follower before closing: code u16, message length u32, message.
 pub const CMD_REPL_ERROR: u8 = 184;
 
-/// Largest frame the leader reads from a follower (BEGIN and ACK are 8 bytes).
+/// Largest frame the leader reads from a follower (BEGIN is 16 bytes, ACK 8).
 const LEADER_READ_LIMIT: usize = 1024;
 /// Default frame body limit for batches (must exceed the largest single log record).
 pub const DEFAULT_REPL_MAX_FRAME_BYTES: usize = 64 << 20;
@@ -63,6 +64,9 @@ pub const DEFAULT_REPL_MAX_FRAME_BYTES: usize = 64 << 20;
 /// Leader-side replication state: who follows and what they have acknowledged.
 pub struct ReplicationHub {
     acked: watch::Sender<u64>,
+    /// The leadership epoch this node holds (etcd mode), sent with every batch; 0 = static
+    /// configuration.
+    epoch: AtomicU64,
     followers: Mutex<HashMap<u64, FollowerEntry>>,
     next_id: AtomicU64,
     /// Batches sent to followers since start.
@@ -96,12 +100,23 @@ impl ReplicationHub {
     pub fn new() -> Arc<ReplicationHub> {
         Arc::new(ReplicationHub {
             acked: watch::Sender::new(0),
+            epoch: AtomicU64::new(0),
             followers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             batches_sent: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
         })
+    }
+
+    /// The leadership epoch sent with batches (0 = none: static configuration).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Sets the leadership epoch (when this node wins an election).
+    pub fn set_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
     }
 
     /// Highest log position any follower has acknowledged as durable (monotonic).
@@ -272,12 +287,22 @@ async fn serve_follower(
         send_error(&mut wr, ErrorCode::BadRequest, &why).await;
         return Err(why);
     }
-    let pos = {
+    let (pos, wanted_epoch) = {
         let mut r = Reader::new(first.body);
         let p = r.u64().map_err(|e| e.to_string())?;
+        let e = r.u64().map_err(|e| e.to_string())?;
         r.finish().map_err(|e| e.to_string())?;
-        p
+        (p, e)
     };
+    let epoch = opts.hub.epoch();
+    if wanted_epoch > epoch {
+        // The follower knows a newer leadership than ours: we were deposed.
+        let why = format!(
+            "stale leader: this node holds epoch {epoch}, the follower expects epoch {wanted_epoch}"
+        );
+        send_error(&mut wr, ErrorCode::NotLeader, &why).await;
+        return Err(why);
+    }
     let mut stream = match store.subscribe(pos) {
         Ok(s) => s,
         Err(e) => {
@@ -381,7 +406,10 @@ async fn stream_to(
                     _ = conn.cancelled() => return Ok(()),
                     b = stream.next() => b.map_err(|e| format!("reading the log: {e}"))?,
                     _ = tokio::time::sleep(opts.heartbeat) => {
-                        let f = encode_frame(0, CMD_REPL_HEARTBEAT, REPL_VERSION, 0, &u64_body(store.log_end()));
+                        let mut body = BytesMut::with_capacity(16);
+                        body.put_u64(store.log_end());
+                        body.put_u64(opts.hub.epoch());
+                        let f = encode_frame(0, CMD_REPL_HEARTBEAT, REPL_VERSION, 0, &body);
                         write_timed(wr, &[f], opts.idle_timeout, conn).await?;
                         continue;
                     }
@@ -390,9 +418,9 @@ async fn stream_to(
         };
         let end = batch.end();
         let len = batch.data.len() as u64;
-        let mut head = BytesMut::with_capacity(proto::HEADER_LEN + 16);
+        let mut head = BytesMut::with_capacity(proto::HEADER_LEN + 24);
         proto::Header {
-            len: 16 + batch.data.len(),
+            len: 24 + batch.data.len(),
             seq: 0,
             cmd: CMD_REPL_BATCH,
             version: REPL_VERSION,
@@ -401,6 +429,7 @@ async fn stream_to(
         .write(&mut head);
         head.put_u64(batch.start);
         head.put_u64(store.log_end());
+        head.put_u64(opts.hub.epoch());
         sent.store(end, Ordering::Release);
         write_timed(wr, &[head.freeze(), batch.data], opts.idle_timeout, conn).await?;
         opts.hub.batches_sent.fetch_add(1, Ordering::Relaxed);
@@ -453,6 +482,9 @@ pub struct FollowOptions {
     pub max_in_flight: usize,
     /// Progress, for metrics and tests.
     pub status: Arc<FollowStatus>,
+    /// The leadership epoch the leader must hold (etcd mode): a leader announcing an older one
+    /// (deposed) is refused. 0 = any (static configuration).
+    pub epoch: u64,
 }
 
 impl Default for FollowOptions {
@@ -465,6 +497,7 @@ impl Default for FollowOptions {
             idle_timeout: Duration::from_secs(30),
             max_in_flight: 16,
             status: Arc::default(),
+            epoch: 0,
         }
     }
 }
@@ -486,6 +519,9 @@ pub struct FollowStatus {
     pub sessions: AtomicU64,
     /// Why the last session ended.
     pub last_error: Mutex<String>,
+    /// Set when the leader refused this log as diverged from its own (it holds records the
+    /// leader's history does not): the leader's explanation. The log must be re-seeded.
+    pub diverged: Mutex<Option<String>>,
 }
 
 impl FollowStatus {
@@ -560,7 +596,10 @@ async fn session(
     let (rd, mut wr) = stream.into_split();
     let mut expected = store.log_end();
     opts.status.applied.store(expected, Ordering::Release);
-    let begin = encode_frame(1, CMD_REPL_BEGIN, REPL_VERSION, 0, &u64_body(expected));
+    let mut body = BytesMut::with_capacity(16);
+    body.put_u64(expected);
+    body.put_u64(opts.epoch);
+    let begin = encode_frame(1, CMD_REPL_BEGIN, REPL_VERSION, 0, &body);
     if let Err(e) = wr.write_all(&begin).await {
         return retry(false, format!("sending the start position: {e}"));
     }
@@ -604,10 +643,13 @@ async fn session(
                 match f.cmd {
                     CMD_REPL_BATCH => {
                         let mut r = Reader::new(f.body);
-                        let (start, leader_end) = match (r.u64(), r.u64()) {
-                            (Ok(s), Ok(e)) => (s, e),
+                        let (start, leader_end, epoch) = match (r.u64(), r.u64(), r.u64()) {
+                            (Ok(s), Ok(e), Ok(ep)) => (s, e, ep),
                             _ => break retry(progressed, "short batch frame".into()),
                         };
+                        if epoch < opts.epoch {
+                            break retry(progressed, format!("stale leader: it sent epoch {epoch}, this follower follows epoch {}", opts.epoch));
+                        }
                         let batch = ReplicationBatch { start, data: r.rest() };
                         // A batch above our end must open with a JUMP from it (the leader was
                         // promoted and continued higher up).
@@ -621,7 +663,10 @@ async fn session(
                     }
                     CMD_REPL_HEARTBEAT => {
                         let mut r = Reader::new(f.body);
-                        if let Ok(e) = r.u64() {
+                        if let (Ok(e), Ok(epoch)) = (r.u64(), r.u64()) {
+                            if epoch < opts.epoch {
+                                break retry(progressed, format!("stale leader: it sent epoch {epoch}, this follower follows epoch {}", opts.epoch));
+                            }
                             status.leader_end.store(e, Ordering::Release);
                         }
                         // Answer with what is durable here, so the leader sees we are alive.
@@ -633,7 +678,14 @@ async fn session(
                     }
                     CMD_REPL_ERROR => {
                         let why = match sp::decode_error(f.body) {
-                            Ok((code, msg)) => format!("leader refused ({code}): {msg}"),
+                            Ok((code, msg)) => {
+                                if code == ErrorCode::InvalidArgument
+                                    && (msg.contains("diverged") || msg.contains("beyond this log's end"))
+                                {
+                                    *status.diverged.lock() = Some(msg.clone());
+                                }
+                                format!("leader refused ({code}): {msg}")
+                            }
                             Err(e) => format!("leader refused: {e}"),
                         };
                         break retry(false, why);

@@ -71,6 +71,9 @@ pub struct StoreServerOptions {
     pub sync_replication: Option<SyncReplication>,
     /// Counters (share one across servers to aggregate).
     pub metrics: Arc<StoreServerMetrics>,
+    /// Appends are acknowledged only while it holds (etcd mode: this node's leadership lease);
+    /// otherwise they fail with `not_leader`.
+    pub fence: Arc<crate::fence::Fence>,
     /// At shutdown, how long a connection may take to finish and write the replies of the
     /// requests it already read (a peer that stops reading cannot hold shutdown longer).
     /// Default 10 s.
@@ -85,6 +88,7 @@ impl Default for StoreServerOptions {
             inline_read_window: 32 << 20,
             sync_replication: None,
             metrics: Arc::default(),
+            fence: Arc::new(crate::fence::Fence::new(false)),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -388,6 +392,17 @@ async fn finish_append(
             },
             message: e.to_string(),
         })?;
+    }
+    if !opts.fence.leading() {
+        // Deposed (lease lost): a new leader may already be taking appends; this one must not
+        // acknowledge anything any more. The records stay in this log until the node rejoins
+        // as a follower and drops what its new leader does not hold.
+        return Err(Failure {
+            code: ErrorCode::NotLeader,
+            message:
+                "this store node lost its shard leadership (etcd lease); retry at the new leader"
+                    .into(),
+        });
     }
     let mut out = BytesMut::new();
     sp::encode_appended(&res, &mut out);

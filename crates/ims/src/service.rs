@@ -22,7 +22,6 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -39,21 +38,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::replication::{
-    follow, serve_replication, FollowOptions, FollowStatus, ReplicationHub,
-    ReplicationServerOptions,
+    serve_replication, FollowOptions, FollowStatus, ReplicationHub, ReplicationServerOptions,
 };
 use crate::server::{serve, StoreServerMetrics, StoreServerOptions, SyncReplication};
-
-/// When an append is acknowledged, relative to replication.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum ReplicationMode {
-    /// Once durable on this node.
-    #[default]
-    Async,
-    /// Once a follower has acknowledged it durable too (or fail after `sync_timeout_ms`).
-    Sync,
-}
+use crate::state::NodeState;
+pub use crate::state::{PromoteError, ReplicationMode};
 
 /// The store node's configuration file (`banter ims --config FILE`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -114,6 +103,19 @@ pub struct StoreNodeConfig {
     pub replication_heartbeat_ms: u64,
     /// Both sides: drop a replication connection silent for this many ms.
     pub replication_idle_timeout_ms: u64,
+    /// etcd endpoints (`http://host:port`). Set = membership and automatic fail-over: the node
+    /// registers, the shard's leader is elected, followers follow it (`follow` must be empty).
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    pub etcd_prefix: String,
+    /// The shard this node serves (etcd mode): access nodes list shard names in
+    /// `storage_shards` / `group_storage_shards`.
+    pub shard: String,
+    /// etcd lease TTL in seconds: a dead leader is replaced after about this long.
+    pub lease_ttl_secs: u64,
+    /// Host other nodes use to reach this one (etcd mode); "" = the listeners' own addresses,
+    /// which then must not be wildcard addresses.
+    pub advertise_host: String,
 }
 
 impl Default for StoreNodeConfig {
@@ -143,6 +145,11 @@ impl Default for StoreNodeConfig {
             replication_max_frame_mb: 64,
             replication_heartbeat_ms: 5000,
             replication_idle_timeout_ms: 30_000,
+            etcd: Vec::new(),
+            etcd_prefix: "/banter".into(),
+            shard: "0".into(),
+            lease_ttl_secs: 3,
+            advertise_host: String::new(),
         }
     }
 }
@@ -209,6 +216,20 @@ replication_max_frame_mb = 64
 replication_heartbeat_ms = 5000
 # Both sides: drop a replication connection that has been silent this long.
 replication_idle_timeout_ms = 30000
+
+# Automatic fail-over (docs/cluster.md, "etcd"): etcd endpoints, e.g. ["http://10.0.0.5:2379"].
+# When set, this node registers in etcd, the nodes of one shard elect their leader (the leader's
+# lease lapses: the follower with the most log takes over), followers follow whoever leads, and
+# access nodes find the leaders by themselves; `follow` must then be empty.
+etcd = []
+# Key prefix of this cluster in etcd.
+etcd_prefix = "/banter"
+# The shard this node belongs to (access nodes list shard names in storage_shards).
+shard = "0"
+# Lease TTL: a leader that stops renewing its lease is replaced after about this long.
+lease_ttl_secs = 3
+# Host that other nodes use to reach this one; "" = the listen addresses as bound.
+advertise_host = ""
 "#;
 
 /// The documented default configuration file; it parses to `StoreNodeConfig::default()`.
@@ -248,6 +269,39 @@ impl StoreNodeConfig {
         }
         if self.replication_heartbeat_ms == 0 {
             errs.push("replication_heartbeat_ms must be > 0".to_string());
+        }
+        if !self.etcd.is_empty() {
+            if !self.follow.trim().is_empty() {
+                errs.push(
+                    "follow must be empty with etcd: the shard's leader is elected".to_string(),
+                );
+            }
+            if self.shard.trim().is_empty() || self.shard.contains('/') {
+                errs.push("shard must be a non-empty name without '/'".to_string());
+            }
+            if self.node_id.trim().is_empty() || self.node_id.contains('/') {
+                errs.push("node_id must be set (without '/') with etcd".to_string());
+            }
+            if self.replication_listen.trim().is_empty() {
+                errs.push("replication_listen must be set with etcd".to_string());
+            }
+            let wildcard = |a: &str| {
+                a.trim()
+                    .parse::<SocketAddr>()
+                    .is_ok_and(|a| a.ip().is_unspecified())
+            };
+            if self.advertise_host.trim().is_empty()
+                && (wildcard(&self.listen) || wildcard(&self.replication_listen))
+            {
+                errs.push(
+                    "with etcd, listen and replication_listen must be specific addresses, or set \
+                     advertise_host: other nodes reach this one at the addresses it registers"
+                        .to_string(),
+                );
+            }
+            if self.lease_ttl_secs == 0 || self.lease_ttl_secs > 60 {
+                errs.push("lease_ttl_secs must be between 1 and 60".to_string());
+            }
         }
         if self.replication_idle_timeout_ms <= self.replication_heartbeat_ms {
             errs.push(
@@ -318,7 +372,8 @@ impl StoreNodeConfig {
                     .then(|| Duration::from_secs(self.retention_days * 86_400)),
                 max_total_bytes: (self.retention_max_gb > 0).then_some(self.retention_max_gb << 30),
             },
-            role: if self.follow.trim().is_empty() {
+            // with etcd every node starts as a follower and the shard elects its leader
+            role: if self.follow.trim().is_empty() && self.etcd.is_empty() {
                 Role::Leader
             } else {
                 Role::Follower
@@ -350,235 +405,10 @@ pub enum StoreNodeError {
     Close(#[source] StoreError),
     #[error("internal task failed: {0}")]
     Task(String),
-}
-
-/// Why a promotion was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PromoteError {
-    #[error("this store node is already a leader")]
-    AlreadyLeader,
-    /// The store could not start its new position range (e.g. a disk failure).
-    #[error("the store could not be promoted: {0}")]
-    Store(String),
-}
-
-/// State shared by the node's tasks and its HTTP API.
-struct NodeState {
-    /// The node's Prometheus registry.
-    registry: node::metrics::Registry,
-    store: Arc<Store>,
-    hub: Arc<ReplicationHub>,
-    server_metrics: Arc<StoreServerMetrics>,
-    follow_status: Arc<FollowStatus>,
-    follow_addr: String,
-    mode: ReplicationMode,
-    /// The follow loop and the token that stops it, while following.
-    follower: tokio::sync::Mutex<Option<(CancellationToken, JoinHandle<()>)>>,
-}
-
-impl NodeState {
-    async fn promote(&self) -> Result<u64, PromoteError> {
-        let mut f = self.follower.lock().await;
-        if self.store.role() == Role::Leader {
-            return Err(PromoteError::AlreadyLeader);
-        }
-        if let Some((token, task)) = f.take() {
-            token.cancel();
-            if let Err(e) = task.await {
-                tracing::warn!(error = %e, "follow task ended abnormally");
-            }
-        }
-        // Continue above the old leader's end as well as it was last reported.
-        let leader_end = self.follow_status.leader_end.load(Ordering::Acquire);
-        let end = self
-            .store
-            .promote_past(leader_end)
-            .await
-            .map_err(|e| PromoteError::Store(e.to_string()))?;
-        tracing::info!(
-            log_end = end,
-            leader_end,
-            "store promoted to leader; its keys continue above every position the old leader could have used"
-        );
-        Ok(end)
-    }
-
-    fn summary(&self) -> serde_json::Value {
-        let st = self.store.stats();
-        let m = &self.server_metrics;
-        let leader = self.store.role() == Role::Leader;
-        let appends = m.appends.load(Ordering::Relaxed);
-        let syncs = m.syncs.load(Ordering::Relaxed);
-        let reads = m.reads.load(Ordering::Relaxed);
-        let errors = m.errors.load(Ordering::Relaxed);
-        let followers: Vec<serde_json::Value> = self
-            .hub
-            .followers()
-            .into_iter()
-            .map(|f| {
-                serde_json::json!({
-                    "peer": f.peer.to_string(),
-                    "acked": f.acked,
-                    "sent": f.sent,
-                    "lag_bytes": self.store.log_bytes_between(f.acked, st.log_end),
-                    "connected_secs": f.connected_for.as_secs(),
-                })
-            })
-            .collect();
-        let fs = &self.follow_status;
-        serde_json::json!({
-            "role": if leader { "leader" } else { "follower" },
-            "replication_mode": match self.mode { ReplicationMode::Async => "async", ReplicationMode::Sync => "sync" },
-            "poisoned": self.store.is_poisoned(),
-            "log_start": st.log_start,
-            "log_end": st.log_end,
-            "commit_index": self.store.visible_limit(),
-            "queues": st.queues,
-            "segments": st.segments,
-            "messages_appended": st.messages,
-            "request_count": appends + syncs + reads + errors,
-            "appends": appends,
-            "appended_messages": m.appended_messages.load(Ordering::Relaxed),
-            "syncs": syncs,
-            "reads": reads,
-            "errors": errors,
-            "replication_timeouts": m.replication_timeouts.load(Ordering::Relaxed),
-            "connections": m.connections.load(Ordering::Relaxed),
-            "replication_lag_bytes": self.lag(),
-            "followers": followers,
-            "following": if self.follow_addr.is_empty() || leader { serde_json::Value::Null } else {
-                serde_json::json!({
-                    "leader": self.follow_addr,
-                    "connected": fs.connected.load(Ordering::Relaxed),
-                    "leader_end": fs.leader_end.load(Ordering::Relaxed),
-                    "applied": fs.applied.load(Ordering::Relaxed),
-                    "last_error": fs.last_error.lock().clone(),
-                })
-            },
-        })
-    }
-
-    /// Leader: the log bytes between the best follower acknowledgement and its end (not
-    /// counting the gap of a promotion's position jump). Follower: how far behind the leader it
-    /// knows itself to be.
-    fn lag(&self) -> u64 {
-        if self.store.role() == Role::Leader {
-            self.store
-                .log_bytes_between(self.hub.best_acked(), self.store.log_end())
-        } else {
-            self.follow_status.lag()
-        }
-    }
-
-    fn metrics(&self) -> String {
-        let st = self.store.stats();
-        let m = &self.server_metrics;
-        let leader = self.store.role() == Role::Leader;
-        let reg = &self.registry;
-        let c = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-        reg.set_gauge(
-            "banter_ims_leader",
-            "1 if this store accepts appends (leader), 0 if it is a follower.",
-            (u64::from(leader)) as f64,
-        );
-        reg.set_counter(
-            "banter_ims_appends_total",
-            "Append requests answered successfully.",
-            c(&m.appends),
-        );
-        reg.set_counter(
-            "banter_ims_appended_messages_total",
-            "Messages in successful append requests.",
-            c(&m.appended_messages),
-        );
-        reg.set_counter(
-            "banter_ims_syncs_total",
-            "Sync requests answered successfully.",
-            c(&m.syncs),
-        );
-        reg.set_counter(
-            "banter_ims_reads_total",
-            "Other read requests answered successfully.",
-            c(&m.reads),
-        );
-        reg.set_counter(
-            "banter_ims_errors_total",
-            "Requests answered with an error.",
-            c(&m.errors),
-        );
-        reg.set_counter(
-            "banter_ims_replication_timeouts_total",
-            "Appends not acknowledged by a follower in time (sync mode).",
-            c(&m.replication_timeouts),
-        );
-        reg.set_counter(
-            "banter_ims_protocol_errors_total",
-            "Store link connections closed for a protocol violation.",
-            c(&m.protocol_errors),
-        );
-        reg.set_gauge(
-            "banter_ims_connections",
-            "Store link connections open.",
-            (c(&m.connections)) as f64,
-        );
-        reg.set_gauge(
-            "banter_ims_log_end_bytes",
-            "Position after the newest acknowledged record.",
-            (st.log_end) as f64,
-        );
-        reg.set_gauge(
-            "banter_ims_commit_index_bytes",
-            "Readers see entries below this position: what a follower confirmed (sync mode), else the log end.",
-            (self.store.visible_limit()) as f64,
-        );
-        reg.set_gauge(
-            "banter_ims_log_start_bytes",
-            "Oldest retained log position.",
-            (st.log_start) as f64,
-        );
-        reg.set_gauge(
-            "banter_ims_queues",
-            "Queues in the store.",
-            (st.queues as u64) as f64,
-        );
-        reg.set_counter("banter_ims_fsyncs_total", "fsyncs of the log.", st.fsyncs);
-        reg.set_counter(
-            "banter_ims_group_commits_total",
-            "Group commits (writes) of the log.",
-            st.batches,
-        );
-        reg.set_gauge(
-            "banter_ims_replication_lag_bytes",
-            "Leader: log end minus the best follower acknowledgement. Follower: leader end minus applied.",
-            (self.lag()) as f64,
-        );
-        reg.set_gauge(
-            "banter_ims_replication_followers",
-            "Followers connected to this node.",
-            (self.hub.followers().len() as u64) as f64,
-        );
-        reg.set_gauge(
-            "banter_ims_replication_acked_bytes",
-            "Highest position a follower acknowledged durable.",
-            (self.hub.acked()) as f64,
-        );
-        reg.set_counter(
-            "banter_ims_replication_sent_bytes_total",
-            "Log bytes sent to followers.",
-            c(&self.hub.bytes_sent),
-        );
-        reg.set_counter(
-            "banter_ims_replication_received_bytes_total",
-            "Log bytes received from the leader.",
-            c(&self.follow_status.bytes),
-        );
-        reg.set_gauge(
-            "banter_ims_replication_connected",
-            "Follower: 1 while connected to its leader.",
-            (u64::from(self.follow_status.connected.load(Ordering::Relaxed))) as f64,
-        );
-        reg.render()
-    }
+    /// etcd mode: the node lost its shard leadership (or its log diverged from the new
+    /// leader's) and stopped; started again, it rejoins as a follower.
+    #[error("{0}")]
+    Deposed(String),
 }
 
 /// A started store node.
@@ -637,9 +467,13 @@ impl RunningStoreNode {
             }
         }
         let store = self.state.store.clone();
+        let deposed = self.state.deposed.lock().take();
         drop(self.state);
         match tokio::task::spawn_blocking(move || store.close()).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => match deposed {
+                Some(why) => Err(StoreNodeError::Deposed(why)),
+                None => Ok(()),
+            },
             Ok(Err(e)) => Err(StoreNodeError::Close(e)),
             Err(e) => Err(StoreNodeError::Task(e.to_string())),
         }
@@ -682,6 +516,14 @@ pub async fn run(
     .await
     .map_err(|e| StoreNodeError::Config(format!("{e} (it can promote this node)")))?;
     let dir = config.data_dir.clone();
+    let etcd = if config.etcd.is_empty() {
+        None
+    } else {
+        let client = coord::Etcd::new(&config.etcd, Duration::from_secs(5))
+            .map_err(|e| StoreNodeError::Config(e.to_string()))?;
+        crate::election::reseed_if_diverged(&dir).map_err(StoreNodeError::Config)?;
+        Some(client)
+    };
     let store = {
         let open_dir = dir.clone();
         tokio::task::spawn_blocking(move || {
@@ -736,15 +578,26 @@ pub async fn run(
         ..StoreServerMetrics::default()
     });
     let follow_status = Arc::new(FollowStatus::default());
+    let fence = Arc::new(crate::fence::Fence::new(etcd.is_some()));
     let state = Arc::new(NodeState {
         registry,
         store: store.clone(),
         hub: hub.clone(),
         server_metrics: server_metrics.clone(),
         follow_status: follow_status.clone(),
-        follow_addr: config.follow.trim().to_string(),
+        follow_addr: parking_lot::Mutex::new(String::new()),
         mode: config.replication_mode,
         follower: tokio::sync::Mutex::new(None),
+        follow_template: FollowOptions {
+            max_frame_bytes: config.replication_max_frame_mb << 20,
+            idle_timeout: Duration::from_millis(config.replication_idle_timeout_ms),
+            status: follow_status.clone(),
+            ..FollowOptions::default()
+        },
+        fence: fence.clone(),
+        deposed: parking_lot::Mutex::new(None),
+        shutdown: shutdown.clone(),
+        epoch: std::sync::atomic::AtomicU64::new(0),
     });
 
     let mut tasks = Vec::new();
@@ -759,6 +612,7 @@ pub async fn run(
             }
         }),
         metrics: server_metrics,
+        fence: fence.clone(),
         // in-flight `sync` appends may wait up to sync_timeout for a follower
         shutdown_grace: Duration::from_millis(config.sync_timeout_ms) + Duration::from_secs(5),
     };
@@ -783,21 +637,8 @@ pub async fn run(
             shutdown.clone(),
         )));
     }
-    if !state.follow_addr.is_empty() {
-        let token = shutdown.child_token();
-        let fopts = FollowOptions {
-            max_frame_bytes: config.replication_max_frame_mb << 20,
-            idle_timeout: Duration::from_millis(config.replication_idle_timeout_ms),
-            status: follow_status.clone(),
-            ..FollowOptions::default()
-        };
-        let task = tokio::spawn(follow(
-            state.follow_addr.clone(),
-            store.clone(),
-            fopts,
-            token.clone(),
-        ));
-        *state.follower.lock().await = Some((token, task));
+    if !config.follow.trim().is_empty() {
+        state.follow_leader(config.follow.trim(), 0).await;
     }
     if let Some(l) = http {
         let auth = BearerAuth::new(&config.http_secret, &["/healthz"], "http_secret");
@@ -817,6 +658,33 @@ pub async fn run(
                 tracing::error!(error = %e, "ims HTTP API failed");
             }
         }));
+    }
+    if let Some(etcd) = etcd {
+        let advertise = |a: Option<SocketAddr>| match a {
+            Some(a) if !config.advertise_host.trim().is_empty() => {
+                format!("{}:{}", config.advertise_host.trim(), a.port())
+            }
+            Some(a) => a.to_string(),
+            None => String::new(),
+        };
+        let me = coord::LeaderRecord {
+            node_id: config.node_id.trim().to_string(),
+            listen: advertise(Some(listen_addr)),
+            replication: advertise(replication_addr),
+            http: advertise(http_addr),
+        };
+        let settings = crate::election::Settings {
+            etcd,
+            layout: coord::Layout::new(&config.etcd_prefix),
+            shard: config.shard.trim().to_string(),
+            me,
+            ttl: Duration::from_secs(config.lease_ttl_secs),
+            data_dir: config.data_dir.clone(),
+        };
+        tasks.push(tokio::spawn(crate::election::coordinate(
+            state.clone(),
+            settings,
+        )));
     }
     tracing::info!(
         listen = %listen_addr,

@@ -234,7 +234,7 @@ async fn a_stalled_follower_does_not_block_the_leader() {
             CMD_REPL_BEGIN,
             REPL_VERSION,
             0,
-            &0u64.to_be_bytes(),
+            &[0u8; 16], // position 0, any epoch
         ))
         .await
         .unwrap();

@@ -26,6 +26,34 @@ pub struct RouterConfig {
     pub push: PushConfig,
     /// Bounds.
     pub limits: LimitsConfig,
+    /// Registration in etcd (discovery by access nodes).
+    pub cluster: RouterClusterConfig,
+}
+
+/// `[cluster]`: registration in etcd, so access nodes find this router by themselves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterClusterConfig {
+    /// etcd endpoints (`http://host:port`); empty = not registered (access nodes list it in
+    /// `route_addrs`).
+    pub etcd: Vec<String>,
+    /// Key prefix of this cluster in etcd.
+    pub etcd_prefix: String,
+    /// Lease TTL in seconds: a dead router disappears from the access nodes' view after this.
+    pub lease_ttl_secs: u64,
+    /// Host registered for the listener; "" = the address as bound (must not be a wildcard).
+    pub advertise_host: String,
+}
+
+impl Default for RouterClusterConfig {
+    fn default() -> Self {
+        RouterClusterConfig {
+            etcd: Vec::new(),
+            etcd_prefix: "/banter".into(),
+            lease_ttl_secs: 3,
+            advertise_host: String::new(),
+        }
+    }
 }
 
 impl Default for RouterConfig {
@@ -37,6 +65,7 @@ impl Default for RouterConfig {
             http_secret: String::new(),
             push: PushConfig::default(),
             limits: LimitsConfig::default(),
+            cluster: RouterClusterConfig::default(),
         }
     }
 }

@@ -45,7 +45,9 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{default_toml, LimitsConfig, PushBackend, PushConfig, RouterConfig};
+pub use config::{
+    default_toml, LimitsConfig, PushBackend, PushConfig, RouterClusterConfig, RouterConfig,
+};
 
 /// Why the router could not start.
 #[derive(Debug, thiserror::Error)]

@@ -6,6 +6,7 @@
 //! * [`MariaDb`]: `mariadbd` on a fresh data directory, with an empty database `test`.
 //! * [`S3Server`]: an S3-compatible server (moto's `moto_server`, from PyPI `moto[server]`).
 //! * [`Tmpfs`]: a small tmpfs to fill for full-disk tests (needs root).
+//! * [`EtcdServer`]: a single-member `etcd` (Debian `etcd-server`) on a fresh data directory.
 //!
 //! A missing binary fails with a message naming the package to install.
 
@@ -185,6 +186,122 @@ fn wait_until(
         }
         std::thread::sleep(Duration::from_millis(25));
     }
+}
+
+/// A private single-member `etcd` on free loopback ports (client and peer) with a fresh data
+/// directory, killed on drop.
+pub struct EtcdServer {
+    child: Option<Child>,
+    port: u16,
+    peer_port: u16,
+    dir: TempDir,
+}
+
+impl EtcdServer {
+    /// Start `etcd` and wait until `/health` answers (panics with its log on failure).
+    pub fn start() -> EtcdServer {
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            let dir = tempfile::tempdir().expect("testkit: cannot create a temporary directory");
+            let mut server = EtcdServer {
+                child: None,
+                port: free_port(),
+                peer_port: free_port(),
+                dir,
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(why) => last_error = why,
+            }
+        }
+        panic!("testkit: etcd did not start: {last_error}");
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let bin = find_binary("etcd", "Debian/Ubuntu: `apt-get install -y etcd-server`");
+        let client = format!("http://127.0.0.1:{}", self.port);
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = self.dir.path().join("etcd.log");
+        let log_file = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let mut child = Command::new(&bin)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args(["--name", "default"])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("default={peer}")])
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot spawn {}: {e}", bin.display()))?;
+        let port = self.port;
+        match wait_until(&mut child, Duration::from_secs(20), || etcd_healthy(port)) {
+            Ok(()) => {
+                self.child = Some(child);
+                Ok(())
+            }
+            Err(why) => {
+                stop(&mut child);
+                Err(format!("{why}; log:\n{}", log_tail(&log)))
+            }
+        }
+    }
+
+    /// `http://127.0.0.1:<port>`, the client URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (its data directory is kept), e.g. to test an etcd outage.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop(&mut c);
+        }
+    }
+
+    /// Starts it again on the same ports and data after [`EtcdServer::kill`].
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last_error = String::new();
+        for _ in 0..START_ATTEMPTS {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(why) => last_error = why,
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("testkit: etcd did not restart: {last_error}");
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn etcd_healthy(port: u16) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(1000)));
+    let req =
+        format!("GET /health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(req.as_bytes()).is_err() {
+        return false;
+    }
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text.starts_with("HTTP/1.1 200") && text.contains("\"health\":\"true\"")
 }
 
 /// A private MariaDB server on a free loopback port with an empty database `test`, killed on drop.

@@ -291,7 +291,7 @@ fn watch_resources(shared: &Shared) {
     } else {
         health.degrade(
             Degradation::NoDescriptorReserve,
-            "the descriptor reserve is in use and cannot be restored (the process is at its                  open-file limit)"
+            "the descriptor reserve is in use and cannot be restored (the process is at its open-file limit)"
                 .into(),
         );
     }

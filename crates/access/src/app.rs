@@ -137,6 +137,7 @@ impl App {
             crate::metrics::NodeFigures {
                 stats: &self.stats,
                 route: &self.route,
+                rooms: &self.rooms,
                 links: &self.links,
                 push: &self.push,
                 backend: &self.backend,

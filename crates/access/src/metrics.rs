@@ -13,7 +13,7 @@ use backend::push::PushSink;
 use backend::Backend;
 use cluster::route_link::RouteLinks;
 
-use crate::route::RouteTable;
+use crate::route::{RoomTable, RouteTable};
 use crate::stats::Stats;
 use crate::store_client::StoreClient;
 
@@ -89,6 +89,7 @@ impl AccessMetrics {
 pub struct NodeFigures<'a> {
     pub stats: &'a Stats,
     pub route: &'a RouteTable,
+    pub rooms: &'a RoomTable,
     pub links: &'a RouteLinks,
     pub push: &'a PushSink,
     pub backend: &'a Backend,
@@ -354,7 +355,7 @@ pub fn render(metrics: &AccessMetrics, app: NodeFigures<'_>) -> String {
         );
     }
     let mut text = r.render();
-    room_drop_series(app, &mut text);
+    room_drop_series(app.rooms, &mut text);
     text
 }
 
@@ -366,9 +367,9 @@ pub const ROOM_DROP_SERIES: usize = 10;
 /// room would grow without limit; these series are written at each scrape rather than registered (a
 /// registered series would stay forever), so a room that leaves the top — or empties, which resets
 /// its count — simply stops being exported. The exact total is `banter_room_messages_dropped_total`.
-fn room_drop_series(app: &App, text: &mut String) {
+fn room_drop_series(rooms: &RoomTable, text: &mut String) {
     use std::fmt::Write as _;
-    let top = app.rooms.top_dropped(ROOM_DROP_SERIES);
+    let top = rooms.top_dropped(ROOM_DROP_SERIES);
     if top.is_empty() {
         return;
     }

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::streams::{StreamId, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, AsyncConnectionConfig, Script, Value};
 
@@ -223,6 +223,19 @@ pub(crate) trait Follower: Send + Sync + 'static {
     fn reconnected(&self);
     /// Everything up to `pos` is applied.
     fn applied(&self, pos: StreamPos);
+}
+
+/// The connection of a directory's writer and start-up reads: reconnecting, with short timeouts.
+pub(crate) async fn writer_connection(
+    client: &redis::Client,
+) -> Result<ConnectionManager, BackendError> {
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(5))
+        .set_factor(2)
+        .set_max_delay(1000)
+        .set_number_of_retries(2);
+    Ok(ConnectionManager::new_with_config(client.clone(), config).await?)
 }
 
 /// The dedicated connection of a follower (its reads block for [`BLOCK`]).

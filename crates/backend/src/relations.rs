@@ -17,20 +17,18 @@
 //! ([`RelationDirectory::cached`]), absent rows included; changes update cached pairs in place.
 //! An action id out of sequence or a lost stream connection empties the cache.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::StreamId;
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::Row;
 use tokio::task::AbortHandle;
 
-use crate::action_stream::{self, field, field_bool, field_int, Follower, Keys, Round, StreamWriter};
+use crate::action_stream::{
+    self, field, field_bool, field_int, Follower, Keys, Round, StreamWriter,
+};
 use crate::cache::BoundedCache;
 use crate::BackendError;
 
@@ -171,7 +169,8 @@ const SQLITE_SCHEMA: &[&str] = &[
 /// The rows of one pair, both tables, both directions: `(kind, uid)` where kind 0 = friend,
 /// 1 = blacklist, and `uid` is the one listing the other. Parameters: appid, a, b, b, a twice.
 /// (`CAST … AS SIGNED` gives MySQL's 64-bit integers; SQLite reads it as an integer too.)
-const PAIR_QUERY: &str = "SELECT CAST(0 AS SIGNED) AS kind, CAST(uid AS SIGNED) AS uid FROM friend \
+const PAIR_QUERY: &str =
+    "SELECT CAST(0 AS SIGNED) AS kind, CAST(uid AS SIGNED) AS uid FROM friend \
      WHERE appid = ? AND ((uid = ? AND friend_uid = ?) OR (uid = ? AND friend_uid = ?)) \
      UNION ALL SELECT CAST(1 AS SIGNED) AS kind, CAST(uid AS SIGNED) AS uid FROM blacklist \
      WHERE appid = ? AND ((uid = ? AND friend_uid = ?) OR (uid = ? AND friend_uid = ?))";
@@ -275,23 +274,7 @@ impl RelationDirectory {
         path: &std::path::Path,
         cache_pairs: usize,
     ) -> Result<RelationDirectory, BackendError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let connect = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(connect)
-            .await?;
+        let pool = crate::embedded::open_sqlite(path).await?;
         for stmt in SQLITE_SCHEMA {
             sqlx::query(*stmt).execute(&pool).await?;
         }
@@ -307,9 +290,7 @@ impl RelationDirectory {
     /// Connect to MySQL (creating the tables when missing) and to Redis, and, with
     /// `opts.follow`, start following `relationship_stream` from its current end. Fails when
     /// either does not answer within a few seconds.
-    pub async fn open_mysql(
-        opts: MysqlRelationOptions,
-    ) -> Result<RelationDirectory, BackendError> {
+    pub async fn open_mysql(opts: MysqlRelationOptions) -> Result<RelationDirectory, BackendError> {
         let pool = MySqlPoolOptions::new()
             .max_connections(opts.max_connections.max(1))
             .acquire_timeout(Duration::from_secs(5))
@@ -323,13 +304,7 @@ impl RelationDirectory {
                 .map_err(BackendError::Mysql)?;
         }
         let client = redis::Client::open(opts.redis_url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(5))
-            .set_factor(2)
-            .set_max_delay(1000)
-            .set_number_of_retries(2);
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let mut conn = action_stream::writer_connection(&client).await?;
         let pairs = Arc::new(Pairs {
             cache: BoundedCache::new(opts.cache_pairs),
         });
@@ -373,41 +348,32 @@ impl RelationDirectory {
             return Ok(Relation::of(bits, a, b));
         }
         let ticket = cache.ticket(&key);
-        let rows: Vec<(i64, i64)> = match &self.0.store {
-            Store::Embedded(pool) => sqlx::query(PAIR_QUERY)
-                .bind(appid)
-                .bind(a)
-                .bind(b)
-                .bind(b)
-                .bind(a)
-                .bind(appid)
-                .bind(a)
-                .bind(b)
-                .bind(b)
-                .bind(a)
-                .fetch_all(pool)
-                .await?
-                .iter()
-                .map(|r| Ok((r.try_get("kind")?, r.try_get("uid")?)))
-                .collect::<Result<_, sqlx::Error>>()?,
-            Store::Mysql { pool, .. } => sqlx::query(PAIR_QUERY)
-                .bind(appid)
-                .bind(a)
-                .bind(b)
-                .bind(b)
-                .bind(a)
-                .bind(appid)
-                .bind(a)
-                .bind(b)
-                .bind(b)
-                .bind(a)
-                .fetch_all(pool)
-                .await
-                .map_err(BackendError::Mysql)?
-                .iter()
-                .map(|r| Ok((r.try_get("kind")?, r.try_get("uid")?)))
-                .collect::<Result<_, sqlx::Error>>()
-                .map_err(BackendError::Mysql)?,
+        // The same query and parameters for both stores (their query types differ).
+        macro_rules! pair_rows {
+            ($pool:expr) => {
+                sqlx::query(PAIR_QUERY)
+                    .bind(appid)
+                    .bind(a)
+                    .bind(b)
+                    .bind(b)
+                    .bind(a)
+                    .bind(appid)
+                    .bind(a)
+                    .bind(b)
+                    .bind(b)
+                    .bind(a)
+                    .fetch_all($pool)
+                    .await
+                    .and_then(|rows| {
+                        rows.iter()
+                            .map(|r| Ok((r.try_get("kind")?, r.try_get("uid")?)))
+                            .collect::<Result<Vec<(i64, i64)>, sqlx::Error>>()
+                    })
+            };
+        }
+        let rows = match &self.0.store {
+            Store::Embedded(pool) => pair_rows!(pool)?,
+            Store::Mysql { pool, .. } => pair_rows!(pool).map_err(BackendError::Mysql)?,
         };
         let mut bits = 0;
         for (kind, lister) in rows {

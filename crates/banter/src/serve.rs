@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use access::{AccessNode, App, Routers, Services, StoreClient};
 use backend::groups::GroupDirectory;
-use backend::relations::{MysqlRelationOptions, RelationDirectory};
 use backend::moderation::{SharedWordFilter, WordFilter};
 use backend::push::PushSink;
+use backend::relations::{MysqlRelationOptions, RelationDirectory};
 use backend::{Backend, EmbeddedGroupOptions, EmbeddedOptions, RedisOptions};
 use cluster::store_client::{RemoteStore, StorePoolOptions};
 use store::Store;

@@ -74,44 +74,93 @@ async fn embedded_relations_through_the_admin_api() {
     // Strangers.
     assert_eq!(send(&mut a, 1, 2).await, AckStatus::NOT_MY_FRIEND);
     // 1 lists 2, 2 does not list 1.
-    let v = admin(&s, "/admin/friends/add", json!({"appid": APPID, "uid": 1, "friend_uid": 2})).await;
+    let v = admin(
+        &s,
+        "/admin/friends/add",
+        json!({"appid": APPID, "uid": 1, "friend_uid": 2}),
+    )
+    .await;
     assert_eq!(v["changed"], true);
     eventually(&mut a, 1, 2, AckStatus::NOT_YOUR_FRIEND).await;
     // Both ways: delivered.
-    admin(&s, "/admin/friends/add", json!({"appid": APPID, "uid": 2, "friend_uid": 1})).await;
+    admin(
+        &s,
+        "/admin/friends/add",
+        json!({"appid": APPID, "uid": 2, "friend_uid": 1}),
+    )
+    .await;
     eventually(&mut a, 1, 2, AckStatus::SUCCESS).await;
     arrives(&mut b, 1).await;
     assert_eq!(send(&mut b, 2, 1).await, AckStatus::SUCCESS);
     arrives(&mut a, 2).await;
-    let (st, v) = http(s.http, "GET", &format!("/admin/friends?appid={APPID}&uid=1"), &[], b"").await;
+    let (st, v) = http(
+        s.http,
+        "GET",
+        &format!("/admin/friends?appid={APPID}&uid=1"),
+        &[],
+        b"",
+    )
+    .await;
     assert_eq!(st, 200);
     let v: serde_json::Value = serde_json::from_str(&v).unwrap();
     assert_eq!(v, json!({"uids": [2], "next": null}));
 
     // 2 blacklists 1: 1 is refused, 2 may still write.
-    let v = admin(&s, "/admin/blacklist/add", json!({"appid": APPID, "uid": 2, "blocked_uid": 1})).await;
+    let v = admin(
+        &s,
+        "/admin/blacklist/add",
+        json!({"appid": APPID, "uid": 2, "blocked_uid": 1}),
+    )
+    .await;
     assert_eq!(v["changed"], true);
     eventually(&mut a, 1, 2, AckStatus::IN_YOUR_BLACKLIST).await;
     assert_eq!(send(&mut b, 2, 1).await, AckStatus::SUCCESS);
     arrives(&mut a, 2).await;
-    admin(&s, "/admin/blacklist/remove", json!({"appid": APPID, "uid": 2, "blocked_uid": 1})).await;
+    admin(
+        &s,
+        "/admin/blacklist/remove",
+        json!({"appid": APPID, "uid": 2, "blocked_uid": 1}),
+    )
+    .await;
     eventually(&mut a, 1, 2, AckStatus::SUCCESS).await;
     arrives(&mut b, 1).await;
 
     // Unfriending both ways at once.
-    let v = admin(&s, "/admin/friends/remove", json!({"appid": APPID, "uid": 1, "friend_uid": 2, "mutual": true})).await;
+    let v = admin(
+        &s,
+        "/admin/friends/remove",
+        json!({"appid": APPID, "uid": 1, "friend_uid": 2, "mutual": true}),
+    )
+    .await;
     assert_eq!(v["changed"], true);
     eventually(&mut a, 1, 2, AckStatus::NOT_MY_FRIEND).await;
-    let v = admin(&s, "/admin/friends/remove", json!({"appid": APPID, "uid": 1, "friend_uid": 2})).await;
+    let v = admin(
+        &s,
+        "/admin/friends/remove",
+        json!({"appid": APPID, "uid": 1, "friend_uid": 2}),
+    )
+    .await;
     assert_eq!(v["changed"], false, "already gone");
 
     // Bad input: 400 with the API's JSON error.
     for (path, body) in [
-        ("/admin/friends/add", json!({"appid": APPID, "uid": 0, "friend_uid": 2})),
+        (
+            "/admin/friends/add",
+            json!({"appid": APPID, "uid": 0, "friend_uid": 2}),
+        ),
         ("/admin/friends/add", json!({"appid": APPID, "uid": 1})),
-        ("/admin/friends/add", json!({"appid": APPID, "uid": 1, "friend_uid": 2, "extra": 1})),
-        ("/admin/blacklist/add", json!({"appid": -1, "uid": 1, "blocked_uid": 2})),
-        ("/admin/blacklist/remove", json!({"appid": APPID, "uid": 1, "friend_uid": 2})),
+        (
+            "/admin/friends/add",
+            json!({"appid": APPID, "uid": 1, "friend_uid": 2, "extra": 1}),
+        ),
+        (
+            "/admin/blacklist/add",
+            json!({"appid": -1, "uid": 1, "blocked_uid": 2}),
+        ),
+        (
+            "/admin/blacklist/remove",
+            json!({"appid": APPID, "uid": 1, "friend_uid": 2}),
+        ),
     ] {
         let (st, v) = post_json(s.http, path, &body).await;
         assert_eq!(st, 400, "{path} {body}: {v}");
@@ -120,7 +169,12 @@ async fn embedded_relations_through_the_admin_api() {
     }
     let (st, _) = http(s.http, "POST", "/admin/friends/add", &[], b"not json").await;
     assert_eq!(st, 400);
-    for q in ["appid=7", "appid=7&uid=1&limit=0", "appid=7&uid=1&after=-1", "appid=x&uid=1"] {
+    for q in [
+        "appid=7",
+        "appid=7&uid=1&limit=0",
+        "appid=7&uid=1&after=-1",
+        "appid=x&uid=1",
+    ] {
         let (st, v) = http(s.http, "GET", &format!("/admin/blacklist?{q}"), &[], b"").await;
         assert_eq!(st, 400, "{q}: {v}");
         assert!(v.contains("\"message\""), "{v}");
@@ -133,7 +187,12 @@ async fn checks_are_off_by_default() {
     let s = TestServer::start().await.unwrap();
     let mut a = Client::login(&s, 1, 2, false, "a").await;
     let mut b = Client::login(&s, 2, 2, false, "b").await;
-    admin(&s, "/admin/blacklist/add", json!({"appid": APPID, "uid": 2, "blocked_uid": 1})).await;
+    admin(
+        &s,
+        "/admin/blacklist/add",
+        json!({"appid": APPID, "uid": 2, "blocked_uid": 1}),
+    )
+    .await;
     assert_eq!(send(&mut a, 1, 2).await, AckStatus::SUCCESS);
     arrives(&mut b, 1).await;
     s.stop().await;
@@ -255,15 +314,35 @@ async fn gobelieve_relations_through_the_stream() {
     // A second node: its admin API writes MySQL and the stream, and reaches this node's session.
     let second = configure.clone();
     let s2 = TestServer::start_with(move |c| second(c)).await.unwrap();
-    let v = admin(&s2, "/admin/blacklist/remove", json!({"appid": APPID, "uid": 2, "blocked_uid": 1})).await;
+    let v = admin(
+        &s2,
+        "/admin/blacklist/remove",
+        json!({"appid": APPID, "uid": 2, "blocked_uid": 1}),
+    )
+    .await;
     assert_eq!(v["changed"], true);
     eventually(&mut a, 1, 2, AckStatus::SUCCESS).await;
     arrives(&mut b, 1).await;
-    admin(&s2, "/admin/friends/remove", json!({"appid": APPID, "uid": 2, "friend_uid": 1})).await;
+    admin(
+        &s2,
+        "/admin/friends/remove",
+        json!({"appid": APPID, "uid": 2, "friend_uid": 1}),
+    )
+    .await;
     eventually(&mut a, 1, 2, AckStatus::NOT_YOUR_FRIEND).await;
-    let (st, v) = http(s2.http, "GET", &format!("/admin/friends?appid={APPID}&uid=1"), &[], b"").await;
+    let (st, v) = http(
+        s2.http,
+        "GET",
+        &format!("/admin/friends?appid={APPID}&uid=1"),
+        &[],
+        b"",
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&v).unwrap()["uids"], json!([2]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&v).unwrap()["uids"],
+        json!([2])
+    );
     s2.stop().await;
     s.stop().await;
 }

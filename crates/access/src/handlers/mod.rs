@@ -343,7 +343,9 @@ pub(crate) fn dispatch<'a>(
             Step::Done
         }
         Body::Im(im) => match peer::relationship(conn, &im) {
-            peer::Relationship::Unchecked => settle(&app, out, peer::on_im(conn, seq, flags, im, None)),
+            peer::Relationship::Unchecked => {
+                settle(&app, out, peer::on_im(conn, seq, flags, im, None))
+            }
             peer::Relationship::Known(r) => {
                 settle(&app, out, peer::on_im(conn, seq, flags, im, Some(r)))
             }

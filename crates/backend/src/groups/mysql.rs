@@ -17,7 +17,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::{MySql, MySqlConnection, QueryBuilder, Row};
 use tokio::sync::{broadcast, watch};
@@ -113,13 +112,7 @@ impl MysqlGroups {
             sqlx::raw_sql(*stmt).execute(&pool).await.my()?;
         }
         let client = redis::Client::open(opts.redis_url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(5))
-            .set_factor(2)
-            .set_max_delay(1000)
-            .set_number_of_retries(2);
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
+        let mut conn = action_stream::writer_connection(&client).await?;
         let (action_id, pos) = action_stream::start_position(&mut conn, stream::KEYS).await?;
         let reader = action_stream::follower_connection(&client).await?;
 

@@ -40,8 +40,8 @@ const KEYS: Keys = Keys {
 /// The fields of an event besides the action ids.
 const FIELDS: &[&str] = &["name", "app_id", "uid", "friend_uid", "friend", "blacklist"];
 
-/// The most uids one listing returns.
-pub const MAX_LIST_LIMIT: i64 = 1000;
+/// The most uids one listing returns (as for groups).
+pub use crate::groups::MAX_LIST_LIMIT;
 
 /// Default bound on cached user pairs.
 pub const DEFAULT_CACHE_PAIRS: usize = 1_000_000;
@@ -465,16 +465,7 @@ impl RelationDirectory {
         limit: i64,
     ) -> Result<Vec<i64>, BackendError> {
         check_ids(appid, uid, 1)?;
-        if after < 0 {
-            return Err(BackendError::InvalidArgument(format!(
-                "`after` must be ≥ 0 (got {after})"
-            )));
-        }
-        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
-            return Err(BackendError::InvalidArgument(format!(
-                "`limit` must be between 1 and {MAX_LIST_LIMIT} (got {limit})"
-            )));
-        }
+        crate::groups::check_page(after, limit)?;
         let table = kind.name();
         let q = format!(
             "SELECT friend_uid FROM {table} WHERE appid = ? AND uid = ? AND friend_uid > ? \

@@ -1,6 +1,7 @@
-//! The admin HTTP API of the embedded group directory and user flags (JSON, behind the same
-//! `api.secret` rule as the rest of the API). With the MySQL directory the same calls write MySQL and
-//! announce the change on `group_manager_stream`, so an operator can use either.
+//! The admin HTTP API of the group directory, user flags and friend and blacklist relations (JSON,
+//! behind the same `api.secret` rule as the rest of the API). With the MySQL directory the same
+//! calls write MySQL and announce the change on `group_manager_stream` (relations:
+//! `relationship_stream`), so an operator can use either.
 //!
 //! | Method and path | Body | Answer |
 //! |---|---|---|
@@ -13,14 +14,24 @@
 //! | `POST /admin/groups/rename` | `{"appid", "group_id", "name"}` | `{}` |
 //! | `POST /admin/groups/upgrade` | `{"appid", "group_id"}` | `{}` (now a super group) |
 //! | `POST /admin/users/forbidden` | `{"appid", "uid", "forbidden": bool}` | `{}` |
+//! | `POST /admin/friends/add` | `{"appid", "uid", "friend_uid", "mutual"?: bool}` | `{"changed": bool}` ("`uid` lists `friend_uid` as a friend"; `mutual`: both ways) |
+//! | `POST /admin/friends/remove` | the same | `{"changed": bool}` |
+//! | `GET /admin/friends?appid=&uid=&after=&limit=` | – | `{"uids": [uid…], "next": uid or null}` (whom `uid` lists) |
+//! | `POST /admin/blacklist/add` | `{"appid", "uid", "blocked_uid"}` | `{"changed": bool}` ("`uid` has blacklisted `blocked_uid`") |
+//! | `POST /admin/blacklist/remove` | the same | `{"changed": bool}` |
+//! | `GET /admin/blacklist?appid=&uid=&after=&limit=` | – | `{"uids": [uid…], "next": uid or null}` |
+//!
+//! Relation changes reach the checks of this node at once, and in MySQL mode every node through
+//! `relationship_stream`.
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use backend::RelationKind;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -223,6 +234,91 @@ async fn forbidden(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FriendReq {
+    appid: i64,
+    uid: i64,
+    friend_uid: i64,
+    #[serde(default)]
+    mutual: bool,
+}
+
+async fn set_friend(app: &App, body: &Bytes, on: bool) -> ApiResult {
+    let r: FriendReq = json_body(body)?;
+    let (appid, uid) = (positive("appid", r.appid)?, positive("uid", r.uid)?);
+    let other = positive("friend_uid", r.friend_uid)?;
+    let mut changed = app
+        .relations
+        .set(RelationKind::Friend, appid, uid, other, on)
+        .await?;
+    if r.mutual {
+        changed |= app
+            .relations
+            .set(RelationKind::Friend, appid, other, uid, on)
+            .await?;
+    }
+    Ok(Json(json!({ "changed": changed })).into_response())
+}
+
+async fn add_friend(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    set_friend(&app, &body, true).await
+}
+
+async fn remove_friend(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    set_friend(&app, &body, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BlockReq {
+    appid: i64,
+    uid: i64,
+    blocked_uid: i64,
+}
+
+async fn set_blocked(app: &App, body: &Bytes, on: bool) -> ApiResult {
+    let r: BlockReq = json_body(body)?;
+    let changed = app
+        .relations
+        .set(
+            RelationKind::Blacklist,
+            positive("appid", r.appid)?,
+            positive("uid", r.uid)?,
+            positive("blocked_uid", r.blocked_uid)?,
+            on,
+        )
+        .await?;
+    Ok(Json(json!({ "changed": changed })).into_response())
+}
+
+async fn add_blocked(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    set_blocked(&app, &body, true).await
+}
+
+async fn remove_blocked(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
+    set_blocked(&app, &body, false).await
+}
+
+async fn list_relation(app: &App, q: &Params, kind: RelationKind) -> ApiResult {
+    let appid = crate::http::id(q, "appid")?;
+    let uid = crate::http::id(q, "uid")?;
+    let (after, limit) = crate::server_api::page(q)?;
+    let uids = app.relations.list(kind, appid, uid, after, limit).await?;
+    let next = (uids.len() as i64 == limit)
+        .then(|| uids.last().copied())
+        .flatten();
+    Ok(Json(json!({ "uids": uids, "next": next })).into_response())
+}
+
+async fn list_friends(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+    list_relation(&app, &q, RelationKind::Friend).await
+}
+
+async fn list_blocked(State(app): State<Arc<App>>, q: Params) -> ApiResult {
+    list_relation(&app, &q, RelationKind::Blacklist).await
+}
+
 /// Admin routes, merged into the API router.
 pub fn routes() -> Router<Arc<App>> {
     Router::new()
@@ -234,4 +330,10 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/admin/groups/mute", post(mute))
         .route("/admin/groups/rename", post(rename))
         .route("/admin/users/forbidden", post(forbidden))
+        .route("/admin/friends", get(list_friends))
+        .route("/admin/friends/add", post(add_friend))
+        .route("/admin/friends/remove", post(remove_friend))
+        .route("/admin/blacklist", get(list_blocked))
+        .route("/admin/blacklist/add", post(add_blocked))
+        .route("/admin/blacklist/remove", post(remove_blocked))
 }

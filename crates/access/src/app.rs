@@ -10,6 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use backend::groups::{Group, GroupDirectory};
 use backend::moderation::SharedWordFilter;
 use backend::push::PushSink;
+use backend::relations::RelationDirectory;
 use backend::Backend;
 use cluster::route_link::RouteLinkConfig;
 use cluster::route_link::RouteLinks;
@@ -18,7 +19,7 @@ use proto::{flag, Metadata};
 use store::Appended;
 use tokio::sync::mpsc;
 
-use crate::config::{ApiConfig, ServerConfig, SyncConfig};
+use crate::config::{ApiConfig, RelationshipsConfig, ServerConfig, SyncConfig};
 use crate::route::{Push, RoomDelivery, RoomTable, RouteTable};
 use crate::routed::{Local, RoutedInbox};
 pub use crate::stats::Stats;
@@ -44,6 +45,10 @@ pub struct Services {
     pub store: StoreClient,
     pub backend: Backend,
     pub groups: GroupDirectory,
+    /// Friend and blacklist relations (the admin API, and the checks when on).
+    pub relations: RelationDirectory,
+    /// `[relationships]`: which checks peer messages get.
+    pub relationships: RelationshipsConfig,
     pub push: PushSink,
     /// The sensitive-word filter, when a word file is configured.
     pub words: Option<SharedWordFilter>,
@@ -63,6 +68,10 @@ pub struct App {
     pub store: StoreClient,
     pub backend: Backend,
     pub groups: GroupDirectory,
+    /// Friend and blacklist relations.
+    pub relations: RelationDirectory,
+    /// `[relationships]`: which checks peer messages get.
+    pub relationships: RelationshipsConfig,
     pub push: PushSink,
     pub words: Option<SharedWordFilter>,
     /// The app API the SDKs call (media, device binding, supporters), unless disabled.
@@ -117,6 +126,8 @@ impl App {
             store: services.store,
             backend: services.backend,
             groups: services.groups,
+            relations: services.relations,
+            relationships: services.relationships,
             push: services.push,
             words: services.words,
             app_api: services.app_api,

@@ -159,3 +159,37 @@ impl Default for ApiConfig {
         }
     }
 }
+
+/// `[relationships]`: GoBelieve's friendship and blacklist checks of peer messages
+/// (docs/protocol.md §9.2). Both are off by default; off, a message costs nothing extra.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelationshipsConfig {
+    /// GoBelieve's `enable_friendship`: an IM is refused with ACK status 1 (NOT_MY_FRIEND) unless
+    /// the sender lists the receiver as a friend, else with status 2 (NOT_YOUR_FRIEND) unless the
+    /// receiver lists the sender.
+    pub friendship: bool,
+    /// GoBelieve's `enable_blacklist`: an IM is refused with ACK status 3 (IN_YOUR_BLACKLIST) when
+    /// the receiver has blacklisted the sender.
+    pub blacklist: bool,
+    /// Most user pairs whose relations are kept in memory; others are read from the store on
+    /// their next message.
+    pub cache_pairs: usize,
+}
+
+impl RelationshipsConfig {
+    /// Whether any check is on.
+    pub fn checks(&self) -> bool {
+        self.friendship || self.blacklist
+    }
+}
+
+impl Default for RelationshipsConfig {
+    fn default() -> Self {
+        RelationshipsConfig {
+            friendship: false,
+            blacklist: false,
+            cache_pairs: backend::relations::DEFAULT_CACHE_PAIRS,
+        }
+    }
+}

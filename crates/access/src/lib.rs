@@ -34,7 +34,7 @@ use tracing::warn;
 
 pub use app::{App, Routers, Services, StoreClient, StoreFailure};
 pub use app_api::{AppApi, AppApiConfig};
-pub use config::{ApiConfig, ServerConfig, SyncConfig};
+pub use config::{ApiConfig, RelationshipsConfig, ServerConfig, SyncConfig};
 pub use web::WebConfig;
 
 /// Why the node could not start. The operator's fault (configuration) or the environment's (ports).

@@ -68,7 +68,7 @@ async fn kick(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
 }
 
 /// `after` and `limit` of a listing.
-fn page(q: &Params) -> Result<(i64, i64), ApiError> {
+pub(crate) fn page(q: &Params) -> Result<(i64, i64), ApiError> {
     let after = opt_int(q, "after")?.unwrap_or(0);
     let limit = opt_int(q, "limit")?.unwrap_or(DEFAULT_LIMIT);
     Ok((after, limit))

@@ -77,6 +77,25 @@ impl<K: Hash + Eq + Clone, V: Clone> BoundedCache<K, V> {
         shard.map.remove(key);
     }
 
+    /// Records a change to `key` (lookups in flight will not insert) and, when it is cached,
+    /// changes its value in place.
+    pub(crate) fn update(&self, key: &K, f: impl FnOnce(&mut V)) {
+        let mut shard = self.shard(key).lock();
+        shard.generation = shard.generation.wrapping_add(1);
+        if let Some(v) = shard.map.get_mut(key) {
+            f(v);
+        }
+    }
+
+    /// Forgets everything (lookups in flight will not insert).
+    pub(crate) fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            shard.generation = shard.generation.wrapping_add(1);
+            shard.map.clear();
+        }
+    }
+
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().map.len()).sum()
@@ -102,5 +121,15 @@ mod tests {
         let t = cache.ticket(&5000);
         cache.insert(5000, 1, t);
         assert_eq!(cache.get(&5000), Some(1));
+        // An update changes a cached value and stops lookups in flight; absent keys stay absent.
+        let t = cache.ticket(&6000);
+        cache.update(&5000, |v| *v += 1);
+        cache.update(&6000, |v| *v += 1);
+        assert_eq!(cache.get(&5000), Some(2));
+        assert_eq!(cache.get(&6000), None);
+        cache.insert(6000, 9, t);
+        assert_eq!(cache.get(&6000), None);
+        cache.clear();
+        assert_eq!(cache.len(), 0);
     }
 }

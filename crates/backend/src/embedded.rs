@@ -222,26 +222,32 @@ fn now_secs() -> i64 {
         .unwrap_or_default()
 }
 
+/// A pool on the SQLite file `path` (created when missing, with its parent directory): WAL mode,
+/// `synchronous = NORMAL`, a 5 s busy timeout. Every embedded store opens its file this way.
+pub(crate) async fn open_sqlite(path: &std::path::Path) -> Result<SqlitePool, BackendError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+    }
+    let connect = SqliteConnectOptions::from_str("sqlite:")?
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(5));
+    Ok(SqlitePoolOptions::new()
+        .max_connections(4)
+        .min_connections(1)
+        .connect_with(connect)
+        .await?)
+}
+
 impl Embedded {
     /// Open (or create) the SQLite file and start the write-behind flusher.
     pub async fn open(opts: EmbeddedOptions) -> Result<Embedded, BackendError> {
-        if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let connect = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(&opts.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(connect)
-            .await?;
+        let pool = crate::embedded::open_sqlite(&opts.path).await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&pool)
             .await?;

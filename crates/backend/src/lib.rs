@@ -1,6 +1,7 @@
 //! The backend: everything the access server needs that is not messages — stored tokens and JWTs,
 //! user flags (`forbidden`, `notification_on`), device ids, sync-key hints and unread counts, push
-//! device tokens ([`devices`]) and customer-service supporters ([`supporters`]).
+//! device tokens ([`devices`]) and customer-service supporters ([`supporters`]); the group
+//! directory ([`groups`]) and friendship and blacklist relations ([`relations`]).
 //!
 //! [`Backend`] is one type with two variants chosen at start-up:
 //! * [`Backend::open_embedded`]: a SQLite file (zero setup, the default of `banter serve`);
@@ -14,6 +15,7 @@
 
 use std::sync::Arc;
 
+mod action_stream;
 mod cache;
 pub mod devices;
 pub mod embedded;
@@ -28,6 +30,7 @@ pub mod push;
 mod push_job;
 pub mod push_prefs;
 pub mod redis_backend;
+pub mod relations;
 pub mod supporters;
 mod token;
 pub mod write_behind;
@@ -44,6 +47,7 @@ pub use options::{
 };
 pub use push::{NativePush, PushJob, PushSink};
 pub use push_prefs::{DndScope, DndSettings};
+pub use relations::{MysqlRelationOptions, Relation, RelationDirectory, RelationKind};
 pub use supporters::Supporter;
 pub use token::fingerprint as token_fingerprint;
 

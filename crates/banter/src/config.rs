@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use access::{ApiConfig, AppApiConfig, ServerConfig, SyncConfig, WebConfig};
+use access::{ApiConfig, AppApiConfig, RelationshipsConfig, ServerConfig, SyncConfig, WebConfig};
 use backend::{JwtOptions, MysqlGroupOptions, RedisPushOptions, WebhookOptions};
 use media::MediaConfig;
 use serde::{Deserialize, Serialize};
@@ -38,6 +38,8 @@ pub struct Config {
     pub store: StoreSettings,
     pub auth: AuthConfig,
     pub groups: GroupsConfig,
+    /// Friendship and blacklist checks (relations live where `groups.backend` says).
+    pub relationships: RelationshipsConfig,
     pub push: PushConfig,
     pub moderation: ModerationConfig,
     pub cluster: ClusterConfig,

@@ -9,6 +9,7 @@ use access::{AccessNode, App, Routers, Services, StoreClient};
 use backend::groups::GroupDirectory;
 use backend::moderation::{SharedWordFilter, WordFilter};
 use backend::push::PushSink;
+use backend::relations::{MysqlRelationOptions, RelationDirectory};
 use backend::{Backend, EmbeddedGroupOptions, EmbeddedOptions, RedisOptions};
 use cluster::store_client::{RemoteStore, StorePoolOptions};
 use store::Store;
@@ -119,6 +120,31 @@ pub async fn open_groups(config: &Config) -> Result<GroupDirectory, ServeError> 
     })
 }
 
+/// Opens the friend and blacklist relations where the group directory lives: the embedded file, or
+/// GoBelieve's MySQL tables through `groups.mysql` (following `relationship_stream` when this node
+/// checks relations).
+pub async fn open_relations(config: &Config) -> Result<RelationDirectory, ServeError> {
+    let r = &config.relationships;
+    Ok(match config.groups.backend {
+        GroupsBackend::Mysql => {
+            let m = &config.groups.mysql;
+            RelationDirectory::open_mysql(MysqlRelationOptions {
+                url: m.url.clone(),
+                redis_url: m.redis_url.clone(),
+                max_connections: m.max_connections,
+                stream_max_len: m.stream_max_len,
+                cache_pairs: r.cache_pairs,
+                follow: r.checks(),
+            })
+            .await?
+        }
+        GroupsBackend::Embedded => {
+            RelationDirectory::open_embedded(&config.data.dir.join("relations.db"), r.cache_pairs)
+                .await?
+        }
+    })
+}
+
 /// Opens the configured offline-push sink (the native senders read devices, unread counts and
 /// do-not-disturb settings from `backend` and keep their journal in the data directory).
 pub async fn open_push(config: &Config, backend: &Backend) -> Result<PushSink, ServeError> {
@@ -172,6 +198,9 @@ fn warn_unshared_state(config: &Config) {
     }
     if config.groups.backend == GroupsBackend::Embedded {
         warn!("cluster mode with groups.backend = \"embedded\": groups managed on this node are unknown to the other access nodes; use groups.backend = \"mysql\" to share them");
+        if config.relationships.checks() {
+            warn!("cluster mode with groups.backend = \"embedded\": friend and blacklist relations managed on this node are unknown to the other access nodes; use groups.backend = \"mysql\" to share them");
+        }
     }
 }
 
@@ -309,6 +338,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
     let (store, store_client) = open_store(config, &metrics).await?;
     let backend = open_backend(config).await?;
     let groups = open_groups(config).await?;
+    let relations = open_relations(config).await?;
     let push = open_push(config, &backend).await?;
     let words = open_words(config)?;
     let app_api = open_app_api(config)?;
@@ -324,6 +354,8 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
             store: store_client,
             backend: backend.clone(),
             groups,
+            relations,
+            relationships: config.relationships.clone(),
             push: push.clone(),
             words,
             app_api,

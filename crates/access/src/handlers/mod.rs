@@ -12,7 +12,7 @@
 //! | Commands | Module |
 //! |---|---|
 //! | AUTH_TOKEN, PING, UNREAD_COUNT | [`auth`] |
-//! | IM; server-side peer, system and notification posts | [`peer`] |
+//! | IM (with the friendship and blacklist checks); server-side peer, system and notification posts | [`peer`] |
 //! | RT | [`rt`] |
 //! | GROUP_IM; server-side group posts | [`group`] |
 //! | ENTER_ROOM, LEAVE_ROOM, ROOM_IM | [`room`] |
@@ -153,13 +153,19 @@ pub(crate) enum Refused {
     InvalidReceiver,
     NoSuchGroup,
     NotGroupMember,
+    /// Friendship check: the sender does not list the receiver as a friend.
+    NotMyFriend,
+    /// Friendship check: the receiver does not list the sender as a friend.
+    NotYourFriend,
+    /// Blacklist check: the receiver has blacklisted the sender.
+    InYourBlacklist,
     GroupMuted,
     /// The sender is speak-banned.
     Forbidden,
     RateLimited,
     /// Not allowed here (the reason is logged).
     NotAllowed(&'static str),
-    /// The group directory failed.
+    /// The group directory or the relation store failed.
     Directory(backend::BackendError),
     /// The store failed (the error, when it reported one) or returned no position.
     Store(Option<StoreFailure>),
@@ -173,6 +179,9 @@ impl Refused {
             Refused::InvalidReceiver => AckStatus::INVALID_RECEIVER,
             Refused::NoSuchGroup => AckStatus::GROUP_NONEXIST,
             Refused::NotGroupMember => AckStatus::NOT_GROUP_MEMBER,
+            Refused::NotMyFriend => AckStatus::NOT_MY_FRIEND,
+            Refused::NotYourFriend => AckStatus::NOT_YOUR_FRIEND,
+            Refused::InYourBlacklist => AckStatus::IN_YOUR_BLACKLIST,
             Refused::GroupMuted => AckStatus::GROUP_MUTED,
             Refused::Forbidden => AckStatus::FORBIDDEN,
             Refused::RateLimited => AckStatus::RATE_LIMITED,
@@ -187,11 +196,14 @@ impl Refused {
             Refused::InvalidReceiver => "invalid receiver",
             Refused::NoSuchGroup => "no such group",
             Refused::NotGroupMember => "not a member",
+            Refused::NotMyFriend => "the receiver is not the sender's friend",
+            Refused::NotYourFriend => "the sender is not the receiver's friend",
+            Refused::InYourBlacklist => "the receiver has blacklisted the sender",
             Refused::GroupMuted => "muted",
             Refused::Forbidden => "speak-banned",
             Refused::RateLimited => "rate limit",
             Refused::NotAllowed(why) => why,
-            Refused::Directory(_) => "group directory unavailable",
+            Refused::Directory(_) => "group or relation directory unavailable",
             Refused::Store(_) => "store failed",
         }
     }
@@ -231,7 +243,7 @@ pub(crate) fn refuse(app: &App, out: &mut Reply, r: Refusal) {
         }
         Refused::Directory(error) => {
             Stats::inc(&stats.backend_errors);
-            node::warn_throttled!(%error, command, "loading a group failed");
+            node::warn_throttled!(%error, command, "loading a group or relations failed");
         }
         _ => {}
     }
@@ -323,10 +335,23 @@ pub(crate) fn dispatch<'a>(
             auth::on_unread_count(conn, n);
             Step::Done
         }
-        Body::Im(im) => {
-            let handled = peer::on_im(conn, seq, flags, im);
-            settle(&conn.app, out, handled)
-        }
+        Body::Im(im) => match peer::relationship(conn, &im) {
+            peer::Relationship::Unchecked => {
+                let handled = peer::on_im(conn, seq, flags, im, None);
+                settle(&conn.app, out, handled)
+            }
+            peer::Relationship::Known(r) => {
+                let handled = peer::on_im(conn, seq, flags, im, Some(r));
+                settle(&conn.app, out, handled)
+            }
+            peer::Relationship::Unknown => Step::Wait(Box::pin(async move {
+                let handled = peer::load_relation(conn, seq, flags, im).await;
+                match settle(&conn.app, out, handled) {
+                    Step::Append(a) => Some(a),
+                    _ => None,
+                }
+            })),
+        },
         Body::Rt(rt) => {
             let handled = rt::on_rt(conn, rt);
             settle(&conn.app, out, handled)

@@ -1,6 +1,10 @@
 //! Peer messages: IM from a client, and the server-side posts of peer, system and notification
 //! messages (HTTP API).
 //!
+//! With `[relationships]` checks on, an IM from a client also passes the friendship and blacklist
+//! checks, answered from the relation cache; a pair not cached yet is read first (the session
+//! awaits it like a group load). Server-side posts are not checked.
+//!
 //! A peer message is stored once, in the receiver's and the sender's queue, and ACKed only after the
 //! store has made it durable. Then the receiver's sessions get `METADATA + IM(PUSH)` and `SYNC_NOTIFY`, the
 //! sender's other sessions the same for the sender's copy, and the sending connection `METADATA + ACK`.
@@ -9,16 +13,79 @@
 
 use std::sync::Arc;
 
+use backend::Relation;
 use bytes::Bytes;
 use proto::{cmd, flag, Body, Im};
 use store::{Appended, NewMessage, QueueId};
 
 use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
 use crate::app::{now_secs, App, Stats, StoreFailure};
+use crate::config::RelationshipsConfig;
 use crate::route::Push;
 
-/// IM from a client: checked, then stored in the receiver's and the sender's queue.
-pub(crate) fn on_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) -> Handled {
+/// What an IM's relationship checks need before [`on_im`] runs.
+pub(crate) enum Relationship {
+    /// No check applies: checks are off, or [`on_im`] refuses the message before them.
+    Unchecked,
+    /// The pair's relations, from the cache.
+    Known(Relation),
+    /// The pair is not cached: [`load_relation`] it first.
+    Unknown,
+}
+
+/// The relations of the IM's sender and receiver, when the friendship or blacklist check is on
+/// (docs/protocol.md §9.2); from the cache, so no I/O.
+pub(crate) fn relationship(conn: &Conn, im: &Im) -> Relationship {
+    let app = &conn.app;
+    let Some(h) = &conn.handle else {
+        return Relationship::Unchecked;
+    };
+    if !app.relationships.checks() || im.sender != h.uid || im.receiver <= 0 {
+        return Relationship::Unchecked;
+    }
+    match app.relations.cached(h.appid, h.uid, im.receiver) {
+        Some(r) => Relationship::Known(r),
+        None => Relationship::Unknown,
+    }
+}
+
+/// Reads the relations of a pair [`relationship`] found `Unknown`, then handles the IM.
+pub(crate) async fn load_relation(conn: &mut Conn, seq: i32, flags: u8, im: Im) -> Handled {
+    let Some(h) = conn.handle.clone() else {
+        return Ok(None);
+    };
+    match conn.app.relations.load(h.appid, h.uid, im.receiver).await {
+        Ok(r) => on_im(conn, seq, flags, im, Some(r)),
+        Err(e) => Err(Refusal::acked(cmd::IM, seq, Refused::Directory(e))),
+    }
+}
+
+/// GoBelieve's checks in its order: the sender lists the receiver as a friend, the receiver lists
+/// the sender, and the receiver has not blacklisted the sender.
+fn check_relation(cfg: &RelationshipsConfig, r: Relation) -> Result<(), Refused> {
+    if cfg.friendship {
+        if !r.a_lists_b {
+            return Err(Refused::NotMyFriend);
+        }
+        if !r.b_lists_a {
+            return Err(Refused::NotYourFriend);
+        }
+    }
+    if cfg.blacklist && r.b_blocks_a {
+        return Err(Refused::InYourBlacklist);
+    }
+    Ok(())
+}
+
+/// IM from a client: checked, then stored in the receiver's and the sender's queue. `relation`
+/// (sender = `a`) is given whenever [`relationship`] is not `Unchecked`.
+pub(crate) fn on_im(
+    conn: &mut Conn,
+    seq: i32,
+    flags: u8,
+    im: Im,
+    relation: Option<Relation>,
+) -> Handled {
     let Some(h) = conn.handle.clone() else {
         return Ok(None);
     };
@@ -32,6 +99,11 @@ pub(crate) fn on_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) -> Handled {
     }
     if let Err(why) = conn.rate_check() {
         return refused(why);
+    }
+    if let Some(r) = relation {
+        if let Err(why) = check_relation(&conn.app.relationships, r) {
+            return refused(why);
+        }
     }
     let ts = now_secs();
     let receiver = im.receiver;

@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use backend::push::PushSink;
 use backend::Backend;
-use backend::{EmbeddedGroupOptions, GroupDirectory};
+use backend::{EmbeddedGroupOptions, GroupDirectory, RelationDirectory, RelationKind};
 use bytes::Bytes;
 use proto::{cmd, flag, AckStatus, Body, Customer, Frame, GroupSyncKey, Im, Rt};
 use store::{Durability, Store, StoreOptions};
 
 use super::*;
 use crate::app::{Routers, Services, StoreClient};
-use crate::config::{ApiConfig, ServerConfig, SyncConfig};
+use crate::config::{ApiConfig, RelationshipsConfig, ServerConfig, SyncConfig};
 use crate::route::{OutboxLimits, Push, SessionId};
 
 const APP: i64 = 1;
@@ -49,6 +49,14 @@ struct Node {
 }
 
 async fn node_with(server: ServerConfig, sync: SyncConfig) -> Node {
+    node_full(server, sync, RelationshipsConfig::default()).await
+}
+
+async fn node_full(
+    server: ServerConfig,
+    sync: SyncConfig,
+    relationships: RelationshipsConfig,
+) -> Node {
     let dir = TempDir::new();
     let store = Store::open(
         dir.0.join("store"),
@@ -72,6 +80,9 @@ async fn node_with(server: ServerConfig, sync: SyncConfig) -> Node {
     })
     .await
     .expect("groups");
+    let relations = RelationDirectory::open_embedded(&dir.0.join("relations.db"), 1000)
+        .await
+        .expect("relations");
     let app = App::new(
         server,
         sync,
@@ -81,6 +92,8 @@ async fn node_with(server: ServerConfig, sync: SyncConfig) -> Node {
             store: StoreClient::Local(Arc::new(store)),
             backend,
             groups,
+            relations,
+            relationships,
             push: PushSink::Disabled,
             words: None,
             app_api: None,
@@ -266,6 +279,167 @@ async fn peer_refusals_are_acked_with_their_status() {
     // Only the accepted message reached the receiver.
     assert_eq!(b.pushed().len(), 2);
     assert_eq!(Stats::get(&n.app.stats.messages_stored), 1);
+}
+
+async fn befriend(app: &App, a: i64, b: i64, on: bool) {
+    for (x, y) in [(a, b), (b, a)] {
+        app.relations
+            .set(RelationKind::Friend, APP, x, y, on)
+            .await
+            .expect("set friend");
+    }
+}
+
+fn with_checks(friendship: bool, blacklist: bool) -> RelationshipsConfig {
+    RelationshipsConfig {
+        friendship,
+        blacklist,
+        ..RelationshipsConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn friendship_refusals_in_order_and_friends_pass() {
+    let n = node_full(
+        ServerConfig::default(),
+        SyncConfig::default(),
+        with_checks(true, false),
+    )
+    .await;
+    let mut a = login(&n.app, APP, 10, 100);
+    let b = login(&n.app, APP, 20, 200);
+    let before = refused(&n.app);
+    // Strangers: the pair is read from the store (the handler waits for it), then refused.
+    let frames = a.send(1, 0, Body::Im(im(10, 20, "hello?"))).await;
+    assert_refused(&n.app, &frames, 1, AckStatus::NOT_MY_FRIEND, before);
+    // Only the receiver lists the sender: still "not my friend"; then the other way round.
+    n.app
+        .relations
+        .set(RelationKind::Friend, APP, 20, 10, true)
+        .await
+        .unwrap();
+    let frames = a.send(2, 0, Body::Im(im(10, 20, "hello?"))).await;
+    assert_refused(&n.app, &frames, 2, AckStatus::NOT_MY_FRIEND, before + 1);
+    n.app
+        .relations
+        .set(RelationKind::Friend, APP, 20, 10, false)
+        .await
+        .unwrap();
+    n.app
+        .relations
+        .set(RelationKind::Friend, APP, 10, 20, true)
+        .await
+        .unwrap();
+    let frames = a.send(3, 0, Body::Im(im(10, 20, "hello?"))).await;
+    assert_refused(&n.app, &frames, 3, AckStatus::NOT_YOUR_FRIEND, before + 2);
+    assert!(b.pushed().is_empty(), "nothing refused is delivered");
+    // Friends both ways: answered from the cache without waiting, stored and delivered.
+    befriend(&n.app, 10, 20, true).await;
+    let frame = Frame {
+        seq: 4,
+        cmd: cmd::IM,
+        version: 2,
+        flag: 0,
+        body: Body::Im(im(10, 20, "hi friend")).to_stored(),
+    };
+    assert!(
+        matches!(
+            dispatch(&mut a.conn, &mut a.out, frame),
+            Ok(Step::Append(_))
+        ),
+        "a cached pair needs no wait"
+    );
+    let frames = a.send(5, 0, Body::Im(im(10, 20, "hi friend"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::SUCCESS);
+    assert_eq!(b.pushed().len(), 2);
+    // The blacklist is not checked when only friendship is on.
+    n.app
+        .relations
+        .set(RelationKind::Blacklist, APP, 20, 10, true)
+        .await
+        .unwrap();
+    let frames = a.send(6, 0, Body::Im(im(10, 20, "still friends"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::SUCCESS);
+    // Other apps' relations do not count, and a forged sender is refused as such first.
+    let mut other_app = login(&n.app, APP + 1, 10, 300);
+    let frames = other_app.send(7, 0, Body::Im(im(10, 20, "x"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::NOT_MY_FRIEND);
+    let frames = a.send(8, 0, Body::Im(im(11, 20, "forged"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::INVALID_SENDER);
+}
+
+#[tokio::test]
+async fn blacklist_refuses_only_the_blocked_direction() {
+    let n = node_full(
+        ServerConfig::default(),
+        SyncConfig::default(),
+        with_checks(false, true),
+    )
+    .await;
+    let mut a = login(&n.app, APP, 10, 100);
+    let mut b = login(&n.app, APP, 20, 200);
+    // No friendship needed; nobody blocked yet.
+    let frames = a.send(1, 0, Body::Im(im(10, 20, "hi"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::SUCCESS);
+    // 20 blocks 10 (the pair is cached now: the change updates it in place).
+    n.app
+        .relations
+        .set(RelationKind::Blacklist, APP, 20, 10, true)
+        .await
+        .unwrap();
+    let before = refused(&n.app);
+    let frames = a.send(2, 0, Body::Im(im(10, 20, "hi again"))).await;
+    assert_refused(&n.app, &frames, 2, AckStatus::IN_YOUR_BLACKLIST, before);
+    // The blocker may still write to the one they blocked.
+    let frames = b.send(3, 0, Body::Im(im(20, 10, "go away"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::SUCCESS);
+    // Unblocked: delivered again.
+    n.app
+        .relations
+        .set(RelationKind::Blacklist, APP, 20, 10, false)
+        .await
+        .unwrap();
+    let frames = a.send(4, 0, Body::Im(im(10, 20, "sorry"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::SUCCESS);
+}
+
+#[tokio::test]
+async fn friendship_then_blacklist_and_unchecked_kinds() {
+    let n = node_full(
+        ServerConfig {
+            kefu_appid: KEFU,
+            ..ServerConfig::default()
+        },
+        SyncConfig::default(),
+        with_checks(true, true),
+    )
+    .await;
+    let mut a = login(&n.app, APP, 10, 100);
+    let b = login(&n.app, APP, 20, 200);
+    befriend(&n.app, 10, 20, true).await;
+    n.app
+        .relations
+        .set(RelationKind::Blacklist, APP, 20, 10, true)
+        .await
+        .unwrap();
+    let frames = a.send(1, 0, Body::Im(im(10, 20, "hi"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::IN_YOUR_BLACKLIST);
+    // Unfriended and blocked: the friendship check answers first.
+    befriend(&n.app, 10, 20, false).await;
+    let frames = a.send(2, 0, Body::Im(im(10, 20, "hi"))).await;
+    assert_eq!(ack_of(&frames).0.status, AckStatus::NOT_MY_FRIEND);
+    // RT is not subject to the checks.
+    let rt = Body::Rt(Rt {
+        sender: 10,
+        receiver: 20,
+        content: Bytes::from_static(b"typing"),
+    });
+    assert!(a.send(3, 0, rt).await.is_empty());
+    assert_eq!(b.pushed().len(), 1, "RT delivered");
+    // Server-side posts are not either.
+    peer::post_peer(&n.app, APP, 10, 20, Bytes::from_static(b"from the server"))
+        .await
+        .expect("post");
 }
 
 #[tokio::test]

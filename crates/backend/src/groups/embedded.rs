@@ -5,13 +5,9 @@
 //! snapshot from the cached one (when the group is cached) and announces the change. Group ids
 //! are allocated by `AUTOINCREMENT`, so an allocated id is never handed out twice.
 
-use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::SqlitePool;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
@@ -60,23 +56,7 @@ pub struct EmbeddedGroups {
 impl EmbeddedGroups {
     /// Open (or create) the SQLite file.
     pub async fn open(opts: EmbeddedGroupOptions) -> Result<EmbeddedGroups, BackendError> {
-        if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| BackendError::Io {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-        }
-        let connect = SqliteConnectOptions::from_str("sqlite:")?
-            .filename(&opts.path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .min_connections(1)
-            .connect_with(connect)
-            .await?;
+        let pool = crate::embedded::open_sqlite(&opts.path).await?;
         let version: i64 = sqlx::query_scalar("PRAGMA user_version")
             .fetch_one(&pool)
             .await?;

@@ -101,7 +101,8 @@ pub struct GroupSummary {
 /// The most groups one listing call returns.
 pub const MAX_LIST_LIMIT: i64 = 1000;
 
-fn check_page(after: i64, limit: i64) -> Result<(), BackendError> {
+/// `after` ≥ 0 and `limit` within 1 ..= [`MAX_LIST_LIMIT`], the paging of every listing.
+pub(crate) fn check_page(after: i64, limit: i64) -> Result<(), BackendError> {
     if after < 0 {
         return Err(BackendError::InvalidArgument(format!(
             "`after` must be ≥ 0 (got {after})"

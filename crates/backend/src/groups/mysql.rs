@@ -17,20 +17,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::streams::{StreamReadOptions, StreamReadReply};
-use redis::{AsyncCommands, AsyncConnectionConfig};
 use sqlx::mysql::{MySqlPool, MySqlPoolOptions};
 use sqlx::{MySql, MySqlConnection, QueryBuilder, Row};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
 
 use super::cache::GroupCache;
-use super::stream::{self, EventKind, GroupEvent, StreamPos, StreamWriter, STREAM_KEY};
+use super::stream::{self, EventKind, GroupEvent, STREAM_KEY};
 use super::{
     changes_channel, ids_exhausted, not_found, now_secs, too_many, Group, GroupChange,
     GroupSummary, Member, NewGroup,
 };
+use crate::action_stream::{self, Follower, Round, StreamPos, StreamWriter};
 use crate::{BackendError, MysqlGroupOptions};
 
 /// Member rows per multi-row statement.
@@ -39,17 +37,11 @@ const ROWS_PER_STATEMENT: usize = 1000;
 const MEMBER_EVENTS_MAX: usize = 100;
 /// Member events for one group in one read round beyond which the group is reloaded whole.
 const REFRESH_MAX: usize = 1000;
-/// Entries per XREAD.
-const READ_COUNT: usize = 1000;
-/// XREAD BLOCK time.
-const BLOCK: Duration = Duration::from_secs(10);
 /// How long an admin call waits for the follower to apply its own event.
 const APPLY_WAIT: Duration = Duration::from_secs(3);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// The GoBelieve schema, `friend` and `blacklist` included so a fresh database is
-/// complete. `utf8mb4` so names may hold any character; existing tables are left as they are.
+/// The GoBelieve schema of groups (`friend` and `blacklist` are [`crate::relations`]').
+/// `utf8mb4` so names may hold any character; existing tables are left as they are.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS `group` (
         `id` BIGINT NOT NULL AUTO_INCREMENT,
@@ -70,20 +62,6 @@ const SCHEMA: &[&str] = &[
         `deleted` TINYINT(1) NOT NULL,
         PRIMARY KEY (`group_id`, `uid`),
         KEY `idx_group_member_uid` (`uid`)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-    "CREATE TABLE IF NOT EXISTS `friend` (
-        `appid` BIGINT NOT NULL,
-        `uid` BIGINT NOT NULL,
-        `friend_uid` BIGINT NOT NULL,
-        `timestamp` INT NOT NULL,
-        PRIMARY KEY (`appid`, `uid`, `friend_uid`)
-    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-    "CREATE TABLE IF NOT EXISTS `blacklist` (
-        `appid` BIGINT NOT NULL,
-        `uid` BIGINT NOT NULL,
-        `friend_uid` BIGINT NOT NULL,
-        `timestamp` INT NOT NULL,
-        PRIMARY KEY (`appid`, `uid`, `friend_uid`)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
 ];
 
@@ -134,15 +112,9 @@ impl MysqlGroups {
             sqlx::raw_sql(*stmt).execute(&pool).await.my()?;
         }
         let client = redis::Client::open(opts.redis_url.as_str())?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(5))
-            .set_factor(2)
-            .set_max_delay(1000)
-            .set_number_of_retries(2);
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config).await?;
-        let (action_id, pos) = stream::start_position(&mut conn).await?;
-        let reader = follower_connection(&client).await?;
+        let mut conn = action_stream::writer_connection(&client).await?;
+        let (action_id, pos) = action_stream::start_position(&mut conn, stream::KEYS).await?;
+        let reader = action_stream::follower_connection(&client).await?;
 
         let core = Arc::new(Core {
             pool,
@@ -150,10 +122,17 @@ impl MysqlGroups {
             changes: changes_channel(),
             applied: watch::channel(pos).0,
         });
-        let follower = tokio::spawn(follow(core.clone(), client, reader, pos, action_id));
+        let follower = tokio::spawn(action_stream::follow(
+            core.clone(),
+            stream::KEYS,
+            client,
+            reader,
+            pos,
+            action_id,
+        ));
         Ok(MysqlGroups {
             core,
-            writer: StreamWriter::new(conn, opts.stream_max_len),
+            writer: StreamWriter::new(conn, stream::KEYS, stream::FIELDS, opts.stream_max_len),
             max_members: opts.max_members,
             follower: follower.abort_handle(),
         })
@@ -233,7 +212,8 @@ impl MysqlGroups {
         gid: i64,
         events: &[GroupEvent],
     ) -> Result<(), BackendError> {
-        let pos = match self.writer.append(events).await {
+        let values: Vec<Vec<String>> = events.iter().map(GroupEvent::values).collect();
+        let pos = match self.writer.append(&values).await {
             Ok(pos) => pos,
             Err(e) => {
                 tracing::warn!(gid, error = %e, "group change stored in MySQL but not announced on {STREAM_KEY}");
@@ -678,7 +658,7 @@ impl Core {
     }
 
     /// Apply one read round of stream entries, in order.
-    async fn apply(&self, entries: &[stream::Entry], action_id: &mut i64) {
+    async fn apply_round(&self, round: Round) {
         #[derive(Default)]
         struct Plan {
             appid: i64,
@@ -686,36 +666,14 @@ impl Core {
             upgrade: bool,
             members: BTreeSet<i64>,
         }
-        let mut dirty = false;
         let mut plans: BTreeMap<i64, Plan> = BTreeMap::new();
-        for entry in entries {
-            match (entry.previous_action_id, entry.action_id) {
-                (Some(prev), Some(id)) => {
-                    if prev != *action_id {
-                        tracing::info!(
-                            expected = *action_id,
-                            previous_action_id = prev,
-                            action_id = id,
-                            "group action ids out of sequence; reloading every cached group"
-                        );
-                        dirty = true;
-                    }
-                    *action_id = id;
-                }
-                _ => {
-                    tracing::warn!(
-                        ?entry,
-                        "group event without valid action ids; reloading every cached group"
-                    );
-                    dirty = true;
-                }
-            }
-            let Some(event) = &entry.event else {
-                tracing::debug!(?entry, "ignoring unknown group event");
+        for entry in &round.entries {
+            let Some(event) = stream::parse_event(entry) else {
+                tracing::debug!(entry = %entry.id, "ignoring unknown group event");
                 continue;
             };
             if event.gid <= 0 {
-                tracing::debug!(?entry, "ignoring group event without a group id");
+                tracing::debug!(entry = %entry.id, "ignoring group event without a group id");
                 continue;
             }
             let plan = plans.entry(event.gid).or_default();
@@ -734,7 +692,7 @@ impl Core {
                 }
             }
         }
-        if dirty {
+        if round.out_of_sequence {
             self.reload_all(plans.iter().map(|(&gid, p)| (p.appid, gid)));
             return;
         }
@@ -774,75 +732,18 @@ impl Core {
     }
 }
 
-async fn follower_connection(
-    client: &redis::Client,
-) -> Result<MultiplexedConnection, BackendError> {
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(BLOCK + Duration::from_secs(5));
-    Ok(client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await?)
-}
+impl Follower for Core {
+    async fn apply(&self, round: Round) {
+        self.apply_round(round).await;
+    }
 
-/// The follower task: read the stream from `pos` forever, applying each round.
-async fn follow(
-    core: Arc<Core>,
-    client: redis::Client,
-    conn: MultiplexedConnection,
-    mut pos: StreamPos,
-    mut action_id: i64,
-) {
-    let mut conn = Some(conn);
-    let mut backoff = BACKOFF_MIN;
-    let options = StreamReadOptions::default()
-        .count(READ_COUNT)
-        .block(BLOCK.as_millis() as usize);
-    loop {
-        let mut c = match conn.take() {
-            Some(c) => c,
-            None => match follower_connection(&client).await {
-                Ok(c) => {
-                    // Events may have been missed while disconnected (e.g. a trimmed stream):
-                    // start over from MySQL.
-                    tracing::info!(
-                        "group stream follower reconnected; reloading every cached group"
-                    );
-                    core.reload_all([]);
-                    backoff = BACKOFF_MIN;
-                    c
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, ?backoff, "cannot reconnect the group stream follower");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                    continue;
-                }
-            },
-        };
-        let read: Result<Option<StreamReadReply>, redis::RedisError> = c
-            .xread_options(&[STREAM_KEY], &[pos.to_string()], &options)
-            .await;
-        match read {
-            Ok(reply) => {
-                let entries: Vec<stream::Entry> = reply
-                    .into_iter()
-                    .flat_map(|r| r.keys)
-                    .flat_map(|k| k.ids)
-                    .map(|id| stream::parse_entry(&id))
-                    .collect();
-                if let Some(last) = entries.iter().rev().find_map(|e| e.pos) {
-                    core.apply(&entries, &mut action_id).await;
-                    pos = last;
-                    core.applied.send_replace(pos);
-                }
-                conn = Some(c);
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, ?backoff, "group stream read failed; reconnecting");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
-        }
+    fn reconnected(&self) {
+        // Events may have been missed while disconnected (e.g. a trimmed stream): start over
+        // from MySQL.
+        self.reload_all([]);
+    }
+
+    fn applied(&self, pos: StreamPos) {
+        self.applied.send_replace(pos);
     }
 }

@@ -19,13 +19,16 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
 use crate::http::{json_body, ApiError, Params};
+use crate::openapi::ErrorBody;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -41,7 +44,7 @@ fn done() -> ApiResult {
     Ok(Json(json!({})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateReq {
     appid: i64,
@@ -57,6 +60,15 @@ struct CreateReq {
     members: Vec<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups",
+    tag = "admin",
+    request_body = CreateReq,
+    responses(
+        (status = 200, description = "`{\"group_id\": n}`", body = Object),
+    ),
+)]
 async fn create(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: CreateReq = json_body(&body)?;
     positive("appid", r.appid)?;
@@ -80,6 +92,19 @@ async fn create(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({ "group_id": gid })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/groups",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("group_id" = i64, Query, description = "Group (> 0)", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "The group with its members", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn show(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = crate::http::id(&q, "appid")?;
     let gid = crate::http::id(&q, "group_id")?;
@@ -100,13 +125,22 @@ async fn show(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GroupRef {
     appid: i64,
     group_id: i64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/disband",
+    tag = "admin",
+    request_body = GroupRef,
+    responses(
+        (status = 200, description = "`{\"disbanded\": bool}`", body = Object),
+    ),
+)]
 async fn disband(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: GroupRef = json_body(&body)?;
     let ok = app
@@ -119,6 +153,16 @@ async fn disband(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({ "disbanded": ok })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/upgrade",
+    tag = "admin",
+    request_body = GroupRef,
+    responses(
+        (status = 200, description = "`{}`: now a super group", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn upgrade(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: GroupRef = json_body(&body)?;
     app.groups
@@ -130,7 +174,7 @@ async fn upgrade(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MembersReq {
     appid: i64,
@@ -150,6 +194,16 @@ fn members_of(r: &MembersReq) -> Result<(i64, i64), ApiError> {
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/members/add",
+    tag = "admin",
+    request_body = MembersReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn add_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: MembersReq = json_body(&body)?;
     let (appid, gid) = members_of(&r)?;
@@ -157,6 +211,16 @@ async fn add_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/members/remove",
+    tag = "admin",
+    request_body = MembersReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn remove_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: MembersReq = json_body(&body)?;
     let (appid, gid) = members_of(&r)?;
@@ -164,7 +228,7 @@ async fn remove_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MuteReq {
     appid: i64,
@@ -173,6 +237,16 @@ struct MuteReq {
     mute: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/mute",
+    tag = "admin",
+    request_body = MuteReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn mute(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: MuteReq = json_body(&body)?;
     app.groups
@@ -186,7 +260,7 @@ async fn mute(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RenameReq {
     appid: i64,
@@ -194,6 +268,16 @@ struct RenameReq {
     name: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/rename",
+    tag = "admin",
+    request_body = RenameReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn rename(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: RenameReq = json_body(&body)?;
     app.groups
@@ -206,7 +290,7 @@ async fn rename(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ForbiddenReq {
     appid: i64,
@@ -214,6 +298,15 @@ struct ForbiddenReq {
     forbidden: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users/forbidden",
+    tag = "admin",
+    request_body = ForbiddenReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+    ),
+)]
 async fn forbidden(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: ForbiddenReq = json_body(&body)?;
     let (appid, uid) = (positive("appid", r.appid)?, positive("uid", r.uid)?);
@@ -224,14 +317,14 @@ async fn forbidden(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
 }
 
 /// Admin routes, merged into the API router.
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/admin/groups", post(create).get(show))
-        .route("/admin/groups/disband", post(disband))
-        .route("/admin/groups/upgrade", post(upgrade))
-        .route("/admin/groups/members/add", post(add_members))
-        .route("/admin/groups/members/remove", post(remove_members))
-        .route("/admin/groups/mute", post(mute))
-        .route("/admin/groups/rename", post(rename))
-        .route("/admin/users/forbidden", post(forbidden))
+pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, show))
+        .routes(routes!(disband))
+        .routes(routes!(upgrade))
+        .routes(routes!(add_members))
+        .routes(routes!(remove_members))
+        .routes(routes!(mute))
+        .routes(routes!(rename))
+        .routes(routes!(forbidden))
 }

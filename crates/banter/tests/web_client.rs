@@ -379,7 +379,7 @@ async fn dev_signin_only_from_loopback_with_json() {
     );
     s.stop().await;
 
-    let s = TestServer::start_with(|c| c.web.dev_signin = "off".into())
+    let s = TestServer::start_with(|c| c.web.dev_signin = access::DevSignin::Off)
         .await
         .expect("server");
     let (st, body) = post_json(

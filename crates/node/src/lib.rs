@@ -5,6 +5,8 @@
 //! * [`backoff`]: reconnect back-off with jitter;
 //! * [`admin`]: bearer authentication and the loopback rule of the HTTP admin APIs;
 //! * [`http_client`]: the one HTTP client;
+//! * [`log`]: the `[log]` section of every role's configuration;
+//! * [`metrics`]: the Prometheus registry of a process, and the store's figures on it;
 //! * [`throttle`] (`warn_throttled!`, `error_throttled!`) and [`episode`]: logging of failures that
 //!   repeat per request, at most one line per interval or per failure episode.
 #![forbid(unsafe_code)]
@@ -14,6 +16,7 @@ pub mod backoff;
 pub mod episode;
 pub mod frame;
 pub mod http_client;
+pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod throttle;

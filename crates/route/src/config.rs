@@ -26,6 +26,8 @@ pub struct RouterConfig {
     pub push: PushConfig,
     /// Bounds.
     pub limits: LimitsConfig,
+    /// Log level and format.
+    pub log: node::log::LogSettings,
 }
 
 impl Default for RouterConfig {
@@ -37,6 +39,7 @@ impl Default for RouterConfig {
             http_secret: String::new(),
             push: PushConfig::default(),
             limits: LimitsConfig::default(),
+            log: node::log::LogSettings::default(),
         }
     }
 }

@@ -37,6 +37,7 @@ mod checkpoint;
 mod control;
 mod engine;
 mod error;
+mod figures;
 pub mod format;
 pub mod gobelieve;
 mod health;
@@ -62,6 +63,7 @@ use bytes::Bytes;
 
 pub use engine::{Store, StoreStats};
 pub use error::StoreError;
+pub use figures::{Figure, FigureKind};
 pub use health::{StoreHealth, StoreState};
 pub use options::{Durability, Retention, Role, StoreHistograms, StoreOptions};
 pub use replication::{ReplicationBatch, ReplicationStream};

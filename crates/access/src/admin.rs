@@ -29,14 +29,17 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use backend::RelationKind;
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
 use crate::http::{json_body, ApiError, Params};
+use crate::openapi::ErrorBody;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -52,7 +55,7 @@ fn done() -> ApiResult {
     Ok(Json(json!({})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CreateReq {
     appid: i64,
@@ -68,6 +71,15 @@ struct CreateReq {
     members: Vec<i64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups",
+    tag = "admin",
+    request_body = CreateReq,
+    responses(
+        (status = 200, description = "`{\"group_id\": n}`", body = Object),
+    ),
+)]
 async fn create(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: CreateReq = json_body(&body)?;
     positive("appid", r.appid)?;
@@ -91,6 +103,19 @@ async fn create(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({ "group_id": gid })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/groups",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("group_id" = i64, Query, description = "Group (> 0)", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "The group with its members", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn show(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = crate::http::id(&q, "appid")?;
     let gid = crate::http::id(&q, "group_id")?;
@@ -111,13 +136,22 @@ async fn show(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     .into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GroupRef {
     appid: i64,
     group_id: i64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/disband",
+    tag = "admin",
+    request_body = GroupRef,
+    responses(
+        (status = 200, description = "`{\"disbanded\": bool}`", body = Object),
+    ),
+)]
 async fn disband(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: GroupRef = json_body(&body)?;
     let ok = app
@@ -130,6 +164,16 @@ async fn disband(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({ "disbanded": ok })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/upgrade",
+    tag = "admin",
+    request_body = GroupRef,
+    responses(
+        (status = 200, description = "`{}`: now a super group", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn upgrade(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: GroupRef = json_body(&body)?;
     app.groups
@@ -141,7 +185,7 @@ async fn upgrade(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MembersReq {
     appid: i64,
@@ -161,6 +205,16 @@ fn members_of(r: &MembersReq) -> Result<(i64, i64), ApiError> {
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/members/add",
+    tag = "admin",
+    request_body = MembersReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn add_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: MembersReq = json_body(&body)?;
     let (appid, gid) = members_of(&r)?;
@@ -168,6 +222,16 @@ async fn add_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/members/remove",
+    tag = "admin",
+    request_body = MembersReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn remove_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: MembersReq = json_body(&body)?;
     let (appid, gid) = members_of(&r)?;
@@ -175,7 +239,7 @@ async fn remove_members(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MuteReq {
     appid: i64,
@@ -184,6 +248,16 @@ struct MuteReq {
     mute: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/mute",
+    tag = "admin",
+    request_body = MuteReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn mute(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: MuteReq = json_body(&body)?;
     app.groups
@@ -197,7 +271,7 @@ async fn mute(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RenameReq {
     appid: i64,
@@ -205,6 +279,16 @@ struct RenameReq {
     name: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/groups/rename",
+    tag = "admin",
+    request_body = RenameReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn rename(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: RenameReq = json_body(&body)?;
     app.groups
@@ -217,7 +301,7 @@ async fn rename(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ForbiddenReq {
     appid: i64,
@@ -225,6 +309,15 @@ struct ForbiddenReq {
     forbidden: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users/forbidden",
+    tag = "admin",
+    request_body = ForbiddenReq,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+    ),
+)]
 async fn forbidden(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: ForbiddenReq = json_body(&body)?;
     let (appid, uid) = (positive("appid", r.appid)?, positive("uid", r.uid)?);
@@ -234,7 +327,7 @@ async fn forbidden(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     done()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct FriendReq {
     appid: i64,
@@ -261,15 +354,33 @@ async fn set_friend(app: &App, body: &Bytes, on: bool) -> ApiResult {
     Ok(Json(json!({ "changed": changed })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/friends/add",
+    tag = "admin",
+    request_body = FriendReq,
+    responses(
+        (status = 200, description = "`{\"changed\": bool}`: whether a row was added", body = Object),
+    ),
+)]
 async fn add_friend(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     set_friend(&app, &body, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/friends/remove",
+    tag = "admin",
+    request_body = FriendReq,
+    responses(
+        (status = 200, description = "`{\"changed\": bool}`: whether a row was removed", body = Object),
+    ),
+)]
 async fn remove_friend(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     set_friend(&app, &body, false).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct BlockReq {
     appid: i64,
@@ -292,10 +403,28 @@ async fn set_blocked(app: &App, body: &Bytes, on: bool) -> ApiResult {
     Ok(Json(json!({ "changed": changed })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/blacklist/add",
+    tag = "admin",
+    request_body = BlockReq,
+    responses(
+        (status = 200, description = "`{\"changed\": bool}`: whether a row was added", body = Object),
+    ),
+)]
 async fn add_blocked(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     set_blocked(&app, &body, true).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/blacklist/remove",
+    tag = "admin",
+    request_body = BlockReq,
+    responses(
+        (status = 200, description = "`{\"changed\": bool}`: whether a row was removed", body = Object),
+    ),
+)]
 async fn remove_blocked(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     set_blocked(&app, &body, false).await
 }
@@ -311,29 +440,57 @@ async fn list_relation(app: &App, q: &Params, kind: RelationKind) -> ApiResult {
     Ok(Json(json!({ "uids": uids, "next": next })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/friends",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+        ("after" = Option<i64>, Query, description = "The last uid of the previous page (default 0)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 ..= 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"uids\": [uid…], \"next\": uid or null}`: the users `uid` lists as friends", body = Object),
+    ),
+)]
 async fn list_friends(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     list_relation(&app, &q, RelationKind::Friend).await
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/blacklist",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+        ("after" = Option<i64>, Query, description = "The last uid of the previous page (default 0)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 ..= 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"uids\": [uid…], \"next\": uid or null}`: the users `uid` has blacklisted", body = Object),
+    ),
+)]
 async fn list_blocked(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     list_relation(&app, &q, RelationKind::Blacklist).await
 }
 
 /// Admin routes, merged into the API router.
-pub fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/admin/groups", post(create).get(show))
-        .route("/admin/groups/disband", post(disband))
-        .route("/admin/groups/upgrade", post(upgrade))
-        .route("/admin/groups/members/add", post(add_members))
-        .route("/admin/groups/members/remove", post(remove_members))
-        .route("/admin/groups/mute", post(mute))
-        .route("/admin/groups/rename", post(rename))
-        .route("/admin/users/forbidden", post(forbidden))
-        .route("/admin/friends", get(list_friends))
-        .route("/admin/friends/add", post(add_friend))
-        .route("/admin/friends/remove", post(remove_friend))
-        .route("/admin/blacklist", get(list_blocked))
-        .route("/admin/blacklist/add", post(add_blocked))
-        .route("/admin/blacklist/remove", post(remove_blocked))
+pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(create, show))
+        .routes(routes!(disband))
+        .routes(routes!(upgrade))
+        .routes(routes!(add_members))
+        .routes(routes!(remove_members))
+        .routes(routes!(mute))
+        .routes(routes!(rename))
+        .routes(routes!(forbidden))
+        .routes(routes!(list_friends))
+        .routes(routes!(add_friend))
+        .routes(routes!(remove_friend))
+        .routes(routes!(list_blocked))
+        .routes(routes!(add_blocked))
+        .routes(routes!(remove_blocked))
 }

@@ -14,19 +14,36 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde_json::{json, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::{App, StoreClient};
 
 /// How long `/admin/cluster` waits for each store node's ping.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+#[utoipa::path(
+    get,
+    path = "/admin/errors",
+    tag = "admin",
+    responses(
+        (status = 200, description = "`{\"events\": [{\"at_ms\", \"level\", \"target\", \"text\"}…], \"dropped\", \"capacity\"}`, oldest first", body = Object),
+    ),
+)]
 async fn errors() -> Response {
     Json(node::recent::snapshot()).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/cluster",
+    tag = "admin",
+    responses(
+        (status = 200, description = "`{\"mode\": \"single\"}`, or `{\"mode\": \"cluster\", \"routers\": […], \"stores\": […]}`", body = Object),
+    ),
+)]
 async fn cluster(State(app): State<Arc<App>>) -> Response {
     let remote = match &app.store {
         StoreClient::Remote(r) => Some(r.clone()),
@@ -95,8 +112,8 @@ async fn cluster(State(app): State<Arc<App>>) -> Response {
 }
 
 /// The routes of this module, merged into the HTTP API's admin router.
-pub(crate) fn routes() -> Router<Arc<App>> {
-    Router::new()
-        .route("/admin/errors", get(errors))
-        .route("/admin/cluster", get(cluster))
+pub(crate) fn routes() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(errors))
+        .routes(routes!(cluster))
 }

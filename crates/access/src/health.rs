@@ -91,11 +91,28 @@ fn report(app: &App) -> (bool, Value) {
 }
 
 /// Liveness: always 200 while the process answers, with the components' states.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    security(()),
+    responses((status = 200, description = "`{\"status\", \"ready\", \"unready_reasons\", \"store\", \"backend\"}`", body = Object)),
+)]
 pub(crate) async fn healthz(State(app): State<Arc<App>>) -> Response {
     Json(report(&app).1).into_response()
 }
 
 /// Readiness: 503 when the node cannot accept messages or logins.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    security(()),
+    responses(
+        (status = 200, description = "Ready: the same report as `/healthz`", body = Object),
+        (status = 503, description = "Not ready: the same report, `unready_reasons` saying why", body = Object),
+    ),
+)]
 pub(crate) async fn readyz(State(app): State<Arc<App>>) -> Response {
     let (ready, body) = report(&app);
     let status = if ready {

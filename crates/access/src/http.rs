@@ -22,17 +22,20 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use proto::{cmd, Body};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use store::{QueueId, StoredMessage};
 use tracing::debug;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::{App, Stats};
 use crate::handlers::peer;
+use crate::openapi::{self, any_method, ApiDoc, ErrorBody};
 
 /// An API error: HTTP status plus a message naming the problem.
 #[derive(Debug)]
@@ -66,12 +69,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let code = self.status.as_u16();
-        (
-            self.status,
-            Json(json!({"meta": {"code": code, "message": self.message}})),
-        )
-            .into_response()
+        ErrorBody::response(self.status, self.message)
     }
 }
 
@@ -232,7 +230,7 @@ fn group_keys(keys: &[(QueueId, i64)]) -> Value {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct GrantReq {
     appid: i64,
@@ -244,6 +242,13 @@ struct GrantReq {
     expires_in: Option<u64>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/grant",
+    tag = "auth",
+    request_body = GrantReq,
+    responses((status = 200, description = "`{\"token\", \"expires_in\"?}`: a token the user logs in with", body = Object)),
+)]
 async fn grant(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: GrantReq = json_body(&body)?;
     if r.appid <= 0 || r.uid <= 0 {
@@ -260,12 +265,19 @@ async fn grant(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(answer).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RevokeReq {
     token: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/revoke",
+    tag = "auth",
+    request_body = RevokeReq,
+    responses((status = 200, description = "`{\"revoked\": bool, \"sessions_closed\": n}`; the sessions that logged in with the token end", body = Object)),
+)]
 async fn revoke(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: RevokeReq = json_body(&body)?;
     if r.token.is_empty() {
@@ -279,6 +291,18 @@ async fn revoke(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({ "revoked": owner.is_some(), "sessions_closed": sessions })).into_response())
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/post_peer_message",
+    tag = "gobelieve",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("sender" = i64, Query, description = "Sender uid (> 0)", minimum = 1),
+        ("receiver" = i64, Query, description = "Receiver uid (> 0)", minimum = 1),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "The message content (not empty, at most server.max_body - 36 bytes)"),
+    responses((status = 200, description = "Stored: `{\"data\": {\"id\", \"sender_id\"}}`, the sync keys in the receiver's and the sender's queues", body = Object)),
+)]
 async fn post_peer_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let sender = id(&q, "sender")?;
@@ -289,13 +313,20 @@ async fn post_peer_message(State(app): State<Arc<App>>, q: Params, body: Bytes) 
     Ok(Json(json!({"data": {"id": receiver_key, "sender_id": sender_key}})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct SystemReq {
     appid: i64,
     receivers: Vec<i64>,
     content: String,
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/post_system_message",
+    tag = "gobelieve",
+    request_body = SystemReq,
+    responses((status = 200, description = "Stored: `{\"data\": {\"ids\": [key…]}}`", body = Object)),
+)]
 async fn post_system_message(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: SystemReq = json_body(&body)?;
     if r.appid <= 0 {
@@ -314,6 +345,17 @@ async fn post_system_message(State(app): State<Arc<App>>, body: Bytes) -> ApiRes
     Ok(Json(json!({"data": {"ids": ids}})).into_response())
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/post_notification",
+    tag = "gobelieve",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "Receiver uid (> 0)", minimum = 1),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "The message content (not empty, at most server.max_body - 36 bytes)"),
+    responses((status = 200, description = "Sent to the user's online sessions (not stored): `{\"data\": {}}`", body = Object)),
+)]
 async fn post_notification(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -322,6 +364,18 @@ async fn post_notification(State(app): State<Arc<App>>, q: Params, body: Bytes) 
     delivered()
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/post_realtime_message",
+    tag = "gobelieve",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("sender" = i64, Query, description = "Sender uid (> 0)", minimum = 1),
+        ("receiver" = i64, Query, description = "Receiver uid (> 0)", minimum = 1),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "The message content (not empty, at most server.max_body - 36 bytes)"),
+    responses((status = 200, description = "Sent to the receiver's online sessions (not stored): `{\"data\": {}}`", body = Object)),
+)]
 async fn post_realtime_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let sender = id(&q, "sender")?;
@@ -336,6 +390,22 @@ async fn post_realtime_message(State(app): State<Arc<App>>, q: Params, body: Byt
     delivered()
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/post_room_message",
+    tag = "gobelieve",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "Sender uid (> 0)", minimum = 1),
+        ("room" = i64, Query, description = "Room id (> 0)", minimum = 1),
+        ("enforce" = Option<String>, Query, description = "`1`/`true`: refuse a speak-banned sender (`0`/`false`/absent: trusted)"),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "The message content (not empty, at most server.max_body - 36 bytes)"),
+    responses(
+        (status = 200, description = "Sent to the room's members on line: `{\"data\": {}}`", body = Object),
+        (status = 403, description = "`enforce=1` and the sender is speak-banned", body = ErrorBody),
+    ),
+)]
 async fn post_room_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -351,7 +421,7 @@ async fn post_room_message(State(app): State<Arc<App>>, q: Params, body: Bytes) 
     delivered()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct CustomerReq {
     sender_appid: i64,
     sender: i64,
@@ -360,6 +430,16 @@ struct CustomerReq {
     content: String,
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/post_customer_message",
+    tag = "gobelieve",
+    request_body = CustomerReq,
+    responses(
+        (status = 200, description = "Stored: `{\"data\": {\"id\", \"sender_id\"}}` (`{}` when nothing was stored)", body = Object),
+        (status = 403, description = "Customer-service messages are disabled (`server.kefu_appid = 0`)", body = ErrorBody),
+    ),
+)]
 async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: CustomerReq = json_body(&body)?;
     for (name, v) in [
@@ -398,6 +478,23 @@ async fn post_customer_message(State(app): State<Arc<App>>, body: Bytes) -> ApiR
     Ok(Json(json!({ "data": data })).into_response())
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/post_group_message",
+    tag = "gobelieve",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("sender" = i64, Query, description = "Sender uid (> 0)", minimum = 1),
+        ("receiver" = i64, Query, description = "Group id (> 0)", minimum = 1),
+        ("enforce" = Option<String>, Query, description = "`1`/`true`: the checks a client's message gets (membership, mute, speak ban)"),
+    ),
+    request_body(content = String, content_type = "text/plain", description = "The message content (not empty, at most server.max_body - 36 bytes)"),
+    responses(
+        (status = 200, description = "Stored: `{\"data\": {\"id\"}}` (super group) or `{\"data\": {\"ids\": {uid: key}}}`", body = Object),
+        (status = 403, description = "`enforce=1` and the sender may not post to the group", body = ErrorBody),
+        (status = 404, description = "No such group, or a group without members", body = ErrorBody),
+    ),
+)]
 async fn post_group_message(State(app): State<Arc<App>>, q: Params, body: Bytes) -> ApiResult {
     let appid = id(&q, "appid")?;
     let sender = id(&q, "sender")?;
@@ -410,17 +507,30 @@ async fn post_group_message(State(app): State<Arc<App>>, q: Params, body: Bytes)
     Ok(Json(json!({ "data": group_keys(&keys) })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 struct GroupNotificationReq {
     appid: i64,
     group_id: i64,
     notification: String,
     #[serde(default, rename = "super")]
     super_group: bool,
+    /// Members to notify (non-numeric entries are ignored).
     #[serde(default)]
+    #[schema(value_type = Vec<i64>)]
     members: Vec<serde_json::Value>,
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/post_group_notification",
+    tag = "gobelieve",
+    request_body = GroupNotificationReq,
+    responses(
+        (status = 200, description = "Stored: as `/post_group_message`", body = Object),
+        (status = 403, description = "`enforce=1` and the sender may not post to the group", body = ErrorBody),
+        (status = 404, description = "No such group, or a group without members", body = ErrorBody),
+    ),
+)]
 async fn post_group_notification(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r: GroupNotificationReq = json_body(&body)?;
     if r.appid <= 0 || r.group_id <= 0 {
@@ -460,6 +570,17 @@ pub(crate) fn message_json(m: &StoredMessage) -> Option<Value> {
     }
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/load_latest_message",
+    tag = "gobelieve",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+        ("limit" = i64, Query, description = "Most messages (> 0; capped by sync.max_latest)"),
+    ),
+    responses((status = 200, description = "`{\"data\": [message…]}`, oldest first", body = Object)),
+)]
 async fn load_latest_message(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -480,6 +601,17 @@ async fn load_latest_message(State(app): State<Arc<App>>, q: Params) -> ApiResul
     Ok(Json(json!({ "data": data })).into_response())
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/load_history_message",
+    tag = "gobelieve",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+        ("last_id" = i64, Query, description = "Sync key after which to read (>= 0)", minimum = 0),
+    ),
+    responses((status = 200, description = "`{\"data\": [message…], \"last_id\", \"has_more\"}`", body = Object)),
+)]
 async fn load_history_message(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -502,6 +634,17 @@ async fn load_history_message(State(app): State<Arc<App>>, q: Params) -> ApiResu
     )
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/get_offline_count",
+    tag = "gobelieve",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+        ("sync_key" = Option<i64>, Query, description = "Count after this key (>= 0; absent or 0: the user's stored sync key)"),
+    ),
+    responses((status = 200, description = "`{\"data\": {\"count\"}}`", body = Object)),
+)]
 async fn get_offline_count(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -532,6 +675,13 @@ pub fn rss_bytes() -> u64 {
     pages * 4096
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/summary",
+    tag = "operations",
+    params(("appid" = Option<i64>, Query, description = "Also the figures of this app")),
+    responses((status = 200, description = "Connection, client and message counts (GoBelieve's `/summary` fields plus `pid`, `rss_bytes`)", body = Object)),
+)]
 async fn summary(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = opt_int(&q, "appid")?;
     let st = &app.stats;
@@ -572,6 +722,12 @@ async fn summary(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     Ok(Json(Value::Object(obj)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain")),
+)]
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     (
         [(header::CONTENT_TYPE, node::metrics::CONTENT_TYPE)],
@@ -651,44 +807,71 @@ async fn read_body(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
         .await
 }
 
-async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError {
         status: StatusCode::NOT_FOUND,
         message: "no such endpoint".into(),
     }
 }
 
-async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError {
         status: StatusCode::METHOD_NOT_ALLOWED,
         message: "method not allowed on this endpoint".into(),
     }
 }
 
-/// The API router, with `admin`'s routes (the admin API, defined beside it) behind the same
-/// authentication and body limits. GoBelieve's endpoints accept any method, as the original does.
-pub fn router(app: Arc<App>, admin: Router<Arc<App>>) -> Router {
-    Router::new()
-        .route("/auth/grant", post(grant))
-        .route("/auth/revoke", post(revoke))
-        .route("/post_peer_message", any(post_peer_message))
-        .route("/post_system_message", any(post_system_message))
-        .route("/post_notification", any(post_notification))
-        .route("/post_realtime_message", any(post_realtime_message))
-        .route("/post_room_message", any(post_room_message))
-        .route("/post_group_message", any(post_group_message))
-        .route("/post_group_notification", any(post_group_notification))
-        .route("/post_customer_message", any(post_customer_message))
-        .route("/load_latest_message", any(load_latest_message))
-        .route("/load_history_message", any(load_history_message))
-        .route("/get_offline_count", any(get_offline_count))
-        .route("/summary", any(summary))
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(crate::health::healthz))
-        .route("/readyz", get(crate::health::readyz))
-        .merge(admin)
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+/// The error answers every operation of this router may give besides its own.
+const ERRORS: &[(StatusCode, &str)] = &[
+    (
+        StatusCode::BAD_REQUEST,
+        "A parameter or the body is missing or invalid (the message names it)",
+    ),
+    (
+        StatusCode::UNAUTHORIZED,
+        "`api.secret` is set and the request lacks `Authorization: Bearer <api.secret>`",
+    ),
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        "The body did not arrive within `api.body_timeout_secs`",
+    ),
+    (
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "The body exceeds `api.max_body`",
+    ),
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The message store or the backend failed",
+    ),
+];
+
+/// The API router and its document: GoBelieve's endpoints, tokens, operations and `admin`'s routes
+/// (the admin and server APIs, defined beside it), all behind the same authentication and body
+/// limits. GoBelieve's endpoints accept any method, as the original does.
+pub(crate) fn router(app: Arc<App>, admin: OpenApiRouter<Arc<App>>) -> OpenApiRouter {
+    let mut api = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(grant))
+        .routes(routes!(revoke))
+        .routes(any_method!(post_peer_message))
+        .routes(any_method!(post_system_message))
+        .routes(any_method!(post_notification))
+        .routes(any_method!(post_realtime_message))
+        .routes(any_method!(post_room_message))
+        .routes(any_method!(post_group_message))
+        .routes(any_method!(post_group_notification))
+        .routes(any_method!(post_customer_message))
+        .routes(any_method!(load_latest_message))
+        .routes(any_method!(load_history_message))
+        .routes(any_method!(get_offline_count))
+        .routes(any_method!(summary))
+        .routes(routes!(metrics))
+        .routes(routes!(crate::health::healthz))
+        .routes(routes!(crate::health::readyz))
+        .routes(routes!(crate::openapi::openapi_json))
+        .merge(admin);
+    openapi::document_security(api.get_openapi_mut(), "api_secret");
+    openapi::document_errors(api.get_openapi_mut(), ERRORS);
+    api.fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), read_body))
         .layer(middleware::from_fn_with_state(app.clone(), require_secret))
         .layer(DefaultBodyLimit::max(app.api.max_body))

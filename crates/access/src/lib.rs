@@ -3,7 +3,7 @@
 //! addresses; [`AccessNode::shutdown`] stops accepting, lets in-flight appends finish and closes sessions.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+mod admin;
 pub mod app;
 pub mod app_api;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod http;
 mod listener;
 pub mod metrics;
 mod offline;
+mod openapi;
 pub mod route;
 mod routed;
 mod server_api;
@@ -35,7 +36,7 @@ use tracing::warn;
 pub use app::{App, Routers, Services, StoreClient, StoreFailure};
 pub use app_api::{AppApi, AppApiConfig};
 pub use config::{ApiConfig, RelationshipsConfig, ServerConfig, SyncConfig};
-pub use web::WebConfig;
+pub use web::{DevSignin, WebConfig};
 
 /// Why the node could not start. The operator's fault (configuration) or the environment's (ports).
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +95,7 @@ fn web_router(
     addrs: &Addrs,
     api: Option<&Arc<AppApi>>,
     admin: bool,
-) -> axum::Router {
+) -> utoipa_axum::router::OpenApiRouter {
     web::router(Arc::new(web::WebContext {
         config: app.web.clone(),
         backend: app.backend.clone(),
@@ -112,6 +113,38 @@ fn web_router(
             presence
         }),
     }))
+}
+
+/// The API listener's router and its OpenAPI document (served at `/openapi.json`): the HTTP API with
+/// the admin endpoints (groups, speak bans, the app API's data, the server API) behind the same
+/// authentication and body limits, plus the app API and the web client when they are served there.
+pub fn api_router(app: &Arc<App>, addrs: &Addrs) -> (axum::Router, utoipa::openapi::OpenApi) {
+    let admin = admin::routes()
+        .merge(app_api::admin_routes(
+            app.backend.clone(),
+            app.app_api.clone(),
+        ))
+        .merge(server_api::router())
+        .merge(console::routes());
+    let mut router = http::router(app.clone(), admin);
+    let on_api = app.app_api.as_ref().filter(|a| a.config.on_api_listener);
+    if let Some(api) = on_api {
+        router = router.merge(app_api::router(
+            app.backend.clone(),
+            app.route.clone(),
+            api.clone(),
+            false,
+        ));
+    }
+    if app.web.enabled {
+        router = router.merge(web_router(app, addrs, on_api, true));
+    }
+    let (router, doc) = router.split_for_parts();
+    let router = router
+        .method_not_allowed_fallback(http::method_not_allowed)
+        .layer(axum::Extension(openapi::Rendered::new(&doc)))
+        .layer(axum::middleware::from_fn(openapi::json_errors));
+    (router, doc)
 }
 
 impl AccessNode {
@@ -203,28 +236,7 @@ impl AccessNode {
             tracker.spawn(listener::serve_ws(l, ctx.clone(), Some(a)));
         }
         if let Some(l) = http {
-            // The admin endpoints (groups, speak bans, the app API's) share the API's
-            // authentication and body limits.
-            let admin = admin::routes()
-                .merge(app_api::admin_routes(
-                    app.backend.clone(),
-                    app.app_api.clone(),
-                ))
-                .merge(server_api::router())
-                .merge(console::routes());
-            let mut router = http::router(app.clone(), admin);
-            let on_api = app.app_api.as_ref().filter(|a| a.config.on_api_listener);
-            if let Some(api) = on_api {
-                router = router.merge(app_api::router(
-                    app.backend.clone(),
-                    app.route.clone(),
-                    api.clone(),
-                    false,
-                ));
-            }
-            if app.web.enabled {
-                router = router.merge(web_router(&app, &addrs, on_api, true));
-            }
+            let (router, _) = api_router(&app, &addrs);
             tracker.spawn(listener::serve_api(
                 l,
                 app.clone(),
@@ -240,10 +252,11 @@ impl AccessNode {
             if app.web.enabled {
                 router = router.merge(web);
             }
+            let (router, _) = router.split_for_parts();
             tracker.spawn(listener::serve_api(
                 l,
                 app.clone(),
-                router,
+                router.layer(axum::middleware::from_fn(openapi::json_errors)),
                 shutdown.clone(),
                 tracker.clone(),
             ));

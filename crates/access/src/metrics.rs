@@ -52,21 +52,7 @@ impl Default for AccessMetrics {
 impl AccessMetrics {
     /// The embedded store's histograms, recorded into this registry.
     pub fn store_histograms(&self) -> store::StoreHistograms {
-        let r = &self.registry;
-        store::StoreHistograms {
-            fsync_seconds: r.histogram(
-                "banter_store_fsync_seconds",
-                "Duration of each fsync of the embedded store (log, checkpoints, directories).",
-            ),
-            batch_messages: r.histogram(
-                "banter_store_batch_messages",
-                "Messages per group commit of the embedded store.",
-            ),
-            batch_bytes: r.histogram(
-                "banter_store_batch_bytes",
-                "Bytes per group commit of the embedded store.",
-            ),
-        }
+        store::StoreHistograms::named(|name, help| self.registry.histogram(name, help))
     }
 
     /// Records one HTTP API request; `route` is the matched route template (bounded).
@@ -298,61 +284,12 @@ pub fn render(metrics: &AccessMetrics, app: NodeFigures<'_>) -> String {
         app.backend.dropped_reports(),
     );
     if let StoreClient::Local(store) = app.store {
-        let s = store.stats();
-        for (name, help, v) in [
-            (
-                "banter_store_messages_total",
-                "Messages appended to the embedded store.",
-                s.messages,
-            ),
-            (
-                "banter_store_entries_total",
-                "Queue entries appended to the embedded store.",
-                s.entries,
-            ),
-            (
-                "banter_store_batches_total",
-                "Group commits (writes) of the embedded store.",
-                s.batches,
-            ),
-            (
-                "banter_store_fsyncs_total",
-                "fsyncs of the embedded store's log.",
-                s.fsyncs,
-            ),
-            (
-                "banter_store_written_bytes_total",
-                "Bytes written to the embedded store's log.",
-                s.bytes_written,
-            ),
-            (
-                "banter_store_checkpoints_total",
-                "Checkpoints taken by the embedded store.",
-                s.checkpoints,
-            ),
-            (
-                "banter_store_segments_dropped_total",
-                "Log segments dropped by retention.",
-                s.segments_dropped,
-            ),
-        ] {
-            r.set_counter(name, help, v);
+        for f in store.stats().figures() {
+            match f.kind {
+                store::FigureKind::Counter => r.set_counter(f.name, f.help, f.value),
+                store::FigureKind::Gauge => r.set_gauge(f.name, f.help, f.value as f64),
+            }
         }
-        r.set_gauge(
-            "banter_store_segments",
-            "Log segment files of the embedded store.",
-            s.segments as f64,
-        );
-        r.set_gauge(
-            "banter_store_queues",
-            "Queues of the embedded store.",
-            s.queues as f64,
-        );
-        r.set_gauge(
-            "banter_store_log_bytes",
-            "Bytes between the oldest retained and the newest acknowledged position of the log.",
-            s.log_end.saturating_sub(s.log_start) as f64,
-        );
     }
     let mut text = r.render();
     room_drop_series(app.rooms, &mut text);

@@ -25,21 +25,24 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
-use axum::{Json, Router};
+use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use store::QueueId;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::app::App;
 use crate::http::{id, int, json_body, message_json, opt_int, ApiError, Params};
+use crate::openapi::{any_method, ErrorBody};
 
 type ApiResult = Result<Response, ApiError>;
 
 /// Groups per page when `limit` is not given.
 const DEFAULT_LIMIT: i64 = 100;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserReq {
     appid: i64,
@@ -54,6 +57,15 @@ fn user_req(body: &Bytes) -> Result<UserReq, ApiError> {
     Ok(r)
 }
 
+#[utoipa::path(
+    post,
+    path = "/auth/revoke_user",
+    tag = "auth",
+    request_body = UserReq,
+    responses(
+        (status = 200, description = "`{\"revoked\": n, \"sessions_closed\": n}`", body = Object),
+    ),
+)]
 async fn revoke_user(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r = user_req(&body)?;
     let revoked = app.backend.revoke_user(r.appid, r.uid).await?;
@@ -61,6 +73,15 @@ async fn revoke_user(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     Ok(Json(json!({ "revoked": revoked, "sessions_closed": sessions })).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users/kick",
+    tag = "admin",
+    request_body = UserReq,
+    responses(
+        (status = 200, description = "`{\"sessions_closed\": n}`; tokens are kept", body = Object),
+    ),
+)]
 async fn kick(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     let r = user_req(&body)?;
     let sessions = app.kick(r.appid, r.uid, 0);
@@ -81,6 +102,19 @@ fn listing(groups: Vec<backend::GroupSummary>, limit: i64) -> Response {
     Json(json!({ "groups": groups, "next": next })).into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/groups/list",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("after" = Option<i64>, Query, description = "The last id of the previous page (default 0)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 ..= 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "`{\"groups\": [{\"group_id\", \"name\", \"master\", \"super\", \"members\"}…], \"next\": id or null}`", body = Object),
+    ),
+)]
 async fn list_groups(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let (after, limit) = page(&q)?;
@@ -88,6 +122,20 @@ async fn list_groups(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     Ok(listing(groups, limit))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/groups",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+        ("after" = Option<i64>, Query, description = "The last id of the previous page (default 0)"),
+        ("limit" = Option<i64>, Query, description = "Page size, 1 ..= 1000 (default 100)"),
+    ),
+    responses(
+        (status = 200, description = "The groups the user is a member of, as `/admin/groups/list`", body = Object),
+    ),
+)]
 async fn user_groups(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -112,6 +160,20 @@ async fn super_group(app: &App, q: &Params) -> Result<QueueId, ApiError> {
     }
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/load_group_history_message",
+    tag = "server",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("group_id" = i64, Query, description = "Super group (> 0)", minimum = 1),
+        ("last_id" = i64, Query, description = "Sync key after which to read (>= 0)", minimum = 0),
+    ),
+    responses(
+        (status = 200, description = "`{\"data\": [message…], \"last_id\", \"has_more\"}`", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn group_history(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let last_id = int(&q, "last_id")?;
     if last_id < 0 {
@@ -129,6 +191,20 @@ async fn group_history(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     )
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/load_latest_group_message",
+    tag = "server",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("group_id" = i64, Query, description = "Super group (> 0)", minimum = 1),
+        ("limit" = i64, Query, description = "Most messages (> 0)", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "`{\"data\": [message…]}`, oldest first", body = Object),
+        (status = 404, description = "No such group", body = ErrorBody),
+    ),
+)]
 async fn latest_group(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     let limit = int(&q, "limit")?;
     if limit <= 0 {
@@ -150,6 +226,19 @@ fn cluster_presence() -> ApiError {
     }
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/online",
+    tag = "server",
+    params(
+        ("appid" = i64, Query, description = "App id"),
+        ("uid" = i64, Query, description = "User"),
+    ),
+    responses(
+        (status = 200, description = "`{\"online\": bool}`", body = Object),
+        (status = 404, description = "An access node of a cluster: ask a router's API", body = ErrorBody),
+    ),
+)]
 async fn online(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     if app.links.is_enabled() {
         return Err(cluster_presence());
@@ -159,6 +248,18 @@ async fn online(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     Ok(Json(json!({ "online": app.route.is_online(appid, uid) })).into_response())
 }
 
+#[utoipa::path(
+    method(get, post),
+    path = "/all_online",
+    tag = "server",
+    params(
+        ("online_only" = Option<String>, Query, description = "`1`/`true`: only users with a session marked online"),
+    ),
+    responses(
+        (status = 200, description = "`[{\"appid\", \"users\": [uid…]}…]`", body = [Object]),
+        (status = 404, description = "An access node of a cluster: ask a router's API", body = ErrorBody),
+    ),
+)]
 async fn all_online(State(app): State<Arc<App>>, q: Params) -> ApiResult {
     if app.links.is_enabled() {
         return Err(cluster_presence());
@@ -190,14 +291,14 @@ async fn all_online(State(app): State<Arc<App>>, q: Params) -> ApiResult {
 }
 
 /// The routes of this module, merged into the HTTP API's router.
-pub(crate) fn router() -> Router<Arc<App>> {
-    Router::new()
-        .route("/auth/revoke_user", post(revoke_user))
-        .route("/admin/users/kick", post(kick))
-        .route("/admin/groups/list", get(list_groups))
-        .route("/admin/users/groups", get(user_groups))
-        .route("/load_group_history_message", any(group_history))
-        .route("/load_latest_group_message", any(latest_group))
-        .route("/online", any(online))
-        .route("/all_online", any(all_online))
+pub(crate) fn router() -> OpenApiRouter<Arc<App>> {
+    OpenApiRouter::new()
+        .routes(routes!(revoke_user))
+        .routes(routes!(kick))
+        .routes(routes!(list_groups))
+        .routes(routes!(user_groups))
+        .routes(any_method!(group_history))
+        .routes(any_method!(latest_group))
+        .routes(any_method!(online))
+        .routes(any_method!(all_online))
 }

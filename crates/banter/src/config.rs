@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use store::StoreSettings;
 
 use crate::load::{self, ConfigError, Loaded, Override};
-pub use crate::logging::LogFormat;
+pub use node::log::{LogFormat, LogSettings};
 
 /// The documented default configuration. `banter serve` without a config file behaves exactly as if
 /// this file were given (a test checks they agree).
@@ -43,7 +43,7 @@ pub struct Config {
     pub push: PushConfig,
     pub moderation: ModerationConfig,
     pub cluster: ClusterConfig,
-    pub log: LogConfig,
+    pub log: LogSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -217,32 +217,17 @@ impl Default for ClusterConfig {
     }
 }
 
-/// `[log]`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// A level (`info`) or filter directives (`info,access=debug`); `RUST_LOG` wins when set.
-    pub level: String,
-    /// `text` or `json`.
-    pub format: LogFormat,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            level: "info".into(),
-            format: LogFormat::Text,
-        }
-    }
-}
-
 /// Reads a TOML file of any role's configuration (or nothing, for the defaults), applies
 /// `BANTER_*` environment variables and `overrides`, and deserializes it; every problem at once.
-pub fn load_role_config<T>(path: Option<&Path>, overrides: &[Override]) -> Result<T, ConfigError>
+pub fn load_role_config<T>(
+    path: Option<&Path>,
+    overrides: &[Override],
+    validate: impl Fn(&T) -> Vec<String>,
+) -> Result<T, ConfigError>
 where
     T: serde::de::DeserializeOwned + Serialize + Default,
 {
-    load::load(path, std::env::vars(), overrides, |_: &T| Vec::new()).map(|l| l.value)
+    load::load(path, std::env::vars(), overrides, validate).map(|l| l.value)
 }
 
 impl Config {
@@ -271,9 +256,7 @@ impl Config {
         if self.auth.backend == AuthBackend::Redis && self.auth.redis_url.is_empty() {
             errors.push("auth.redis_url is required with auth.backend = \"redis\"".into());
         }
-        if let Err(e) = crate::logging::filter(&self.log.level) {
-            errors.push(format!("log.level: {e}"));
-        }
+        errors.extend(crate::logging::problems(&self.log));
         if self.server.max_body == 0 || self.server.max_body > proto::MAX_BODY_LEN {
             errors.push(format!(
                 "server.max_body must be between 1 and {}",

@@ -8,8 +8,6 @@
 use std::fmt;
 use std::io::IsTerminal;
 
-use serde::{Deserialize, Serialize};
-
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{Format, Full, Json, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
@@ -18,32 +16,22 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// `log.format` / `--log-format`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-impl LogFormat {
-    /// The name used in configuration files.
-    pub fn name(self) -> &'static str {
-        match self {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
-        }
-    }
-}
+pub use node::log::LogFormat;
 
 /// Parses a level or filter (`info`, `info,access=debug`).
 pub fn filter(level: &str) -> Result<EnvFilter, String> {
     EnvFilter::builder()
         .parse(level)
         .map_err(|e| format!("not a log level or filter ({level:?}): {e}"))
+}
+
+/// The problems of a `[log]` section (each message starts with its key).
+pub fn problems(log: &node::log::LogSettings) -> Vec<String> {
+    filter(&log.level)
+        .err()
+        .map(|e| format!("log.level: {e}"))
+        .into_iter()
+        .collect()
 }
 
 /// Installs the global subscriber. `RUST_LOG`, when set and valid, wins over `level`.

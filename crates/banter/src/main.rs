@@ -9,6 +9,7 @@ use banter::config::{load_role_config, Config, DEFAULT_TOML};
 use banter::load::Override;
 use banter::logging::LogFormat;
 use clap::{Args, CommandFactory, Parser, Subcommand};
+use ims::service::StoreNodeConfig;
 
 /// `banter --version`: the version, the git commit and the build date.
 const LONG_VERSION: &str = concat!(
@@ -41,6 +42,23 @@ struct LogArgs {
     /// Log line format (overrides `log.format`).
     #[arg(long, value_enum, value_name = "FORMAT")]
     log_format: Option<LogFormat>,
+}
+
+impl LogArgs {
+    /// The options given, as overrides of the `[log]` section.
+    fn overrides(&self) -> Vec<Override> {
+        [
+            ("log.level", "--log-level", self.log_level.clone()),
+            (
+                "log.format",
+                "--log-format",
+                self.log_format.map(|f| f.name().to_string()),
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, flag, v)| v.map(|v| Override::string(key, flag, v)))
+        .collect()
+    }
 }
 
 /// Options of `serve` and `im`: the configuration, the data directory and the listeners.
@@ -91,15 +109,10 @@ impl ServeArgs {
             ("server.wss", "--wss", self.wss.clone()),
             ("server.cert_file", "--cert", path(&self.cert)),
             ("server.key_file", "--key", path(&self.key)),
-            ("log.level", "--log-level", self.log.log_level.clone()),
-            (
-                "log.format",
-                "--log-format",
-                self.log.log_format.map(|f| f.name().to_string()),
-            ),
         ]
         .into_iter()
         .filter_map(|(key, flag, v)| v.map(|v| Override::string(key, flag, v)))
+        .chain(self.log.overrides())
         .collect()
     }
 }
@@ -357,31 +370,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let loaded = Config::load(args.config.as_deref(), &overrides)?;
     banter::serve::preflight_loaded(&loaded)?;
     let config = loaded.value;
-    banter::logging::init(
-        &config.log.level,
-        config.log.format,
-        &config.cluster.node_id,
-    )
-    .map_err(anyhow::Error::msg)?;
+    init_logging(&config.log, &config.cluster.node_id)?;
     runtime()?.block_on(banter::serve::run(config, args.config, overrides))?;
     Ok(())
 }
 
-fn init_role_logging(log: &LogArgs, node_id: &str) -> anyhow::Result<()> {
-    banter::logging::init(
-        log.log_level.as_deref().unwrap_or("info"),
-        log.log_format.unwrap_or_default(),
-        node_id,
-    )
-    .map_err(anyhow::Error::msg)
+/// Installs logging as a role's `[log]` section says (with the command line's overrides applied).
+fn init_logging(log: &node::log::LogSettings, node_id: &str) -> anyhow::Result<()> {
+    banter::logging::init(&log.level, log.format, node_id).map_err(anyhow::Error::msg)
 }
 
 fn imr(path: Option<PathBuf>, log: LogArgs) -> anyhow::Result<()> {
-    if let Some(level) = &log.log_level {
-        banter::logging::filter(level).map_err(anyhow::Error::msg)?;
-    }
-    let config: route::RouterConfig = load_role_config(path.as_deref(), &[])?;
-    init_role_logging(&log, &config.node_id)?;
+    let config: route::RouterConfig = load_role_config(
+        path.as_deref(),
+        &log.overrides(),
+        |c: &route::RouterConfig| banter::logging::problems(&c.log),
+    )?;
+    init_logging(&config.log, &config.node_id)?;
     runtime()?.block_on(banter::roles::run_router(config))
 }
 
@@ -391,8 +396,8 @@ fn ims(path: Option<PathBuf>, log: LogArgs, command: Option<ImsCommand>) -> anyh
             let secret = match secret {
                 Some(s) => Some(s),
                 None if path.is_some() => {
-                    let config: ims::service::StoreNodeConfig =
-                        load_role_config(path.as_deref(), &[])?;
+                    let config: StoreNodeConfig =
+                        load_role_config(path.as_deref(), &[], |_: &StoreNodeConfig| Vec::new())?;
                     Some(config.http_secret)
                 }
                 None => None,
@@ -402,11 +407,11 @@ fn ims(path: Option<PathBuf>, log: LogArgs, command: Option<ImsCommand>) -> anyh
             Ok(())
         }
         None => {
-            if let Some(level) = &log.log_level {
-                banter::logging::filter(level).map_err(anyhow::Error::msg)?;
-            }
-            let config: ims::service::StoreNodeConfig = load_role_config(path.as_deref(), &[])?;
-            init_role_logging(&log, &config.node_id)?;
+            let config: StoreNodeConfig =
+                load_role_config(path.as_deref(), &log.overrides(), |c: &StoreNodeConfig| {
+                    banter::logging::problems(&c.log)
+                })?;
+            init_logging(&config.log, &config.node_id)?;
             runtime()?.block_on(banter::roles::run_store_node(config))
         }
     }

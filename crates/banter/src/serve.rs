@@ -193,7 +193,7 @@ fn warn_unshared_state(config: &Config) {
     if config.auth.backend == AuthBackend::Embedded {
         warn!("cluster mode with auth.backend = \"embedded\": tokens granted on this node are unknown to the other access nodes (JWTs work everywhere); use auth.backend = \"redis\" to share them");
     }
-    if config.app_api.enabled && config.media.backend == "local" {
+    if config.app_api.enabled && config.media.backend == media::MediaBackend::Local {
         warn!("cluster mode with media.backend = \"local\": files uploaded to this node can only be downloaded from it; use media.backend = \"s3\" to share them");
     }
     if config.groups.backend == GroupsBackend::Embedded {

@@ -228,7 +228,7 @@ async fn signed_urls_share_media_outside_the_app_until_they_expire() {
     s.stop().await;
 
     // Public media need no token at all.
-    let p = TestServer::start_with(|c| c.media.access = "public".into())
+    let p = TestServer::start_with(|c| c.media.access = media::MediaAccess::Public)
         .await
         .expect("server starts");
     let t = token(&p, 7, 3).await;

@@ -11,7 +11,7 @@ use serde_json::json;
 const BUCKET: &str = "banter-media";
 
 fn s3_config(c: &mut banter::config::Config, s3: &testkit::S3Server) {
-    c.media.backend = "s3".into();
+    c.media.backend = media::MediaBackend::S3;
     c.media.s3.bucket = BUCKET.into();
     c.media.s3.endpoint = s3.endpoint();
     c.media.s3.allow_http = true;
@@ -106,7 +106,7 @@ async fn two_access_nodes_share_one_bucket() {
     let node = |s3: &testkit::S3Server| {
         let endpoint = s3.endpoint();
         move |c: &mut banter::config::Config| {
-            c.media.backend = "s3".into();
+            c.media.backend = media::MediaBackend::S3;
             c.media.s3.bucket = BUCKET.into();
             c.media.s3.endpoint = endpoint;
             c.media.s3.allow_http = true;

@@ -1,6 +1,7 @@
 //! `/metrics` of every role, read with a Prometheus text-format parser: histograms (message latency,
 //! sync sizes, HTTP durations; store appends; router writes), process metrics, build info, and the
-//! embedded store's figures in single-node mode.
+//! store's figures (fsync and batch histograms, segments, bytes) wherever a store runs: the
+//! embedded one in single-node mode and the store node's.
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 mod common;
@@ -230,6 +231,12 @@ async fn router_and_store_node_metrics_have_histograms() {
     assert!(histogram_count(&sc, "banter_ims_append_seconds") >= 1);
     assert!(histogram_count(&sc, "banter_ims_append_messages") >= 1);
     assert!(!find(&sc, "banter_ims_fsyncs_total").is_empty());
+    // The store's own figures, as in single-node mode.
+    assert!(histogram_count(&sc, "banter_store_fsync_seconds") >= 1);
+    assert!(histogram_count(&sc, "banter_store_batch_messages") >= 1);
+    assert!(histogram_count(&sc, "banter_store_batch_bytes") >= 1);
+    assert!(!find(&sc, "banter_store_segments").is_empty());
+    assert!(!find(&sc, "banter_store_log_bytes").is_empty());
     dashboard_covered(&sc, "banter_ims_", &[]);
 
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -318,12 +318,16 @@ fn json_logs_and_levels_on_every_role() {
     p.wait_for(&format!("listening: route tcp://127.0.0.1:{route}"));
     p.stop();
 
+    // The store node takes its `[log]` section from its configuration file like every role.
     let ims_dir = tempfile::tempdir().unwrap();
     let (store, http) = (free_port(), free_port());
+    let ims_config = ims_dir.path().join("ims.toml");
+    std::fs::write(&ims_config, "[log]\nformat = \"json\"\nlevel = \"debug\"\n").unwrap();
     let mut p = Proc::spawn(
         bin()
-            .args(["ims", "--log-format", "json"])
-            .env("BANTER_DATA_DIR", ims_dir.path())
+            .args(["ims", "--config"])
+            .arg(&ims_config)
+            .env("BANTER_DATA_DIR", ims_dir.path().join("data"))
             .env("BANTER_LISTEN", format!("127.0.0.1:{store}"))
             .env("BANTER_REPLICATION_LISTEN", "")
             .env("BANTER_HTTP_LISTEN", format!("127.0.0.1:{http}")),
@@ -331,7 +335,23 @@ fn json_logs_and_levels_on_every_role() {
     let l = p.wait_for("store node ready");
     serde_json::from_str::<serde_json::Value>(&l).unwrap();
     p.wait_for(&format!("listening: store tcp://127.0.0.1:{store}"));
-    p.stop();
+    let lines = p.stop();
+    assert!(
+        lines.iter().any(|l| l.contains("\"level\":\"DEBUG\"")),
+        "{lines:?}"
+    );
+    // ... and the router too; a bad level in the file is reported with the file's name and line.
+    let imr_config = ims_dir.path().join("imr.toml");
+    std::fs::write(
+        &imr_config,
+        "[log]\nformat = \"json\"\nlevel = \"info,=[\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(bin().args(["imr", "--config"]).arg(&imr_config));
+    assert!(
+        !ok && err.contains("imr.toml:3: log.level") && err.contains("not a log level"),
+        "{err}"
+    );
 
     let (ok, _, err) = run(bin().args(["imr", "--log-level", "info,=["]));
     assert!(!ok && err.contains("not a log level"), "{err}");

@@ -373,7 +373,7 @@ async fn pages_carry_a_strict_csp_and_assets_are_served() {
     assert_eq!(index.matches("<script").count(), 1);
     let (st, body) = http(s.http, "GET", "/assets/nope.js", &[], b"").await;
     assert_eq!(st, 404);
-    assert!(body.contains(r#""error""#), "{body}");
+    assert!(body.contains(r#""meta""#), "{body}");
     let (st, body) = http(s.http, "GET", "/web/config", &[], b"").await;
     assert_eq!(st, 200);
     let cfg: serde_json::Value = serde_json::from_str(&body).expect("json");
@@ -453,7 +453,7 @@ async fn dev_signin_only_from_loopback_with_json() {
     )
     .await;
     assert!(
-        r.starts_with("HTTP/1.1 400") && r.contains(r#""error""#),
+        r.starts_with("HTTP/1.1 400") && r.contains(r#""meta""#),
         "{r}"
     );
     let r = raw(s.http, &req(&local, "application/json", None), "{nope").await;
@@ -463,7 +463,7 @@ async fn dev_signin_only_from_loopback_with_json() {
     );
     s.stop().await;
 
-    let s = TestServer::start_with(|c| c.web.dev_signin = "off".into())
+    let s = TestServer::start_with(|c| c.web.dev_signin = access::DevSignin::Off)
         .await
         .expect("server");
     let (st, body) = post_json(
@@ -473,7 +473,10 @@ async fn dev_signin_only_from_loopback_with_json() {
     )
     .await;
     assert_eq!(st, 403, "{body}");
-    assert!(body["error"].as_str().unwrap_or("").contains("disabled"));
+    assert!(body["meta"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("disabled"));
     s.stop().await;
 }
 

@@ -32,7 +32,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use node::admin::{self, require_bearer, BearerAuth};
 use serde::{Deserialize, Serialize};
-use store::{Durability, Retention, Role, Store, StoreError, StoreOptions};
+use store::{Role, Store, StoreError, StoreOptions, StoreSettings};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -71,26 +71,8 @@ pub struct StoreNodeConfig {
     /// `sync` mode: how long an append waits for a follower before it fails with
     /// `replication_timeout` (its records are withdrawn: it is never delivered).
     pub sync_timeout_ms: u64,
-    /// `"always"` (fsync before acknowledging, group commit), `"interval"` (fsync at most
-    /// `fsync_interval_ms` after a write) or `"none"`.
-    pub durability: String,
-    /// fsync period with durability `"interval"`.
-    pub fsync_interval_ms: u64,
-    /// Size of one log segment file in MiB.
-    pub segment_mb: u64,
-    /// Seconds between background checkpoints of the queue heads (bounds restart replay).
-    pub checkpoint_interval_secs: u64,
-    /// MiB of recently written log kept in memory for reads and replication.
-    pub cache_mb: usize,
-    /// Largest stored message body in bytes.
-    pub max_body_bytes: usize,
     /// Most messages one sync returns.
     pub max_sync_limit: usize,
-    /// Drop whole sealed segments older than this many days (0 = keep forever). A follower
-    /// further behind than the retained log cannot catch up and must be re-seeded.
-    pub retention_days: u64,
-    /// Drop the oldest sealed segments while the log exceeds this many GiB (0 = no limit).
-    pub retention_max_gb: u64,
     /// Largest store link frame body in MiB (requests and replies; replies are cut to fit).
     pub max_frame_mb: usize,
     /// Most requests of one access connection executing at once; reading pauses at the limit.
@@ -116,6 +98,10 @@ pub struct StoreNodeConfig {
     /// Host other nodes use to reach this one (etcd mode); "" = the listeners' own addresses,
     /// which then must not be wildcard addresses.
     pub advertise_host: String,
+    /// `[store]`: the message store, the same section (and keys) as `banter serve`'s.
+    pub store: StoreSettings,
+    /// `[log]`: log level and format.
+    pub log: node::log::LogSettings,
 }
 
 impl Default for StoreNodeConfig {
@@ -130,15 +116,7 @@ impl Default for StoreNodeConfig {
             follow: String::new(),
             replication_mode: ReplicationMode::Async,
             sync_timeout_ms: 5000,
-            durability: "always".into(),
-            fsync_interval_ms: 100,
-            segment_mb: 64,
-            checkpoint_interval_secs: 10,
-            cache_mb: 64,
-            max_body_bytes: 64 * 1024,
             max_sync_limit: 3000,
-            retention_days: 0,
-            retention_max_gb: 0,
             max_frame_mb: 16,
             max_in_flight: 256,
             replication_batch_kb: 1024,
@@ -150,6 +128,8 @@ impl Default for StoreNodeConfig {
             shard: "0".into(),
             lease_ttl_secs: 3,
             advertise_host: String::new(),
+            store: StoreSettings::default(),
+            log: node::log::LogSettings::default(),
         }
     }
 }
@@ -184,25 +164,8 @@ follow = ""
 replication_mode = "async"
 sync_timeout_ms = 5000
 
-# "always": fsync before acknowledging (group commit); "interval": fsync at most
-# fsync_interval_ms after a write; "none": leave it to the OS.
-durability = "always"
-fsync_interval_ms = 100
-# Size of one log segment file in MiB.
-segment_mb = 64
-# Seconds between background checkpoints of the queue heads (bounds restart replay).
-checkpoint_interval_secs = 10
-# MiB of recently written log kept in memory for reads and replication.
-cache_mb = 64
-# Largest stored message body in bytes.
-max_body_bytes = 65536
 # Most messages one sync returns.
 max_sync_limit = 3000
-# Drop whole sealed segments older than this many days (0 = keep forever). A follower further
-# behind than the retained log cannot catch up and must be re-seeded from a copy.
-retention_days = 0
-# Drop the oldest sealed segments while the log exceeds this many GiB (0 = no limit).
-retention_max_gb = 0
 
 # Largest store link frame body in MiB (requests and replies; long replies are cut to fit).
 max_frame_mb = 16
@@ -230,6 +193,33 @@ shard = "0"
 lease_ttl_secs = 3
 # Host that other nodes use to reach this one; "" = the listen addresses as bound.
 advertise_host = ""
+
+# The message store: the same section, with the same keys, as `banter serve`'s [store].
+[store]
+# "always": fsync before acknowledging (group commit); "interval": fsync at most
+# fsync_interval_ms after a write; "none": leave it to the OS.
+durability = "always"
+fsync_interval_ms = 100
+# Size of one log segment file in MiB.
+segment_mb = 64
+# Seconds between background checkpoints of the queue heads (bounds restart replay).
+checkpoint_interval_secs = 10
+# MiB of recently written log kept in memory for reads and replication.
+cache_mb = 64
+# Largest stored message body in bytes.
+max_body_bytes = 65536
+# Drop whole sealed segments older than this many days (0 = keep forever). A follower further
+# behind than the retained log cannot catch up and must be re-seeded from a copy.
+retention_days = 0
+# Drop the oldest sealed segments while the log exceeds this many GiB (0 = no limit).
+retention_max_gb = 0
+
+[log]
+# Log level or filter (RUST_LOG syntax): "info", "debug", "ims=debug,info", ... (--log-level
+# overrides it; RUST_LOG, when set, wins over both).
+level = "info"
+# "text" or "json" (--log-format overrides it).
+format = "text"
 "#;
 
 /// The documented default configuration file; it parses to `StoreNodeConfig::default()`.
@@ -309,32 +299,28 @@ impl StoreNodeConfig {
                     .to_string(),
             );
         }
-        match self.store_options() {
-            Err(e) => errs.push(e),
-            Ok(o) => {
-                // The largest record / request must fit in a frame, or replication and appends
-                // of such messages would fail forever (GoBelieve #26, #42).
-                let record = o.max_body_bytes
-                    + o.max_queues_per_message * store::format::ENTRY_LEN
-                    + store::format::MESSAGE_FIXED_LEN;
-                if (self.replication_max_frame_mb << 20) < record + 16 {
-                    errs.push(format!(
-                        "replication_max_frame_mb ({}) must hold the largest possible record \
-                         ({record} bytes with max_body_bytes {})",
-                        self.replication_max_frame_mb, o.max_body_bytes
-                    ));
-                }
-                let request = o.max_body_bytes
-                    + o.max_queues_per_message * cluster::store_proto::QUEUE_LEN
-                    + 64;
-                if (self.max_frame_mb << 20) < request {
-                    errs.push(format!(
-                        "max_frame_mb ({}) must hold the largest possible append ({request} bytes \
-                         with max_body_bytes {})",
-                        self.max_frame_mb, o.max_body_bytes
-                    ));
-                }
-            }
+        errs.extend(self.store.validate("store"));
+        let o = self.store_options();
+        // The largest record / request must fit in a frame, or replication and appends
+        // of such messages would fail forever (GoBelieve #26, #42).
+        let record = o.max_body_bytes
+            + o.max_queues_per_message * store::format::ENTRY_LEN
+            + store::format::MESSAGE_FIXED_LEN;
+        if (self.replication_max_frame_mb << 20) < record + 16 {
+            errs.push(format!(
+                "replication_max_frame_mb ({}) must hold the largest possible record \
+                 ({record} bytes with max_body_bytes {})",
+                self.replication_max_frame_mb, o.max_body_bytes
+            ));
+        }
+        let request =
+            o.max_body_bytes + o.max_queues_per_message * cluster::store_proto::QUEUE_LEN + 64;
+        if (self.max_frame_mb << 20) < request {
+            errs.push(format!(
+                "max_frame_mb ({}) must hold the largest possible append ({request} bytes \
+                 with max_body_bytes {})",
+                self.max_frame_mb, o.max_body_bytes
+            ));
         }
         if errs.is_empty() {
             Ok(())
@@ -344,42 +330,17 @@ impl StoreNodeConfig {
     }
 
     /// The store engine's options for this configuration.
-    pub fn store_options(&self) -> Result<StoreOptions, String> {
-        let durability = match self.durability.as_str() {
-            "always" => Durability::Always,
-            "interval" => {
-                if self.fsync_interval_ms == 0 {
-                    return Err("fsync_interval_ms must be > 0 with durability \"interval\"".into());
-                }
-                Durability::Interval(Duration::from_millis(self.fsync_interval_ms))
-            }
-            "none" => Durability::None,
-            other => {
-                return Err(format!(
-                    "durability must be \"always\", \"interval\" or \"none\", got {other:?}"
-                ))
-            }
-        };
-        Ok(StoreOptions {
-            durability,
-            segment_bytes: self.segment_mb.max(1) << 20,
-            checkpoint_interval: Duration::from_secs(self.checkpoint_interval_secs.max(1)),
-            cache_bytes: self.cache_mb << 20,
-            max_body_bytes: self.max_body_bytes,
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
             max_sync_limit: self.max_sync_limit.max(1),
-            retention: Retention {
-                max_age: (self.retention_days > 0)
-                    .then(|| Duration::from_secs(self.retention_days * 86_400)),
-                max_total_bytes: (self.retention_max_gb > 0).then_some(self.retention_max_gb << 30),
-            },
             // with etcd every node starts as a follower and the shard elects its leader
             role: if self.follow.trim().is_empty() && self.etcd.is_empty() {
                 Role::Leader
             } else {
                 Role::Follower
             },
-            ..StoreOptions::default()
-        })
+            ..self.store.options()
+        }
     }
 }
 
@@ -505,7 +466,11 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<RunningStoreNode, StoreNodeError> {
     config.validate().map_err(StoreNodeError::Config)?;
-    let opts = config.store_options().map_err(StoreNodeError::Config)?;
+    let registry = node::metrics::Registry::new("store");
+    let opts = StoreOptions {
+        histograms: store::StoreHistograms::named(|name, help| registry.histogram(name, help)),
+        ..config.store_options()
+    };
     let http_listen = config.http_listen.trim().to_string();
     admin::check_exposure(
         &http_listen,
@@ -565,7 +530,6 @@ pub async fn run(
     };
 
     let hub = ReplicationHub::new();
-    let registry = node::metrics::Registry::new("store");
     let server_metrics = Arc::new(StoreServerMetrics {
         append_seconds: crate::server::Hist(registry.histogram(
             "banter_ims_append_seconds",
@@ -604,7 +568,7 @@ pub async fn run(
     let server_opts = StoreServerOptions {
         max_frame_bytes: config.max_frame_mb << 20,
         max_in_flight: config.max_in_flight,
-        inline_read_window: ((config.cache_mb as u64) << 20) / 2,
+        inline_read_window: ((config.store.cache_mb as u64) << 20) / 2,
         sync_replication: (config.replication_mode == ReplicationMode::Sync).then(|| {
             SyncReplication {
                 hub: hub.clone(),

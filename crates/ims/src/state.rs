@@ -308,6 +308,12 @@ impl NodeState {
             "Follower: 1 while connected to its leader.",
             (u64::from(self.follow_status.connected.load(Ordering::Relaxed))) as f64,
         );
+        for f in st.figures() {
+            match f.kind {
+                store::FigureKind::Counter => reg.set_counter(f.name, f.help, f.value),
+                store::FigureKind::Gauge => reg.set_gauge(f.name, f.help, f.value as f64),
+            }
+        }
         reg.render()
     }
 }

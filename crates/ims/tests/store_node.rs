@@ -14,7 +14,7 @@ use common::*;
 use ims::service::{
     default_toml, run, PromoteError, ReplicationMode, StoreNodeConfig, StoreNodeError,
 };
-use store::{QueueId, Role};
+use store::{DurabilityMode, QueueId, Role, StoreSettings};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -34,17 +34,25 @@ fn default_toml_parses_to_the_default_config() {
         StoreNodeConfig::from_toml("replication_mode = \"sync\"\nfollow = \"10.0.0.1:13334\"")
             .unwrap();
     assert_eq!(sync.replication_mode, ReplicationMode::Sync);
-    assert_eq!(sync.store_options().unwrap().role, Role::Follower);
+    assert_eq!(sync.store_options().role, Role::Follower);
     assert!(StoreNodeConfig::from_toml("replication_mode = \"semi\"").is_err());
+    let err = StoreNodeConfig::from_toml("[store]\ndurability = \"sometimes\"").unwrap_err();
+    assert!(err.contains("durability"), "{err}");
     let bad = StoreNodeConfig {
-        durability: "sometimes".into(),
+        store: StoreSettings {
+            durability: DurabilityMode::Interval,
+            fsync_interval_ms: 0,
+            ..StoreSettings::default()
+        },
         max_frame_mb: 0,
         listen: String::new(),
         ..StoreNodeConfig::default()
     };
     let err = bad.validate().unwrap_err();
     assert!(
-        err.contains("durability") && err.contains("max_frame_mb") && err.contains("listen"),
+        err.contains("store.fsync_interval_ms")
+            && err.contains("max_frame_mb")
+            && err.contains("listen"),
         "{err}"
     );
 }
@@ -56,9 +64,12 @@ fn node_config(dir: &std::path::Path, follow: String) -> StoreNodeConfig {
         replication_listen: "127.0.0.1:0".into(),
         http_listen: "127.0.0.1:0".into(),
         follow,
-        durability: "none".into(),
-        segment_mb: 1,
-        cache_mb: 1,
+        store: StoreSettings {
+            durability: DurabilityMode::None,
+            segment_mb: 1,
+            cache_mb: 1,
+            ..StoreSettings::default()
+        },
         replication_heartbeat_ms: 100,
         replication_idle_timeout_ms: 2000,
         ..StoreNodeConfig::default()
@@ -228,7 +239,11 @@ async fn start_up_errors_are_reported() {
     );
     let err = run(
         StoreNodeConfig {
-            durability: "never".into(),
+            store: StoreSettings {
+                durability: DurabilityMode::Interval,
+                fsync_interval_ms: 0,
+                ..StoreSettings::default()
+            },
             ..node_config(d2.path(), String::new())
         },
         t.clone(),
@@ -243,8 +258,12 @@ async fn start_up_errors_are_reported() {
 
 #[test]
 fn frames_must_hold_the_largest_record() {
-    let c = StoreNodeConfig {
+    let big = StoreSettings {
         max_body_bytes: 60 << 20,
+        ..StoreSettings::default()
+    };
+    let c = StoreNodeConfig {
+        store: big.clone(),
         ..StoreNodeConfig::default()
     };
     let err = c.validate().unwrap_err();
@@ -253,7 +272,7 @@ fn frames_must_hold_the_largest_record() {
         "{err}"
     );
     let ok = StoreNodeConfig {
-        max_body_bytes: 60 << 20,
+        store: big,
         max_frame_mb: 64,
         replication_max_frame_mb: 128,
         ..StoreNodeConfig::default()

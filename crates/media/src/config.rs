@@ -3,18 +3,40 @@
 
 use serde::{Deserialize, Serialize};
 
+/// `media.backend`: where uploads are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaBackend {
+    /// Files under `media.dir`.
+    #[default]
+    Local,
+    /// An S3-compatible bucket (`[media.s3]`).
+    S3,
+}
+
+/// `media.access`: who may download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaAccess {
+    /// Users of the media's app (Bearer token), or anyone holding a signed URL.
+    #[default]
+    App,
+    /// Anyone with the URL.
+    Public,
+}
+
 /// `[media]`.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MediaConfig {
     /// `"local"`: files under `dir`; `"s3"`: an S3-compatible bucket (`[media.s3]`).
-    pub backend: String,
+    pub backend: MediaBackend,
     /// Directory of the local backend, and of every backend's upload spool files. Empty:
     /// `<data.dir>/media`.
     pub dir: String,
     /// Who may download: `"app"` — users of the media's app (Bearer token), or anyone holding a
     /// signed URL; `"public"` — anyone with the URL.
-    pub access: String,
+    pub access: MediaAccess,
     /// HMAC key of signed URLs (`GET <url>?expires=…&sig=…`). Empty disables signing. Access nodes
     /// sharing a bucket need the same key.
     pub signing_secret: String,
@@ -50,9 +72,9 @@ pub struct MediaConfig {
 impl Default for MediaConfig {
     fn default() -> Self {
         MediaConfig {
-            backend: "local".into(),
+            backend: MediaBackend::Local,
             dir: String::new(),
-            access: "app".into(),
+            access: MediaAccess::App,
             signing_secret: String::new(),
             signed_url_ttl_secs: 3600,
             signed_url_max_ttl_secs: 7 * 86_400,
@@ -97,21 +119,8 @@ impl MediaConfig {
     /// Every semantic problem of the section, each naming its key.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        match self.backend.as_str() {
-            "local" => {}
-            "s3" if self.s3.bucket.trim().is_empty() => {
-                errors.push("media.s3.bucket is required with media.backend = \"s3\"".into())
-            }
-            "s3" => {}
-            other => errors.push(format!(
-                "media.backend must be \"local\" or \"s3\", got {other:?}"
-            )),
-        }
-        if !matches!(self.access.as_str(), "app" | "public") {
-            errors.push(format!(
-                "media.access must be \"app\" or \"public\", got {:?}",
-                self.access
-            ));
+        if self.backend == MediaBackend::S3 && self.s3.bucket.trim().is_empty() {
+            errors.push("media.s3.bucket is required with media.backend = \"s3\"".into());
         }
         for (name, v) in [
             ("max_image_bytes", self.max_image_bytes),

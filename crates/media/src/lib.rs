@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::TryStreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub use config::{MediaConfig, S3Config};
+pub use config::{MediaAccess, MediaBackend, MediaConfig, S3Config};
 pub use imaging::{ImageProblem, ThumbSpec};
 pub use keys::MediaRef;
 pub use store::{ByteStream, Finished, ObjectInfo, Removed, Spool, SpoolError, Storage};
@@ -101,9 +101,9 @@ impl Media {
         if swept > 0 {
             tracing::info!(files = swept, dir = %spool_dir.display(), "removed unfinished uploads");
         }
-        let storage: Arc<dyn Storage> = match cfg.backend.as_str() {
-            "s3" => Arc::new(s3::S3Store::open(&cfg.s3)?),
-            _ => Arc::new(store::LocalStore::open(&root)?),
+        let storage: Arc<dyn Storage> = match cfg.backend {
+            MediaBackend::S3 => Arc::new(s3::S3Store::open(&cfg.s3)?),
+            MediaBackend::Local => Arc::new(store::LocalStore::open(&root)?),
         };
         Ok(Media {
             storage,

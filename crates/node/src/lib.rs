@@ -6,6 +6,8 @@
 //! * [`admin`]: bearer authentication and the loopback rule of the HTTP admin APIs;
 //! * [`http_client`]: the one HTTP client;
 //! * [`recent`]: the bounded in-memory ring of recent WARN and ERROR events (the admin console's view);
+//! * [`log`]: the `[log]` section of every role's configuration;
+//! * [`metrics`]: the Prometheus registry of a process, and the store's figures on it;
 //! * [`throttle`] (`warn_throttled!`, `error_throttled!`) and [`episode`]: logging of failures that
 //!   repeat per request, at most one line per interval or per failure episode.
 #![forbid(unsafe_code)]
@@ -15,6 +17,7 @@ pub mod backoff;
 pub mod episode;
 pub mod frame;
 pub mod http_client;
+pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod recent;

@@ -28,6 +28,8 @@ pub struct RouterConfig {
     pub limits: LimitsConfig,
     /// Registration in etcd (discovery by access nodes).
     pub cluster: RouterClusterConfig,
+    /// Log level and format.
+    pub log: node::log::LogSettings,
 }
 
 /// `[cluster]`: registration in etcd, so access nodes find this router by themselves.
@@ -66,6 +68,7 @@ impl Default for RouterConfig {
             push: PushConfig::default(),
             limits: LimitsConfig::default(),
             cluster: RouterClusterConfig::default(),
+            log: node::log::LogSettings::default(),
         }
     }
 }

@@ -39,6 +39,7 @@ mod checkpoint;
 mod control;
 mod engine;
 mod error;
+mod figures;
 pub mod format;
 pub mod gobelieve;
 mod health;
@@ -67,6 +68,7 @@ use bytes::Bytes;
 
 pub use engine::{Store, StoreStats};
 pub use error::StoreError;
+pub use figures::{Figure, FigureKind};
 pub use health::{StoreHealth, StoreState};
 pub use log::ReplicationBatch;
 pub use options::{Durability, Retention, Role, StoreHistograms, StoreOptions};

@@ -33,7 +33,7 @@ fn free_port() -> u16 {
 }
 
 /// Full path of `name` on PATH (also searching the sbin directories), or a clear panic.
-fn find_binary(name: &str, package: &str) -> PathBuf {
+pub fn find_binary(name: &str, package: &str) -> PathBuf {
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();

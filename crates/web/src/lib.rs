@@ -15,7 +15,9 @@
 //!
 //! Every answer carries a Content-Security-Policy without inline script (scripts and styles only from
 //! this origin; `connect-src` names the WebSocket endpoint), `X-Content-Type-Options: nosniff`,
-//! `Referrer-Policy: no-referrer` and `X-Frame-Options: DENY`. Errors are JSON `{"error": "…"}`.
+//! `Referrer-Policy: no-referrer` and `X-Frame-Options: DENY`. Errors are JSON
+//! `{"meta": {"code", "message"}}`, the HTTP API's one error shape. Each route is in the API
+//! listener's OpenAPI document (`#[utoipa::path]` on its handler).
 //! Tokens never travel in URLs: the page sends them in WebSocket frames and `Authorization` headers.
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,12 +27,28 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 use axum::Extension;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::debug;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+/// `web.dev_signin`: who may use the client's dev sign-in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum DevSignin {
+    /// Only a browser on this machine: the peer address and the `Host` header must both be
+    /// loopback.
+    #[default]
+    Loopback,
+    /// Anyone who reaches the page (demos only).
+    On,
+    /// Nobody.
+    Off,
+}
 
 /// `[web]`: the web chat client and admin console.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -41,7 +59,7 @@ pub struct WebConfig {
     /// The client's "dev sign-in" (app id + uid → token through the grant path, no password):
     /// `"loopback"` (only for a browser on this machine: the peer address and the `Host` header must
     /// both be loopback), `"on"` (anyone who reaches the page: demos only) or `"off"`.
-    pub dev_signin: String,
+    pub dev_signin: DevSignin,
     /// The WebSocket URL the page connects to, e.g. `wss://im.example.com/ws` behind a TLS proxy.
     /// Empty: `ws://<host of the page>:<server.ws port>/ws` (or `wss://` with `server.wss` only).
     pub ws_url: String,
@@ -56,7 +74,7 @@ impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
             enabled: true,
-            dev_signin: "loopback".into(),
+            dev_signin: DevSignin::Loopback,
             ws_url: String::new(),
             token_url: String::new(),
         }
@@ -67,12 +85,6 @@ impl WebConfig {
     /// Problems with the section, one message each.
     pub fn validate(&self) -> Vec<String> {
         let mut errors = Vec::new();
-        if !matches!(self.dev_signin.as_str(), "loopback" | "on" | "off") {
-            errors.push(format!(
-                "web.dev_signin must be \"loopback\", \"on\" or \"off\", got {:?}",
-                self.dev_signin
-            ));
-        }
         let u = self.ws_url.trim();
         if !u.is_empty() && !u.starts_with("ws://") && !u.starts_with("wss://") {
             errors.push(format!(
@@ -246,8 +258,10 @@ fn origin_of(url: &str) -> String {
     }
 }
 
+/// An error in the HTTP API's one shape (`{"meta": {"code", "message"}}`).
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+    let body = json!({ "meta": { "code": status.as_u16(), "message": message.into() } });
+    (status, Json(body)).into_response()
 }
 
 fn secure_headers(ctx: &WebContext, req: &HeaderMap, resp: &mut Response) {
@@ -287,14 +301,56 @@ fn serve(ctx: &WebContext, headers: &HeaderMap, asset: &Asset) -> Response {
     resp
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "web",
+    responses(
+        (status = 200, description = "The chat client", body = String, content_type = "text/html"),
+        (status = 304, description = "`If-None-Match` matched"),
+    ),
+)]
 async fn index(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
     serve(&ctx, &headers, find("index.html").expect("embedded"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/index.html",
+    tag = "web",
+    responses(
+        (status = 200, description = "The chat client", body = String, content_type = "text/html"),
+        (status = 304, description = "`If-None-Match` matched"),
+    ),
+)]
+async fn index_html(state: State<Arc<WebContext>>, headers: HeaderMap) -> Response {
+    index(state, headers).await
+}
+
+#[utoipa::path(
+    get,
+    path = "/admin",
+    tag = "web",
+    responses(
+        (status = 200, description = "The admin console (API listener only)", body = String, content_type = "text/html"),
+        (status = 304, description = "`If-None-Match` matched"),
+    ),
+)]
 async fn admin(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
     serve(&ctx, &headers, find("admin.html").expect("embedded"))
 }
 
+#[utoipa::path(
+    get,
+    path = "/assets/{path}",
+    tag = "web",
+    params(("path" = String, Path, description = "An asset: `css/app.css`, `js/app.js`, `icon.svg`, …")),
+    responses(
+        (status = 200, description = "The asset", content((String = "text/javascript"), (String = "text/css"), (String = "image/svg+xml"))),
+        (status = 304, description = "`If-None-Match` matched"),
+        (status = 404, description = "No such asset", body = Object),
+    ),
+)]
 async fn asset(
     State(ctx): State<Arc<WebContext>>,
     Path(path): Path<String>,
@@ -306,11 +362,17 @@ async fn asset(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/web/config",
+    tag = "web",
+    responses((status = 200, description = "`{\"ws_url\", \"app_api\", \"dev_signin\", \"admin_api\", \"admin_secret_required\", \"kefu_appid\"}`: what the page needs to connect", body = Object)),
+)]
 async fn config(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Response {
     let body = json!({
         "ws_url": ctx.ws_url(&headers),
         "app_api": ctx.app_api_prefix,
-        "dev_signin": ctx.config.dev_signin != "off",
+        "dev_signin": ctx.config.dev_signin != DevSignin::Off,
         "admin_api": ctx.admin_api,
         "admin_secret_required": ctx.admin_secret_required,
         "kefu_appid": ctx.kefu_appid,
@@ -324,7 +386,7 @@ async fn config(State(ctx): State<Arc<WebContext>>, headers: HeaderMap) -> Respo
     resp
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SigninReq {
     appid: i64,
@@ -339,9 +401,9 @@ fn signin_refusal(
     peer: Option<SocketAddr>,
     headers: &HeaderMap,
 ) -> Option<String> {
-    match ctx.config.dev_signin.as_str() {
-        "on" => {}
-        "loopback" => {
+    match ctx.config.dev_signin {
+        DevSignin::On => {}
+        DevSignin::Loopback => {
             let peer_ok = peer.is_some_and(|p| p.ip().is_loopback());
             let host_ok = request_host(headers).is_some_and(|h| is_loopback_host(&h));
             if !peer_ok || !host_ok {
@@ -351,7 +413,7 @@ fn signin_refusal(
                 );
             }
         }
-        _ => return Some("dev sign-in is disabled (web.dev_signin = \"off\")".into()),
+        DevSignin::Off => return Some("dev sign-in is disabled (web.dev_signin = \"off\")".into()),
     }
     // A cross-site page cannot send JSON without a CORS preflight (which this router never grants),
     // and a browser names the page's origin: it must be this very host.
@@ -381,6 +443,19 @@ fn signin_refusal(
     None
 }
 
+#[utoipa::path(
+    post,
+    path = "/web/dev-signin",
+    tag = "web",
+    request_body = SigninReq,
+    responses(
+        (status = 200, description = "`{\"token\"}`", body = Object),
+        (status = 400, description = "Invalid body", body = Object),
+        (status = 403, description = "Dev sign-in is off, or only for loopback, or not a same-origin JSON request", body = Object),
+        (status = 413, description = "Body over 4 KiB", body = Object),
+        (status = 503, description = "The backend failed", body = Object),
+    ),
+)]
 async fn dev_signin(
     State(ctx): State<Arc<WebContext>>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
@@ -451,6 +526,20 @@ fn presence_uids(query: Option<&str>) -> Result<Vec<i64>, String> {
 
 /// Presence for a signed-in user: only with a valid token, only users of the token's app, at most
 /// [`PRESENCE_MAX_UIDS`] at a time. The token travels in the `Authorization` header only.
+#[utoipa::path(
+    get,
+    path = "/web/presence",
+    tag = "web",
+    params(
+        ("uids" = String, Query, description = "Comma-separated uids of the token's app, at most 100"),
+    ),
+    responses(
+        (status = 200, description = "`{\"online\": {\"uid\": bool…}}`, or `{\"known\": false}` where this node cannot know (cluster mode)", body = Object),
+        (status = 400, description = "`uids` missing, not ids, or more than 100", body = Object),
+        (status = 401, description = "No bearer token, or one that is unknown, revoked or expired", body = Object),
+        (status = 503, description = "The backend failed", body = Object),
+    ),
+)]
 async fn presence(
     State(ctx): State<Arc<WebContext>>,
     uri: axum::http::Uri,
@@ -533,18 +622,22 @@ pub fn ws_origin_allowed(allowed: &[String], origin: Option<&str>, host: Option<
         .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
 }
 
-/// The router serving the client (and, with `ctx.admin_api`, the admin console). Mount it beside the
-/// API routers: it has no fallback of its own and none of its paths collide with theirs.
-pub fn router(ctx: Arc<WebContext>) -> Router {
-    let mut r = Router::new()
-        .route("/", get(index))
-        .route("/index.html", get(index))
-        .route("/assets/{*path}", get(asset))
-        .route("/web/config", get(config))
-        .route("/web/dev-signin", post(dev_signin))
-        .route("/web/presence", get(presence));
+/// The router serving the client (and, with `ctx.admin_api`, the admin console), with its part of
+/// the OpenAPI document. Mount it beside the API routers: it has no fallback of its own and none of
+/// its paths collide with theirs.
+pub fn router(ctx: Arc<WebContext>) -> OpenApiRouter {
+    let mut r = OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(index_html))
+        .routes(routes!(config))
+        .routes(routes!(dev_signin))
+        .routes(routes!(presence));
+    // Assets have nested paths (`js/app.js`): a catch-all route, which OpenAPI writes `{path}`.
+    let (_, paths, _) = routes!(asset);
+    r = r.route("/assets/{*path}", get(asset));
+    r.get_openapi_mut().paths.paths.extend(paths.paths);
     if ctx.admin_api {
-        r = r.route("/admin", get(admin));
+        r = r.routes(routes!(admin));
     }
     // The only body is dev sign-in's small JSON.
     r.layer(DefaultBodyLimit::max(4096)).with_state(ctx)
@@ -633,12 +726,11 @@ mod tests {
         }
         assert!(WebConfig::default().validate().is_empty());
         let bad = WebConfig {
-            dev_signin: "yes".into(),
             ws_url: "http://x".into(),
             token_url: "javascript:x".into(),
             ..WebConfig::default()
         };
-        assert_eq!(bad.validate().len(), 3);
+        assert_eq!(bad.validate().len(), 2);
         for ok in ["https://app.example.com/im/token", "/login/token", ""] {
             let c = WebConfig {
                 token_url: ok.into(),

@@ -16,14 +16,17 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use backend::{Backend, Supporter};
 use serde::Deserialize;
 use serde_json::json;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppApi;
 use crate::http::{id, json_body, ApiError, Params};
+use crate::openapi::ErrorBody;
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -48,13 +51,23 @@ fn media_error(e: media::MediaError) -> ApiError {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct UserRef {
     appid: i64,
     uid: i64,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/media/delete_user",
+    tag = "admin",
+    request_body = UserRef,
+    responses(
+        (status = 200, description = "`{\"deleted_objects\", \"deleted_bytes\"}`", body = Object),
+        (status = 404, description = "The app API is disabled (`app_api.enabled = false`)", body = ErrorBody),
+    ),
+)]
 async fn delete_user(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     let r: UserRef = json_body(&body)?;
     if r.appid <= 0 || r.uid <= 0 {
@@ -78,6 +91,19 @@ async fn delete_user(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     )
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/media/usage",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "`{\"bytes\"}`", body = Object),
+        (status = 404, description = "The app API is disabled (`app_api.enabled = false`)", body = ErrorBody),
+    ),
+)]
 async fn usage(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -89,6 +115,18 @@ async fn usage(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     Ok(Json(json!({ "bytes": bytes })).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/users/devices",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "`{\"devices\": [{\"provider\", \"token\", \"bound_at\"}]}`", body = Object),
+    ),
+)]
 async fn devices(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -102,7 +140,7 @@ async fn devices(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     Ok(Json(json!({ "devices": list })).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SupporterEntry {
     seller_id: i64,
@@ -113,13 +151,22 @@ struct SupporterEntry {
     appname: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetSupporters {
     store_id: i64,
     supporters: Vec<SupporterEntry>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/supporters",
+    tag = "admin",
+    request_body = SetSupporters,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+    ),
+)]
 async fn set_supporters(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     let r: SetSupporters = json_body(&body)?;
     let list: Vec<Supporter> = r
@@ -137,6 +184,17 @@ async fn set_supporters(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     Ok(Json(json!({})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/supporters",
+    tag = "admin",
+    params(
+        ("store_id" = i64, Query, description = "Store (> 0)", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "`{\"supporters\": [...], \"configured\": [...]}`", body = Object),
+    ),
+)]
 async fn get_supporters(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     let store_id = id(&q, "store_id")?;
     let stored = app.backend.supporters(store_id).await?;
@@ -154,7 +212,7 @@ async fn get_supporters(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     Ok(Json(json!({"supporters": stored, "configured": configured})).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SetDnd {
     appid: i64,
@@ -165,6 +223,15 @@ struct SetDnd {
     on: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/push/dnd",
+    tag = "admin",
+    request_body = SetDnd,
+    responses(
+        (status = 200, description = "`{}`", body = Object),
+    ),
+)]
 async fn set_dnd(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     let r: SetDnd = json_body(&body)?;
     if r.appid <= 0 || r.uid <= 0 || r.group_id < 0 {
@@ -180,6 +247,18 @@ async fn set_dnd(State(app): State<AdminCtx>, body: Bytes) -> ApiResult {
     Ok(Json(json!({})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/push/dnd",
+    tag = "admin",
+    params(
+        ("appid" = i64, Query, description = "App id (> 0)", minimum = 1),
+        ("uid" = i64, Query, description = "User (> 0)", minimum = 1),
+    ),
+    responses(
+        (status = 200, description = "`{\"user\": bool, \"groups\": [gid…]}`", body = Object),
+    ),
+)]
 async fn get_dnd(State(app): State<AdminCtx>, q: Params) -> ApiResult {
     let appid = id(&q, "appid")?;
     let uid = id(&q, "uid")?;
@@ -192,15 +271,12 @@ async fn get_dnd(State(app): State<AdminCtx>, q: Params) -> ApiResult {
 pub fn routes<S: Clone + Send + Sync + 'static>(
     backend: Backend,
     api: Option<Arc<AppApi>>,
-) -> Router<S> {
-    Router::new()
-        .route("/admin/media/delete_user", post(delete_user))
-        .route("/admin/media/usage", get(usage))
-        .route("/admin/users/devices", get(devices))
-        .route(
-            "/admin/supporters",
-            post(set_supporters).get(get_supporters),
-        )
-        .route("/admin/push/dnd", post(set_dnd).get(get_dnd))
+) -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(delete_user))
+        .routes(routes!(usage))
+        .routes(routes!(devices))
+        .routes(routes!(set_supporters, get_supporters))
+        .routes(routes!(set_dnd, get_dnd))
         .with_state(AdminCtx { backend, api })
 }

@@ -46,6 +46,13 @@ fn tokens_of(body: &Bytes) -> Result<Vec<(PushProvider, String)>, AppError> {
     Ok(out)
 }
 
+#[utoipa::path(
+    post,
+    path = "/device/bind",
+    tag = "app",
+    request_body(content = Object, description = "Any non-empty subset of `apns_device_token`, `pushkit_device_token`, `ng_device_token`, `xg_device_token`, `xm_device_token`, `hw_device_token`, `gcm_device_token`, `jp_device_token` (strings)"),
+    responses((status = 200, description = "`{\"success\": true}`", body = Object)),
+)]
 pub(crate) async fn bind(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
     let user = authenticate(&ctx.backend, &headers).await?;
     let tokens = tokens_of(&body)?;
@@ -55,6 +62,13 @@ pub(crate) async fn bind(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes
     Ok(Json(json!({"success": true})).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/device/unbind",
+    tag = "app",
+    request_body(content = Object, description = "Any non-empty subset of `apns_device_token`, `pushkit_device_token`, `ng_device_token`, `xg_device_token`, `xm_device_token`, `hw_device_token`, `gcm_device_token`, `jp_device_token` (strings)"),
+    responses((status = 200, description = "`{\"success\": true, \"removed\": n}`", body = Object)),
+)]
 pub(crate) async fn unbind(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
     let user = authenticate(&ctx.backend, &headers).await?;
     let tokens = tokens_of(&body)?;
@@ -65,7 +79,7 @@ pub(crate) async fn unbind(State(ctx): State<Ctx>, headers: HeaderMap, body: Byt
     Ok(Json(json!({"success": true, "removed": removed})).into_response())
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct DndBody {
     /// Absent or 0: every message.
@@ -74,6 +88,13 @@ struct DndBody {
     on: bool,
 }
 
+#[utoipa::path(
+    post,
+    path = "/push/dnd",
+    tag = "app",
+    request_body = DndBody,
+    responses((status = 200, description = "`{\"success\": true}`", body = Object)),
+)]
 pub(crate) async fn set_dnd(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
     let user = authenticate(&ctx.backend, &headers).await?;
     let r: DndBody =
@@ -89,6 +110,12 @@ pub(crate) async fn set_dnd(State(ctx): State<Ctx>, headers: HeaderMap, body: By
     Ok(Json(json!({"success": true})).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/push/dnd",
+    tag = "app",
+    responses((status = 200, description = "`{\"user\": bool, \"groups\": [gid…]}`", body = Object)),
+)]
 pub(crate) async fn get_dnd(State(ctx): State<Ctx>, headers: HeaderMap) -> AppResult {
     let user = authenticate(&ctx.backend, &headers).await?;
     let d = ctx.backend.dnd(user.appid, user.uid).await?;

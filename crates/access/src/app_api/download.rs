@@ -21,6 +21,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{authenticate, base_url, AppError, AppResult, Ctx};
+use crate::openapi::{Binary, ErrorBody};
 
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
@@ -116,7 +117,7 @@ async fn authorize(
         }
         return Ok(true);
     }
-    if cfg.access == "public" {
+    if cfg.access == media::MediaAccess::Public {
         return Ok(true);
     }
     let user = authenticate(&ctx.backend, headers).await?;
@@ -129,6 +130,27 @@ async fn authorize(
     Ok(false)
 }
 
+#[utoipa::path(
+    method(get, head),
+    path = "/{kind}/{appid}/{uid}/{name}",
+    tag = "app",
+    params(
+        ("kind" = String, Path, description = "`images`, `audios` or `files`"),
+        ("appid" = String, Path, description = "The uploader's app"),
+        ("uid" = String, Path, description = "The uploader"),
+        ("name" = String, Path, description = "`<sha256>.<ext>`, for images optionally `@<w>w_<h>h_<0|1>c` (a thumbnail)"),
+        ("expires" = Option<u64>, Query, description = "A signed URL's expiry (Unix seconds)"),
+        ("sig" = Option<String>, Query, description = "A signed URL's signature"),
+    ),
+    responses(
+        (status = 200, description = "The bytes, with their stored type", content((Binary = "*/*"))),
+        (status = 206, description = "The requested range (`Range: bytes=…`)", content((Binary = "*/*"))),
+        (status = 304, description = "`If-None-Match` matched"),
+        (status = 403, description = "Media of another app, or an expired or wrong signature", body = ErrorBody),
+        (status = 404, description = "No such media", body = ErrorBody),
+        (status = 416, description = "The range is outside the file", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn download(
     State(ctx): State<Ctx>,
     Path((kind, appid, uid, name)): Path<(String, String, String, String)>,
@@ -158,7 +180,7 @@ pub(crate) async fn download(
         Some(t) => format!("\"{}-{}\"", r.sha256, t.suffix()),
         None => format!("\"{}\"", r.sha256),
     };
-    let public = shared || media.config().access == "public";
+    let public = shared || media.config().access == media::MediaAccess::Public;
     let cache = format!(
         "{}, max-age={}, immutable",
         if public { "public" } else { "private" },
@@ -242,7 +264,7 @@ pub(crate) async fn download(
     Ok(resp)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct SignReq {
     /// The upload answer's `src` (`/images/7/1001/<sha256>.png`).
@@ -253,6 +275,17 @@ pub(crate) struct SignReq {
 
 /// `POST /media/sign {"src", "ttl_secs"?}` → `{"url", "expires"}`: a URL anyone may download until
 /// `expires`, for a user of the media's app.
+#[utoipa::path(
+    post,
+    path = "/media/sign",
+    tag = "app",
+    request_body = SignReq,
+    responses(
+        (status = 200, description = "`{\"url\", \"expires\"}`: a URL anyone may download until `expires`", body = Object),
+        (status = 403, description = "Media of another app", body = ErrorBody),
+        (status = 404, description = "Signed URLs are not enabled (`media.signing_secret`)", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn sign(State(ctx): State<Ctx>, headers: HeaderMap, body: Bytes) -> AppResult {
     let user = authenticate(&ctx.backend, &headers).await?;
     let req: SignReq =

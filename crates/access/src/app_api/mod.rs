@@ -30,13 +30,13 @@ use std::time::{Duration, Instant};
 use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use backend::{AuthInfo, Backend, Supporter};
 use media::Media;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use crate::openapi::ErrorBody;
 use crate::route::RouteTable;
 
 pub use admin::routes as admin_routes;
@@ -223,12 +223,7 @@ impl AppError {
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        let code = self.status.as_u16();
-        let mut r = (
-            self.status,
-            Json(json!({"meta": {"code": code, "message": self.message}})),
-        )
-            .into_response();
+        let mut r = ErrorBody::response(self.status, self.message);
         if let Some(s) = self.retry_after {
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(s));
@@ -363,15 +358,31 @@ fn cors(cfg: &AppApiConfig) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-/// The app API router, under the configured prefix. `standalone`: it is the listener's only router
-/// (it then answers unknown paths itself; merged into the API router, that router does). It works
-/// with the node's `backend` and local route table (`route`).
+/// The error answers every app API operation may give besides its own.
+const ERRORS: &[(StatusCode, &str)] = &[
+    (
+        StatusCode::BAD_REQUEST,
+        "A parameter or the body is missing or invalid (the message names it)",
+    ),
+    (
+        StatusCode::UNAUTHORIZED,
+        "No `Authorization: Bearer <token>`, or the token is unknown, revoked or expired",
+    ),
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The backend or the media storage failed",
+    ),
+];
+
+/// The app API router and its document, under the configured prefix. `standalone`: it is the
+/// listener's only router (it then answers unknown paths itself; merged into the API router, that
+/// router does). It works with the node's `backend` and local route table (`route`).
 pub fn router(
     backend: Backend,
     route: Arc<RouteTable>,
     api: Arc<AppApi>,
     standalone: bool,
-) -> Router {
+) -> OpenApiRouter {
     let prefix = api.config.normalized_prefix();
     let cors = cors(&api.config);
     let ctx = Ctx {
@@ -379,19 +390,18 @@ pub fn router(
         route,
         api,
     };
-    let mut inner = Router::new()
-        .route("/images", post(upload::images))
-        .route("/audios", post(upload::audios))
-        .route("/files", post(upload::files))
-        .route("/device/bind", post(device::bind))
-        .route("/device/unbind", post(device::unbind))
-        .route("/push/dnd", post(device::set_dnd).get(device::get_dnd))
-        .route("/supporters", get(supporters::get_one))
-        .route("/media/sign", post(download::sign))
-        .route(
-            "/{kind}/{appid}/{uid}/{name}",
-            get(download::download).head(download::download),
-        );
+    let mut inner = OpenApiRouter::new()
+        .routes(routes!(upload::images))
+        .routes(routes!(upload::audios))
+        .routes(routes!(upload::files))
+        .routes(routes!(device::bind))
+        .routes(routes!(device::unbind))
+        .routes(routes!(device::set_dnd, device::get_dnd))
+        .routes(routes!(supporters::get_one))
+        .routes(routes!(download::sign))
+        .routes(routes!(download::download));
+    crate::openapi::document_security(inner.get_openapi_mut(), "user_token");
+    crate::openapi::document_errors(inner.get_openapi_mut(), ERRORS);
     if standalone || !prefix.is_empty() {
         inner = inner.fallback(not_found);
     }
@@ -405,8 +415,10 @@ pub fn router(
     if prefix.is_empty() {
         inner
     } else if standalone {
-        Router::new().nest(&prefix, inner).fallback(not_found)
+        OpenApiRouter::new()
+            .nest(&prefix, inner)
+            .fallback(not_found)
     } else {
-        Router::new().nest(&prefix, inner)
+        OpenApiRouter::new().nest(&prefix, inner)
     }
 }

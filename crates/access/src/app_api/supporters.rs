@@ -17,6 +17,7 @@ use backend::Supporter;
 use serde_json::json;
 
 use super::{authenticate, AppError, AppResult, Ctx};
+use crate::openapi::ErrorBody;
 
 /// Configured and admin-managed supporters of `store_id`, by seller id.
 pub(crate) async fn of_store(ctx: &Ctx, store_id: i64) -> Result<Vec<Supporter>, AppError> {
@@ -34,6 +35,16 @@ pub(crate) async fn of_store(ctx: &Ctx, store_id: i64) -> Result<Vec<Supporter>,
     Ok(all.into_values().collect())
 }
 
+#[utoipa::path(
+    get,
+    path = "/supporters",
+    tag = "app",
+    params(("store_id" = i64, Query, description = "Store (> 0)", minimum = 1)),
+    responses(
+        (status = 200, description = "One supporter: `{\"id\", \"appid\", \"name\", \"appname\", \"seller_id\", \"status\", \"data\": {…}}`", body = Object),
+        (status = 404, description = "The store has no supporter", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn get_one(
     State(ctx): State<Ctx>,
     headers: HeaderMap,

@@ -23,15 +23,73 @@ use media::{Kind, Spool, SpoolError, ThumbSpec};
 use serde_json::{json, Map, Value};
 
 use super::{authenticate, base_url, AppError, AppResult, Ctx};
+use crate::openapi::{Binary, ErrorBody};
 
+#[utoipa::path(
+    post,
+    path = "/images",
+    tag = "app",
+    request_body(
+        description = "The raw bytes with their type in `Content-Type`, or `multipart/form-data` with the bytes in the part named `file`",
+        content(
+            (Binary = "application/octet-stream"),
+            (Binary = "multipart/form-data"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "`{\"src\", \"src_url\", \"size\", \"content_type\"}` (images also `width`, `height`, `thumbnail_url`)", body = Object),
+        (status = 408, description = "No upload data for `media.idle_timeout_secs`", body = ErrorBody),
+        (status = 413, description = "Larger than the kind's limit (or an image with too many pixels), or over the user's quota", body = ErrorBody),
+        (status = 415, description = "Not a supported image type, or unreadable", body = ErrorBody),
+        (status = 429, description = "Too many uploads (per user per minute, or at once on this node); `Retry-After` says when to retry", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn images(State(ctx): State<Ctx>, req: Request) -> AppResult {
     upload(ctx, Kind::Image, req).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/audios",
+    tag = "app",
+    request_body(
+        description = "The raw bytes with their type in `Content-Type`, or `multipart/form-data` with the bytes in the part named `file`",
+        content(
+            (Binary = "application/octet-stream"),
+            (Binary = "multipart/form-data"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "`{\"src\", \"src_url\", \"size\", \"content_type\"}` (images also `width`, `height`, `thumbnail_url`)", body = Object),
+        (status = 408, description = "No upload data for `media.idle_timeout_secs`", body = ErrorBody),
+        (status = 413, description = "Larger than the kind's limit (or an image with too many pixels), or over the user's quota", body = ErrorBody),
+        (status = 415, description = "Not a supported audio type, or unreadable", body = ErrorBody),
+        (status = 429, description = "Too many uploads (per user per minute, or at once on this node); `Retry-After` says when to retry", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn audios(State(ctx): State<Ctx>, req: Request) -> AppResult {
     upload(ctx, Kind::Audio, req).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/files",
+    tag = "app",
+    request_body(
+        description = "The raw bytes with their type in `Content-Type`, or `multipart/form-data` with the bytes in the part named `file`",
+        content(
+            (Binary = "application/octet-stream"),
+            (Binary = "multipart/form-data"),
+        ),
+    ),
+    responses(
+        (status = 200, description = "`{\"src\", \"src_url\", \"size\", \"content_type\"}` (images also `width`, `height`, `thumbnail_url`)", body = Object),
+        (status = 408, description = "No upload data for `media.idle_timeout_secs`", body = ErrorBody),
+        (status = 413, description = "Larger than the kind's limit (or an image with too many pixels), or over the user's quota", body = ErrorBody),
+        (status = 415, description = "Not a file type this endpoint takes, or unreadable", body = ErrorBody),
+        (status = 429, description = "Too many uploads (per user per minute, or at once on this node); `Retry-After` says when to retry", body = ErrorBody),
+    ),
+)]
 pub(crate) async fn files(State(ctx): State<Ctx>, req: Request) -> AppResult {
     upload(ctx, Kind::File, req).await
 }

@@ -581,7 +581,8 @@ async fn presence_needs_the_users_own_token_and_is_bounded() {
     // Only with a valid token, never without one (and never in the URL).
     let (st, body) = http(s.http, "GET", "/web/presence?uids=602", &[], b"").await;
     assert_eq!(st, 401, "{body}");
-    assert!(body.contains(r#""error""#), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(v["meta"]["code"], 401, "{body}");
     let (st, _) = http(
         s.http,
         "GET",

@@ -2,7 +2,7 @@
 """Usage: scripts/module-cycles.py crates/<crate>/src [crates/<other>/src ...]
 
 Lists import cycles between the modules of each crate given: a module uses another when its files
-name `crate::<module>` (in `use` lines or paths) or `super::<sibling>` for nested modules. Prints
+name `crate::<module>` (in `use` lines, paths or doc links) or `super::<sibling>` for nested modules. Prints
 each strongly connected component of more than one module (prefixed with the crate's directory when
 several are given); exit status 1 when there is one."""
 import os, re, sys
@@ -30,8 +30,8 @@ def cycles(root):
         return None
     edges = {m: set() for m in names}
     for m, src in mods.items():
-        # strip comments
-        src = re.sub(r"//[^\n]*", "", src)
+        # strip plain comments; doc comments count (their intra-doc links are dependencies too)
+        src = re.sub(r"//(?![/!])[^\n]*", "", src)
         for use in re.finditer(r"crate::((?:\w+::)*\w+)", src):
             t = resolve(use.group(1))
             if t and t != m and not m.startswith(t + "::") and not t.startswith(m + "::"): edges[m].add(t)

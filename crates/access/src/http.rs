@@ -11,7 +11,7 @@
 //!
 //! Request bodies are read whole before a handler runs: at most `api.max_body` bytes (413 otherwise)
 //! within `api.body_timeout_secs` (408 and the connection closed otherwise), both with JSON errors.
-//! Connection limits and header timeouts are the listener's ([`crate::listener`]).
+//! Connection limits and header timeouts are the listener's (`listener`).
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,7 @@
 //!
 //! The HTTP API has its own permits (`api.max_connections`; a connection beyond them gets a 503 with a
 //! JSON error) and a header-read timeout (`api.header_timeout_secs`) from the connection's start and
-//! between keep-alive requests; bodies are bounded by [`crate::http`].
+//! between keep-alive requests; bodies are bounded by `http`.
 //!
 //! Every listener (and the HTTP API's) is bound by [`bind`] with a listen backlog of [`LISTEN_BACKLOG`],
 //! so a burst of connects (a reconnect storm after a restart or a network blip) waits in the kernel's

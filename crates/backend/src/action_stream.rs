@@ -9,7 +9,7 @@
 //! a gap or a duplicate), and the follower loop — `XREAD BLOCK` on a dedicated connection,
 //! reconnecting with back-off, checking that action ids follow each other — which hands each read
 //! round to a [`Follower`]. What an event means is the business of its directory
-//! ([`crate::groups`], [`crate::relations`]).
+//! (`groups`, `relations`).
 
 use std::fmt;
 use std::future::Future;

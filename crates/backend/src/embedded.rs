@@ -4,7 +4,7 @@
 //! Tables: `tokens` (SHA-256 of the token → appid, uid, user name; the token itself is never stored),
 //! `users` (flags, peer sync-key hint, unread count), `group_sync_keys`, `devices` (device string and
 //! platform → integer id from an AUTOINCREMENT key, so ids start at 1 and are never reused),
-//! `push_devices` and `supporters` (used by [`crate::devices`] and [`crate::supporters`]).
+//! `push_devices` and `supporters` (used by `devices` and `supporters`).
 //!
 //! Valid stored tokens are cached in a bounded in-memory map in front of SQLite; `revoke` removes the
 //! entry, and a lookup racing with a revoke never re-inserts it (see [`crate::cache`]). Device ids

@@ -1,7 +1,7 @@
 //! The backend's health as its callers see it: failing from the first operation that fails because
 //! of the storage service (SQLite, Redis, MySQL, the disk) until a write succeeds again (reads that
 //! succeed prove nothing: a full disk still serves them). While it is failing the write-behind
-//! flusher probes it with back-off ([`crate::write_behind`]), so the state returns to ok by itself
+//! flusher probes it with back-off (`write_behind`), so the state returns to ok by itself
 //! once the service works again, whether or not anything else touches it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,5 +1,5 @@
 //! The storage seam: [`Storage`], implemented by [`LocalStore`] (files under the data directory) and
-//! [`crate::s3::S3Store`] (any S3-compatible object store), plus [`Spool`], the temporary file every
+//! `s3::S3Store` (any S3-compatible object store), plus [`Spool`], the temporary file every
 //! upload is streamed into first.
 //!
 //! An upload never goes straight to its final name: its bytes are written to a spool file in

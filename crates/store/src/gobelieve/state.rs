@@ -1,7 +1,7 @@
 //! The import's checkpoint (`gobelieve/state` in the store directory): where the scan stands,
 //! how many key pairs are valid, the store's log end and the running totals. Written by the import
-//! ([`super::import`]) after each batch, read by it to resume and by the key map
-//! ([`super::keymap`]) for the base and the number of pairs.
+//! (`import`) after each batch, read by it to resume and by the key map
+//! (`keymap`) for the base and the number of pairs.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -553,8 +553,14 @@ async fn sender(uid: i64, addr: SocketAddr, stop: Arc<AtomicBool>) -> SenderLog 
     log
 }
 
-/// Stays online until `stop`, recording when each pushed message arrives.
-async fn receiver(uid: i64, addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<Instant> {
+/// Stays online until `stop`, recording when each message pushed from another access node (sent
+/// by one of `remote`) arrives.
+async fn receiver(
+    uid: i64,
+    addr: SocketAddr,
+    remote: Vec<i64>,
+    stop: Arc<AtomicBool>,
+) -> Vec<Instant> {
     let mut pushes = Vec::new();
     let mut conn: Option<Conn> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -568,7 +574,11 @@ async fn receiver(uid: i64, addr: SocketAddr, stop: Arc<AtomicBool>) -> Vec<Inst
             .await;
         match next {
             Ok(Some(f)) if f.cmd == cmd::IM && f.flag & flag::PUSH != 0 => {
-                pushes.push(Instant::now())
+                if matches!(Body::decode(f.cmd, f.version, &f.body),
+                    Ok(Body::Im(im)) if remote.contains(&im.sender))
+                {
+                    pushes.push(Instant::now());
+                }
             }
             Ok(_) => {}
             Err(_) => conn = None,
@@ -744,7 +754,14 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
     let mut receivers = Vec::new();
     for (i, uid) in RECEIVERS.into_iter().enumerate() {
         let addr = c.access_addr(ACCESS[(i + 1) % 2]);
-        receivers.push(tokio::spawn(receiver(uid, addr, stop.clone())));
+        // the senders on the other access node: their messages reach this one through a router
+        let remote: Vec<i64> = SENDERS
+            .into_iter()
+            .enumerate()
+            .filter(|(j, _)| j % 2 != (i + 1) % 2)
+            .map(|(_, s)| s)
+            .collect();
+        receivers.push(tokio::spawn(receiver(uid, addr, remote, stop.clone())));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
 
@@ -803,10 +820,26 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
     }
     let report = history::check(&all, &queues);
 
+    // when each message was ACKed, to tell which fault a duplicate belongs to
+    let mut acked_at = BTreeMap::new();
+    for l in &logs {
+        for (a, t) in l.history.all().iter().zip(&l.acks) {
+            acked_at.insert(a.nonce.clone(), *t);
+        }
+    }
+    let mut duplicated: std::collections::BTreeSet<&str> = Default::default();
+    for d in &report.duplicates {
+        duplicated.insert(&d.nonce);
+    }
+
     // fail-over figures per fault type
-    let mut table: BTreeMap<Fault, Vec<(Duration, Duration, Duration)>> = BTreeMap::new();
+    let mut table: BTreeMap<Fault, Vec<(Duration, Duration, Duration, usize)>> = BTreeMap::new();
     for (k, i) in injected.iter().enumerate() {
         let until = injected.get(k + 1).map_or(ended, |n| n.at);
+        let dups = duplicated
+            .iter()
+            .filter(|n| acked_at.get(**n).is_some_and(|t| *t >= i.at && *t < until))
+            .count();
         let first = logs
             .iter()
             .filter_map(|l| first_after(&l.acks, i.at))
@@ -825,16 +858,19 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
         table
             .entry(i.fault)
             .or_default()
-            .push((first, ack_gap, push_gap));
+            .push((first, ack_gap, push_gap, dups));
     }
-    eprintln!("\n| Fault | Injected | First ACK after (median / max) | Longest without ACK (median / max) | Longest without a push (median / max) |");
-    eprintln!("|---|---|---|---|---|");
+    eprintln!(
+        "\n| Fault | Injected | First ACK after (median / max) | Longest without an ACK \
+         (median / max) | Longest without a cross-node push (median / max) | Messages stored twice |"
+    );
+    eprintln!("|---|---|---|---|---|---|");
     for (fault, rows) in &table {
         let (fm, fx) = median_max(rows.iter().map(|r| r.0).collect());
         let (gm, gx) = median_max(rows.iter().map(|r| r.1).collect());
         let (pm, px) = median_max(rows.iter().map(|r| r.2).collect());
         eprintln!(
-            "| {} | {} | {} / {} | {} / {} | {} / {} |",
+            "| {} | {} | {} / {} | {} / {} | {} / {} | {} |",
             fault.label(),
             rows.len(),
             secs(fm),
@@ -842,7 +878,8 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
             secs(gm),
             secs(gx),
             secs(pm),
-            secs(px)
+            secs(px),
+            rows.iter().map(|r| r.3).sum::<usize>()
         );
     }
     eprintln!(

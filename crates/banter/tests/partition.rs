@@ -20,8 +20,8 @@
 //! sender's order holds. Per fault it prints the time from the fault to the first ACK after it,
 //! the longest time without any ACK (over senders) and without any push (over receivers).
 //!
-//! The test runs one round of the six faults; `BANTER_PARTITION_ROUNDS=N` runs N rounds and
-//! `BANTER_PARTITION_MAX_SECS` bounds the time spent injecting (`scripts/partition-test` runs the
+//! The test runs one round of the six faults; `PARTITION_ROUNDS=N` runs N rounds and
+//! `PARTITION_MAX_SECS` bounds the time spent injecting (`scripts/partition-test` runs the
 //! long version). Needs root (network namespaces), `ip`, `tc`, `nft` and `etcd`.
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
@@ -226,6 +226,12 @@ impl Cluster {
                 .env("RUST_LOG", "info");
             cmd
         };
+        // a node reads BANTER_* variables as configuration: none of the test's own reach it
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("BANTER_") {
+                cmd.env_remove(k);
+            }
+        }
         let child = cmd
             .current_dir(d)
             .stdin(Stdio::null())
@@ -740,8 +746,8 @@ fn env_number(name: &str, default: u64) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kills() {
-    let rounds = env_number("BANTER_PARTITION_ROUNDS", 1) as usize;
-    let max_secs = env_number("BANTER_PARTITION_MAX_SECS", 600);
+    let rounds = env_number("PARTITION_ROUNDS", 1) as usize;
+    let max_secs = env_number("PARTITION_MAX_SECS", 600);
     let mut c = Cluster::start().await;
     let began = Instant::now();
 

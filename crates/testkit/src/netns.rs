@@ -6,8 +6,9 @@
 //! (`eth0` inside, address `10.A.B.<10+i>/24`); the bridge itself holds `10.A.B.1`, the address
 //! under which the test process (the root namespace, host [`CLIENTS`]) reaches the hosts and they
 //! reach it. Names carry the creating process's id (`bnt<pid><letter>…`), so namespaces, bridges
-//! and veths left by a killed run are recognised and removed by the next one ([`remove_stale`]);
-//! everything a `Net` created is removed when it is dropped, panics included.
+//! and veths left by a killed run are recognised and removed by the next one, the processes still
+//! running in them killed ([`remove_stale`]); everything a `Net` created is removed when it is
+//! dropped, panics included.
 //!
 //! Faults, each applied inside the hosts' own namespaces (never in the root namespace):
 //!
@@ -135,14 +136,21 @@ fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Removes the namespaces, bridges and veths left by runs whose process is gone; returns how many.
+/// Removes the namespaces, bridges and veths left by runs whose process is gone, killing the
+/// processes still running in those namespaces (the nodes of a killed test); returns how many
+/// namespaces and interfaces it removed.
 pub fn remove_stale() -> usize {
     let mut removed = 0;
     if let Ok(list) = run("ip", &["netns", "list"], None) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if owner_pid(name).is_some_and(|pid| !alive(pid))
-                && run("ip", &["netns", "del", name], None).is_ok()
-            {
+            if !owner_pid(name).is_some_and(|pid| !alive(pid)) {
+                continue;
+            }
+            let pids = run("ip", &["netns", "pids", name], None).unwrap_or_default();
+            for pid in pids.split_whitespace() {
+                let _ = run("kill", &["-9", pid], None);
+            }
+            if run("ip", &["netns", "del", name], None).is_ok() {
                 removed += 1;
             }
         }

@@ -143,7 +143,7 @@ pub fn remove_stale() -> usize {
     let mut removed = 0;
     if let Ok(list) = run("ip", &["netns", "list"], None) {
         for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            if !owner_pid(name).is_some_and(|pid| !alive(pid)) {
+            if owner_pid(name).is_none_or(alive) {
                 continue;
             }
             let pids = run("ip", &["netns", "pids", name], None).unwrap_or_default();

@@ -80,10 +80,24 @@ pub struct Net {
     faults: Mutex<Faults>,
 }
 
+/// The full path of a tool this module runs (found in the sbin directories too, which are not on
+/// every PATH), or a panic naming its package.
+fn tool(name: &str) -> std::path::PathBuf {
+    let package = match name {
+        "nft" => "nftables",
+        "kill" => "procps",
+        _ => "iproute2",
+    };
+    find_binary(
+        name,
+        &format!("Debian/Ubuntu: `apt-get install -y {package}`"),
+    )
+}
+
 /// Runs `program args` and returns its stdout, or an error naming the command and its stderr.
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     use std::io::Write;
-    let mut cmd = Command::new(program);
+    let mut cmd = Command::new(tool(program));
     cmd.args(args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
@@ -179,11 +193,8 @@ impl Net {
     /// Creates one namespace per name in `hosts` on a new bridge. Panics with the reason when this
     /// process may not (not root, no `ip`/`tc`/`nft`, namespaces unavailable).
     pub fn new(hosts: &[&str]) -> Net {
-        for (bin, package) in [("ip", "iproute2"), ("tc", "iproute2"), ("nft", "nftables")] {
-            find_binary(
-                bin,
-                &format!("Debian/Ubuntu: `apt-get install -y {package}`"),
-            );
+        for bin in ["ip", "tc", "nft"] {
+            tool(bin);
         }
         remove_stale();
         let pid = std::process::id();
@@ -314,7 +325,7 @@ impl Net {
     /// A command running `program` inside host `name`'s namespace (`ip netns exec` replaces
     /// itself with the program, so the child's pid is the program's).
     pub fn command(&self, name: &str, program: &Path) -> Command {
-        let mut cmd = Command::new("ip");
+        let mut cmd = Command::new(tool("ip"));
         cmd.args(["netns", "exec", &self.host(name).ns])
             .arg(program);
         cmd

@@ -62,7 +62,8 @@ fn partitions_cut_and_heal_the_link_to_a_host() {
     let _ = listener.kill();
     let _ = listener.wait();
     drop(net);
-    let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let ip = testkit::find_binary("ip", "iproute2");
+    let list = Command::new(ip).args(["netns", "list"]).output().unwrap();
     assert!(
         !String::from_utf8_lossy(&list.stdout).contains(&tag),
         "the namespace outlived its Net"

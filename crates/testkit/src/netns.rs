@@ -97,8 +97,13 @@ fn tool(name: &str) -> std::path::PathBuf {
 /// Runs `program args` and returns its stdout, or an error naming the command and its stderr.
 fn run(program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
     use std::io::Write;
+    let mut args: Vec<String> = args.iter().map(|a| (*a).to_string()).collect();
+    if program == "ip" && args.len() > 3 && args[0] == "netns" && args[1] == "exec" {
+        // the tool run inside the namespace, by its full path too
+        args[3] = tool(&args[3]).to_string_lossy().into_owned();
+    }
     let mut cmd = Command::new(tool(program));
-    cmd.args(args)
+    cmd.args(&args)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {

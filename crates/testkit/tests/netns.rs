@@ -12,6 +12,16 @@ use testkit::netns::{Net, CLIENTS};
 
 const PORT: u16 = 7411;
 
+/// A child process killed when dropped (a failing assertion included).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn connects(addr: SocketAddr) -> bool {
     TcpStream::connect_timeout(&addr, Duration::from_millis(700)).is_ok()
 }
@@ -27,12 +37,13 @@ fn partitions_cut_and_heal_the_link_to_a_host() {
          while True:\n  c,_=s.accept()\n  c.close()\n",
         net.ip("a")
     );
-    let mut listener = net
-        .command("a", &python)
-        .args(["-c", &script])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let listener = Killed(
+        net.command("a", &python)
+            .args(["-c", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while !connects(addr) {
         assert!(
@@ -59,8 +70,7 @@ fn partitions_cut_and_heal_the_link_to_a_host() {
     net.heal_all();
     assert!(connects(addr));
 
-    let _ = listener.kill();
-    let _ = listener.wait();
+    drop(listener);
     drop(net);
     let ip = testkit::find_binary("ip", "iproute2");
     let list = Command::new(ip).args(["netns", "list"]).output().unwrap();

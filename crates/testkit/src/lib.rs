@@ -7,6 +7,10 @@
 //! * [`S3Server`]: an S3-compatible server (moto's `moto_server`, from PyPI `moto[server]`).
 //! * [`Tmpfs`]: a small tmpfs to fill for full-disk tests (needs root).
 //! * [`EtcdServer`]: a single-member `etcd` (Debian `etcd-server`) on a fresh data directory.
+//! * [`netns`]: hosts in network namespaces on a private bridge, with partitions, packet loss and
+//!   delay between them (the partition tests; needs root).
+//! * [`history`]: the partition tests' history checker — no ACKed message lost, none duplicated,
+//!   each sender's order kept.
 //!
 //! A missing binary fails with a message naming the package to install.
 
@@ -18,6 +22,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
+
+pub mod history;
+pub mod netns;
 
 /// How many times a start is retried when the chosen port was taken meanwhile.
 const START_ATTEMPTS: usize = 3;

@@ -2,7 +2,9 @@
 """Usage: scripts/module-cycles.py crates/<crate>/src [crates/<other>/src ...]
 
 Lists import cycles between the modules of each crate given: a module uses another when its files
-name `crate::<module>` (in `use` lines, paths or doc links) or `super::<sibling>` for nested modules. Prints
+name `crate::<module>` (in `use` lines, paths or doc links) or `super::<sibling>` for nested modules; a
+path through a re-export (`crate::App` where the crate root says `pub use app::App`) counts as naming the
+module the item comes from. Prints
 each strongly connected component of more than one module (prefixed with the crate's directory when
 several are given); exit status 1 when there is one."""
 import os, re, sys
@@ -21,12 +23,33 @@ def cycles(root):
             if f.endswith(".rs"):
                 p = os.path.join(d, f); mods[modname(p)] = open(p).read()
     names = set(mods)
-    def resolve(path):
-        # longest module prefix of path
+    # Re-exports: (module, item name) -> the path the item comes from, from `pub use` lines.
+    reexports = {}
+    for m, src in mods.items():
+        for u in re.finditer(r"pub(?:\([^)]*\))?\s+use\s+([^;]+);", src):
+            body = " ".join(u.group(1).split())
+            g = re.match(r"(?:self::)?([\w:]+?)::\{(.*)\}$", body)
+            items = [g.group(1) + "::" + i.strip() for i in g.group(2).split(",") if i.strip()] if g else [body]
+            for item in items:
+                target, _, alias = item.removeprefix("self::").partition(" as ")
+                alias = alias.strip() or target.split("::")[-1]
+                if target.startswith("crate::"):
+                    target = target[len("crate::"):]
+                elif m != "crate":
+                    target = m + "::" + target
+                reexports[(m, alias)] = target
+    def resolve(path, depth=0):
         parts = path.split("::")
+        # the longest module prefix of path
         for i in range(len(parts), 0, -1):
             m = "::".join(parts[:i])
-            if m in names: return m
+            if m in names:
+                # an item the module re-exports names the module it comes from
+                if i < len(parts) and (m, parts[i]) in reexports and depth < 8:
+                    return resolve(reexports[(m, parts[i])], depth + 1) or m
+                return m
+        if ("crate", parts[0]) in reexports and depth < 8:
+            return resolve(reexports[("crate", parts[0])], depth + 1)
         return None
     edges = {m: set() for m in names}
     for m, src in mods.items():

@@ -37,8 +37,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::{id, json_body, ApiError, Params};
 use crate::app::App;
-use crate::http::{json_body, ApiError, Params};
 use crate::openapi::ErrorBody;
 
 type ApiResult = Result<Response, ApiError>;
@@ -117,8 +117,8 @@ async fn create(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
     ),
 )]
 async fn show(State(app): State<Arc<App>>, q: Params) -> ApiResult {
-    let appid = crate::http::id(&q, "appid")?;
-    let gid = crate::http::id(&q, "group_id")?;
+    let appid = id(&q, "appid")?;
+    let gid = id(&q, "group_id")?;
     let g =
         app.groups.get(appid, gid).await?.ok_or_else(|| {
             ApiError::not_found(format!("group {gid} does not exist in app {appid}"))
@@ -430,8 +430,8 @@ async fn remove_blocked(State(app): State<Arc<App>>, body: Bytes) -> ApiResult {
 }
 
 async fn list_relation(app: &App, q: &Params, kind: RelationKind) -> ApiResult {
-    let appid = crate::http::id(q, "appid")?;
-    let uid = crate::http::id(q, "uid")?;
+    let appid = id(q, "appid")?;
+    let uid = id(q, "uid")?;
     let (after, limit) = crate::server_api::page(q)?;
     let uids = app.relations.list(kind, appid, uid, after, limit).await?;
     let next = (uids.len() as i64 == limit)

@@ -276,3 +276,11 @@ pub fn now_secs() -> i32 {
         .map(|d| d.as_secs() as i32)
         .unwrap_or(0)
 }
+
+/// A store failure in an HTTP request: 503 with the cause (logged, throttled).
+impl From<StoreFailure> for crate::api::ApiError {
+    fn from(e: StoreFailure) -> Self {
+        node::warn_throttled!(error = %e, "store error in HTTP API");
+        crate::api::ApiError::unavailable(format!("message store error: {e}"))
+    }
+}

@@ -17,165 +17,27 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use proto::{cmd, Body};
+use proto::cmd;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use store::{QueueId, StoredMessage};
+use store::QueueId;
 use tracing::debug;
 use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::{id, int, json_body, message_json, opt_int, ApiError, Params};
 use crate::app::{App, Stats};
 use crate::handlers::peer;
 use crate::openapi::{self, any_method, ApiDoc, ErrorBody};
 
-/// An API error: HTTP status plus a message naming the problem.
-#[derive(Debug)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn bad(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: message.into(),
-        }
-    }
-
-    pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            message: message.into(),
-        }
-    }
-
-    fn unavailable(message: impl Into<String>) -> ApiError {
-        ApiError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: message.into(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        ErrorBody::response(self.status, self.message)
-    }
-}
-
-impl From<crate::app::StoreFailure> for ApiError {
-    fn from(e: crate::app::StoreFailure) -> Self {
-        node::warn_throttled!(error = %e, "store error in HTTP API");
-        ApiError::unavailable(format!("message store error: {e}"))
-    }
-}
-
-impl From<crate::handlers::group::GroupPostError> for ApiError {
-    fn from(e: crate::handlers::group::GroupPostError) -> Self {
-        use crate::handlers::group::GroupPostError as E;
-        match e {
-            E::NoSuchGroup(_) => ApiError::not_found(e.to_string()),
-            // A group nobody belongs to is answered like a missing group, on every endpoint.
-            E::NoMembers => ApiError::not_found("group not found or without members"),
-            E::Refused(why) => ApiError {
-                status: StatusCode::FORBIDDEN,
-                message: why.into(),
-            },
-            E::Backend(b) => b.into(),
-            E::Store(s) => s.into(),
-        }
-    }
-}
-
-impl From<backend::BackendError> for ApiError {
-    fn from(e: backend::BackendError) -> Self {
-        match e {
-            backend::BackendError::InvalidArgument(m) => ApiError::bad(m),
-            backend::BackendError::NotFound(m) => ApiError::not_found(m),
-            other => {
-                node::warn_throttled!(error = %other, "backend error in HTTP API");
-                ApiError::unavailable(format!("backend error: {other}"))
-            }
-        }
-    }
-}
-
 type ApiResult = Result<Response, ApiError>;
-
-/// A request's query parameters, decoded, in order.
-pub(crate) struct Params(Vec<(String, String)>);
-
-impl<S: Send + Sync> FromRequestParts<S> for Params {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
-        let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
-            .map_err(|e| ApiError::bad(format!("invalid query string: {e}")))?;
-        Ok(Params(pairs))
-    }
-}
-
-impl Params {
-    /// The value of the first parameter called `name` (GoBelieve reads the first one too).
-    pub(crate) fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A plain decimal integer: an optional `-` and ASCII digits, nothing else (no spaces, no `+`), within
-/// the range of i64.
-pub(crate) fn parse_int(v: &str) -> Option<i64> {
-    let digits = v.strip_prefix('-').unwrap_or(v);
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    v.parse().ok()
-}
-
-/// A required integer query parameter.
-pub(crate) fn int(q: &Params, name: &str) -> Result<i64, ApiError> {
-    let v = q
-        .get(name)
-        .ok_or_else(|| ApiError::bad(format!("missing query parameter `{name}`")))?;
-    parse_int(v).ok_or_else(|| {
-        ApiError::bad(format!(
-            "query parameter `{name}` must be a decimal integer, got {v:?}"
-        ))
-    })
-}
-
-/// A required positive id.
-pub(crate) fn id(q: &Params, name: &str) -> Result<i64, ApiError> {
-    let v = int(q, name)?;
-    if v <= 0 {
-        return Err(ApiError::bad(format!(
-            "query parameter `{name}` must be > 0"
-        )));
-    }
-    Ok(v)
-}
-
-/// An optional integer query parameter. Missing and empty are the same (as in GoBelieve, whose
-/// query lookup cannot tell them apart); any other value must be an integer.
-pub(crate) fn opt_int(q: &Params, name: &str) -> Result<Option<i64>, ApiError> {
-    match q.get(name) {
-        None | Some("") => Ok(None),
-        Some(_) => int(q, name).map(Some),
-    }
-}
 
 fn content_of(app: &App, body: &Bytes) -> Result<bytes::Bytes, ApiError> {
     if body.is_empty() {
@@ -189,10 +51,6 @@ fn content_of(app: &App, body: &Bytes) -> Result<bytes::Bytes, ApiError> {
         )));
     }
     Ok(body.clone())
-}
-
-pub(crate) fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid json: {e}")))
 }
 
 /// The answer of a post whose message is not stored (nothing has a key).
@@ -549,25 +407,6 @@ async fn post_group_notification(State(app): State<Arc<App>>, body: Bytes) -> Ap
     )
     .await?;
     Ok(Json(json!({ "data": group_keys(&keys) })).into_response())
-}
-
-/// One stored message in the JSON shape of `/load_history_message` (docs/http-api.md); `None` for
-/// kinds the API does not show.
-pub(crate) fn message_json(m: &StoredMessage) -> Option<Value> {
-    let body = Body::decode(m.cmd, proto::STORAGE_VERSION, &m.body).ok()?;
-    let text = |c: &[u8]| String::from_utf8_lossy(c).into_owned();
-    match body {
-        Body::Im(im) | Body::GroupIm(im) => Some(json!({
-            "command": m.cmd, "content": text(&im.content), "id": m.key,
-            "receiver": im.receiver, "sender": im.sender, "timestamp": im.timestamp,
-        })),
-        Body::Customer(c) => Some(json!({
-            "command": m.cmd, "content": text(&c.content), "id": m.key,
-            "receiver": c.receiver, "sender": c.sender, "timestamp": c.timestamp,
-            "sender_appid": c.sender_appid, "receiver_appid": c.receiver_appid,
-        })),
-        _ => None,
-    }
 }
 
 #[utoipa::path(

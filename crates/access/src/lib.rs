@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod api;
 pub mod app;
 pub mod app_api;
 pub mod config;

@@ -33,8 +33,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::api::{id, int, json_body, message_json, opt_int, ApiError, Params};
 use crate::app::App;
-use crate::http::{id, int, json_body, message_json, opt_int, ApiError, Params};
 use crate::openapi::{any_method, ErrorBody};
 
 type ApiResult = Result<Response, ApiError>;

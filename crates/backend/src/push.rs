@@ -28,7 +28,7 @@ use node::reqwest::{self, StatusCode};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
@@ -44,8 +44,10 @@ const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// `flush` gives up when the sink has been failing without progress this long.
 const FLUSH_STALL: Duration = Duration::from_secs(10);
 
-/// One offline-push request. `content` is the message content (usually JSON text) as sent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One offline-push request. `content` is the message content (usually JSON text) as sent. Its serde
+/// form (`{"type":"peer",…}`) is what the native push service's journal stores.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
 pub enum PushJob {
     /// A peer message (`push_queue`).
     Peer {

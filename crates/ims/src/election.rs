@@ -16,7 +16,7 @@
 //!   until the lease TTL minus a margin after the last renewal was sent, so before etcd can
 //!   expire it and let another node win; `fence`). When the lease is lost or the key is no longer this
 //!   term's, the node stops acknowledging at once and shuts down with
-//!   [`crate::StoreNodeError::Deposed`]; restarted (by its supervisor), it rejoins as a follower.
+//!   `StoreNodeError::Deposed`; restarted (by its supervisor), it rejoins as a follower.
 //! * **Diverged log**: a node whose log holds records its new leader's history does not (an old
 //!   leader's unreplicated tail) is refused by the leader. It records why next to its data
 //!   directory and stops; at the next start [`reseed_if_diverged`] moves the old log aside (kept,

@@ -9,6 +9,9 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::cmd;
 
+/// Size of a METADATA body.
+pub const METADATA_LEN: usize = 32;
+
 /// Platform ids carried by AUTH_TOKEN (docs/protocol.md §7.2).
 pub struct Platform;
 
@@ -407,7 +410,7 @@ impl Body {
             | Body::SyncGroupEnd(_)
             | Body::SyncGroupNotify(_)
             | Body::GroupSyncKey(_) => 16,
-            Body::Metadata(_) => crate::METADATA_LEN,
+            Body::Metadata(_) => METADATA_LEN,
             Body::Customer(c) => 36 + c.content.len(),
         }
     }
@@ -502,21 +505,6 @@ impl Body {
     /// ([`crate::STORAGE_VERSION`]).
     pub fn to_stored(&self) -> Bytes {
         self.to_bytes(crate::STORAGE_VERSION)
-    }
-
-    /// Appends a whole frame (header with `seq`, `version`, `flag`, then this body) to `dst`.
-    pub fn encode_frame(&self, seq: i32, version: u8, flag: u8, dst: &mut BytesMut) {
-        let len = self.encoded_len(version);
-        dst.reserve(crate::HEADER_LEN + len);
-        crate::Header {
-            len,
-            seq,
-            cmd: self.cmd(),
-            version,
-            flag,
-        }
-        .write(dst);
-        self.encode(version, dst);
     }
 }
 

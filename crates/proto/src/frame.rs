@@ -2,6 +2,8 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
+use crate::body::{relayout, Body, METADATA_LEN};
+
 /// Size of the frame header.
 pub const HEADER_LEN: usize = 12;
 /// Largest body a client may send (docs/protocol.md §3.2: `length >= 32768` closes the connection).
@@ -60,9 +62,6 @@ impl Header {
     }
 }
 
-/// Size of a METADATA body.
-pub const METADATA_LEN: usize = 32;
-
 /// The bytes a pushed message takes on the wire: its frame and, when it carries sync keys, the
 /// METADATA frame before it. Used to bound outboxes and to size write buffers.
 pub const fn pushed_len(body_len: usize, with_metadata: bool) -> usize {
@@ -79,7 +78,7 @@ pub const fn pushed_len(body_len: usize, with_metadata: bool) -> usize {
 /// ([`crate::body::relayout`]); every other body is written as is. The one frame writer of the
 /// client path, the route link's inner frames (version 2) and pushes.
 pub fn write_stored(dst: &mut BytesMut, seq: i32, version: u8, cmd: u8, flag: u8, body: &[u8]) {
-    let (head, tail) = crate::body::relayout(cmd, version, body);
+    let (head, tail) = relayout(cmd, version, body);
     let len = head.len() + tail.len();
     dst.reserve(HEADER_LEN + len);
     Header {
@@ -154,5 +153,22 @@ impl Frame {
         let mut b = BytesMut::with_capacity(HEADER_LEN + self.body.len());
         self.encode(&mut b);
         b.freeze()
+    }
+}
+
+impl Body {
+    /// Appends a whole frame (header with `seq`, `version`, `flag`, then this body) to `dst`.
+    pub fn encode_frame(&self, seq: i32, version: u8, flag: u8, dst: &mut BytesMut) {
+        let len = self.encoded_len(version);
+        dst.reserve(HEADER_LEN + len);
+        Header {
+            len,
+            seq,
+            cmd: self.cmd(),
+            version,
+            flag,
+        }
+        .write(dst);
+        self.encode(version, dst);
     }
 }

@@ -15,12 +15,11 @@ pub mod frame;
 
 pub use body::{
     Ack, AckStatus, AuthToken, Body, BodyError, Customer, GroupSyncKey, Im, Metadata, Platform, Rt,
-    Sender,
+    Sender, METADATA_LEN,
 };
 pub use cmd::{Command, Layout};
 pub use frame::{
     pushed_len, stored_frame, write_stored, DecodeError, Frame, Header, HEADER_LEN, MAX_BODY_LEN,
-    METADATA_LEN,
 };
 
 /// The version in which message bodies are stored and passed between server roles

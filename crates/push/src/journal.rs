@@ -30,90 +30,6 @@ use serde::{Deserialize, Serialize};
 /// Rewrite from memory when the file exceeds this and four times the live records.
 const COMPACT_BYTES: u64 = 16 << 20;
 
-/// A job as stored.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(tag = "type", rename_all = "lowercase")]
-pub enum StoredJob {
-    Peer {
-        appid: i64,
-        sender: i64,
-        receiver: i64,
-        content: String,
-    },
-    Group {
-        appid: i64,
-        sender: i64,
-        group_id: i64,
-        receivers: Vec<i64>,
-        content: String,
-    },
-    System {
-        appid: i64,
-        receiver: i64,
-        content: String,
-    },
-    Customer {
-        sender_appid: i64,
-        sender: i64,
-        receiver_appid: i64,
-        receiver: i64,
-        content: String,
-    },
-}
-
-impl From<PushJob> for StoredJob {
-    fn from(j: PushJob) -> StoredJob {
-        match j {
-            PushJob::Peer {
-                appid,
-                sender,
-                receiver,
-                content,
-            } => StoredJob::Peer {
-                appid,
-                sender,
-                receiver,
-                content,
-            },
-            PushJob::Group {
-                appid,
-                sender,
-                group_id,
-                receivers,
-                content,
-            } => StoredJob::Group {
-                appid,
-                sender,
-                group_id,
-                receivers,
-                content,
-            },
-            PushJob::System {
-                appid,
-                receiver,
-                content,
-            } => StoredJob::System {
-                appid,
-                receiver,
-                content,
-            },
-            PushJob::Customer {
-                sender_appid,
-                sender,
-                receiver_appid,
-                receiver,
-                content,
-            } => StoredJob::Customer {
-                sender_appid,
-                sender,
-                receiver_appid,
-                receiver,
-                content,
-            },
-        }
-    }
-}
-
 /// A device claim: (uid, provider, token).
 pub type Claim = (i64, PushProvider, String);
 
@@ -122,7 +38,7 @@ struct Line {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     j: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    job: Option<StoredJob>,
+    job: Option<PushJob>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     c: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -149,7 +65,7 @@ impl Line {
     }
 }
 
-fn job_line(id: u64, job: &StoredJob) -> String {
+fn job_line(id: u64, job: &PushJob) -> String {
     let mut l = Line::empty();
     l.j = Some(id);
     l.job = Some(job.clone());
@@ -168,12 +84,12 @@ fn claim_line(id: u64, c: &Claim) -> String {
 /// A live job found at start-up.
 pub struct Recovered {
     pub id: u64,
-    pub job: StoredJob,
+    pub job: PushJob,
     pub claims: HashSet<Claim>,
 }
 
 struct Live {
-    job: StoredJob,
+    job: PushJob,
     claims: Vec<Claim>,
 }
 
@@ -272,7 +188,7 @@ impl Journal {
     }
 
     /// Records accepted jobs (one sync); returns their ids, in order.
-    pub fn add_jobs(&self, jobs: &[StoredJob]) -> std::io::Result<Vec<u64>> {
+    pub fn add_jobs(&self, jobs: &[PushJob]) -> std::io::Result<Vec<u64>> {
         let mut g = self.inner.lock();
         let mut out = String::new();
         let mut ids = Vec::with_capacity(jobs.len());
@@ -382,7 +298,7 @@ mod tests {
     #[test]
     fn live_jobs_and_claims_survive_reopen_and_a_torn_tail() {
         let dir = tempfile::tempdir().unwrap();
-        let job = |r| StoredJob::Peer {
+        let job = |r| PushJob::Peer {
             appid: 7,
             sender: 1,
             receiver: r,

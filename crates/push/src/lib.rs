@@ -43,7 +43,7 @@ use futures_util::StreamExt;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
 pub use config::{ApnsOptions, AppPush, FcmOptions, NativeOptions, Texts};
-use journal::{Claim, Journal, StoredJob};
+use journal::{Claim, Journal};
 use render::{Conversation, Notification};
 
 /// Jobs (or notifications) taken off a queue at once.
@@ -369,14 +369,14 @@ async fn intake(
     shared: Arc<Shared>,
     recovered: Vec<journal::Recovered>,
 ) {
-    let recovered: Vec<(u64, StoredJob, HashSet<Claim>)> = recovered
+    let recovered: Vec<(u64, PushJob, HashSet<Claim>)> = recovered
         .into_iter()
         .map(|r| (r.id, r.job, r.claims))
         .collect();
     expand_all(&shared, recovered).await;
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let jobs: Vec<StoredJob> = batch.drain(..).map(StoredJob::from).collect();
+        let jobs = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
         let j = shared.journal.clone();
         let to_write = jobs.clone();
         let ids = match tokio::task::spawn_blocking(move || j.add_jobs(&to_write)).await {
@@ -400,7 +400,7 @@ async fn intake(
     }
 }
 
-async fn expand_all(shared: &Arc<Shared>, jobs: Vec<(u64, StoredJob, HashSet<Claim>)>) {
+async fn expand_all(shared: &Arc<Shared>, jobs: Vec<(u64, PushJob, HashSet<Claim>)>) {
     futures_util::stream::iter(jobs)
         .for_each_concurrent(EXPAND_CONCURRENCY, |(id, job, claims)| {
             let shared = shared.clone();
@@ -414,7 +414,7 @@ fn skipped(reason: &'static str) {
 }
 
 /// Resolves one job into notifications and hands them to the provider lanes.
-async fn expand(shared: &Arc<Shared>, id: u64, job: StoredJob, claims: &HashSet<Claim>) {
+async fn expand(shared: &Arc<Shared>, id: u64, job: PushJob, claims: &HashSet<Claim>) {
     // One guard reference, released at the end, so the job cannot finish while being expanded.
     let track = Arc::new(JobTrack {
         id,
@@ -422,7 +422,7 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: StoredJob, claims: &HashSet<
         shared: shared.clone(),
     });
     let (appid, name_of, receivers, conversation, content) = match job {
-        StoredJob::Peer {
+        PushJob::Peer {
             appid,
             sender,
             receiver,
@@ -434,7 +434,7 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: StoredJob, claims: &HashSet<
             Conversation::Peer { sender },
             content,
         ),
-        StoredJob::Group {
+        PushJob::Group {
             appid,
             sender,
             group_id,
@@ -447,7 +447,7 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: StoredJob, claims: &HashSet<
             Conversation::Group { sender, group_id },
             content,
         ),
-        StoredJob::Customer {
+        PushJob::Customer {
             sender_appid,
             sender,
             receiver_appid,
@@ -463,7 +463,7 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: StoredJob, claims: &HashSet<
             },
             content,
         ),
-        StoredJob::System {
+        PushJob::System {
             appid,
             receiver,
             content,

@@ -1,5 +1,5 @@
 //! The store's health: whether it accepts appends now, the failure it is recovering from, and what
-//! degrades it while it keeps working. [`Store::health`](crate::Store::health) reports it; the
+//! degrades it while it keeps working. `Store::health` reports it; the
 //! append path reads only one atomic.
 //!
 //! A failed write or fsync no longer poisons the store until a restart. The batch that failed (and,

@@ -1,5 +1,5 @@
 //! Operator endpoints of the app API's data, on the API listener behind `api.secret` like the rest
-//! of the admin API (merged by `crate::http::router`):
+//! of the admin API (merged into the HTTP API's router):
 //!
 //! | Method and path | Body / query | Answer |
 //! |---|---|---|
@@ -25,7 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppApi;
-use crate::http::{id, json_body, ApiError, Params};
+use crate::api::{id, json_body, ApiError, Params};
 use crate::openapi::ErrorBody;
 
 type ApiResult = Result<Response, ApiError>;

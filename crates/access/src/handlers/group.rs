@@ -20,6 +20,7 @@ use proto::{cmd, flag, Body, Im, Metadata};
 use store::{Appended, NewMessage, QueueId};
 
 use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
+use crate::api::ApiError;
 use crate::app::{now_secs, App, Stats, StoreFailure};
 use crate::offline;
 use crate::route::Push;
@@ -311,4 +312,22 @@ pub async fn post_group_notification(
     let entries = r.into_iter().next().unwrap_or_default();
     notify_members(app, &group, &uids, &entries);
     Ok(stored_keys(posted, &entries))
+}
+
+/// The HTTP answer to a refused group post (every API that posts to groups answers alike).
+impl From<GroupPostError> for ApiError {
+    fn from(e: GroupPostError) -> Self {
+        use GroupPostError as E;
+        match e {
+            E::NoSuchGroup(_) => ApiError::not_found(e.to_string()),
+            // A group nobody belongs to is answered like a missing group, on every endpoint.
+            E::NoMembers => ApiError::not_found("group not found or without members"),
+            E::Refused(why) => ApiError {
+                status: axum::http::StatusCode::FORBIDDEN,
+                message: why.into(),
+            },
+            E::Backend(b) => b.into(),
+            E::Store(s) => s.into(),
+        }
+    }
 }

@@ -11,7 +11,7 @@
 //! A GoBelieve key `K` of queue `Q` translates to the newest entry of `Q` whose pair has a
 //! GoBelieve id ≤ `K` (exactly the entries the client had), found as "the newest entry of `Q` at
 //! or below the banter key paired with the largest GoBelieve id ≤ `K`"; with none, to `base`
-//! (the client had nothing: everything is new to it). [`crate::Store`] applies this to every
+//! (the client had nothing: everything is new to it). The store (`Store`) applies this to every
 //! `sync`, `sync_since` and `new_count` whose key is in `1..base`, so the access node, a store
 //! node and the HTTP API all translate the same way.
 

@@ -1,4 +1,4 @@
-//! `packaging/`: the example configurations load without a problem through the same loader as the
+//! `packaging/`: the example configurations (static addresses and etcd) load without a problem through the same loader as the
 //! binary, and the systemd units pass `systemd-analyze verify` (when systemd-analyze is installed).
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
@@ -54,6 +54,38 @@ fn example_configs_load() {
             assert_eq!(port(a), port(&s.listen));
         }
         assert_eq!(c.cluster.storage_addrs, access[0].cluster.storage_addrs);
+    }
+}
+
+#[test]
+fn etcd_example_configs_load() {
+    let ex = root().join("examples/cluster-etcd");
+    let mut stores = Vec::new();
+    for n in ["store-0a", "store-0b", "store-0c"] {
+        let c: ims::service::StoreNodeConfig = load_file(
+            &ex.join(format!("{n}.toml")),
+            |c: &ims::service::StoreNodeConfig| c.validate().err().into_iter().collect(),
+        );
+        assert_eq!(c.node_id, n);
+        assert_eq!(c.shard, "0", "{n}: one shard of three members");
+        assert!(c.follow.is_empty(), "{n}: etcd elects the leader");
+        assert!(!c.etcd.is_empty() && !c.advertise_host.is_empty());
+        stores.push(c);
+    }
+    let mut advertised: Vec<&str> = stores.iter().map(|c| c.advertise_host.as_str()).collect();
+    advertised.dedup();
+    assert_eq!(advertised.len(), 3, "every store member advertises its own host");
+    for n in ["router-1", "router-2"] {
+        let r: route::RouterConfig = load_file(&ex.join(format!("{n}.toml")), |_| Vec::new());
+        assert_eq!(r.node_id, n);
+        assert_eq!(r.cluster.etcd, stores[0].etcd);
+    }
+    for n in ["access-1", "access-2"] {
+        let c: Config = load_file(&ex.join(format!("{n}.toml")), Config::validate);
+        assert_eq!(c.cluster.node_id, n);
+        assert_eq!(c.cluster.etcd, stores[0].etcd);
+        assert_eq!(c.cluster.storage_shards, vec![stores[0].shard.clone()]);
+        assert!(c.cluster.storage_addrs.is_empty() && c.cluster.route_addrs.is_empty());
     }
 }
 

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 
 use crate::checkpoint::{checkpointer_loop, Checkpoints};
 use crate::error::StoreError;
-use crate::format::message_record_len;
+use crate::format::{message_record_len, KEY_RECORD_LEN};
 use crate::health::StoreHealth;
 use crate::options::StoreOptions;
 use crate::prealloc::{prealloc_loop, SpareSlot};
@@ -30,6 +30,9 @@ pub struct StoreStats {
     pub messages: u64,
     /// Queue entries appended since open.
     pub entries: u64,
+    /// Retried appends answered with their original positions since open (their key was
+    /// remembered: nothing was written).
+    pub repeated: u64,
     /// Group commits (writes) since open.
     pub batches: u64,
     /// fsyncs of the log since open.
@@ -104,6 +107,7 @@ impl Store {
             syncq.clone(),
             spare.clone(),
             r.heads,
+            r.window,
             r.end,
             r.active,
         );
@@ -336,6 +340,7 @@ impl Store {
         StoreStats {
             messages: Stats::get(&s.messages),
             entries: Stats::get(&s.entries),
+            repeated: Stats::get(&s.repeated),
             batches: Stats::get(&s.batches),
             fsyncs: Stats::get(&s.fsyncs),
             bytes_written: Stats::get(&s.bytes_written),
@@ -480,5 +485,6 @@ fn validate(opts: &StoreOptions, m: &NewMessage) -> Result<usize, StoreError> {
             opts.max_body_bytes
         )));
     }
-    Ok(message_record_len(m.body.len(), m.queues.len()))
+    let key = if m.key.is_some() { KEY_RECORD_LEN } else { 0 };
+    Ok(message_record_len(m.body.len(), m.queues.len()) + key)
 }

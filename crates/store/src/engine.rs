@@ -101,6 +101,7 @@ impl Store {
         let checkpoints = Arc::new(Checkpoints::new(r.checkpoint));
         let spare = Arc::new(SpareSlot::new(r.spare));
         let syncq = Arc::new(SyncQueue::default());
+        let remembered_keys = r.window.len();
         let writer = Writer::new(
             shared.clone(),
             submissions.clone(),
@@ -134,6 +135,7 @@ impl Store {
             log_start = r.log_start,
             log_end = r.end,
             replayed_records = r.replayed,
+            remembered_keys,
             elapsed_ms = r.started.elapsed().as_millis() as u64,
             "store opened"
         );

@@ -372,8 +372,6 @@ fn reply(seq: i32, cmd: u8, result: Result<BytesMut, Failure>, opts: &Server) ->
     }
 }
 
-/// Waits for a submitted append (and, in `sync` replication mode, for a follower) and encodes its
-/// reply body.
 /// What the reply to an append needs to know of its request.
 struct AppendShape {
     /// Answered as `AppendKeyed` (with the stored-before flags).
@@ -392,6 +390,8 @@ impl AppendShape {
     }
 }
 
+/// Waits for a submitted append (and, in `sync` replication mode, for a follower) and encodes its
+/// reply body.
 async fn finish_append(
     shape: AppendShape,
     ticket: store::AppendTicket,

@@ -145,8 +145,9 @@ pub(crate) fn on_im(
 }
 
 /// The idempotency key of a client's IM or GROUP_IM (docs/compatibility.md, *Storage and
-/// sync*; docs/protocol.md §6.3): its app, sender, session device id, command, local `msgid` and content. `None`
-/// when the client gave no `msgid` (0): such a message cannot be told from a new one.
+/// sync*; docs/protocol.md §6.3): its app, sender, session device id, command, local `msgid`
+/// and content. `None` when the client gave no `msgid` (0): such a message cannot be told from
+/// a new one.
 pub(crate) fn client_key(
     appid: i64,
     uid: i64,

@@ -20,7 +20,7 @@ use crate::prealloc::{prealloc_loop, SpareSlot};
 use crate::shared::{Shared, Stats};
 use crate::submit::{Submission, Submissions};
 use crate::syncer::{SyncQueue, Syncer};
-use crate::writer::Writer;
+use crate::writer::{Writer, WriterState};
 use crate::{AppendTicket, Appended, NewMessage, QueueId, SyncPage, Ticket};
 
 /// Counters and sizes, for monitoring and benchmarks.
@@ -107,10 +107,12 @@ impl Store {
             submissions.clone(),
             syncq.clone(),
             spare.clone(),
-            r.heads,
-            r.window,
-            r.end,
-            r.active,
+            WriterState {
+                heads: r.heads,
+                window: r.window,
+                end: r.end,
+                active: r.active,
+            },
         );
         let syncer = Syncer {
             shared: shared.clone(),

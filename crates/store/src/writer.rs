@@ -85,18 +85,30 @@ pub(crate) struct Writer {
     pub last_sync: Instant,
 }
 
+/// What the writer continues from: the queue heads and key window of a log recovered up to
+/// `end`, and the segment it appends to.
+pub(crate) struct WriterState {
+    pub heads: QueueMap<Head>,
+    pub window: Window,
+    pub end: u64,
+    pub active: Active,
+}
+
 impl Writer {
-    /// The writer of a log recovered up to `end` with queue heads `heads`, appending to `active`.
+    /// The writer of a recovered log (`state`).
     pub fn new(
         shared: Arc<Shared>,
         submissions: Arc<Submissions>,
         syncq: Arc<SyncQueue>,
         spare: Arc<SpareSlot>,
-        heads: QueueMap<Head>,
-        window: Window,
-        end: u64,
-        active: Active,
+        state: WriterState,
     ) -> Writer {
+        let WriterState {
+            heads,
+            window,
+            end,
+            active,
+        } = state;
         Writer {
             shared,
             submissions,

@@ -107,11 +107,11 @@ impl StoreNode {
 
 impl Drop for StoreNode {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if let Some(c) = &self.child {
             // a stopped process cannot die until it is continued
             let _ = Command::new("kill")
                 .arg("-CONT")
-                .arg(self.child.as_ref().unwrap().id().to_string())
+                .arg(c.id().to_string())
                 .status();
         }
         self.kill9();

@@ -166,6 +166,11 @@ pub fn render(metrics: &AccessMetrics, app: NodeFigures<'_>) -> String {
         g(&st.messages_stored),
     );
     r.set_counter(
+        "banter_messages_repeated_total",
+        "Resent messages the store already held (same idempotency key): acknowledged again, not stored twice.",
+        g(&st.messages_repeated),
+    );
+    r.set_counter(
         "banter_messages_refused_total",
         "Messages refused (bad sender, rate limit, store failure).",
         g(&st.messages_refused),

@@ -24,6 +24,8 @@ pub struct Stats {
     pub frames_out: AtomicU64,
     pub messages_in: AtomicU64,
     pub messages_stored: AtomicU64,
+    /// Resent messages the store already held (same idempotency key): ACKed again, not stored.
+    pub messages_repeated: AtomicU64,
     pub messages_refused: AtomicU64,
     pub deliveries: AtomicU64,
     pub syncs: AtomicU64,

@@ -156,6 +156,7 @@ async fn users_are_told_to_sync_once_their_router_link_has_resubscribed() {
         .expect("embedded store");
     let stored = store
         .append(vec![store::NewMessage {
+            key: None,
             queues: vec![store::QueueId::user(APPID, 2)],
             device_id: 0,
             cmd: cmd::IM,

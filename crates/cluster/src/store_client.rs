@@ -24,11 +24,16 @@
 //! `unsigned_abs`, so `i64::MIN` does not overflow (#52).
 //!
 //! An append whose queues live on several stores is split: each store receives one message per
-//! original message, holding only its queues, with the same body; the parts are sent
+//! original message, holding only its queues, with the same body and the same idempotency key
+//! (`NewMessage::key`; one is assigned here to a message without one); the parts are sent
 //! concurrently and the results put back in the original queue order. The append succeeds only
 //! if every part did. If one part fails, the others may already be stored (there is no
-//! cross-store transaction, as in GoBelieve): the caller gets the error and must treat the message
-//! as not delivered. After a `Timeout` or a lost connection the outcome of an append is unknown.
+//! cross-store transaction): the caller gets the error and must treat the message as not
+//! delivered; a retry with the same key completes only the missing parts — each store answers a
+//! part it already holds with its original positions (`Appended::stored_before`). After a
+//! `Timeout` or a lost connection the outcome of an append is unknown, and the same holds. Keys
+//! go in `AppendKeyed` requests; a store that does not know them (an older banter) gets plain
+//! `Append`s.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
@@ -38,7 +43,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use proto::Frame;
-use store::{Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage};
+use store::{AppendKey, Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -266,6 +271,9 @@ pub struct StorePool {
     backoff: Mutex<Backoff>,
     /// Failures of this store, logged once per episode.
     episode: Episode,
+    /// The store answered `AppendKeyed` as unsupported (an older banter): appends go without
+    /// keys.
+    keyless: AtomicBool,
 }
 
 impl StorePool {
@@ -283,6 +291,7 @@ impl StorePool {
                 last_error: String::new(),
             }),
             episode: Episode::new(FAILURE_SUMMARY_EVERY),
+            keyless: AtomicBool::new(false),
             opts,
         }
     }
@@ -468,7 +477,7 @@ impl StorePool {
         let mut used: Option<(Arc<Conn>, u64)> = None;
         // Appends all go over one connection, where the store node submits them in arrival
         // order: two appends to one queue are stored in the order they were sent.
-        let ordered = matches!(req, Request::Append(_));
+        let ordered = matches!(req, Request::Append(_) | Request::AppendKeyed(_));
         let fut = async {
             let conn = self.conn(ordered).await?;
             used = Some((conn.clone(), conn.received.load(Ordering::Relaxed)));
@@ -610,8 +619,36 @@ impl StorePool {
             return Ok(Vec::new());
         }
         let shape: Vec<usize> = batch.iter().map(|m| m.queues.len()).collect();
-        let b = self.call(&Request::Append(batch)).await?;
-        let res = self.decoded(sp::decode_appended(b))?;
+        let keyed = batch.iter().any(|m| m.key.is_some()) && !self.keyless.load(Ordering::Relaxed);
+        let mut req = if keyed {
+            Request::AppendKeyed(batch)
+        } else {
+            Request::Append(batch)
+        };
+        let mut r = self.call(&req).await;
+        if let (
+            Request::AppendKeyed(_),
+            Err(RemoteStoreError::Remote {
+                code: ErrorCode::Unsupported,
+                ..
+            }),
+        ) = (&req, &r)
+        {
+            // Nothing was stored: the store did not know the command.
+            if !self.keyless.swap(true, Ordering::Relaxed) {
+                tracing::warn!(store = %self.addr, "this store node does not know keyed appends (an older banter): appends to it go without idempotency keys, so a retried message may be stored twice until it is upgraded");
+            }
+            if let Request::AppendKeyed(b) = req {
+                req = Request::Append(b);
+            }
+            r = self.call(&req).await;
+        }
+        let b = r?;
+        let res = if matches!(req, Request::AppendKeyed(_)) {
+            self.decoded(sp::decode_appended_keyed(b))?
+        } else {
+            self.decoded(sp::decode_appended(b))?
+        };
         if res.len() != shape.len() || res.iter().zip(&shape).any(|(r, n)| r.len() != *n) {
             return Err(self.protocol("append reply does not match the request's shape".into()));
         }
@@ -763,6 +800,10 @@ impl Shards {
 pub struct RemoteStore {
     opts: StorePoolOptions,
     shards: RwLock<Arc<Shards>>,
+    /// This access node's part of the keys it assigns (random per process).
+    origin: u64,
+    /// Logical appends keyed so far.
+    keyed: AtomicU64,
 }
 
 impl RemoteStore {
@@ -777,6 +818,8 @@ impl RemoteStore {
         Ok(RemoteStore {
             opts,
             shards: RwLock::new(Arc::new(shards)),
+            origin: rand::random(),
+            keyed: AtomicU64::new(0),
         })
     }
 
@@ -826,119 +869,93 @@ impl RemoteStore {
     }
 
     /// Appends `batch`, splitting messages whose queues live on several stores (see the module
-    /// docs). For each message, one [`Appended`] per queue in the message's queue order.
+    /// docs). For each message, one [`Appended`] per queue in the message's queue order. A
+    /// message without a key gets one assigned here (every part of it carries the same key).
+    /// Parts refused for a passing reason (a store unreachable, not the leader, closing,
+    /// overloaded) are sent again, with the same key and to the shard's current address, for up
+    /// to [`APPEND_RETRY_FOR`]; parts already stored are not sent again.
     pub async fn append(
         &self,
-        batch: Vec<NewMessage>,
+        mut batch: Vec<NewMessage>,
     ) -> Result<Vec<Vec<Appended>>, RemoteStoreError> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let shards = self.shards.read().clone();
-        // Fast path: everything on one store.
-        let first = batch
-            .iter()
-            .find_map(|m| m.queues.first())
-            .map(|q| shards.pool(*q).clone());
-        let Some(first) = first else {
+        if batch.iter().any(|m| m.queues.is_empty()) {
             return Err(RemoteStoreError::Remote {
                 addr: String::new(),
                 code: ErrorCode::InvalidArgument,
                 message: "a message needs at least one queue".into(),
             });
-        };
-        let single = batch.iter().all(|m| {
-            m.queues
-                .iter()
-                .all(|q| Arc::ptr_eq(shards.pool(*q), &first))
-        });
-        if single {
-            return first.append(batch).await;
         }
-        // Split per store: (pool, sub-messages, for each sub-message (original index, queue
-        // indexes)).
-        type Part = (Arc<StorePool>, Vec<NewMessage>, Vec<(usize, Vec<usize>)>);
-        let mut parts: Vec<Part> = Vec::new();
-        for (mi, m) in batch.iter().enumerate() {
-            if m.queues.is_empty() {
-                return Err(RemoteStoreError::Remote {
-                    addr: String::new(),
-                    code: ErrorCode::InvalidArgument,
-                    message: "a message needs at least one queue".into(),
-                });
-            }
-            let mut per: Vec<(usize, Vec<usize>)> = Vec::new();
-            for (qi, q) in m.queues.iter().enumerate() {
-                let pool = shards.pool(*q);
-                let pi = match parts.iter().position(|p| Arc::ptr_eq(&p.0, pool)) {
-                    Some(pi) => pi,
-                    None => {
-                        parts.push((pool.clone(), Vec::new(), Vec::new()));
-                        parts.len() - 1
-                    }
-                };
-                match per.iter_mut().find(|(p, _)| *p == pi) {
-                    Some((_, qs)) => qs.push(qi),
-                    None => per.push((pi, vec![qi])),
-                }
-            }
-            for (pi, qis) in per {
-                let part = &mut parts[pi];
-                part.1.push(NewMessage {
-                    queues: qis.iter().map(|&qi| m.queues[qi]).collect(),
-                    device_id: m.device_id,
-                    cmd: m.cmd,
-                    flag: m.flag,
-                    timestamp: m.timestamp,
-                    body: m.body.clone(),
-                });
-                part.2.push((mi, qis));
-            }
+        for m in batch.iter_mut().filter(|m| m.key.is_none()) {
+            let seq = self.keyed.fetch_add(1, Ordering::Relaxed);
+            m.key = Some(AppendKey::server(self.origin, seq));
         }
+        let give_up = Instant::now() + APPEND_RETRY_FOR;
+        let mut delay = APPEND_RETRY_FIRST;
         let mut out: Vec<Vec<Appended>> = batch
             .iter()
             .map(|m| {
                 vec![
                     Appended {
                         key: 0,
-                        prev_key: 0
+                        prev_key: 0,
+                        stored_before: false,
                     };
                     m.queues.len()
                 ]
             })
             .collect();
-        let mut maps = Vec::with_capacity(parts.len());
-        let mut futs = Vec::with_capacity(parts.len());
-        for (pool, msgs, map) in parts {
-            maps.push(map);
-            futs.push(async move { pool.append(msgs).await });
-        }
-        let results = futures_util::future::join_all(futs).await;
-        let mut first_err = None;
-        let mut failed = 0usize;
-        for (res, map) in results.into_iter().zip(maps) {
-            match res {
-                Ok(res) => {
-                    for (sub, (mi, qis)) in res.into_iter().zip(map) {
-                        for (a, qi) in sub.into_iter().zip(qis) {
-                            out[mi][qi] = a;
+        // What is not stored yet: (message index, queue indexes).
+        let mut pending: Vec<(usize, Vec<usize>)> = batch
+            .iter()
+            .enumerate()
+            .map(|(mi, m)| (mi, (0..m.queues.len()).collect()))
+            .collect();
+        loop {
+            let shards = self.shards.read().clone();
+            let parts = split(&shards, &batch, &pending);
+            let sharded = parts.len() > 1;
+            let mut maps = Vec::with_capacity(parts.len());
+            let mut futs = Vec::with_capacity(parts.len());
+            for (pool, msgs, map) in parts {
+                maps.push(map);
+                futs.push(async move { pool.append(msgs).await });
+            }
+            let results = futures_util::future::join_all(futs).await;
+            let mut failed: Vec<(usize, Vec<usize>)> = Vec::new();
+            let mut first_err = None;
+            for (res, map) in results.into_iter().zip(maps) {
+                match res {
+                    Ok(res) => {
+                        for (sub, (mi, qis)) in res.into_iter().zip(map) {
+                            for (a, qi) in sub.into_iter().zip(qis) {
+                                out[mi][qi] = a;
+                            }
                         }
                     }
-                }
-                Err(e) => {
-                    failed += 1;
-                    if first_err.is_none() {
-                        first_err = Some(e);
+                    Err(e) => {
+                        failed.extend(map);
+                        first_err.get_or_insert(e);
                     }
                 }
             }
+            let Some(e) = first_err else {
+                return Ok(out);
+            };
+            if !retryable(&e) || Instant::now() + delay >= give_up {
+                // Each store's failures are logged once per episode by its pool.
+                if sharded {
+                    tracing::debug!(error = %e, "sharded append failed on some stores; other parts may be stored, and a retry with the same key completes only the missing ones");
+                }
+                return Err(e);
+            }
+            tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "append refused for a passing reason; sending the missing parts again");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(APPEND_RETRY_MAX);
+            pending = failed;
         }
-        if let Some(e) = first_err {
-            // Each store's failures are logged once per episode by its pool.
-            tracing::debug!(error = %e, failed_stores = failed, "sharded append failed on some stores; other parts may be stored");
-            return Err(e);
-        }
-        Ok(out)
     }
 
     /// `Store::sync` on the store holding `queue`.
@@ -991,6 +1008,69 @@ impl RemoteStore {
     pub async fn last_key(&self, queue: QueueId) -> Result<i64, RemoteStoreError> {
         self.pool_for(queue).last_key(queue).await
     }
+}
+
+/// How long [`RemoteStore::append`] keeps sending again the parts refused for a passing reason.
+pub const APPEND_RETRY_FOR: Duration = Duration::from_secs(2);
+/// First pause before such a retry (doubling up to [`APPEND_RETRY_MAX`]).
+const APPEND_RETRY_FIRST: Duration = Duration::from_millis(50);
+const APPEND_RETRY_MAX: Duration = Duration::from_millis(500);
+
+/// Whether an append refused with `e` may succeed when sent again soon: the store was
+/// unreachable, not (or no longer) the leader, closing or overloaded. A timeout is not retried
+/// (the deadline is spent), nor a refusal of the request itself.
+fn retryable(e: &RemoteStoreError) -> bool {
+    match e {
+        RemoteStoreError::Unavailable { .. } => true,
+        RemoteStoreError::Remote { code, .. } => matches!(
+            code,
+            ErrorCode::NotLeader | ErrorCode::Closed | ErrorCode::Overloaded
+        ),
+        _ => false,
+    }
+}
+
+/// One store's part of an append: the pool, its messages, and for each of them (original
+/// message index, queue indexes).
+type Part = (Arc<StorePool>, Vec<NewMessage>, Vec<(usize, Vec<usize>)>);
+
+/// Splits the `pending` queues of `batch` per store: one message per store and original message,
+/// holding that store's queues in their original relative order, with the same body and key.
+fn split(shards: &Shards, batch: &[NewMessage], pending: &[(usize, Vec<usize>)]) -> Vec<Part> {
+    let mut parts: Vec<Part> = Vec::new();
+    for (mi, qis) in pending {
+        let m = &batch[*mi];
+        let mut per: Vec<(usize, Vec<usize>)> = Vec::new();
+        for &qi in qis {
+            let pool = shards.pool(m.queues[qi]);
+            let pi = match parts.iter().position(|p| Arc::ptr_eq(&p.0, pool)) {
+                Some(pi) => pi,
+                None => {
+                    parts.push((pool.clone(), Vec::new(), Vec::new()));
+                    parts.len() - 1
+                }
+            };
+            match per.iter_mut().find(|(p, _)| *p == pi) {
+                Some((_, v)) => v.push(qi),
+                None => per.push((pi, vec![qi])),
+            }
+        }
+        for (pi, mut qis) in per {
+            qis.sort_unstable();
+            let part = &mut parts[pi];
+            part.1.push(NewMessage {
+                key: m.key,
+                queues: qis.iter().map(|&qi| m.queues[qi]).collect(),
+                device_id: m.device_id,
+                cmd: m.cmd,
+                flag: m.flag,
+                timestamp: m.timestamp,
+                body: m.body.clone(),
+            });
+            part.2.push((*mi, qis));
+        }
+    }
+    parts
 }
 
 fn build_shards(

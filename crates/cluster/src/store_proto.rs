@@ -10,7 +10,9 @@
 //! byte by byte; keep the two in step.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use store::{Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage};
+use store::{
+    AppendKey, Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage, APPEND_KEY_LEN,
+};
 
 /// Default frame body limit on the store link (both directions).
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 << 20;
@@ -34,6 +36,10 @@ pub const CMD_LATEST_PEER: u8 = 165;
 pub const CMD_NEW_COUNT: u8 = 166;
 /// `LastKey(queue) -> i64`.
 pub const CMD_LAST_KEY: u8 = 167;
+/// `AppendKeyed(Vec<NewMessage>) -> Vec<(stored_before, Vec<Appended>)>`: `Append` with each
+/// message's idempotency key (`NewMessage::key`), answered with whether the store already held
+/// it. A store that does not know it answers [`ErrorCode::Unsupported`].
+pub const CMD_APPEND_KEYED: u8 = 168;
 
 /// Header flag of a reply.
 pub const FLAG_REPLY: u8 = 0x01;
@@ -168,7 +174,9 @@ pub struct PingInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     Ping,
+    /// Keys (`NewMessage::key`) are not sent: they decode as `None`.
     Append(Vec<NewMessage>),
+    AppendKeyed(Vec<NewMessage>),
     Sync {
         queue: QueueId,
         after: i64,
@@ -203,6 +211,7 @@ impl Request {
         match self {
             Request::Ping => CMD_PING,
             Request::Append(_) => CMD_APPEND,
+            Request::AppendKeyed(_) => CMD_APPEND_KEYED,
             Request::Sync { .. } => CMD_SYNC,
             Request::SyncSince { .. } => CMD_SYNC_SINCE,
             Request::Latest { .. } => CMD_LATEST,
@@ -216,7 +225,8 @@ impl Request {
     pub fn encode_body(&self, out: &mut BytesMut) {
         match self {
             Request::Ping => {}
-            Request::Append(msgs) => encode_append(msgs, out),
+            Request::Append(msgs) => encode_append(msgs, false, out),
+            Request::AppendKeyed(msgs) => encode_append(msgs, true, out),
             Request::Sync {
                 queue,
                 after,
@@ -259,6 +269,17 @@ impl Request {
                     .map(|m| NEW_MESSAGE_FIXED + m.queues.len() * QUEUE_LEN + m.body.len())
                     .sum::<usize>()
             }
+            Request::AppendKeyed(msgs) => {
+                4 + msgs
+                    .iter()
+                    .map(|m| {
+                        1 + m.key.map_or(0, |_| APPEND_KEY_LEN)
+                            + NEW_MESSAGE_FIXED
+                            + m.queues.len() * QUEUE_LEN
+                            + m.body.len()
+                    })
+                    .sum::<usize>()
+            }
             Request::Sync { .. } => QUEUE_LEN + 12,
             Request::SyncSince { .. } => QUEUE_LEN + 20,
             Request::Latest { .. } | Request::LatestPeer { .. } => QUEUE_LEN + 4,
@@ -272,7 +293,8 @@ impl Request {
         let mut r = Reader::new(body);
         let req = match cmd {
             CMD_PING => Request::Ping,
-            CMD_APPEND => Request::Append(decode_append(&mut r)?),
+            CMD_APPEND => Request::Append(decode_append(&mut r, false)?),
+            CMD_APPEND_KEYED => Request::AppendKeyed(decode_append(&mut r, true)?),
             CMD_SYNC => Request::Sync {
                 queue: r.queue()?,
                 after: r.i64()?,
@@ -315,9 +337,18 @@ pub fn put_queue(out: &mut BytesMut, q: QueueId) {
     out.put_i64(id);
 }
 
-fn encode_append(msgs: &[NewMessage], out: &mut BytesMut) {
+fn encode_append(msgs: &[NewMessage], keyed: bool, out: &mut BytesMut) {
     out.put_u32(msgs.len() as u32);
     for m in msgs {
+        if keyed {
+            match &m.key {
+                Some(k) => {
+                    out.put_u8(1);
+                    out.put_slice(&k.0);
+                }
+                None => out.put_u8(0),
+            }
+        }
         out.put_i64(m.device_id);
         out.put_u8(m.cmd);
         out.put_u8(m.flag);
@@ -331,10 +362,24 @@ fn encode_append(msgs: &[NewMessage], out: &mut BytesMut) {
     }
 }
 
-fn decode_append(r: &mut Reader) -> Result<Vec<NewMessage>, BodyError> {
-    let n = r.count(NEW_MESSAGE_FIXED)?;
+fn decode_append(r: &mut Reader, keyed: bool) -> Result<Vec<NewMessage>, BodyError> {
+    let n = r.count(NEW_MESSAGE_FIXED + usize::from(keyed))?;
     let mut msgs = Vec::with_capacity(n);
     for _ in 0..n {
+        let key = if keyed {
+            match r.u8()? {
+                0 => None,
+                1 => {
+                    let b = r.bytes(APPEND_KEY_LEN)?;
+                    let mut k = [0u8; APPEND_KEY_LEN];
+                    k.copy_from_slice(&b);
+                    Some(AppendKey(k))
+                }
+                other => return Err(bad(format!("append key marker {other} is neither 0 nor 1"))),
+            }
+        } else {
+            None
+        };
         let device_id = r.i64()?;
         let cmd = r.u8()?;
         let flag = r.u8()?;
@@ -347,6 +392,7 @@ fn decode_append(r: &mut Reader) -> Result<Vec<NewMessage>, BodyError> {
         let len = r.u32()? as usize;
         let body = r.bytes(len)?;
         msgs.push(NewMessage {
+            key,
             queues,
             device_id,
             cmd,
@@ -373,16 +419,50 @@ pub fn encode_appended(res: &[Vec<Appended>], out: &mut BytesMut) {
 
 /// Decodes the reply to `Append`.
 pub fn decode_appended(body: Bytes) -> Result<Vec<Vec<Appended>>, BodyError> {
+    decode_appended_with(body, false)
+}
+
+/// Encodes the reply to `AppendKeyed`: count u32, then per message n u32, flags u8 (bit 0: the
+/// store already held it, nothing was written) and n × (key i64, prev i64).
+pub fn encode_appended_keyed(res: &[Vec<Appended>], out: &mut BytesMut) {
+    out.reserve(4 + res.iter().map(|v| 5 + v.len() * 16).sum::<usize>());
+    out.put_u32(res.len() as u32);
+    for v in res {
+        out.put_u32(v.len() as u32);
+        out.put_u8(u8::from(v.iter().any(|a| a.stored_before)));
+        for a in v {
+            out.put_i64(a.key);
+            out.put_i64(a.prev_key);
+        }
+    }
+}
+
+/// Decodes the reply to `AppendKeyed`.
+pub fn decode_appended_keyed(body: Bytes) -> Result<Vec<Vec<Appended>>, BodyError> {
+    decode_appended_with(body, true)
+}
+
+fn decode_appended_with(body: Bytes, keyed: bool) -> Result<Vec<Vec<Appended>>, BodyError> {
     let mut r = Reader::new(body);
-    let n = r.count(4)?;
+    let n = r.count(4 + usize::from(keyed))?;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let k = r.count(16)?;
+        let stored_before = if keyed {
+            match r.u8()? {
+                0 => false,
+                1 => true,
+                other => return Err(bad(format!("append reply flags {other:#x} are unknown"))),
+            }
+        } else {
+            false
+        };
         let mut v = Vec::with_capacity(k);
         for _ in 0..k {
             v.push(Appended {
                 key: r.i64()?,
                 prev_key: r.i64()?,
+                stored_before,
             });
         }
         out.push(v);
@@ -676,6 +756,7 @@ mod tests {
         let reqs = vec![
             Request::Ping,
             Request::Append(vec![NewMessage {
+                key: None,
                 queues: vec![QueueId::user(1, -5), QueueId::group(1, i64::MIN)],
                 device_id: 3,
                 cmd: 4,
@@ -683,6 +764,26 @@ mod tests {
                 timestamp: -1,
                 body: Bytes::from_static(b"hello"),
             }]),
+            Request::AppendKeyed(vec![
+                NewMessage {
+                    key: Some(AppendKey::client(1, 2, 3, 4, 5, b"hello")),
+                    queues: vec![QueueId::user(1, -5)],
+                    device_id: 3,
+                    cmd: 4,
+                    flag: 0,
+                    timestamp: 7,
+                    body: Bytes::from_static(b"hello"),
+                },
+                NewMessage {
+                    key: None,
+                    queues: vec![QueueId::group(1, 9)],
+                    device_id: 0,
+                    cmd: 8,
+                    flag: 0,
+                    timestamp: 7,
+                    body: Bytes::from_static(b"x"),
+                },
+            ]),
             Request::Sync {
                 queue: QueueId::user(2, 3),
                 after: 9,
@@ -736,6 +837,12 @@ mod tests {
         b.put_i64(1);
         b.put_i64(1);
         assert!(Request::decode(CMD_LAST_KEY, b.freeze()).is_err());
+        // a key marker that is neither 0 nor 1
+        let mut b = BytesMut::new();
+        b.put_u32(1);
+        b.put_u8(5);
+        b.put_slice(&[0u8; 80]);
+        assert!(Request::decode(CMD_APPEND_KEYED, b.freeze()).is_err());
     }
 
     #[test]
@@ -801,19 +908,28 @@ mod tests {
             })
         );
         let mut b = BytesMut::new();
-        encode_appended(
-            &[vec![Appended {
-                key: 5,
-                prev_key: 0,
-            }]],
-            &mut b,
-        );
+        let fresh = Appended {
+            key: 5,
+            prev_key: 0,
+            stored_before: false,
+        };
+        encode_appended(&[vec![fresh]], &mut b);
+        assert_eq!(decode_appended(b.freeze()), Ok(vec![vec![fresh]]));
+        let again = Appended {
+            key: 9,
+            prev_key: 5,
+            stored_before: true,
+        };
+        let mut b = BytesMut::new();
+        encode_appended_keyed(&[vec![fresh], vec![again, again]], &mut b);
         assert_eq!(
-            decode_appended(b.freeze()),
-            Ok(vec![vec![Appended {
-                key: 5,
-                prev_key: 0
-            }]])
+            decode_appended_keyed(b.freeze()),
+            Ok(vec![vec![fresh], vec![again, again]])
         );
+        let mut b = BytesMut::new();
+        encode_appended_keyed(&[vec![fresh]], &mut b);
+        let mut bad = b.to_vec();
+        bad[8] = 7; // the flags byte
+        assert!(decode_appended_keyed(Bytes::from(bad)).is_err());
     }
 }

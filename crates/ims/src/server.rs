@@ -255,9 +255,14 @@ async fn connection(
         // An append is submitted to the store here, in the order its request arrived, before its
         // task is spawned (tasks start in no particular order): appends sent on one connection are
         // stored in the order they were sent.
-        let early = if frame.cmd == sp::CMD_APPEND && frame.version == sp::LINK_VERSION {
+        let early = if matches!(frame.cmd, sp::CMD_APPEND | sp::CMD_APPEND_KEYED)
+            && frame.version == sp::LINK_VERSION
+        {
             match Request::decode(frame.cmd, frame.body.clone()) {
-                Ok(Some(Request::Append(msgs))) => Some((msgs.len() as u64, store.append(msgs))),
+                Ok(Some(Request::Append(msgs) | Request::AppendKeyed(msgs))) => {
+                    let shape = AppendShape::of(frame.cmd, &msgs);
+                    Some((shape, store.append(msgs)))
+                }
                 _ => None, // `handle` answers the error
             }
         } else {
@@ -268,8 +273,8 @@ async fn connection(
         let tx = tx.clone();
         tokio::spawn(async move {
             let bytes = match early {
-                Some((n, ticket)) => {
-                    let result = finish_append(n, ticket, &opts).await;
+                Some((shape, ticket)) => {
+                    let result = finish_append(shape, ticket, &opts).await;
                     reply(frame.seq, frame.cmd, result, &opts)
                 }
                 None => handle(frame, &store, &opts).await,
@@ -367,22 +372,50 @@ fn reply(seq: i32, cmd: u8, result: Result<BytesMut, Failure>, opts: &Server) ->
     }
 }
 
+/// What the reply to an append needs to know of its request.
+struct AppendShape {
+    /// Answered as `AppendKeyed` (with the stored-before flags).
+    keyed_reply: bool,
+    /// For each message, whether it has an idempotency key (its record is followed by a KEY
+    /// record, which a follower must hold too before the append counts as confirmed).
+    keyed: Vec<bool>,
+}
+
+impl AppendShape {
+    fn of(cmd: u8, msgs: &[store::NewMessage]) -> AppendShape {
+        AppendShape {
+            keyed_reply: cmd == sp::CMD_APPEND_KEYED,
+            keyed: msgs.iter().map(|m| m.key.is_some()).collect(),
+        }
+    }
+}
+
 /// Waits for a submitted append (and, in `sync` replication mode, for a follower) and encodes its
 /// reply body.
 async fn finish_append(
-    n: u64,
+    shape: AppendShape,
     ticket: store::AppendTicket,
     opts: &Server,
 ) -> Result<BytesMut, Failure> {
+    let n = shape.keyed.len() as u64;
     let m = &opts.metrics;
     let started = std::time::Instant::now();
     let res = ticket.await?;
     if let Some(commit) = &opts.commit {
-        // A record ends with its queue entries: the last entry of the last message ends them all.
+        // A record ends with its queue entries, and a keyed one is followed by its KEY record: a
+        // retry after a fail-over must find the key on the new leader.
         let end = res
             .iter()
-            .filter_map(|m| m.last())
-            .map(|a| a.key as u64 + store::format::ENTRY_LEN as u64)
+            .zip(&shape.keyed)
+            .filter_map(|(m, &keyed)| {
+                let key_len = if keyed {
+                    store::format::KEY_RECORD_LEN as u64
+                } else {
+                    0
+                };
+                m.last()
+                    .map(|a| a.key as u64 + store::format::ENTRY_LEN as u64 + key_len)
+            })
             .max()
             .unwrap_or(0);
         commit.confirm(end).await.map_err(|e| Failure {
@@ -405,7 +438,11 @@ async fn finish_append(
         });
     }
     let mut out = BytesMut::new();
-    sp::encode_appended(&res, &mut out);
+    if shape.keyed_reply {
+        sp::encode_appended_keyed(&res, &mut out);
+    } else {
+        sp::encode_appended(&res, &mut out);
+    }
     m.appends.fetch_add(1, Ordering::Relaxed);
     m.appended_messages.fetch_add(n, Ordering::Relaxed);
     m.append_seconds.0.record(started.elapsed().as_secs_f64());
@@ -449,8 +486,12 @@ async fn execute(req: Request, store: &Arc<Store>, opts: &Server) -> Result<Byte
             m.reads.fetch_add(1, Ordering::Relaxed);
         }
         Request::Append(msgs) => {
-            let n = msgs.len() as u64;
-            return finish_append(n, store.append(msgs), opts).await;
+            let shape = AppendShape::of(sp::CMD_APPEND, &msgs);
+            return finish_append(shape, store.append(msgs), opts).await;
+        }
+        Request::AppendKeyed(msgs) => {
+            let shape = AppendShape::of(sp::CMD_APPEND_KEYED, &msgs);
+            return finish_append(shape, store.append(msgs), opts).await;
         }
         Request::Sync {
             queue,

@@ -1,7 +1,7 @@
 //! Runs the store benchmark (`store::bench::run`) and prints the figures.
 //!
 //! `cargo run --release -p store --example store_bench -- [--messages N] [--appenders N]
-//!  [--size BYTES] [--durability always|none|interval-MS] [--dir DIR] [--json]`
+//!  [--size BYTES] [--durability always|none|interval-MS] [--dir DIR] [--keyed] [--json]`
 
 use std::io::Write;
 use std::time::Duration;
@@ -24,6 +24,7 @@ fn main() {
             "--sync-entries" => opts.sync_entries = val().parse().expect("--sync-entries N"),
             "--dir" => opts.dir = Some(val().into()),
             "--keep" => opts.keep = true,
+            "--keyed" => opts.keyed = true,
             "--no-prealloc" => opts.store.preallocate = false,
             "--drivers" => opts.driver_threads = val().parse().expect("--drivers N"),
             "--durability" => {

@@ -42,6 +42,9 @@ pub struct StoreBenchOptions {
     pub driver_threads: usize,
     /// Store options to use (durability is taken from `durability` above).
     pub store: StoreOptions,
+    /// Give every append an idempotency key (as access nodes do), so the cost of the KEY record
+    /// and of the key window is measured.
+    pub keyed: bool,
 }
 
 impl Default for StoreBenchOptions {
@@ -58,6 +61,7 @@ impl Default for StoreBenchOptions {
             keep: false,
             driver_threads: 2,
             store: StoreOptions::default(),
+            keyed: false,
         }
     }
 }
@@ -238,6 +242,7 @@ fn run_in(
                             .map(|_| QueueId::user(1, (rng.next() % opts.users) as i64 + 1))
                             .collect();
                         let m = NewMessage {
+                            key: opts.keyed.then(|| crate::AppendKey::server(d as u64, i)),
                             queues,
                             device_id: (i % 7) as i64,
                             cmd: 4,

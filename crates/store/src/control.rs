@@ -138,6 +138,8 @@ impl Writer {
         if from >= to {
             return Ok(None);
         }
+        // A withdrawn append is stored afresh when retried: its key must not answer for it.
+        self.window.truncate(from);
         let touched = self.touched_queues(from, to).map_err(Failed::Refused)?;
         self.finish_withdraw(from, to, touched)
     }

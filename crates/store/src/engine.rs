@@ -13,14 +13,14 @@ use parking_lot::Mutex;
 
 use crate::checkpoint::{checkpointer_loop, Checkpoints};
 use crate::error::StoreError;
-use crate::format::message_record_len;
+use crate::format::{message_record_len, KEY_RECORD_LEN};
 use crate::health::StoreHealth;
 use crate::options::StoreOptions;
 use crate::prealloc::{prealloc_loop, SpareSlot};
 use crate::shared::{Shared, Stats};
 use crate::submit::{Submission, Submissions};
 use crate::syncer::{SyncQueue, Syncer};
-use crate::writer::Writer;
+use crate::writer::{Writer, WriterState};
 use crate::{AppendTicket, Appended, NewMessage, QueueId, SyncPage, Ticket};
 
 /// Counters and sizes, for monitoring and benchmarks.
@@ -30,6 +30,9 @@ pub struct StoreStats {
     pub messages: u64,
     /// Queue entries appended since open.
     pub entries: u64,
+    /// Retried appends answered with their original positions since open (their key was
+    /// remembered: nothing was written).
+    pub repeated: u64,
     /// Group commits (writes) since open.
     pub batches: u64,
     /// fsyncs of the log since open.
@@ -98,14 +101,18 @@ impl Store {
         let checkpoints = Arc::new(Checkpoints::new(r.checkpoint));
         let spare = Arc::new(SpareSlot::new(r.spare));
         let syncq = Arc::new(SyncQueue::default());
+        let remembered_keys = r.window.len();
         let writer = Writer::new(
             shared.clone(),
             submissions.clone(),
             syncq.clone(),
             spare.clone(),
-            r.heads,
-            r.end,
-            r.active,
+            WriterState {
+                heads: r.heads,
+                window: r.window,
+                end: r.end,
+                active: r.active,
+            },
         );
         let syncer = Syncer {
             shared: shared.clone(),
@@ -130,6 +137,7 @@ impl Store {
             log_start = r.log_start,
             log_end = r.end,
             replayed_records = r.replayed,
+            remembered_keys,
             elapsed_ms = r.started.elapsed().as_millis() as u64,
             "store opened"
         );
@@ -336,6 +344,7 @@ impl Store {
         StoreStats {
             messages: Stats::get(&s.messages),
             entries: Stats::get(&s.entries),
+            repeated: Stats::get(&s.repeated),
             batches: Stats::get(&s.batches),
             fsyncs: Stats::get(&s.fsyncs),
             bytes_written: Stats::get(&s.bytes_written),
@@ -480,5 +489,6 @@ fn validate(opts: &StoreOptions, m: &NewMessage) -> Result<usize, StoreError> {
             opts.max_body_bytes
         )));
     }
-    Ok(message_record_len(m.body.len(), m.queues.len()))
+    let key = if m.key.is_some() { KEY_RECORD_LEN } else { 0 };
+    Ok(message_record_len(m.body.len(), m.queues.len()) + key)
 }

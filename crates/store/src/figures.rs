@@ -45,7 +45,7 @@ impl StoreHistograms {
 
 impl StoreStats {
     /// Every counter and gauge of these statistics, with its metric name and help.
-    pub fn figures(&self) -> [Figure; 10] {
+    pub fn figures(&self) -> [Figure; 11] {
         use FigureKind::{Counter, Gauge};
         let f = |name, help, kind, value| Figure {
             name,
@@ -65,6 +65,12 @@ impl StoreStats {
                 "Queue entries appended to the message store since it was opened.",
                 Counter,
                 self.entries,
+            ),
+            f(
+                "banter_store_repeated_appends_total",
+                "Retried appends the message store answered with their original positions (same idempotency key): nothing written.",
+                Counter,
+                self.repeated,
             ),
             f(
                 "banter_store_batches_total",

@@ -1,7 +1,7 @@
 //! On-disk formats, as pure functions over byte slices (no I/O): the segment header, the record
-//! frame, the MESSAGE payload with its queue entries, the two control records (JUMP: the log
+//! frame, the MESSAGE payload with its queue entries, the three control records (JUMP: the log
 //! continues at a higher position after a promotion; WITHDRAW: unconfirmed records taken back off
-//! their queues), the checkpoint file, and the skew-binary jump function that gives every queue
+//! their queues; KEY: the idempotency key of the message before it), the checkpoint file, and the skew-binary jump function that gives every queue
 //! entry its skip pointer.
 //!
 //! Every integer is little-endian. `docs/storage-format.md` describes the same layouts byte by
@@ -31,6 +31,10 @@ pub const RECORD_JUMP: u8 = 2;
 /// Record type of a withdrawal: the records between two positions were never confirmed and are
 /// taken back off their queues (sync replication refused them).
 pub const RECORD_WITHDRAW: u8 = 3;
+/// Record type of an idempotency key: the MESSAGE record just before it was appended with this
+/// key (`crate::AppendKey`), so a retry of that append is answered from it (§4.3 of
+/// `docs/storage-format.md`).
+pub const RECORD_KEY: u8 = 4;
 /// Last 4 bytes of every control record (JUMP, WITHDRAW): they end with the record's total length
 /// (u32) and this magic, so a reader can recognise one from the position where it ends.
 pub const CONTROL_MAGIC: [u8; 4] = *b"BNTC";
@@ -40,6 +44,10 @@ pub const CONTROL_TRAILER_LEN: usize = 8;
 pub const JUMP_PAYLOAD_LEN: usize = 8 + CONTROL_TRAILER_LEN;
 /// Total length of a JUMP record.
 pub const JUMP_RECORD_LEN: usize = RECORD_HEADER_LEN + JUMP_PAYLOAD_LEN;
+/// Payload length of a KEY record: `at` u64, the 40-byte key and the trailer.
+pub const KEY_PAYLOAD_LEN: usize = 8 + crate::APPEND_KEY_LEN + CONTROL_TRAILER_LEN;
+/// Total length of a KEY record.
+pub const KEY_RECORD_LEN: usize = RECORD_HEADER_LEN + KEY_PAYLOAD_LEN;
 /// Fixed part of a WITHDRAW payload before its queue heads: from u64, to u64, n u32, reserved u32.
 pub const WITHDRAW_FIXED_LEN: usize = 24;
 /// A promoted store continues its log at a multiple of this (1 TiB), at least this far above the
@@ -154,7 +162,10 @@ pub fn check_record(buf: &[u8]) -> RecordCheck {
     if buf[9] != 0 || buf[10] != 0 || buf[11] != 0 {
         return RecordCheck::Bad("reserved header bytes are not zero".into());
     }
-    if !matches!(kind, RECORD_MESSAGE | RECORD_JUMP | RECORD_WITHDRAW) {
+    if !matches!(
+        kind,
+        RECORD_MESSAGE | RECORD_JUMP | RECORD_WITHDRAW | RECORD_KEY
+    ) {
         return RecordCheck::Bad(format!("unknown record type {kind}"));
     }
     if len > MAX_RECORD_PAYLOAD {
@@ -174,6 +185,7 @@ pub fn check_record(buf: &[u8]) -> RecordCheck {
             .map(|_| ())
             .map_err(String::from),
         RECORD_JUMP => decode_jump(payload).map(|_| ()),
+        RECORD_KEY => decode_key(payload).map(|_| ()),
         _ => decode_withdraw(payload).map(|_| ()),
     };
     if let Err(e) = layout {
@@ -243,6 +255,30 @@ pub fn jump_from(rec: &[u8]) -> Option<u64> {
 /// anything the old leader could have written that this store never received.
 pub fn jump_target(end: u64) -> u64 {
     ((end / JUMP_ALIGN) + 2) * JUMP_ALIGN
+}
+
+/// Appends a KEY record: the MESSAGE record at position `at` (the record just before this one)
+/// was appended with `key`.
+pub fn encode_key(out: &mut Vec<u8>, at: u64, key: &crate::AppendKey) {
+    let start = out.len();
+    out.extend_from_slice(&[0u8; RECORD_HEADER_LEN]);
+    out.extend_from_slice(&at.to_le_bytes());
+    out.extend_from_slice(&key.0);
+    finish_control(out, start, RECORD_KEY);
+}
+
+/// Decodes a KEY payload: the position of the keyed MESSAGE record and its key.
+pub fn decode_key(payload: &[u8]) -> Result<(u64, crate::AppendKey), String> {
+    if payload.len() != KEY_PAYLOAD_LEN {
+        return Err(format!(
+            "key record payload is {} bytes, expected {KEY_PAYLOAD_LEN}",
+            payload.len()
+        ));
+    }
+    check_trailer(payload)?;
+    let mut k = [0u8; crate::APPEND_KEY_LEN];
+    k.copy_from_slice(&payload[8..8 + crate::APPEND_KEY_LEN]);
+    Ok((u64_at(payload, 0), crate::AppendKey(k)))
 }
 
 /// A decoded WITHDRAW record: every record in `from..to` is withdrawn, and each queue they

@@ -58,6 +58,7 @@ mod shared;
 mod submit;
 mod syncer;
 pub mod tools;
+mod window;
 mod writer;
 
 use std::future::Future;
@@ -111,6 +112,69 @@ pub struct NewMessage {
     /// Unix seconds.
     pub timestamp: i64,
     pub body: Bytes,
+    /// What makes a retry of this append the same append: a store that already holds a message
+    /// with this key (within its window, `docs/storage-format.md` §4.3) answers the original
+    /// positions and stores nothing. `None`: every append is new.
+    pub key: Option<AppendKey>,
+}
+
+/// The idempotency key of an append (`docs/storage-format.md` §4.3): 40 opaque bytes. Two kinds
+/// are made here — a client's (the sender's own message id, which clients reuse when they resend
+/// an unacknowledged message) and a server-assigned one (an origin and a counter, reused by the
+/// appender's own retries) — but the store only compares the bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AppendKey(pub [u8; APPEND_KEY_LEN]);
+
+/// Bytes of an [`AppendKey`].
+pub const APPEND_KEY_LEN: usize = 40;
+
+impl AppendKey {
+    /// Kind byte of a client-derived key.
+    pub const KIND_CLIENT: u8 = 1;
+    /// Kind byte of a server-assigned key.
+    pub const KIND_SERVER: u8 = 2;
+
+    /// The key of a client's message: its app, sender, the session's device id, the command,
+    /// the client's own message id (non-zero) and a checksum of the content, so that a client
+    /// reusing an id for other content (e.g. after a reinstall) is not taken for a retry.
+    pub fn client(
+        appid: i64,
+        uid: i64,
+        device_id: i64,
+        cmd: u8,
+        msgid: i32,
+        content: &[u8],
+    ) -> Self {
+        let mut k = [0u8; APPEND_KEY_LEN];
+        k[0] = Self::KIND_CLIENT;
+        k[1] = cmd;
+        k[4..8].copy_from_slice(&msgid.to_le_bytes());
+        k[8..16].copy_from_slice(&appid.to_le_bytes());
+        k[16..24].copy_from_slice(&uid.to_le_bytes());
+        k[24..32].copy_from_slice(&device_id.to_le_bytes());
+        k[32..36].copy_from_slice(&crc32c::crc32c(content).to_le_bytes());
+        AppendKey(k)
+    }
+
+    /// A server-assigned key: `origin` names the appender (random per process), `seq` counts
+    /// its logical appends.
+    pub fn server(origin: u64, seq: u64) -> Self {
+        let mut k = [0u8; APPEND_KEY_LEN];
+        k[0] = Self::KIND_SERVER;
+        k[8..16].copy_from_slice(&origin.to_le_bytes());
+        k[16..24].copy_from_slice(&seq.to_le_bytes());
+        AppendKey(k)
+    }
+}
+
+impl std::fmt::Debug for AppendKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppendKey(")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str(")")
+    }
 }
 
 impl NewMessage {
@@ -127,6 +191,9 @@ impl NewMessage {
 pub struct Appended {
     pub key: i64,
     pub prev_key: i64,
+    /// The entry was stored by an earlier append with the same [`AppendKey`]: this append wrote
+    /// nothing and `key` / `prev_key` are the original's.
+    pub stored_before: bool,
 }
 
 /// One entry read back from a queue.

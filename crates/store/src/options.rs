@@ -107,6 +107,13 @@ pub struct StoreOptions {
     pub preallocate: bool,
     /// Replication role. Default leader.
     pub role: Role,
+    /// Most idempotency keys remembered (`docs/storage-format.md` §4.3; about 120 bytes of
+    /// memory each). A retry of a keyed append whose key is still remembered is answered with
+    /// the original positions. Default 100 000; 0 remembers none.
+    pub dedupe_keys: usize,
+    /// Keys are remembered only for records within this many bytes of the newest one; it is
+    /// also how much of the log's end `Store::open` reads to rebuild them. Default 64 MiB.
+    pub dedupe_log_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -128,6 +135,8 @@ impl Default for StoreOptions {
             max_batch_bytes: 8 << 20,
             preallocate: true,
             role: Role::Leader,
+            dedupe_keys: 100_000,
+            dedupe_log_bytes: 64 << 20,
             histograms: StoreHistograms::default(),
         }
     }

@@ -19,13 +19,14 @@ use crate::error::StoreError;
 use crate::format::{
     check_record, control_record_len_before, decode_segment_header, decode_withdraw, jump_from,
     MessageView, RecordCheck, CONTROL_TRAILER_LEN, JUMP_RECORD_LEN, RECORD_HEADER_LEN, RECORD_JUMP,
-    RECORD_MESSAGE, RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
+    RECORD_KEY, RECORD_MESSAGE, RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
 };
 use crate::lock::DirLock;
 use crate::log::{list_segments, sync_dir, LogView, Segment};
 use crate::options::StoreOptions;
 use crate::prealloc::{check_spare, Spare};
 use crate::queue::{Head, Published, PublishedHeads, QueueHasherBuilder, QueueMap};
+use crate::window::Window;
 use crate::writer::Active;
 
 /// Why a scan stopped.
@@ -158,8 +159,10 @@ pub(crate) fn analyze_tail(file: &File, path: &Path, from: u64) -> Result<Tail, 
         if rest.len() < RECORD_HEADER_LEN {
             break;
         }
-        if !matches!(rest[8], RECORD_MESSAGE | RECORD_JUMP | RECORD_WITHDRAW)
-            || rest[9] != 0
+        if !matches!(
+            rest[8],
+            RECORD_MESSAGE | RECORD_JUMP | RECORD_WITHDRAW | RECORD_KEY
+        ) || rest[9] != 0
             || rest[10] != 0
             || rest[11] != 0
         {
@@ -562,6 +565,8 @@ pub(crate) struct Recovered {
     pub published: PublishedHeads,
     /// The writer's queue heads.
     pub heads: QueueMap<Head>,
+    /// The recent idempotency keys.
+    pub window: Window,
     /// Position after the last record.
     pub end: u64,
     /// The segment the writer continues in.
@@ -596,6 +601,7 @@ pub(crate) fn open(dir: &Path, opts: &StoreOptions) -> Result<Recovered, StoreEr
     let log_start = segs.first().map_or(0, |s| s.base);
     let (mut heads, replay_from, checkpoint, allow_rebase) = load_checkpoint(&dir, &segs)?;
     let (end, replayed) = replay_tail(&mut segs, &mut heads, replay_from, allow_rebase)?;
+    let window = rebuild_window(&segs, end, opts);
     let (log, active) = reader_view(&dir, opts, segs, log_start, end)?;
     let published = publish_heads(&heads);
     Ok(Recovered {
@@ -605,6 +611,7 @@ pub(crate) fn open(dir: &Path, opts: &StoreOptions) -> Result<Recovered, StoreEr
         log,
         published,
         heads,
+        window,
         end,
         active,
         checkpoint,
@@ -613,6 +620,42 @@ pub(crate) fn open(dir: &Path, opts: &StoreOptions) -> Result<Recovered, StoreEr
         replayed,
         started,
     })
+}
+
+/// Phase 3b: the recent idempotency keys (`window`), from the KEY and WITHDRAW records of the
+/// last `dedupe_log_bytes` of the log (whole segments: the scan starts where the first segment
+/// ending after that point starts). A record that cannot be read there ends the scan of its
+/// segment with a warning: a key missed means a retry is stored again, never a loss.
+fn rebuild_window(segs: &[SegInfo], end: u64, opts: &StoreOptions) -> Window {
+    let mut window = Window::new(opts.dedupe_keys, opts.dedupe_log_bytes);
+    if opts.dedupe_keys == 0 {
+        return window;
+    }
+    let from = end.saturating_sub(opts.dedupe_log_bytes);
+    for s in segs {
+        let seg_end = (s.base + (s.len - SEGMENT_HEADER_LEN)).min(end);
+        if seg_end <= from || s.base >= end {
+            continue;
+        }
+        let base = s.base;
+        let stop = scan_file(&s.file, &s.path, SEGMENT_HEADER_LEN, |off, rec| {
+            let pos = base + (off - SEGMENT_HEADER_LEN);
+            if pos >= end {
+                return Err(StoreError::Closed); // past the log end: stop
+            }
+            if let Err(why) = window.apply_record(pos, rec) {
+                tracing::warn!(segment = %s.path.display(), offset = off, reason = %why, "ignoring a key record");
+            }
+            Ok(())
+        });
+        match stop {
+            Ok(_) | Err(StoreError::Closed) => {}
+            Err(e) => {
+                tracing::warn!(segment = %s.path.display(), error = %e, "the recent idempotency keys of this segment cannot be read: retries of its messages are stored again");
+            }
+        }
+    }
+    window
 }
 
 /// Phase 4: the readers' view of the segments (log start, acknowledged end `end`) and the active
@@ -700,7 +743,7 @@ pub(crate) fn heads_from_checkpoint(c: &crate::format::Checkpoint) -> QueueMap<H
     heads
 }
 
-/// Applies one record found during replay to the queue heads. A JUMP changes no queue (the
+/// Applies one record found during replay to the queue heads. A JUMP or KEY changes no queue (the
 /// segment checks place it); a WITHDRAW sets the queues it names back to the heads it records.
 pub(crate) fn replay_record(
     heads: &mut QueueMap<Head>,
@@ -709,7 +752,8 @@ pub(crate) fn replay_record(
     allow_rebase: bool,
 ) -> Result<(), String> {
     match rec[8] {
-        RECORD_JUMP => return Ok(()),
+        // A KEY record changes no queue (the key window is rebuilt by `rebuild_window`).
+        RECORD_JUMP | RECORD_KEY => return Ok(()),
         RECORD_WITHDRAW => {
             let w = decode_withdraw(&rec[RECORD_HEADER_LEN..])?;
             if w.to != pos {

@@ -94,6 +94,8 @@ impl Writer {
         self.syncq.wait_idle();
         let good_end = self.shared.durable_end();
         let log_start = self.shared.log_start();
+        // Keys of records beyond the acknowledged end were never acknowledged.
+        self.window.truncate(good_end);
 
         let listed = self.list_segment_files()?;
         let active_base = match listed.iter().rev().find(|(b, _)| *b < good_end) {

@@ -40,6 +40,10 @@ pub struct StoreSettings {
     pub retention_days: u64,
     /// Drop the oldest sealed segments while the log exceeds this many GiB (0 = no limit).
     pub retention_max_gb: u64,
+    /// Most idempotency keys remembered, so a retried append is not stored twice (0 = none).
+    pub dedupe_keys: usize,
+    /// MiB of the log's end whose keys are remembered (read again at start-up).
+    pub dedupe_log_mb: u64,
 }
 
 impl Default for StoreSettings {
@@ -53,6 +57,8 @@ impl Default for StoreSettings {
             max_body_bytes: 64 * 1024,
             retention_days: 0,
             retention_max_gb: 0,
+            dedupe_keys: 100_000,
+            dedupe_log_mb: 64,
         }
     }
 }
@@ -68,6 +74,16 @@ impl StoreSettings {
         }
         if self.max_body_bytes == 0 {
             errors.push(format!("{prefix}.max_body_bytes must be > 0"));
+        }
+        if self.dedupe_keys > 10_000_000 {
+            errors.push(format!(
+                "{prefix}.dedupe_keys must be at most 10000000 (about 1.2 GB of memory)"
+            ));
+        }
+        if self.dedupe_keys > 0 && self.dedupe_log_mb == 0 {
+            errors.push(format!(
+                "{prefix}.dedupe_log_mb must be > 0 when dedupe_keys is"
+            ));
         }
         errors
     }
@@ -92,6 +108,8 @@ impl StoreSettings {
                     .then(|| Duration::from_secs(self.retention_days * 86_400)),
                 max_total_bytes: (self.retention_max_gb > 0).then_some(self.retention_max_gb << 30),
             },
+            dedupe_keys: self.dedupe_keys,
+            dedupe_log_bytes: self.dedupe_log_mb << 20,
             ..StoreOptions::default()
         }
     }

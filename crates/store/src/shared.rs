@@ -31,6 +31,8 @@ pub(crate) struct Stats {
     pub bytes_written: AtomicU64,
     pub checkpoints: AtomicU64,
     pub segments_dropped: AtomicU64,
+    /// Keyed appends answered from the key window (retries: nothing written).
+    pub repeated: AtomicU64,
 }
 
 impl Stats {

@@ -39,9 +39,10 @@ use std::time::Instant;
 use crate::checkpoint::encode_heads;
 use crate::error::StoreError;
 use crate::format::{
-    check_record, decode_withdraw, encode_segment_header, queue_parts, segment_file_name, Entry,
-    MessageEncoder, MessageView, RecordCheck, ENTRY_FLAG_GROUP_CONTENT, RECORD_HEADER_LEN,
-    RECORD_JUMP, RECORD_WITHDRAW, SEGMENT_HEADER_LEN,
+    check_record, decode_key, decode_withdraw, encode_key, encode_segment_header, queue_parts,
+    segment_file_name, Entry, MessageEncoder, MessageView, RecordCheck, ENTRY_FLAG_GROUP_CONTENT,
+    RECORD_HEADER_LEN, RECORD_JUMP, RECORD_KEY, RECORD_MESSAGE, RECORD_WITHDRAW,
+    SEGMENT_HEADER_LEN,
 };
 use crate::health::Cause;
 use crate::log::Segment;
@@ -51,6 +52,7 @@ use crate::queue::{Head, Published, QueueMap};
 use crate::shared::{Shared, Stats};
 use crate::submit::{Snapshot, Submission, Submissions, Taken, Wait};
 use crate::syncer::{fail_all, Outcome, SyncQueue, Written};
+use crate::window::{Slot, Window};
 use crate::{Appended, NewMessage, QueueId};
 
 /// The segment being appended to.
@@ -71,6 +73,8 @@ pub(crate) struct Writer {
     pub syncq: Arc<SyncQueue>,
     pub spare: Arc<SpareSlot>,
     pub heads: QueueMap<Head>,
+    /// The recent idempotency keys (`window`), as written (ahead of what is durable).
+    pub window: Window,
     /// Position after the last record written.
     pub end: u64,
     pub active: Option<Active>,
@@ -81,23 +85,37 @@ pub(crate) struct Writer {
     pub last_sync: Instant,
 }
 
+/// What the writer continues from: the queue heads and key window of a log recovered up to
+/// `end`, and the segment it appends to.
+pub(crate) struct WriterState {
+    pub heads: QueueMap<Head>,
+    pub window: Window,
+    pub end: u64,
+    pub active: Active,
+}
+
 impl Writer {
-    /// The writer of a log recovered up to `end` with queue heads `heads`, appending to `active`.
+    /// The writer of a recovered log (`state`).
     pub fn new(
         shared: Arc<Shared>,
         submissions: Arc<Submissions>,
         syncq: Arc<SyncQueue>,
         spare: Arc<SpareSlot>,
-        heads: QueueMap<Head>,
-        end: u64,
-        active: Active,
+        state: WriterState,
     ) -> Writer {
+        let WriterState {
+            heads,
+            window,
+            end,
+            active,
+        } = state;
         Writer {
             shared,
             submissions,
             syncq,
             spare,
             heads,
+            window,
             end,
             active: Some(active),
             unsynced: false,
@@ -260,6 +278,7 @@ impl Writer {
         let mut outcomes = Vec::with_capacity(batch.len());
         let mut messages = 0u64;
         let mut entries = 0u64;
+        let mut repeated = 0u64;
         let mut spent = Vec::with_capacity(batch.len());
         for sub in batch {
             match sub {
@@ -274,9 +293,26 @@ impl Writer {
                         continue;
                     }
                     for (m, res) in msgs.iter().zip(results.iter_mut()) {
+                        if let Some(found) = m
+                            .key
+                            .and_then(|k| self.window.get(&k))
+                            .and_then(|slot| self.original(slot, start, &buf, m))
+                        {
+                            // A retry of an append this store holds: the original's positions,
+                            // nothing written.
+                            *res = found;
+                            repeated += 1;
+                            continue;
+                        }
                         let pos = start + buf.len() as u64;
                         encode_message(&mut buf, pos, m, &mut self.heads, &mut updates, res);
                         bounds.push(buf.len());
+                        if let Some(k) = &m.key {
+                            let len = (start + buf.len() as u64 - pos) as u32;
+                            encode_key(&mut buf, pos, k);
+                            bounds.push(buf.len());
+                            self.window.insert(*k, pos, len);
+                        }
                         messages += 1;
                         entries += m.queues.len() as u64;
                     }
@@ -294,6 +330,7 @@ impl Writer {
                             batch.start,
                             jumped,
                             &mut self.heads,
+                            &mut self.window,
                             &mut updates,
                         )
                     } else {
@@ -312,6 +349,22 @@ impl Writer {
             }
         }
         if buf.is_empty() {
+            Stats::add(&self.shared.stats().repeated, repeated);
+            if repeated > 0 {
+                // Only retries: answered once everything written before is durable (their
+                // originals may still be on their way), in order, like any batch.
+                self.syncq.push(Written {
+                    start,
+                    end: start,
+                    buf,
+                    updates,
+                    outcomes,
+                    spent,
+                    file: self.active.as_ref().map(|a| a.file.clone()),
+                    fsync_epoch,
+                });
+                return;
+            }
             for o in outcomes {
                 o.complete();
             }
@@ -338,6 +391,7 @@ impl Writer {
         }
         let file = self.active.as_ref().map(|a| a.file.clone());
         Stats::add(&self.shared.stats().messages, messages);
+        Stats::add(&self.shared.stats().repeated, repeated);
         Stats::add(&self.shared.stats().entries, entries);
         Stats::add(&self.shared.stats().batches, 1);
         self.shared
@@ -488,6 +542,57 @@ impl Writer {
         Ok(())
     }
 
+    /// The positions of the original of `m`, a keyed append remembered at `slot`: the record
+    /// there (in this batch's `buf`, which starts at `start`, or in the files: written, maybe
+    /// not yet durable) if it is a message with `m`'s command and queues. `None` (store `m`
+    /// afresh) otherwise — the key was reused for another message, or the record cannot be read
+    /// (removed by retention): storing twice is better than losing a message.
+    fn original(
+        &self,
+        slot: Slot,
+        start: u64,
+        buf: &[u8],
+        m: &NewMessage,
+    ) -> Option<Vec<Appended>> {
+        let len = slot.len as usize;
+        let read;
+        let rec: &[u8] = if slot.pos >= start {
+            let off = (slot.pos - start) as usize;
+            buf.get(off..off + len)?
+        } else {
+            match self.shared.log().read_written(slot.pos, len) {
+                Ok(b) => {
+                    read = b;
+                    &read
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, position = slot.pos, "the original of a retried append cannot be read; storing it again");
+                    return None;
+                }
+            }
+        };
+        if rec.len() < RECORD_HEADER_LEN || rec[8] != RECORD_MESSAGE {
+            return None;
+        }
+        let view = MessageView::decode(&rec[RECORD_HEADER_LEN..]).ok()?;
+        if view.meta.cmd != m.cmd || view.entry_count() != m.queues.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(m.queues.len());
+        for (i, q) in m.queues.iter().enumerate() {
+            let e = view.entry(i);
+            if e.queue() != Some(*q) {
+                return None;
+            }
+            out.push(Appended {
+                key: (slot.pos + e.back as u64) as i64,
+                prev_key: e.prev_key,
+                stored_before: true,
+            });
+        }
+        Some(out)
+    }
+
     /// Asks the preallocator for the next segment once the active one is half full.
     pub(crate) fn maybe_request_spare(&mut self) {
         if self.spare_requested {
@@ -556,6 +661,7 @@ fn encode_message(
         out.push(Appended {
             key,
             prev_key: links.prev_key,
+            stored_before: false,
         });
     }
     let _ = enc.finish(buf);
@@ -573,6 +679,7 @@ fn apply_replicated(
     start: u64,
     jumped: bool,
     heads: &mut QueueMap<Head>,
+    window: &mut Window,
     updates: &mut Vec<(QueueId, Published)>,
 ) -> Result<u64, StoreError> {
     if start > pos {
@@ -621,6 +728,13 @@ fn apply_replicated(
                 overlay.insert(h.queue, head);
             }
             records.push((off, off + len));
+        } else if kind == RECORD_KEY {
+            let (at, _) =
+                decode_key(&data[off + RECORD_HEADER_LEN..off + len]).map_err(|e| bad(p, e))?;
+            if at >= p {
+                return Err(bad(p, format!("a key record naming the record at {at}")));
+            }
+            records.push((off, off + len));
         } else {
             let view = MessageView::decode(&data[off + RECORD_HEADER_LEN..off + len])
                 .map_err(|e| bad(p, e.to_string()))?;
@@ -656,6 +770,11 @@ fn apply_replicated(
         }
     }
     for (a, b) in records {
+        let p = start + a as u64;
+        if let Err(why) = window.apply_record(p, &data[a..b]) {
+            // checked above; cannot happen
+            tracing::warn!(position = p, reason = %why, "a replicated record left the key window unchanged");
+        }
         buf.extend_from_slice(&data[a..b]);
         bounds.push(buf.len());
     }

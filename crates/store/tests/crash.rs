@@ -69,6 +69,7 @@ fn crash_child_writer() {
             std::thread::spawn(move || {
                 for i in 0.. {
                     let m = NewMessage {
+                        key: None,
                         queues: queues_for(t, i),
                         device_id: t,
                         cmd: 4,

@@ -24,6 +24,7 @@ fn message(i: u64) -> NewMessage {
     let mut body = format!("m{i}|").into_bytes();
     body.resize(1000, b'a' + (i % 26) as u8);
     NewMessage {
+        key: None,
         queues: vec![QueueId::user(1, (i as i64 % QUEUES) + 1)],
         device_id: 1,
         cmd: 4,

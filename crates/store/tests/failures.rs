@@ -18,6 +18,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 
 fn message(t: u64, i: u64) -> NewMessage {
     NewMessage {
+        key: None,
         queues: vec![
             QueueId::user(1, t as i64),
             QueueId::user(1, 100 + (i % 3) as i64),

@@ -45,6 +45,7 @@ fn records_written_from_the_format_document_are_read_back() {
         // and the store continues the queues written by the other encoder
         let r = s
             .append_blocking(vec![store::NewMessage {
+                key: None,
                 queues: vec![QueueId::user(1, 2)],
                 device_id: 1,
                 cmd: 4,

@@ -21,6 +21,7 @@ fn message(i: u64, len: usize) -> NewMessage {
     let mut body = format!("m{i}|").into_bytes();
     body.resize(len, b'a' + (i % 26) as u8);
     NewMessage {
+        key: None,
         queues: vec![QueueId::user(1, (i % 7) as i64 + 1), QueueId::user(1, 100)],
         device_id: 1,
         cmd: 4,

@@ -290,6 +290,7 @@ fn refuses_a_store_with_other_data_and_a_directory_without_blocks() {
     gen(&src, 50);
     let s = Store::open(&dst, StoreOptions::default()).unwrap();
     s.append_blocking(vec![store::NewMessage {
+        key: None,
         queues: vec![QueueId::user(1, 1)],
         device_id: 0,
         cmd: 4,

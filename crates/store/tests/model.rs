@@ -139,6 +139,7 @@ fn run(ops: Vec<Op>, cache: bool, durability: Durability) {
                         let body: Vec<u8> =
                             (0..*len).map(|i| (counter as usize + i) as u8).collect();
                         NewMessage {
+                            key: None,
                             queues: qs.iter().map(|&i| QUEUES[i]).collect(),
                             device_id: counter as i64,
                             cmd: 4,

@@ -333,6 +333,7 @@ fn big_fan_out_message_is_stored_once() {
     let body = vec![b'x'; 1000];
     let r = s
         .append_blocking(vec![NewMessage {
+            key: None,
             queues: members.clone(),
             device_id: 1,
             cmd: CMD_GROUP_IM,

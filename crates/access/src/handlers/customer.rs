@@ -13,6 +13,7 @@ use crate::app::{now_secs, App, Stats, StoreFailure};
 
 fn new_message(c: &Customer, device_id: i64, flags: u8, body: Bytes) -> NewMessage {
     NewMessage {
+        key: None,
         queues: vec![
             QueueId::User {
                 appid: c.receiver_appid,

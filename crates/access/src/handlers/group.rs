@@ -86,7 +86,7 @@ fn deliver_super(app: &App, group: &Group, at: Appended, msg: &Push, except: u64
 }
 
 /// Notifies members that their queue (normal group) or the group queue (super group) has new entries.
-fn notify_members(app: &App, group: &Group, uids: &[i64], entries: &[Appended]) {
+pub(super) fn notify_members(app: &App, group: &Group, uids: &[i64], entries: &[Appended]) {
     if group.super_group {
         if let Some(at) = entries.first() {
             app.deliver_group(group, &Push::group_sync_notify(group.gid, at.key), 0);
@@ -131,6 +131,7 @@ pub(crate) async fn on_group_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) ->
         Some(_) => {}
     }
     let flags = flags & flag::CLIENT;
+    let key = super::peer::client_key(h.appid, h.uid, h.device_id, cmd::GROUP_IM, &im);
     let content = conn.filter_text(flags, im.content);
     let ts = now_secs();
     let body = Body::GroupIm(Im {
@@ -141,6 +142,7 @@ pub(crate) async fn on_group_im(conn: &mut Conn, seq: i32, flags: u8, im: Im) ->
     .to_stored();
     let (uids, queues) = queues_of(&group);
     let msg = NewMessage {
+        key,
         queues,
         device_id: h.device_id,
         cmd: cmd::GROUP_IM,
@@ -236,6 +238,7 @@ pub async fn post_group_message(
     let r = app
         .store
         .append(vec![NewMessage {
+            key: None,
             queues,
             device_id: 0,
             cmd: cmd::GROUP_IM,
@@ -300,6 +303,7 @@ pub async fn post_group_notification(
     let r = app
         .store
         .append(vec![NewMessage {
+            key: None,
             queues,
             device_id: 0,
             cmd: cmd::GROUP_NOTIFICATION,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use backend::Relation;
 use bytes::Bytes;
 use proto::{cmd, flag, Body, Im};
-use store::{Appended, NewMessage, QueueId};
+use store::{AppendKey, Appended, NewMessage, QueueId};
 
 use super::{Append, Conn, Handled, Refusal, Refused, Stored, To};
 use crate::app::{now_secs, App, Stats, StoreFailure};
@@ -108,6 +108,7 @@ pub(crate) fn on_im(
     let ts = now_secs();
     let receiver = im.receiver;
     let flags = flags & flag::CLIENT;
+    let key = client_key(h.appid, h.uid, h.device_id, cmd::IM, &im);
     let content = conn.filter_text(flags, im.content.clone());
     let body = Body::Im(Im {
         timestamp: ts,
@@ -116,6 +117,7 @@ pub(crate) fn on_im(
     })
     .to_stored();
     let msg = NewMessage {
+        key,
         queues: vec![
             QueueId::User {
                 appid: h.appid,
@@ -140,6 +142,20 @@ pub(crate) fn on_im(
         batch: vec![msg],
         then: Stored::new(seq, flags, body, to),
     }))
+}
+
+/// The idempotency key of a client's IM or GROUP_IM (docs/compatibility.md, *Storage and
+/// sync*; docs/protocol.md §6.3): its app, sender, session device id, command, local `msgid`
+/// and content. `None` when the client gave no `msgid` (0): such a message cannot be told from
+/// a new one.
+pub(crate) fn client_key(
+    appid: i64,
+    uid: i64,
+    device_id: i64,
+    cmd: u8,
+    im: &Im,
+) -> Option<AppendKey> {
+    (im.msgid != 0).then(|| AppendKey::client(appid, uid, device_id, cmd, im.msgid, &im.content))
 }
 
 /// The receiver's and the sender's entries of a peer message's append.
@@ -167,6 +183,7 @@ pub async fn post_peer(
     })
     .to_stored();
     let msg = NewMessage {
+        key: None,
         queues: vec![
             QueueId::User {
                 appid,
@@ -203,6 +220,7 @@ pub async fn post_system(
 ) -> Result<Vec<i64>, StoreFailure> {
     let ts = now_secs() as i64;
     let msg = NewMessage {
+        key: None,
         queues: receivers
             .iter()
             .map(|&uid| QueueId::User { appid, uid })

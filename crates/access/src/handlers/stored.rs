@@ -1,7 +1,9 @@
 //! What a stored message does once the store has made its append durable — the one completion of
 //! IM, CUSTOMER_V2 and GROUP_IM: take the message's entries from the append's result (a failed or
 //! empty append is refused with STORAGE_FAILED), count it stored, deliver it and queue offline
-//! pushes (per family), then ACK the sender with the METADATA of the sender's own entry.
+//! pushes (per family), then ACK the sender with the METADATA of the sender's own entry. A message
+//! the store already held whole (a resend with the same idempotency key) is ACKed with the
+//! original positions and only notified (SYNC_NOTIFY), never pushed or counted twice.
 //!
 //! One type for every family (a match, not a trait object's virtual call).
 
@@ -77,12 +79,31 @@ impl Stored {
             Err(e) => return Err(refused(Some(e))),
         };
         let app = &conn.app;
+        // Every entry was stored by an earlier append with the same key (the client resent a
+        // message whose ACK it never got): ACK it again, with the original positions, and
+        // notify instead of pushing it a second time — its content was pushed when it was first
+        // stored whole, or the receivers sync it now (docs/compatibility.md, *Storage and sync*).
+        let repeated = !entries.is_empty() && entries.iter().all(|a| a.stored_before);
+        if repeated {
+            Stats::inc(&app.stats.messages_repeated);
+            tracing::debug!(
+                cmd,
+                uid = h.uid,
+                "a resent message was stored before: ACK only"
+            );
+        }
         let msg = Push::plain(cmd, flags, body);
         let (own, ack_flag) = match &to {
             To::Pair { receiver, .. } => {
                 let &[r, s] = entries.as_slice() else {
                     return Err(refused(None));
                 };
+                if repeated {
+                    app.notify_sync(receiver.0, receiver.1, r.key);
+                    app.notify_sync(h.appid, h.uid, s.key);
+                    out.ack_stored(seq, 0, s);
+                    return Ok(());
+                }
                 Stats::inc(&app.stats.messages_stored);
                 offline::stored(app, cmd, *receiver, &msg.body);
                 app.deliver_stored(*receiver, r, &msg, conn.conn_id);
@@ -93,14 +114,19 @@ impl Stored {
             }
             To::Group { group, uids } => {
                 let own = own_entry(group, uids, &entries, h.uid).ok_or_else(|| refused(None))?;
-                Stats::inc(&app.stats.messages_stored);
-                group::deliver(app, group, uids, &entries, &msg, conn.conn_id);
-                offline::group(app, group, h.uid, &msg.body);
                 let ack_flag = if group.super_group {
                     flag::SUPER_GROUP
                 } else {
                     0
                 };
+                if repeated {
+                    group::notify_members(app, group, uids, &entries);
+                    out.ack_stored(seq, ack_flag, own);
+                    return Ok(());
+                }
+                Stats::inc(&app.stats.messages_stored);
+                group::deliver(app, group, uids, &entries, &msg, conn.conn_id);
+                offline::group(app, group, h.uid, &msg.body);
                 (own, ack_flag)
             }
         };

@@ -31,6 +31,7 @@ pub fn open(dir: &Path, o: StoreOptions) -> Arc<Store> {
 
 pub fn msg(queues: &[QueueId], body: &str) -> NewMessage {
     NewMessage {
+        key: None,
         queues: queues.to_vec(),
         device_id: 7,
         cmd: 4,

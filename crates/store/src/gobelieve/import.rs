@@ -191,6 +191,7 @@ fn to_message(e: &GbEntry, last_ts: &mut i64) -> NewMessage {
         0
     };
     NewMessage {
+        key: None,
         queues: vec![queue],
         device_id: e.device_id,
         cmd: e.cmd,

@@ -21,6 +21,7 @@ pub fn small_opts() -> StoreOptions {
 
 pub fn msg(queues: &[QueueId], body: &str) -> NewMessage {
     NewMessage {
+        key: None,
         queues: queues.to_vec(),
         device_id: 7,
         cmd: 4,
@@ -32,6 +33,7 @@ pub fn msg(queues: &[QueueId], body: &str) -> NewMessage {
 
 pub fn msg_ts(queues: &[QueueId], body: &str, ts: i64) -> NewMessage {
     NewMessage {
+        key: None,
         timestamp: ts,
         ..msg(queues, body)
     }

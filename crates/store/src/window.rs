@@ -1,0 +1,213 @@
+//! The window of recent idempotency keys (`docs/storage-format.md` §4.3): the keyed MESSAGE
+//! records the store still recognises, so that a retried append is answered with its original
+//! positions instead of being stored twice.
+//!
+//! The writer thread owns it. It is rebuilt at open from the KEY and WITHDRAW records of the
+//! last `dedupe_log_bytes` of the log (`recovery`), kept up to date by the writer for its own
+//! appends and for replicated records (so a promoted follower knows the keys its old leader
+//! stored), cut back by a withdrawal (a withdrawn append must be stored again when retried) and
+//! by in-process recovery (to the acknowledged end).
+//!
+//! Bounds: at most `dedupe_keys` keys, and only keys of records within `dedupe_log_bytes` of the
+//! newest one; the oldest are forgotten first. Each key costs about 120 bytes of memory (the
+//! 40-byte key twice — map and order — its position and record length, and the map's
+//! overhead), so the default 100 000 keys hold about 12 MB, up to twice that while a table
+//! grows.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::format::{decode_key, decode_withdraw, RECORD_HEADER_LEN, RECORD_KEY, RECORD_WITHDRAW};
+use crate::AppendKey;
+
+/// Where the MESSAGE record of a remembered key is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Slot {
+    /// Position of the record.
+    pub pos: u64,
+    /// Its length (header included).
+    pub len: u32,
+}
+
+/// The recent keys (see the module docs).
+#[derive(Debug)]
+pub(crate) struct Window {
+    max_keys: usize,
+    max_bytes: u64,
+    map: HashMap<AppendKey, Slot>,
+    /// Keys by record position, oldest first (an entry whose map slot moved on is stale).
+    order: VecDeque<(u64, AppendKey)>,
+}
+
+impl Window {
+    /// An empty window of at most `max_keys` keys spanning at most `max_bytes` of log
+    /// (`max_keys` 0: nothing is remembered).
+    pub fn new(max_keys: usize, max_bytes: u64) -> Window {
+        Window {
+            max_keys,
+            max_bytes,
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Keys remembered now.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    /// The record stored with `key`, if it is still remembered.
+    pub fn get(&self, key: &AppendKey) -> Option<Slot> {
+        self.map.get(key).copied()
+    }
+
+    /// Remembers that the record at `pos` (`len` bytes) was stored with `key`. Positions only
+    /// grow from one call to the next.
+    pub fn insert(&mut self, key: AppendKey, pos: u64, len: u32) {
+        if self.max_keys == 0 {
+            return;
+        }
+        self.map.insert(key, Slot { pos, len });
+        self.order.push_back((pos, key));
+        while self.order.len() > self.max_keys
+            || self
+                .order
+                .front()
+                .is_some_and(|(p, _)| p.saturating_add(self.max_bytes) < pos)
+        {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((p, k)) = self.order.pop_front() {
+            if self.map.get(&k).is_some_and(|s| s.pos == p) {
+                self.map.remove(&k);
+            }
+        }
+    }
+
+    /// Forgets the keys of every record at or after `from` (withdrawn, or beyond the
+    /// acknowledged end after a failed write).
+    pub fn truncate(&mut self, from: u64) {
+        while let Some(&(p, k)) = self.order.back() {
+            if p < from {
+                break;
+            }
+            self.order.pop_back();
+            if self.map.get(&k).is_some_and(|s| s.pos == p) {
+                self.map.remove(&k);
+            }
+        }
+    }
+
+    /// Applies a record found at `pos` in the log (recovery, replication): a KEY record adds
+    /// its key, a WITHDRAW record forgets the keys it withdraws; other records change nothing.
+    pub fn apply_record(&mut self, pos: u64, rec: &[u8]) -> Result<(), String> {
+        match rec[8] {
+            RECORD_KEY => {
+                let (at, key) = decode_key(&rec[RECORD_HEADER_LEN..])?;
+                if at >= pos || pos - at > u32::MAX as u64 {
+                    return Err(format!(
+                        "key record at position {pos} names the record at {at}"
+                    ));
+                }
+                self.insert(key, at, (pos - at) as u32);
+            }
+            RECORD_WITHDRAW => {
+                let w = decode_withdraw(&rec[RECORD_HEADER_LEN..])?;
+                self.truncate(w.from);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(i: u64) -> AppendKey {
+        AppendKey::server(7, i)
+    }
+
+    #[test]
+    fn keeps_at_most_max_keys_oldest_forgotten_first() {
+        let mut w = Window::new(3, u64::MAX);
+        for i in 0..5 {
+            w.insert(key(i), 100 * i, 100);
+        }
+        assert_eq!(w.len(), 3);
+        assert_eq!(w.get(&key(0)), None);
+        assert_eq!(w.get(&key(1)), None);
+        assert_eq!(w.get(&key(4)), Some(Slot { pos: 400, len: 100 }));
+    }
+
+    #[test]
+    fn forgets_records_older_than_max_bytes() {
+        let mut w = Window::new(100, 1000);
+        w.insert(key(1), 0, 10);
+        w.insert(key(2), 500, 10);
+        w.insert(key(3), 1200, 10);
+        assert_eq!(w.get(&key(1)), None, "more than 1000 bytes older");
+        assert!(w.get(&key(2)).is_some());
+        assert!(w.get(&key(3)).is_some());
+    }
+
+    #[test]
+    fn truncate_forgets_from_a_position_on() {
+        let mut w = Window::new(100, u64::MAX);
+        for i in 0..5 {
+            w.insert(key(i), 100 * i, 100);
+        }
+        w.truncate(250);
+        assert_eq!(w.len(), 3);
+        assert!(w.get(&key(2)).is_some());
+        assert_eq!(w.get(&key(3)), None);
+        w.insert(key(3), 300, 100);
+        assert_eq!(w.get(&key(3)), Some(Slot { pos: 300, len: 100 }));
+    }
+
+    #[test]
+    fn a_reused_key_points_at_the_newer_record_and_survives_the_older_eviction() {
+        let mut w = Window::new(2, u64::MAX);
+        w.insert(key(1), 0, 10);
+        w.insert(key(1), 10, 10);
+        w.insert(key(2), 20, 10); // evicts the stale (0, key 1) entry only
+        assert_eq!(w.get(&key(1)), Some(Slot { pos: 10, len: 10 }));
+        assert_eq!(w.len(), 2);
+    }
+
+    #[test]
+    fn zero_keys_remembers_nothing() {
+        let mut w = Window::new(0, u64::MAX);
+        w.insert(key(1), 0, 10);
+        assert_eq!(w.get(&key(1)), None);
+    }
+
+    #[test]
+    fn key_and_withdraw_records_are_applied() {
+        let mut w = Window::new(10, u64::MAX);
+        let mut rec = Vec::new();
+        crate::format::encode_key(&mut rec, 100, &key(1));
+        w.apply_record(160, &rec).unwrap();
+        assert_eq!(w.get(&key(1)), Some(Slot { pos: 100, len: 60 }));
+        let mut bad = Vec::new();
+        crate::format::encode_key(&mut bad, 500, &key(2));
+        assert!(
+            w.apply_record(400, &bad).is_err(),
+            "a key names an earlier record"
+        );
+        let mut wd = Vec::new();
+        crate::format::encode_withdraw(
+            &mut wd,
+            &crate::format::Withdraw {
+                from: 100,
+                to: 300,
+                heads: Vec::new(),
+            },
+        );
+        w.apply_record(300, &wd).unwrap();
+        assert_eq!(w.get(&key(1)), None, "withdrawn");
+    }
+}

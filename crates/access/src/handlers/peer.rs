@@ -146,8 +146,9 @@ pub(crate) fn on_im(
 
 /// The idempotency key of a client's IM or GROUP_IM (docs/compatibility.md, *Storage and
 /// sync*; docs/protocol.md §6.3): its app, sender, session device id, command, local `msgid`
-/// and content. `None` when the client gave no `msgid` (0): such a message cannot be told from
-/// a new one.
+/// and content. `None` when the client gave no `msgid` (0), or when the session has no device id
+/// (web sessions, logins without one): such a message cannot be told from a new one — a web page's
+/// local ids start again at every load, so its `msgid` says nothing across sessions.
 pub(crate) fn client_key(
     appid: i64,
     uid: i64,
@@ -155,7 +156,8 @@ pub(crate) fn client_key(
     cmd: u8,
     im: &Im,
 ) -> Option<AppendKey> {
-    (im.msgid != 0).then(|| AppendKey::client(appid, uid, device_id, cmd, im.msgid, &im.content))
+    (im.msgid != 0 && device_id != 0)
+        .then(|| AppendKey::client(appid, uid, device_id, cmd, im.msgid, &im.content))
 }
 
 /// The receiver's and the sender's entries of a peer message's append.

@@ -6,7 +6,10 @@
 //! open client socket (a connection beyond it is closed at once; a plain WebSocket one gets a 503
 //! first). One login deadline runs from accept to authentication (`server.login_timeout_secs`): the TLS
 //! handshake, the HTTP upgrade and the session's wait for AUTH_TOKEN all count against it. Handshakes
-//! and upgrades run in each connection's own task, so a stalled client never holds up an accept loop.
+//! and upgrades run in each connection's own task, so a stalled client never holds up an accept loop;
+//! the session then gets a task of its own whose future is [`crate::session::run`]'s as it is (it
+//! holds the connection permit), so nothing of the accept, handshake or upgrade stays in an idle
+//! connection's task.
 //! HTTP request heads (WebSocket upgrades and API requests) are limited to [`MAX_HEADER_BYTES`]. Accept
 //! errors (e.g. out of file descriptors) are logged and retried after a pause; they never end the
 //! listener.
@@ -234,16 +237,18 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
         let app = ctx.app.clone();
         let shutdown = ctx.shutdown.clone();
         let max_body = app.server.max_body;
+        // The session future is spawned as it is (see `session::run`): it holds the permit itself.
         match &tls {
             None => {
-                ctx.tracker.spawn(async move {
-                    let t = StreamTransport::new(stream, max_body);
-                    session::run(app, t, peer, shutdown, deadline).await;
-                    drop(permit);
-                });
+                let t = StreamTransport::new(stream, max_body);
+                ctx.tracker
+                    .spawn(session::run(app, t, peer, shutdown, deadline, permit));
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
+                let tracker = ctx.tracker.clone();
+                // The handshake runs in a task of its own, which hands the connection to a new session
+                // task: the handshake's state is not kept for the life of the connection.
                 ctx.tracker.spawn(async move {
                     let handshake = tokio::select! {
                         _ = shutdown.cancelled() => None,
@@ -252,13 +257,12 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
                     match handshake {
                         Some(Ok(Ok(tls))) => {
                             let t = StreamTransport::new(tls, max_body);
-                            session::run(app, t, peer, shutdown, deadline).await
+                            tracker.spawn(session::run(app, t, peer, shutdown, deadline, permit));
                         }
                         Some(Ok(Err(e))) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Some(Err(_)) => debug!(%peer, "TLS handshake timed out (login timeout)"),
                         None => {}
                     }
-                    drop(permit);
                 });
             }
         }
@@ -308,12 +312,11 @@ async fn ws_upgrade(
         .read_buffer_size(WS_READ_BUFFER)
         .write_buffer_size(WS_WRITE_BUFFER)
         .on_upgrade(move |socket| {
-            let max_body = app.server.max_body;
-            tracker.track_future(async move {
-                let t = WsTransport::new(socket, max_body);
-                session::run(app, t, peer, shutdown, deadline).await;
-                drop(permit);
-            })
+            // The session gets a task of its own rather than running inside the upgrade's task, which
+            // would keep the upgrade's state (and this closure's captures) beside it while idle.
+            let t = WsTransport::new(socket, app.server.max_body);
+            tracker.spawn(session::run(app, t, peer, shutdown, deadline, permit));
+            std::future::ready(())
         })
 }
 

@@ -116,20 +116,28 @@ pub(crate) struct Session {
     /// A write was abandoned part-way (kick or shutdown while the client did not read): what is on the
     /// wire ends mid-frame, so nothing more may be written.
     torn: bool,
+    /// When the client must have authenticated (set by the listener at accept).
+    login_deadline: Instant,
 }
 
 /// Runs a session on `transport` until it ends, then unregisters it. The client must authenticate
 /// before `login_deadline`: the listener sets it when it accepts the connection, so the TLS handshake
 /// and WebSocket upgrade count against the same `server.login_timeout_secs`.
 ///
+/// `permit` (the listener's connection permit) is held until the session has ended and is dropped
+/// last.
+///
 /// Not an `async fn`: the session is set up before the future is built, so the arguments only needed
-/// for that (the peer address, the span's fields) are not kept in every idle session's task.
-pub fn run<T: Transport>(
+/// for that (the span's fields) are not kept in every idle session's task. The listener spawns the
+/// returned future as the connection's task as it is: wrapped in another `async` block, whatever that
+/// block captured would stay in every idle session's task beside it.
+pub fn run<T: Transport, P: Send + 'static>(
     app: Arc<App>,
     transport: T,
     peer: SocketAddr,
     shutdown: CancellationToken,
     login_deadline: Instant,
+    permit: P,
 ) -> impl Future<Output = ()> + Send {
     let conn_id = app.next_conn_id();
     Stats::inc(&app.stats.connections);
@@ -141,13 +149,15 @@ pub fn run<T: Transport>(
         pending: None,
         inbox: Vec::new(),
         torn: false,
+        login_deadline,
     };
     let mut transport = transport;
     // Everything the task needs is captured by `async move` and used in place (an `async fn` would
     // keep its arguments and the locals they are moved into).
     async move {
-        let end = s.run_loop(&mut transport, &shutdown, login_deadline).await;
+        let end = s.run_loop(&mut transport, &shutdown).await;
         s.finish(end, &mut transport, peer).await;
+        drop(permit);
     }
     .instrument(span)
 }
@@ -251,15 +261,10 @@ impl Session {
 }
 
 impl Session {
-    async fn run_loop<T: Transport>(
-        &mut self,
-        t: &mut T,
-        shutdown: &CancellationToken,
-        login_deadline: Instant,
-    ) -> End {
-        let idle = Duration::from_secs(self.conn.app.server.idle_timeout_secs);
+    /// The connection loop. Its locals are part of every idle session's task, so what can be read
+    /// from the configuration when needed (the idle timeout, the in-flight bound) is not kept.
+    async fn run_loop<T: Transport>(&mut self, t: &mut T, shutdown: &CancellationToken) -> End {
         let mut last_frame = Instant::now();
-        let max_inflight = self.conn.app.server.max_inflight.max(1);
         loop {
             if sync::owed_due(&self.conn) {
                 // Rare, and its future is large: boxed (see `handlers::dispatch`).
@@ -281,10 +286,11 @@ impl Session {
                 // Pushed to while writing (the wake-up may have been consumed by the write): drain now.
                 continue;
             }
+            let idle = Duration::from_secs(self.conn.app.server.idle_timeout_secs);
             let deadline = if self.conn.handle.is_some() {
                 last_frame + idle
             } else {
-                login_deadline.min(last_frame + idle)
+                self.login_deadline.min(last_frame + idle)
             };
             // Wake up for a sync owed to the client when it is due.
             let deadline = match self.conn.owed.as_ref() {
@@ -302,7 +308,7 @@ impl Session {
                     continue;
                 }
                 _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => continue,
-                r = t.recv(), if self.inflight() < max_inflight => match r {
+                r = t.recv(), if self.inflight() < self.conn.app.server.max_inflight.max(1) => match r {
                     Ok(Some(frame)) => frame,
                     Ok(None) => return End::ClientClosed,
                     Err(e) => return End::Recv(e),
@@ -445,7 +451,7 @@ mod tests {
     fn session_future_size<T: Transport>() -> usize {
         future_size(
             |(app, t, peer, sd): (Arc<App>, T, SocketAddr, CancellationToken)| {
-                run(app, t, peer, sd, Instant::now())
+                run(app, t, peer, sd, Instant::now(), ())
             },
         )
     }

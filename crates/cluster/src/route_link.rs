@@ -50,6 +50,7 @@ use futures_util::StreamExt;
 use node::backoff::Backoff;
 use node::frame::{frame_reader, FrameError};
 use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -759,7 +760,11 @@ pub enum RoomChange {
 
 const SHARDS: usize = 64;
 
-type UserShard = Mutex<HashMap<(i64, i64), Vec<(u64, bool)>>>;
+/// A user's sessions: `(connection id, online)`. Nearly every user has one session, kept inline in the
+/// map entry: a `Vec` would be a 64-byte allocation per logged-in user (docs/benchmarks.md,
+/// Connections).
+type UserSessions = SmallVec<[(u64, bool); 1]>;
+type UserShard = Mutex<HashMap<(i64, i64), UserSessions>>;
 type RoomShard = Mutex<HashMap<(i64, i64), Vec<u64>>>;
 
 /// Sessions per user and per room, by connection id (see the module docs). Sharded; cheap to call
@@ -811,7 +816,7 @@ impl Presence {
         &self,
         appid: i64,
         uid: i64,
-        f: impl FnOnce(&mut Vec<(u64, bool)>),
+        f: impl FnOnce(&mut UserSessions),
         emit: impl FnOnce(UserChange),
     ) -> Option<UserChange> {
         let key = (appid, uid);

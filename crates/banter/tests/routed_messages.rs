@@ -330,9 +330,17 @@ async fn a_lone_access_node_sends_its_router_nothing_for_local_deliveries() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let mut c1 = Client::tcp(a.tcp).await;
-    assert_eq!(c1.auth(&grant(&a, 1).await, 2, proto::Platform::ANDROID, "d1").await, 0);
+    assert_eq!(
+        c1.auth(&grant(&a, 1).await, 2, proto::Platform::ANDROID, "d1")
+            .await,
+        0
+    );
     let mut c2 = Client::tcp(a.tcp).await;
-    assert_eq!(c2.auth(&grant(&a, 2).await, 2, proto::Platform::ANDROID, "d2").await, 0);
+    assert_eq!(
+        c2.auth(&grant(&a, 2).await, 2, proto::Platform::ANDROID, "d2")
+            .await,
+        0
+    );
 
     for i in 0..3 {
         c1.send_im(1, 2, &format!("local {i}")).await;
@@ -341,18 +349,33 @@ async fn a_lone_access_node_sends_its_router_nothing_for_local_deliveries() {
         c1.recv_until(cmd::ACK).await;
     }
     let (_, rm) = http(router_http, "GET", "/metrics", &[], b"").await;
-    assert_eq!(metric_sum(&rm, "banter_route_publish_in_total"), 0.0, "{rm}");
-    assert_eq!(metric_sum(&rm, "banter_route_push_requests_total"), 0.0, "{rm}");
+    assert_eq!(
+        metric_sum(&rm, "banter_route_publish_in_total"),
+        0.0,
+        "{rm}"
+    );
+    assert_eq!(
+        metric_sum(&rm, "banter_route_push_requests_total"),
+        0.0,
+        "{rm}"
+    );
     let (_, am) = http(a.http, "GET", "/metrics", &[], b"").await;
     // Per message: the receiver's IM and SYNC_NOTIFY, the sender's copy and its SYNC_NOTIFY.
-    assert!(metric_sum(&am, "banter_route_skipped_total") >= 12.0, "{am}");
+    assert!(
+        metric_sum(&am, "banter_route_skipped_total") >= 12.0,
+        "{am}"
+    );
 
     // User 2 gets a session on a second node.
     let b = TestServer::start_with(|c| c.cluster.route_addrs = vec![router_addr.clone()])
         .await
         .unwrap();
     let mut c2b = Client::tcp(b.tcp).await;
-    assert_eq!(c2b.auth(&grant(&b, 2).await, 2, proto::Platform::IOS, "d2b").await, 0);
+    assert_eq!(
+        c2b.auth(&grant(&b, 2).await, 2, proto::Platform::IOS, "d2b")
+            .await,
+        0
+    );
     c1.send_im(1, 2, "first").await;
     let f = recv_im_or_notify(&mut c2b).await;
     if f.cmd == cmd::IM {
@@ -367,8 +390,13 @@ async fn a_lone_access_node_sends_its_router_nothing_for_local_deliveries() {
     };
     assert_eq!(f.cmd, cmd::IM);
     let (_, rm) = http(router_http, "GET", "/metrics", &[], b"").await;
-    assert!(metric_sum(&rm, "banter_route_publish_in_total") >= 2.0, "{rm}");
+    assert!(
+        metric_sum(&rm, "banter_route_publish_in_total") >= 2.0,
+        "{rm}"
+    );
     drop((a, b));
     shutdown.cancel();
-    tokio::time::timeout(WAIT, router.wait()).await.expect("router stops");
+    tokio::time::timeout(WAIT, router.wait())
+        .await
+        .expect("router stops");
 }

@@ -681,8 +681,8 @@ async fn read_loop(shared: &Shared, rd: OwnedReadHalf) -> &'static str {
                 return "malformed frame";
             }
         };
-        let presence = shared.config.watch_presence
-            && matches!(frame.cmd, cmd::REMOTE_PRESENCE | cmd::PEERS);
+        let presence =
+            shared.config.watch_presence && matches!(frame.cmd, cmd::REMOTE_PRESENCE | cmd::PEERS);
         if RouteKind::from_cmd(frame.cmd).is_none() && !presence {
             tracing::debug!(addr = %shared.addr, cmd = frame.cmd, "ignoring command from router");
             continue;
@@ -1350,7 +1350,14 @@ impl RouteLinks {
     }
 
     /// PUBLISH on the user's channel whether or not another node has the user (KICK).
-    pub fn publish_always(&self, appid: i64, uid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
+    pub fn publish_always(
+        &self,
+        appid: i64,
+        uid: i64,
+        msgid: i64,
+        prev: i64,
+        inner: &[u8],
+    ) -> bool {
         let link = self.topo.read().user_link(uid).cloned();
         link.is_some_and(|l| l.publish_always(appid, uid, msgid, prev, inner))
     }

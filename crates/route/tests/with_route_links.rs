@@ -238,7 +238,10 @@ async fn remote_presence_skips_what_nobody_else_receives_and_loses_nothing() {
     assert!(n1.publish_always(7, 2, 0, 0, &im(1, 2, "kick-like")));
     let deadline = tokio::time::Instant::now() + WAIT;
     while router_publishes_in(&r).await != 1 {
-        assert!(tokio::time::Instant::now() < deadline, "one publish expected");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "one publish expected"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
@@ -299,7 +302,11 @@ async fn remote_presence_skips_what_nobody_else_receives_and_loses_nothing() {
     assert_eq!(n1.remote_user(7, 2), None);
     let skipped = n1.stats()[0].skipped;
     assert!(n1.publish(7, 1, 40, 21, &im(2, 1, "while down")));
-    assert_eq!(n1.stats()[0].skipped, skipped, "unknown: queued, not skipped");
+    assert_eq!(
+        n1.stats()[0].skipped,
+        skipped,
+        "unknown: queued, not skipped"
+    );
     let r = TestRouter::start_on(RouterConfig::default(), &addr).await;
     wait_known(&n1).await;
     wait_known(&n2).await;

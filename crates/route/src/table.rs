@@ -198,8 +198,11 @@ impl Conn {
 /// the shard lock they were computed under is still held.
 #[derive(Default)]
 struct Deltas {
-    by: HashMap<(u64, PresenceKind, bool, i64), (Arc<Conn>, Vec<i64>)>,
+    by: HashMap<DeltaKey, (Arc<Conn>, Vec<i64>)>,
 }
+
+/// A watcher's connection id, what, whether present, and the app.
+type DeltaKey = (u64, PresenceKind, bool, i64);
 
 impl Deltas {
     fn add(&mut self, to: &Arc<Conn>, kind: PresenceKind, present: bool, appid: i64, id: i64) {

@@ -188,7 +188,7 @@ impl App {
     pub fn kick(&self, appid: i64, uid: i64, token_fp: u64) -> usize {
         if self.links.is_enabled() {
             let frame = proto::stored_frame(proto::cmd::KICK, 0, &token_fp.to_be_bytes());
-            if !self.links.publish(appid, uid, 0, 0, &frame) {
+            if !self.links.publish_always(appid, uid, 0, 0, &frame) {
                 Stats::inc(&self.stats.route_dropped);
             }
         }

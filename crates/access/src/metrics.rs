@@ -238,6 +238,26 @@ pub fn render(metrics: &AccessMetrics, app: NodeFigures<'_>) -> String {
         "Publishes dropped on a full route link queue whose receivers were sent a sync notification instead.",
         links.iter().map(|l| l.coalesced).sum(),
     );
+    r.set_counter(
+        "banter_route_skipped_total",
+        "Publishes not sent because the router said no other node subscribes their receiver (remote presence).",
+        links.iter().map(|l| l.skipped).sum(),
+    );
+    r.set_counter(
+        "banter_route_skip_notified_total",
+        "Sync notifications sent for skipped messages whose receivers then showed up on another node.",
+        links.iter().map(|l| l.skip_notified).sum(),
+    );
+    r.set_counter(
+        "banter_route_skip_unnoted_total",
+        "Skipped messages that could not be remembered (memory full); a receiver showing up elsewhere meanwhile learns of them at its next sync.",
+        links.iter().map(|l| l.skip_unnoted).sum(),
+    );
+    r.set_gauge(
+        "banter_route_presence_known_links",
+        "Route links on which the router's remote presence is known (others publish everything).",
+        links.iter().filter(|l| l.presence_known).count() as f64,
+    );
     r.set_gauge(
         "banter_route_owed_notifications",
         "Receivers currently owed a sync notification by the route links.",

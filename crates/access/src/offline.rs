@@ -3,7 +3,7 @@
 //! On a single node the decision is made here and the job ([`PushJob::for_message`], the mapping the
 //! router uses too) goes to the backend's push sink (GoBelieve's Redis push queues, or a webhook). In
 //! cluster mode only the routers know whether a user is online on some node, so the message is sent
-//! to them as a PUSH and they decide. Neither path ever blocks the message path; full queues drop
+//! to them as a PUSH for the receivers not online here, and they decide. Neither path ever blocks the message path; full queues drop
 //! and count (see `/metrics`).
 
 use backend::groups::Group;
@@ -13,14 +13,21 @@ use proto::cmd;
 
 use crate::app::App;
 
-/// Hands the message to the routers as a PUSH for `receivers`; true when in cluster mode.
+/// Hands the message to the routers as a PUSH for those of `receivers` without an online session
+/// here (a router makes no job for a user some node has online, and this node announced its
+/// sessions); true when in cluster mode.
 fn via_routers(app: &App, appid: i64, receivers: &[i64], cmd: u8, body: &Bytes) -> bool {
     if !app.links.is_enabled() {
         return false;
     }
-    if !receivers.is_empty() {
+    let offline_here: Vec<i64> = receivers
+        .iter()
+        .copied()
+        .filter(|&r| !app.route.is_online(appid, r))
+        .collect();
+    if !offline_here.is_empty() {
         app.links
-            .push(appid, receivers, &proto::stored_frame(cmd, 0, body));
+            .push(appid, &offline_here, &proto::stored_frame(cmd, 0, body));
     }
     true
 }

@@ -285,3 +285,119 @@ async fn a_revoked_token_ends_its_sessions_on_every_node() {
         "only the session with that token"
     );
 }
+
+/// The sum of the samples of metric `name` in a Prometheus text.
+fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The next IM or SYNC_NOTIFY a client receives (other frames skipped).
+async fn recv_im_or_notify(c: &mut Client) -> Frame {
+    loop {
+        let f = c.recv().await.expect("an IM or a SYNC_NOTIFY");
+        if f.cmd == cmd::IM || f.cmd == cmd::SYNC_NOTIFY {
+            return f;
+        }
+    }
+}
+
+/// With one access node on a banter router, which reports remote presence, deliveries between the
+/// node's own users never reach the router: no PUBLISH for the receiver's or the sender's copy, no
+/// PUSH (the receiver is online here). Once the receiver also has a session on a second node,
+/// messages reach it there through the router; the first one, sent while the news of that session
+/// may still be on its way, arrives either itself or as a sync notification.
+#[tokio::test]
+async fn a_lone_access_node_sends_its_router_nothing_for_local_deliveries() {
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut rc = route::RouterConfig::default();
+    rc.listen = "127.0.0.1:0".into();
+    rc.http_listen = "127.0.0.1:0".into();
+    let router = route::run(rc, shutdown.clone()).await.unwrap();
+    let router_http = router.http_addr.expect("router http");
+    let router_addr = router.addr.to_string();
+    let a = TestServer::start_with(|c| c.cluster.route_addrs = vec![router_addr.clone()])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, m) = http(a.http, "GET", "/metrics", &[], b"").await;
+        if metric_sum(&m, "banter_route_presence_known_links") == 1.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{m}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut c1 = Client::tcp(a.tcp).await;
+    assert_eq!(
+        c1.auth(&grant(&a, 1).await, 2, proto::Platform::ANDROID, "d1")
+            .await,
+        0
+    );
+    let mut c2 = Client::tcp(a.tcp).await;
+    assert_eq!(
+        c2.auth(&grant(&a, 2).await, 2, proto::Platform::ANDROID, "d2")
+            .await,
+        0
+    );
+
+    for i in 0..3 {
+        c1.send_im(1, 2, &format!("local {i}")).await;
+        let (m, _) = c2.recv_until(cmd::IM).await;
+        assert_eq!(im_of(&m).content, format!("local {i}").into_bytes());
+        c1.recv_until(cmd::ACK).await;
+    }
+    let (_, rm) = http(router_http, "GET", "/metrics", &[], b"").await;
+    assert_eq!(
+        metric_sum(&rm, "banter_route_publish_in_total"),
+        0.0,
+        "{rm}"
+    );
+    assert_eq!(
+        metric_sum(&rm, "banter_route_push_requests_total"),
+        0.0,
+        "{rm}"
+    );
+    let (_, am) = http(a.http, "GET", "/metrics", &[], b"").await;
+    // Per message: the receiver's IM and SYNC_NOTIFY, the sender's copy and its SYNC_NOTIFY.
+    assert!(
+        metric_sum(&am, "banter_route_skipped_total") >= 12.0,
+        "{am}"
+    );
+
+    // User 2 gets a session on a second node.
+    let b = TestServer::start_with(|c| c.cluster.route_addrs = vec![router_addr.clone()])
+        .await
+        .unwrap();
+    let mut c2b = Client::tcp(b.tcp).await;
+    assert_eq!(
+        c2b.auth(&grant(&b, 2).await, 2, proto::Platform::IOS, "d2b")
+            .await,
+        0
+    );
+    c1.send_im(1, 2, "first").await;
+    let f = recv_im_or_notify(&mut c2b).await;
+    if f.cmd == cmd::IM {
+        assert_eq!(&im_of(&f).content[..], b"first");
+    }
+    c1.send_im(1, 2, "second").await;
+    let f = loop {
+        let f = recv_im_or_notify(&mut c2b).await;
+        if f.cmd == cmd::IM && &im_of(&f).content[..] == b"second" {
+            break f;
+        }
+    };
+    assert_eq!(f.cmd, cmd::IM);
+    let (_, rm) = http(router_http, "GET", "/metrics", &[], b"").await;
+    assert!(
+        metric_sum(&rm, "banter_route_publish_in_total") >= 2.0,
+        "{rm}"
+    );
+    drop((a, b));
+    shutdown.cancel();
+    tokio::time::timeout(WAIT, router.wait())
+        .await
+        .expect("router stops");
+}

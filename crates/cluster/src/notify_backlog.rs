@@ -65,12 +65,12 @@ impl NotifyBacklog {
 
     /// Receivers owed a notification.
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.keys.len()
     }
 
     /// Whether nothing is owed.
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.keys.is_empty()
     }
 
     /// Forgets everything owed.
@@ -127,22 +127,60 @@ impl NotifyBacklog {
             if self.order.is_empty() && self.keys.capacity() > 1024 {
                 self.clear();
             }
-            let body = if t.group == 0 {
-                Body::SyncNotify(key)
-            } else {
-                Body::SyncGroupNotify(GroupSyncKey {
-                    group_id: t.group,
-                    sync_key: key,
-                })
-            };
-            let mut inner = BytesMut::new();
-            body.encode_frame(0, proto::STORAGE_VERSION, 0, &mut inner);
-            // A notification is tiny: it always fits the route message limits.
-            if let Ok(b) = route_message_body(t.appid, t.receiver, 0, 0, now_ns(), &inner) {
-                return Some((t.kind.cmd(), b));
+            if let Some(frame) = notification(t, key) {
+                return Some(frame);
             }
         }
     }
+
+    /// Removes and returns the notification owed to user `(appid, uid)` for its personal queue,
+    /// if any (its place in the order is skipped by [`NotifyBacklog::pop`] later).
+    pub fn take_user(&mut self, appid: i64, uid: i64) -> Option<(u8, Bytes)> {
+        let t = Target {
+            kind: RouteKind::User,
+            appid,
+            receiver: uid,
+            group: 0,
+        };
+        let key = self.keys.remove(&t)?;
+        notification(t, key)
+    }
+
+    /// Removes and returns every notification owed for super groups (PUBLISH_GROUP).
+    pub fn take_groups(&mut self) -> Vec<(u8, Bytes)> {
+        let groups: Vec<(Target, i64)> = self
+            .keys
+            .iter()
+            .filter(|(t, _)| t.kind == RouteKind::Group)
+            .map(|(t, k)| (*t, *k))
+            .collect();
+        groups
+            .into_iter()
+            .filter_map(|(t, key)| {
+                self.keys.remove(&t);
+                notification(t, key)
+            })
+            .collect()
+    }
+}
+
+/// The route frame `(cmd, body)` telling `t` to sync up to `key`: a PUBLISH (PUBLISH_GROUP) whose
+/// inner frame is `SYNC_NOTIFY(key)` (`SYNC_GROUP_NOTIFY(gid, key)`).
+fn notification(t: Target, key: i64) -> Option<(u8, Bytes)> {
+    let body = if t.group == 0 {
+        Body::SyncNotify(key)
+    } else {
+        Body::SyncGroupNotify(GroupSyncKey {
+            group_id: t.group,
+            sync_key: key,
+        })
+    };
+    let mut inner = BytesMut::new();
+    body.encode_frame(0, proto::STORAGE_VERSION, 0, &mut inner);
+    // A notification is tiny: it always fits the route message limits.
+    route_message_body(t.appid, t.receiver, 0, 0, now_ns(), &inner)
+        .ok()
+        .map(|b| (t.kind.cmd(), b))
 }
 
 /// The notification a dropped route message owes: its target and key, if any.
@@ -284,5 +322,33 @@ mod tests {
         assert_eq!(popped(&mut b).unwrap().1, Body::SyncNotify(11));
         assert_eq!(b.note_frame(c, &body), Noted::Owed);
         assert_eq!(b.len(), 2);
+    }
+
+    #[test]
+    fn one_receivers_notification_or_every_groups_can_be_taken_out() {
+        let mut b = NotifyBacklog::new(10);
+        let im = inner(Body::SyncNotify(1), 0);
+        assert_eq!(b.note_parts(RouteKind::User, 7, 1, 10, &im), Noted::Owed);
+        assert_eq!(b.note_parts(RouteKind::User, 7, 2, 20, &im), Noted::Owed);
+        assert_eq!(b.note_parts(RouteKind::Group, 7, 9, 30, &im), Noted::Owed);
+        assert!(b.take_user(7, 3).is_none());
+        let (c, body) = b.take_user(7, 1).unwrap();
+        let RouteBody::Publish(m) = RouteBody::decode(c, &body).unwrap() else {
+            panic!("not a publish");
+        };
+        assert_eq!((m.kind, m.receiver), (RouteKind::User, 1));
+        let f = m.inner_frame().unwrap();
+        assert_eq!(
+            Body::decode(f.cmd, f.version, &f.body).unwrap(),
+            Body::SyncNotify(10)
+        );
+        assert_eq!(b.len(), 2);
+        let groups = b.take_groups();
+        assert_eq!(groups.len(), 1);
+        assert_eq!(groups[0].0, crate::route_proto::cmd::PUBLISH_GROUP);
+        // What is left pops in order, skipping what was taken.
+        assert_eq!(popped(&mut b).unwrap().1, Body::SyncNotify(20));
+        assert!(b.pop().is_none());
+        assert!(b.is_empty());
     }
 }

@@ -28,6 +28,14 @@
 //!   defects*: sharding). Links are shared by address. [`RouteLinks::set_addrs`] applies a new
 //!   address list without a restart.
 //!
+//! **Remote presence.** On every connection a link first sends WATCH_PRESENCE (unless
+//! [`RouteLinkConfig::watch_presence`] is off); a banter router then keeps the link's
+//! [`RemoteView`] of which users and rooms other connections subscribe. A publish nobody else can
+//! receive is then not sent at all (counted as skipped), and a stored message skipped that way is
+//! owed a sync notification should its receiver show up elsewhere after all (module
+//! `remote_presence`). With a router that does not answer (GoBelieve's imr) every publish is sent,
+//! as before. KICK and PUSH are never skipped.
+//!
 //! Incoming PUBLISH / PUBLISH_GROUP / PUBLISH_ROOM are handed to a [`RouteHandler`], called on the
 //! link's task: it must not block (hand the message to bounded session outboxes, or to a bounded
 //! channel: [`RouteHandler`] is implemented for `tokio::sync::mpsc::Sender<RoutedMessage>`).
@@ -59,6 +67,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::notify_backlog::{Noted, NotifyBacklog, OWED_CHUNK};
+use crate::remote_presence::RemoteView;
 use crate::route_proto::{
     cmd, now_ns, pair_body, push_bodies, route_message_body, shard_index, subscribe_body,
     write_frame, RouteBody, RouteKind, RoutedMessage, DEFAULT_MAX_BODY,
@@ -86,6 +95,9 @@ pub struct RouteLinkConfig {
     pub backoff_min: Duration,
     /// Longest wait between dials.
     pub backoff_max: Duration,
+    /// Ask the router for remote presence (WATCH_PRESENCE) and skip publishes nobody else can
+    /// receive. Harmless with a router that ignores it.
+    pub watch_presence: bool,
 }
 
 impl Default for RouteLinkConfig {
@@ -99,6 +111,7 @@ impl Default for RouteLinkConfig {
             keepalive: Duration::from_secs(60),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            watch_presence: true,
         }
     }
 }
@@ -159,6 +172,17 @@ pub struct LinkStats {
     pub resyncs: u64,
     /// Malformed frames received (each closed the connection).
     pub malformed: u64,
+    /// Whether the router's remote presence is known on the current connection.
+    pub presence_known: bool,
+    /// Users another connection of the router subscribes (as far as known).
+    pub remote_users: usize,
+    /// Publishes not sent because no other connection could receive them.
+    pub skipped: u64,
+    /// Sync notifications sent for skipped messages whose receivers showed up elsewhere.
+    pub skip_notified: u64,
+    /// Skipped messages that could not be remembered (memory full): their receivers, should they
+    /// show up elsewhere within the window, learn of them only at their next sync.
+    pub skip_unnoted: u64,
 }
 
 /// One queued frame.
@@ -178,6 +202,8 @@ struct LinkState {
     rooms: HashSet<(i64, i64)>,
     /// Sync notifications owed for persistent messages dropped on a full queue.
     owed: NotifyBacklog,
+    /// The router's other connections, as far as known.
+    remote: RemoteView,
 }
 
 impl LinkState {
@@ -189,6 +215,7 @@ impl LinkState {
             users: HashMap::new(),
             rooms: HashSet::new(),
             owed: NotifyBacklog::new(config.notify_backlog),
+            remote: RemoteView::new(config.notify_backlog),
         }
     }
 }
@@ -202,6 +229,9 @@ struct Counters {
     connects: AtomicU64,
     resyncs: AtomicU64,
     malformed: AtomicU64,
+    skipped: AtomicU64,
+    skip_notified: AtomicU64,
+    skip_unnoted: AtomicU64,
 }
 
 struct Shared {
@@ -360,7 +390,44 @@ impl RouteLink {
             .queue_sub(&mut st, cmd::UNSUBSCRIBE_ROOM, pair_body(appid, room));
     }
 
+    /// Whether the route message can reach another node; if not, it is counted as skipped and
+    /// remembered (see the module docs).
+    fn wanted(&self, kind: RouteKind, appid: i64, receiver: i64, msgid: i64, inner: &[u8]) -> bool {
+        let mut st = self.shared.state.lock();
+        if st.remote.wants(kind, appid, receiver) {
+            return true;
+        }
+        let noted = st
+            .remote
+            .note_skipped((kind, appid, receiver, msgid), inner, Instant::now());
+        drop(st);
+        let c = &self.shared.counters;
+        c.skipped.fetch_add(1, Ordering::Relaxed);
+        if !noted {
+            let n = c.skip_unnoted.fetch_add(1, Ordering::Relaxed) + 1;
+            if n == 1 || n.checked_rem(10_000) == Some(0) {
+                tracing::warn!(addr = %self.shared.addr, unnoted_total = n, "too many skipped publishes to remember; a receiver showing up elsewhere meanwhile learns of them at its next sync");
+            }
+        }
+        false
+    }
+
     fn route_message(
+        &self,
+        kind: RouteKind,
+        appid: i64,
+        receiver: i64,
+        msgid: i64,
+        prev: i64,
+        inner: &[u8],
+    ) -> bool {
+        if !self.wanted(kind, appid, receiver, msgid, inner) {
+            return true;
+        }
+        self.send_route_message(kind, appid, receiver, msgid, prev, inner)
+    }
+
+    fn send_route_message(
         &self,
         kind: RouteKind,
         appid: i64,
@@ -385,9 +452,29 @@ impl RouteLink {
 
     /// PUBLISH a message for user `uid`: `inner` is the complete frame (header and body) the
     /// receiving node hands its sessions, `msgid`/`prev` its METADATA keys (0 = none). Returns
-    /// whether it was queued (false: dropped and counted).
+    /// whether it was queued or skipped because no other node has the user (false: dropped and
+    /// counted).
     pub fn publish(&self, appid: i64, uid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
         self.route_message(RouteKind::User, appid, uid, msgid, prev, inner)
+    }
+
+    /// [`RouteLink::publish`] without the remote-presence check (e.g. a KICK, which must reach a
+    /// session that is just logging in elsewhere).
+    pub fn publish_always(
+        &self,
+        appid: i64,
+        uid: i64,
+        msgid: i64,
+        prev: i64,
+        inner: &[u8],
+    ) -> bool {
+        self.send_route_message(RouteKind::User, appid, uid, msgid, prev, inner)
+    }
+
+    /// Whether the router says another connection subscribes user `(appid, uid)`; `None` while
+    /// not known (no answer to WATCH_PRESENCE yet on this connection, or none at all).
+    pub fn remote_user(&self, appid: i64, uid: i64) -> Option<bool> {
+        self.shared.state.lock().remote.user(appid, uid)
     }
 
     /// PUBLISH_GROUP a message for super group `gid` (forwarded to every other node).
@@ -425,7 +512,7 @@ impl RouteLink {
 
     /// Counters and sizes.
     pub fn stats(&self) -> LinkStats {
-        let (connected, queued, users, rooms, owed) = {
+        let (connected, queued, users, rooms, owed, presence_known, remote_users) = {
             let st = self.shared.state.lock();
             (
                 st.connected,
@@ -433,6 +520,8 @@ impl RouteLink {
                 st.users.len(),
                 st.rooms.len(),
                 st.owed.len(),
+                st.remote.is_known(),
+                st.remote.remote_users(),
             )
         };
         let c = &self.shared.counters;
@@ -450,6 +539,11 @@ impl RouteLink {
             connects: c.connects.load(Ordering::Relaxed),
             resyncs: c.resyncs.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
+            presence_known,
+            remote_users,
+            skipped: c.skipped.load(Ordering::Relaxed),
+            skip_notified: c.skip_notified.load(Ordering::Relaxed),
+            skip_unnoted: c.skip_unnoted.load(Ordering::Relaxed),
         }
     }
 
@@ -511,6 +605,7 @@ async fn run_link(shared: Arc<Shared>) {
                     let mut st = shared.state.lock();
                     st.connected = false;
                     st.resync = false;
+                    st.remote.reset();
                 }
                 if shared.cancel.is_cancelled() {
                     tracing::debug!(addr = %shared.addr, why, "route link closed");
@@ -559,6 +654,7 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) -> &'static str {
         let mut st = shared.state.lock();
         st.connected = true;
         st.resync = false;
+        st.remote.reset();
         st.queue.retain(|o| !o.sub);
         let users: Vec<((i64, i64), bool)> = st.users.iter().map(|(k, v)| (*k, *v)).collect();
         let rooms: Vec<(i64, i64)> = st.rooms.iter().copied().collect();
@@ -586,7 +682,9 @@ async fn read_loop(shared: &Shared, rd: OwnedReadHalf) -> &'static str {
                 return "malformed frame";
             }
         };
-        if RouteKind::from_cmd(frame.cmd).is_none() {
+        let presence =
+            shared.config.watch_presence && matches!(frame.cmd, cmd::REMOTE_PRESENCE | cmd::PEERS);
+        if RouteKind::from_cmd(frame.cmd).is_none() && !presence {
             tracing::debug!(addr = %shared.addr, cmd = frame.cmd, "ignoring command from router");
             continue;
         }
@@ -594,6 +692,20 @@ async fn read_loop(shared: &Shared, rd: OwnedReadHalf) -> &'static str {
             Ok(RouteBody::Publish(m)) => {
                 shared.counters.received.fetch_add(1, Ordering::Relaxed);
                 shared.handler.on_publish(m);
+            }
+            Ok(RouteBody::RemotePresence(p)) => {
+                let owed = shared.state.lock().remote.apply(&p);
+                queue_owed(shared, owed);
+            }
+            Ok(RouteBody::Peers { count }) => {
+                let (was_known, owed) = {
+                    let mut st = shared.state.lock();
+                    (st.remote.is_known(), st.remote.set_peers(count))
+                };
+                if !was_known {
+                    tracing::debug!(addr = %shared.addr, peers = count, "remote presence known");
+                }
+                queue_owed(shared, owed);
             }
             Ok(_) => {}
             Err(e) => {
@@ -603,6 +715,31 @@ async fn read_loop(shared: &Shared, rd: OwnedReadHalf) -> &'static str {
             }
         }
     }
+}
+
+/// Queues the sync notifications owed for skipped messages whose receivers showed up elsewhere
+/// (ahead of nothing: in order with the publishes made since).
+fn queue_owed(shared: &Shared, owed: Vec<(u8, Bytes)>) {
+    if owed.is_empty() {
+        return;
+    }
+    let n = owed.len() as u64;
+    {
+        let mut st = shared.state.lock();
+        for (c, body) in owed {
+            st.queue.push_back(Out {
+                cmd: c,
+                body,
+                sub: false,
+            });
+        }
+    }
+    shared
+        .counters
+        .skip_notified
+        .fetch_add(n, Ordering::Relaxed);
+    tracing::debug!(addr = %shared.addr, notifications = n, "skipped messages' receivers showed up elsewhere; told them to sync");
+    shared.wake.notify_one();
 }
 
 /// Bytes collected before a write call.
@@ -658,6 +795,10 @@ async fn write_loop(
         frames: 0,
         timeout: shared.config.write_timeout,
     };
+    // Ask for remote presence first, so the snapshot reflects the replay that follows.
+    if shared.config.watch_presence {
+        w.frame(cmd::WATCH_PRESENCE, &[]);
+    }
     // The replay: the whole state first.
     let replayed: Vec<(i64, i64)> = users.iter().map(|(k, _)| *k).collect();
     for ((appid, uid), online) in users {
@@ -1211,6 +1352,26 @@ impl RouteLinks {
     pub fn publish(&self, appid: i64, uid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
         let link = self.topo.read().user_link(uid).cloned();
         link.is_some_and(|l| l.publish(appid, uid, msgid, prev, inner))
+    }
+
+    /// PUBLISH on the user's channel whether or not another node has the user (KICK).
+    pub fn publish_always(
+        &self,
+        appid: i64,
+        uid: i64,
+        msgid: i64,
+        prev: i64,
+        inner: &[u8],
+    ) -> bool {
+        let link = self.topo.read().user_link(uid).cloned();
+        link.is_some_and(|l| l.publish_always(appid, uid, msgid, prev, inner))
+    }
+
+    /// Whether the user's router says another node has `(appid, uid)`; `None` while not known
+    /// (or no router).
+    pub fn remote_user(&self, appid: i64, uid: i64) -> Option<bool> {
+        let link = self.topo.read().user_link(uid).cloned();
+        link.and_then(|l| l.remote_user(appid, uid))
     }
 
     /// PUBLISH_GROUP on the group's channel (every other node receives it).

@@ -14,6 +14,12 @@
 //! * **PUSH chunks.** Senders split receiver lists into chunks of at most [`MAX_PUSH_RECEIVERS`]
 //!   ([`push_bodies`]), also kept under GoBelieve's 32 KiB frame limit when the inner frame allows.
 //!
+//! and one opt-in addition, **remote presence**: an access node that sends WATCH_PRESENCE (an empty
+//! body, which GoBelieve's imr ignores like any unknown command) is told by a banter router which
+//! users and rooms another connection subscribes (REMOTE_PRESENCE) and how many other connections
+//! there are (PEERS), so it publishes only what some other node can receive. A router sends these
+//! only on connections that asked, so a GoBelieve im never sees them.
+//!
 //! Decoding never panics: short bodies, counts that run past the end and inner frames whose header
 //! disagrees with their length are [`RouteProtoError`]s; the link that received them is closed.
 //! This module does no I/O.
@@ -39,6 +45,14 @@ pub mod cmd {
     pub const UNSUBSCRIBE_ROOM: u8 = 137;
     /// Both ways: a route message for a room.
     pub const PUBLISH_ROOM: u8 = 138;
+    /// access → router (banter): empty body; "tell me remote presence on this connection".
+    pub const WATCH_PRESENCE: u8 = 139;
+    /// router → access (banter, only after WATCH_PRESENCE): users or rooms that gained or lost
+    /// their last subscriber on another connection.
+    pub const REMOTE_PRESENCE: u8 = 140;
+    /// router → access (banter, only after WATCH_PRESENCE): the number of other connections; the
+    /// first one ends the snapshot that follows WATCH_PRESENCE.
+    pub const PEERS: u8 = 141;
 
     /// A name for logs.
     pub const fn name(cmd: u8) -> &'static str {
@@ -51,6 +65,9 @@ pub mod cmd {
             SUBSCRIBE_ROOM => "SUBSCRIBE_ROOM",
             UNSUBSCRIBE_ROOM => "UNSUBSCRIBE_ROOM",
             PUBLISH_ROOM => "PUBLISH_ROOM",
+            WATCH_PRESENCE => "WATCH_PRESENCE",
+            REMOTE_PRESENCE => "REMOTE_PRESENCE",
+            PEERS => "PEERS",
             _ => "UNKNOWN",
         }
     }
@@ -64,6 +81,8 @@ pub const GOBELIEVE_MAX_BODY: usize = 32767;
 pub const MAX_PUSH_RECEIVERS: usize = 1000;
 /// Fixed part of a route message (PUBLISH, PUBLISH_GROUP, PUBLISH_ROOM).
 pub const ROUTE_MESSAGE_FIXED: usize = 42;
+/// Most ids in one REMOTE_PRESENCE body.
+pub const MAX_PRESENCE_IDS: usize = 1000;
 /// Largest inner frame (header included) the `u16` length field can describe.
 pub const MAX_INNER_FRAME: usize = u16::MAX as usize;
 
@@ -80,6 +99,12 @@ pub enum RouteProtoError {
     /// The inner frame's own header disagrees with the length field, or is incomplete.
     #[error("{name}: malformed inner frame: {why}")]
     BadInner {
+        name: &'static str,
+        why: &'static str,
+    },
+    /// A field holds a value the layout does not define.
+    #[error("{name}: {why}")]
+    BadValue {
         name: &'static str,
         why: &'static str,
     },
@@ -124,6 +149,38 @@ impl RouteKind {
             _ => None,
         }
     }
+}
+
+/// What a REMOTE_PRESENCE body names: users or rooms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PresenceKind {
+    /// `ids` are uids (wire value 1).
+    User,
+    /// `ids` are room ids (wire value 2).
+    Room,
+}
+
+impl PresenceKind {
+    const fn wire(self) -> u8 {
+        match self {
+            PresenceKind::User => 1,
+            PresenceKind::Room => 2,
+        }
+    }
+}
+
+/// A REMOTE_PRESENCE (140): `ids` of `appid` are now subscribed by some other connection of the
+/// router (`present`), or by none (`!present`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemotePresence {
+    /// Users or rooms.
+    pub kind: PresenceKind,
+    /// Gained (true) or lost (false) their last subscriber elsewhere.
+    pub present: bool,
+    /// The app.
+    pub appid: i64,
+    /// At most [`MAX_PRESENCE_IDS`] ids.
+    pub ids: Vec<i64>,
 }
 
 /// A route message (PUBLISH, PUBLISH_GROUP, PUBLISH_ROOM).
@@ -205,6 +262,12 @@ pub enum RouteBody {
     Publish(RoutedMessage),
     /// PUSH (134).
     Push(PushRequest),
+    /// WATCH_PRESENCE (139), empty.
+    WatchPresence,
+    /// REMOTE_PRESENCE (140).
+    RemotePresence(RemotePresence),
+    /// PEERS (141): other connections of the router.
+    Peers { count: u32 },
 }
 
 fn i64_at(b: &[u8], at: usize) -> i64 {
@@ -263,6 +326,9 @@ impl RouteBody {
             RouteBody::UnsubscribeRoom { .. } => cmd::UNSUBSCRIBE_ROOM,
             RouteBody::Publish(m) => m.kind.cmd(),
             RouteBody::Push(_) => cmd::PUSH,
+            RouteBody::WatchPresence => cmd::WATCH_PRESENCE,
+            RouteBody::RemotePresence(_) => cmd::REMOTE_PRESENCE,
+            RouteBody::Peers { .. } => cmd::PEERS,
         }
     }
 
@@ -338,6 +404,34 @@ impl RouteBody {
                     inner,
                 })
             }
+            cmd::WATCH_PRESENCE => RouteBody::WatchPresence,
+            cmd::REMOTE_PRESENCE => {
+                need("REMOTE_PRESENCE", b, 12)?;
+                let kind = match b[0] {
+                    1 => PresenceKind::User,
+                    2 => PresenceKind::Room,
+                    _ => {
+                        return Err(RouteProtoError::BadValue {
+                            name: "REMOTE_PRESENCE",
+                            why: "kind is neither 1 (users) nor 2 (rooms)",
+                        })
+                    }
+                };
+                let n = u16_at(b, 10);
+                need("REMOTE_PRESENCE", b, 12 + 8 * n)?;
+                RouteBody::RemotePresence(RemotePresence {
+                    kind,
+                    present: b[1] != 0,
+                    appid: i64_at(b, 2),
+                    ids: (0..n).map(|i| i64_at(b, 12 + 8 * i)).collect(),
+                })
+            }
+            cmd::PEERS => {
+                need("PEERS", b, 4)?;
+                RouteBody::Peers {
+                    count: u32::from_be_bytes([b[0], b[1], b[2], b[3]]),
+                }
+            }
             other => return Err(RouteProtoError::UnknownCommand(other)),
         })
     }
@@ -364,6 +458,14 @@ impl RouteBody {
                 }
                 push_body(p.appid, &p.receivers, &p.inner)?
             }
+            RouteBody::WatchPresence => Bytes::new(),
+            RouteBody::RemotePresence(p) => {
+                if p.ids.len() > u16::MAX as usize {
+                    return Err(RouteProtoError::TooManyReceivers(p.ids.len()));
+                }
+                presence_body(p.kind, p.present, p.appid, &p.ids)
+            }
+            RouteBody::Peers { count } => Bytes::copy_from_slice(&count.to_be_bytes()),
         })
     }
 
@@ -403,6 +505,20 @@ pub fn pair_body(appid: i64, id: i64) -> Bytes {
     let mut b = BytesMut::with_capacity(16);
     b.put_i64(appid);
     b.put_i64(id);
+    b.freeze()
+}
+
+/// REMOTE_PRESENCE body: kind u8, present u8, appid i64, count u16, count × id i64. At most
+/// 65535 ids (callers send chunks of [`MAX_PRESENCE_IDS`]).
+pub fn presence_body(kind: PresenceKind, present: bool, appid: i64, ids: &[i64]) -> Bytes {
+    let mut b = BytesMut::with_capacity(12 + 8 * ids.len());
+    b.put_u8(kind.wire());
+    b.put_u8(u8::from(present));
+    b.put_i64(appid);
+    b.put_u16(ids.len().min(u16::MAX as usize) as u16);
+    for id in ids.iter().take(u16::MAX as usize) {
+        b.put_i64(*id);
+    }
     b.freeze()
 }
 
@@ -544,6 +660,35 @@ mod tests {
         // roughly even
         assert!(counts.iter().all(|&c| c > 2500), "{counts:?}");
         assert_eq!(rendezvous_index(7, &[]), 0);
+    }
+
+    #[test]
+    fn presence_bodies_round_trip_and_bad_ones_are_errors() {
+        for body in [
+            RouteBody::WatchPresence,
+            RouteBody::Peers { count: 3 },
+            RouteBody::RemotePresence(RemotePresence {
+                kind: PresenceKind::Room,
+                present: false,
+                appid: 7,
+                ids: vec![1, -2, i64::MAX],
+            }),
+        ] {
+            let b = body.encode().unwrap();
+            assert_eq!(RouteBody::decode(body.cmd(), &b).unwrap(), body);
+        }
+        let mut bad = presence_body(PresenceKind::User, true, 7, &[1, 2]).to_vec();
+        bad[0] = 9;
+        assert!(matches!(
+            RouteBody::decode(cmd::REMOTE_PRESENCE, &Bytes::from(bad)),
+            Err(RouteProtoError::BadValue { .. })
+        ));
+        let short = presence_body(PresenceKind::User, true, 7, &[1, 2]).slice(..20);
+        assert!(matches!(
+            RouteBody::decode(cmd::REMOTE_PRESENCE, &short),
+            Err(RouteProtoError::TooShort { .. })
+        ));
+        assert!(RouteBody::decode(cmd::PEERS, &Bytes::from_static(&[0, 1])).is_err());
     }
 
     #[test]

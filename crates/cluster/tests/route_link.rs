@@ -61,7 +61,12 @@ impl FakeConn {
         loop {
             if let Some(f) = Frame::decode(&mut self.buf, 1 << 20).expect("valid frame") {
                 assert_eq!((f.version, f.flag), (0, 0));
-                return Some(RouteBody::decode(f.cmd, &f.body).expect("valid body"));
+                match RouteBody::decode(f.cmd, &f.body).expect("valid body") {
+                    // This fake router ignores it, as GoBelieve's imr does: the link then
+                    // publishes everything.
+                    RouteBody::WatchPresence => continue,
+                    b => return Some(b),
+                }
             }
             match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,

@@ -136,6 +136,7 @@ fn handle(router: &Router, conn: &Arc<Conn>, frame: Frame) -> Result<(), &'stati
             | cmd::PUBLISH_GROUP
             | cmd::PUBLISH_ROOM
             | cmd::PUSH
+            | cmd::WATCH_PRESENCE
     ) {
         m.unknown_commands.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
@@ -178,6 +179,12 @@ fn handle(router: &Router, conn: &Arc<Conn>, frame: Frame) -> Result<(), &'stati
             }
         }
         RouteBody::Push(req) => crate::push::handle(router, req),
+        RouteBody::WatchPresence => {
+            tracing::debug!(conn = conn.id, "access node watches remote presence");
+            t.watch(conn);
+        }
+        // Not in the list above: the router's own frames are never accepted from a node.
+        RouteBody::RemotePresence(_) | RouteBody::Peers { .. } => {}
     }
     Ok(())
 }

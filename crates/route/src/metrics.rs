@@ -22,6 +22,8 @@ pub(crate) struct Metrics {
     pub publish_in_room: AtomicU64,
     /// Frames queued for access nodes.
     pub publish_out: AtomicU64,
+    /// Presence frames (REMOTE_PRESENCE, PEERS) queued for access nodes.
+    pub presence_out: AtomicU64,
     /// Frames for access nodes dropped on a full outbox (receivers not told).
     pub dropped: AtomicU64,
     /// Persistent messages dropped on a full outbox whose receivers were owed a sync notification.
@@ -52,6 +54,7 @@ impl Default for Metrics {
             publish_in_group: AtomicU64::new(0),
             publish_in_room: AtomicU64::new(0),
             publish_out: AtomicU64::new(0),
+            presence_out: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             coalesced: AtomicU64::new(0),
             push_requests: AtomicU64::new(0),
@@ -137,6 +140,16 @@ pub(crate) fn render(r: &Router) -> String {
         "banter_route_publish_out_total",
         "Route messages queued for access nodes.",
         get(&m.publish_out),
+    );
+    reg.set_counter(
+        "banter_route_presence_out_total",
+        "Remote-presence frames (REMOTE_PRESENCE, PEERS) queued for access nodes that watch it.",
+        get(&m.presence_out),
+    );
+    reg.set_gauge(
+        "banter_route_presence_watchers",
+        "Access-node connections that asked for remote presence.",
+        r.table.watcher_count() as f64,
     );
     reg.set_counter(
         "banter_route_dropped_total",

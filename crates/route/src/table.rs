@@ -8,6 +8,17 @@
 //! different users never contend. The connection list is copy-on-write (`Arc<Vec<…>>`) for group
 //! publishes. When a connection closes, its entries are removed shard by shard.
 //!
+//! **Remote presence** (docs/internal-protocols.md, *route link*). A connection that sent
+//! WATCH_PRESENCE is a *watcher*: [`Table::watch`] sends it a snapshot — REMOTE_PRESENCE frames
+//! for every user and room some *other* connection subscribes, then PEERS with the number of other
+//! connections — and from then on every change that flips "some other connection subscribes it"
+//! for that watcher is sent to it as a REMOTE_PRESENCE delta, and every change of the connection
+//! count as PEERS. Deltas are queued while the shard lock of the user or room is held (PEERS while
+//! the connection list's lock is held), so a watcher receives the changes of one user in the order
+//! they happened, and the snapshot of a shard is never overtaken by an older delta. Presence frames
+//! are never dropped: they bypass the outbox bounds, and a watcher whose outbox grows past twice
+//! its bounds is disconnected (it reconnects and gets a fresh snapshot).
+//!
 //! Forwarding never waits: [`Conn::send`] appends to the connection's outbox (a mutex-protected
 //! `VecDeque` plus a `Notify`) or, when the outbox is over its frame or byte bound, drops the frame.
 //! A dropped persistent message (or sync notification) leaves its receiver owed one coalesced sync
@@ -18,11 +29,12 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use cluster::notify_backlog::{Noted, NotifyBacklog, OWED_CHUNK};
+use cluster::route_proto::{cmd, presence_body, PresenceKind, MAX_PRESENCE_IDS};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +65,8 @@ pub(crate) struct Conn {
     pub sent: AtomicU64,
     pub dropped: AtomicU64,
     pub received: AtomicU64,
+    /// Sent WATCH_PRESENCE: gets remote presence.
+    pub watching: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -80,8 +94,36 @@ impl Conn {
             sent: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            watching: AtomicBool::new(false),
             metrics,
         }
+    }
+
+    /// Queue a presence frame (REMOTE_PRESENCE, PEERS): never dropped, never waits. Beyond twice
+    /// the outbox bounds the node is hopelessly behind: the connection is closed instead (the node
+    /// reconnects, replays and gets a fresh snapshot).
+    pub fn send_presence(&self, cmd: u8, body: Bytes) {
+        let mut ob = self.outbox.lock();
+        let cost = body.len() + proto::HEADER_LEN;
+        if ob.queue.len() >= self.max_frames.saturating_mul(2)
+            || ob.bytes + cost > self.max_bytes.saturating_mul(2)
+        {
+            drop(ob);
+            if !self.kill.is_cancelled() {
+                tracing::warn!(conn = self.id, peer = %self.peer, "access node too far behind to keep its remote presence; disconnecting it");
+                self.kill.cancel();
+            }
+            return;
+        }
+        ob.bytes += cost;
+        ob.queue.push_back((cmd, body));
+        drop(ob);
+        self.metrics.presence_out.fetch_add(1, Ordering::Relaxed);
+        self.wake.notify_one();
+    }
+
+    fn is_watching(&self) -> bool {
+        self.watching.load(Ordering::Acquire)
     }
 
     /// Queue a frame for this node; never waits. When the outbox is full the frame is dropped:
@@ -152,6 +194,58 @@ impl Conn {
     }
 }
 
+/// REMOTE_PRESENCE frames being collected for watchers, sent in chunks by [`Deltas::flush`] while
+/// the shard lock they were computed under is still held.
+#[derive(Default)]
+struct Deltas {
+    by: HashMap<DeltaKey, (Arc<Conn>, Vec<i64>)>,
+}
+
+/// A watcher's connection id, what, whether present, and the app.
+type DeltaKey = (u64, PresenceKind, bool, i64);
+
+impl Deltas {
+    fn add(&mut self, to: &Arc<Conn>, kind: PresenceKind, present: bool, appid: i64, id: i64) {
+        self.by
+            .entry((to.id, kind, present, appid))
+            .or_insert_with(|| (to.clone(), Vec::new()))
+            .1
+            .push(id);
+    }
+
+    fn flush(&mut self) {
+        for ((_, kind, present, appid), (to, ids)) in self.by.drain() {
+            for chunk in ids.chunks(MAX_PRESENCE_IDS) {
+                to.send_presence(
+                    cmd::REMOTE_PRESENCE,
+                    presence_body(kind, present, appid, chunk),
+                );
+            }
+        }
+    }
+}
+
+/// For every watcher but those in neither list: whether "a connection other than the watcher
+/// subscribes it" differs between `before` and `after` (connection ids); if so, a delta.
+fn presence_change(
+    watchers: &[Arc<Conn>],
+    (kind, appid, id): (PresenceKind, i64, i64),
+    before: &[u64],
+    after: &[u64],
+    deltas: &mut Deltas,
+) {
+    if before.len() >= 2 && after.len() >= 2 {
+        return; // another connection remains for everyone
+    }
+    for w in watchers {
+        let was = before.iter().any(|c| *c != w.id);
+        let is = after.iter().any(|c| *c != w.id);
+        if was != is {
+            deltas.add(w, kind, is, appid, id);
+        }
+    }
+}
+
 type UserShard = RwLock<HashMap<(i64, i64), Vec<(Arc<Conn>, bool)>>>;
 type RoomShard = RwLock<HashMap<(i64, i64), Vec<Arc<Conn>>>>;
 
@@ -181,34 +275,94 @@ impl Table {
         let mut conns = self.conns.write();
         let mut list: Vec<Arc<Conn>> = conns.as_ref().clone();
         list.push(c);
+        send_peers(&list);
         *conns = Arc::new(list);
     }
 
-    /// Remove a connection and everything it subscribed.
+    /// The connections that watch remote presence.
+    fn watchers(&self) -> Vec<Arc<Conn>> {
+        self.conns
+            .read()
+            .iter()
+            .filter(|c| c.is_watching())
+            .cloned()
+            .collect()
+    }
+
+    /// Remove a connection and everything it subscribed (telling watchers what others lost).
     pub fn remove_conn(&self, c: &Conn) {
         {
             let mut conns = self.conns.write();
             let list: Vec<Arc<Conn>> = conns.iter().filter(|x| x.id != c.id).cloned().collect();
+            send_peers(&list);
             *conns = Arc::new(list);
         }
+        let watchers = self.watchers();
+        let mut deltas = Deltas::default();
         if c.users.load(Ordering::Relaxed) > 0 {
             for shard in self.users.iter() {
-                shard.write().retain(|_, v| {
-                    v.retain(|(x, _)| x.id != c.id);
+                let mut shard = shard.write();
+                shard.retain(|&(appid, uid), v| {
+                    if v.iter().any(|(x, _)| x.id == c.id) {
+                        let before: Vec<u64> = v.iter().map(|(x, _)| x.id).collect();
+                        v.retain(|(x, _)| x.id != c.id);
+                        let after: Vec<u64> = v.iter().map(|(x, _)| x.id).collect();
+                        let what = (PresenceKind::User, appid, uid);
+                        presence_change(&watchers, what, &before, &after, &mut deltas);
+                    }
                     !v.is_empty()
                 });
+                deltas.flush();
             }
         }
         if c.rooms.load(Ordering::Relaxed) > 0 {
             for shard in self.rooms.iter() {
-                shard.write().retain(|_, v| {
-                    v.retain(|x| x.id != c.id);
+                let mut shard = shard.write();
+                shard.retain(|&(appid, room), v| {
+                    if v.iter().any(|x| x.id == c.id) {
+                        let before: Vec<u64> = v.iter().map(|x| x.id).collect();
+                        v.retain(|x| x.id != c.id);
+                        let after: Vec<u64> = v.iter().map(|x| x.id).collect();
+                        let what = (PresenceKind::Room, appid, room);
+                        presence_change(&watchers, what, &before, &after, &mut deltas);
+                    }
                     !v.is_empty()
                 });
+                deltas.flush();
             }
         }
         c.users.store(0, Ordering::Relaxed);
         c.rooms.store(0, Ordering::Relaxed);
+    }
+
+    /// WATCH_PRESENCE from `c`: from now on `c` gets deltas; first the snapshot of every user and
+    /// room another connection subscribes, then PEERS (see the module docs).
+    pub fn watch(&self, c: &Arc<Conn>) {
+        if c.watching.swap(true, Ordering::AcqRel) {
+            return; // asked twice: the first snapshot and the deltas since stand
+        }
+        let mut deltas = Deltas::default();
+        for shard in self.users.iter() {
+            let shard = shard.read();
+            for (&(appid, uid), v) in shard.iter() {
+                if v.iter().any(|(x, _)| x.id != c.id) {
+                    deltas.add(c, PresenceKind::User, true, appid, uid);
+                }
+            }
+            deltas.flush();
+        }
+        for shard in self.rooms.iter() {
+            let shard = shard.read();
+            for (&(appid, room), v) in shard.iter() {
+                if v.iter().any(|x| x.id != c.id) {
+                    deltas.add(c, PresenceKind::Room, true, appid, room);
+                }
+            }
+            deltas.flush();
+        }
+        let conns = self.conns.read();
+        let others = conns.iter().filter(|x| x.id != c.id).count();
+        c.send_presence(cmd::PEERS, peers_body(others));
     }
 
     pub fn conns(&self) -> Arc<Vec<Arc<Conn>>> {
@@ -223,10 +377,27 @@ impl Table {
         match entry.iter_mut().find(|(x, _)| x.id == c.id) {
             Some(slot) => slot.1 = online,
             None => {
+                let before: Vec<u64> = entry.iter().map(|(x, _)| x.id).collect();
                 entry.push((c.clone(), online));
                 c.users.fetch_add(1, Ordering::Relaxed);
+                let after: Vec<u64> = entry.iter().map(|(x, _)| x.id).collect();
+                self.announce((PresenceKind::User, appid, uid), &before, &after);
             }
         }
+    }
+
+    /// Sends watchers the deltas of one user's or room's change (caller holds its shard lock).
+    fn announce(&self, what: (PresenceKind, i64, i64), before: &[u64], after: &[u64]) {
+        if before.len() >= 2 && after.len() >= 2 {
+            return;
+        }
+        let watchers = self.watchers();
+        if watchers.is_empty() {
+            return;
+        }
+        let mut deltas = Deltas::default();
+        presence_change(&watchers, what, before, after, &mut deltas);
+        deltas.flush();
     }
 
     /// UNSUBSCRIBE.
@@ -234,10 +405,12 @@ impl Table {
         let key = (appid, uid);
         let mut shard = self.users[self.shard(key)].write();
         if let Some(entry) = shard.get_mut(&key) {
-            let before = entry.len();
+            let before: Vec<u64> = entry.iter().map(|(x, _)| x.id).collect();
             entry.retain(|(x, _)| x.id != c.id);
-            if entry.len() < before {
+            if entry.len() < before.len() {
                 c.users.fetch_sub(1, Ordering::Relaxed);
+                let after: Vec<u64> = entry.iter().map(|(x, _)| x.id).collect();
+                self.announce((PresenceKind::User, appid, uid), &before, &after);
             }
             if entry.is_empty() {
                 shard.remove(&key);
@@ -250,8 +423,11 @@ impl Table {
         let mut shard = self.rooms[self.shard(key)].write();
         let entry = shard.entry(key).or_default();
         if !entry.iter().any(|x| x.id == c.id) {
+            let before: Vec<u64> = entry.iter().map(|x| x.id).collect();
             entry.push(c.clone());
             c.rooms.fetch_add(1, Ordering::Relaxed);
+            let after: Vec<u64> = entry.iter().map(|x| x.id).collect();
+            self.announce((PresenceKind::Room, appid, room), &before, &after);
         }
     }
 
@@ -259,10 +435,12 @@ impl Table {
         let key = (appid, room);
         let mut shard = self.rooms[self.shard(key)].write();
         if let Some(entry) = shard.get_mut(&key) {
-            let before = entry.len();
+            let before: Vec<u64> = entry.iter().map(|x| x.id).collect();
             entry.retain(|x| x.id != c.id);
-            if entry.len() < before {
+            if entry.len() < before.len() {
                 c.rooms.fetch_sub(1, Ordering::Relaxed);
+                let after: Vec<u64> = entry.iter().map(|x| x.id).collect();
+                self.announce((PresenceKind::Room, appid, room), &before, &after);
             }
             if entry.is_empty() {
                 shard.remove(&key);
@@ -333,6 +511,11 @@ impl Table {
         out
     }
 
+    /// Connections watching remote presence.
+    pub fn watcher_count(&self) -> usize {
+        self.conns.read().iter().filter(|c| c.is_watching()).count()
+    }
+
     /// `(distinct users, distinct online users, distinct rooms)`.
     pub fn counts(&self) -> (usize, usize, usize) {
         let mut users = 0;
@@ -344,5 +527,17 @@ impl Table {
         }
         let rooms = self.rooms.iter().map(|s| s.read().len()).sum();
         (users, online, rooms)
+    }
+}
+
+fn peers_body(others: usize) -> Bytes {
+    Bytes::copy_from_slice(&u32::try_from(others).unwrap_or(u32::MAX).to_be_bytes())
+}
+
+/// PEERS to every watcher of the connection list `list` (caller holds the list's write lock).
+fn send_peers(list: &[Arc<Conn>]) {
+    let others = list.len().saturating_sub(1);
+    for c in list.iter().filter(|c| c.is_watching()) {
+        c.send_presence(cmd::PEERS, peers_body(others));
     }
 }

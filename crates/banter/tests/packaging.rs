@@ -74,7 +74,11 @@ fn etcd_example_configs_load() {
     }
     let mut advertised: Vec<&str> = stores.iter().map(|c| c.advertise_host.as_str()).collect();
     advertised.dedup();
-    assert_eq!(advertised.len(), 3, "every store member advertises its own host");
+    assert_eq!(
+        advertised.len(),
+        3,
+        "every store member advertises its own host"
+    );
     for n in ["router-1", "router-2"] {
         let r: route::RouterConfig = load_file(&ex.join(format!("{n}.toml")), |_| Vec::new());
         assert_eq!(r.node_id, n);

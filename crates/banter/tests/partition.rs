@@ -910,7 +910,11 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
     // A message stored twice from one attempt would be a store bug. A resent one can still be
     // stored twice when the leader dies between replicating a message and replicating its KEY
     // record (docs/cluster.md, *Partition tests*: the open case, counted in the table above).
-    let single: Vec<_> = report.duplicates.iter().filter(|d| !d.after_resend).collect();
+    let single: Vec<_> = report
+        .duplicates
+        .iter()
+        .filter(|d| !d.after_resend)
+        .collect();
     assert!(
         single.is_empty(),
         "messages stored twice from a single attempt: {single:?} ({report})"

@@ -312,9 +312,11 @@ async fn recv_im_or_notify(c: &mut Client) -> Frame {
 #[tokio::test]
 async fn a_lone_access_node_sends_its_router_nothing_for_local_deliveries() {
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let mut rc = route::RouterConfig::default();
-    rc.listen = "127.0.0.1:0".into();
-    rc.http_listen = "127.0.0.1:0".into();
+    let rc = route::RouterConfig {
+        listen: "127.0.0.1:0".into(),
+        http_listen: "127.0.0.1:0".into(),
+        ..Default::default()
+    };
     let router = route::run(rc, shutdown.clone()).await.unwrap();
     let router_http = router.http_addr.expect("router http");
     let router_addr = router.addr.to_string();

@@ -186,12 +186,14 @@ impl Client {
     }
 }
 
+/// An IM with a `msgid` of its own: two calls are two messages, never a resend of one.
 fn im(sender: i64, receiver: i64, text: &'static str) -> Im {
+    static NEXT_MSGID: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(1);
     Im {
         sender,
         receiver,
         timestamp: 0,
-        msgid: 5,
+        msgid: NEXT_MSGID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         content: Bytes::from_static(text.as_bytes()),
     }
 }
@@ -794,8 +796,9 @@ async fn sync_pages_mark_self_and_continue_until_caught_up() {
     .await;
     let mut a = login(&n.app, APP, 10, 100);
     let mut other_device = login(&n.app, APP, 10, 101);
-    for i in 0..3 {
-        a.send(i, 0, Body::Im(im(10, 20, "m"))).await;
+    let sent: Vec<Im> = (0..3).map(|_| im(10, 20, "m")).collect();
+    for (i, m) in sent.iter().enumerate() {
+        a.send(i as i32, 0, Body::Im(m.clone())).await;
     }
     // The sending device sees its own messages with SELF; the page is full, so SYNC_NOTIFY follows.
     let frames = a.send(10, 0, Body::Sync(0)).await;
@@ -825,7 +828,7 @@ async fn sync_pages_mark_self_and_continue_until_caught_up() {
     assert_eq!(frames[1].version, 0);
     assert_eq!(frames[1].body.len(), 20 + 1);
     match Body::decode(cmd::IM, 0, &frames[1].body).unwrap() {
-        Body::Im(m) => assert_eq!((m.sender, m.receiver, m.msgid), (10, 20, 5)),
+        Body::Im(m) => assert_eq!((m.sender, m.receiver, m.msgid), (10, 20, sent[0].msgid)),
         _ => unreachable!(),
     }
 }

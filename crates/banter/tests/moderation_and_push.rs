@@ -58,13 +58,15 @@ async fn the_word_filter_masks_banned_words_and_reloads() {
     tokio::time::sleep(Duration::from_millis(1100)).await;
     std::fs::write(&words, "badword\nnewword\n").unwrap();
     let mut masked = false;
-    for _ in 0..50 {
+    for i in 0..50 {
+        // A new message each time (its own msgid): the same msgid and content again would be a
+        // resend, stored once.
         a.send_body(
             &Body::Im(Im {
                 sender: 1,
                 receiver: 2,
                 timestamp: 0,
-                msgid: 3,
+                msgid: 3 + i,
                 content: "{\"text\":\"newword\"}".into(),
             }),
             flag::TEXT,

@@ -85,7 +85,7 @@ const SCHEMA: &[&str] = &[
         at INTEGER NOT NULL,
         pad BLOB
     )",
-    // Push device tokens bound through the app API (see `crate::devices`).
+    // Push device tokens bound through the app API (see `devices.rs`).
     "CREATE TABLE IF NOT EXISTS push_devices (
         appid INTEGER NOT NULL,
         uid INTEGER NOT NULL,
@@ -95,16 +95,16 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (appid, uid, provider, token)
     ) WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS push_devices_by_token ON push_devices (appid, provider, token)",
-    // Offline-push do-not-disturb settings (see `crate::push_prefs`); gid 0 = the whole user.
+    // Offline-push do-not-disturb settings (see `push_prefs.rs`); gid 0 = the whole user.
     "CREATE TABLE IF NOT EXISTS push_dnd (
         appid INTEGER NOT NULL,
         uid INTEGER NOT NULL,
         gid INTEGER NOT NULL,
         PRIMARY KEY (appid, uid, gid)
     ) WITHOUT ROWID",
-    // The sender's name of a push title (`crate::push_prefs`).
+    // The sender's name of a push title (`push_prefs.rs`).
     "CREATE INDEX IF NOT EXISTS tokens_by_user ON tokens (appid, uid)",
-    // Customer-service supporters managed with the admin API (see `crate::supporters`).
+    // Customer-service supporters managed with the admin API (see `supporters.rs`).
     "CREATE TABLE IF NOT EXISTS supporters (
         store_id INTEGER NOT NULL,
         seller_id INTEGER NOT NULL,

@@ -207,8 +207,8 @@ impl RedisBackend {
         &self.wb
     }
 
-    /// A handle on the shared connection, for the keys other modules own (`crate::devices`,
-    /// `crate::supporters`).
+    /// A handle on the shared connection, for the keys other modules own (`devices.rs`,
+    /// `supporters.rs`).
     pub(crate) fn connection(&self) -> ConnectionManager {
         self.conn.clone()
     }

@@ -40,7 +40,7 @@ const REFRESH_MAX: usize = 1000;
 /// How long an admin call waits for the follower to apply its own event.
 const APPLY_WAIT: Duration = Duration::from_secs(3);
 
-/// The GoBelieve schema of groups (`friend` and `blacklist` are [`crate::relations`]').
+/// The GoBelieve schema of groups (`friend` and `blacklist` are the relations module's).
 /// `utf8mb4` so names may hold any character; existing tables are left as they are.
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS `group` (

@@ -25,9 +25,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+
 use crate::engine::Store;
 use crate::error::StoreError;
-use crate::format::{check_record, jump_from, RecordCheck, JUMP_RECORD_LEN, RECORD_HEADER_LEN};
+use crate::format::{
+    check_record, jump_from, RecordCheck, JUMP_RECORD_LEN, KEY_RECORD_LEN, RECORD_HEADER_LEN,
+    RECORD_KEY, RECORD_MESSAGE,
+};
 use crate::log::ReplicationBatch;
 use crate::options::Role;
 use crate::shared::Shared;
@@ -217,9 +222,13 @@ impl ReplicationStream {
         let mut data = log.read(self.next, want)?;
         // cut at the last whole record; if the first record is larger, fetch it whole
         let mut off = 0usize;
+        let mut last_kind = 0u8;
         loop {
             match check_record(&data[off..]) {
-                RecordCheck::Valid { len, .. } => off += len,
+                RecordCheck::Valid { len, kind } => {
+                    off += len;
+                    last_kind = kind;
+                }
                 RecordCheck::Incomplete { needed } if off == 0 => {
                     if needed > avail || needed <= want {
                         return Err(
@@ -244,12 +253,40 @@ impl ReplicationStream {
         if off == 0 {
             return Ok(None);
         }
+        if last_kind == RECORD_MESSAGE && off < avail {
+            data = self.with_following_key(data, off, avail)?;
+            off = data.len();
+        }
         let batch = ReplicationBatch {
             start: self.next,
             data: data.slice(..off),
         };
         self.next += off as u64;
         Ok(Some(batch))
+    }
+
+    /// `data` (whole records up to `off`, ending with a MESSAGE) extended by the KEY record
+    /// that follows the message, if one does, and cut at `off` otherwise. A batch never ends
+    /// between a message and its key: a follower promoted after holding only the message would
+    /// store a retry of it a second time.
+    fn with_following_key(
+        &self,
+        data: Bytes,
+        off: usize,
+        avail: usize,
+    ) -> Result<Bytes, StoreError> {
+        if avail < off + KEY_RECORD_LEN {
+            return Ok(data.slice(..off));
+        }
+        let data = if data.len() >= off + KEY_RECORD_LEN {
+            data
+        } else {
+            self.shared.log().read(self.next, off + KEY_RECORD_LEN)?
+        };
+        match check_record(&data[off..off + KEY_RECORD_LEN]) {
+            RecordCheck::Valid { len, kind } if kind == RECORD_KEY => Ok(data.slice(..off + len)),
+            _ => Ok(data.slice(..off)),
+        }
     }
 
     /// Moves `next` from the end of a segment to the next segment, whose first record must be a

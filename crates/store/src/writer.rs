@@ -306,7 +306,11 @@ impl Writer {
                         }
                         let pos = start + buf.len() as u64;
                         encode_message(&mut buf, pos, m, &mut self.heads, &mut updates, res);
-                        bounds.push(buf.len());
+                        // A keyed message and its KEY record are one unit: no segment ends
+                        // between them, so no replication batch can carry one without the other.
+                        if m.key.is_none() {
+                            bounds.push(buf.len());
+                        }
                         if let Some(k) = &m.key {
                             let len = (start + buf.len() as u64 - pos) as u32;
                             encode_key(&mut buf, pos, k);
@@ -769,14 +773,20 @@ fn apply_replicated(
             heads.insert(q, h);
         }
     }
-    for (a, b) in records {
+    for (i, &(a, b)) in records.iter().enumerate() {
         let p = start + a as u64;
         if let Err(why) = window.apply_record(p, &data[a..b]) {
             // checked above; cannot happen
             tracing::warn!(position = p, reason = %why, "a replicated record left the key window unchanged");
         }
         buf.extend_from_slice(&data[a..b]);
-        bounds.push(buf.len());
+        // as on the leader: no segment ends between a message and the KEY record naming it
+        let key_follows = records
+            .get(i + 1)
+            .is_some_and(|&(na, _)| data[na + 8] == RECORD_KEY);
+        if !key_follows {
+            bounds.push(buf.len());
+        }
     }
     updates.extend(staged);
     Ok(pos.max(p))

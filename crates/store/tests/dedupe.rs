@@ -239,3 +239,73 @@ fn a_promoted_follower_knows_the_keys_its_leader_stored() {
     }
     assert_eq!(bodies(&follower, r).len(), 20);
 }
+
+/// The kinds of the whole records in a replication batch, in order.
+fn record_kinds(data: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    let mut off = 0;
+    while off < data.len() {
+        match store::format::check_record(&data[off..]) {
+            store::format::RecordCheck::Valid { len, kind } => {
+                kinds.push(kind);
+                off += len;
+            }
+            other => panic!("batch holds a broken record at {off}: {other:?}"),
+        }
+    }
+    kinds
+}
+
+#[test]
+fn no_batch_and_no_segment_separates_a_message_from_its_key() {
+    let root = tempfile::tempdir().unwrap();
+    // small segments: the leader rolls many times, the follower at other places
+    let leader = Store::open(
+        root.path().join("l"),
+        StoreOptions {
+            segment_bytes: 4096,
+            ..common::small_opts()
+        },
+    )
+    .unwrap();
+    let (r, w) = pair();
+    for i in 0..60u64 {
+        let body = "x".repeat(1 + (i as usize * 397) % 1500);
+        append(&leader, keyed(&[r, w], &body, i));
+    }
+    for max in [1, 60, 100, 150, 333, 700, 1600, 5000] {
+        let follower = Store::open(
+            root.path().join(format!("f{max}")),
+            StoreOptions {
+                role: Role::Follower,
+                segment_bytes: 5000,
+                ..common::small_opts()
+            },
+        )
+        .unwrap();
+        let mut stream = leader.subscribe(0).unwrap();
+        stream.set_max_bytes(max);
+        let mut batches = 0;
+        while let Some(b) = stream.try_next().unwrap() {
+            let kinds = record_kinds(&b.data);
+            assert_eq!(
+                kinds.last(),
+                Some(&store::format::RECORD_KEY),
+                "max {max}: a batch of {kinds:?} ends with a message whose key is not in it"
+            );
+            follower.apply_replicated(b).wait().unwrap();
+            batches += 1;
+        }
+        assert!(batches > 1 || max >= 5000, "max {max}: {batches} batches");
+        assert_eq!(follower.log_end(), leader.log_end());
+        // The follower's own segments (it streams once promoted) keep each pair together too.
+        let mut from_follower = follower.subscribe(0).unwrap();
+        from_follower.set_max_bytes(1);
+        while let Some(b) = from_follower.try_next().unwrap() {
+            assert_eq!(
+                record_kinds(&b.data),
+                [store::format::RECORD_MESSAGE, store::format::RECORD_KEY]
+            );
+        }
+    }
+}

@@ -22,7 +22,10 @@
 //!
 //! The test runs one round of the six faults; `PARTITION_ROUNDS=N` runs N rounds and
 //! `PARTITION_MAX_SECS` bounds the time spent injecting (`scripts/partition-test` runs the
-//! long version). Needs root (network namespaces), `ip`, `tc`, `nft` and `etcd`.
+//! long version). `PARTITION_REPLICATION=async` runs the stores in `async` replication instead,
+//! where a fail-over may lose what the leader acknowledged but had not replicated: the test then
+//! measures that loss per fault instead of requiring none. Needs root (network namespaces), `ip`,
+//! `tc`, `nft` and `etcd`.
 #![allow(clippy::unwrap_used)] // a test fails by panicking
 
 use std::collections::BTreeMap;
@@ -138,6 +141,7 @@ impl Cluster {
     fn write_configs(&self) {
         let etcd = self.etcd_url();
         let d = self.dir.path();
+        let mode = replication_mode();
         for name in STORES {
             let ip = self.net.ip(name);
             let data = d.join(format!("{name}-data"));
@@ -146,7 +150,7 @@ impl Cluster {
                 format!(
                     "node_id = \"{name}\"\ndata_dir = {data:?}\nlisten = \"{ip}:13333\"\n\
                      replication_listen = \"{ip}:13334\"\nhttp_listen = \"{ip}:13335\"\n\
-                     http_secret = \"{SECRET}\"\nreplication_mode = \"sync\"\n\
+                     http_secret = \"{SECRET}\"\nreplication_mode = \"{mode}\"\n\
                      sync_timeout_ms = 2000\nreplication_heartbeat_ms = 500\n\
                      replication_idle_timeout_ms = 3000\netcd = [\"{etcd}\"]\n\
                      etcd_prefix = \"{PREFIX}\"\nshard = \"0\"\n"
@@ -735,6 +739,15 @@ fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
 
+/// The stores' replication mode: `sync` unless `PARTITION_REPLICATION` says `async`.
+fn replication_mode() -> &'static str {
+    match std::env::var("PARTITION_REPLICATION").as_deref() {
+        Err(_) | Ok("sync") => "sync",
+        Ok("async") => "async",
+        Ok(other) => panic!("PARTITION_REPLICATION={other}: expected sync or async"),
+    }
+}
+
 fn env_number(name: &str, default: u64) -> u64 {
     match std::env::var(name) {
         Ok(v) => v
@@ -837,15 +850,26 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
     for d in &report.duplicates {
         duplicated.insert(&d.nonce);
     }
+    let mut lost: std::collections::BTreeSet<&str> = Default::default();
+    for l in &report.lost {
+        lost.insert(&l.message.nonce);
+    }
+    let in_window = |set: &std::collections::BTreeSet<&str>, from: Instant, until: Instant| {
+        set.iter()
+            .filter(|n| acked_at.get(**n).is_some_and(|t| *t >= from && *t < until))
+            .count()
+    };
 
     // fail-over figures per fault type
-    let mut table: BTreeMap<Fault, Vec<(Duration, Duration, Duration, usize)>> = BTreeMap::new();
+    type Row = (Duration, Duration, Duration, usize, usize);
+    let mut table: BTreeMap<Fault, Vec<Row>> = BTreeMap::new();
     for (k, i) in injected.iter().enumerate() {
         let until = injected.get(k + 1).map_or(ended, |n| n.at);
-        let dups = duplicated
-            .iter()
-            .filter(|n| acked_at.get(**n).is_some_and(|t| *t >= i.at && *t < until))
-            .count();
+        let dups = in_window(&duplicated, i.at, until);
+        // ACKed messages lost, by when they were ACKed: from 2 s before the fault (what the
+        // leader had not replicated yet when it was hit) to 2 s before the next one
+        let before = Duration::from_secs(2);
+        let lost_here = in_window(&lost, i.at - before, until.checked_sub(before).unwrap_or(until));
         let first = logs
             .iter()
             .filter_map(|l| first_after(&l.acks, i.at))
@@ -864,19 +888,20 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
         table
             .entry(i.fault)
             .or_default()
-            .push((first, ack_gap, push_gap, dups));
+            .push((first, ack_gap, push_gap, dups, lost_here));
     }
     eprintln!(
         "\n| Fault | Injected | First ACK after (median / max) | Longest without an ACK \
-         (median / max) | Longest without a cross-node push (median / max) | Messages stored twice |"
+         (median / max) | Longest without a cross-node push (median / max) | Messages stored twice \
+         | ACKed messages lost |"
     );
-    eprintln!("|---|---|---|---|---|---|");
+    eprintln!("|---|---|---|---|---|---|---|");
     for (fault, rows) in &table {
         let (fm, fx) = median_max(rows.iter().map(|r| r.0).collect());
         let (gm, gx) = median_max(rows.iter().map(|r| r.1).collect());
         let (pm, px) = median_max(rows.iter().map(|r| r.2).collect());
         eprintln!(
-            "| {} | {} | {} / {} | {} / {} | {} / {} | {} |",
+            "| {} | {} | {} / {} | {} / {} | {} / {} | {} | {} |",
             fault.label(),
             rows.len(),
             secs(fm),
@@ -885,14 +910,16 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
             secs(gx),
             secs(pm),
             secs(px),
-            rows.iter().map(|r| r.3).sum::<usize>()
+            rows.iter().map(|r| r.3).sum::<usize>(),
+            rows.iter().map(|r| r.4).sum::<usize>()
         );
     }
     eprintln!(
-        "\nPARTITION RESULT: {} faults in {:.0} s, netem {}; {report}; {refused} refusals and \
-         {unanswered} unanswered attempts resent; process starts {:?}",
+        "\nPARTITION RESULT: {} faults in {:.0} s, {} replication, netem {}; {report}; {refused} \
+         refusals and {unanswered} unanswered attempts resent; process starts {:?}",
         injected.len(),
         (ended - began).as_secs_f64(),
+        replication_mode(),
         if c.net.has_netem() {
             "yes"
         } else {
@@ -902,21 +929,25 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
     );
     assert!(!injected.is_empty(), "no fault was injected");
     assert!(report.acked > 0, "no message was ACKed");
-    assert!(report.lost.is_empty(), "ACKed messages lost: {report}");
     assert!(
         report.reorders.is_empty(),
         "a sender's order broken: {report}"
     );
-    // A message stored twice from one attempt would be a store bug. A resent one can still be
-    // stored twice when the leader dies between replicating a message and replicating its KEY
-    // record (docs/cluster.md, *Partition tests*: the open case, counted in the table above).
-    let single: Vec<_> = report
-        .duplicates
-        .iter()
-        .filter(|d| !d.after_resend)
-        .collect();
+    if replication_mode() == "async" {
+        // async: what a dead leader had acknowledged but not replicated is lost; measured above
+        eprintln!(
+            "async replication: {} of {} ACKed messages lost",
+            lost.len(),
+            report.acked
+        );
+        return;
+    }
+    assert!(report.lost.is_empty(), "ACKed messages lost: {report}");
+    // sync replication and exactly-once appends: no message is stored twice, not even one the
+    // sender resent after a refusal or a timeout during a fail-over
     assert!(
-        single.is_empty(),
-        "messages stored twice from a single attempt: {single:?} ({report})"
+        report.duplicates.is_empty(),
+        "messages stored twice: {:?} ({report})",
+        report.duplicates
     );
 }

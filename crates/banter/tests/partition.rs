@@ -869,7 +869,11 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
         // ACKed messages lost, by when they were ACKed: from 2 s before the fault (what the
         // leader had not replicated yet when it was hit) to 2 s before the next one
         let before = Duration::from_secs(2);
-        let lost_here = in_window(&lost, i.at - before, until.checked_sub(before).unwrap_or(until));
+        let lost_here = in_window(
+            &lost,
+            i.at - before,
+            until.checked_sub(before).unwrap_or(until),
+        );
         let first = logs
             .iter()
             .filter_map(|l| first_after(&l.acks, i.at))

@@ -112,6 +112,7 @@ impl Writer {
         let target = jump_target(from.max(min_end));
         self.roll_at(from, target).map_err(Failed::Io)?;
         self.end = target;
+        self.window.jumped(from, target);
         let mut buf = Vec::with_capacity(crate::format::JUMP_RECORD_LEN);
         encode_jump(&mut buf, from);
         tracing::info!(

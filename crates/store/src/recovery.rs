@@ -622,19 +622,27 @@ pub(crate) fn open(dir: &Path, opts: &StoreOptions) -> Result<Recovered, StoreEr
     })
 }
 
-/// Phase 3b: the recent idempotency keys (`window`), from the KEY and WITHDRAW records of the
-/// last `dedupe_log_bytes` of the log (whole segments: the scan starts where the first segment
-/// ending after that point starts). A record that cannot be read there ends the scan of its
-/// segment with a warning: a key missed means a retry is stored again, never a loss.
+/// Phase 3b: the recent idempotency keys (`window`), from the KEY, WITHDRAW and JUMP records of
+/// the last `dedupe_log_bytes` of the log's bytes (whole segments, counted back from the end;
+/// the positions a promotion jumped over hold no bytes and do not count). A record that cannot
+/// be read there ends the scan of its segment with a warning: a key missed means a retry is
+/// stored again, never a loss.
 fn rebuild_window(segs: &[SegInfo], end: u64, opts: &StoreOptions) -> Window {
     let mut window = Window::new(opts.dedupe_keys, opts.dedupe_log_bytes);
     if opts.dedupe_keys == 0 {
         return window;
     }
-    let from = end.saturating_sub(opts.dedupe_log_bytes);
-    for s in segs {
-        let seg_end = (s.base + (s.len - SEGMENT_HEADER_LEN)).min(end);
-        if seg_end <= from || s.base >= end {
+    let seg_end = |s: &SegInfo| (s.base + (s.len - SEGMENT_HEADER_LEN)).min(end);
+    // the first segment to scan: going back from the end until dedupe_log_bytes are covered
+    let mut first = segs.len();
+    let mut bytes = 0u64;
+    while first > 0 && bytes < opts.dedupe_log_bytes {
+        first -= 1;
+        let s = &segs[first];
+        bytes += seg_end(s).saturating_sub(s.base);
+    }
+    for s in &segs[first..] {
+        if s.base >= end {
             continue;
         }
         let base = s.base;

@@ -8,15 +8,20 @@
 //! stored), cut back by a withdrawal (a withdrawn append must be stored again when retried) and
 //! by in-process recovery (to the acknowledged end).
 //!
-//! Bounds: at most `dedupe_keys` keys, and only keys of records within `dedupe_log_bytes` of the
-//! newest one; the oldest are forgotten first. Each key costs about 120 bytes of memory (the
-//! 40-byte key twice — map and order — its position and record length, and the map's
-//! overhead), so the default 100 000 keys hold about 12 MB, up to twice that while a table
-//! grows.
+//! Bounds: at most `dedupe_keys` keys, and only keys of records within `dedupe_log_bytes` of log
+//! bytes of the newest one; the oldest are forgotten first. Log bytes, not positions: a promotion
+//! makes positions jump by a terabyte or more (a JUMP record), and the keys of the records just
+//! before it are exactly the ones the clients' resends after a fail-over need. Each key costs
+//! about 130 bytes of memory (the 40-byte key twice — map and order — its position, its place in
+//! the log's bytes and record length, and the map's overhead), so the default 100 000 keys hold
+//! about 13 MB, up to twice that while a table grows.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::format::{decode_key, decode_withdraw, RECORD_HEADER_LEN, RECORD_KEY, RECORD_WITHDRAW};
+use crate::format::{
+    decode_key, decode_withdraw, jump_from, RECORD_HEADER_LEN, RECORD_JUMP, RECORD_KEY,
+    RECORD_WITHDRAW,
+};
 use crate::AppendKey;
 
 /// Where the MESSAGE record of a remembered key is.
@@ -34,8 +39,11 @@ pub(crate) struct Window {
     max_keys: usize,
     max_bytes: u64,
     map: HashMap<AppendKey, Slot>,
-    /// Keys by record position, oldest first (an entry whose map slot moved on is stale).
-    order: VecDeque<(u64, AppendKey)>,
+    /// Keys by record position, oldest first, each with its record's place in the log's bytes
+    /// (its position less the jumps below it); an entry whose map slot moved on is stale.
+    order: VecDeque<(u64, u64, AppendKey)>,
+    /// Positions the log skipped at promotions (JUMP records) so far.
+    skipped: u64,
 }
 
 impl Window {
@@ -47,6 +55,7 @@ impl Window {
             max_bytes,
             map: HashMap::new(),
             order: VecDeque::new(),
+            skipped: 0,
         }
     }
 
@@ -66,20 +75,27 @@ impl Window {
         if self.max_keys == 0 {
             return;
         }
+        let at = pos.saturating_sub(self.skipped);
         self.map.insert(key, Slot { pos, len });
-        self.order.push_back((pos, key));
+        self.order.push_back((pos, at, key));
         while self.order.len() > self.max_keys
             || self
                 .order
                 .front()
-                .is_some_and(|(p, _)| p.saturating_add(self.max_bytes) < pos)
+                .is_some_and(|(_, a, _)| a.saturating_add(self.max_bytes) < at)
         {
             self.pop_front();
         }
     }
 
+    /// The log continues at `to` after ending at `from` (a promotion's JUMP record): the
+    /// positions in between hold no bytes and do not count towards `dedupe_log_bytes`.
+    pub fn jumped(&mut self, from: u64, to: u64) {
+        self.skipped = self.skipped.saturating_add(to.saturating_sub(from));
+    }
+
     fn pop_front(&mut self) {
-        if let Some((p, k)) = self.order.pop_front() {
+        if let Some((p, _, k)) = self.order.pop_front() {
             if self.map.get(&k).is_some_and(|s| s.pos == p) {
                 self.map.remove(&k);
             }
@@ -89,7 +105,7 @@ impl Window {
     /// Forgets the keys of every record at or after `from` (withdrawn, or beyond the
     /// acknowledged end after a failed write).
     pub fn truncate(&mut self, from: u64) {
-        while let Some(&(p, k)) = self.order.back() {
+        while let Some(&(p, _, k)) = self.order.back() {
             if p < from {
                 break;
             }
@@ -101,7 +117,8 @@ impl Window {
     }
 
     /// Applies a record found at `pos` in the log (recovery, replication): a KEY record adds
-    /// its key, a WITHDRAW record forgets the keys it withdraws; other records change nothing.
+    /// its key, a WITHDRAW record forgets the keys it withdraws, a JUMP record (the first of
+    /// the segment at `pos`) skips the positions it jumps over; a MESSAGE changes nothing.
     pub fn apply_record(&mut self, pos: u64, rec: &[u8]) -> Result<(), String> {
         match rec[8] {
             RECORD_KEY => {
@@ -116,6 +133,11 @@ impl Window {
             RECORD_WITHDRAW => {
                 let w = decode_withdraw(&rec[RECORD_HEADER_LEN..])?;
                 self.truncate(w.from);
+            }
+            RECORD_JUMP => {
+                let from = jump_from(rec)
+                    .ok_or_else(|| format!("jump record at position {pos} cannot be read"))?;
+                self.jumped(from, pos);
             }
             _ => {}
         }
@@ -152,6 +174,37 @@ mod tests {
         assert_eq!(w.get(&key(1)), None, "more than 1000 bytes older");
         assert!(w.get(&key(2)).is_some());
         assert!(w.get(&key(3)).is_some());
+    }
+
+    #[test]
+    fn positions_a_promotion_jumped_over_are_not_log_bytes() {
+        let mut w = Window::new(100, 1000);
+        w.insert(key(1), 100, 10);
+        w.insert(key(2), 500, 10);
+        // the log ended at 600 and continues at 1 TiB (a promotion)
+        let to = 1 << 40;
+        w.jumped(600, to);
+        w.insert(key(3), to + 100, 10);
+        assert!(
+            w.get(&key(1)).is_some(),
+            "200 bytes of log later, not a terabyte"
+        );
+        assert!(w.get(&key(2)).is_some());
+        w.insert(key(4), to + 650, 10);
+        assert_eq!(
+            w.get(&key(1)),
+            None,
+            "now more than 1000 bytes of log older"
+        );
+        assert!(w.get(&key(2)).is_some());
+        // a JUMP record found in the log (recovery, replication) counts the same way
+        let mut r = Window::new(100, 1000);
+        r.insert(key(1), 100, 10);
+        let mut jump = Vec::new();
+        crate::format::encode_jump(&mut jump, 600);
+        r.apply_record(to, &jump).unwrap();
+        r.insert(key(3), to + 100, 10);
+        assert!(r.get(&key(1)).is_some());
     }
 
     #[test]

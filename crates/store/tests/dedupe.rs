@@ -309,3 +309,52 @@ fn no_batch_and_no_segment_separates_a_message_from_its_key() {
         }
     }
 }
+
+#[test]
+fn a_promoted_follower_still_knows_its_leaders_keys_after_its_own_appends_and_a_restart() {
+    // A promotion makes positions jump by a terabyte: the window's byte bound must count the
+    // log's bytes, not positions, or the first append after the promotion forgets every key
+    // the old leader stored (the clients' resends after a fail-over are exactly those).
+    let root = tempfile::tempdir().unwrap();
+    let leader = Store::open(root.path().join("l"), common::small_opts()).unwrap();
+    let fdir = root.path().join("f");
+    let follower = Store::open(
+        &fdir,
+        StoreOptions {
+            role: Role::Follower,
+            ..common::small_opts()
+        },
+    )
+    .unwrap();
+    let (r, w) = pair();
+    let mut originals = Vec::new();
+    for i in 0..10 {
+        originals.push(append(&leader, keyed(&[r, w], &format!("m{i}"), i)));
+    }
+    let mut stream = leader.subscribe(0).unwrap();
+    while let Some(b) = stream.try_next().unwrap() {
+        follower.apply_replicated(b).wait().unwrap();
+    }
+    follower.promote().wait().unwrap();
+    // new messages first, then the resends of the old leader's
+    for i in 100..105 {
+        assert!(fresh(&append(
+            &follower,
+            keyed(&[r, w], &format!("n{i}"), i)
+        )));
+    }
+    let check = |s: &Store| {
+        for (i, orig) in originals.iter().enumerate() {
+            let again = append(s, keyed(&[r, w], &format!("m{i}"), i as u64));
+            assert!(again[0].stored_before, "m{i} stored again");
+            assert_eq!(again[0].key, orig[0].key);
+        }
+        assert_eq!(bodies(s, r).len(), 15);
+    };
+    check(&follower);
+    // and after a restart, rebuilt from the log (across its JUMP)
+    follower.close().unwrap();
+    drop(follower);
+    let reopened = Store::open(&fdir, common::small_opts()).unwrap();
+    check(&reopened);
+}

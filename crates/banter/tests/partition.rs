@@ -22,7 +22,9 @@
 //!
 //! The test runs one round of the six faults; `PARTITION_ROUNDS=N` runs N rounds and
 //! `PARTITION_MAX_SECS` bounds the time spent injecting (`scripts/partition-test` runs the
-//! long version). `PARTITION_REPLICATION=async` runs the stores in `async` replication instead,
+//! long version). `PARTITION_FAULTS=flapping-link,leader-kill` injects only the faults named
+//! (`Fault::name`), and `PARTITION_KEEP=1` keeps the run directory with every node's log.
+//! `PARTITION_REPLICATION=async` runs the stores in `async` replication instead,
 //! where a fail-over may lose what the leader acknowledged but had not replicated: the test then
 //! measures that loss per fault instead of requiring none. Needs root (network namespaces), `ip`,
 //! `tc`, `nft` and `etcd`.
@@ -101,7 +103,14 @@ fn hosts() -> Vec<&'static str> {
 impl Cluster {
     async fn start() -> Cluster {
         let net = Net::new(&hosts());
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        if std::env::var_os("PARTITION_KEEP").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!(
+                "PARTITION_KEEP: configs, data and one log per node in {}",
+                dir.path().display()
+            );
+        }
         let etcd_url = format!("http://{}:2379", net.ip(ETCD));
         let etcd =
             coord::Etcd::new(std::slice::from_ref(&etcd_url), Duration::from_secs(3)).unwrap();
@@ -464,6 +473,9 @@ struct SenderLog {
     acks: Vec<Instant>,
     refused: usize,
     unanswered: usize,
+    /// Every attempt that was not ACKed: the message's nonce, when the attempt was sent and what
+    /// became of it (printed for the messages found stored twice).
+    retries: Vec<(String, Instant, &'static str)>,
 }
 
 async fn connect_retrying(addr: SocketAddr, uid: i64) -> Conn {
@@ -487,6 +499,7 @@ async fn sender(uid: i64, addr: SocketAddr, stop: Arc<AtomicBool>) -> SenderLog 
         acks: Vec::new(),
         refused: 0,
         unanswered: 0,
+        retries: Vec::new(),
     };
     let mut conn: Option<Conn> = None;
     let mut seq = 0u64;
@@ -512,12 +525,14 @@ async fn sender(uid: i64, addr: SocketAddr, stop: Arc<AtomicBool>) -> SenderLog 
             }
             let c = conn.as_mut().unwrap();
             attempts += 1;
+            let sent_at = Instant::now();
             let sent = c.send(&Body::Im(im.clone())).await;
             let frame_seq = match sent {
                 Ok(s) => s,
                 Err(_) => {
                     conn = None;
                     log.unanswered += 1;
+                    log.retries.push((nonce.clone(), sent_at, "send failed"));
                     continue;
                 }
             };
@@ -547,12 +562,14 @@ async fn sender(uid: i64, addr: SocketAddr, stop: Arc<AtomicBool>) -> SenderLog 
                 }
                 Some(70) => {
                     log.refused += 1;
+                    log.retries.push((nonce.clone(), sent_at, "refused (70)"));
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
                 Some(other) => panic!("{nonce}: unexpected ACK status {other}"),
                 None => {
                     // unanswered: its outcome is unknown; resend on a new connection
                     log.unanswered += 1;
+                    log.retries.push((nonce.clone(), sent_at, "unanswered"));
                     conn = None;
                 }
             }
@@ -620,6 +637,32 @@ const FAULTS: [Fault; 6] = [
 ];
 
 impl Fault {
+    /// The faults to inject: `PARTITION_FAULTS` (a comma-separated list of [`Fault::name`]s), or all.
+    fn selected() -> Vec<Fault> {
+        let Ok(list) = std::env::var("PARTITION_FAULTS") else {
+            return FAULTS.to_vec();
+        };
+        list.split(',')
+            .map(|n| {
+                FAULTS
+                    .into_iter()
+                    .find(|f| f.name() == n.trim())
+                    .unwrap_or_else(|| panic!("PARTITION_FAULTS: unknown fault {n:?}"))
+            })
+            .collect()
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Fault::LeaderKill => "leader-kill",
+            Fault::LeaderCutFromEtcd => "leader-cut-from-etcd",
+            Fault::FollowerPartitioned => "follower-partitioned",
+            Fault::RouterKill => "router-kill",
+            Fault::FlappingLink => "flapping-link",
+            Fault::LossAndDelay => "loss-and-delay",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Fault::LeaderKill => "store leader kill -9",
@@ -786,7 +829,7 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
 
     let mut injected = Vec::new();
     'rounds: for round in 0..rounds {
-        for fault in FAULTS {
+        for fault in Fault::selected() {
             if began.elapsed() > Duration::from_secs(max_secs) {
                 eprintln!(
                     "time bound of {max_secs} s reached after {} faults",
@@ -849,6 +892,26 @@ async fn no_acknowledged_message_is_lost_or_duplicated_across_partitions_and_kil
     let mut duplicated: std::collections::BTreeSet<&str> = Default::default();
     for d in &report.duplicates {
         duplicated.insert(&d.nonce);
+    }
+    for nonce in &duplicated {
+        let trail: Vec<String> = logs
+            .iter()
+            .flat_map(|l| &l.retries)
+            .filter(|(n, _, _)| n == nonce)
+            .map(|(_, at, what)| format!("{what} at +{:.2} s", (*at - began).as_secs_f64()))
+            .collect();
+        let acked = acked_at.get(*nonce).map_or(String::from("never"), |t| {
+            format!("+{:.2} s", (*t - began).as_secs_f64())
+        });
+        eprintln!("stored twice: {nonce}: earlier attempts {trail:?}, ACKed at {acked}");
+    }
+    for (i, f) in injected.iter().enumerate() {
+        eprintln!(
+            "fault {} ({}) injected at +{:.2} s",
+            i + 1,
+            f.fault.name(),
+            (f.at - began).as_secs_f64()
+        );
     }
     let mut lost: std::collections::BTreeSet<&str> = Default::default();
     for l in &report.lost {

@@ -107,11 +107,12 @@ pub struct StoreOptions {
     pub preallocate: bool,
     /// Replication role. Default leader.
     pub role: Role,
-    /// Most idempotency keys remembered (`docs/storage-format.md` §4.3; about 120 bytes of
+    /// Most idempotency keys remembered (`docs/storage-format.md` §4.3; about 130 bytes of
     /// memory each). A retry of a keyed append whose key is still remembered is answered with
     /// the original positions. Default 100 000; 0 remembers none.
     pub dedupe_keys: usize,
-    /// Keys are remembered only for records within this many bytes of the newest one; it is
+    /// Keys are remembered only for records within this many log bytes of the newest one (the
+    /// positions a promotion jumped over do not count); it is
     /// also how much of the log's end `Store::open` reads to rebuild them. Default 64 MiB.
     pub dedupe_log_bytes: u64,
 }

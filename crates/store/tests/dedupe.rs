@@ -36,6 +36,26 @@ fn pair() -> (QueueId, QueueId) {
     (QueueId::user(1, 10), QueueId::user(1, 20))
 }
 
+/// A follower store in `dir` with `segment_bytes` segments.
+fn open_follower(dir: &std::path::Path, segment_bytes: u64) -> Store {
+    let opts = StoreOptions {
+        role: Role::Follower,
+        segment_bytes,
+        ..common::small_opts()
+    };
+    Store::open(dir, opts).unwrap()
+}
+
+/// Applies everything `leader` holds to `follower`, in batches of at most `max_bytes`.
+fn replicate_all(leader: &Store, follower: &Store, max_bytes: usize) {
+    let mut stream = leader.subscribe(0).unwrap();
+    stream.set_max_bytes(max_bytes);
+    while let Some(b) = stream.try_next().unwrap() {
+        follower.apply_replicated(b).wait().unwrap();
+    }
+    assert_eq!(follower.log_end(), leader.log_end());
+}
+
 #[test]
 fn a_retry_is_answered_with_the_original_positions_and_stores_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,26 +230,13 @@ fn a_withdrawn_append_is_stored_again_when_retried_also_after_a_restart() {
 fn a_promoted_follower_knows_the_keys_its_leader_stored() {
     let root = tempfile::tempdir().unwrap();
     let leader = Store::open(root.path().join("l"), common::small_opts()).unwrap();
-    let follower = Store::open(
-        root.path().join("f"),
-        StoreOptions {
-            role: Role::Follower,
-            segment_bytes: 5000,
-            ..common::small_opts()
-        },
-    )
-    .unwrap();
+    let follower = open_follower(&root.path().join("f"), 5000);
     let (r, w) = pair();
     let mut originals = Vec::new();
     for i in 0..20 {
         originals.push(append(&leader, keyed(&[r, w], &format!("m{i}"), i)));
     }
-    let mut stream = leader.subscribe(0).unwrap();
-    stream.set_max_bytes(700); // several batches
-    while let Some(b) = stream.try_next().unwrap() {
-        follower.apply_replicated(b).wait().unwrap();
-    }
-    assert_eq!(follower.log_end(), leader.log_end());
+    replicate_all(&leader, &follower, 700); // several batches
     follower.promote().wait().unwrap();
     for (i, orig) in originals.iter().enumerate() {
         let again = append(&follower, keyed(&[r, w], &format!("m{i}"), i as u64));
@@ -274,15 +281,7 @@ fn no_batch_and_no_segment_separates_a_message_from_its_key() {
         append(&leader, keyed(&[r, w], &body, i));
     }
     for max in [1, 60, 100, 150, 333, 700, 1600, 5000] {
-        let follower = Store::open(
-            root.path().join(format!("f{max}")),
-            StoreOptions {
-                role: Role::Follower,
-                segment_bytes: 5000,
-                ..common::small_opts()
-            },
-        )
-        .unwrap();
+        let follower = open_follower(&root.path().join(format!("f{max}")), 5000);
         let mut stream = leader.subscribe(0).unwrap();
         stream.set_max_bytes(max);
         let mut batches = 0;
@@ -318,23 +317,13 @@ fn a_promoted_follower_still_knows_its_leaders_keys_after_its_own_appends_and_a_
     let root = tempfile::tempdir().unwrap();
     let leader = Store::open(root.path().join("l"), common::small_opts()).unwrap();
     let fdir = root.path().join("f");
-    let follower = Store::open(
-        &fdir,
-        StoreOptions {
-            role: Role::Follower,
-            ..common::small_opts()
-        },
-    )
-    .unwrap();
+    let follower = open_follower(&fdir, common::small_opts().segment_bytes);
     let (r, w) = pair();
     let mut originals = Vec::new();
     for i in 0..10 {
         originals.push(append(&leader, keyed(&[r, w], &format!("m{i}"), i)));
     }
-    let mut stream = leader.subscribe(0).unwrap();
-    while let Some(b) = stream.try_next().unwrap() {
-        follower.apply_replicated(b).wait().unwrap();
-    }
+    replicate_all(&leader, &follower, 1 << 20);
     follower.promote().wait().unwrap();
     // new messages first, then the resends of the old leader's
     for i in 100..105 {

@@ -9,21 +9,14 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{body_of, http, im_of, post_json, Client, APPID};
+use common::{body_of, free_addr, http, im_of, post_json, Client, APPID};
 use proto::{cmd, flag, Body, GroupSyncKey, Im, Metadata, Rt};
 use serde_json::json;
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A child process killed when dropped.
 struct Proc {

@@ -20,22 +20,15 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{body_of, im_of, Client, TestServer, APPID};
+use common::{body_of, free_addr, im_of, Client, TestServer, APPID};
 use proto::{cmd, flag, Body, Im};
 
 const SECRET: &str = "etcd-test-secret";
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A `banter ims` or `banter imr` process, killed with SIGKILL when dropped.
 struct Proc {

@@ -6,21 +6,14 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use banter::testing::TestServer;
-use common::{body_of, http, im_of, Client};
+use common::{body_of, free_addr, http, im_of, Client};
 use proto::{cmd, Body, Im};
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 /// A `banter ims` process (no follower, async replication), killed when dropped.
 struct StoreNode {

@@ -5,19 +5,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{post_json, Client, APPID};
+use common::{free_addr, post_json, Client, APPID};
 use proto::{cmd, AckStatus, Body};
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn refused_messages_do_not_each_write_a_warning() {

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -147,13 +146,6 @@ async fn messages_of_a_sender_that_closes_at_once_reach_online_receivers() {
         every_kind(&s, ws).await;
         s.stop().await;
     }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 struct KillOnDrop(Child);

@@ -17,6 +17,14 @@ pub use banter::testing::TestServer;
 pub const APPID: i64 = 7;
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// A loopback address with a port free right now (for a process the test starts).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
 /// A minimal HTTP/1.1 request; returns (status, body).
 pub async fn http(
     addr: SocketAddr,

@@ -1,5 +1,13 @@
 //! The writer's input: what callers submit ([`Submission`]) and the bounded queue it waits in
 //! ([`Submissions`]) until the writer thread takes it, alone or in a group commit.
+//!
+//! **Holding while the sync thread fsyncs.** Whatever arrives while an `fdatasync` is in progress
+//! cannot become durable before the next one starts, so writing it at once gains nothing: the
+//! writer leaves it queued (and submitters do not wake it) until that fsync returns, then takes
+//! it all in one group commit — one `pwrite` and one wake-up instead of one per arrival — while
+//! the sync thread publishes and acknowledges the batch it just made durable. Only up to
+//! [`HOLD_BYTES`]: beyond that the writer writes at once, so the encoding done between two
+//! fsyncs stays short. With the sync thread idle (one append in flight) nothing is held.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -92,11 +100,24 @@ impl Submission {
     }
 }
 
+/// Up to this many bytes of appends wait for an fsync in progress to return before the writer
+/// writes them (see the module documentation).
+pub(crate) const HOLD_BYTES: usize = 64 << 10;
+
+/// The longest the writer holds submissions for one fsync: a bound in case the sync thread
+/// stalls (a slow disk), not a delay anyone should meet.
+pub(crate) const HOLD_AT_MOST: Duration = Duration::from_millis(5);
+
 #[derive(Default)]
 struct Pending {
     queue: VecDeque<Submission>,
     bytes: usize,
     closing: bool,
+    /// The sync thread is in an `fdatasync`.
+    syncing: bool,
+    /// The writer waits for that fsync to return before it takes what is queued: a submission
+    /// below [`HOLD_BYTES`] does not wake it.
+    held: bool,
 }
 
 /// What the writer takes from the queue in one turn.
@@ -121,6 +142,9 @@ pub(crate) struct Wait<'a> {
     pub recovering: &'a dyn Fn() -> bool,
     /// A group commit takes submissions up to this many bytes.
     pub max_batch_bytes: usize,
+    /// Hold submissions while the sync thread fsyncs, at most this long (durability `Always`:
+    /// [`HOLD_AT_MOST`]), or `None`.
+    pub hold: Option<Duration>,
 }
 
 /// The bounded queue between the submitting threads and the writer.
@@ -158,10 +182,26 @@ impl Submissions {
             )));
             return;
         }
+        let exclusive = sub.exclusive();
         p.bytes += bytes;
         p.queue.push_back(sub);
+        let wake = !p.held || p.bytes >= HOLD_BYTES || exclusive;
         drop(p);
-        self.cv.notify_one();
+        if wake {
+            self.cv.notify_one();
+        }
+    }
+
+    /// The sync thread starts (`true`) or finished (`false`) an `fdatasync`; at its end, a
+    /// writer holding submissions for it takes them.
+    pub fn set_syncing(&self, syncing: bool) {
+        let mut p = self.pending.lock();
+        p.syncing = syncing;
+        if !syncing && p.held {
+            p.held = false;
+            drop(p);
+            self.cv.notify_one();
+        }
     }
 
     /// Wakes the writer (another thread put the store into recovery).
@@ -191,7 +231,20 @@ impl Submissions {
         let mut p = self.pending.lock();
         loop {
             if !p.queue.is_empty() {
-                break;
+                let Some(hold) = w.hold else { break };
+                if !p.syncing || p.closing || p.bytes >= HOLD_BYTES {
+                    break;
+                }
+                if p.queue.iter().any(Submission::exclusive) || (w.recovering)() {
+                    break;
+                }
+                p.held = true;
+                let timed_out = self.cv.wait_for(&mut p, hold).timed_out();
+                p.held = false;
+                if timed_out {
+                    break;
+                }
+                continue;
             }
             if p.closing {
                 return Taken::Closed;
@@ -232,5 +285,100 @@ impl Submissions {
             }
         }
         Taken::Batch(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn append(bytes: usize) -> Submission {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        Submission::Append {
+            msgs: Vec::new(),
+            results: Vec::new(),
+            bytes,
+            tx,
+        }
+    }
+
+    /// The writer's `take`, holding for up to 10 s, on its own thread.
+    fn take_on_thread(subs: &Arc<Submissions>) -> std::thread::JoinHandle<(usize, Duration)> {
+        let subs = subs.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let taken = subs.take(Wait {
+                next_attempt: None,
+                idle_sync: None,
+                recovering: &|| false,
+                max_batch_bytes: 8 << 20,
+                hold: Some(Duration::from_secs(10)),
+            });
+            match taken {
+                Taken::Batch(b) => (b.len(), started.elapsed()),
+                _ => panic!("expected a batch"),
+            }
+        })
+    }
+
+    #[test]
+    fn appends_arriving_during_an_fsync_wait_for_it_and_go_in_one_batch() {
+        let subs = Arc::new(Submissions::new(1 << 30));
+        subs.set_syncing(true);
+        subs.submit(append(100));
+        let writer = take_on_thread(&subs);
+        // The writer is holding: these join the first one instead of waking it.
+        while !subs.pending.lock().held {
+            std::thread::yield_now();
+        }
+        subs.submit(append(100));
+        subs.submit(append(100));
+        subs.set_syncing(false);
+        let (n, waited) = writer.join().unwrap();
+        assert_eq!(n, 3, "the three appends are one group commit");
+        assert!(
+            waited < Duration::from_secs(5),
+            "released by the fsync's end"
+        );
+    }
+
+    #[test]
+    fn a_full_hold_or_an_exclusive_submission_is_taken_during_the_fsync() {
+        let subs = Arc::new(Submissions::new(1 << 30));
+        subs.set_syncing(true);
+        subs.submit(append(100));
+        let writer = take_on_thread(&subs);
+        while !subs.pending.lock().held {
+            std::thread::yield_now();
+        }
+        subs.submit(append(HOLD_BYTES));
+        let (n, waited) = writer.join().unwrap();
+        assert_eq!(n, 2);
+        assert!(
+            waited < Duration::from_secs(5),
+            "woken by the bytes, not the time-out"
+        );
+
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        subs.submit(append(100));
+        let writer = take_on_thread(&subs);
+        while !subs.pending.lock().held {
+            std::thread::yield_now();
+        }
+        subs.submit(Submission::Withdraw { from: 0, tx });
+        let (n, waited) = writer.join().unwrap();
+        assert_eq!(n, 1, "the append before the withdrawal goes alone");
+        assert!(waited < Duration::from_secs(5));
+        assert!(subs.pending.lock().syncing, "the fsync has not returned");
+    }
+
+    #[test]
+    fn nothing_is_held_without_an_fsync_in_progress() {
+        let subs = Arc::new(Submissions::new(1 << 30));
+        subs.submit(append(100));
+        let (n, waited) = take_on_thread(&subs).join().unwrap();
+        assert_eq!(n, 1);
+        assert!(waited < Duration::from_secs(5));
     }
 }

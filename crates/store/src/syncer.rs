@@ -173,7 +173,10 @@ impl Syncer {
             }
             if failure.is_none() && !failing && shared.opts().durability == Durability::Always {
                 if let Some(f) = items.last().and_then(|w| w.file.as_ref()) {
-                    match shared.fsync(f, shared.dir(), true) {
+                    self.submissions.set_syncing(true);
+                    let synced = shared.fsync(f, shared.dir(), true);
+                    self.submissions.set_syncing(false);
+                    match synced {
                         Ok(()) => Stats::add(&shared.stats().fsyncs, 1),
                         Err(err) => {
                             // name the segment rather than the directory

@@ -151,6 +151,8 @@ impl Writer {
                 idle_sync,
                 recovering: &recovering,
                 max_batch_bytes: self.shared.opts().max_batch_bytes,
+                hold: (self.shared.opts().durability == Durability::Always)
+                    .then_some(crate::submit::HOLD_AT_MOST),
             });
             let batch = match taken {
                 Taken::Batch(b) => b,

@@ -1,9 +1,10 @@
 //! The store side of the store link: accepts access-node connections and answers their
 //! pipelined requests against an `Arc<Store>`.
 //!
-//! One task per connection reads frames; every request runs in its own task, so a slow read or
-//! an append waiting for its group commit does not hold up the requests behind it, and replies go
-//! out in completion order (matched by `seq`). At most `max_in_flight` requests per connection are
+//! One task per connection reads frames; every read request runs in its own task, so a slow read
+//! does not hold up the requests behind it, and replies go out in completion order (matched by
+//! `seq`). Appends are submitted to the store as they are read and answered, in that order, by
+//! one task per connection (a group commit completes many of them at once: one wake-up). At most `max_in_flight` requests per connection are
 //! being executed or waiting to be written: at the limit the connection stops reading (TCP
 //! back-pressure), it never buffers without bound. Replies are coalesced by one writer task.
 //!
@@ -25,6 +26,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -220,6 +222,8 @@ async fn connection(
     let (rd, wr) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel::<Reply>();
     let writer = tokio::spawn(frame::write_loop(wr, rx));
+    let (appends_tx, appends_rx) = mpsc::unbounded_channel::<Submitted>();
+    tokio::spawn(answer_appends(appends_rx, tx.clone(), opts.clone()));
     let sem = Arc::new(Semaphore::new(opts.max_in_flight.max(1)));
     let mut frames = frame_reader(rd, opts.max_frame_bytes);
     loop {
@@ -268,23 +272,28 @@ async fn connection(
         } else {
             None
         };
+        if let Some((shape, ticket)) = early {
+            let _ = appends_tx.send(Submitted {
+                seq: frame.seq,
+                cmd: frame.cmd,
+                shape,
+                ticket,
+                permit,
+            });
+            continue;
+        }
         let store = store.clone();
         let opts = opts.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let bytes = match early {
-                Some((shape, ticket)) => {
-                    let result = finish_append(shape, ticket, &opts).await;
-                    reply(frame.seq, frame.cmd, result, &opts)
-                }
-                None => handle(frame, &store, &opts).await,
-            };
+            let bytes = handle(frame, &store, &opts).await;
             let _ = tx.send(Reply {
                 bytes,
                 _permit: permit,
             });
         });
     }
+    drop(appends_tx);
     drop(tx);
     let mut writer = writer;
     let finished = tokio::select! {
@@ -386,6 +395,57 @@ impl AppendShape {
         AppendShape {
             keyed_reply: cmd == sp::CMD_APPEND_KEYED,
             keyed: msgs.iter().map(|m| m.key.is_some()).collect(),
+        }
+    }
+}
+
+/// An append request submitted to the store, waiting for its group commit.
+struct Submitted {
+    seq: i32,
+    cmd: u8,
+    shape: AppendShape,
+    ticket: store::AppendTicket,
+    permit: OwnedSemaphorePermit,
+}
+
+/// Answers a connection's appends, in the order they were submitted (the order the store makes
+/// them durable), from one task: a group commit completes many at once and wakes this task once,
+/// not one task per append, and their replies reach the writer together.
+async fn answer_appends(
+    mut rx: mpsc::UnboundedReceiver<Submitted>,
+    tx: mpsc::UnboundedSender<Reply>,
+    opts: Arc<Server>,
+) {
+    let opts = &*opts;
+    let mut waiting = futures_util::stream::FuturesOrdered::new();
+    let mut open = true;
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            while open {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(s)) => waiting.push_back(async move {
+                        let result = finish_append(s.shape, s.ticket, opts).await;
+                        Reply {
+                            bytes: reply(s.seq, s.cmd, result, opts),
+                            _permit: s.permit,
+                        }
+                    }),
+                    Poll::Ready(None) => open = false,
+                    Poll::Pending => break,
+                }
+            }
+            match waiting.poll_next_unpin(cx) {
+                Poll::Ready(Some(r)) => Poll::Ready(Some(r)),
+                Poll::Ready(None) if !open => Poll::Ready(None),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        match next {
+            Some(r) => {
+                let _ = tx.send(r);
+            }
+            None => return,
         }
     }
 }

@@ -871,6 +871,9 @@ async fn write_loop(
                 _ = shared.wake.notified() => {}
                 _ = shared.cancel.cancelled() => {}
             }
+            // Let the other tasks this worker has ready run first: sessions woken by the same
+            // readiness event publish too, and their frames leave in this one write.
+            tokio::task::yield_now().await;
         }
     }
 }

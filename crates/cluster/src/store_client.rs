@@ -47,7 +47,6 @@ use store::{AppendKey, Appended, NewMessage, QueueId, StoreError, StoredMessage,
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Notify};
-use tokio_util::sync::CancellationToken;
 
 use crate::store_proto::{self as sp, BodyError, ErrorCode, PingInfo, Request};
 use futures_util::StreamExt;
@@ -175,7 +174,14 @@ impl Default for StorePoolOptions {
     }
 }
 
-type Waiter = oneshot::Sender<Result<Frame, RemoteStoreError>>;
+/// A request waiting for its reply.
+struct Waiter {
+    tx: oneshot::Sender<Result<Frame, RemoteStoreError>>,
+    /// When it fails with `Timeout` (see [`sweep`]).
+    deadline: Instant,
+    /// Frames received on the connection when it was registered.
+    received: u64,
+}
 
 /// Requests waiting for their reply on one connection.
 struct Pending {
@@ -210,8 +216,6 @@ struct Conn {
     dead: Arc<AtomicBool>,
     /// Frames received on this connection so far.
     received: Arc<AtomicU64>,
-    /// Closes the connection.
-    kill: CancellationToken,
 }
 
 impl Conn {
@@ -219,12 +223,18 @@ impl Conn {
         !self.dead.load(Ordering::Acquire)
     }
 
-    /// Registers a waiter under a fresh request id.
+    /// Registers a waiter under a fresh request id, failing with `Timeout` at `deadline`.
     fn register(
         &self,
         addr: &str,
+        deadline: Instant,
     ) -> Result<(i32, oneshot::Receiver<Result<Frame, RemoteStoreError>>), RemoteStoreError> {
         let (tx, rx) = oneshot::channel();
+        let waiter = Waiter {
+            tx,
+            deadline,
+            received: self.received.load(Ordering::Relaxed),
+        };
         let mut p = self.pending.lock();
         if let Some(why) = &p.dead {
             return Err(RemoteStoreError::Unavailable {
@@ -235,7 +245,7 @@ impl Conn {
         loop {
             let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
             if let std::collections::hash_map::Entry::Vacant(v) = p.waiters.entry(seq) {
-                v.insert(tx);
+                v.insert(waiter);
                 return Ok((seq, rx));
             }
         }
@@ -401,14 +411,12 @@ impl StorePool {
         }));
         let dead = Arc::new(AtomicBool::new(false));
         let received = Arc::new(AtomicU64::new(0));
-        let kill = CancellationToken::new();
         let conn = Arc::new(Conn {
             tx,
             pending: pending.clone(),
             next_seq: AtomicI32::new(1),
             dead: dead.clone(),
             received: received.clone(),
-            kill: kill.clone(),
         });
         let window = Arc::new(Window {
             in_flight: AtomicUsize::new(0),
@@ -417,6 +425,7 @@ impl StorePool {
         });
         let max = self.opts.max_frame_bytes;
         let addr = self.addr.clone();
+        let timeout = self.opts.request_timeout;
         // The task holds only the waiters, not the connection: dropping the last `Conn` drops
         // the sender, which ends the writer and with it this task and the socket.
         tokio::spawn(async move {
@@ -433,7 +442,7 @@ impl StorePool {
                             }
                             let w = pending.lock().waiters.remove(&f.seq);
                             if let Some(w) = w {
-                                let _ = w.send(Ok(f));
+                                let _ = w.tx.send(Ok(f));
                             }
                         }
                         Ok(None) => return "connection closed by the store".to_string(),
@@ -444,7 +453,7 @@ impl StorePool {
             };
             let why = tokio::select! {
                 why = reader => why,
-                _ = kill.cancelled() => "closed: a request timed out with no reply received on the connection".to_string(),
+                why = sweep(&pending, &received, &addr, timeout) => why,
                 w = write_requests(wr, rx, &pending, &window) => match w {
                     Ok(()) => "connection closed".to_string(),
                     Err(e) => format!("write failed: {e}"),
@@ -462,7 +471,7 @@ impl StorePool {
                 tracing::debug!(addr = %addr, reason = %why, "store connection closed");
             }
             for w in waiters {
-                let _ = w.send(Err(RemoteStoreError::Unavailable {
+                let _ = w.tx.send(Err(RemoteStoreError::Unavailable {
                     addr: addr.clone(),
                     reason: why.clone(),
                 }));
@@ -471,18 +480,27 @@ impl StorePool {
         Ok(conn)
     }
 
-    /// Sends `req` and returns the reply body, or the store's error.
+    /// Sends `req` and returns the reply body, or the store's error. The deadline covers
+    /// finding (or dialling) a connection and the reply; the wait for the reply has no timer of
+    /// its own: the connection's [`sweep`] fails requests past their deadline.
     async fn call(&self, req: &Request) -> Result<Bytes, RemoteStoreError> {
         let timeout = self.opts.request_timeout;
-        let mut used: Option<(Arc<Conn>, u64)> = None;
+        let deadline = Instant::now() + timeout;
+        let timed_out = || RemoteStoreError::Timeout {
+            addr: self.addr.clone(),
+            after: timeout,
+        };
         // Appends all go over one connection, where the store node submits them in arrival
         // order: two appends to one queue are stored in the order they were sent.
         let ordered = matches!(req, Request::Append(_) | Request::AppendKeyed(_));
-        let fut = async {
-            let conn = self.conn(ordered).await?;
-            used = Some((conn.clone(), conn.received.load(Ordering::Relaxed)));
+        let r = async {
+            // Ready at once unless it dials: no timer is set up then.
+            let conn = match tokio::time::timeout(timeout, self.conn(ordered)).await {
+                Ok(c) => c?,
+                Err(_) => return Err(timed_out()),
+            };
             // No await from here until the frame is queued: the queue order is the call order.
-            let (seq, rx) = conn.register(&self.addr)?;
+            let (seq, rx) = conn.register(&self.addr, deadline)?;
             let _guard = WaiterGuard {
                 pending: &conn.pending,
                 seq,
@@ -536,30 +554,12 @@ impl StorePool {
                 });
             }
             Ok(frame.body)
-        };
-        let r = tokio::time::timeout(timeout, fut).await;
-        let r = match r {
-            Ok(r) => r,
-            Err(_) => {
-                // Nothing at all came back on this connection while we waited: treat it as dead
-                // (e.g. a silent network partition) so later requests re-dial.
-                if let Some((conn, before)) = used {
-                    if conn.received.load(Ordering::Relaxed) == before {
-                        conn.kill.cancel();
-                    }
-                }
-                Err(RemoteStoreError::Timeout {
-                    addr: self.addr.clone(),
-                    after: timeout,
-                })
-            }
-        };
+        }
+        .await;
         self.note(&r);
         r
     }
 
-    /// Logs this store's failures once per episode (with a summary every 30 s while it lasts)
-    /// rather than once per request: a store outage fails thousands of requests a second.
     fn note(&self, r: &Result<Bytes, RemoteStoreError>) {
         let failed = match r {
             Ok(_) => None,
@@ -738,6 +738,55 @@ impl StorePool {
 /// queued, while fewer than the window's limit await a reply. Requests whose caller has given up
 /// (no waiter left) are skipped. Returns when the connection is dropped (after shutting down the
 /// write side) or on the first write error.
+/// How often a connection looks for requests past their deadline: a tenth of the request
+/// timeout, within these bounds.
+const SWEEP_MIN: Duration = Duration::from_millis(5);
+const SWEEP_MAX: Duration = Duration::from_millis(250);
+
+/// Fails a connection's requests past their deadline with `Timeout` (one timer per connection
+/// instead of one per request). Returns, closing the connection, when a request timed out with
+/// nothing at all received on the connection since it was made (a silent network partition):
+/// later requests re-dial.
+async fn sweep(
+    pending: &Mutex<Pending>,
+    received: &AtomicU64,
+    addr: &str,
+    timeout: Duration,
+) -> String {
+    let every = (timeout / 10).clamp(SWEEP_MIN, SWEEP_MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let now = Instant::now();
+        let got = received.load(Ordering::Relaxed);
+        let expired: Vec<Waiter> = {
+            let mut p = pending.lock();
+            if p.waiters.values().all(|w| w.deadline > now) {
+                continue;
+            }
+            let seqs: Vec<i32> = p
+                .waiters
+                .iter()
+                .filter(|(_, w)| w.deadline <= now)
+                .map(|(&seq, _)| seq)
+                .collect();
+            seqs.iter().filter_map(|s| p.waiters.remove(s)).collect()
+        };
+        let silent = expired.iter().any(|w| w.received == got);
+        for w in expired {
+            let _ = w.tx.send(Err(RemoteStoreError::Timeout {
+                addr: addr.to_string(),
+                after: timeout,
+            }));
+        }
+        if silent {
+            return "closed: a request timed out with no reply received on the connection"
+                .to_string();
+        }
+    }
+}
+
 async fn write_requests<W: tokio::io::AsyncWrite + Unpin>(
     mut w: W,
     mut rx: mpsc::UnboundedReceiver<(i32, Bytes)>,
@@ -746,6 +795,9 @@ async fn write_requests<W: tokio::io::AsyncWrite + Unpin>(
 ) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     while let Some(first) = rx.recv().await {
+        // Let the other tasks this worker has ready run first: sessions woken by the same
+        // readiness event queue their requests too, and they leave in this one write.
+        tokio::task::yield_now().await;
         let mut next = Some(first);
         while let Some((seq, frame)) = next.take() {
             while window.in_flight.load(Ordering::Acquire) >= window.max {
@@ -907,15 +959,11 @@ impl RemoteStore {
                 ]
             })
             .collect();
-        // What is not stored yet: (message index, queue indexes).
-        let mut pending: Vec<(usize, Vec<usize>)> = batch
-            .iter()
-            .enumerate()
-            .map(|(mi, m)| (mi, (0..m.queues.len()).collect()))
-            .collect();
+        // What is not stored yet: (message index, queue indexes); `None`: everything.
+        let mut pending: Option<Vec<(usize, Vec<usize>)>> = None;
         loop {
             let shards = self.shards.read().clone();
-            let parts = split(&shards, &batch, &pending);
+            let parts = split(&shards, &batch, pending.as_deref());
             let sharded = parts.len() > 1;
             let mut maps = Vec::with_capacity(parts.len());
             let mut futs = Vec::with_capacity(parts.len());
@@ -923,7 +971,20 @@ impl RemoteStore {
                 maps.push(map);
                 futs.push(async move { pool.append(msgs).await });
             }
-            let results = futures_util::future::join_all(futs).await;
+            // One or two stores (a peer message's two queues) without join_all's allocations.
+            let results = if futs.len() <= 2 {
+                let mut futs = futs.into_iter();
+                match (futs.next(), futs.next()) {
+                    (Some(a), Some(b)) => {
+                        let (a, b) = futures_util::future::join(a, b).await;
+                        vec![a, b]
+                    }
+                    (Some(a), None) => vec![a.await],
+                    _ => Vec::new(),
+                }
+            } else {
+                futures_util::future::join_all(futs).await
+            };
             let mut failed: Vec<(usize, Vec<usize>)> = Vec::new();
             let mut first_err = None;
             for (res, map) in results.into_iter().zip(maps) {
@@ -954,7 +1015,7 @@ impl RemoteStore {
             tracing::debug!(error = %e, retry_in_ms = delay.as_millis() as u64, "append refused for a passing reason; sending the missing parts again");
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(APPEND_RETRY_MAX);
-            pending = failed;
+            pending = Some(failed);
         }
     }
 
@@ -1036,41 +1097,64 @@ type Part = (Arc<StorePool>, Vec<NewMessage>, Vec<(usize, Vec<usize>)>);
 
 /// Splits the `pending` queues of `batch` per store: one message per store and original message,
 /// holding that store's queues in their original relative order, with the same body and key.
-fn split(shards: &Shards, batch: &[NewMessage], pending: &[(usize, Vec<usize>)]) -> Vec<Part> {
+fn split(
+    shards: &Shards,
+    batch: &[NewMessage],
+    pending: Option<&[(usize, Vec<usize>)]>,
+) -> Vec<Part> {
     let mut parts: Vec<Part> = Vec::new();
-    for (mi, qis) in pending {
-        let m = &batch[*mi];
-        let mut per: Vec<(usize, Vec<usize>)> = Vec::new();
-        for &qi in qis {
-            let pool = shards.pool(m.queues[qi]);
-            let pi = match parts.iter().position(|p| Arc::ptr_eq(&p.0, pool)) {
-                Some(pi) => pi,
-                None => {
-                    parts.push((pool.clone(), Vec::new(), Vec::new()));
-                    parts.len() - 1
-                }
-            };
-            match per.iter_mut().find(|(p, _)| *p == pi) {
-                Some((_, v)) => v.push(qi),
-                None => per.push((pi, vec![qi])),
+    match pending {
+        None => {
+            for (mi, m) in batch.iter().enumerate() {
+                split_message(shards, mi, m, 0..m.queues.len(), &mut parts);
             }
         }
-        for (pi, mut qis) in per {
-            qis.sort_unstable();
-            let part = &mut parts[pi];
-            part.1.push(NewMessage {
-                key: m.key,
-                queues: qis.iter().map(|&qi| m.queues[qi]).collect(),
-                device_id: m.device_id,
-                cmd: m.cmd,
-                flag: m.flag,
-                timestamp: m.timestamp,
-                body: m.body.clone(),
-            });
-            part.2.push((*mi, qis));
+        Some(pending) => {
+            for (mi, qis) in pending {
+                split_message(shards, *mi, &batch[*mi], qis.iter().copied(), &mut parts);
+            }
         }
     }
     parts
+}
+
+/// Adds the queues `qis` of message `mi` to the parts of their stores.
+fn split_message(
+    shards: &Shards,
+    mi: usize,
+    m: &NewMessage,
+    qis: impl Iterator<Item = usize>,
+    parts: &mut Vec<Part>,
+) {
+    let mut per: Vec<(usize, Vec<usize>)> = Vec::new();
+    for qi in qis {
+        let pool = shards.pool(m.queues[qi]);
+        let pi = match parts.iter().position(|p| Arc::ptr_eq(&p.0, pool)) {
+            Some(pi) => pi,
+            None => {
+                parts.push((pool.clone(), Vec::new(), Vec::new()));
+                parts.len() - 1
+            }
+        };
+        match per.iter_mut().find(|(p, _)| *p == pi) {
+            Some((_, v)) => v.push(qi),
+            None => per.push((pi, vec![qi])),
+        }
+    }
+    for (pi, mut qis) in per {
+        qis.sort_unstable();
+        let part = &mut parts[pi];
+        part.1.push(NewMessage {
+            key: m.key,
+            queues: qis.iter().map(|&qi| m.queues[qi]).collect(),
+            device_id: m.device_id,
+            cmd: m.cmd,
+            flag: m.flag,
+            timestamp: m.timestamp,
+            body: m.body.clone(),
+        });
+        part.2.push((mi, qis));
+    }
 }
 
 fn build_shards(

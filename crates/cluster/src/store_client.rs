@@ -43,6 +43,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use parking_lot::{Mutex, RwLock};
 use proto::Frame;
+use smallvec::SmallVec;
 use store::{AppendKey, Appended, NewMessage, QueueId, StoreError, StoredMessage, SyncPage};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -618,7 +619,6 @@ impl StorePool {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let shape: Vec<usize> = batch.iter().map(|m| m.queues.len()).collect();
         let keyed = batch.iter().any(|m| m.key.is_some()) && !self.keyless.load(Ordering::Relaxed);
         let mut req = if keyed {
             Request::AppendKeyed(batch)
@@ -649,7 +649,13 @@ impl StorePool {
         } else {
             self.decoded(sp::decode_appended(b))?
         };
-        if res.len() != shape.len() || res.iter().zip(&shape).any(|(r, n)| r.len() != *n) {
+        let shaped = match &req {
+            Request::Append(b) | Request::AppendKeyed(b) => {
+                res.len() == b.len() && res.iter().zip(b).all(|(r, m)| r.len() == m.queues.len())
+            }
+            _ => false,
+        };
+        if !shaped {
             return Err(self.protocol("append reply does not match the request's shape".into()));
         }
         Ok(res)
@@ -946,21 +952,10 @@ impl RemoteStore {
         }
         let give_up = Instant::now() + APPEND_RETRY_FOR;
         let mut delay = APPEND_RETRY_FIRST;
-        let mut out: Vec<Vec<Appended>> = batch
-            .iter()
-            .map(|m| {
-                vec![
-                    Appended {
-                        key: 0,
-                        prev_key: 0,
-                        stored_before: false,
-                    };
-                    m.queues.len()
-                ]
-            })
-            .collect();
+        // The answer, once it has to be put together from several stores' replies.
+        let mut out: Option<Vec<Vec<Appended>>> = None;
         // What is not stored yet: (message index, queue indexes); `None`: everything.
-        let mut pending: Option<Vec<(usize, Vec<usize>)>> = None;
+        let mut pending: Option<Vec<(usize, Qis)>> = None;
         loop {
             let shards = self.shards.read().clone();
             let parts = split(&shards, &batch, pending.as_deref());
@@ -985,11 +980,28 @@ impl RemoteStore {
             } else {
                 futures_util::future::join_all(futs).await
             };
-            let mut failed: Vec<(usize, Vec<usize>)> = Vec::new();
+            let mut failed: Vec<(usize, Qis)> = Vec::new();
             let mut first_err = None;
             for (res, map) in results.into_iter().zip(maps) {
                 match res {
+                    // Every queue of every message on one store, in order: its reply is the answer.
+                    Ok(res) if !sharded && pending.is_none() => return Ok(res),
                     Ok(res) => {
+                        let out = out.get_or_insert_with(|| {
+                            batch
+                                .iter()
+                                .map(|m| {
+                                    vec![
+                                        Appended {
+                                            key: 0,
+                                            prev_key: 0,
+                                            stored_before: false,
+                                        };
+                                        m.queues.len()
+                                    ]
+                                })
+                                .collect()
+                        });
                         for (sub, (mi, qis)) in res.into_iter().zip(map) {
                             for (a, qi) in sub.into_iter().zip(qis) {
                                 out[mi][qi] = a;
@@ -1003,7 +1015,7 @@ impl RemoteStore {
                 }
             }
             let Some(e) = first_err else {
-                return Ok(out);
+                return Ok(out.unwrap_or_default());
             };
             if !retryable(&e) || Instant::now() + delay >= give_up {
                 // Each store's failures are logged once per episode by its pool.
@@ -1093,15 +1105,14 @@ fn retryable(e: &RemoteStoreError) -> bool {
 
 /// One store's part of an append: the pool, its messages, and for each of them (original
 /// message index, queue indexes).
-type Part = (Arc<StorePool>, Vec<NewMessage>, Vec<(usize, Vec<usize>)>);
+/// Queue indexes of one message (nearly always one or two).
+type Qis = SmallVec<[usize; 4]>;
+
+type Part = (Arc<StorePool>, Vec<NewMessage>, Vec<(usize, Qis)>);
 
 /// Splits the `pending` queues of `batch` per store: one message per store and original message,
 /// holding that store's queues in their original relative order, with the same body and key.
-fn split(
-    shards: &Shards,
-    batch: &[NewMessage],
-    pending: Option<&[(usize, Vec<usize>)]>,
-) -> Vec<Part> {
+fn split(shards: &Shards, batch: &[NewMessage], pending: Option<&[(usize, Qis)]>) -> Vec<Part> {
     let mut parts: Vec<Part> = Vec::new();
     match pending {
         None => {
@@ -1126,7 +1137,7 @@ fn split_message(
     qis: impl Iterator<Item = usize>,
     parts: &mut Vec<Part>,
 ) {
-    let mut per: Vec<(usize, Vec<usize>)> = Vec::new();
+    let mut per: SmallVec<[(usize, Qis); 2]> = SmallVec::new();
     for qi in qis {
         let pool = shards.pool(m.queues[qi]);
         let pi = match parts.iter().position(|p| Arc::ptr_eq(&p.0, pool)) {
@@ -1138,7 +1149,7 @@ fn split_message(
         };
         match per.iter_mut().find(|(p, _)| *p == pi) {
             Some((_, v)) => v.push(qi),
-            None => per.push((pi, vec![qi])),
+            None => per.push((pi, smallvec::smallvec![qi])),
         }
     }
     for (pi, mut qis) in per {

@@ -213,7 +213,7 @@ max_body_bytes = 65536
 retention_days = 0
 # Drop the oldest sealed segments while the log exceeds this many GiB (0 = no limit).
 retention_max_gb = 0
-# Idempotency keys remembered, so a resent or retried message is stored once (about 130 bytes
+# Idempotency keys remembered, so a resent or retried message is stored once (about 120 bytes
 # each; 0 = none), for records within the last dedupe_log_mb MiB of the log (read at start-up).
 dedupe_keys = 100000
 dedupe_log_mb = 64

@@ -107,7 +107,7 @@ pub struct StoreOptions {
     pub preallocate: bool,
     /// Replication role. Default leader.
     pub role: Role,
-    /// Most idempotency keys remembered (`docs/storage-format.md` §4.3; about 130 bytes of
+    /// Most idempotency keys remembered (`docs/storage-format.md` §4.3; about 120 bytes of
     /// memory each). A retry of a keyed append whose key is still remembered is answered with
     /// the original positions. Default 100 000; 0 remembers none.
     pub dedupe_keys: usize,

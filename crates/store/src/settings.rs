@@ -77,7 +77,7 @@ impl StoreSettings {
         }
         if self.dedupe_keys > 10_000_000 {
             errors.push(format!(
-                "{prefix}.dedupe_keys must be at most 10000000 (about 1.3 GB of memory)"
+                "{prefix}.dedupe_keys must be at most 10000000 (about 1.2 GB of memory)"
             ));
         }
         if self.dedupe_keys > 0 && self.dedupe_log_mb == 0 {

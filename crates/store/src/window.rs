@@ -11,12 +11,20 @@
 //! Bounds: at most `dedupe_keys` keys, and only keys of records within `dedupe_log_bytes` of log
 //! bytes of the newest one; the oldest are forgotten first. Log bytes, not positions: a promotion
 //! makes positions jump by a terabyte or more (a JUMP record), and the keys of the records just
-//! before it are exactly the ones the clients' resends after a fail-over need. Each key costs
-//! about 130 bytes of memory (the 40-byte key twice — map and order — its position, its place in
-//! the log's bytes and record length, and the map's overhead), so the default 100 000 keys hold
-//! about 13 MB, up to twice that while a table grows.
+//! before it are exactly the ones the clients' resends after a fail-over need.
+//!
+//! Each key is hashed once per append: the table keeps the hash beside the key, and the age order
+//! keeps only the hash and the position, so forgetting the oldest key finds its entry by hash and
+//! position without hashing or comparing keys again. A key costs about 120 bytes of memory (the
+//! 40-byte key, its slot and hash — 64 bytes — in a table at most seven-eighths full, 24 bytes in
+//! the age order, both sized in powers of two), so the default 100 000 keys hold about 12 MB, up
+//! to twice that while the table grows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::hash_map::RandomState;
+use std::collections::VecDeque;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
 
 use crate::format::{
     decode_key, decode_withdraw, jump_from, RECORD_HEADER_LEN, RECORD_JUMP, RECORD_KEY,
@@ -33,15 +41,33 @@ pub(crate) struct Slot {
     pub len: u32,
 }
 
+/// A remembered key: the key, where its record is, and the key's hash.
+#[derive(Debug)]
+struct Kept {
+    key: AppendKey,
+    slot: Slot,
+    hash: u64,
+}
+
+/// A key in the age order: its record's position, the record's place in the log's bytes (its
+/// position less the jumps below it) and the key's hash.
+#[derive(Debug, Clone, Copy)]
+struct Aged {
+    pos: u64,
+    at: u64,
+    hash: u64,
+}
+
 /// The recent keys (see the module docs).
 #[derive(Debug)]
 pub(crate) struct Window {
     max_keys: usize,
     max_bytes: u64,
-    map: HashMap<AppendKey, Slot>,
-    /// Keys by record position, oldest first, each with its record's place in the log's bytes
-    /// (its position less the jumps below it); an entry whose map slot moved on is stale.
-    order: VecDeque<(u64, u64, AppendKey)>,
+    hasher: RandomState,
+    map: HashTable<Kept>,
+    /// Keys by record position, oldest first; an entry whose key's slot moved on (the key was
+    /// stored again later) is stale.
+    order: VecDeque<Aged>,
     /// Positions the log skipped at promotions (JUMP records) so far.
     skipped: u64,
 }
@@ -53,7 +79,8 @@ impl Window {
         Window {
             max_keys,
             max_bytes,
-            map: HashMap::new(),
+            hasher: RandomState::new(),
+            map: HashTable::new(),
             order: VecDeque::new(),
             skipped: 0,
         }
@@ -66,7 +93,8 @@ impl Window {
 
     /// The record stored with `key`, if it is still remembered.
     pub fn get(&self, key: &AppendKey) -> Option<Slot> {
-        self.map.get(key).copied()
+        let hash = self.hasher.hash_one(key);
+        self.map.find(hash, |k| k.key == *key).map(|k| k.slot)
     }
 
     /// Remembers that the record at `pos` (`len` bytes) was stored with `key`. Positions only
@@ -76,13 +104,21 @@ impl Window {
             return;
         }
         let at = pos.saturating_sub(self.skipped);
-        self.map.insert(key, Slot { pos, len });
-        self.order.push_back((pos, at, key));
+        let hash = self.hasher.hash_one(key);
+        let slot = Slot { pos, len };
+        match self.map.find_mut(hash, |k| k.key == key) {
+            Some(k) => k.slot = slot,
+            None => {
+                self.map
+                    .insert_unique(hash, Kept { key, slot, hash }, |k| k.hash);
+            }
+        }
+        self.order.push_back(Aged { pos, at, hash });
         while self.order.len() > self.max_keys
             || self
                 .order
                 .front()
-                .is_some_and(|(_, a, _)| a.saturating_add(self.max_bytes) < at)
+                .is_some_and(|a| a.at.saturating_add(self.max_bytes) < at)
         {
             self.pop_front();
         }
@@ -95,24 +131,28 @@ impl Window {
     }
 
     fn pop_front(&mut self) {
-        if let Some((p, _, k)) = self.order.pop_front() {
-            if self.map.get(&k).is_some_and(|s| s.pos == p) {
-                self.map.remove(&k);
-            }
+        if let Some(a) = self.order.pop_front() {
+            self.forget(a);
+        }
+    }
+
+    /// Removes the key of `a` unless it was stored again later (then its slot moved on). A
+    /// position holds one record, so the hash and the position find the entry.
+    fn forget(&mut self, a: Aged) {
+        if let Ok(e) = self.map.find_entry(a.hash, |k| k.slot.pos == a.pos) {
+            e.remove();
         }
     }
 
     /// Forgets the keys of every record at or after `from` (withdrawn, or beyond the
     /// acknowledged end after a failed write).
     pub fn truncate(&mut self, from: u64) {
-        while let Some(&(p, _, k)) = self.order.back() {
-            if p < from {
+        while let Some(&a) = self.order.back() {
+            if a.pos < from {
                 break;
             }
             self.order.pop_back();
-            if self.map.get(&k).is_some_and(|s| s.pos == p) {
-                self.map.remove(&k);
-            }
+            self.forget(a);
         }
     }
 

@@ -766,19 +766,12 @@ async fn sweep(
         tick.tick().await;
         let now = Instant::now();
         let got = received.load(Ordering::Relaxed);
-        let expired: Vec<Waiter> = {
-            let mut p = pending.lock();
-            if p.waiters.values().all(|w| w.deadline > now) {
-                continue;
-            }
-            let seqs: Vec<i32> = p
-                .waiters
-                .iter()
-                .filter(|(_, w)| w.deadline <= now)
-                .map(|(&seq, _)| seq)
-                .collect();
-            seqs.iter().filter_map(|s| p.waiters.remove(s)).collect()
-        };
+        let expired: Vec<Waiter> = pending
+            .lock()
+            .waiters
+            .extract_if(|_, w| w.deadline <= now)
+            .map(|(_, w)| w)
+            .collect();
         let silent = expired.iter().any(|w| w.received == got);
         for w in expired {
             let _ = w.tx.send(Err(RemoteStoreError::Timeout {

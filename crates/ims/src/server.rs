@@ -4,9 +4,10 @@
 //! One task per connection reads frames; every read request runs in its own task, so a slow read
 //! does not hold up the requests behind it, and replies go out in completion order (matched by
 //! `seq`). Appends are submitted to the store as they are read and answered, in that order, by
-//! one task per connection (a group commit completes many of them at once: one wake-up). At most `max_in_flight` requests per connection are
-//! being executed or waiting to be written: at the limit the connection stops reading (TCP
-//! back-pressure), it never buffers without bound. Replies are coalesced by one writer task.
+//! one task per connection (a group commit completes many of them at once: one wake-up). At most
+//! `max_in_flight` requests per connection are being executed or waiting to be written: at the
+//! limit the connection stops reading (TCP back-pressure), it never buffers without bound.
+//! Replies are coalesced by one writer task.
 //!
 //! Appends go straight to the store's group commit. In `sync` replication mode an append is
 //! answered only once a follower has acknowledged a durable position at or after the end of its

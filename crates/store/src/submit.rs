@@ -303,6 +303,17 @@ mod tests {
         }
     }
 
+    /// Submits one small append while an fsync is in progress and starts the writer, which holds
+    /// it: returns once the writer is waiting.
+    fn holding_writer(subs: &Arc<Submissions>) -> std::thread::JoinHandle<(usize, Duration)> {
+        subs.submit(append(100));
+        let writer = take_on_thread(subs);
+        while !subs.pending.lock().held {
+            std::thread::yield_now();
+        }
+        writer
+    }
+
     /// The writer's `take`, holding for up to 10 s, on its own thread.
     fn take_on_thread(subs: &Arc<Submissions>) -> std::thread::JoinHandle<(usize, Duration)> {
         let subs = subs.clone();
@@ -326,12 +337,8 @@ mod tests {
     fn appends_arriving_during_an_fsync_wait_for_it_and_go_in_one_batch() {
         let subs = Arc::new(Submissions::new(1 << 30));
         subs.set_syncing(true);
-        subs.submit(append(100));
-        let writer = take_on_thread(&subs);
-        // The writer is holding: these join the first one instead of waking it.
-        while !subs.pending.lock().held {
-            std::thread::yield_now();
-        }
+        let writer = holding_writer(&subs);
+        // These join the held one instead of waking the writer.
         subs.submit(append(100));
         subs.submit(append(100));
         subs.set_syncing(false);
@@ -347,11 +354,7 @@ mod tests {
     fn a_full_hold_or_an_exclusive_submission_is_taken_during_the_fsync() {
         let subs = Arc::new(Submissions::new(1 << 30));
         subs.set_syncing(true);
-        subs.submit(append(100));
-        let writer = take_on_thread(&subs);
-        while !subs.pending.lock().held {
-            std::thread::yield_now();
-        }
+        let writer = holding_writer(&subs);
         subs.submit(append(HOLD_BYTES));
         let (n, waited) = writer.join().unwrap();
         assert_eq!(n, 2);
@@ -361,11 +364,7 @@ mod tests {
         );
 
         let (tx, _rx) = tokio::sync::oneshot::channel();
-        subs.submit(append(100));
-        let writer = take_on_thread(&subs);
-        while !subs.pending.lock().held {
-            std::thread::yield_now();
-        }
+        let writer = holding_writer(&subs);
         subs.submit(Submission::Withdraw { from: 0, tx });
         let (n, waited) = writer.join().unwrap();
         assert_eq!(n, 1, "the append before the withdrawal goes alone");

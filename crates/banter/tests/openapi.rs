@@ -233,8 +233,11 @@ async fn schemathesis_finds_no_server_error_and_no_undocumented_answer() {
                 EXAMPLES,
                 "--seed",
                 "1",
+                // One worker: with two, CPython 3.11's `ast.parse` (hypothesis describes its
+                // filters with it) raced between the worker threads once ("SystemError: AST
+                // constructor recursion depth mismatch"), a crash of the tool, not a finding.
                 "--workers",
-                "2",
+                "1",
                 "--request-timeout",
                 "10",
                 "--no-color",

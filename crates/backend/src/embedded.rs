@@ -30,7 +30,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection, QueryBuilder, Row, Sqlite};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::cache::BoundedCache;
+use crate::cache::{self, BoundedCache};
 use crate::moderation::{forbidden_channel, ForbiddenEvent};
 use crate::token::{self, JwtVerifier};
 use crate::write_behind::{spawn_flusher, Backoff, Batch, Sink, WriteBehind};
@@ -142,13 +142,25 @@ pub struct Embedded {
     pool: SqlitePool,
     jwt: Option<JwtVerifier>,
     /// Valid tokens, who they name and when they expire.
-    tokens: BoundedCache<[u8; 32], CachedToken>,
-    devices: BoundedCache<(String, u8), i64>,
+    tokens: BoundedCache<cache::Key, CachedToken>,
+    /// Device ids by [`device_key`].
+    devices: BoundedCache<cache::Key, i64>,
     wb: Arc<WriteBehind>,
     sink: SqliteSink,
     forbidden: broadcast::Sender<ForbiddenEvent>,
     /// Dropping it tells the flusher to flush a last time and stop.
     _shutdown: oneshot::Sender<()>,
+}
+
+/// The device cache's key of a client's device id on a platform.
+fn device_key(device: &str, platform: u8) -> cache::Key {
+    use sha2::{Digest, Sha256};
+    let digest: [u8; 32] = Sha256::new()
+        .chain_update([platform])
+        .chain_update(device.as_bytes())
+        .finalize()
+        .into();
+    cache::key(&digest)
 }
 
 /// A cached valid token. Compact (40 bytes against 56 for `(AuthInfo, Option<i64>)`): the cache holds
@@ -359,11 +371,12 @@ impl Embedded {
             return Ok(None);
         }
         let hash = token::hash(token);
+        let key = cache::key(&hash);
         let live = |expires_at: Option<i64>| expires_at.is_none_or(|at| now_secs() < at);
-        if let Some(cached) = self.tokens.get(&hash) {
+        if let Some(cached) = self.tokens.get(&key) {
             return Ok(live(cached.expires_at()).then(|| cached.info()));
         }
-        let ticket = self.tokens.ticket(&hash);
+        let ticket = self.tokens.ticket(&key);
         let row = sqlx::query(
             "SELECT appid, uid, user_name, expires_at FROM tokens WHERE token_hash = ?1",
         )
@@ -381,7 +394,7 @@ impl Embedded {
             return Ok(None);
         }
         self.tokens
-            .insert(hash, CachedToken::new(&info, expires_at), ticket);
+            .insert(key, CachedToken::new(&info, expires_at), ticket);
         Ok(live(expires_at).then_some(info))
     }
 
@@ -412,15 +425,16 @@ impl Embedded {
 
     pub(crate) async fn revoke(&self, token: &str) -> Result<Option<(i64, i64)>, BackendError> {
         let hash = token::hash(token);
+        let key = cache::key(&hash);
         // Invalidate before and after: no lookup can cache the row across the delete.
-        self.tokens.invalidate(&hash);
+        self.tokens.invalidate(&key);
         let mut conn = self.pool.acquire().await?;
         let r = sqlx::query("DELETE FROM tokens WHERE token_hash = ?1 RETURNING appid, uid")
             .bind(&hash[..])
             .fetch_optional(&mut *conn)
             .await;
         let row = settle(conn, r).await?;
-        self.tokens.invalidate(&hash);
+        self.tokens.invalidate(&key);
         Ok(match row {
             Some(row) => Some((row.try_get("appid")?, row.try_get("uid")?)),
             None => None,
@@ -440,7 +454,7 @@ impl Embedded {
         for row in &rows {
             let hash: Vec<u8> = row.try_get("token_hash")?;
             if let Ok(hash) = <[u8; 32]>::try_from(hash.as_slice()) {
-                self.tokens.invalidate(&hash);
+                self.tokens.invalidate(&cache::key(&hash));
             }
         }
         Ok(rows.len() as u64)
@@ -514,7 +528,7 @@ impl Embedded {
     }
 
     pub(crate) async fn device_id(&self, device: &str, platform: u8) -> Result<i64, BackendError> {
-        let key = (device.to_owned(), platform);
+        let key = device_key(device, platform);
         if let Some(id) = self.devices.get(&key) {
             return Ok(id);
         }

@@ -2,6 +2,8 @@
 //! `store`, `bench`. Parses arguments, sets up logging and hands over to the library; nothing else
 //! happens here. Errors are printed once per cause.
 
+mod allocator;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -371,6 +373,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     banter::serve::preflight_loaded(&loaded)?;
     let config = loaded.value;
     init_logging(&config.log, &config.cluster.node_id)?;
+    allocator::start();
     runtime()?.block_on(banter::serve::run(config, args.config, overrides))?;
     Ok(())
 }
@@ -387,6 +390,7 @@ fn imr(path: Option<PathBuf>, log: LogArgs) -> anyhow::Result<()> {
         |c: &route::RouterConfig| banter::logging::problems(&c.log),
     )?;
     init_logging(&config.log, &config.node_id)?;
+    allocator::start();
     runtime()?.block_on(banter::roles::run_router(config))
 }
 
@@ -412,6 +416,7 @@ fn ims(path: Option<PathBuf>, log: LogArgs, command: Option<ImsCommand>) -> anyh
                     banter::logging::problems(&c.log)
                 })?;
             init_logging(&config.log, &config.node_id)?;
+            allocator::start();
             runtime()?.block_on(banter::roles::run_store_node(config))
         }
     }

@@ -3,38 +3,33 @@
 //! glibc returns freed memory to the system only from the top of each arena. A burst of logins
 //! leaves freed read, write and sync buffers between the long-lived objects of the sessions that
 //! stayed (session tasks, registrations, table entries), and those whole free pages stay resident
-//! for as long as the process runs: measured at about 200 bytes per idle connection at 19,000
-//! connections, 8 % of what one costs (`docs/benchmarks.md`, "Giving freed memory back").
+//! for as long as the process runs: measured at about 160 bytes per idle TCP connection at 19,000
+//! connections, 6 % of what one costs (`docs/benchmarks.md`, "Giving freed memory back").
 //!
-//! A thread of its own, started by every server role, reads the allocator's totals once a second.
-//! When the heap has settled (the bytes in use moved by less than 1/64 since the last reading) and
-//! at least [`MIN_FREE`] bytes lie free in it, it asks glibc to release every free page
-//! (`malloc_trim(0)`, which `madvise`s them away; the chunks stay glibc's, their pages are no
-//! longer resident). It does not trim again until the heap has changed by [`MIN_FREE`] bytes since.
-//! Under steady load the bytes in use move from one second to the next, so no trim runs on the
-//! message path; a trim runs once the burst or the load is over. Trims are counted by
-//! `banter_allocator_trims_total` and logged at debug level.
+//! A thread of its own, started by every server role, reads the process's anonymous resident memory
+//! (`RssAnon` in `/proc/self/status`: no allocator lock is taken) once a second. Once it has settled
+//! (moved by less than 1/64 since the last reading), glibc is asked to release every whole free page
+//! of its heap (`malloc_trim(0)`, which `madvise`s them away; the chunks stay glibc's, their pages
+//! are no longer resident) when the resident memory grew by [`GROWTH`] since the last trim — a burst of
+//! logins is over — or [`PERIOD`] has passed since the last trim — memory freed by sessions that left
+//! is given back too. So a trim (a walk over the heap's free chunks, arena by arena) runs at most once
+//! a minute under steady load, and never while the heap is growing. Each trim is logged at debug level
+//! (`banter::allocator`) with the resident memory before and after.
 //!
-//! This module holds the binary's only `unsafe` (the store crate's `flock` aside): two calls into
-//! glibc that take no pointers and that glibc serializes with every allocator call. Builds on
-//! other C libraries have no such calls and start nothing.
+//! This module holds the binary's only `unsafe` (the store crate's `flock` aside): one call into
+//! glibc that takes no pointers and that glibc serializes with every allocator call. Builds on other
+//! C libraries have no such call and start nothing.
 
-/// Trim only when at least this much lies free in the heap: below it, what a trim could give back
-/// does not matter.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MIN_FREE: u64 = 4 << 20;
+use std::time::{Duration, Instant};
 
-/// How often the allocator's totals are read.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-const INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// Trim after the resident memory grew by this much since the last trim (and settled).
+const GROWTH: u64 = 8 << 20;
 
-/// The allocator's totals: bytes handed out and bytes free inside its heap.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Heap {
-    in_use: u64,
-    free: u64,
-}
+/// Trim at least this often while the resident memory is settled.
+const PERIOD: Duration = Duration::from_secs(60);
+
+/// How often the resident memory is read.
+const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Starts the trimming thread. A failure to start it is logged: the server runs without it.
 pub fn start() {
@@ -52,120 +47,120 @@ fn run() {
     let mut trimmer = Trimmer::default();
     loop {
         std::thread::sleep(INTERVAL);
-        let now = heap();
-        if trimmer.should_trim(now) {
-            let released = trim();
-            metrics::counter!("banter_allocator_trims_total").increment(1);
-            tracing::debug!(
-                in_use = now.in_use,
-                free = now.free,
-                released,
-                "gave free heap pages back to the system"
-            );
+        let Some(before) = resident_anon() else {
+            tracing::debug!("no RssAnon in /proc/self/status: the allocator trimming thread stops");
+            return;
+        };
+        if trimmer.should_trim(before, Instant::now()) {
+            trim();
+            let after = resident_anon().unwrap_or(before);
+            trimmer.trimmed(after, Instant::now());
+            tracing::debug!(before, after, "gave free heap pages back to the system");
         }
     }
 }
 
-/// When to trim, from successive readings (kept apart from the FFI so it can be tested).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// When to trim, from successive readings of the resident memory (kept apart from the system calls
+/// so it can be tested).
 #[derive(Debug, Default)]
 struct Trimmer {
-    previous: Option<Heap>,
-    last_trim: Option<Heap>,
+    previous: Option<u64>,
+    /// The resident memory right after the last trim, and when it ran.
+    last: Option<(u64, Instant)>,
 }
 
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 impl Trimmer {
-    fn should_trim(&mut self, now: Heap) -> bool {
+    fn should_trim(&mut self, resident: u64, now: Instant) -> bool {
         let settled = self
             .previous
-            .replace(now)
-            .is_some_and(|p| p.in_use.abs_diff(now.in_use) <= now.in_use / 64);
-        let changed = self
-            .last_trim
-            .is_none_or(|t| t.in_use.abs_diff(now.in_use) + t.free.abs_diff(now.free) >= MIN_FREE);
-        let trim = settled && changed && now.free >= MIN_FREE;
-        if trim {
-            self.last_trim = Some(now);
-        }
-        trim
+            .replace(resident)
+            .is_some_and(|p| p.abs_diff(resident) <= resident / 64);
+        settled
+            && self.last.is_none_or(|(after, at)| {
+                resident >= after.saturating_add(GROWTH) || now.duration_since(at) >= PERIOD
+            })
+    }
+
+    fn trimmed(&mut self, resident: u64, now: Instant) {
+        self.previous = Some(resident);
+        self.last = Some((resident, now));
     }
 }
 
+/// The process's anonymous resident memory in bytes.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn heap() -> Heap {
-    // SAFETY: `mallinfo2` takes no arguments and returns a struct by value; glibc locks each arena
-    // while it reads it.
-    #[allow(unsafe_code)]
-    let m = unsafe { libc::mallinfo2() };
-    Heap {
-        in_use: (m.uordblks + m.hblkhd) as u64,
-        free: m.fordblks as u64,
-    }
+fn resident_anon() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(kb * 1024)
 }
 
-/// Returns whether glibc released anything.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn trim() -> bool {
+fn trim() {
     // SAFETY: `malloc_trim` takes no pointers; glibc serializes it with every other allocator call.
     #[allow(unsafe_code)]
-    let released = unsafe { libc::malloc_trim(0) };
-    released == 1
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
-#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+#[cfg(test)]
 mod tests {
     use super::*;
 
     const MIB: u64 = 1 << 20;
 
-    fn heap(in_use_mib: u64, free_mib: u64) -> Heap {
-        Heap {
-            in_use: in_use_mib * MIB,
-            free: free_mib * MIB,
+    #[test]
+    fn trims_once_a_burst_has_settled() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut t = Trimmer::default();
+        // A burst: resident memory grows every second.
+        assert!(!t.should_trim(30 * MIB, at(1)));
+        assert!(!t.should_trim(50 * MIB, at(2)));
+        assert!(!t.should_trim(70 * MIB, at(3)));
+        // Settled: trim, which gave back 4 MiB.
+        assert!(t.should_trim(70 * MIB, at(4)));
+        t.trimmed(66 * MIB, at(4));
+        // Settled and not grown since: no second trim before the period is over.
+        for s in 5..63 {
+            assert!(!t.should_trim(66 * MIB + s * 1024, at(s)), "second {s}");
+        }
+        // Grown by more than GROWTH, still growing: wait; then settled: trim.
+        assert!(!t.should_trim(80 * MIB, at(63)));
+        assert!(t.should_trim(80 * MIB, at(64)));
+        t.trimmed(79 * MIB, at(64));
+        // A minute later without growth (sessions left, their memory is free): trim again.
+        assert!(!t.should_trim(79 * MIB, at(100)));
+        assert!(t.should_trim(79 * MIB, at(124)));
+    }
+
+    #[test]
+    fn does_not_trim_while_resident_memory_keeps_moving() {
+        let t0 = Instant::now();
+        let mut t = Trimmer::default();
+        for s in 0..200 {
+            let resident = if s % 2 == 0 { 64 * MIB } else { 60 * MIB };
+            assert!(!t.should_trim(resident, t0 + Duration::from_secs(s)));
         }
     }
 
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
-    fn trims_once_the_heap_has_settled_with_enough_free() {
-        let mut t = Trimmer::default();
-        // A burst: the heap grows every second.
-        assert!(!t.should_trim(heap(10, 1)));
-        assert!(!t.should_trim(heap(30, 6)));
-        assert!(!t.should_trim(heap(50, 12)));
-        // Settled, 12 MiB free: trim once.
-        assert!(t.should_trim(heap(50, 12)));
-        // Nothing changed since: no second trim.
-        assert!(!t.should_trim(heap(50, 12)));
-        assert!(!t.should_trim(heap(50, 13)));
-        // Connections left, then the heap settled again: trim again.
-        assert!(!t.should_trim(heap(40, 22)));
-        assert!(t.should_trim(heap(40, 22)));
-    }
-
-    #[test]
-    fn does_not_trim_a_heap_with_little_free_or_one_that_keeps_moving() {
-        let mut t = Trimmer::default();
-        assert!(!t.should_trim(heap(50, 2)));
-        assert!(!t.should_trim(heap(50, 3)));
-        // Steady load: in-use swings by more than 1/64 between readings.
-        let mut t = Trimmer::default();
-        for i in 0..10 {
-            assert!(!t.should_trim(heap(if i % 2 == 0 { 64 } else { 60 }, 20)));
-        }
-    }
-
-    #[test]
-    fn the_allocator_totals_are_read_and_a_trim_runs() {
+    fn reads_the_resident_memory_and_trims() {
+        let resident = resident_anon().expect("RssAnon in /proc/self/status");
+        assert!(resident > 0);
         // Leave free memory behind live allocations, then trim: the call works in this process.
         let keep: Vec<Vec<u8>> = (0..256).map(|_| vec![1u8; 512]).collect();
-        let freed: Vec<Vec<u8>> = (0..256).map(|_| vec![2u8; 64 << 10]).collect();
-        let before = super::heap();
-        assert!(before.in_use >= 256 * (64 << 10), "{before:?}");
-        drop(freed);
-        let after = super::heap();
-        assert!(after.in_use < before.in_use, "{before:?} -> {after:?}");
+        drop((0..256).map(|_| vec![2u8; 64 << 10]).collect::<Vec<_>>());
         trim();
-        assert_eq!(keep.len(), 256);
+        assert_eq!(keep.iter().map(|v| v.len()).sum::<usize>(), 256 * 512);
     }
 }

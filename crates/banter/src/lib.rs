@@ -10,5 +10,6 @@ pub mod logging;
 pub mod migrate;
 pub mod roles;
 pub mod serve;
+pub mod signals;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -6,6 +6,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::signals::Signals;
+
 fn log_version() {
     info!(
         "banter {} (commit {})",
@@ -15,19 +17,16 @@ fn log_version() {
 }
 
 /// Waits for SIGINT, SIGTERM, or `stopped` (the node stopped itself).
-async fn wait_for_stop(stopped: &CancellationToken) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
+async fn wait_for_stop(signals: &mut Signals, stopped: &CancellationToken) {
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        _ = signals.next() => {}
         _ = stopped.cancelled() => {}
     }
-    Ok(())
 }
 
 /// Runs a router until a stop signal.
 pub async fn run_router(config: route::RouterConfig) -> anyhow::Result<()> {
+    let mut signals = Signals::install(false)?;
     let shutdown = CancellationToken::new();
     let config_cluster = config.cluster.clone();
     let node_id = config.node_id.clone();
@@ -44,7 +43,7 @@ pub async fn run_router(config: route::RouterConfig) -> anyhow::Result<()> {
         running.http_addr,
     )?;
     info!("router ready");
-    wait_for_stop(&shutdown).await?;
+    wait_for_stop(&mut signals, &shutdown).await;
     info!("router shutting down");
     if let Some((reg, _)) = registration {
         // deregister first, so access nodes stop sending to this router
@@ -57,6 +56,7 @@ pub async fn run_router(config: route::RouterConfig) -> anyhow::Result<()> {
 
 /// Runs a store node until a stop signal.
 pub async fn run_store_node(config: ims::StoreNodeConfig) -> anyhow::Result<()> {
+    let mut signals = Signals::install(false)?;
     let shutdown = CancellationToken::new();
     let data = config.data_dir.clone();
     let running = ims::run(config, shutdown.clone()).await?;
@@ -70,7 +70,7 @@ pub async fn run_store_node(config: ims::StoreNodeConfig) -> anyhow::Result<()> 
         info!("listening: http http://{a}");
     }
     info!(role = ?running.role(), "store node ready");
-    wait_for_stop(&shutdown).await?;
+    wait_for_stop(&mut signals, &shutdown).await;
     info!("store node shutting down");
     shutdown.cancel();
     running.wait().await?;

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::config::{AuthBackend, Config, GroupsBackend, PushBackend};
 use crate::load::{ConfigError, Loaded, Override, Problem};
+use crate::signals::Request;
 
 /// Why the server could not start; each variant names the component at fault.
 #[derive(Debug, thiserror::Error)]
@@ -483,30 +484,23 @@ pub async fn run(
     config_path: Option<std::path::PathBuf>,
     overrides: Vec<Override>,
 ) -> Result<(), ServeError> {
-    use tokio::signal::unix::{signal, SignalKind};
+    let mut signals = crate::signals::Signals::install(true)
+        .map_err(|e| ServeError::Config(format!("cannot install the signal handlers: {e}")))?;
     let running = start(&config).await?;
     let mut current = config;
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| ServeError::Config(format!("cannot install the SIGTERM handler: {e}")))?;
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| ServeError::Config(format!("cannot install the SIGHUP handler: {e}")))?;
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
-            _ = term.recv() => break,
-            _ = hup.recv() => {
-                let Some(path) = config_path.as_deref() else {
-                    warn!("SIGHUP: no config file to reload (started without --config)");
-                    continue;
-                };
-                match Config::load(Some(path), &overrides) {
-                    Ok(Loaded { value: mut new, .. }) => {
-                        new.data.dir = current.data.dir.clone();
-                        running.reload(&current, &new);
-                        current = new;
-                    }
-                    Err(e) => warn!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one"),
-                }
+    while signals.next().await == Request::Reload {
+        let Some(path) = config_path.as_deref() else {
+            warn!("SIGHUP: no config file to reload (started without --config)");
+            continue;
+        };
+        match Config::load(Some(path), &overrides) {
+            Ok(Loaded { value: mut new, .. }) => {
+                new.data.dir = current.data.dir.clone();
+                running.reload(&current, &new);
+                current = new;
+            }
+            Err(e) => {
+                warn!(error = %e, "SIGHUP: the new configuration is invalid; keeping the running one")
             }
         }
     }

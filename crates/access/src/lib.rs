@@ -218,6 +218,7 @@ impl AccessNode {
                 }
             });
         }
+        tracker.spawn(session::sweep(app.clone(), shutdown.clone()));
         let ctx = listener::Ctx {
             app: app.clone(),
             permits: Arc::new(Semaphore::new(cfg.max_connections.max(1))),

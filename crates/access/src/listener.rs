@@ -1,4 +1,4 @@
-//! Client listeners: TCP, raw TLS, WebSocket (`/ws`) and WSS, all feeding [`crate::session::run`], and
+//! Client listeners: TCP, raw TLS, WebSocket (`/ws`) and WSS, all feeding [`crate::session::spawn`], and
 //! the HTTP API's listener ([`serve_api`]).
 //!
 //! A connection permit is taken the moment a connection is accepted, before any TLS handshake or
@@ -7,7 +7,7 @@
 //! first). One login deadline runs from accept to authentication (`server.login_timeout_secs`): the TLS
 //! handshake, the HTTP upgrade and the session's wait for AUTH_TOKEN all count against it. Handshakes
 //! and upgrades run in each connection's own task, so a stalled client never holds up an accept loop;
-//! the session then gets a task of its own whose future is [`crate::session::run`]'s as it is (it
+//! the session then gets a task of its own whose future is the session's as it is (it
 //! holds the connection permit), so nothing of the accept, handshake or upgrade stays in an idle
 //! connection's task.
 //! HTTP request heads (WebSocket upgrades and API requests) are limited to [`MAX_HEADER_BYTES`]. Accept
@@ -237,12 +237,11 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
         let app = ctx.app.clone();
         let shutdown = ctx.shutdown.clone();
         let max_body = app.server.max_body;
-        // The session future is spawned as it is (see `session::run`): it holds the permit itself.
+        // The session future is spawned as it is (see `session::spawn`): it holds the permit itself.
         match &tls {
             None => {
                 let t = StreamTransport::new(stream, max_body);
-                ctx.tracker
-                    .spawn(session::run(app, t, peer, shutdown, deadline, permit));
+                session::spawn(&ctx.tracker, app, t, peer, shutdown, deadline, permit);
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -257,7 +256,7 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
                     match handshake {
                         Some(Ok(Ok(tls))) => {
                             let t = StreamTransport::new(tls, max_body);
-                            tracker.spawn(session::run(app, t, peer, shutdown, deadline, permit));
+                            session::spawn(&tracker, app, t, peer, shutdown, deadline, permit);
                         }
                         Some(Ok(Err(e))) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Some(Err(_)) => debug!(%peer, "TLS handshake timed out (login timeout)"),
@@ -315,7 +314,7 @@ async fn ws_upgrade(
             // The session gets a task of its own rather than running inside the upgrade's task, which
             // would keep the upgrade's state (and this closure's captures) beside it while idle.
             let t = WsTransport::new(socket, app.server.max_body);
-            tracker.spawn(session::run(app, t, peer, shutdown, deadline, permit));
+            session::spawn(&tracker, app, t, peer, shutdown, deadline, permit);
             std::future::ready(())
         })
 }

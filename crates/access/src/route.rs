@@ -7,6 +7,12 @@
 //! outbox exceeds the configured frame or byte bound) it is marked for disconnection: producers never
 //! wait for a slow consumer.
 //!
+//! The table also carries the timers of logged-in sessions, so that an idle session waits on nothing
+//! but its outbox's notification: each session records when its client last sent a frame, and the
+//! node's sweep ([`RouteTable::close_idle`], run by `session::sweep`) closes those silent for longer than
+//! the idle timeout; at shutdown [`RouteTable::close_all`] closes every session, including any that logs
+//! in after it.
+//!
 //! Room messages have their own backlog per session, allocated on a session's first room message and
 //! bounded by bytes and by age ([`RoomPolicy`], docs/protocol.md §8.6): a member that falls behind
 //! loses its oldest room messages (counted), and one that keeps losing them without ever catching up for
@@ -23,6 +29,7 @@ use backend::groups::Group;
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use proto::{cmd, Body, GroupSyncKey, Metadata};
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 
 /// A frame handed to a session by someone else. Bodies are shared (`Bytes`), encoded once for every
@@ -206,8 +213,17 @@ pub struct SessionHandle {
     pub token_fp: u64,
     outbox: Mutex<Outbox>,
     notify: Notify,
-    max_frames: usize,
-    max_bytes: usize,
+    /// When the client last sent a frame ([`clock_ms`]), for the node's idle sweep.
+    active_ms: AtomicU64,
+    max_frames: u32,
+    max_bytes: u32,
+}
+
+/// Milliseconds since the first call, on the monotonic clock: when sessions were last active.
+pub fn clock_ms(at: Instant) -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let start = *START.get_or_init(Instant::now);
+    at.saturating_duration_since(start).as_millis() as u64
 }
 
 /// The close reason of a session whose outbox overflowed (a slow consumer).
@@ -219,6 +235,12 @@ pub const ROOM_LAG: &str = "room backlog: the client stayed behind its room for 
 
 /// The close reason of a session whose token was revoked or whose user the operator disconnected.
 pub const KICKED: &str = "the session's token was revoked or its user disconnected by the operator";
+
+/// The close reason of a session whose client sent nothing for `server.idle_timeout_secs`.
+pub const IDLE_TIMEOUT: &str = "idle timeout";
+
+/// The close reason of every session when the node shuts down.
+pub const SHUTDOWN: &str = "server shutting down";
 
 impl SessionHandle {
     pub fn new(id: SessionId, limits: OutboxLimits) -> SessionHandle {
@@ -233,9 +255,15 @@ impl SessionHandle {
             token_fp: id.token_fp,
             outbox: Mutex::new(Outbox::default()),
             notify: Notify::new(),
-            max_frames: limits.frames,
-            max_bytes: limits.bytes,
+            active_ms: AtomicU64::new(clock_ms(Instant::now())),
+            max_frames: limits.frames.min(u32::MAX as usize) as u32,
+            max_bytes: limits.bytes.min(u32::MAX as usize) as u32,
         }
+    }
+
+    /// Records that the client sent a frame at `at`.
+    pub fn touch(&self, at: Instant) {
+        self.active_ms.store(clock_ms(at), Ordering::Relaxed);
     }
 
     pub fn is_forbidden(&self) -> bool {
@@ -314,7 +342,7 @@ impl SessionHandle {
             return false;
         }
         let cost = push.wire_len();
-        if ob.queue.len() >= self.max_frames || ob.bytes + cost > self.max_bytes {
+        if ob.queue.len() >= self.max_frames as usize || ob.bytes + cost > self.max_bytes as usize {
             ob.closed = Some(OUTBOX_FULL);
             ob.queue = VecDeque::new();
             ob.bytes = 0;
@@ -332,14 +360,17 @@ impl SessionHandle {
         true
     }
 
-    /// Asks the session to close (e.g. token revoked, server shutting down).
-    pub fn close(&self, reason: &'static str) {
+    /// Asks the session to close (e.g. token revoked, server shutting down). Returns false if it was
+    /// already closing (the first reason stands).
+    pub fn close(&self, reason: &'static str) -> bool {
         let mut ob = self.outbox.lock();
-        if ob.closed.is_none() {
+        let first = ob.closed.is_none();
+        if first {
             ob.closed = Some(reason);
         }
         drop(ob);
         self.notify.notify_one();
+        first
     }
 
     /// Whether frames are queued or the session must close.
@@ -387,7 +418,11 @@ impl SessionHandle {
 
 const SHARDS: usize = 64;
 
-type SessionMap<K> = HashMap<K, Vec<Arc<SessionHandle>>>;
+/// A user's sessions on this node: nearly always one, kept inline (a `Vec` would be a 48-byte
+/// allocation per connected user).
+type UserSessions = SmallVec<[Arc<SessionHandle>; 1]>;
+
+type SessionMap<K> = HashMap<K, UserSessions>;
 
 /// Values by key, in independently locked shards.
 struct Shards<K, V> {
@@ -415,7 +450,9 @@ type UserKey = (i64, i64);
 /// Sessions by user, sharded.
 #[derive(Default)]
 pub struct RouteTable {
-    map: Shards<UserKey, Vec<Arc<SessionHandle>>>,
+    map: Shards<UserKey, UserSessions>,
+    /// Set by [`RouteTable::close_all`]: sessions added later are closed as they are added.
+    closed: AtomicBool,
 }
 
 impl RouteTable {
@@ -425,7 +462,41 @@ impl RouteTable {
 
     pub fn add(&self, s: Arc<SessionHandle>) {
         let key = (s.appid, s.uid);
-        self.shard(&key).write().entry(key).or_default().push(s);
+        let mut shard = self.shard(&key).write();
+        // Read under the shard's lock, which `close_all` takes after setting it: a session is either
+        // seen by `close_all` or sees the flag here.
+        if self.closed.load(Ordering::Acquire) {
+            s.close(SHUTDOWN);
+        }
+        shard.entry(key).or_default().push(s);
+    }
+
+    /// Closes every session, now and as they are added: the node is shutting down.
+    pub fn close_all(&self) {
+        self.closed.store(true, Ordering::Release);
+        for shard in self.map.shards.iter() {
+            for s in shard.read().values().flatten() {
+                s.close(SHUTDOWN);
+            }
+        }
+    }
+
+    /// Closes the sessions whose client sent nothing for `idle` or longer before `now`; returns how
+    /// many were not already closing.
+    pub fn close_idle(&self, now: Instant, idle: Duration) -> usize {
+        let now = clock_ms(now);
+        let idle = idle.as_millis() as u64;
+        let mut n = 0;
+        for shard in self.map.shards.iter() {
+            for s in shard.read().values().flatten() {
+                if now.saturating_sub(s.active_ms.load(Ordering::Relaxed)) >= idle
+                    && s.close(IDLE_TIMEOUT)
+                {
+                    n += 1;
+                }
+            }
+        }
+        n
     }
 
     pub fn remove(&self, s: &SessionHandle) {
@@ -706,6 +777,39 @@ mod tests {
         let mut v = Vec::new();
         assert_eq!(h.drain(&mut v), None);
         v.iter().map(|p| p.body[0]).collect()
+    }
+
+    #[test]
+    fn the_idle_sweep_closes_only_silent_sessions() {
+        let table = RouteTable::default();
+        let (silent, active) = (handle(1), handle(2));
+        table.add(silent.clone());
+        table.add(active.clone());
+        let now = Instant::now();
+        silent.touch(now);
+        active.touch(now + Duration::from_secs(8));
+        let later = now + Duration::from_secs(10);
+        assert_eq!(table.close_idle(later, Duration::from_secs(5)), 1);
+        assert_eq!(silent.drain(&mut Vec::new()), Some(IDLE_TIMEOUT));
+        assert_eq!(active.drain(&mut Vec::new()), None);
+        // A session already closing is not counted again.
+        assert_eq!(table.close_idle(later, Duration::from_secs(5)), 0);
+    }
+
+    #[test]
+    fn closing_the_table_closes_sessions_present_and_added_later() {
+        let table = RouteTable::default();
+        let (early, kicked) = (handle(1), handle(2));
+        table.add(early.clone());
+        table.add(kicked.clone());
+        kicked.close(KICKED);
+        table.close_all();
+        assert_eq!(early.close_reason(), Some(SHUTDOWN));
+        // The first reason stands.
+        assert_eq!(kicked.close_reason(), Some(KICKED));
+        let late = handle(3);
+        table.add(late.clone());
+        assert_eq!(late.close_reason(), Some(SHUTDOWN));
     }
 
     #[test]

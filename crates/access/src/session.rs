@@ -1,8 +1,10 @@
 //! One client session (docs/protocol.md §8): the connection loop only — a single task that reads
 //! frames, hands each to [`handlers::dispatch`], submits the appends handlers return and completes
 //! them in order, drains the session's outbox, writes everything it produced in one coalesced write
-//! per wake-up, and keeps the login, idle and owed-sync timers. What a command does is in
-//! [`crate::handlers`].
+//! per wake-up, and keeps the login and owed-sync timers. What a command does is in
+//! [`crate::handlers`]. Also the node's session sweep ([`sweep`]): the idle timeout of logged-in
+//! sessions and the node's shutdown reach them through their handles, so an idle session's task waits on
+//! no timer of its own.
 //!
 //! Ordering: every frame this session sends — its own replies, sync batches and what others pushed to
 //! it — goes through one writer with one per-connection seq, so METADATA is always immediately followed
@@ -20,14 +22,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use futures_util::future::Either;
 use futures_util::stream::{FuturesOrdered, StreamExt};
 use tokio::time::{sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
 use crate::app::{App, AppendResult, Stats};
 use crate::handlers::{self, room, sync, Append, Conn, Reply, Step, Stored};
-use crate::route::{Push, OUTBOX_FULL, ROOM_LAG};
+use crate::route::{Push, SessionHandle, IDLE_TIMEOUT, OUTBOX_FULL, ROOM_LAG, SHUTDOWN};
 use crate::transport::{CloseReason, RecvError, Transport};
 
 /// Why a session ended.
@@ -59,6 +63,15 @@ impl std::fmt::Display for End {
 }
 
 impl End {
+    /// How a session ends that its handle says must close for `reason`.
+    fn closed(reason: &'static str) -> End {
+        match reason {
+            SHUTDOWN => End::Shutdown,
+            IDLE_TIMEOUT => End::Timeout(IDLE_TIMEOUT),
+            r => End::Kicked(r),
+        }
+    }
+
     /// What the client is told when the connection closes (a WebSocket close code).
     fn close_reason(&self) -> CloseReason {
         match self {
@@ -120,46 +133,116 @@ pub(crate) struct Session {
     login_deadline: Instant,
 }
 
-/// Runs a session on `transport` until it ends, then unregisters it. The client must authenticate
-/// before `login_deadline`: the listener sets it when it accepts the connection, so the TLS handshake
-/// and WebSocket upgrade count against the same `server.login_timeout_secs`.
+/// Runs a session on `transport` until it ends, then unregisters it: spawned on `tracker` as the
+/// connection's task. The client must authenticate before `login_deadline`: the listener sets it when
+/// it accepts the connection, so the TLS handshake and WebSocket upgrade count against the same
+/// `server.login_timeout_secs`.
 ///
 /// `permit` (the listener's connection permit) is held until the session has ended and is dropped
 /// last.
 ///
-/// Not an `async fn`: the session is set up before the future is built, so the arguments only needed
-/// for that (the span's fields) are not kept in every idle session's task. The listener spawns the
-/// returned future as the connection's task as it is: wrapped in another `async` block, whatever that
-/// block captured would stay in every idle session's task beside it.
-pub fn run<T: Transport, P: Send + 'static>(
+/// The session is set up before its future is built, so the arguments only needed for that are not
+/// kept in every idle session's task, and the future is spawned as it is: wrapped in another `async`
+/// block, whatever that block captured would stay in the task beside it. The session's `debug` span
+/// (connection, peer, and once known the app and uid) wraps the future only when `debug` is enabled
+/// for sessions: a disabled span would still take 40 bytes of every connection's task.
+pub fn spawn<T: Transport, P: Send + 'static>(
+    tracker: &TaskTracker,
     app: Arc<App>,
     transport: T,
     peer: SocketAddr,
     shutdown: CancellationToken,
     login_deadline: Instant,
     permit: P,
-) -> impl Future<Output = ()> + Send {
+) {
     let conn_id = app.next_conn_id();
     Stats::inc(&app.stats.connections);
     Stats::inc(&app.stats.connections_total);
     let span = tracing::debug_span!("session", conn = conn_id, %peer, appid = tracing::field::Empty, uid = tracing::field::Empty);
-    let mut s = Session {
-        conn: Conn::new(app, conn_id),
-        out: Reply::default(),
-        pending: None,
-        inbox: Vec::new(),
-        torn: false,
-        login_deadline,
-    };
-    let mut transport = transport;
-    // Everything the task needs is captured by `async move` and used in place (an `async fn` would
-    // keep its arguments and the locals they are moved into).
+    let session = run(
+        Session {
+            conn: Conn::new(app, conn_id),
+            out: Reply::default(),
+            pending: None,
+            inbox: Vec::new(),
+            torn: false,
+            login_deadline,
+        },
+        transport,
+        peer,
+        shutdown,
+        permit,
+    );
+    if span.is_disabled() {
+        tracker.spawn(session);
+    } else {
+        tracker.spawn(session.instrument(span));
+    }
+}
+
+/// The session's future. Everything it needs is captured by `async move` and used in place: as an
+/// `async fn` it keeps its arguments beside the locals they are moved into (288 bytes more per
+/// connection, measured by `session_future_stays_small`).
+#[allow(clippy::manual_async_fn)]
+fn run<T: Transport, P: Send + 'static>(
+    mut s: Session,
+    mut transport: T,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    permit: P,
+) -> impl Future<Output = ()> + Send {
     async move {
         let end = s.run_loop(&mut transport, &shutdown).await;
         s.finish(end, &mut transport, peer).await;
         drop(permit);
     }
-    .instrument(span)
+}
+
+/// What woke a waiting session besides its client and its appends.
+enum Wake {
+    /// Its handle: frames queued for it, or it must close.
+    Notified,
+    Shutdown,
+    Deadline,
+}
+
+/// The wait of a session that is not logged in or is owed a sync: its handle (if any), the node's
+/// shutdown, and `deadline`.
+async fn wait_timed(
+    handle: Option<&SessionHandle>,
+    shutdown: &CancellationToken,
+    deadline: Instant,
+) -> Wake {
+    tokio::select! {
+        biased;
+        _ = shutdown.cancelled() => Wake::Shutdown,
+        _ = async { match handle { Some(h) => h.wait().await, None => std::future::pending().await } } => Wake::Notified,
+        _ = sleep_until(deadline) => Wake::Deadline,
+    }
+}
+
+/// The node's session sweep, run once per node until shutdown: closes logged-in sessions whose client
+/// has been silent for `server.idle_timeout_secs` (checked a few times per timeout, at most every
+/// second), and at shutdown closes every session. Logged-in sessions rely on it for both (see
+/// `Session::run_loop`): one pass over the route table a second costs far less than a timer in every
+/// connection's task.
+pub(crate) async fn sweep(app: Arc<App>, shutdown: CancellationToken) {
+    let idle = Duration::from_secs(app.server.idle_timeout_secs);
+    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {
+                let closed = app.route.close_idle(std::time::Instant::now(), idle);
+                if closed > 0 {
+                    debug!(closed, "closed idle sessions");
+                }
+            }
+        }
+    }
+    app.route.close_all();
 }
 
 /// How long a session whose connection is gone waits for the appends it submitted, so their
@@ -272,56 +355,69 @@ impl Session {
             }
             if let Some(h) = &self.conn.handle {
                 if let Some(reason) = h.drain(&mut self.inbox) {
-                    return End::Kicked(reason);
+                    return End::closed(reason);
                 }
                 self.out.emit_pushes(&mut self.inbox);
                 if self.inbox.capacity() > 256 {
                     self.inbox = Vec::new();
                 }
             }
-            if let Err(e) = self.flush(t, Some(shutdown)).await {
+            // Boxed: a blocked write's state (the write, its timeout, the kick and shutdown waits) is
+            // the session's largest, and inline every idle session's task would carry it. One small
+            // allocation per coalesced write, against about 190 bytes of every connection.
+            if let Err(e) = Box::pin(self.flush(t, Some(shutdown))).await {
                 return e;
             }
             if self.conn.handle.as_ref().is_some_and(|h| h.has_pending()) {
                 // Pushed to while writing (the wake-up may have been consumed by the write): drain now.
                 continue;
             }
-            let idle = Duration::from_secs(self.conn.app.server.idle_timeout_secs);
-            let deadline = if self.conn.handle.is_some() {
-                last_frame + idle
-            } else {
-                self.login_deadline.min(last_frame + idle)
-            };
-            // Wake up for a sync owed to the client when it is due.
-            let deadline = match self.conn.owed.as_ref() {
-                Some(o) if o.at < deadline => o.at,
-                _ => deadline,
-            };
             let handle = self.conn.handle.clone();
+            // Logged in with no sync owed, the session's timers (the idle timeout) and the node's
+            // shutdown reach it through its handle (see `sweep`), so an idle session waits on one
+            // notification. Before login, or with a sync owed, it waits on a timer and the shutdown
+            // token as well: boxed, as that wait is short-lived or rare, and inline it would be part of
+            // every idle session's task.
+            let wake = match &handle {
+                Some(h) if self.conn.owed.is_none() => Either::Left(async {
+                    h.wait().await;
+                    Wake::Notified
+                }),
+                _ => Either::Right(Box::pin(wait_timed(
+                    handle.as_deref(),
+                    shutdown,
+                    self.deadline(last_frame),
+                ))),
+            };
             // The frame is handled after the select, once its futures are gone: an idle session task
             // is as large as its largest await point, and the handler must not add to the select's.
             let frame = tokio::select! {
                 biased;
-                _ = shutdown.cancelled() => return End::Shutdown,
                 Some((then, result, arrived)) = next_completion(&mut self.pending), if self.inflight() > 0 => {
                     self.complete(*then, result, arrived);
                     continue;
                 }
-                _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => continue,
+                w = wake => match w {
+                    Wake::Notified => continue,
+                    Wake::Shutdown => return End::Shutdown,
+                    Wake::Deadline => {
+                        if sync::owed_due(&self.conn) {
+                            continue;
+                        }
+                        return End::Timeout(if self.conn.handle.is_some() { IDLE_TIMEOUT } else { "login timeout" });
+                    }
+                },
                 r = t.recv(), if self.inflight() < self.conn.app.server.max_inflight.max(1) => match r {
                     Ok(Some(frame)) => frame,
                     Ok(None) => return End::ClientClosed,
                     Err(e) => return End::Recv(e),
                 },
-                _ = sleep_until(deadline) => {
-                    if sync::owed_due(&self.conn) {
-                        continue;
-                    }
-                    return End::Timeout(if self.conn.handle.is_some() { "idle timeout" } else { "login timeout" });
-                }
             };
             drop(handle);
             last_frame = Instant::now();
+            if let Some(h) = &self.conn.handle {
+                h.touch(last_frame.into_std());
+            }
             Stats::inc(&self.conn.app.stats.frames_in);
             // What the frame's handler left to do, taken out of its borrow of the session first.
             let (append, sync_key) = match handlers::dispatch(&mut self.conn, &mut self.out, frame)
@@ -336,7 +432,9 @@ impl Session {
                 self.submit(append, last_frame);
             }
             if let Some(key) = sync_key {
-                sync::on_sync(&mut self.conn, &mut self.out, key).await;
+                // Boxed: a sync's state (the sync key lookup, the store read) would otherwise be the
+                // largest part of every idle session's task.
+                Box::pin(sync::on_sync(&mut self.conn, &mut self.out, key)).await;
             }
         }
     }
@@ -373,7 +471,7 @@ impl Session {
                     _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => {
                         if let Some(reason) = handle.as_ref().and_then(|h| h.close_reason()) {
                             self.torn = true;
-                            return Err(End::Kicked(reason));
+                            return Err(End::closed(reason));
                         }
                     }
                 }
@@ -389,6 +487,21 @@ impl Session {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::WriteFailed(e)),
             Err(_) => Err(End::WriteTimeout),
+        }
+    }
+
+    /// When the session's timed wait ends: the login deadline (not yet logged in), the idle timeout
+    /// after the client's last frame at `last_frame`, or a sync owed to the client falling due.
+    fn deadline(&self, last_frame: Instant) -> Instant {
+        let idle = last_frame + Duration::from_secs(self.conn.app.server.idle_timeout_secs);
+        let deadline = if self.conn.handle.is_some() {
+            idle
+        } else {
+            self.login_deadline.min(idle)
+        };
+        match self.conn.owed.as_ref() {
+            Some(o) if o.at < deadline => o.at,
+            _ => deadline,
         }
     }
 
@@ -450,16 +563,16 @@ mod tests {
 
     fn session_future_size<T: Transport>() -> usize {
         future_size(
-            |(app, t, peer, sd): (Arc<App>, T, SocketAddr, CancellationToken)| {
-                run(app, t, peer, sd, Instant::now(), ())
-            },
+            |(s, t, peer, sd): (Session, T, SocketAddr, CancellationToken)| run(s, t, peer, sd, ()),
         )
     }
 
     /// Every connection's task holds its session future for as long as it is connected, idle or not:
     /// a handler awaited inline with a large future (authentication, group messages and group sync
-    /// are several KB to 18 KB) would cost that much per connection. Box such handlers in
-    /// `Session::dispatch` (or what they await) rather than raising this bound.
+    /// are several KB to 18 KB) would cost that much per connection, and so would a timer or a
+    /// blocked write's state. Box such waits in `Session::run_loop` (or what they await) rather than
+    /// raising this bound: about 520 bytes besides the transport, so that a TCP session's task (128-byte
+    /// steps, tokio's header and trailer included) is 768 bytes.
     #[test]
     fn session_future_stays_small() {
         type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
@@ -483,7 +596,7 @@ mod tests {
         for (name, future, transport) in sizes {
             eprintln!("{name}: session future {future} bytes, of which the transport {transport}");
             assert!(
-                future - transport <= 1024,
+                future - transport <= 560,
                 "the {name} session future is {future} bytes ({transport} of them the transport): \
                  something large is awaited inline in the session loop"
             );

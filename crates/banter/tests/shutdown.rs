@@ -50,3 +50,18 @@ async fn shutdown_does_not_wait_for_clients_that_do_not_read() {
         "shutdown took {took:?}: it waited for a client that does not read"
     );
 }
+
+#[tokio::test]
+async fn shutdown_closes_idle_sessions_and_unauthenticated_connections_at_once() {
+    let s = TestServer::start().await.unwrap();
+    let mut idle = Client::login(&s, 1, 2, false, "idle").await;
+    let mut anonymous = Client::tcp(s.tcp).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), s.stop())
+        .await
+        .expect("shutdown finished");
+    assert!(idle.closed_within(Duration::from_secs(2)).await);
+    assert!(anonymous.closed_within(Duration::from_secs(2)).await);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(3), "shutdown took {took:?}");
+}

@@ -222,13 +222,13 @@ async fn wait_timed(
 }
 
 /// The node's session sweep, run once per node until shutdown: closes logged-in sessions whose client
-/// has been silent for `server.idle_timeout_secs` (checked a few times per timeout, at most every
-/// second), and at shutdown closes every session. Logged-in sessions rely on it for both (see
-/// `Session::run_loop`): one pass over the route table a second costs far less than a timer in every
-/// connection's task.
+/// has been silent for `server.idle_timeout_secs` (a pass every sixteenth of the timeout, between
+/// 0.1 s and 5 s apart), and at shutdown closes every session. Logged-in sessions rely on it for both
+/// (see `Session::run_loop`): a pass over the route table every few seconds costs far less than a timer
+/// in every connection's task.
 pub(crate) async fn sweep(app: Arc<App>, shutdown: CancellationToken) {
     let idle = Duration::from_secs(app.server.idle_timeout_secs);
-    let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    let period = (idle / 16).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -89,6 +89,9 @@ pub struct App {
     /// Syncs that could not be answered (store or group directory failing), logged once per
     /// episode.
     pub(crate) sync_failures: node::episode::Episode,
+    /// Cancelled when the node shuts down ([`crate::AccessNode::shutdown`]). Here rather than handed
+    /// to every session: what a session holds, every idle connection's task holds.
+    pub(crate) shutdown: tokio_util::sync::CancellationToken,
     next_conn: AtomicU64,
 }
 
@@ -137,6 +140,7 @@ impl App {
             stats,
             metrics: services.metrics,
             sync_failures: node::episode::Episode::new(std::time::Duration::from_secs(60)),
+            shutdown: tokio_util::sync::CancellationToken::new(),
             next_conn: AtomicU64::new(1),
         })
     }

@@ -207,7 +207,7 @@ impl AccessNode {
             http: local(&http),
             app_api: local(&app_api_listener),
         };
-        let shutdown = CancellationToken::new();
+        let shutdown = app.shutdown.clone();
         let tracker = TaskTracker::new();
         if let Some((inbox, rx)) = app.take_routed() {
             let sd = shutdown.clone();

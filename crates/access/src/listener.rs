@@ -241,7 +241,7 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
         match &tls {
             None => {
                 let t = StreamTransport::new(stream, max_body);
-                session::spawn(&ctx.tracker, app, t, peer, shutdown, deadline, permit);
+                session::spawn(&ctx.tracker, app, t, peer, deadline, permit);
             }
             Some(acceptor) => {
                 let acceptor = acceptor.clone();
@@ -256,7 +256,7 @@ pub(crate) async fn serve_stream(listener: TcpListener, ctx: Ctx, tls: Option<Tl
                     match handshake {
                         Some(Ok(Ok(tls))) => {
                             let t = StreamTransport::new(tls, max_body);
-                            session::spawn(&tracker, app, t, peer, shutdown, deadline, permit);
+                            session::spawn(&tracker, app, t, peer, deadline, permit);
                         }
                         Some(Ok(Err(e))) => debug!(%peer, error = %e, "TLS handshake failed"),
                         Some(Err(_)) => debug!(%peer, "TLS handshake timed out (login timeout)"),
@@ -303,7 +303,6 @@ async fn ws_upgrade(
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections").into_response();
     };
     let app = ctx.app.clone();
-    let shutdown = ctx.shutdown.clone();
     let tracker = ctx.tracker.clone();
     let (peer, deadline) = (conn.peer, conn.deadline);
     ws.max_message_size(MAX_WS_MESSAGE)
@@ -314,7 +313,7 @@ async fn ws_upgrade(
             // The session gets a task of its own rather than running inside the upgrade's task, which
             // would keep the upgrade's state (and this closure's captures) beside it while idle.
             let t = WsTransport::new(socket, app.server.max_body);
-            session::spawn(&tracker, app, t, peer, shutdown, deadline, permit);
+            session::spawn(&tracker, app, t, peer, deadline, permit);
             std::future::ready(())
         })
 }

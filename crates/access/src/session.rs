@@ -31,7 +31,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::app::{App, AppendResult, Stats};
 use crate::handlers::{self, room, sync, Append, Conn, Reply, Step, Stored};
-use crate::route::{Push, SessionHandle, IDLE_TIMEOUT, OUTBOX_FULL, ROOM_LAG, SHUTDOWN};
+use crate::route::{SessionHandle, IDLE_TIMEOUT, OUTBOX_FULL, ROOM_LAG, SHUTDOWN};
 use crate::transport::{CloseReason, RecvError, Transport};
 
 /// Why a session ended.
@@ -124,11 +124,6 @@ pub(crate) struct Session {
     /// Appends in flight, completed in submission order. Allocated only while there are some, and
     /// boxed: inline, the empty set would take 64 bytes of every idle session.
     pending: Option<Box<FuturesOrdered<Op>>>,
-    /// What others pushed to this session, taken from its outbox.
-    inbox: Vec<Push>,
-    /// A write was abandoned part-way (kick or shutdown while the client did not read): what is on the
-    /// wire ends mid-frame, so nothing more may be written.
-    torn: bool,
     /// When the client must have authenticated (set by the listener at accept).
     login_deadline: Instant,
 }
@@ -151,7 +146,6 @@ pub fn spawn<T: Transport, P: Send + 'static>(
     app: Arc<App>,
     transport: T,
     peer: SocketAddr,
-    shutdown: CancellationToken,
     login_deadline: Instant,
     permit: P,
 ) {
@@ -164,13 +158,10 @@ pub fn spawn<T: Transport, P: Send + 'static>(
             conn: Conn::new(app, conn_id),
             out: Reply::default(),
             pending: None,
-            inbox: Vec::new(),
-            torn: false,
             login_deadline,
         },
         transport,
         peer,
-        shutdown,
         permit,
     );
     if span.is_disabled() {
@@ -188,11 +179,10 @@ fn run<T: Transport, P: Send + 'static>(
     mut s: Session,
     mut transport: T,
     peer: SocketAddr,
-    shutdown: CancellationToken,
     permit: P,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let end = s.run_loop(&mut transport, &shutdown).await;
+        let end = s.run_loop(&mut transport).await;
         s.finish(end, &mut transport, peer).await;
         drop(permit);
     }
@@ -323,8 +313,8 @@ impl Session {
                 );
             }
         }
-        if writable && !self.torn && self.out.frames() > 0 {
-            let _ = Box::pin(timeout(FINAL_FLUSH_LIMIT, self.flush(transport, None))).await;
+        if writable && !self.out.is_torn() && self.out.frames() > 0 {
+            let _ = Box::pin(timeout(FINAL_FLUSH_LIMIT, self.flush(transport, false))).await;
         }
         room::leave_current_room(&mut self.conn);
         if let Some(h) = self.conn.handle.take() {
@@ -346,7 +336,7 @@ impl Session {
 impl Session {
     /// The connection loop. Its locals are part of every idle session's task, so what can be read
     /// from the configuration when needed (the idle timeout, the in-flight bound) is not kept.
-    async fn run_loop<T: Transport>(&mut self, t: &mut T, shutdown: &CancellationToken) -> End {
+    async fn run_loop<T: Transport>(&mut self, t: &mut T) -> End {
         let mut last_frame = Instant::now();
         loop {
             if sync::owed_due(&self.conn) {
@@ -354,18 +344,18 @@ impl Session {
                 Box::pin(sync::answer_owed_syncs(&mut self.conn, &mut self.out)).await;
             }
             if let Some(h) = &self.conn.handle {
-                if let Some(reason) = h.drain(&mut self.inbox) {
+                // What others pushed to this session, taken from its outbox. Not kept between
+                // wake-ups: a buffer in the session would be part of every idle session's task.
+                let mut inbox = Vec::new();
+                if let Some(reason) = h.drain(&mut inbox) {
                     return End::closed(reason);
                 }
-                self.out.emit_pushes(&mut self.inbox);
-                if self.inbox.capacity() > 256 {
-                    self.inbox = Vec::new();
-                }
+                self.out.emit_pushes(&mut inbox);
             }
             // Boxed: a blocked write's state (the write, its timeout, the kick and shutdown waits) is
             // the session's largest, and inline every idle session's task would carry it. One small
             // allocation per coalesced write, against about 190 bytes of every connection.
-            if let Err(e) = Box::pin(self.flush(t, Some(shutdown))).await {
+            if let Err(e) = Box::pin(self.flush(t, true)).await {
                 return e;
             }
             if self.conn.handle.as_ref().is_some_and(|h| h.has_pending()) {
@@ -385,7 +375,7 @@ impl Session {
                 }),
                 _ => Either::Right(Box::pin(wait_timed(
                     handle.as_deref(),
-                    shutdown,
+                    &self.conn.app.shutdown,
                     self.deadline(last_frame),
                 ))),
             };
@@ -419,14 +409,25 @@ impl Session {
                 h.touch(last_frame.into_std());
             }
             Stats::inc(&self.conn.app.stats.frames_in);
-            // What the frame's handler left to do, taken out of its borrow of the session first.
-            let (append, sync_key) = match handlers::dispatch(&mut self.conn, &mut self.out, frame)
-            {
-                Ok(Step::Done) => continue,
-                Ok(Step::Append(append)) => (Some(append), None),
-                Ok(Step::Sync(key)) => (None, Some(key)),
-                Ok(Step::Wait(handler)) => (handler.await, None),
-                Err(e) => return End::Protocol(e.0),
+            // What the frame's handler left to do, taken out of the step before anything is awaited:
+            // awaited inside this match, the whole step (an append inline) would be part of the
+            // session's state, and so of every idle session's task.
+            let (append, sync_key) = {
+                let (append, sync_key, handler) =
+                    match handlers::dispatch(&mut self.conn, &mut self.out, frame) {
+                        Ok(Step::Done) => continue,
+                        Ok(Step::Append(append)) => (Some(append), None, None),
+                        Ok(Step::Sync(key)) => (None, Some(key), None),
+                        Ok(Step::Wait(handler)) => (None, None, Some(handler)),
+                        Err(e) => return End::Protocol(e.0),
+                    };
+                match handler {
+                    Some(handler) => {
+                        drop(append);
+                        (handler.await, None)
+                    }
+                    None => (append, sync_key),
+                }
             };
             if let Some(append) = append {
                 self.submit(append, last_frame);
@@ -440,12 +441,8 @@ impl Session {
     }
 
     /// Writes everything produced so far, in one coalesced write. A client that does not read blocks
-    /// the write; meanwhile a kick or (when `shutdown` is given) the node's shutdown ends it.
-    async fn flush<T: Transport>(
-        &mut self,
-        t: &mut T,
-        shutdown: Option<&CancellationToken>,
-    ) -> Result<(), End> {
+    /// the write; meanwhile a kick or (with `until_shutdown`) the node's shutdown ends it.
+    async fn flush<T: Transport>(&mut self, t: &mut T, until_shutdown: bool) -> Result<(), End> {
         if self.out.frames() == 0 {
             if self.inflight() == 0 {
                 self.release_buffers();
@@ -455,6 +452,8 @@ impl Session {
         Stats::add(&self.conn.app.stats.frames_out, self.out.frames() as u64);
         let wt = Duration::from_secs(self.conn.app.server.write_timeout_secs);
         let handle = self.conn.handle.clone();
+        let app = self.conn.app.clone();
+        let shutdown = until_shutdown.then_some(&app.shutdown);
         let r = {
             let (buf, ends) = self.out.parts();
             let send = timeout(wt, t.send(buf, ends));
@@ -463,18 +462,24 @@ impl Session {
                 // The write first: it usually completes at once, and then nothing else is polled.
                 tokio::select! {
                     biased;
-                    r = &mut send => break r,
+                    r = &mut send => break Ok(r),
                     _ = async { match shutdown { Some(s) => s.cancelled().await, None => std::future::pending().await } } => {
-                        self.torn = true;
-                        return Err(End::Shutdown);
+                        break Err(End::Shutdown);
                     }
                     _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => {
                         if let Some(reason) = handle.as_ref().and_then(|h| h.close_reason()) {
-                            self.torn = true;
-                            return Err(End::closed(reason));
+                            break Err(End::closed(reason));
                         }
                     }
                 }
+            }
+        };
+        let r = match r {
+            Ok(r) => r,
+            // The write is abandoned part-way.
+            Err(end) => {
+                self.out.tear();
+                return Err(end);
             }
         };
         self.out.written();
@@ -510,12 +515,11 @@ impl Session {
         self.pending.as_ref().map_or(0, |p| p.len())
     }
 
-    /// Gives back the write buffer, the frame ends, the inbox and the in-flight set once everything
+    /// Gives back the write buffer, the frame ends and the in-flight set once everything
     /// is written and nothing is in flight: a session between messages holds no buffers (they are
     /// small to allocate again; keeping them would cost every idle connection).
     fn release_buffers(&mut self) {
         self.out.release();
-        self.inbox = Vec::new();
         self.pending = None;
     }
 
@@ -562,17 +566,15 @@ mod tests {
     }
 
     fn session_future_size<T: Transport>() -> usize {
-        future_size(
-            |(s, t, peer, sd): (Session, T, SocketAddr, CancellationToken)| run(s, t, peer, sd, ()),
-        )
+        future_size(|(s, t, peer): (Session, T, SocketAddr)| run(s, t, peer, ()))
     }
 
     /// Every connection's task holds its session future for as long as it is connected, idle or not:
     /// a handler awaited inline with a large future (authentication, group messages and group sync
     /// are several KB to 18 KB) would cost that much per connection, and so would a timer or a
     /// blocked write's state. Box such waits in `Session::run_loop` (or what they await) rather than
-    /// raising this bound: about 520 bytes besides the transport, so that a TCP session's task (128-byte
-    /// steps, tokio's header and trailer included) is 768 bytes.
+    /// raising this bound: about 440 bytes besides the transport, so that a TCP session's task (128-byte
+    /// steps, tokio's header and trailer included) is 640 bytes.
     #[test]
     fn session_future_stays_small() {
         type Tls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
@@ -596,7 +598,7 @@ mod tests {
         for (name, future, transport) in sizes {
             eprintln!("{name}: session future {future} bytes, of which the transport {transport}");
             assert!(
-                future - transport <= 560,
+                future - transport <= 448,
                 "the {name} session future is {future} bytes ({transport} of them the transport): \
                  something large is awaited inline in the session loop"
             );

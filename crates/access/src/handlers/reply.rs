@@ -15,6 +15,10 @@ pub(crate) struct Reply {
     seq: i32,
     /// The session version: the version byte of the successful AUTH_TOKEN (0 before).
     version: u8,
+    /// A write was abandoned part-way (kick or shutdown while the client did not read): what is on the
+    /// wire ends mid-frame, so nothing more may be written. (Here, in the padding after `version`,
+    /// rather than a field of its own in every session.)
+    torn: bool,
     buf: BytesMut,
     /// Where each queued frame ends in `buf`.
     ends: Vec<usize>,
@@ -103,6 +107,16 @@ impl Reply {
     /// The queued bytes and where each frame ends, for the transport.
     pub(crate) fn parts(&mut self) -> (&mut BytesMut, &[usize]) {
         (&mut self.buf, &self.ends)
+    }
+
+    /// Marks the connection's output as ending mid-frame (a write was abandoned).
+    pub(crate) fn tear(&mut self) {
+        self.torn = true;
+    }
+
+    /// Whether a write was abandoned part-way, so nothing more may be written.
+    pub(crate) fn is_torn(&self) -> bool {
+        self.torn
     }
 
     /// Forgets the frames once written.

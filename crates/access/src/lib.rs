@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
@@ -221,7 +220,9 @@ impl AccessNode {
         tracker.spawn(session::sweep(app.clone(), shutdown.clone()));
         let ctx = listener::Ctx {
             app: app.clone(),
-            permits: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
+            permits: listener::Admission::new(cfg.max_connections, app.stats.clone(), |s| {
+                &s.client_sockets
+            }),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         };

@@ -40,7 +40,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -112,43 +112,61 @@ fn bind_addr(addr: SocketAddr) -> io::Result<TcpListener> {
 #[derive(Clone)]
 pub(crate) struct Ctx {
     pub app: Arc<App>,
-    pub permits: Arc<Semaphore>,
+    pub permits: Arc<Admission>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
 
-/// A connection permit, counted in one of the node's gauges while it is held.
-pub(crate) struct Permit {
-    _permit: OwnedSemaphorePermit,
-    app: Arc<App>,
+/// The connections one kind of listener may hold (a semaphore), and the node's gauge that counts them.
+pub(crate) struct Admission {
+    slots: Semaphore,
+    stats: Arc<Stats>,
     gauge: fn(&Stats) -> &AtomicU64,
 }
 
-impl Permit {
-    fn try_new(
-        permits: &Arc<Semaphore>,
-        app: &Arc<App>,
+impl Admission {
+    pub(crate) fn new(
+        max: usize,
+        stats: Arc<Stats>,
         gauge: fn(&Stats) -> &AtomicU64,
-    ) -> Option<Permit> {
-        let permit = permits.clone().try_acquire_owned().ok()?;
-        Stats::inc(gauge(&app.stats));
-        Some(Permit {
-            _permit: permit,
-            app: app.clone(),
+    ) -> Arc<Admission> {
+        Arc::new(Admission {
+            slots: Semaphore::new(max.max(1)),
+            stats,
             gauge,
+        })
+    }
+}
+
+/// A connection permit, counted in its admission's gauge while it is held. One pointer: every
+/// connection's task holds its permit.
+pub(crate) struct Permit {
+    admission: Arc<Admission>,
+}
+
+impl Permit {
+    fn try_new(admission: &Arc<Admission>) -> Option<Permit> {
+        // Forgotten here and given back when the permit drops: a semaphore permit of tokio's own would
+        // take two more words of every connection.
+        admission.slots.try_acquire().ok()?.forget();
+        Stats::inc((admission.gauge)(&admission.stats));
+        Some(Permit {
+            admission: admission.clone(),
         })
     }
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        (self.gauge)(&self.app.stats).fetch_sub(1, Ordering::Relaxed);
+        let a = &self.admission;
+        (a.gauge)(&a.stats).fetch_sub(1, Ordering::Relaxed);
+        a.slots.add_permits(1);
     }
 }
 
 impl Ctx {
     fn permit(&self) -> Option<Permit> {
-        match Permit::try_new(&self.permits, &self.app, |s| &s.client_sockets) {
+        match Permit::try_new(&self.permits) {
             Some(p) => Some(p),
             None => {
                 Stats::inc(&self.app.stats.connections_rejected);
@@ -400,14 +418,16 @@ pub(crate) async fn serve_api(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let permits = Arc::new(Semaphore::new(app.api.max_connections.max(1)));
+    let permits = Admission::new(app.api.max_connections, app.stats.clone(), |s| {
+        &s.api_connections
+    });
     let header_timeout = Duration::from_secs(app.api.header_timeout_secs.max(1));
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             c = accept_retry(&listener) => c,
         };
-        let Some(permit) = Permit::try_new(&permits, &app, |s| &s.api_connections) else {
+        let Some(permit) = Permit::try_new(&permits) else {
             Stats::inc(&app.stats.api_connections_rejected);
             debug!(%peer, "HTTP connection refused: api.max_connections reached");
             refuse_http(

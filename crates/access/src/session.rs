@@ -566,7 +566,9 @@ mod tests {
     }
 
     fn session_future_size<T: Transport>() -> usize {
-        future_size(|(s, t, peer): (Session, T, SocketAddr)| run(s, t, peer, ()))
+        future_size(
+            |(s, t, peer, p): (Session, T, SocketAddr, crate::listener::Permit)| run(s, t, peer, p),
+        )
     }
 
     /// Every connection's task holds its session future for as long as it is connected, idle or not:

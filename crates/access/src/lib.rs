@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admission;
 mod api;
 pub mod app;
 pub mod app_api;
@@ -220,7 +221,7 @@ impl AccessNode {
         tracker.spawn(session::sweep(app.clone(), shutdown.clone()));
         let ctx = listener::Ctx {
             app: app.clone(),
-            permits: listener::Admission::new(cfg.max_connections, app.stats.clone(), |s| {
+            permits: admission::Admission::new(cfg.max_connections, app.stats.clone(), |s| {
                 &s.client_sockets
             }),
             shutdown: shutdown.clone(),

@@ -24,7 +24,6 @@
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +39,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +46,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 use tracing::{debug, warn};
 
+use crate::admission::{Admission, Permit};
 use crate::app::{App, Stats};
 use crate::session;
 use crate::transport::{StreamTransport, WsTransport};
@@ -115,53 +114,6 @@ pub(crate) struct Ctx {
     pub permits: Arc<Admission>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
-}
-
-/// The connections one kind of listener may hold (a semaphore), and the node's gauge that counts them.
-pub(crate) struct Admission {
-    slots: Semaphore,
-    stats: Arc<Stats>,
-    gauge: fn(&Stats) -> &AtomicU64,
-}
-
-impl Admission {
-    pub(crate) fn new(
-        max: usize,
-        stats: Arc<Stats>,
-        gauge: fn(&Stats) -> &AtomicU64,
-    ) -> Arc<Admission> {
-        Arc::new(Admission {
-            slots: Semaphore::new(max.max(1)),
-            stats,
-            gauge,
-        })
-    }
-}
-
-/// A connection permit, counted in its admission's gauge while it is held. One pointer: every
-/// connection's task holds its permit.
-pub(crate) struct Permit {
-    admission: Arc<Admission>,
-}
-
-impl Permit {
-    fn try_new(admission: &Arc<Admission>) -> Option<Permit> {
-        // Forgotten here and given back when the permit drops: a semaphore permit of tokio's own would
-        // take two more words of every connection.
-        admission.slots.try_acquire().ok()?.forget();
-        Stats::inc((admission.gauge)(&admission.stats));
-        Some(Permit {
-            admission: admission.clone(),
-        })
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        let a = &self.admission;
-        (a.gauge)(&a.stats).fetch_sub(1, Ordering::Relaxed);
-        a.slots.add_permits(1);
-    }
 }
 
 impl Ctx {

@@ -567,7 +567,9 @@ mod tests {
 
     fn session_future_size<T: Transport>() -> usize {
         future_size(
-            |(s, t, peer, p): (Session, T, SocketAddr, crate::listener::Permit)| run(s, t, peer, p),
+            |(s, t, peer, p): (Session, T, SocketAddr, crate::admission::Permit)| {
+                run(s, t, peer, p)
+            },
         )
     }
 

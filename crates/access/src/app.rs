@@ -226,14 +226,29 @@ impl App {
 
 impl App {
     /// Pushes a stored message (`msg`: command, client flags, body) to the sessions of user
-    /// `(appid, uid)` except connection `except`: METADATA + the message with PUSH, then
-    /// SYNC_NOTIFY. Returns how many sessions got it.
-    pub fn deliver_stored(
+    /// `(appid, uid)` except connection `except`, here and on other nodes: METADATA + the message
+    /// with PUSH, then SYNC_NOTIFY. Returns how many sessions here got it.
+    pub fn deliver_stored(&self, to: (i64, i64), at: Appended, msg: &Push, except: u64) -> usize {
+        self.deliver_stored_as(to, at, msg, except, false)
+    }
+
+    /// [`App::deliver_stored`] for the receiver of a peer or customer message, who also gets an
+    /// offline-push job when no node has them online (decided here on a single node, by the
+    /// routers in a cluster).
+    pub fn deliver_received(&self, to: (i64, i64), at: Appended, msg: &Push, except: u64) -> usize {
+        if !self.links.is_enabled() {
+            crate::offline::stored(self, msg.cmd, to, &msg.body);
+        }
+        self.deliver_stored_as(to, at, msg, except, true)
+    }
+
+    fn deliver_stored_as(
         &self,
         (appid, uid): (i64, i64),
         at: Appended,
         msg: &Push,
         except: u64,
+        offline_push: bool,
     ) -> usize {
         let push = Push {
             cmd: msg.cmd,
@@ -244,12 +259,25 @@ impl App {
                 prev_sync_key: at.prev_key,
             }),
         };
-        let n = self.deliver_user(appid, uid, &push, except);
-        // A session here that did not take the message is closing; other nodes' sessions are
-        // reached through the routers. Nobody else needs the notification (the sender's own copy
-        // usually has no other session).
-        if n > 0 || self.links.is_enabled() {
-            self.deliver_user(appid, uid, &Push::sync_notify(at.key), except);
+        if self.links.is_enabled() {
+            // Other nodes' sessions get the message and its SYNC_NOTIFY through the routers, which
+            // also make the offline-push job if no node has the user online (asked only when the
+            // user is not online here).
+            let ask_push = offline_push && !self.route.is_online(appid, uid);
+            let keys = (at.key, at.prev_key);
+            if !self
+                .links
+                .publish_stored(appid, uid, keys, &inner_frame(&push), ask_push)
+            {
+                Stats::inc(&self.stats.route_dropped);
+            }
+        }
+        let n = self.route.deliver(appid, uid, &push, except);
+        // A session here that did not take the message is closing. Nobody else needs the
+        // notification (the sender's own copy usually has no other session).
+        if n > 0 {
+            self.route
+                .deliver(appid, uid, &Push::sync_notify(at.key), except);
         }
         Stats::add(&self.stats.deliveries, n as u64);
         n

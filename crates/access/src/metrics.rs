@@ -259,6 +259,11 @@ pub fn render(metrics: &AccessMetrics, app: NodeFigures<'_>) -> String {
         links.iter().filter(|l| l.presence_known).count() as f64,
     );
     r.set_gauge(
+        "banter_route_stored_publish_links",
+        "Route links whose router takes stored publishes (one frame per stored message for a user on another node; others get the message, its SYNC_NOTIFY and a PUSH).",
+        links.iter().filter(|l| l.stored_publish).count() as f64,
+    );
+    r.set_gauge(
         "banter_route_owed_notifications",
         "Receivers currently owed a sync notification by the route links.",
         (links.iter().map(|l| l.owed as u64).sum::<u64>()) as f64,

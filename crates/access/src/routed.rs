@@ -159,6 +159,21 @@ impl RouteHandler for RoutedInbox {
         Stats::add(&app.stats.deliveries, n as u64);
     }
 
+    /// A stored message and its SYNC_NOTIFY (see [`RouteHandler::on_stored`]), as
+    /// [`crate::app::App::deliver_stored`] hands them to this node's sessions.
+    fn on_stored(&self, m: RoutedMessage) {
+        let app = &self.app;
+        let Some(push) = checked_push(app, &m) else {
+            return;
+        };
+        let n = app.route.deliver(m.appid, m.receiver, &push, 0);
+        if n > 0 {
+            app.route
+                .deliver(m.appid, m.receiver, &Push::sync_notify(m.msgid), 0);
+        }
+        Stats::add(&app.stats.deliveries, n as u64);
+    }
+
     fn on_resubscribed(&self, users: Vec<(i64, i64)>) {
         tokio::spawn(notify_resubscribed(self.app.clone(), users));
     }

@@ -89,6 +89,7 @@ impl NotifyBacklog {
     pub fn note_frame(&mut self, cmd: u8, body: &Bytes) -> Noted {
         match RouteBody::decode(cmd, body) {
             Ok(RouteBody::Publish(m)) => self.note(&m),
+            Ok(RouteBody::PublishStored { message, .. }) => self.note(&message),
             _ => Noted::NotNeeded,
         }
     }

@@ -69,8 +69,9 @@ use tokio_util::sync::CancellationToken;
 use crate::notify_backlog::{Noted, NotifyBacklog, OWED_CHUNK};
 use crate::remote_presence::RemoteView;
 use crate::route_proto::{
-    cmd, now_ns, pair_body, push_bodies, route_message_body, shard_index, subscribe_body,
-    write_frame, RouteBody, RouteKind, RoutedMessage, DEFAULT_MAX_BODY,
+    cmd, legacy_publishes, now_ns, pair_body, publish_stored_body, push_bodies, route_message_body,
+    shard_index, subscribe_body, sync_notify_frame, write_frame, RouteBody, RouteKind,
+    RoutedMessage, DEFAULT_MAX_BODY,
 };
 
 /// Settings of the route links of one access node.
@@ -130,6 +131,15 @@ pub trait RouteHandler: Send + Sync + 'static {
     fn on_resubscribed(&self, users: Vec<(i64, i64)>) {
         let _ = users;
     }
+
+    /// A PUBLISH_STORED from the router: a stored message for a user (`msg.msgid` > 0), whose
+    /// sessions are also owed its SYNC_NOTIFY, which no other frame brings. The default hands
+    /// both to [`RouteHandler::on_publish`], the message first.
+    fn on_stored(&self, msg: RoutedMessage) {
+        let notify = msg.sync_notify();
+        self.on_publish(msg);
+        self.on_publish(notify);
+    }
 }
 
 /// Hands each message to a bounded channel with `try_send`; a full or closed channel drops it
@@ -174,6 +184,8 @@ pub struct LinkStats {
     pub malformed: u64,
     /// Whether the router's remote presence is known on the current connection.
     pub presence_known: bool,
+    /// Whether the router of the current connection takes PUBLISH_STORED.
+    pub stored_publish: bool,
     /// Users another connection of the router subscribes (as far as known).
     pub remote_users: usize,
     /// Publishes not sent because no other connection could receive them.
@@ -204,6 +216,9 @@ struct LinkState {
     owed: NotifyBacklog,
     /// The router's other connections, as far as known.
     remote: RemoteView,
+    /// The router of the current connection answered STORED_PUBLISH: stored messages for users go
+    /// to it as one PUBLISH_STORED each.
+    stored: bool,
 }
 
 impl LinkState {
@@ -216,6 +231,7 @@ impl LinkState {
             rooms: HashSet::new(),
             owed: NotifyBacklog::new(config.notify_backlog),
             remote: RemoteView::new(config.notify_backlog),
+            stored: false,
         }
     }
 }
@@ -297,11 +313,17 @@ impl Shared {
                 }
             };
         }
-        st.queue.push_back(Out {
-            cmd: c,
-            body,
-            sub: false,
-        });
+        if c == cmd::PUBLISH_STORED && !st.stored {
+            // The connection this was meant for has gone since the caller looked: the next router
+            // may not take it.
+            st.queue.extend(legacy_frames(&body));
+        } else {
+            st.queue.push_back(Out {
+                cmd: c,
+                body,
+                sub: false,
+            });
+        }
         drop(st);
         self.wake.notify_one();
         true
@@ -393,9 +415,23 @@ impl RouteLink {
     /// Whether the route message can reach another node; if not, it is counted as skipped and
     /// remembered (see the module docs).
     fn wanted(&self, kind: RouteKind, appid: i64, receiver: i64, msgid: i64, inner: &[u8]) -> bool {
+        self.wanted_by(kind, appid, receiver, msgid, inner)
+            .is_some()
+    }
+
+    /// Whether another connection of the router may receive the message (`Some`, with whether
+    /// that router takes PUBLISH_STORED), or not (`None`: the skip is counted and remembered).
+    fn wanted_by(
+        &self,
+        kind: RouteKind,
+        appid: i64,
+        receiver: i64,
+        msgid: i64,
+        inner: &[u8],
+    ) -> Option<bool> {
         let mut st = self.shared.state.lock();
         if st.remote.wants(kind, appid, receiver) {
-            return true;
+            return Some(st.stored);
         }
         let noted = st
             .remote
@@ -409,7 +445,7 @@ impl RouteLink {
                 tracing::warn!(addr = %self.shared.addr, unnoted_total = n, "too many skipped publishes to remember; a receiver showing up elsewhere meanwhile learns of them at its next sync");
             }
         }
-        false
+        None
     }
 
     fn route_message(
@@ -456,6 +492,46 @@ impl RouteLink {
     /// counted).
     pub fn publish(&self, appid: i64, uid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
         self.route_message(RouteKind::User, appid, uid, msgid, prev, inner)
+    }
+
+    /// Publishes a stored message for user `uid` (`keys`: its METADATA sync key, > 0, and
+    /// previous key) together with everything that goes with it: the SYNC_NOTIFY its receiver's
+    /// sessions on other nodes need, and, with `push`, the request for an offline-push job should
+    /// no node have the user online. With a router that takes PUBLISH_STORED that is one frame;
+    /// otherwise the PUBLISH pair and a PUSH. When no other node has the user only the PUSH is
+    /// sent. Returns whether everything was queued (or skipped); false: something was dropped
+    /// and counted.
+    pub fn publish_stored(
+        &self,
+        appid: i64,
+        uid: i64,
+        keys: (i64, i64),
+        inner: &[u8],
+        push: bool,
+    ) -> bool {
+        let (msgid, prev) = keys;
+        let pushed = |link: &RouteLink| !push || link.push(appid, &[uid], inner);
+        match self.wanted_by(RouteKind::User, appid, uid, msgid, inner) {
+            None => pushed(self),
+            Some(true) => match publish_stored_body(appid, uid, keys, now_ns(), inner, push) {
+                Ok(body) => self.shared.queue_data(
+                    cmd::PUBLISH_STORED,
+                    body,
+                    Some((RouteKind::User, appid, uid, msgid, inner)),
+                ),
+                Err(_) => {
+                    self.shared.drop_one("inner frame too large");
+                    false
+                }
+            },
+            Some(false) => {
+                let notify = sync_notify_frame(msgid);
+                let message =
+                    self.send_route_message(RouteKind::User, appid, uid, msgid, prev, inner);
+                let notified = self.send_route_message(RouteKind::User, appid, uid, 0, 0, &notify);
+                message & notified & pushed(self)
+            }
+        }
     }
 
     /// [`RouteLink::publish`] without the remote-presence check (e.g. a KICK, which must reach a
@@ -512,7 +588,7 @@ impl RouteLink {
 
     /// Counters and sizes.
     pub fn stats(&self) -> LinkStats {
-        let (connected, queued, users, rooms, owed, presence_known, remote_users) = {
+        let (connected, queued, users, rooms, owed, presence_known, remote_users, stored_publish) = {
             let st = self.shared.state.lock();
             (
                 st.connected,
@@ -522,6 +598,7 @@ impl RouteLink {
                 st.owed.len(),
                 st.remote.is_known(),
                 st.remote.remote_users(),
+                st.stored,
             )
         };
         let c = &self.shared.counters;
@@ -540,6 +617,7 @@ impl RouteLink {
             resyncs: c.resyncs.load(Ordering::Relaxed),
             malformed: c.malformed.load(Ordering::Relaxed),
             presence_known,
+            stored_publish,
             remote_users,
             skipped: c.skipped.load(Ordering::Relaxed),
             skip_notified: c.skip_notified.load(Ordering::Relaxed),
@@ -606,6 +684,7 @@ async fn run_link(shared: Arc<Shared>) {
                     st.connected = false;
                     st.resync = false;
                     st.remote.reset();
+                    st.stored = false;
                 }
                 if shared.cancel.is_cancelled() {
                     tracing::debug!(addr = %shared.addr, why, "route link closed");
@@ -655,7 +734,19 @@ async fn serve(shared: &Arc<Shared>, stream: TcpStream) -> &'static str {
         st.connected = true;
         st.resync = false;
         st.remote.reset();
+        st.stored = false;
         st.queue.retain(|o| !o.sub);
+        // Stored publishes queued for the last connection's router: the new one may not take them.
+        if st.queue.iter().any(|o| o.cmd == cmd::PUBLISH_STORED) {
+            let queue = std::mem::take(&mut st.queue);
+            for o in queue {
+                if o.cmd == cmd::PUBLISH_STORED {
+                    st.queue.extend(legacy_frames(&o.body));
+                } else {
+                    st.queue.push_back(o);
+                }
+            }
+        }
         let users: Vec<((i64, i64), bool)> = st.users.iter().map(|(k, v)| (*k, *v)).collect();
         let rooms: Vec<(i64, i64)> = st.rooms.iter().copied().collect();
         (users, rooms)
@@ -682,8 +773,11 @@ async fn read_loop(shared: &Shared, rd: OwnedReadHalf) -> &'static str {
                 return "malformed frame";
             }
         };
-        let presence =
-            shared.config.watch_presence && matches!(frame.cmd, cmd::REMOTE_PRESENCE | cmd::PEERS);
+        let presence = shared.config.watch_presence
+            && matches!(
+                frame.cmd,
+                cmd::REMOTE_PRESENCE | cmd::PEERS | cmd::STORED_PUBLISH | cmd::PUBLISH_STORED
+            );
         if RouteKind::from_cmd(frame.cmd).is_none() && !presence {
             tracing::debug!(addr = %shared.addr, cmd = frame.cmd, "ignoring command from router");
             continue;
@@ -692,6 +786,14 @@ async fn read_loop(shared: &Shared, rd: OwnedReadHalf) -> &'static str {
             Ok(RouteBody::Publish(m)) => {
                 shared.counters.received.fetch_add(1, Ordering::Relaxed);
                 shared.handler.on_publish(m);
+            }
+            Ok(RouteBody::PublishStored { message, .. }) => {
+                shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                shared.handler.on_stored(message);
+            }
+            Ok(RouteBody::StoredPublish) => {
+                tracing::debug!(addr = %shared.addr, "router takes stored publishes");
+                shared.state.lock().stored = true;
             }
             Ok(RouteBody::RemotePresence(p)) => {
                 let owed = shared.state.lock().remote.apply(&p);
@@ -740,6 +842,33 @@ fn queue_owed(shared: &Shared, owed: Vec<(u8, Bytes)>) {
         .fetch_add(n, Ordering::Relaxed);
     tracing::debug!(addr = %shared.addr, notifications = n, "skipped messages' receivers showed up elsewhere; told them to sync");
     shared.wake.notify_one();
+}
+
+/// The frames a queued PUBLISH_STORED becomes for a router that may not take it: the message's
+/// PUBLISH, its SYNC_NOTIFY's PUBLISH and, if it asked for one, the PUSH.
+fn legacy_frames(body: &Bytes) -> Vec<Out> {
+    let mut frames = Vec::with_capacity(3);
+    if let Some(pair) = legacy_publishes(body) {
+        frames.extend(pair.map(|(c, body)| Out {
+            cmd: c,
+            body,
+            sub: false,
+        }));
+    }
+    if let Ok(RouteBody::PublishStored {
+        message,
+        push: true,
+    }) = RouteBody::decode(cmd::PUBLISH_STORED, body)
+    {
+        if let Ok(bodies) = push_bodies(message.appid, &[message.receiver], &message.inner) {
+            frames.extend(bodies.into_iter().map(|body| Out {
+                cmd: cmd::PUSH,
+                body,
+                sub: false,
+            }));
+        }
+    }
+    frames
 }
 
 /// Bytes collected before a write call.
@@ -798,6 +927,7 @@ async fn write_loop(
     // Ask for remote presence first, so the snapshot reflects the replay that follows.
     if shared.config.watch_presence {
         w.frame(cmd::WATCH_PRESENCE, &[]);
+        w.frame(cmd::STORED_PUBLISH, &[]);
     }
     // The replay: the whole state first.
     let replayed: Vec<(i64, i64)> = users.iter().map(|(k, _)| *k).collect();
@@ -1355,6 +1485,21 @@ impl RouteLinks {
     pub fn publish(&self, appid: i64, uid: i64, msgid: i64, prev: i64, inner: &[u8]) -> bool {
         let link = self.topo.read().user_link(uid).cloned();
         link.is_some_and(|l| l.publish(appid, uid, msgid, prev, inner))
+    }
+
+    /// A stored message for user `(appid, uid)` on the user's channel, with its SYNC_NOTIFY and
+    /// (with `push`) its offline-push request: [`RouteLink::publish_stored`]. False when something
+    /// was dropped or no router is configured.
+    pub fn publish_stored(
+        &self,
+        appid: i64,
+        uid: i64,
+        keys: (i64, i64),
+        inner: &[u8],
+        push: bool,
+    ) -> bool {
+        let link = self.topo.read().user_link(uid).cloned();
+        link.is_some_and(|l| l.publish_stored(appid, uid, keys, inner, push))
     }
 
     /// PUBLISH on the user's channel whether or not another node has the user (KICK).

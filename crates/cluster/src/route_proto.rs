@@ -20,6 +20,12 @@
 //! there are (PEERS), so it publishes only what some other node can receive. A router sends these
 //! only on connections that asked, so a GoBelieve im never sees them.
 //!
+//! A second opt-in addition, **stored publishes**, folds the three frames a stored message for a
+//! user on another node costs (its PUBLISH, the PUBLISH of its SYNC_NOTIFY and the PUSH for offline
+//! push) into one PUBLISH_STORED. Both sides must offer it (STORED_PUBLISH, an empty body again);
+//! a router turns it back into the PUBLISH pair ([`RoutedMessage::sync_notify`],
+//! [`legacy_publishes`]) for a node that did not.
+//!
 //! Decoding never panics: short bodies, counts that run past the end and inner frames whose header
 //! disagrees with their length are [`RouteProtoError`]s; the link that received them is closed.
 //! This module does no I/O.
@@ -53,6 +59,15 @@ pub mod cmd {
     /// router → access (banter, only after WATCH_PRESENCE): the number of other connections; the
     /// first one ends the snapshot that follows WATCH_PRESENCE.
     pub const PEERS: u8 = 141;
+    /// Both ways (banter), empty body. From an access node (right after WATCH_PRESENCE): "I take
+    /// PUBLISH_STORED". The router's answer: "send me PUBLISH_STORED; I deliver it to every node
+    /// in the form that node takes".
+    pub const STORED_PUBLISH: u8 = 142;
+    /// Both ways (banter, only after STORED_PUBLISH both ways): a stored message for a user, as a
+    /// PUBLISH body plus one byte `push` (1 = make an offline-push job for the receiver if no
+    /// connection has them online). It stands for the PUBLISH of the message, the PUBLISH of its
+    /// SYNC_NOTIFY and the PUSH: the receiving node sends the notification itself.
+    pub const PUBLISH_STORED: u8 = 143;
 
     /// A name for logs.
     pub const fn name(cmd: u8) -> &'static str {
@@ -68,6 +83,8 @@ pub mod cmd {
             WATCH_PRESENCE => "WATCH_PRESENCE",
             REMOTE_PRESENCE => "REMOTE_PRESENCE",
             PEERS => "PEERS",
+            STORED_PUBLISH => "STORED_PUBLISH",
+            PUBLISH_STORED => "PUBLISH_STORED",
             _ => "UNKNOWN",
         }
     }
@@ -227,6 +244,43 @@ impl RoutedMessage {
         }
         frame.flag & need == need
     }
+
+    /// The SYNC_NOTIFY that follows a stored message for a user (`msgid` > 0): a route message
+    /// to the same receiver, with no keys of its own, whose inner frame is SYNC_NOTIFY(`msgid`) —
+    /// what an access node publishes after a stored message (and a receiving node delivers after
+    /// a PUBLISH_STORED).
+    pub fn sync_notify(&self) -> RoutedMessage {
+        RoutedMessage {
+            kind: RouteKind::User,
+            appid: self.appid,
+            receiver: self.receiver,
+            msgid: 0,
+            prev_msgid: 0,
+            timestamp_ns: self.timestamp_ns,
+            inner: sync_notify_frame(self.msgid),
+        }
+    }
+
+    /// This message's body in its own command ([`route_message_body`]).
+    pub fn encode_body(&self) -> Result<Bytes, RouteProtoError> {
+        route_message_body(
+            self.appid,
+            self.receiver,
+            self.msgid,
+            self.prev_msgid,
+            self.timestamp_ns,
+            &self.inner,
+        )
+    }
+}
+
+/// The inner frame of a SYNC_NOTIFY(`key`), as a client receives it.
+pub fn sync_notify_frame(key: i64) -> Bytes {
+    proto::stored_frame(
+        proto::cmd::SYNC_NOTIFY,
+        0,
+        &proto::Body::SyncNotify(key).to_stored(),
+    )
 }
 
 /// A PUSH request (134): offline push for `receivers` of `inner`.
@@ -268,6 +322,11 @@ pub enum RouteBody {
     RemotePresence(RemotePresence),
     /// PEERS (141): other connections of the router.
     Peers { count: u32 },
+    /// STORED_PUBLISH (142), empty.
+    StoredPublish,
+    /// PUBLISH_STORED (143): a stored message for a user (`message.kind` is User, `msgid` > 0)
+    /// and whether its receiver wants an offline-push job if no connection has them online.
+    PublishStored { message: RoutedMessage, push: bool },
 }
 
 fn i64_at(b: &[u8], at: usize) -> i64 {
@@ -310,6 +369,30 @@ pub(crate) fn parse_inner(inner: &Bytes) -> Result<Frame, &'static str> {
     })
 }
 
+/// The route message at the start of `body` and where it ends.
+fn route_message(
+    name: &'static str,
+    kind: RouteKind,
+    body: &Bytes,
+) -> Result<(RoutedMessage, usize), RouteProtoError> {
+    let b = &body[..];
+    need(name, b, ROUTE_MESSAGE_FIXED)?;
+    let end = ROUTE_MESSAGE_FIXED + u16_at(b, 40);
+    need(name, b, end)?;
+    let inner = body.slice(ROUTE_MESSAGE_FIXED..end);
+    check_inner(name, &inner)?;
+    let message = RoutedMessage {
+        kind,
+        appid: i64_at(b, 0),
+        receiver: i64_at(b, 8),
+        msgid: i64_at(b, 16),
+        prev_msgid: i64_at(b, 24),
+        timestamp_ns: i64_at(b, 32),
+        inner,
+    };
+    Ok((message, end))
+}
+
 fn check_inner(name: &'static str, inner: &Bytes) -> Result<(), RouteProtoError> {
     parse_inner(inner)
         .map(|_| ())
@@ -329,6 +412,8 @@ impl RouteBody {
             RouteBody::WatchPresence => cmd::WATCH_PRESENCE,
             RouteBody::RemotePresence(_) => cmd::REMOTE_PRESENCE,
             RouteBody::Peers { .. } => cmd::PEERS,
+            RouteBody::StoredPublish => cmd::STORED_PUBLISH,
+            RouteBody::PublishStored { .. } => cmd::PUBLISH_STORED,
         }
     }
 
@@ -367,26 +452,27 @@ impl RouteBody {
                 }
             }
             cmd::PUBLISH | cmd::PUBLISH_GROUP | cmd::PUBLISH_ROOM => {
-                let name = cmd::name(c);
-                need(name, b, ROUTE_MESSAGE_FIXED)?;
-                let len = u16_at(b, 40);
-                need(name, b, ROUTE_MESSAGE_FIXED + len)?;
-                let inner = body.slice(ROUTE_MESSAGE_FIXED..ROUTE_MESSAGE_FIXED + len);
-                check_inner(name, &inner)?;
                 let kind = match c {
                     cmd::PUBLISH => RouteKind::User,
                     cmd::PUBLISH_GROUP => RouteKind::Group,
                     _ => RouteKind::Room,
                 };
-                RouteBody::Publish(RoutedMessage {
-                    kind,
-                    appid: i64_at(b, 0),
-                    receiver: i64_at(b, 8),
-                    msgid: i64_at(b, 16),
-                    prev_msgid: i64_at(b, 24),
-                    timestamp_ns: i64_at(b, 32),
-                    inner,
-                })
+                RouteBody::Publish(route_message(cmd::name(c), kind, body)?.0)
+            }
+            cmd::PUBLISH_STORED => {
+                let name = cmd::name(c);
+                let (message, end) = route_message(name, RouteKind::User, body)?;
+                need(name, b, end + 1)?;
+                if message.msgid <= 0 {
+                    return Err(RouteProtoError::BadValue {
+                        name,
+                        why: "a stored publish without a sync key",
+                    });
+                }
+                RouteBody::PublishStored {
+                    message,
+                    push: b[end] != 0,
+                }
             }
             cmd::PUSH => {
                 need("PUSH", b, 12)?;
@@ -405,6 +491,7 @@ impl RouteBody {
                 })
             }
             cmd::WATCH_PRESENCE => RouteBody::WatchPresence,
+            cmd::STORED_PUBLISH => RouteBody::StoredPublish,
             cmd::REMOTE_PRESENCE => {
                 need("REMOTE_PRESENCE", b, 12)?;
                 let kind = match b[0] {
@@ -444,14 +531,7 @@ impl RouteBody {
             RouteBody::Unsubscribe { appid, uid } => pair_body(*appid, *uid),
             RouteBody::SubscribeRoom { appid, room }
             | RouteBody::UnsubscribeRoom { appid, room } => pair_body(*appid, *room),
-            RouteBody::Publish(m) => route_message_body(
-                m.appid,
-                m.receiver,
-                m.msgid,
-                m.prev_msgid,
-                m.timestamp_ns,
-                &m.inner,
-            )?,
+            RouteBody::Publish(m) => m.encode_body()?,
             RouteBody::Push(p) => {
                 if p.receivers.len() > u16::MAX as usize {
                     return Err(RouteProtoError::TooManyReceivers(p.receivers.len()));
@@ -466,6 +546,15 @@ impl RouteBody {
                 presence_body(p.kind, p.present, p.appid, &p.ids)
             }
             RouteBody::Peers { count } => Bytes::copy_from_slice(&count.to_be_bytes()),
+            RouteBody::StoredPublish => Bytes::new(),
+            RouteBody::PublishStored { message: m, push } => publish_stored_body(
+                m.appid,
+                m.receiver,
+                (m.msgid, m.prev_msgid),
+                m.timestamp_ns,
+                &m.inner,
+                *push,
+            )?,
         })
     }
 
@@ -539,18 +628,61 @@ pub fn route_message_body(
     timestamp_ns: i64,
     inner: &[u8],
 ) -> Result<Bytes, RouteProtoError> {
+    let mut b = BytesMut::with_capacity(ROUTE_MESSAGE_FIXED + inner.len());
+    put_route_message(
+        &mut b,
+        [appid, receiver, msgid, prev_msgid, timestamp_ns],
+        inner,
+    )?;
+    Ok(b.freeze())
+}
+
+/// A PUBLISH_STORED body: the route message of a stored message for user `uid` (`keys`: its
+/// METADATA sync key and previous key) and the `push` byte.
+pub fn publish_stored_body(
+    appid: i64,
+    uid: i64,
+    (msgid, prev_msgid): (i64, i64),
+    timestamp_ns: i64,
+    inner: &[u8],
+    push: bool,
+) -> Result<Bytes, RouteProtoError> {
+    let mut b = BytesMut::with_capacity(ROUTE_MESSAGE_FIXED + inner.len() + 1);
+    put_route_message(&mut b, [appid, uid, msgid, prev_msgid, timestamp_ns], inner)?;
+    b.put_u8(u8::from(push));
+    Ok(b.freeze())
+}
+
+/// Appends a route message: the five i64 fields (appid, receiver, msgid, prev_msgid, timestamp),
+/// the inner frame's length and the inner frame.
+fn put_route_message(
+    b: &mut BytesMut,
+    fields: [i64; 5],
+    inner: &[u8],
+) -> Result<(), RouteProtoError> {
     if inner.len() > MAX_INNER_FRAME {
         return Err(RouteProtoError::InnerTooLong(inner.len()));
     }
-    let mut b = BytesMut::with_capacity(ROUTE_MESSAGE_FIXED + inner.len());
-    b.put_i64(appid);
-    b.put_i64(receiver);
-    b.put_i64(msgid);
-    b.put_i64(prev_msgid);
-    b.put_i64(timestamp_ns);
+    for f in fields {
+        b.put_i64(f);
+    }
     b.put_u16(inner.len() as u16);
     b.put_slice(inner);
-    Ok(b.freeze())
+    Ok(())
+}
+
+/// The PUBLISH frames a PUBLISH_STORED body stands for, for a node that does not take it: the
+/// message's own PUBLISH (the body without its `push` byte) and the PUBLISH of its SYNC_NOTIFY.
+/// `None` when `body` is not a valid PUBLISH_STORED body.
+pub fn legacy_publishes(body: &Bytes) -> Option<[(u8, Bytes); 2]> {
+    let RouteBody::PublishStored { message, .. } =
+        RouteBody::decode(cmd::PUBLISH_STORED, body).ok()?
+    else {
+        return None;
+    };
+    let end = ROUTE_MESSAGE_FIXED + message.inner.len();
+    let notify = message.sync_notify().encode_body().ok()?;
+    Some([(cmd::PUBLISH, body.slice(..end)), (cmd::PUBLISH, notify)])
 }
 
 fn push_body(appid: i64, receivers: &[i64], inner: &[u8]) -> Result<Bytes, RouteProtoError> {

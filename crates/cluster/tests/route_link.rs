@@ -13,7 +13,8 @@ use cluster::route_link::{
     Presence, RoomChange, RouteHandler, RouteLink, RouteLinkConfig, RouteLinks, UserChange,
 };
 use cluster::route_proto::{
-    cmd, route_message_body, write_frame, RouteBody, RouteKind, RoutedMessage,
+    cmd, publish_stored_body, route_message_body, sync_notify_frame, write_frame, RouteBody,
+    RouteKind, RoutedMessage,
 };
 use proto::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -64,7 +65,7 @@ impl FakeConn {
                 match RouteBody::decode(f.cmd, &f.body).expect("valid body") {
                     // This fake router ignores it, as GoBelieve's imr does: the link then
                     // publishes everything.
-                    RouteBody::WatchPresence => continue,
+                    RouteBody::WatchPresence | RouteBody::StoredPublish => continue,
                     b => return Some(b),
                 }
             }
@@ -615,4 +616,113 @@ async fn users_the_router_may_have_missed_publishes_for_are_handed_to_the_handle
     wait_until("handed over", || !h.0.lock().is_empty()).await;
     assert_eq!(h.take(), vec![vec![(7, 1), (7, 2)]]);
     links.shutdown().await;
+}
+
+#[tokio::test]
+async fn stored_publishes_are_one_frame_only_where_the_router_takes_them() {
+    let (l, addr) = listener().await;
+    let (tx, mut rx) = mpsc::channel(16);
+    let link = RouteLink::new(addr, config(), Arc::new(tx));
+    // This router ignores STORED_PUBLISH, as GoBelieve's imr does: a stored message goes as its
+    // PUBLISH, the PUBLISH of its SYNC_NOTIFY and (asked for) a PUSH.
+    let mut c = accept(&l).await;
+    wait_until("connected", || link.is_connected()).await;
+    assert!(link.publish_stored(7, 1, (10, 9), &inner("old router"), true));
+    let frames = c.take(3).await;
+    match &frames[..] {
+        [RouteBody::Publish(m), RouteBody::Publish(n), RouteBody::Push(p)] => {
+            assert_eq!((m.receiver, m.msgid, m.prev_msgid), (1, 10, 9));
+            assert_eq!(m.inner, inner("old router"));
+            assert_eq!((n.receiver, n.msgid, n.prev_msgid), (1, 0, 0));
+            assert_eq!(n.inner, sync_notify_frame(10));
+            assert_eq!((p.appid, &p.receivers[..]), (7, &[1][..]));
+            assert_eq!(p.inner, inner("old router"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!link.stats().stored_publish);
+
+    // Once the router answers, one PUBLISH_STORED carries all of it.
+    c.send(cmd::STORED_PUBLISH, &[]).await;
+    wait_until("stored publishes", || link.stats().stored_publish).await;
+    assert!(link.publish_stored(7, 1, (11, 10), &inner("new router"), true));
+    match c.next().await {
+        Some(RouteBody::PublishStored { message, push }) => {
+            assert_eq!(
+                (message.receiver, message.msgid, message.prev_msgid),
+                (1, 11, 10)
+            );
+            assert_eq!((message.inner, push), (inner("new router"), true));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // From the router, a PUBLISH_STORED reaches the handler as the message and its SYNC_NOTIFY.
+    let body = publish_stored_body(7, 1, (20, 19), 5, &inner("from afar"), false).unwrap();
+    c.send(cmd::PUBLISH_STORED, &body).await;
+    let m = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (m.msgid, m.prev_msgid, &m.inner),
+        (20, 19, &inner("from afar"))
+    );
+    let n = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((n.msgid, &n.inner), (0, &sync_notify_frame(20)));
+    assert_eq!(link.stats().received, 1);
+
+    // A new connection starts without: its router has to answer again.
+    drop(c);
+    let _c = accept(&l).await;
+    wait_until("reconnected", || link.stats().connects == 2).await;
+    assert!(!link.stats().stored_publish);
+    link.closed().await;
+}
+
+#[tokio::test]
+async fn stored_publishes_queued_for_a_lost_router_go_to_the_next_as_plain_publishes() {
+    let (l, addr) = listener().await;
+    let cfg = RouteLinkConfig {
+        write_timeout: Duration::from_millis(500),
+        ..config()
+    };
+    let link = RouteLink::new(addr, cfg, null_handler());
+    let mut c = accept(&l).await;
+    c.send(cmd::STORED_PUBLISH, &[]).await;
+    wait_until("stored publishes", || link.stats().stored_publish).await;
+    // The router stops reading: beyond the socket buffers, stored publishes wait in the queue.
+    let payload = inner(&"z".repeat(30_000));
+    for i in 0..400 {
+        assert!(link.publish_stored(7, i, (1000 + i, 0), &payload, false));
+        if i % 50 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    wait_until("a queue", || link.stats().queued > 0).await;
+    drop(c);
+    // The next router may not take them (this one does not answer): they arrive as message and
+    // notification pairs.
+    let mut next = accept(&l).await;
+    let (mut messages, mut notifications) = (HashSet::new(), HashSet::new());
+    while let Some(b) = next.next_within(Duration::from_secs(2)).await {
+        match b {
+            RouteBody::Publish(m) if m.msgid > 0 => {
+                assert_eq!(m.msgid, 1000 + m.receiver);
+                messages.insert(m.msgid);
+            }
+            RouteBody::Publish(n) => {
+                let f = n.inner_frame().unwrap();
+                assert_eq!(f.cmd, proto::cmd::SYNC_NOTIFY);
+                notifications.insert(i64::from_be_bytes(f.body[..8].try_into().unwrap()));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(!messages.is_empty());
+    assert_eq!(messages, notifications);
+    link.closed().await;
 }

@@ -4,7 +4,8 @@
 
 use bytes::{Bytes, BytesMut};
 use cluster::route_proto::{
-    cmd, push_bodies, PushRequest, RouteBody, RouteKind, RouteProtoError, RoutedMessage,
+    cmd, legacy_publishes, push_bodies, PushRequest, RouteBody, RouteKind, RouteProtoError,
+    RoutedMessage,
 };
 
 fn hex(s: &str) -> Vec<u8> {
@@ -171,6 +172,61 @@ fn publish_from_gobelieve_has_no_prev() {
         }
         other => panic!("unexpected {other:?}"),
     }
+}
+
+#[test]
+fn publish_stored_golden_and_what_it_stands_for() {
+    let inner = inner();
+    let message = RoutedMessage {
+        kind: RouteKind::User,
+        appid: 7,
+        receiver: 2,
+        msgid: 0x1000,
+        prev_msgid: 0x0f00,
+        timestamp_ns: 0x1122334455667788,
+        inner: Bytes::from(inner.clone()),
+    };
+    let mut publish = hex("0000000000000007 0000000000000002 0000000000001000
+         0000000000000f00 1122334455667788 0026");
+    publish.extend_from_slice(&inner);
+    for push in [false, true] {
+        let mut golden = publish.clone();
+        golden.push(u8::from(push));
+        let body = RouteBody::PublishStored {
+            message: message.clone(),
+            push,
+        };
+        assert_eq!(body.cmd(), 143);
+        roundtrip(&body, &golden);
+        // For a node that does not take it: the message's own PUBLISH, then the PUBLISH of
+        // SYNC_NOTIFY(0x1000) — same receiver and timestamp, no keys of its own.
+        let [(c1, b1), (c2, b2)] = legacy_publishes(&Bytes::from(golden)).expect("valid");
+        assert_eq!((c1, c2), (cmd::PUBLISH, cmd::PUBLISH));
+        assert_eq!(&b1[..], &publish[..]);
+        let notify = hex("0000000000000007 0000000000000002 0000000000000000
+             0000000000000000 1122334455667788 0014
+             00000008 00000000 1d 02 00 00 0000000000001000");
+        assert_eq!(&b2[..], &notify[..]);
+        assert_eq!(
+            RouteBody::decode(c2, &b2).expect("decodes"),
+            RouteBody::Publish(message.sync_notify())
+        );
+    }
+    // STORED_PUBLISH is empty both ways.
+    roundtrip(&RouteBody::StoredPublish, &[]);
+    assert_eq!(RouteBody::StoredPublish.cmd(), 142);
+    // No push byte, or no sync key: an error, not a panic.
+    assert!(matches!(
+        RouteBody::decode(cmd::PUBLISH_STORED, &Bytes::from(publish.clone())),
+        Err(RouteProtoError::TooShort { .. })
+    ));
+    let mut keyless = publish;
+    keyless[16..24].fill(0);
+    keyless.push(0);
+    assert!(matches!(
+        RouteBody::decode(cmd::PUBLISH_STORED, &Bytes::from(keyless)),
+        Err(RouteProtoError::BadValue { .. })
+    ));
 }
 
 #[test]

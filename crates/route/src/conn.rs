@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use cluster::route_proto::{cmd, write_frame, RouteBody, RouteKind};
+use cluster::route_proto::{cmd, write_frame, PushRequest, RouteBody, RouteKind};
 use futures_util::StreamExt;
 use node::frame::{frame_reader, FrameError};
 use proto::Frame;
@@ -137,6 +137,8 @@ fn handle(router: &Router, conn: &Arc<Conn>, frame: Frame) -> Result<(), &'stati
             | cmd::PUBLISH_ROOM
             | cmd::PUSH
             | cmd::WATCH_PRESENCE
+            | cmd::STORED_PUBLISH
+            | cmd::PUBLISH_STORED
     ) {
         m.unknown_commands.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
@@ -177,6 +179,26 @@ fn handle(router: &Router, conn: &Arc<Conn>, frame: Frame) -> Result<(), &'stati
                     t.forward_room(conn.id, msg.appid, msg.receiver, frame.cmd, body);
                 }
             }
+        }
+        RouteBody::PublishStored { message, push } => {
+            m.publish_in_stored.fetch_add(1, Ordering::Relaxed);
+            t.forward_stored(conn.id, message.appid, message.receiver, &frame.body);
+            if push {
+                let receivers = vec![message.receiver];
+                crate::push::handle(
+                    router,
+                    PushRequest {
+                        appid: message.appid,
+                        receivers,
+                        inner: message.inner,
+                    },
+                );
+            }
+        }
+        RouteBody::StoredPublish => {
+            tracing::debug!(conn = conn.id, "access node takes stored publishes");
+            conn.stored.store(true, Ordering::Release);
+            conn.send_unbounded(cmd::STORED_PUBLISH, Bytes::new());
         }
         RouteBody::Push(req) => crate::push::handle(router, req),
         RouteBody::WatchPresence => {

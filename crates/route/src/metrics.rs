@@ -20,6 +20,8 @@ pub(crate) struct Metrics {
     pub publish_in_user: AtomicU64,
     pub publish_in_group: AtomicU64,
     pub publish_in_room: AtomicU64,
+    /// PUBLISH_STORED frames (stored messages for users, with their notification).
+    pub publish_in_stored: AtomicU64,
     /// Frames queued for access nodes.
     pub publish_out: AtomicU64,
     /// Presence frames (REMOTE_PRESENCE, PEERS) queued for access nodes.
@@ -53,6 +55,7 @@ impl Default for Metrics {
             publish_in_user: AtomicU64::new(0),
             publish_in_group: AtomicU64::new(0),
             publish_in_room: AtomicU64::new(0),
+            publish_in_stored: AtomicU64::new(0),
             publish_out: AtomicU64::new(0),
             presence_out: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
@@ -135,6 +138,12 @@ pub(crate) fn render(r: &Router) -> String {
         "Route messages received from access nodes.",
         &[("kind", "room".to_owned())],
         get(&m.publish_in_room),
+    );
+    reg.set_counter_with(
+        "banter_route_publish_in_total",
+        "Route messages received from access nodes.",
+        &[("kind", "stored".to_owned())],
+        get(&m.publish_in_stored),
     );
     reg.set_counter(
         "banter_route_publish_out_total",

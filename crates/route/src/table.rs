@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cluster::notify_backlog::{Noted, NotifyBacklog, OWED_CHUNK};
-use cluster::route_proto::{cmd, presence_body, PresenceKind, MAX_PRESENCE_IDS};
+use cluster::route_proto::{cmd, legacy_publishes, presence_body, PresenceKind, MAX_PRESENCE_IDS};
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -67,6 +67,8 @@ pub(crate) struct Conn {
     pub received: AtomicU64,
     /// Sent WATCH_PRESENCE: gets remote presence.
     pub watching: AtomicBool,
+    /// Sent STORED_PUBLISH: takes PUBLISH_STORED (others get what it stands for).
+    pub stored: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
@@ -95,6 +97,7 @@ impl Conn {
             dropped: AtomicU64::new(0),
             received: AtomicU64::new(0),
             watching: AtomicBool::new(false),
+            stored: AtomicBool::new(false),
             metrics,
         }
     }
@@ -103,6 +106,14 @@ impl Conn {
     /// the outbox bounds the node is hopelessly behind: the connection is closed instead (the node
     /// reconnects, replays and gets a fresh snapshot).
     pub fn send_presence(&self, cmd: u8, body: Bytes) {
+        if self.send_unbounded(cmd, body) {
+            self.metrics.presence_out.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queue a control frame outside the outbox bounds (see [`Conn::send_presence`]); false when
+    /// the node is too far behind and is being disconnected instead.
+    pub fn send_unbounded(&self, cmd: u8, body: Bytes) -> bool {
         let mut ob = self.outbox.lock();
         let cost = body.len() + proto::HEADER_LEN;
         if ob.queue.len() >= self.max_frames.saturating_mul(2)
@@ -113,13 +124,13 @@ impl Conn {
                 tracing::warn!(conn = self.id, peer = %self.peer, "access node too far behind to keep its remote presence; disconnecting it");
                 self.kill.cancel();
             }
-            return;
+            return false;
         }
         ob.bytes += cost;
         ob.queue.push_back((cmd, body));
         drop(ob);
-        self.metrics.presence_out.fetch_add(1, Ordering::Relaxed);
         self.wake.notify_one();
+        true
     }
 
     fn is_watching(&self) -> bool {
@@ -461,6 +472,33 @@ impl Table {
             .filter(|(c, _)| c.id != from)
             .filter(|(c, _)| c.send(cmd, body.clone()))
             .count()
+    }
+
+    /// PUBLISH_STORED (`body`): to every other connection that subscribed the user, as it is to
+    /// those that take it, as the PUBLISH pair it stands for to the others. Returns to how many
+    /// connections it went.
+    pub fn forward_stored(&self, from: u64, appid: i64, uid: i64, body: &Bytes) -> usize {
+        let key = (appid, uid);
+        let shard = self.users[self.shard(key)].read();
+        let Some(entry) = shard.get(&key) else {
+            return 0;
+        };
+        let mut legacy = None;
+        let mut sent = 0;
+        for (c, _) in entry.iter().filter(|(c, _)| c.id != from) {
+            let ok = if c.stored.load(Ordering::Acquire) {
+                c.send(cmd::PUBLISH_STORED, body.clone())
+            } else {
+                match legacy.get_or_insert_with(|| legacy_publishes(body)) {
+                    Some(frames) => frames
+                        .iter()
+                        .fold(true, |ok, (fc, fb)| c.send(*fc, fb.clone()) && ok),
+                    None => false,
+                }
+            };
+            sent += usize::from(ok);
+        }
+        sent
     }
 
     /// PUBLISH_ROOM: to every other connection that subscribed the room.

@@ -105,8 +105,7 @@ impl Stored {
                     return Ok(());
                 }
                 Stats::inc(&app.stats.messages_stored);
-                offline::stored(app, cmd, *receiver, &msg.body);
-                app.deliver_stored(*receiver, r, &msg, conn.conn_id);
+                app.deliver_received(*receiver, r, &msg, conn.conn_id);
                 // When a user messages themself both entries are in the same queue; push both so
                 // their other devices can follow the queue's METADATA chain without a sync.
                 app.deliver_stored((h.appid, h.uid), s, &msg, conn.conn_id);

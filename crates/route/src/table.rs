@@ -19,6 +19,10 @@
 //! are never dropped: they bypass the outbox bounds, and a watcher whose outbox grows past twice
 //! its bounds is disconnected (it reconnects and gets a fresh snapshot).
 //!
+//! **Stored publishes** (docs/internal-protocols.md, *stored publishes*). A connection that sent
+//! STORED_PUBLISH gets PUBLISH_STORED frames as they are; [`Table::forward_stored`] gives every other
+//! connection the PUBLISH pair such a frame stands for (the message, then its SYNC_NOTIFY).
+//!
 //! Forwarding never waits: [`Conn::send`] appends to the connection's outbox (a mutex-protected
 //! `VecDeque` plus a `Notify`) or, when the outbox is over its frame or byte bound, drops the frame.
 //! A dropped persistent message (or sync notification) leaves its receiver owed one coalesced sync

@@ -44,6 +44,7 @@ pub struct Config {
     pub moderation: ModerationConfig,
     pub cluster: ClusterConfig,
     pub log: LogSettings,
+    pub runtime: node::runtime::RuntimeSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -257,6 +258,7 @@ impl Config {
             errors.push("auth.redis_url is required with auth.backend = \"redis\"".into());
         }
         errors.extend(crate::logging::problems(&self.log));
+        errors.extend(self.runtime.problems());
         if self.server.max_body == 0 || self.server.max_body > proto::MAX_BODY_LEN {
             errors.push(format!(
                 "server.max_body must be between 1 and {}",

@@ -361,10 +361,21 @@ fn store_command(cmd: StoreCommand) -> anyhow::Result<()> {
     }
 }
 
+/// A server role's runtime, as its `[runtime]` section says; its size is logged.
+fn role_runtime(
+    settings: &node::runtime::RuntimeSettings,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    let rt = settings.build()?;
+    tracing::info!(
+        worker_threads = rt.metrics().num_workers(),
+        "runtime started"
+    );
+    Ok(rt)
+}
+
+/// The runtime of a command that is not a server role (tools, the benchmark client).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    node::runtime::RuntimeSettings::default().build()
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -374,7 +385,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = loaded.value;
     init_logging(&config.log, &config.cluster.node_id)?;
     allocator::start();
-    runtime()?.block_on(banter::serve::run(config, args.config, overrides))?;
+    role_runtime(&config.runtime)?.block_on(banter::serve::run(config, args.config, overrides))?;
     Ok(())
 }
 
@@ -387,11 +398,15 @@ fn imr(path: Option<PathBuf>, log: LogArgs) -> anyhow::Result<()> {
     let config: route::RouterConfig = load_role_config(
         path.as_deref(),
         &log.overrides(),
-        |c: &route::RouterConfig| banter::logging::problems(&c.log),
+        |c: &route::RouterConfig| {
+            let mut problems = banter::logging::problems(&c.log);
+            problems.extend(c.runtime.problems());
+            problems
+        },
     )?;
     init_logging(&config.log, &config.node_id)?;
     allocator::start();
-    runtime()?.block_on(banter::roles::run_router(config))
+    role_runtime(&config.runtime)?.block_on(banter::roles::run_router(config))
 }
 
 fn ims(path: Option<PathBuf>, log: LogArgs, command: Option<ImsCommand>) -> anyhow::Result<()> {
@@ -413,11 +428,13 @@ fn ims(path: Option<PathBuf>, log: LogArgs, command: Option<ImsCommand>) -> anyh
         None => {
             let config: StoreNodeConfig =
                 load_role_config(path.as_deref(), &log.overrides(), |c: &StoreNodeConfig| {
-                    banter::logging::problems(&c.log)
+                    let mut problems = banter::logging::problems(&c.log);
+                    problems.extend(c.runtime.problems());
+                    problems
                 })?;
             init_logging(&config.log, &config.node_id)?;
             allocator::start();
-            runtime()?.block_on(banter::roles::run_store_node(config))
+            role_runtime(&config.runtime)?.block_on(banter::roles::run_store_node(config))
         }
     }
 }

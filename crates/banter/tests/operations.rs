@@ -368,6 +368,70 @@ fn json_logs_and_levels_on_every_role() {
     );
 }
 
+#[test]
+fn worker_threads_come_from_each_roles_runtime_section() {
+    // Tokio's own default, which its environment variable overrides.
+    let cores = std::env::var("TOKIO_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp, ws, http) = (free_port(), free_port(), free_port());
+    // The default: one per core.
+    let mut p = Proc::spawn(&mut serve_cmd(dir.path(), tcp, ws, http));
+    p.wait_for(&format!("runtime started worker_threads={cores}"));
+    p.wait_for("banter is ready");
+    p.stop();
+    let mut c = serve_cmd(dir.path(), tcp, ws, http);
+    c.env("BANTER_RUNTIME__WORKER_THREADS", "1");
+    let mut p = Proc::spawn(&mut c);
+    p.wait_for("runtime started worker_threads=1");
+    p.wait_for("banter is ready");
+    p.stop();
+
+    // The router and the store node read theirs from their files.
+    let conf = dir.path().join("imr.toml");
+    std::fs::write(&conf, "[runtime]\nworker_threads = 3\n").unwrap();
+    let mut p = Proc::spawn(
+        bin()
+            .args(["imr", "--config"])
+            .arg(&conf)
+            .env("BANTER_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("BANTER_HTTP_LISTEN", ""),
+    );
+    p.wait_for("runtime started worker_threads=3");
+    p.wait_for("router ready");
+    p.stop();
+    let conf = dir.path().join("ims.toml");
+    std::fs::write(&conf, "[runtime]\nworker_threads = 1\n").unwrap();
+    let mut p = Proc::spawn(
+        bin()
+            .args(["ims", "--config"])
+            .arg(&conf)
+            .env("BANTER_DATA_DIR", dir.path().join("ims"))
+            .env("BANTER_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("BANTER_REPLICATION_LISTEN", "")
+            .env("BANTER_HTTP_LISTEN", ""),
+    );
+    p.wait_for("runtime started worker_threads=1");
+    p.wait_for("store node ready");
+    p.stop();
+
+    // An absurd count is refused before anything starts, with the key named.
+    let (ok, _, err) =
+        run(serve_cmd(dir.path(), tcp, ws, http).env("BANTER_RUNTIME__WORKER_THREADS", "5000"));
+    assert!(
+        !ok && err.contains("runtime.worker_threads = 5000"),
+        "{err}"
+    );
+    std::fs::write(&conf, "[runtime]\nworker_threads = 5000\n").unwrap();
+    let (ok, _, err) = run(bin().args(["ims", "--config"]).arg(&conf));
+    assert!(
+        !ok && err.contains("runtime.worker_threads = 5000"),
+        "{err}"
+    );
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| {

@@ -102,6 +102,8 @@ pub struct StoreNodeConfig {
     pub store: StoreSettings,
     /// `[log]`: log level and format.
     pub log: node::log::LogSettings,
+    /// `[runtime]`: worker threads.
+    pub runtime: node::runtime::RuntimeSettings,
 }
 
 impl Default for StoreNodeConfig {
@@ -130,6 +132,7 @@ impl Default for StoreNodeConfig {
             advertise_host: String::new(),
             store: StoreSettings::default(),
             log: node::log::LogSettings::default(),
+            runtime: node::runtime::RuntimeSettings::default(),
         }
     }
 }
@@ -224,6 +227,11 @@ dedupe_log_mb = 64
 level = "info"
 # "text" or "json" (--log-format overrides it).
 format = "text"
+
+[runtime]
+# Threads that run network and protocol work; 0 = one per CPU core. Fewer cost fewer wake-ups per
+# request where traffic is light or several roles share a machine (docs/operations.md, Threads).
+worker_threads = 0
 "#;
 
 /// The documented default configuration file; it parses to `StoreNodeConfig::default()`.

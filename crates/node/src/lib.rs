@@ -7,6 +7,7 @@
 //! * [`http_client`]: the one HTTP client;
 //! * [`recent`]: the bounded in-memory ring of recent WARN and ERROR events (the admin console's view);
 //! * [`log`]: the `[log]` section of every role's configuration;
+//! * [`runtime`]: the `[runtime]` section of every role's configuration (worker threads);
 //! * [`metrics`]: the Prometheus registry of a process, and the store's figures on it;
 //! * [`throttle`] (`warn_throttled!`, `error_throttled!`) and [`episode`]: logging of failures that
 //!   repeat per request, at most one line per interval or per failure episode.
@@ -21,6 +22,7 @@ pub mod log;
 pub mod metrics;
 pub mod net;
 pub mod recent;
+pub mod runtime;
 pub mod throttle;
 
 pub use reqwest;

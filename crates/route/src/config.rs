@@ -30,6 +30,8 @@ pub struct RouterConfig {
     pub cluster: RouterClusterConfig,
     /// Log level and format.
     pub log: node::log::LogSettings,
+    /// Worker threads.
+    pub runtime: node::runtime::RuntimeSettings,
 }
 
 /// `[cluster]`: registration in etcd, so access nodes find this router by themselves.
@@ -69,6 +71,7 @@ impl Default for RouterConfig {
             limits: LimitsConfig::default(),
             cluster: RouterClusterConfig::default(),
             log: node::log::LogSettings::default(),
+            runtime: node::runtime::RuntimeSettings::default(),
         }
     }
 }

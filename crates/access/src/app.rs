@@ -232,13 +232,10 @@ impl App {
         self.deliver_stored_as(to, at, msg, except, false)
     }
 
-    /// [`App::deliver_stored`] for the receiver of a peer or customer message, who also gets an
-    /// offline-push job when no node has them online (decided here on a single node, by the
-    /// routers in a cluster).
+    /// [`App::deliver_stored`] for the receiver of a peer message, whom the routers also make an
+    /// offline-push job for when no node has them online (in a cluster; on a single node the
+    /// caller decides, `offline::stored`).
     pub fn deliver_received(&self, to: (i64, i64), at: Appended, msg: &Push, except: u64) -> usize {
-        if !self.links.is_enabled() {
-            crate::offline::stored(self, msg.cmd, to, &msg.body);
-        }
         self.deliver_stored_as(to, at, msg, except, true)
     }
 

@@ -105,6 +105,10 @@ impl Stored {
                     return Ok(());
                 }
                 Stats::inc(&app.stats.messages_stored);
+                if !app.links.is_enabled() {
+                    // In a cluster the routers decide, from the stored publish.
+                    offline::stored(app, cmd, *receiver, &msg.body);
+                }
                 app.deliver_received(*receiver, r, &msg, conn.conn_id);
                 // When a user messages themself both entries are in the same queue; push both so
                 // their other devices can follow the queue's METADATA chain without a sync.

@@ -218,7 +218,7 @@ impl AccessNode {
                 }
             });
         }
-        tracker.spawn(session::sweep(app.clone(), shutdown.clone()));
+        tracker.spawn(session::sweep(app.clone()));
         let ctx = listener::Ctx {
             app: app.clone(),
             permits: admission::Admission::new(cfg.max_connections, app.stats.clone(), |s| {

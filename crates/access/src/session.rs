@@ -216,14 +216,14 @@ async fn wait_timed(
 /// 0.1 s and 5 s apart), and at shutdown closes every session. Logged-in sessions rely on it for both
 /// (see `Session::run_loop`): a pass over the route table every few seconds costs far less than a timer
 /// in every connection's task.
-pub(crate) async fn sweep(app: Arc<App>, shutdown: CancellationToken) {
+pub(crate) async fn sweep(app: Arc<App>) {
     let idle = Duration::from_secs(app.server.idle_timeout_secs);
     let period = (idle / 16).clamp(Duration::from_millis(100), Duration::from_secs(5));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break,
+            _ = app.shutdown.cancelled() => break,
             _ = tick.tick() => {
                 let closed = app.route.close_idle(std::time::Instant::now(), idle);
                 if closed > 0 {
@@ -451,9 +451,9 @@ impl Session {
         }
         Stats::add(&self.conn.app.stats.frames_out, self.out.frames() as u64);
         let wt = Duration::from_secs(self.conn.app.server.write_timeout_secs);
-        let handle = self.conn.handle.clone();
-        let app = self.conn.app.clone();
-        let shutdown = until_shutdown.then_some(&app.shutdown);
+        // Borrowed beside the reply buffer (disjoint fields): nothing is cloned per write.
+        let handle = self.conn.handle.as_ref();
+        let shutdown = until_shutdown.then_some(&self.conn.app.shutdown);
         let r = {
             let (buf, ends) = self.out.parts();
             let send = timeout(wt, t.send(buf, ends));
@@ -466,8 +466,8 @@ impl Session {
                     _ = async { match shutdown { Some(s) => s.cancelled().await, None => std::future::pending().await } } => {
                         break Err(End::Shutdown);
                     }
-                    _ = async { match &handle { Some(h) => h.wait().await, None => std::future::pending().await } } => {
-                        if let Some(reason) = handle.as_ref().and_then(|h| h.close_reason()) {
+                    _ = async { match handle { Some(h) => h.wait().await, None => std::future::pending().await } } => {
+                        if let Some(reason) = handle.and_then(|h| h.close_reason()) {
                             break Err(End::closed(reason));
                         }
                     }

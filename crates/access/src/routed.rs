@@ -159,8 +159,8 @@ impl RouteHandler for RoutedInbox {
         Stats::add(&app.stats.deliveries, n as u64);
     }
 
-    /// A stored message and its SYNC_NOTIFY (see [`RouteHandler::on_stored`]), as
-    /// [`crate::app::App::deliver_stored`] hands them to this node's sessions.
+    /// A stored message and its SYNC_NOTIFY (see [`RouteHandler::on_stored`]), handed to this
+    /// node's sessions as the sending node hands them to its own.
     fn on_stored(&self, m: RoutedMessage) {
         let app = &self.app;
         let Some(push) = checked_push(app, &m) else {

@@ -847,28 +847,23 @@ fn queue_owed(shared: &Shared, owed: Vec<(u8, Bytes)>) {
 /// The frames a queued PUBLISH_STORED becomes for a router that may not take it: the message's
 /// PUBLISH, its SYNC_NOTIFY's PUBLISH and, if it asked for one, the PUSH.
 fn legacy_frames(body: &Bytes) -> Vec<Out> {
-    let mut frames = Vec::with_capacity(3);
-    if let Some(pair) = legacy_publishes(body) {
-        frames.extend(pair.map(|(c, body)| Out {
+    let Some(legacy) = legacy_publishes(body) else {
+        return Vec::new();
+    };
+    let push = legacy
+        .push
+        .and_then(|p| RouteBody::Push(p).encode().ok())
+        .map(|body| (cmd::PUSH, body));
+    legacy
+        .frames
+        .into_iter()
+        .chain(push)
+        .map(|(c, body)| Out {
             cmd: c,
             body,
             sub: false,
-        }));
-    }
-    if let Ok(RouteBody::PublishStored {
-        message,
-        push: true,
-    }) = RouteBody::decode(cmd::PUBLISH_STORED, body)
-    {
-        if let Ok(bodies) = push_bodies(message.appid, &[message.receiver], &message.inner) {
-            frames.extend(bodies.into_iter().map(|body| Out {
-                cmd: cmd::PUSH,
-                body,
-                sub: false,
-            }));
-        }
-    }
-    frames
+        })
+        .collect()
 }
 
 /// Bytes collected before a write call.

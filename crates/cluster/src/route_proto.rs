@@ -671,18 +671,35 @@ fn put_route_message(
     Ok(())
 }
 
-/// The PUBLISH frames a PUBLISH_STORED body stands for, for a node that does not take it: the
-/// message's own PUBLISH (the body without its `push` byte) and the PUBLISH of its SYNC_NOTIFY.
-/// `None` when `body` is not a valid PUBLISH_STORED body.
-pub fn legacy_publishes(body: &Bytes) -> Option<[(u8, Bytes); 2]> {
-    let RouteBody::PublishStored { message, .. } =
+/// What a PUBLISH_STORED body stands for, for a node that does not take it: the message's own
+/// PUBLISH (the body without its `push` byte), the PUBLISH of its SYNC_NOTIFY and, if the `push`
+/// byte asks for one, the PUSH request naming its receiver. `None` when `body` is not a valid
+/// PUBLISH_STORED body.
+pub fn legacy_publishes(body: &Bytes) -> Option<LegacyPublishes> {
+    let RouteBody::PublishStored { message, push } =
         RouteBody::decode(cmd::PUBLISH_STORED, body).ok()?
     else {
         return None;
     };
     let end = ROUTE_MESSAGE_FIXED + message.inner.len();
     let notify = message.sync_notify().encode_body().ok()?;
-    Some([(cmd::PUBLISH, body.slice(..end)), (cmd::PUBLISH, notify)])
+    Some(LegacyPublishes {
+        frames: [(cmd::PUBLISH, body.slice(..end)), (cmd::PUBLISH, notify)],
+        push: push.then(|| PushRequest {
+            appid: message.appid,
+            receivers: vec![message.receiver],
+            inner: message.inner,
+        }),
+    })
+}
+
+/// What a PUBLISH_STORED stands for ([`legacy_publishes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegacyPublishes {
+    /// The message's PUBLISH, then its SYNC_NOTIFY's.
+    pub frames: [(u8, Bytes); 2],
+    /// The PUSH its `push` byte asked for, naming its receiver.
+    pub push: Option<PushRequest>,
 }
 
 fn push_body(appid: i64, receivers: &[i64], inner: &[u8]) -> Result<Bytes, RouteProtoError> {

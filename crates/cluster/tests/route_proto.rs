@@ -23,6 +23,24 @@ fn inner() -> Vec<u8> {
          0000000000000001 0000000000000002 00000003 00000004 6869")
 }
 
+/// A route message of `kind` around [`inner`], and its body's golden bytes.
+fn message(kind: RouteKind) -> (RoutedMessage, Vec<u8>) {
+    let inner = inner();
+    let m = RoutedMessage {
+        kind,
+        appid: 7,
+        receiver: 2,
+        msgid: 0x1000,
+        prev_msgid: 0x0f00,
+        timestamp_ns: 0x1122334455667788,
+        inner: Bytes::from(inner.clone()),
+    };
+    let mut golden = hex("0000000000000007 0000000000000002 0000000000001000
+         0000000000000f00 1122334455667788 0026");
+    golden.extend_from_slice(&inner);
+    (m, golden)
+}
+
 fn frame(body: &RouteBody, seq: i32) -> Vec<u8> {
     let mut b = BytesMut::new();
     body.encode_frame(seq, &mut b).expect("encodes");
@@ -130,24 +148,12 @@ fn unsubscribe_and_rooms_golden() {
 
 #[test]
 fn publish_golden() {
-    let inner = inner();
     for (kind, c) in [
         (RouteKind::User, 132u8),
         (RouteKind::Group, 135),
         (RouteKind::Room, 138),
     ] {
-        let m = RoutedMessage {
-            kind,
-            appid: 7,
-            receiver: 2,
-            msgid: 0x1000,
-            prev_msgid: 0x0f00,
-            timestamp_ns: 0x1122334455667788,
-            inner: Bytes::from(inner.clone()),
-        };
-        let mut golden = hex("0000000000000007 0000000000000002 0000000000001000
-             0000000000000f00 1122334455667788 0026");
-        golden.extend_from_slice(&inner);
+        let (m, golden) = message(kind);
         let body = RouteBody::Publish(m.clone());
         assert_eq!(body.cmd(), c);
         roundtrip(&body, &golden);
@@ -176,19 +182,7 @@ fn publish_from_gobelieve_has_no_prev() {
 
 #[test]
 fn publish_stored_golden_and_what_it_stands_for() {
-    let inner = inner();
-    let message = RoutedMessage {
-        kind: RouteKind::User,
-        appid: 7,
-        receiver: 2,
-        msgid: 0x1000,
-        prev_msgid: 0x0f00,
-        timestamp_ns: 0x1122334455667788,
-        inner: Bytes::from(inner.clone()),
-    };
-    let mut publish = hex("0000000000000007 0000000000000002 0000000000001000
-         0000000000000f00 1122334455667788 0026");
-    publish.extend_from_slice(&inner);
+    let (message, publish) = message(RouteKind::User);
     for push in [false, true] {
         let mut golden = publish.clone();
         golden.push(u8::from(push));
@@ -200,7 +194,8 @@ fn publish_stored_golden_and_what_it_stands_for() {
         roundtrip(&body, &golden);
         // For a node that does not take it: the message's own PUBLISH, then the PUBLISH of
         // SYNC_NOTIFY(0x1000) — same receiver and timestamp, no keys of its own.
-        let [(c1, b1), (c2, b2)] = legacy_publishes(&Bytes::from(golden)).expect("valid");
+        let legacy = legacy_publishes(&Bytes::from(golden)).expect("valid");
+        let [(c1, b1), (c2, b2)] = legacy.frames;
         assert_eq!((c1, c2), (cmd::PUBLISH, cmd::PUBLISH));
         assert_eq!(&b1[..], &publish[..]);
         let notify = hex("0000000000000007 0000000000000002 0000000000000000
@@ -211,6 +206,13 @@ fn publish_stored_golden_and_what_it_stands_for() {
             RouteBody::decode(c2, &b2).expect("decodes"),
             RouteBody::Publish(message.sync_notify())
         );
+        // With its push byte, also the PUSH naming the receiver.
+        let expected = push.then(|| PushRequest {
+            appid: 7,
+            receivers: vec![2],
+            inner: message.inner.clone(),
+        });
+        assert_eq!(legacy.push, expected);
     }
     // STORED_PUBLISH is empty both ways.
     roundtrip(&RouteBody::StoredPublish, &[]);

@@ -494,7 +494,8 @@ impl Table {
                 c.send(cmd::PUBLISH_STORED, body.clone())
             } else {
                 match legacy.get_or_insert_with(|| legacy_publishes(body)) {
-                    Some(frames) => frames
+                    Some(l) => l
+                        .frames
                         .iter()
                         .fold(true, |ok, (fc, fb)| c.send(*fc, fb.clone()) && ok),
                     None => false,

@@ -147,14 +147,25 @@ pub async fn open_relations(config: &Config) -> Result<RelationDirectory, ServeE
 }
 
 /// Opens the configured offline-push sink (the native senders read devices, unread counts and
-/// do-not-disturb settings from `backend` and keep their journal in the data directory).
-pub async fn open_push(config: &Config, backend: &Backend) -> Result<PushSink, ServeError> {
+/// do-not-disturb settings from `backend`, keep their journal in the data directory and record their
+/// metrics in `registry`, the node's `/metrics`).
+pub async fn open_push(
+    config: &Config,
+    backend: &Backend,
+    registry: &node::metrics::Registry,
+) -> Result<PushSink, ServeError> {
     let p = &config.push;
     Ok(match p.backend {
         PushBackend::Redis => PushSink::redis(p.redis.clone()).await?,
         PushBackend::Webhook => PushSink::webhook(p.webhook.clone())?,
         PushBackend::Native => {
-            let pusher = push::Pusher::start(&p.native, &config.data.dir, backend.clone()).await?;
+            let pusher = push::Pusher::start_with(
+                &p.native,
+                &config.data.dir,
+                backend.clone(),
+                push::PushMetrics::register(registry),
+            )
+            .await?;
             PushSink::Native(pusher)
         }
         PushBackend::None => PushSink::Disabled,
@@ -340,7 +351,7 @@ pub async fn start(config: &Config) -> Result<Running, ServeError> {
     let backend = open_backend(config).await?;
     let groups = open_groups(config).await?;
     let relations = open_relations(config).await?;
-    let push = open_push(config, &backend).await?;
+    let push = open_push(config, &backend, &metrics.registry).await?;
     let words = open_words(config)?;
     let app_api = open_app_api(config)?;
     let app = App::new(

@@ -157,6 +157,156 @@ async fn do_not_disturb_from_the_sdk_endpoint_and_the_admin_api() {
     s.stop().await;
 }
 
+/// `/metrics` of the node: counter `name` with `labels` (every other label ignored).
+fn metric(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Counter(v) => *v,
+            other => panic!("{name} is not a counter: {other:?}"),
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "{name} {labels:?}: {found:?}");
+    found[0]
+}
+
+/// The send-time histogram of `provider`: its buckets (upper bound, cumulative count).
+fn send_buckets(scrape: &prometheus_parse::Scrape, provider: &str) -> Vec<(f64, f64)> {
+    let found: Vec<Vec<(f64, f64)>> = scrape
+        .samples
+        .iter()
+        .filter(|x| {
+            x.metric == "banter_push_send_seconds" && x.labels.get("provider") == Some(provider)
+        })
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Histogram(b) => {
+                b.iter().map(|b| (b.less_than, b.count)).collect()
+            }
+            other => panic!("banter_push_send_seconds is not a histogram: {other:?}"),
+        })
+        .collect();
+    assert_eq!(found.len(), 1, "banter_push_send_seconds {provider}");
+    found.into_iter().next().unwrap()
+}
+
+/// The push senders' metrics are on the node's `/metrics`, scraped over HTTP: sends, a retry, a
+/// dead token, a receiver without devices, the FCM token fetch and the send-time histograms.
+#[tokio::test]
+async fn push_metrics_are_exported_on_the_nodes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = MockProvider::start().await;
+    let s = start(&mock, dir.path()).await;
+    bind(&s, 2).await;
+    let push = s.running.as_ref().unwrap().push.clone();
+    let mut a = Client::login(&s, 1, 2, false, "a").await;
+    // Sent to both devices.
+    a.send_im(1, 2, r#"{"text":"one"}"#).await;
+    a.recv_until(cmd::ACK).await;
+    assert_eq!(mock.wait_for("apns", 1, WAIT).await.len(), 1);
+    assert_eq!(mock.wait_for("fcm", 1, WAIT).await.len(), 1);
+    push.flush().await.unwrap();
+    // APNs says the token is dead (unbound, given up); FCM is unavailable once, then accepts.
+    mock.script(
+        "apns",
+        [Reply::Status {
+            status: 410,
+            body: json!({"reason": "Unregistered"}),
+            retry_after: None,
+        }],
+    );
+    mock.script(
+        "fcm",
+        [Reply::Status {
+            status: 503,
+            body: json!({"error": {"status": "UNAVAILABLE"}}),
+            retry_after: Some(0),
+        }],
+    );
+    a.send_im(1, 2, r#"{"text":"two"}"#).await;
+    a.recv_until(cmd::ACK).await;
+    assert_eq!(mock.wait_for("apns", 2, WAIT).await.len(), 2);
+    assert_eq!(mock.wait_for("fcm", 3, WAIT).await.len(), 3);
+    // Offline and without a device: skipped.
+    a.send_im(1, 4, r#"{"text":"nobody listens"}"#).await;
+    a.recv_until(cmd::ACK).await;
+    push.flush().await.unwrap();
+    assert_eq!((mock.count("apns"), mock.count("fcm")), (2, 3));
+
+    let (status, text) = http(s.http, "GET", "/metrics", &[], b"").await;
+    assert_eq!(status, 200, "{text}");
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid Prometheus text");
+    let apns = [("provider", "apns")];
+    let fcm = [("provider", "fcm")];
+    assert_eq!(metric(&scrape, "banter_push_sent_total", &apns), 1.0);
+    assert_eq!(metric(&scrape, "banter_push_sent_total", &fcm), 2.0);
+    assert_eq!(metric(&scrape, "banter_push_failed_total", &apns), 1.0);
+    assert_eq!(metric(&scrape, "banter_push_failed_total", &fcm), 0.0);
+    assert_eq!(
+        metric(&scrape, "banter_push_tokens_removed_total", &apns),
+        1.0
+    );
+    assert_eq!(metric(&scrape, "banter_push_retried_total", &apns), 0.0);
+    assert_eq!(metric(&scrape, "banter_push_retried_total", &fcm), 1.0);
+    assert_eq!(metric(&scrape, "banter_push_oauth_tokens_total", &fcm), 1.0);
+    for p in ["apns", "fcm", "intake"] {
+        assert_eq!(
+            metric(&scrape, "banter_push_dropped_total", &[("provider", p)]),
+            0.0
+        );
+    }
+    assert_eq!(
+        metric(
+            &scrape,
+            "banter_push_skipped_total",
+            &[("reason", "no_device")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "banter_push_skipped_total",
+            &[("reason", "do_not_disturb")]
+        ),
+        0.0
+    );
+    // One observation per attempt, in the latency buckets (50 µs … 10 s, then +Inf).
+    for (provider, attempts) in [("apns", 2.0), ("fcm", 3.0)] {
+        let buckets = send_buckets(&scrape, provider);
+        let bounds: Vec<f64> = buckets.iter().map(|b| b.0).collect();
+        assert_eq!(bounds.first(), Some(&0.00005), "{provider}: {bounds:?}");
+        assert!(bounds.contains(&10.0), "{provider}: {bounds:?}");
+        assert_eq!(
+            buckets.last().unwrap().1,
+            attempts,
+            "{provider}: {buckets:?}"
+        );
+        assert!(
+            buckets.windows(2).all(|w| w[0].1 <= w[1].1),
+            "{provider}: cumulative {buckets:?}"
+        );
+    }
+    assert!(
+        text.contains("# TYPE banter_push_send_seconds histogram"),
+        "{text}"
+    );
+    // The dead token is gone: the next message reaches FCM only.
+    let devices = s
+        .running
+        .as_ref()
+        .unwrap()
+        .backend
+        .devices(APPID, 2)
+        .await
+        .unwrap();
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    assert_eq!(devices[0].provider, PushProvider::Gcm);
+    s.stop().await;
+}
+
 /// Both providers hang; messages to offline users (whose pushes hang) are acknowledged and
 /// messages to an online user delivered as fast as without push.
 #[tokio::test]

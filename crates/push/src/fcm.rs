@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, StatusCode};
+use metrics::Counter;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -60,11 +61,19 @@ pub struct Fcm {
     ttl_secs: u64,
     collapse: bool,
     timeout: Duration,
+    /// Counts the access tokens fetched (`banter_push_oauth_tokens_total`).
+    oauth_tokens: Counter,
 }
 
 impl Fcm {
-    /// Reads the service-account key and checks the options.
-    pub fn new(o: &FcmOptions, ca_file: &str, timeout: Duration) -> Result<Fcm, PushError> {
+    /// Reads the service-account key and checks the options; every access token fetched counts
+    /// one on `oauth_tokens`.
+    pub fn new(
+        o: &FcmOptions,
+        ca_file: &str,
+        timeout: Duration,
+        oauth_tokens: Counter,
+    ) -> Result<Fcm, PushError> {
         if o.service_account_file.trim().is_empty() {
             return Err(PushError::Config(
                 "fcm.service_account_file is required".into(),
@@ -122,6 +131,7 @@ impl Fcm {
             ttl_secs: o.ttl_secs,
             collapse: o.collapse,
             timeout,
+            oauth_tokens,
         })
     }
 
@@ -183,7 +193,7 @@ impl Fcm {
         let life = Duration::from_secs(t.expires_in.max(60));
         let until = Instant::now() + life.saturating_sub(EARLY).max(Duration::from_secs(30));
         *cached = Some((v.clone(), until));
-        metrics::counter!("banter_push_oauth_tokens_total", "provider" => "fcm").increment(1);
+        self.oauth_tokens.increment(1);
         Ok(v)
     }
 

@@ -15,10 +15,9 @@
 //!    `Retry-After`), dead tokens are unbound from the user, other refusals are given up.
 //!
 //! A slow or dead provider only fills its own lane (then drops and counts); nothing waits on it
-//! but the push tasks. Metrics (label `provider`): `banter_push_sent_total`,
-//! `banter_push_failed_total`, `banter_push_retried_total`, `banter_push_dropped_total`,
-//! `banter_push_tokens_removed_total`, `banter_push_skipped_total` (label `reason`) and the
-//! histogram `banter_push_send_seconds`. Credentials are never logged. See `docs/push.md`.
+//! but the push tasks. The metrics ([`meters`]: sent, failed, retried, dropped, tokens removed,
+//! skipped, OAuth tokens and the send-time histogram) go to the registry of the node that starts
+//! the senders with [`Pusher::start_with`]. Credentials are never logged. See `docs/push.md`.
 #![forbid(unsafe_code)]
 
 pub mod apns;
@@ -27,6 +26,7 @@ pub mod fcm;
 pub mod http;
 pub mod journal;
 pub mod jws;
+pub mod meters;
 pub mod mock;
 pub mod render;
 
@@ -44,6 +44,8 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 
 pub use config::{ApnsOptions, AppPush, FcmOptions, NativeOptions, Texts};
 use journal::{Claim, Journal};
+pub use meters::PushMetrics;
+use meters::{Skip, PROVIDERS};
 use render::{Conversation, Notification};
 
 /// Jobs (or notifications) taken off a queue at once.
@@ -77,7 +79,7 @@ pub enum Outcome {
     Failed(String),
 }
 
-/// Counters since start (also exported as metrics).
+/// Counters since start (the node's metrics count the same events, per provider: [`meters`]).
 #[derive(Default, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PushStats {
     pub accepted: u64,
@@ -108,8 +110,6 @@ impl Sender {
         }
     }
 }
-
-const LANES: [&str; 2] = ["apns", "fcm"];
 
 /// A job being expanded: done (in the journal) when every notification is claimed or dropped.
 struct JobTrack {
@@ -150,6 +150,7 @@ struct Shared {
     backoff: Duration,
     max_backoff: Duration,
     done_tx: mpsc::UnboundedSender<u64>,
+    metrics: PushMetrics,
     accepted: AtomicU64,
     finished_jobs: AtomicU64,
     outstanding: AtomicU64,
@@ -169,12 +170,23 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// Reads the credentials, opens the journal in `data_dir` (re-queuing the jobs it holds) and
-    /// starts the tasks. Inside a tokio runtime.
+    /// [`Pusher::start_with`] without metrics: what it counts is only in [`Pusher::stats`].
     pub async fn start(
         opts: &NativeOptions,
         data_dir: &Path,
         backend: Backend,
+    ) -> Result<Arc<Pusher>, PushError> {
+        Pusher::start_with(opts, data_dir, backend, PushMetrics::unexported()).await
+    }
+
+    /// Reads the credentials, opens the journal in `data_dir` (re-queuing the jobs it holds) and
+    /// starts the tasks, recording into `metrics` (registered in the node's registry with
+    /// [`PushMetrics::register`]). Inside a tokio runtime.
+    pub async fn start_with(
+        opts: &NativeOptions,
+        data_dir: &Path,
+        backend: Backend,
+        metrics: PushMetrics,
     ) -> Result<Arc<Pusher>, PushError> {
         for (what, v) in [
             ("queue_capacity", opts.queue_capacity),
@@ -211,7 +223,12 @@ impl Pusher {
                 None => None,
             };
             let fcm = match &a.fcm {
-                Some(o) => Some(Arc::new(fcm::Fcm::new(o, &opts.ca_file, timeout)?)),
+                Some(o) => Some(Arc::new(fcm::Fcm::new(
+                    o,
+                    &opts.ca_file,
+                    timeout,
+                    metrics.oauth_tokens.clone(),
+                )?)),
                 None => None,
             };
             if apps
@@ -232,7 +249,7 @@ impl Pusher {
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let mut lanes = Vec::new();
         let mut lane_rxs = Vec::new();
-        for _ in LANES {
+        for _ in PROVIDERS {
             let (tx, rx) = mpsc::channel(opts.provider_queue_capacity);
             lanes.push(tx);
             lane_rxs.push(rx);
@@ -247,6 +264,7 @@ impl Pusher {
             backoff: Duration::from_millis(opts.backoff_ms.max(1)),
             max_backoff: Duration::from_millis(opts.max_backoff_ms.max(opts.backoff_ms).max(1)),
             done_tx,
+            metrics,
             accepted: AtomicU64::new(0),
             finished_jobs: AtomicU64::new(0),
             outstanding: AtomicU64::new(0),
@@ -328,7 +346,7 @@ impl NativePush for Pusher {
             }
             Err(_) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("banter_push_dropped_total", "provider" => "intake").increment(1);
+                self.shared.metrics.intake_dropped.increment(1);
                 node::warn_throttled!("offline push queue full; job dropped");
             }
         }
@@ -409,10 +427,6 @@ async fn expand_all(shared: &Arc<Shared>, jobs: Vec<(u64, PushJob, HashSet<Claim
         .await;
 }
 
-fn skipped(reason: &'static str) {
-    metrics::counter!("banter_push_skipped_total", "reason" => reason).increment(1);
-}
-
 /// Resolves one job into notifications and hands them to the provider lanes.
 async fn expand(shared: &Arc<Shared>, id: u64, job: PushJob, claims: &HashSet<Claim>) {
     // One guard reference, released at the end, so the job cannot finish while being expanded.
@@ -470,12 +484,12 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: PushJob, claims: &HashSet<Cl
         } => (appid, None, vec![receiver], Conversation::System, content),
     };
     let Some(app) = shared.apps.get(&appid) else {
-        skipped("no_provider");
+        shared.metrics.skipped(Skip::NoProvider);
         track.release();
         return;
     };
     if conversation == Conversation::System && !shared.push_system {
-        skipped("system");
+        shared.metrics.skipped(Skip::System);
         track.release();
         return;
     }
@@ -494,7 +508,7 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: PushJob, claims: &HashSet<Cl
             Ok(d) => {
                 let group_off = matches!(conversation, Conversation::Group { group_id, .. } if d.groups.contains(&group_id));
                 if d.user || group_off {
-                    skipped("do_not_disturb");
+                    shared.metrics.skipped(Skip::DoNotDisturb);
                     continue;
                 }
             }
@@ -506,7 +520,7 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: PushJob, claims: &HashSet<Cl
             Ok(d) => d,
             Err(e) => {
                 node::warn_throttled!(error = %e, "reading push devices failed; notification skipped");
-                skipped("backend_error");
+                shared.metrics.skipped(Skip::BackendError);
                 continue;
             }
         };
@@ -531,7 +545,7 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: PushJob, claims: &HashSet<Cl
             .filter(|(p, t, _)| seen.insert((*p, t.clone())))
             .collect();
         if targets.is_empty() {
-            skipped("no_device");
+            shared.metrics.skipped(Skip::NoDevice);
             continue;
         }
         let badge = shared
@@ -563,10 +577,9 @@ async fn expand(shared: &Arc<Shared>, id: u64, job: PushJob, claims: &HashSet<Cl
             if let Err(e) = shared.lanes[lane].try_send(d) {
                 let d = e.into_inner();
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("banter_push_dropped_total", "provider" => LANES[lane])
-                    .increment(1);
+                shared.metrics.lanes[lane].dropped.increment(1);
                 node::warn_throttled!(
-                    provider = LANES[lane],
+                    provider = PROVIDERS[lane],
                     "push provider queue full; notification dropped"
                 );
                 finish(shared, &d);
@@ -590,7 +603,6 @@ async fn lane(
     sem: Arc<Semaphore>,
     shared: Arc<Shared>,
 ) {
-    let name = LANES[i];
     loop {
         let Ok(first_permit) = sem.clone().acquire_owned().await else {
             return;
@@ -629,7 +641,7 @@ async fn lane(
             let shared = shared.clone();
             let sem = sem.clone();
             tokio::spawn(async move {
-                send(&shared, name, &d, permit, &sem).await;
+                send(&shared, i, &d, permit, &sem).await;
                 shared.outstanding.fetch_sub(1, Ordering::AcqRel);
                 shared.progress.notify_waiters();
             });
@@ -655,7 +667,7 @@ pub fn retry_delay(
 
 async fn send(
     shared: &Shared,
-    provider: &'static str,
+    lane: usize,
     d: &Delivery,
     permit: tokio::sync::OwnedSemaphorePermit,
     sem: &Arc<Semaphore>,
@@ -666,6 +678,8 @@ async fn send(
         }
         Sender::Fcm(_) => Bytes::new(),
     };
+    let provider = PROVIDERS[lane];
+    let meters = &shared.metrics.lanes[lane];
     let mut permit = Some(permit);
     let mut attempt = 1;
     loop {
@@ -681,18 +695,17 @@ async fn send(
             Sender::Apns { apns, voip } => apns.send(&d.token, *voip, &d.note, &apns_body).await,
             Sender::Fcm(f) => f.send(&d.token, &d.note).await,
         };
-        metrics::histogram!("banter_push_send_seconds", "provider" => provider)
-            .record(started.elapsed().as_secs_f64());
+        meters.send_seconds.record(started.elapsed().as_secs_f64());
         match outcome {
             Outcome::Sent => {
                 shared.sent.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("banter_push_sent_total", "provider" => provider).increment(1);
+                meters.sent.increment(1);
                 tracing::debug!(provider, appid = d.appid, uid = d.uid, "push sent");
                 return;
             }
             Outcome::Unregistered(why) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("banter_push_failed_total", "provider" => provider).increment(1);
+                meters.failed.increment(1);
                 tracing::debug!(
                     provider,
                     appid = d.appid,
@@ -704,7 +717,7 @@ async fn send(
                 match shared.backend.unbind_devices(d.appid, d.uid, &tokens).await {
                     Ok(_) => {
                         shared.removed.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("banter_push_tokens_removed_total", "provider" => provider).increment(1);
+                        meters.tokens_removed.increment(1);
                     }
                     Err(e) => {
                         node::warn_throttled!(provider, error = %e, "unbinding a dead push token failed")
@@ -714,15 +727,14 @@ async fn send(
             }
             Outcome::Failed(why) => {
                 shared.failed.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("banter_push_failed_total", "provider" => provider).increment(1);
+                meters.failed.increment(1);
                 node::warn_throttled!(provider, why, "push refused; given up");
                 return;
             }
             Outcome::Retry { why, after } => {
                 if attempt >= shared.max_attempts {
                     shared.failed.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("banter_push_failed_total", "provider" => provider)
-                        .increment(1);
+                    meters.failed.increment(1);
                     node::warn_throttled!(
                         provider,
                         why,
@@ -732,7 +744,7 @@ async fn send(
                     return;
                 }
                 shared.retried.fetch_add(1, Ordering::Relaxed);
-                metrics::counter!("banter_push_retried_total", "provider" => provider).increment(1);
+                meters.retried.increment(1);
                 let wait = retry_delay(attempt, after, shared.backoff, shared.max_backoff);
                 tracing::debug!(provider, why, attempt, ?wait, "push failed; retrying");
                 // The send slot is free while waiting.

@@ -140,6 +140,7 @@ pub async fn run(
     )
     .await
     .map_err(RouterError::Exposed)?;
+    let metrics = Arc::new(metrics::Metrics::default());
     let push = match config.push.backend {
         PushBackend::None => PushSink::Disabled,
         PushBackend::Redis => PushSink::redis(config.push.redis.clone()).await?,
@@ -151,7 +152,8 @@ pub async fn run(
             })
             .await?;
             let dir = std::path::PathBuf::from(&config.push.native_data_dir);
-            let pusher = ::push::Pusher::start(&config.push.native, &dir, backend)
+            let meters = ::push::PushMetrics::register(&metrics.registry);
+            let pusher = ::push::Pusher::start_with(&config.push.native, &dir, backend, meters)
                 .await
                 .map_err(|e| BackendError::InvalidArgument(e.to_string()))?;
             PushSink::Native(pusher)
@@ -173,7 +175,7 @@ pub async fn run(
         config,
         table: table::Table::new(),
         push,
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics,
         next_conn: AtomicU64::new(0),
     });
     let tracker = TaskTracker::new();

@@ -187,12 +187,12 @@ pub(crate) fn render(r: &Router) -> String {
     );
     reg.set_counter(
         "banter_route_push_delivered_total",
-        "Offline-push jobs written by the push sink.",
+        "Offline pushes handed on by the push sink: jobs written (redis, webhook) or notifications sent (native).",
         r.push.delivered(),
     );
     reg.set_counter(
         "banter_route_push_dropped_total",
-        "Offline-push jobs dropped by the push sink.",
+        "Offline pushes dropped by the push sink's full queues (jobs, and with native push also notifications).",
         r.push.dropped(),
     );
     reg.set_counter(

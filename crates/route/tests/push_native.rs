@@ -84,5 +84,18 @@ async fn offline_receivers_get_one_push_per_device_and_online_ones_none() {
     let fcm = &mock.requests_of("fcm")[0];
     assert!(fcm.authorized);
     assert_eq!(fcm.body["message"]["token"], "fcm-3");
+
+    // The senders count into the router's own registry, on its /metrics.
+    let (status, metrics) = r.get("/metrics").await;
+    assert_eq!(status, 200);
+    for line in [
+        "banter_push_sent_total{provider=\"apns\"} 1",
+        "banter_push_sent_total{provider=\"fcm\"} 1",
+        "banter_push_failed_total{provider=\"apns\"} 0",
+        "banter_push_skipped_total{reason=\"no_device\"} 0",
+        "banter_push_send_seconds_count{provider=\"apns\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
     r.stop().await;
 }

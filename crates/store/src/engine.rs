@@ -102,16 +102,10 @@ impl Store {
         let spare = Arc::new(SpareSlot::new(r.spare));
         let syncq = Arc::new(SyncQueue::default());
         let remembered_keys = r.window.len();
-        let syncer = Syncer {
-            shared: shared.clone(),
-            syncq,
-            submissions: submissions.clone(),
-            checkpoints: checkpoints.clone(),
-        };
         let writer = Writer::new(
             shared.clone(),
             submissions.clone(),
-            syncer.clone(),
+            syncq.clone(),
             spare.clone(),
             WriterState {
                 heads: r.heads,
@@ -120,6 +114,12 @@ impl Store {
                 active: r.active,
             },
         );
+        let syncer = Syncer {
+            shared: shared.clone(),
+            syncq,
+            submissions: submissions.clone(),
+            checkpoints: checkpoints.clone(),
+        };
         let (sh, ck, sub) = (shared.clone(), checkpoints.clone(), submissions.clone());
         let (sh2, sp) = (shared.clone(), spare.clone());
         let threads = Threads {

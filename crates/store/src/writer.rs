@@ -10,9 +10,7 @@
 //!
 //! So the next batch is encoded and written while the previous one is being fsynced, and one
 //! fsync covers every append that arrived meanwhile. Nothing is visible to readers or
-//! acknowledged before it is durable. When nothing waits to be written and the sync thread is
-//! idle — one append in flight — the writer does the sync thread's part itself (`hand_off`):
-//! there is no next batch to overlap with, and it saves waking a second thread per batch.
+//! acknowledged before it is durable.
 //!
 //! Two submissions are processed alone in a writer turn (`process_control`): a promotion, which
 //! seals the log and opens a segment at a higher position with a JUMP record, and a withdrawal,
@@ -53,7 +51,7 @@ use crate::prealloc::{spare_path, SpareSlot};
 use crate::queue::{Head, Published, QueueMap};
 use crate::shared::{Shared, Stats};
 use crate::submit::{Snapshot, Submission, Submissions, Taken, Wait};
-use crate::syncer::{fail_all, Outcome, SyncQueue, Syncer, Written};
+use crate::syncer::{fail_all, Outcome, SyncQueue, Written};
 use crate::window::{Slot, Window};
 use crate::{Appended, NewMessage, QueueId};
 
@@ -73,8 +71,6 @@ pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     pub submissions: Arc<Submissions>,
     pub syncq: Arc<SyncQueue>,
-    /// The sync thread's handles, to finish a batch on this thread when that one is idle.
-    pub syncer: Syncer,
     pub spare: Arc<SpareSlot>,
     pub heads: QueueMap<Head>,
     /// The recent idempotency keys (`window`), as written (ahead of what is durable).
@@ -99,11 +95,11 @@ pub(crate) struct WriterState {
 }
 
 impl Writer {
-    /// The writer of a recovered log (`state`), handing its batches to `syncer`'s thread.
+    /// The writer of a recovered log (`state`).
     pub fn new(
         shared: Arc<Shared>,
         submissions: Arc<Submissions>,
-        syncer: Syncer,
+        syncq: Arc<SyncQueue>,
         spare: Arc<SpareSlot>,
         state: WriterState,
     ) -> Writer {
@@ -116,8 +112,7 @@ impl Writer {
         Writer {
             shared,
             submissions,
-            syncq: syncer.syncq.clone(),
-            syncer,
+            syncq,
             spare,
             heads,
             window,
@@ -364,7 +359,7 @@ impl Writer {
             if repeated > 0 {
                 // Only retries: answered once everything written before is durable (their
                 // originals may still be on their way), in order, like any batch.
-                self.hand_off(Written {
+                self.syncq.push(Written {
                     start,
                     end: start,
                     buf,
@@ -416,7 +411,9 @@ impl Writer {
             .batch_bytes
             .record(buf.len() as f64);
         Stats::add(&self.shared.stats().bytes_written, buf.len() as u64);
-        self.hand_off(Written {
+        // Durability and publication happen on the sync thread, so the next batch can be
+        // encoded and written while this one is being fsynced.
+        self.syncq.push(Written {
             start,
             end,
             buf,
@@ -426,22 +423,6 @@ impl Writer {
             file,
             fsync_epoch,
         });
-    }
-
-    /// Hands a written batch on to become durable and visible. Normally the sync thread does it,
-    /// so the next batch is encoded and written while this one is being fsynced. When nothing
-    /// waits to be written and the sync thread is idle (one append in flight), this thread does
-    /// it at once: the same fsync and publication, without waking another thread for it.
-    fn hand_off(&self, w: Written) {
-        let w = if self.submissions.is_empty() {
-            match self.syncer.finish_inline(w) {
-                Some(w) => w,
-                None => return,
-            }
-        } else {
-            w
-        };
-        self.syncq.push(w);
     }
 
     /// Writes `buf` (records ending at `bounds`) at position `start`, rolling segments at record

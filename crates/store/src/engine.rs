@@ -102,10 +102,16 @@ impl Store {
         let spare = Arc::new(SpareSlot::new(r.spare));
         let syncq = Arc::new(SyncQueue::default());
         let remembered_keys = r.window.len();
+        let syncer = Syncer {
+            shared: shared.clone(),
+            syncq,
+            submissions: submissions.clone(),
+            checkpoints: checkpoints.clone(),
+        };
         let writer = Writer::new(
             shared.clone(),
             submissions.clone(),
-            syncq.clone(),
+            syncer.clone(),
             spare.clone(),
             WriterState {
                 heads: r.heads,
@@ -114,12 +120,6 @@ impl Store {
                 active: r.active,
             },
         );
-        let syncer = Syncer {
-            shared: shared.clone(),
-            syncq,
-            submissions: submissions.clone(),
-            checkpoints: checkpoints.clone(),
-        };
         let (sh, ck, sub) = (shared.clone(), checkpoints.clone(), submissions.clone());
         let (sh2, sp) = (shared.clone(), spare.clone());
         let threads = Threads {

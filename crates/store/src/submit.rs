@@ -204,6 +204,11 @@ impl Submissions {
         }
     }
 
+    /// Nothing is queued for the writer.
+    pub fn is_empty(&self) -> bool {
+        self.pending.lock().queue.is_empty()
+    }
+
     /// Wakes the writer (another thread put the store into recovery).
     pub fn wake(&self) {
         self.cv.notify_all();

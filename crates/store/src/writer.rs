@@ -10,7 +10,10 @@
 //!
 //! So the next batch is encoded and written while the previous one is being fsynced, and one
 //! fsync covers every append that arrived meanwhile. Nothing is visible to readers or
-//! acknowledged before it is durable.
+//! acknowledged before it is durable. When a batch is small, nothing waits to be written and the
+//! sync thread is idle — few appends in flight — the writer does the sync thread's part itself
+//! (`hand_off`): there is no next batch to overlap with, and it saves waking a second thread per
+//! batch.
 //!
 //! Two submissions are processed alone in a writer turn (`process_control`): a promotion, which
 //! seals the log and opens a segment at a higher position with a JUMP record, and a withdrawal,
@@ -51,9 +54,12 @@ use crate::prealloc::{spare_path, SpareSlot};
 use crate::queue::{Head, Published, QueueMap};
 use crate::shared::{Shared, Stats};
 use crate::submit::{Snapshot, Submission, Submissions, Taken, Wait};
-use crate::syncer::{fail_all, Outcome, SyncQueue, Written};
+use crate::syncer::{fail_all, Outcome, SyncQueue, Syncer, Written};
 use crate::window::{Slot, Window};
 use crate::{Appended, NewMessage, QueueId};
+
+/// The most tickets a batch the writer makes durable itself may carry (see `Writer::hand_off`).
+const INLINE_TICKETS: usize = 16;
 
 /// The segment being appended to.
 pub(crate) struct Active {
@@ -71,6 +77,8 @@ pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     pub submissions: Arc<Submissions>,
     pub syncq: Arc<SyncQueue>,
+    /// The sync thread's handles, to finish a batch on this thread when that one is idle.
+    pub syncer: Syncer,
     pub spare: Arc<SpareSlot>,
     pub heads: QueueMap<Head>,
     /// The recent idempotency keys (`window`), as written (ahead of what is durable).
@@ -95,11 +103,11 @@ pub(crate) struct WriterState {
 }
 
 impl Writer {
-    /// The writer of a recovered log (`state`).
+    /// The writer of a recovered log (`state`), handing its batches to `syncer`'s thread.
     pub fn new(
         shared: Arc<Shared>,
         submissions: Arc<Submissions>,
-        syncq: Arc<SyncQueue>,
+        syncer: Syncer,
         spare: Arc<SpareSlot>,
         state: WriterState,
     ) -> Writer {
@@ -112,7 +120,8 @@ impl Writer {
         Writer {
             shared,
             submissions,
-            syncq,
+            syncq: syncer.syncq.clone(),
+            syncer,
             spare,
             heads,
             window,
@@ -359,7 +368,7 @@ impl Writer {
             if repeated > 0 {
                 // Only retries: answered once everything written before is durable (their
                 // originals may still be on their way), in order, like any batch.
-                self.syncq.push(Written {
+                self.hand_off(Written {
                     start,
                     end: start,
                     buf,
@@ -411,9 +420,7 @@ impl Writer {
             .batch_bytes
             .record(buf.len() as f64);
         Stats::add(&self.shared.stats().bytes_written, buf.len() as u64);
-        // Durability and publication happen on the sync thread, so the next batch can be
-        // encoded and written while this one is being fsynced.
-        self.syncq.push(Written {
+        self.hand_off(Written {
             start,
             end,
             buf,
@@ -423,6 +430,25 @@ impl Writer {
             file,
             fsync_epoch,
         });
+    }
+
+    /// Hands a written batch on to become durable and visible. Normally the sync thread does it,
+    /// so the next batch is encoded and written while this one is being fsynced and the last
+    /// one's tickets are completed. When the batch is small (at most [`INLINE_TICKETS`] tickets),
+    /// nothing waits to be written and the sync thread is idle — few appends in flight — this
+    /// thread does it at once: the same fsync and publication, without waking another thread.
+    /// Larger batches keep the hand-off: completing many tickets here would hold up the next
+    /// batch (measured: −9 % messages/s at full speed without the bound).
+    fn hand_off(&self, w: Written) {
+        let w = if w.outcomes.len() <= INLINE_TICKETS && self.submissions.is_empty() {
+            match self.syncer.finish_inline(w) {
+                Some(w) => w,
+                None => return,
+            }
+        } else {
+            w
+        };
+        self.syncq.push(w);
     }
 
     /// Writes `buf` (records ending at `bounds`) at position `start`, rolling segments at record

@@ -93,7 +93,7 @@ impl Writer {
         let file = self.active.as_ref().map(|a| a.file.clone());
         Stats::add(&self.shared.stats().batches, 1);
         Stats::add(&self.shared.stats().bytes_written, buf.len() as u64);
-        self.syncq.push(Written {
+        self.syncer.syncq.push(Written {
             start,
             end,
             buf,

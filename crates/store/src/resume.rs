@@ -91,7 +91,7 @@ impl Writer {
 
     /// Steps 1–3 of the module documentation.
     fn reestablish(&mut self) -> Result<(), StoreError> {
-        self.syncq.wait_idle();
+        self.syncer.syncq.wait_idle();
         let good_end = self.shared.durable_end();
         let log_start = self.shared.log_start();
         // Keys of records beyond the acknowledged end were never acknowledged.
@@ -169,7 +169,7 @@ impl Writer {
         self.unsynced = false;
         self.spare_requested = false;
         self.last_sync = Instant::now();
-        self.syncq.clear_failing();
+        self.syncer.syncq.clear_failing();
         tracing::info!(log_end = good_end, "store state re-established from disk");
         Ok(())
     }

@@ -54,7 +54,7 @@ use crate::prealloc::{spare_path, SpareSlot};
 use crate::queue::{Head, Published, QueueMap};
 use crate::shared::{Shared, Stats};
 use crate::submit::{Snapshot, Submission, Submissions, Taken, Wait};
-use crate::syncer::{fail_all, Outcome, SyncQueue, Syncer, Written};
+use crate::syncer::{fail_all, Outcome, Syncer, Written};
 use crate::window::{Slot, Window};
 use crate::{Appended, NewMessage, QueueId};
 
@@ -76,8 +76,8 @@ pub(crate) struct Active {
 pub(crate) struct Writer {
     pub shared: Arc<Shared>,
     pub submissions: Arc<Submissions>,
-    pub syncq: Arc<SyncQueue>,
-    /// The sync thread's handles, to finish a batch on this thread when that one is idle.
+    /// The sync thread's handles: its queue, and what the writer needs to finish a batch itself
+    /// when that thread is idle.
     pub syncer: Syncer,
     pub spare: Arc<SpareSlot>,
     pub heads: QueueMap<Head>,
@@ -120,7 +120,6 @@ impl Writer {
         Writer {
             shared,
             submissions,
-            syncq: syncer.syncq.clone(),
             syncer,
             spare,
             heads,
@@ -166,7 +165,7 @@ impl Writer {
             let batch = match taken {
                 Taken::Batch(b) => b,
                 Taken::Closed => {
-                    self.syncq.close();
+                    self.syncer.syncq.close();
                     return self;
                 }
                 Taken::AttemptDue => continue,
@@ -181,7 +180,7 @@ impl Writer {
             if r.is_err() {
                 let why = "the writer thread panicked";
                 self.shared.health().fail_for_good(why.into());
-                self.syncq.close();
+                self.syncer.syncq.close();
                 self.submissions.fail_all(&StoreError::Poisoned(why.into()));
                 return self;
             }
@@ -448,7 +447,7 @@ impl Writer {
         } else {
             w
         };
-        self.syncq.push(w);
+        self.syncer.syncq.push(w);
     }
 
     /// Writes `buf` (records ending at `bounds`) at position `start`, rolling segments at record

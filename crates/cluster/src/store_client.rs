@@ -953,14 +953,13 @@ impl RemoteStore {
             let shards = self.shards.read().clone();
             let parts = split(&shards, &batch, pending.as_deref());
             let sharded = parts.len() > 1;
-            let mut maps = Vec::with_capacity(parts.len());
-            let mut futs = Vec::with_capacity(parts.len());
+            // Inline for the usual one or two stores: no allocation for the list.
+            let mut futs: SmallVec<[_; 2]> = SmallVec::with_capacity(parts.len());
             for (pool, msgs, map) in parts {
-                maps.push(map);
                 // Boxed: a part's request is several hundred bytes of state, and inline (two of
                 // them joined) this future took 3.5 KB, an allocation above the allocator's
-                // per-thread cache, for every message.
-                futs.push(Box::pin(async move { pool.append(msgs).await }));
+                // per-thread cache, for every message. The part's map rides along in the box.
+                futs.push(Box::pin(async move { (pool.append(msgs).await, map) }));
             }
             // One or two stores (a peer message's two queues) without join_all's allocations.
             let results = if futs.len() <= 2 {
@@ -978,7 +977,7 @@ impl RemoteStore {
             };
             let mut failed: Vec<(usize, Qis)> = Vec::new();
             let mut first_err = None;
-            for (res, map) in results.into_iter().zip(maps) {
+            for (res, map) in results {
                 match res {
                     // Every queue of every message on one store, in order: its reply is the answer.
                     Ok(res) if !sharded && pending.is_none() => return Ok(res),
@@ -1104,12 +1103,20 @@ fn retryable(e: &RemoteStoreError) -> bool {
 /// Queue indexes of one message (nearly always one or two).
 type Qis = SmallVec<[usize; 4]>;
 
-type Part = (Arc<StorePool>, Vec<NewMessage>, Vec<(usize, Qis)>);
+/// Which message (index in the batch) and which of its queues each message of a part stands for.
+/// Inline for one message, the usual batch.
+type PartMap = SmallVec<[(usize, Qis); 1]>;
+
+type Part = (Arc<StorePool>, Vec<NewMessage>, PartMap);
 
 /// Splits the `pending` queues of `batch` per store: one message per store and original message,
 /// holding that store's queues in their original relative order, with the same body and key.
-fn split(shards: &Shards, batch: &[NewMessage], pending: Option<&[(usize, Qis)]>) -> Vec<Part> {
-    let mut parts: Vec<Part> = Vec::new();
+fn split(
+    shards: &Shards,
+    batch: &[NewMessage],
+    pending: Option<&[(usize, Qis)]>,
+) -> SmallVec<[Part; 2]> {
+    let mut parts: SmallVec<[Part; 2]> = SmallVec::new();
     match pending {
         None => {
             for (mi, m) in batch.iter().enumerate() {
@@ -1131,7 +1138,7 @@ fn split_message(
     mi: usize,
     m: &NewMessage,
     qis: impl Iterator<Item = usize>,
-    parts: &mut Vec<Part>,
+    parts: &mut SmallVec<[Part; 2]>,
 ) {
     let mut per: SmallVec<[(usize, Qis); 2]> = SmallVec::new();
     for qi in qis {
@@ -1139,7 +1146,7 @@ fn split_message(
         let pi = match parts.iter().position(|p| Arc::ptr_eq(&p.0, pool)) {
             Some(pi) => pi,
             None => {
-                parts.push((pool.clone(), Vec::new(), Vec::new()));
+                parts.push((pool.clone(), Vec::with_capacity(1), SmallVec::new()));
                 parts.len() - 1
             }
         };

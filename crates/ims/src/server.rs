@@ -32,7 +32,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use proto::Frame;
-use store::{Store, StoreError};
+use smallvec::SmallVec;
+use store::{Appended, Store, StoreError};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -387,8 +388,9 @@ struct AppendShape {
     /// Answered as `AppendKeyed` (with the stored-before flags).
     keyed_reply: bool,
     /// For each message, whether it has an idempotency key (its record is followed by a KEY
-    /// record, which a follower must hold too before the append counts as confirmed).
-    keyed: Vec<bool>,
+    /// record, which a follower must hold too before the append counts as confirmed). Inline for
+    /// the few messages an access node's append carries.
+    keyed: SmallVec<[bool; 8]>,
 }
 
 impl AppendShape {
@@ -425,9 +427,12 @@ async fn answer_appends(
             while open {
                 match rx.poll_recv(cx) {
                     Poll::Ready(Some(s)) => waiting.push_back(async move {
-                        let result = finish_append(s.shape, s.ticket, opts).await;
+                        let bytes = match finish_append(&s.shape, s.ticket, opts).await {
+                            Ok(res) => appended_frame(s.seq, s.cmd, &s.shape, &res),
+                            Err(f) => reply(s.seq, s.cmd, Err(f), opts),
+                        };
                         Reply {
-                            bytes: reply(s.seq, s.cmd, result, opts),
+                            bytes,
                             _permit: s.permit,
                         }
                     }),
@@ -451,13 +456,41 @@ async fn answer_appends(
     }
 }
 
-/// Waits for a submitted append (and, in `sync` replication mode, for a follower) and encodes its
-/// reply body.
+/// Encodes the reply frame of a successful append: header and body in one buffer.
+fn appended_frame(seq: i32, cmd: u8, shape: &AppendShape, res: &[Vec<Appended>]) -> Bytes {
+    let mut b = BytesMut::with_capacity(
+        proto::HEADER_LEN + 4 + res.iter().map(|v| 5 + 16 * v.len()).sum::<usize>(),
+    );
+    // The length is set once the body is written.
+    proto::Header {
+        len: 0,
+        seq,
+        cmd,
+        version: sp::LINK_VERSION,
+        flag: sp::FLAG_REPLY,
+    }
+    .write(&mut b);
+    encode_appended_body(shape, res, &mut b);
+    let len = (b.len() - proto::HEADER_LEN) as i32;
+    b[..4].copy_from_slice(&len.to_be_bytes());
+    b.freeze()
+}
+
+fn encode_appended_body(shape: &AppendShape, res: &[Vec<Appended>], out: &mut BytesMut) {
+    if shape.keyed_reply {
+        sp::encode_appended_keyed(res, out);
+    } else {
+        sp::encode_appended(res, out);
+    }
+}
+
+/// Waits for a submitted append (and, in `sync` replication mode, for a follower) and returns
+/// where its messages were stored.
 async fn finish_append(
-    shape: AppendShape,
+    shape: &AppendShape,
     ticket: store::AppendTicket,
     opts: &Server,
-) -> Result<BytesMut, Failure> {
+) -> Result<Vec<Vec<Appended>>, Failure> {
     let n = shape.keyed.len() as u64;
     let m = &opts.metrics;
     let started = std::time::Instant::now();
@@ -498,17 +531,11 @@ async fn finish_append(
                     .into(),
         });
     }
-    let mut out = BytesMut::new();
-    if shape.keyed_reply {
-        sp::encode_appended_keyed(&res, &mut out);
-    } else {
-        sp::encode_appended(&res, &mut out);
-    }
     m.appends.fetch_add(1, Ordering::Relaxed);
     m.appended_messages.fetch_add(n, Ordering::Relaxed);
     m.append_seconds.0.record(started.elapsed().as_secs_f64());
     m.append_messages.0.record(n as f64);
-    Ok(out)
+    Ok(res)
 }
 
 /// Runs `f` on the blocking pool, or directly when `inline`.
@@ -548,11 +575,13 @@ async fn execute(req: Request, store: &Arc<Store>, opts: &Server) -> Result<Byte
         }
         Request::Append(msgs) => {
             let shape = AppendShape::of(sp::CMD_APPEND, &msgs);
-            return finish_append(shape, store.append(msgs), opts).await;
+            let res = finish_append(&shape, store.append(msgs), opts).await?;
+            encode_appended_body(&shape, &res, &mut out);
         }
         Request::AppendKeyed(msgs) => {
             let shape = AppendShape::of(sp::CMD_APPEND_KEYED, &msgs);
-            return finish_append(shape, store.append(msgs), opts).await;
+            let res = finish_append(&shape, store.append(msgs), opts).await?;
+            encode_appended_body(&shape, &res, &mut out);
         }
         Request::Sync {
             queue,

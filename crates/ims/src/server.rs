@@ -632,3 +632,53 @@ async fn execute(req: Request, store: &Arc<Store>, opts: &Server) -> Result<Byte
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn appended(key: i64, prev_key: i64, stored_before: bool) -> Appended {
+        Appended {
+            key,
+            prev_key,
+            stored_before,
+        }
+    }
+
+    /// The reply frame built in one buffer is byte for byte the body encoding framed separately,
+    /// and decodes back to what was stored, for both reply shapes.
+    #[test]
+    fn an_appends_reply_frame_is_its_body_behind_a_header_with_its_length() {
+        let res = vec![
+            vec![appended(100, 40, false), appended(164, 0, false)],
+            vec![appended(228, 164, true)],
+        ];
+        for (cmd, keyed_reply) in [(sp::CMD_APPEND, false), (sp::CMD_APPEND_KEYED, true)] {
+            let shape = AppendShape {
+                keyed_reply,
+                keyed: smallvec::smallvec![keyed_reply; res.len()],
+            };
+            let frame = appended_frame(-7, cmd, &shape, &res);
+            let mut body = BytesMut::new();
+            encode_appended_body(&shape, &res, &mut body);
+            let expected = frame::encode_frame(-7, cmd, sp::LINK_VERSION, sp::FLAG_REPLY, &body);
+            assert_eq!(frame, expected, "cmd {cmd}");
+            let mut buf = BytesMut::from(&frame[..]);
+            let decoded = Frame::decode(&mut buf, 1 << 20)
+                .expect("a valid frame")
+                .expect("a whole frame");
+            assert!(buf.is_empty());
+            assert_eq!((decoded.seq, decoded.cmd), (-7, cmd));
+            let back = if keyed_reply {
+                sp::decode_appended_keyed(decoded.body)
+            } else {
+                sp::decode_appended(decoded.body)
+            }
+            .expect("a valid body");
+            assert_eq!(back.len(), 2);
+            assert_eq!(back[0][1].key, 164);
+            assert_eq!(back[1][0].prev_key, 164);
+            assert_eq!(back[1][0].stored_before, keyed_reply);
+        }
+    }
+}
